@@ -1,0 +1,97 @@
+"""Per-volume Dice, the number the LGG baseline is compared on.
+
+A prediction is `probability > threshold`; optionally only its largest 3-D connected component
+(face connectivity, scipy.ndimage.label's default) is kept; Dice is then computed over each patient
+volume and averaged over patients.
+
+Empty-set convention: if both the truth and the prediction of a volume are empty the Dice is 1.0
+(nothing to find, nothing found); if exactly one is empty it is 0.0. Ties between equally large
+components go to the one whose first voxel comes first in (slice, row, column) order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+
+def largest_connected_component(mask: np.ndarray) -> np.ndarray:
+    """The largest face-connected component of a boolean array (all False stays all False)."""
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return np.zeros_like(mask, dtype=bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    return labels == (int(np.argmax(sizes)) + 1)
+
+
+def dice_score(pred: np.ndarray, target: np.ndarray) -> float:
+    """Dice of two boolean arrays with the empty-set convention above."""
+    pred, target = pred.astype(bool), target.astype(bool)
+    denominator = int(pred.sum()) + int(target.sum())
+    if denominator == 0:
+        return 1.0
+    return 2.0 * int(np.logical_and(pred, target).sum()) / denominator
+
+
+class VolumeDice(Metric):
+    """Accumulates binarised slices keyed by (patient, slice); `compute` assembles volumes.
+
+    Keying by slice makes the result exact under DDP: a DistributedSampler pads the last batch
+    with repeated samples, and a repeated (patient, slice) is counted once.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(self, threshold: float = 0.5, largest_component: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.threshold = threshold
+        self.largest_component = largest_component
+        self.add_state("pred", default=[], dist_reduce_fx="cat")
+        self.add_state("target", default=[], dist_reduce_fx="cat")
+        self.add_state("patient", default=[], dist_reduce_fx="cat")
+        self.add_state("slice", default=[], dist_reduce_fx="cat")
+
+    def update(self, probs: torch.Tensor, target: torch.Tensor, patient: torch.Tensor, slice_index: torch.Tensor) -> None:
+        """probs, target: (B, [1,] H, W); patient, slice_index: (B,) integer ids."""
+        batch = probs.shape[0]
+        self.pred.append((probs.detach() > self.threshold).reshape(batch, *probs.shape[-2:]).to(torch.uint8))
+        self.target.append((target.detach() > 0.5).reshape(batch, *target.shape[-2:]).to(torch.uint8))
+        self.patient.append(patient.detach().reshape(batch).long())
+        self.slice.append(slice_index.detach().reshape(batch).long())
+
+    def per_volume(self) -> dict[int, float]:
+        """Dice per patient id, in increasing id order."""
+        if not self.patient:
+            return {}
+        pred = dim_zero_cat(self.pred).cpu().numpy().astype(bool)
+        target = dim_zero_cat(self.target).cpu().numpy().astype(bool)
+        patient = dim_zero_cat(self.patient).cpu().numpy()
+        slices = dim_zero_cat(self.slice).cpu().numpy()
+        keys = np.stack([patient, slices], axis=1)
+        _, first = np.unique(keys, axis=0, return_index=True)  # sorted by (patient, slice)
+        scores: dict[int, float] = {}
+        for pid in np.unique(patient[first]):
+            rows = first[patient[first] == pid]
+            volume_pred = pred[rows]
+            if self.largest_component:
+                volume_pred = largest_connected_component(volume_pred)
+            scores[int(pid)] = dice_score(volume_pred, target[rows])
+        return scores
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        scores = self.per_volume()
+        values = torch.tensor(list(scores.values()), dtype=torch.float64)
+        if values.numel() == 0:
+            nan = torch.tensor(float("nan"), dtype=torch.float64)
+            return {"mean": nan, "median": nan, "per_volume": values, "patient": torch.zeros(0, dtype=torch.long)}
+        return {
+            "mean": values.mean(),
+            "median": values.quantile(0.5),
+            "per_volume": values,
+            "patient": torch.tensor(list(scores), dtype=torch.long),
+        }

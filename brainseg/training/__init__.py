@@ -1,0 +1,1 @@
+"""Training: the LightningModule, run reporting, and the Hydra-driven `train` pipeline."""

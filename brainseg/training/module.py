@@ -1,0 +1,106 @@
+"""LightningModule: any smp network, a pluggable loss, per-volume Dice as the monitored metric."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+
+from brainseg.config import instantiate_setting
+from brainseg.losses import build_loss
+from brainseg.metrics import VolumeDice, slice_metrics
+from brainseg.models import build_model
+
+MONITOR = "val/dsc_volume"
+
+
+class SegmentationModule(L.LightningModule):
+    """Binary lesion segmentation; all arguments are plain config dicts, saved with the checkpoint
+    so that `load_from_checkpoint(path)` rebuilds the network without Hydra."""
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        loss: Mapping[str, Any],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any] | None = None,
+        metric: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = build_model(**model)
+        self.loss = build_loss(**loss)
+        metric = dict(metric or {})
+        threshold = metric.get("threshold", 0.5)
+        self.volume_dice = torch.nn.ModuleDict(
+            {s: VolumeDice(threshold, metric.get("largest_component", True)) for s in ("val", "test")}
+        )
+        self.slice_metrics = torch.nn.ModuleDict({s: slice_metrics(threshold) for s in ("val", "test")})
+        self.volume_scores: dict[str, dict[str, float]] = {}  # stage -> patient name -> Dice
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        parts = self.loss.components(logits, batch["mask"])
+        total = self.loss.combine(parts)
+        batch_size = batch["image"].shape[0]
+        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        if len(parts) > 1:
+            self.log_dict({f"train/loss_{k}": v for k, v in parts.items()}, batch_size=batch_size)
+        return total
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        logits = self(batch["image"])
+        loss = self.loss(logits, batch["mask"])
+        probs = torch.sigmoid(logits.float())
+        self.volume_dice[stage].update(probs, batch["mask"], batch["patient"], batch["slice"])
+        self.slice_metrics[stage].update(probs.flatten(1), batch["mask"].flatten(1).int())
+        self.log(f"{stage}/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
+
+    def _end_of_evaluation(self, stage: str) -> None:
+        result = self.volume_dice[stage].compute()
+        self.volume_dice[stage].reset()
+        slice_values = {k: v.float().mean() for k, v in self.slice_metrics[stage].compute().items()}
+        self.slice_metrics[stage].reset()
+        self.log(f"{stage}/dsc_volume", result["mean"].float(), prog_bar=True)
+        self.log(f"{stage}/dsc_volume_median", result["median"].float())
+        self.log_dict({f"{stage}/{k}": v for k, v in slice_values.items()})
+        datamodule = getattr(self.trainer, "datamodule", None)
+        names = datamodule.patient_names(stage) if datamodule is not None else None
+        self.volume_scores[stage] = {
+            (names[p] if names else str(p)): float(d) for p, d in zip(result["patient"].tolist(), result["per_volume"].tolist())
+        }
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_of_evaluation("val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._end_of_evaluation("test")
+
+    def configure_optimizers(self) -> Any:
+        optimizer = instantiate_setting("optimizer", dict(self.hparams.optimizer), params=self.parameters())
+        scheduler_cfg = dict(self.hparams.scheduler or {})
+        if not scheduler_cfg.get("scheduler"):
+            return optimizer
+        factory = dict(scheduler_cfg["scheduler"])
+        if "total_steps" in factory and factory["total_steps"] is None:  # OneCycleLR
+            factory["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = instantiate_setting("scheduler", factory, optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": scheduler_cfg.get("interval", "epoch"),
+                "monitor": scheduler_cfg.get("monitor", MONITOR),
+            },
+        }

@@ -1,0 +1,52 @@
+"""`train(cfg)`: compose data, model, loss, optimizer, scheduler, trainer, loggers and callbacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig
+
+from brainseg.config import instantiate_setting, to_plain
+from brainseg.errors import ConfigError
+from brainseg.training.module import SegmentationModule
+from brainseg.training.report import RunReport
+
+
+def _resume_path(ckpt_path: str | None) -> str | None:
+    if not ckpt_path:
+        return None
+    path = Path(to_absolute_path(str(ckpt_path)))
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path!r}: no such checkpoint file")
+    return str(path)
+
+
+def _instantiate_group(group: str, cfg: DictConfig | None) -> list[Any]:
+    """Every entry of a dict-shaped group (callbacks, logger); null entries switch one off."""
+    return [instantiate_setting(f"{group}.{name}", node) for name, node in (cfg or {}).items() if node]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit (and optionally test) one configuration; returns the content of metrics.json."""
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule = instantiate_setting("data", cfg.data)
+    module = SegmentationModule(
+        model=to_plain(cfg.model),
+        loss=to_plain(cfg.loss),
+        optimizer=to_plain(cfg.optimizer),
+        scheduler=to_plain(cfg.scheduler),
+        metric=to_plain(cfg.metric),
+    )
+    report = RunReport(output_dir, to_plain(cfg))
+    callbacks = _instantiate_group("callbacks", cfg.get("callbacks")) + [report]
+    loggers = _instantiate_group("logger", cfg.get("logger"))
+    trainer: L.Trainer = instantiate_setting("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg.get("ckpt_path")))
+    metrics = report.write_metrics(trainer) if trainer.is_global_zero else {}
+    if cfg.get("test") and trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
+        trainer.test(module, datamodule=datamodule, ckpt_path="best")
+    return metrics
