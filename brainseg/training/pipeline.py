@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from brainseg.config import instantiate_setting, to_plain
 from brainseg.errors import ConfigError
 from brainseg.training.module import SegmentationModule
 from brainseg.training.report import RunReport
+
+log = logging.getLogger("brainseg")
 
 
 def _resume_path(ckpt_path: str | None) -> str | None:
@@ -47,6 +50,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate_setting("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg.get("ckpt_path")))
     metrics = report.write_metrics(trainer) if trainer.is_global_zero else {}
+    if metrics.get("best"):
+        best = metrics["best"]
+        log.info(
+            "best val/dsc_volume: mean %.4f, median %.4f (epoch %d, %d patients); run in %s",
+            best["dsc_volume_mean"], best["dsc_volume_median"], best["epoch"], len(best["per_patient"]), output_dir,
+        )
     if cfg.get("test") and trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
         trainer.test(module, datamodule=datamodule, ckpt_path="best")
     return metrics

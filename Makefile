@@ -1,0 +1,40 @@
+# Set-up and everyday commands. `make demo` and `make test` work on a fresh clone.
+SHELL := /bin/bash
+UV_VERSION := 0.13.8
+UV := $(or $(shell command -v uv 2>/dev/null),.tools/bin/uv)
+PY := .venv/bin/python
+DATA ?= ../shared/data/lgg
+
+.PHONY: install demo test test-fast bench lint clean
+
+install: .venv/.installed
+
+.tools/bin/uv:
+	python3 -m venv .tools
+	.tools/bin/python -m pip install -q uv==$(UV_VERSION)
+
+# uv.lock pins every package; uv's cache (~/.cache/uv) makes a second install take seconds.
+.venv/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	touch $@
+
+data/synthetic: | install
+	$(PY) -m brainseg.data.synthetic --out data/synthetic
+
+demo: install data/synthetic
+	$(PY) train.py experiment=demo
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+bench: install
+	$(PY) bench/data_pipeline.py --root $(DATA)
+
+lint: install
+	$(UV) run --frozen ruff check brainseg tests train.py predict.py bench
+
+clean:
+	rm -rf .cache outputs .pytest_cache

@@ -1,0 +1,60 @@
+"""Helpers for the tests: the real data's location, CLI runner, file snapshots."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT.parent / "shared" / "data"
+REAL_LGG = SHARED_DATA / "lgg"
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under root with its size and mtime, to prove nothing was written there."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run one of the project's entry points as a user would."""
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def tiny_train_overrides(root: Path, run_dir: Path, cache: Path) -> list[str]:
+    """A few CPU seconds of training on the tiny synthetic data."""
+    return [
+        f"data.root={root}",
+        f"data.cache_dir={cache}",
+        f"hydra.run.dir={run_dir}",
+        "data.n_val=2",
+        "data.preprocess.image_size=32",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "model.encoder_name=resnet18",
+        "model.encoder_depth=3",
+        "model.decoder_channels=[32,16,8]",
+        "trainer.max_epochs=2",
+        "trainer.accelerator=cpu",
+        "trainer.log_every_n_steps=1",
+    ]
+
+
+requires_real_data = pytest.mark.skipif(
+    not REAL_LGG.is_dir(), reason=f"real LGG data not found at {REAL_LGG} (see DEVELOPERS.md)"
+)
+
+
+def compose(overrides: list[str]):
+    """The train config as train.py would compose it (without a Hydra run directory)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=overrides, return_hydra_config=True)

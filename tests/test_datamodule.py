@@ -1,0 +1,96 @@
+"""The DataModule and augmentation as composed from conf/: batches, splits, seeding, binary masks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from brainseg.config import instantiate_setting
+from brainseg.data import LGGDataModule
+from brainseg.errors import ConfigError
+from helpers import compose, snapshot
+
+
+def _datamodule(root: Path, cache: Path, *overrides: str) -> LGGDataModule:
+    cfg = compose([f"data.root={root}", f"data.cache_dir={cache}", "data.n_val=2",
+                   "data.preprocess.image_size=32", "data.batch_size=4", "data.num_workers=0", *overrides])
+    OmegaConf.resolve(cfg.data)  # no Hydra run here: resolve ${seed} before instantiating
+    return instantiate_setting("data", cfg.data)
+
+
+@pytest.mark.parametrize("augmentation", ["reference", "strong"])
+def test_augmented_masks_stay_binary(augmentation: str) -> None:
+    cfg = compose([f"data/augmentation={augmentation}"])
+    transform = instantiate(cfg.data.augmentation)
+    transform.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    image = rng.random((48, 48, 3), dtype=np.float32)
+    mask = np.zeros((48, 48), np.uint8)
+    mask[10:30, 15:35] = 1
+    changed = 0
+    for _ in range(30):
+        out = transform(image=image, mask=mask)
+        assert out["image"].shape == (48, 48, 3) and np.isfinite(out["image"]).all()
+        assert set(np.unique(out["mask"])) <= {0, 1}
+        changed += not np.array_equal(out["mask"], mask)
+    assert changed > 20  # the transforms do something
+
+
+def test_batches_splits_and_data_root_untouched(synthetic_root: Path, tmp_path: Path) -> None:
+    before = snapshot(synthetic_root)
+    dm = _datamodule(synthetic_root, tmp_path / "cache")
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (4, 1, 32, 32) and set(batch["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert len(dm.split.val) == 2 and not set(dm.split.val) & set(dm.split.train)
+    val_slices = sum(len(v.image) for v in dm.subset_volumes("val"))
+    seen = [(int(p), int(s)) for b in dm.val_dataloader() for p, s in zip(b["patient"], b["slice"])]
+    assert len(seen) == val_slices == len(set(seen))
+    # z-scored per volume: near zero mean, unit variance over a whole validation volume
+    images = torch.cat([b["image"] for b in dm.val_dataloader()])
+    assert abs(float(images.mean())) < 0.2 and abs(float(images.std()) - 1) < 0.2
+    dm.write_split(tmp_path / "split.json")
+    written = json.loads((tmp_path / "split.json").read_text())
+    assert written["val"] == dm.split.val and written["kind"] == "reference"
+    assert snapshot(synthetic_root) == before
+
+
+def test_kfold_from_config(synthetic_root: Path, tmp_path: Path) -> None:
+    vals = []
+    for fold in range(3):
+        dm = _datamodule(synthetic_root, tmp_path / "cache", "data.split=kfold", "data.n_folds=3", f"data.fold={fold}")
+        dm.setup("fit")
+        vals += dm.split.val
+    assert sorted(vals) == sorted(p.name for p in synthetic_root.iterdir() if p.is_dir())
+
+
+def _first_batches(root: Path, cache: Path, seed: int, workers: int) -> list[torch.Tensor]:
+    import lightning as L
+
+    L.seed_everything(seed, workers=True)
+    dm = _datamodule(root, cache, f"seed={seed}", f"data.num_workers={workers}")
+    dm.setup("fit")
+    it = iter(dm.train_dataloader())
+    return [next(it)["image"] for _ in range(2)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_seeded_loading_is_reproducible(synthetic_root: Path, tmp_path: Path, workers: int) -> None:
+    a = _first_batches(synthetic_root, tmp_path / "cache", 7, workers)
+    b = _first_batches(synthetic_root, tmp_path / "cache", 7, workers)
+    c = _first_batches(synthetic_root, tmp_path / "cache", 8, workers)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+
+
+def test_cache_inside_data_root_is_refused(synthetic_root: Path) -> None:
+    with pytest.raises(ConfigError, match="data.cache_dir=.* is inside data.root"):
+        _datamodule(synthetic_root, synthetic_root / "cache")
