@@ -51,10 +51,17 @@ requires_real_data = pytest.mark.skipif(
 )
 
 
-def compose(overrides: list[str]):
+def compose(overrides: list[str], hydra_node: bool = True):
     """The train config as train.py would compose it (without a Hydra run directory)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=overrides, return_hydra_config=True)
+        return hydra_compose(config_name="train", overrides=overrides, return_hydra_config=hydra_node)
+
+
+def compose_run(root: Path, run_dir: Path, cache: Path, *overrides: str):
+    """A tiny-training config runnable in-process by brainseg.training.pipeline.train."""
+    base = [o for o in tiny_train_overrides(root, run_dir, cache) if not o.startswith("hydra.")]
+    paths = [f"paths.root_dir={PROJECT}", f"paths.output_dir={run_dir}"]
+    return compose([*base, *paths, *overrides], hydra_node=False)

@@ -36,11 +36,37 @@ def test_second_load_is_a_memory_mapped_hit(copied_root: Path, tmp_path: Path, c
     first = cache.load(patient)
     second = cache.load(patient)
     assert counted == [patient.name]
-    assert isinstance(second.image, np.memmap) and second.image.dtype == np.float16
-    np.testing.assert_allclose(np.asarray(second.image, np.float32), np.asarray(first.image, np.float32))
+    assert isinstance(second.image, np.memmap) and second.image.dtype == np.uint16
+    for z in range(len(first.image)):
+        np.testing.assert_allclose(second.slice_image(z), first.slice_image(z), atol=1e-8)
     np.testing.assert_array_equal(second.mask, first.mask)
     assert second.geometry == first.geometry and second.numbers == first.numbers
     assert snapshot(copied_root) == before
+
+
+def test_cached_values_match_fresh_preprocessing(copied_root: Path, tmp_path: Path) -> None:
+    from brainseg.data.preprocess import preprocess
+    from brainseg.data.reader import read_patient
+
+    patient = find_patients(copied_root)[1]
+    cfg = PreprocessConfig(image_size=32)
+    fresh = preprocess(read_patient(patient), cfg)
+    VolumeCache(tmp_path / "cache", cfg).load(patient)
+    cached = VolumeCache(tmp_path / "cache", cfg).load(patient)
+    assert isinstance(cached.image, np.memmap)
+    np.testing.assert_allclose(np.stack([cached.slice_image(z) for z in range(len(fresh.image))]), fresh.image, atol=1e-5)
+    np.testing.assert_array_equal(cached.mask, fresh.mask)
+    assert cached.channel_mean == fresh.channel_mean and cached.geometry == fresh.geometry
+
+
+def test_parallel_fill_equals_serial(copied_root: Path, tmp_path: Path) -> None:
+    patients = find_patients(copied_root)
+    cfg = PreprocessConfig(image_size=32)
+    serial = VolumeCache(tmp_path / "a", cfg).load_many(patients, workers=1)
+    parallel = VolumeCache(tmp_path / "b", cfg).load_many(patients, workers=2)
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a.image, b.image)
+        assert a.name == b.name and a.channel_std == b.channel_std
 
 
 def test_changed_file_or_setting_invalidates(copied_root: Path, tmp_path: Path, counted: list[str]) -> None:

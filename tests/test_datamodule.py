@@ -47,7 +47,7 @@ def test_batches_splits_and_data_root_untouched(synthetic_root: Path, tmp_path: 
     dm = _datamodule(synthetic_root, tmp_path / "cache")
     dm.prepare_data()
     dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].dtype == torch.float32
     assert batch["mask"].shape == (4, 1, 32, 32) and set(batch["mask"].unique().tolist()) <= {0.0, 1.0}
     assert len(dm.split.val) == 2 and not set(dm.split.val) & set(dm.split.train)
@@ -55,7 +55,7 @@ def test_batches_splits_and_data_root_untouched(synthetic_root: Path, tmp_path: 
     seen = [(int(p), int(s)) for b in dm.val_dataloader() for p, s in zip(b["patient"], b["slice"])]
     assert len(seen) == val_slices == len(set(seen))
     # z-scored per volume: near zero mean, unit variance over a whole validation volume
-    images = torch.cat([b["image"] for b in dm.val_dataloader()])
+    images = torch.cat([dm.on_after_batch_transfer(b, 0)["image"] for b in dm.val_dataloader()])
     assert abs(float(images.mean())) < 0.2 and abs(float(images.std()) - 1) < 0.2
     dm.write_split(tmp_path / "split.json")
     written = json.loads((tmp_path / "split.json").read_text())

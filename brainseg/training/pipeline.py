@@ -49,13 +49,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = _instantiate_group("logger", cfg.get("logger"))
     trainer: L.Trainer = instantiate_setting("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg.get("ckpt_path")))
-    metrics = report.write_metrics(trainer) if trainer.is_global_zero else {}
+    test_scores = None
+    if cfg.get("test") and trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
+        trainer.test(module, datamodule=datamodule, ckpt_path="best")
+        test_scores = module.volume_scores.get("test")
+    metrics = report.write_metrics(trainer, test_scores) if trainer.is_global_zero else {}
     if metrics.get("best"):
         best = metrics["best"]
         log.info(
             "best val/dsc_volume: mean %.4f, median %.4f (epoch %d, %d patients); run in %s",
             best["dsc_volume_mean"], best["dsc_volume_median"], best["epoch"], len(best["per_patient"]), output_dir,
         )
-    if cfg.get("test") and trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
-        trainer.test(module, datamodule=datamodule, ckpt_path="best")
     return metrics

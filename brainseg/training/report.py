@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import yaml
 
 from brainseg.training.module import MONITOR
@@ -49,11 +50,7 @@ class RunReport(L.Callback):
         if self.best is None or entry["dsc_volume_mean"] > self.best["dsc_volume_mean"]:
             self.best = {**entry, "per_patient": dict(scores)}
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
-            self.write_metrics(trainer)
-
-    def write_metrics(self, trainer: L.Trainer) -> dict[str, Any]:
+    def write_metrics(self, trainer: L.Trainer, test_scores: dict[str, float] | None = None) -> dict[str, Any]:
         checkpoint = trainer.checkpoint_callback
         metrics = {
             "monitor": MONITOR,
@@ -64,6 +61,13 @@ class RunReport(L.Callback):
             "train_seconds": round(self._elapsed_before + time.monotonic() - self._started, 1),
             "history": self.history,
         }
+        if test_scores:
+            values = sorted(test_scores.values())
+            metrics["test"] = {
+                "dsc_volume_mean": sum(values) / len(values),
+                "dsc_volume_median": float(np.median(values)),
+                "per_patient": test_scores,
+            }
         (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics
 

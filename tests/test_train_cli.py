@@ -1,0 +1,88 @@
+"""End-to-end: `python train.py` on tiny synthetic data, resume, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from helpers import PROJECT, run_cli, snapshot, tiny_train_overrides
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny training run shared by the tests that read its outputs."""
+    base = tmp_path_factory.mktemp("train")
+    before = snapshot(synthetic_root)
+    result = run_cli("train.py", *tiny_train_overrides(synthetic_root, base / "run", base / "cache"), cwd=PROJECT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert snapshot(synthetic_root) == before, "training wrote under the data root"
+    assert "best val/dsc_volume: mean" in result.stdout + result.stderr
+    return base
+
+
+def test_run_directory_holds_checkpoints_metrics_split_config(trained: Path) -> None:
+    run = trained / "run"
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and any(n.startswith("best-epoch") for n in checkpoints)
+    metrics = json.loads((run / "metrics.json").read_text())
+    split = json.loads((run / "split.json").read_text())
+    best = metrics["best"]
+    assert metrics["monitor"] == "val/dsc_volume" and metrics["epochs"] == 2
+    assert sorted(best["per_patient"]) == sorted(split["val"]) and len(split["val"]) == 2
+    values = list(best["per_patient"].values())
+    assert best["dsc_volume_mean"] == pytest.approx(sum(values) / len(values), abs=1e-6)
+    assert best["dsc_volume_mean"] == max(h["dsc_volume_mean"] for h in metrics["history"])
+    assert [h["epoch"] for h in metrics["history"]] == [0, 1]
+    assert Path(metrics["best_checkpoint"]).exists()
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["arch"] == "unet" and config["data"]["root"].endswith("lgg")
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["brainseg"]["preprocess"]["image_size"] == 32
+    assert checkpoint["brainseg"]["split"]["val"] == split["val"]
+    with open(run / "csv" / "metrics.csv") as fh:
+        columns = next(csv.reader(fh))
+    assert {"train/loss", "val/dsc_volume", "val/dsc_volume_median", "val/dsc_slice"} <= set(columns)
+
+
+def test_resume_from_last_checkpoint(trained: Path, synthetic_root: Path) -> None:
+    overrides = tiny_train_overrides(synthetic_root, trained / "resumed", trained / "cache")
+    overrides = [o for o in overrides if not o.startswith("trainer.max_epochs")]
+    last = trained / "run" / "checkpoints" / "last.ckpt"
+    result = run_cli("train.py", *overrides, "trainer.max_epochs=3", f"ckpt_path={last}", cwd=PROJECT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((trained / "resumed" / "metrics.json").read_text())
+    assert metrics["epochs"] == 3
+    assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2]  # the first two come from the checkpoint
+    with open(trained / "resumed" / "csv" / "metrics.csv") as fh:
+        epochs = {row["epoch"] for row in csv.DictReader(fh) if row.get("train/loss")}
+    assert epochs == {"2"}  # only the new epoch was trained
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["data.root=does/not/exist"], "does/not/exist: data root does not exist"),
+        (["data.split=kfold", "data.fold=5", "data.n_folds=5"], "data.fold=5 must be in [0, data.n_folds=5)"),
+        (["model.arch=unett"], "model.arch='unett' is unknown; choose one of ["),
+    ],
+)
+def test_bad_settings_give_one_line_errors(synthetic_root: Path, tmp_path: Path, overrides: list[str], expected: str) -> None:
+    args = [o for o in tiny_train_overrides(synthetic_root, tmp_path / "run", tmp_path / "cache") if not o.startswith("data.n_val")]
+    result = run_cli("train.py", *args, *overrides, cwd=PROJECT)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and expected in last
+
+
+def test_unknown_config_group_option_lists_the_valid_ones(tmp_path: Path) -> None:
+    result = run_cli("train.py", "loss=dise", f"hydra.run.dir={tmp_path}", cwd=PROJECT)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "Could not find 'loss/dise'" in result.stderr and "bce_dice" in result.stderr

@@ -1,0 +1,68 @@
+"""The training pipeline in-process: optimizers, schedulers, precision pass-through, error lines."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from brainseg.cli import run_task
+from brainseg.training.pipeline import train
+from helpers import compose_run
+
+pytestmark = pytest.mark.slow
+
+
+def _lr_by_epoch(run: Path) -> list[float]:
+    with open(run / "csv" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    column = next(c for c in rows[0] if c.startswith("lr-"))
+    return [float(r[column]) for r in rows if r.get(column)]
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "scheduler", "precision", "lr_changes"),
+    [
+        ("adamw", "cosine", "32-true", True),
+        ("sgd", "plateau", "32-true", False),
+        ("adam", "onecycle", "bf16-mixed", True),
+    ],
+)
+def test_optimizer_scheduler_precision(synthetic_root: Path, tmp_path: Path, optimizer: str, scheduler: str,
+                                       precision: str, lr_changes: bool) -> None:
+    cfg = compose_run(synthetic_root, tmp_path / "run", tmp_path / "cache", f"optimizer={optimizer}",
+                      f"scheduler={scheduler}", f"trainer.precision={precision}", "loss=bce_dice")
+    metrics = train(cfg)
+    assert 0.0 <= metrics["best"]["dsc_volume_mean"] <= 1.0
+    lrs = _lr_by_epoch(tmp_path / "run")
+    assert len(lrs) == 2 and (lrs[0] != lrs[1]) == lr_changes
+
+
+def test_returns_the_best_score_and_honours_test_flag(synthetic_root: Path, tmp_path: Path) -> None:
+    cfg = compose_run(synthetic_root, tmp_path / "run", tmp_path / "cache", "test=true", "trainer.max_epochs=1")
+    metrics = train(cfg)
+    assert metrics["best"]["epoch"] == 0 and len(metrics["history"]) == 1
+    # no test_patients: the test set is the validation set, scored with the best checkpoint
+    assert metrics["test"]["per_patient"] == pytest.approx(metrics["best"]["per_patient"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["data.n_val=6"], "data.split=reference needs more than data.n_val=6 patients, found 6"),
+        (["model.encoder_name=resnet35"], "model.encoder_name='resnet35' is unknown; choose one of"),
+        (["+loss.terms.dise=1.0"], "loss 'dise' is unknown; choose from ['bce', 'dice'"),
+        (["ckpt_path=missing.ckpt"], "ckpt_path='missing.ckpt': no such checkpoint file"),
+        (["data.sampling=random"], "data.sampling='random' is unknown; choose one of"),
+        (["data.preprocess.interpolation=bicubic"], "data.preprocess.interpolation='bicubic' is unknown"),
+        (["optimizer._target_=torch.optim.Adamm"], "optimizer: "),
+    ],
+)
+def test_bad_settings_print_one_error_line(synthetic_root: Path, tmp_path: Path, capsys, overrides: list[str], expected: str) -> None:
+    cfg = compose_run(synthetic_root, tmp_path / "run", tmp_path / "cache", *overrides)
+    with pytest.raises(SystemExit) as info:
+        run_task(train, cfg)
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("error: ") and expected in lines[-1]
