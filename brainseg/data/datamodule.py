@@ -1,0 +1,144 @@
+"""LightningDataModule for the kaggle_3m layout: discovery, cached preprocessing, patient splits, loaders."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import to_absolute_path
+from lightning.fabric.utilities.seed import pl_worker_init_function
+from torch.utils.data import DataLoader
+
+from brainseg.data.cache import VolumeCache
+from brainseg.data.dataset import SliceDataset, normalize_batch
+from brainseg.data.preprocess import PreprocessConfig, PreprocessedVolume
+from brainseg.data.reader import PatientFiles, find_patients
+from brainseg.data.sampling import SAMPLINGS, make_sampler
+from brainseg.data.splits import Split, make_split
+from brainseg.errors import ConfigError
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Lightning's per-worker seeding, plus albumentations' own generators (not covered by it)."""
+    pl_worker_init_function(worker_id)
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info else None
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(int(np.random.randint(2**31)))
+
+
+class LGGDataModule(L.LightningDataModule):
+    """Patient-wise train/val/test loaders over preprocessed, cached LGG volumes."""
+
+    def __init__(
+        self,
+        root: str,
+        cache_dir: str,
+        preprocess: Mapping[str, Any] | None = None,
+        split: str = "reference",
+        n_val: int = 10,
+        n_folds: int = 5,
+        fold: int = 0,
+        split_seed: int = 42,
+        val_patients: list[str] | None = None,
+        test_patients: list[str] | None = None,
+        train_patients: list[str] | None = None,
+        sampling: str = "lesion_weighted",
+        augmentation: Callable | None = None,
+        batch_size: int = 16,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        preprocess_workers: int = 2,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.root = Path(to_absolute_path(str(root)))
+        self.cache_dir = Path(to_absolute_path(str(cache_dir)))
+        if self.cache_dir.resolve().is_relative_to(self.root.resolve()):
+            raise ConfigError(f"data.cache_dir={str(cache_dir)!r} is inside data.root; nothing may be written there")
+        self.preprocess_cfg = PreprocessConfig(**dict(preprocess or {}))
+        if sampling not in SAMPLINGS:
+            raise ConfigError(f"data.sampling={sampling!r} is unknown; choose one of {list(SAMPLINGS)}")
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
+        self.split_kind = split
+        self.split_args = dict(
+            n_val=n_val, n_folds=n_folds, fold=fold, seed=split_seed,
+            val_patients=val_patients, test_patients=test_patients, train_patients=train_patients,
+        )
+        self.sampling = sampling
+        self.augmentation = augmentation
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.preprocess_workers = preprocess_workers
+        self.seed = seed
+        self.split: Split | None = None
+        self.datasets: dict[str, SliceDataset] = {}
+
+    def _patients(self) -> dict[str, PatientFiles]:
+        return {p.name: p for p in find_patients(self.root)}
+
+    def _make_split(self, patients: dict[str, PatientFiles]) -> Split:
+        return make_split(self.split_kind, list(patients), **self.split_args)
+
+    def prepare_data(self) -> None:
+        """Fill the cache once (rank 0) before every rank loads it memory-mapped."""
+        patients = self._patients()
+        split = self._make_split(patients)
+        cache = VolumeCache(self.cache_dir, self.preprocess_cfg)
+        cache.load_many([patients[n] for n in split.train + split.val + split.test], self.preprocess_workers)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.split is not None:
+            return
+        patients = self._patients()
+        self.split = self._make_split(patients)
+        cache = VolumeCache(self.cache_dir, self.preprocess_cfg)
+        load = lambda names: cache.load_many([patients[n] for n in names], self.preprocess_workers)  # noqa: E731
+        if self.augmentation is not None and hasattr(self.augmentation, "set_random_seed"):
+            self.augmentation.set_random_seed(self.seed)
+        self.datasets["train"] = SliceDataset(load(self.split.train), self.augmentation)
+        self.datasets["val"] = SliceDataset(load(self.split.val))
+        self.datasets["test"] = SliceDataset(load(self.split.test)) if self.split.test else self.datasets["val"]
+
+    def subset_volumes(self, subset: str) -> list[PreprocessedVolume]:
+        return self.datasets[subset].volumes
+
+    def patient_names(self, subset: str) -> list[str]:
+        """Names in the order of the `patient` index that the subset's samples carry."""
+        return [v.name for v in self.datasets[subset].volumes]
+
+    def write_split(self, path: Path) -> None:
+        payload = {"kind": self.split_kind, **self.split.to_dict(), "root": str(self.root)}
+        path.write_text(json.dumps(payload, indent=2))
+
+    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        return normalize_batch(batch)
+
+    def _loader(self, subset: str, batch_size: int, **kwargs: Any) -> DataLoader:
+        return DataLoader(
+            self.datasets[subset],
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=_seed_worker,
+            pin_memory=torch.cuda.is_available(),
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        train = self.datasets["train"]
+        sampler = make_sampler(self.sampling, train.lesion_areas(), self.seed)
+        return self._loader("train", self.batch_size, sampler=sampler, shuffle=sampler is None, drop_last=len(train) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.val_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.val_batch_size)

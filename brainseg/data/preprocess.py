@@ -1,0 +1,185 @@
+"""The reference preprocessing protocol, one switchable step at a time, with a record to undo the geometry.
+
+Order (as in the reference program): drop the first and last slice, zero voxels under
+`crop_threshold` x volume max and crop to the 3-D bounding box of the rest, zero-pad to square,
+resize every slice to `image_size`, rescale intensities from the volume's p10..p99 to [0, 1].
+The per-channel z-score over the volume is computed here but applied at load time, so that
+intensity augmentations work on [0, 1] images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+
+from brainseg.data.reader import PatientVolume
+from brainseg.errors import ConfigError
+
+INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST,
+    "linear": cv2.INTER_LINEAR,
+    "cubic": cv2.INTER_CUBIC,
+    "area": cv2.INTER_AREA,
+    "lanczos": cv2.INTER_LANCZOS4,
+}
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Switches for each protocol step; the defaults are the reference protocol."""
+
+    drop_end_slices: bool = True
+    crop_to_brain: bool = True
+    crop_threshold: float = 0.1
+    pad_square: bool = True
+    image_size: int | None = 256
+    # OpenCV has no biquadratic (order 2) resize; bicubic per slice is the fast stand-in.
+    interpolation: str = "cubic"
+    rescale_percentiles: tuple[float, float] | None = (10.0, 99.0)
+    zscore: bool = True
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(
+                f"data.preprocess.interpolation={self.interpolation!r} is unknown; "
+                f"choose one of {sorted(INTERPOLATIONS)}"
+            )
+        if self.image_size is not None and self.image_size < 8:
+            raise ConfigError(f"data.preprocess.image_size={self.image_size} must be >= 8 or null")
+        if not 0 <= self.crop_threshold < 1:
+            raise ConfigError(f"data.preprocess.crop_threshold={self.crop_threshold} must be in [0, 1)")
+        if self.rescale_percentiles is not None:
+            low, high = self.rescale_percentiles
+            if not 0 <= low < high <= 100:
+                raise ConfigError(
+                    f"data.preprocess.rescale_percentiles={list(self.rescale_percentiles)} "
+                    "must be two increasing values in [0, 100]"
+                )
+            object.__setattr__(self, "rescale_percentiles", (float(low), float(high)))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Geometry:
+    """Where the preprocessed volume sits in the original one, to map predictions back."""
+
+    original_shape: tuple[int, int, int]  # (Z, H, W) of the input volume
+    slice_indices: list[int]  # original slice indices (0-based) that were kept, in order
+    box: tuple[int, int, int, int]  # y0, y1, x0, x1 of the in-plane crop
+    pad: tuple[int, int, int, int]  # top, bottom, left, right zero padding after the crop
+    output_size: tuple[int, int]  # in-plane size after resizing
+
+    def __post_init__(self) -> None:  # JSON gives lists back
+        for name in ("original_shape", "box", "pad", "output_size"):
+            setattr(self, name, tuple(int(v) for v in getattr(self, name)))
+        self.slice_indices = [int(v) for v in self.slice_indices]
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        y0, y1, x0, x1 = self.box
+        top, bottom, left, right = self.pad
+        return (y1 - y0 + top + bottom, x1 - x0 + left + right)
+
+
+@dataclass
+class PreprocessedVolume:
+    """Images (Z, S, S, 3) in [0, 1], masks (Z, S, S) uint8, z-score statistics, geometry.
+
+    `image` is float32 fresh from `preprocess`, or uint16 (value x 65535) when read from the cache.
+    """
+
+    name: str
+    numbers: list[int]  # slice numbers (from the file names) of the kept slices
+    image: np.ndarray
+    mask: np.ndarray | None
+    channel_mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    channel_std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    geometry: Geometry | None = None
+
+    def slice_image(self, z: int) -> np.ndarray:
+        """Slice z as (S, S, 3) float32 in [0, 1], whatever the storage type."""
+        if self.image.dtype == np.uint16:
+            return np.multiply(self.image[z], np.float32(1 / 65535), dtype=np.float32)
+        return np.asarray(self.image[z], dtype=np.float32)
+
+
+def _brain_box(image: np.ndarray, threshold: float) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Zero voxels under threshold x max (in place) and return the 3-D bounding box of the rest."""
+    flat = image.reshape(-1, image.shape[2], image.shape[3])  # OpenCV takes (rows, cols, channels)
+    # uint8 v < t  <=>  v <= ceil(t) - 1: THRESH_TOZERO keeps values above that
+    cv2.threshold(flat, float(np.ceil(image.max() * threshold)) - 1, 0, cv2.THRESH_TOZERO, dst=flat)
+    nonzero = np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2]) > 0
+    if not nonzero.any():
+        return image, (0, image.shape[0], 0, image.shape[1], 0, image.shape[2])
+    bounds = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(nonzero.any(axis=other))
+        bounds += [int(idx[0]), int(idx[-1]) + 1]
+    return image, tuple(bounds)
+
+
+def _square_padding(height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) zero padding that makes the slice square, floor before ceil."""
+    diff = abs(height - width)
+    low, high = diff // 2, diff - diff // 2
+    return (low, high, 0, 0) if width > height else (0, 0, low, high)
+
+
+def resize_slices(volume: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+    """Resize each slice of (Z, H, W[, C]) to `size` (H, W) with OpenCV."""
+    out = np.empty((volume.shape[0], *size, *volume.shape[3:]), volume.dtype)
+    for z in range(volume.shape[0]):
+        out[z] = cv2.resize(volume[z], (size[1], size[0]), interpolation=interpolation)
+    return out
+
+
+def preprocess(volume: PatientVolume, cfg: PreprocessConfig) -> PreprocessedVolume:
+    """Apply the protocol to one patient volume."""
+    image, mask = volume.image, volume.mask
+    z_count, height, width = image.shape[:3]
+    indices = np.arange(z_count)
+    if cfg.drop_end_slices and z_count > 2:
+        image, mask, indices = image[1:-1], None if mask is None else mask[1:-1], indices[1:-1]
+    image = image.copy()  # the brain crop writes zeros into it
+    box = (0, image.shape[1], 0, image.shape[2])
+    if cfg.crop_to_brain:
+        image, (z0, z1, y0, y1, x0, x1) = _brain_box(image, cfg.crop_threshold)
+        image, indices = image[z0:z1, y0:y1, x0:x1], indices[z0:z1]
+        mask = None if mask is None else mask[z0:z1, y0:y1, x0:x1]
+        box = (y0, y1, x0, x1)
+    pad = (0, 0, 0, 0)
+    if cfg.pad_square:
+        pad = _square_padding(image.shape[1], image.shape[2])
+        if any(pad):
+            spec = ((0, 0), pad[:2], pad[2:])
+            image = np.pad(image, (*spec, (0, 0)))
+            mask = None if mask is None else np.pad(mask, spec)
+    image = image.astype(np.float32) / 255.0
+    if cfg.image_size is not None:
+        size = (cfg.image_size, cfg.image_size)
+        image = resize_slices(image, size, INTERPOLATIONS[cfg.interpolation])
+        mask = None if mask is None else resize_slices(mask, size, cv2.INTER_NEAREST)
+    if cfg.rescale_percentiles is not None:
+        low, high = np.percentile(image, cfg.rescale_percentiles)
+        image -= low
+        image *= 1.0 / max(high - low, 1e-8)
+        np.clip(image, 0.0, 1.0, out=image)
+    mean, std = [0.0] * 3, [1.0] * 3
+    if cfg.zscore:
+        m, s = cv2.meanStdDev(image.reshape(-1, image.shape[2], 3))  # float64 accumulation, fast
+        mean = m.ravel().tolist()
+        std = [v if v > 1e-8 else 1.0 for v in s.ravel().tolist()]
+    geometry = Geometry(
+        original_shape=(z_count, height, width),
+        slice_indices=indices.tolist(),
+        box=box,
+        pad=pad,
+        output_size=image.shape[1:3],
+    )
+    numbers = [volume.numbers[i] for i in indices]
+    return PreprocessedVolume(volume.name, numbers, image, mask, mean, std, geometry)

@@ -1,0 +1,126 @@
+"""Reading the kaggle_3m layout: one folder per patient, `<patient>_<n>.tif` slices and `_mask.tif` masks."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from brainseg.errors import DataError
+
+_SLICE_RE = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)(?P<mask>_mask)?\.tif$")
+
+
+@dataclass(frozen=True)
+class PatientFiles:
+    """The slice files of one patient, in slice order; `masks` is None for inference-only folders."""
+
+    name: str
+    folder: Path
+    numbers: tuple[int, ...]
+    images: tuple[Path, ...]
+    masks: tuple[Path, ...] | None
+
+
+@dataclass
+class PatientVolume:
+    """A patient's raw volume: images (Z, H, W, 3) uint8 and masks (Z, H, W) uint8 in {0, 1}."""
+
+    name: str
+    numbers: tuple[int, ...]
+    image: np.ndarray
+    mask: np.ndarray | None
+
+
+def scan_patient(folder: Path, require_masks: bool = True) -> PatientFiles:
+    """List a patient folder's slices in numeric order (2 before 10), checking image/mask pairing and gaps."""
+    images: dict[int, Path] = {}
+    masks: dict[int, Path] = {}
+    for path in folder.iterdir():
+        match = _SLICE_RE.match(path.name)
+        if not match or not path.is_file():
+            continue
+        (masks if match["mask"] else images)[int(match["n"])] = path
+    if not images and not masks:
+        raise DataError(f"{folder}: no slice files (<patient>_<n>.tif) in patient folder")
+    for n in sorted(set(masks) - set(images)):
+        raise DataError(f"{masks[n]}: mask has no image {masks[n].name.replace('_mask.tif', '.tif')}")
+    has_masks = bool(masks)
+    if require_masks or has_masks:
+        for n in sorted(set(images) - set(masks)):
+            raise DataError(f"{images[n]}: image has no mask {images[n].stem}_mask.tif")
+    numbers = sorted(images)
+    expected = list(range(numbers[0], numbers[0] + len(numbers)))
+    if numbers != expected:
+        missing = sorted(set(expected) - set(numbers))[0]
+        raise DataError(f"{folder}: slice {missing} is missing (slice numbers must be consecutive)")
+    return PatientFiles(
+        name=folder.name,
+        folder=folder,
+        numbers=tuple(numbers),
+        images=tuple(images[n] for n in numbers),
+        masks=tuple(masks[n] for n in numbers) if has_masks else None,
+    )
+
+
+def find_patients(root: str | Path, require_masks: bool = True) -> list[PatientFiles]:
+    """All patient folders under a data root (kaggle_3m layout), sorted by name.
+
+    A root that is itself a patient folder (it holds slice files) yields that one patient.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: data root does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root}: data root is not a directory")
+    if any(_SLICE_RE.match(p.name) for p in root.iterdir()):
+        return [scan_patient(root, require_masks)]
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    patients = [scan_patient(f, require_masks) for f in folders if any(f.glob("*.tif"))]
+    if not patients:
+        raise DataError(f"{root}: no patient folders with .tif slices (expected the kaggle_3m layout)")
+    return patients
+
+
+def _read_tif(path: Path) -> np.ndarray:
+    try:
+        return tifffile.imread(path)
+    except Exception as exc:  # tifffile raises many types for corrupt files
+        raise DataError(f"{path}: unreadable tif ({type(exc).__name__}: {exc})") from None
+
+
+def read_image(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """One slice as (H, W, 3) uint8; `shape` enforces the patient's common H, W."""
+    image = _read_tif(path)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise DataError(f"{path}: expected an HxWx3 uint8 image, got {image.shape} {image.dtype}")
+    if shape is not None and image.shape[:2] != shape:
+        raise DataError(f"{path}: slice is {image.shape[:2]}, other slices of the patient are {shape}")
+    return image
+
+
+def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """One mask as (H, W) uint8 in {0, 1}; accepts 0/255 (kaggle_3m) or 0/1."""
+    mask = _read_tif(path)
+    if mask.ndim == 3 and mask.shape[2] in (3, 4):  # some exports store grey masks as RGB
+        mask = mask[..., 0]
+    if mask.dtype != np.uint8 or mask.shape != shape:
+        raise DataError(f"{path}: expected an {shape[0]}x{shape[1]} uint8 mask, got {mask.shape} {mask.dtype}")
+    return (mask > 127 if mask.max() > 1 else mask > 0).astype(np.uint8)
+
+
+def read_patient(files: PatientFiles) -> PatientVolume:
+    """Read every slice of a patient into one volume."""
+    first = read_image(files.images[0])
+    shape = first.shape[:2]
+    image = np.empty((len(files.images), *first.shape), np.uint8)
+    image[0] = first
+    for i, path in enumerate(files.images[1:], start=1):
+        image[i] = read_image(path, shape)
+    mask = None
+    if files.masks is not None:
+        mask = np.stack([read_mask(p, shape) for p in files.masks])
+    return PatientVolume(files.name, files.numbers, image, mask)
