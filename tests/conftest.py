@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from brainseg.data.synthetic import generate
+from helpers import PROJECT, run_cli, snapshot, tiny_train_overrides
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +25,15 @@ def copied_root(synthetic_root: Path, tmp_path: Path) -> Path:
     root = tmp_path / "lgg"
     shutil.copytree(synthetic_root, root)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny `python train.py` run, shared by the tests that read its outputs or checkpoints."""
+    base = tmp_path_factory.mktemp("train")
+    before = snapshot(synthetic_root)
+    result = run_cli("train.py", *tiny_train_overrides(synthetic_root, base / "run", base / "cache"), cwd=PROJECT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert snapshot(synthetic_root) == before, "training wrote under the data root"
+    assert "best val/dsc_volume: mean" in result.stdout + result.stderr
+    return base / "run"

@@ -51,13 +51,13 @@ requires_real_data = pytest.mark.skipif(
 )
 
 
-def compose(overrides: list[str], hydra_node: bool = True):
-    """The train config as train.py would compose it (without a Hydra run directory)."""
+def compose(overrides: list[str], hydra_node: bool = True, config_name: str = "train"):
+    """A config as train.py / predict.py would compose it (without a Hydra run directory)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=overrides, return_hydra_config=hydra_node)
+        return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=hydra_node)
 
 
 def compose_run(root: Path, run_dir: Path, cache: Path, *overrides: str):

@@ -10,25 +10,13 @@ import pytest
 import torch
 import yaml
 
-from helpers import PROJECT, run_cli, snapshot, tiny_train_overrides
+from helpers import PROJECT, run_cli, tiny_train_overrides
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def trained(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny training run shared by the tests that read its outputs."""
-    base = tmp_path_factory.mktemp("train")
-    before = snapshot(synthetic_root)
-    result = run_cli("train.py", *tiny_train_overrides(synthetic_root, base / "run", base / "cache"), cwd=PROJECT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert snapshot(synthetic_root) == before, "training wrote under the data root"
-    assert "best val/dsc_volume: mean" in result.stdout + result.stderr
-    return base
-
-
-def test_run_directory_holds_checkpoints_metrics_split_config(trained: Path) -> None:
-    run = trained / "run"
+def test_run_directory_holds_checkpoints_metrics_split_config(tiny_run: Path) -> None:
+    run = tiny_run
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert "last.ckpt" in checkpoints and any(n.startswith("best-epoch") for n in checkpoints)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -51,16 +39,16 @@ def test_run_directory_holds_checkpoints_metrics_split_config(trained: Path) -> 
     assert {"train/loss", "val/dsc_volume", "val/dsc_volume_median", "val/dsc_slice"} <= set(columns)
 
 
-def test_resume_from_last_checkpoint(trained: Path, synthetic_root: Path) -> None:
-    overrides = tiny_train_overrides(synthetic_root, trained / "resumed", trained / "cache")
+def test_resume_from_last_checkpoint(tiny_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    overrides = tiny_train_overrides(synthetic_root, tmp_path / "resumed", tiny_run.parent / "cache")
     overrides = [o for o in overrides if not o.startswith("trainer.max_epochs")]
-    last = trained / "run" / "checkpoints" / "last.ckpt"
+    last = tiny_run / "checkpoints" / "last.ckpt"
     result = run_cli("train.py", *overrides, "trainer.max_epochs=3", f"ckpt_path={last}", cwd=PROJECT)
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((trained / "resumed" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert metrics["epochs"] == 3
     assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2]  # the first two come from the checkpoint
-    with open(trained / "resumed" / "csv" / "metrics.csv") as fh:
+    with open(tmp_path / "resumed" / "csv" / "metrics.csv") as fh:
         epochs = {row["epoch"] for row in csv.DictReader(fh) if row.get("train/loss")}
     assert epochs == {"2"}  # only the new epoch was trained
 

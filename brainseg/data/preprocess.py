@@ -183,3 +183,20 @@ def preprocess(volume: PatientVolume, cfg: PreprocessConfig) -> PreprocessedVolu
     )
     numbers = [volume.numbers[i] for i in indices]
     return PreprocessedVolume(volume.name, numbers, image, mask, mean, std, geometry)
+
+
+def restore_geometry(probs: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Map (Zk, S, S) probabilities of the kept slices back onto the original (Z, H, W) grid.
+
+    Undoes resize (bilinear), padding and crop; slices the protocol dropped, and voxels outside
+    the brain box, get probability 0.
+    """
+    out = np.zeros(geometry.original_shape, np.float32)
+    if not geometry.slice_indices:
+        return out
+    resized = resize_slices(probs.astype(np.float32), geometry.padded_shape, cv2.INTER_LINEAR)
+    top, bottom, left, right = geometry.pad
+    height, width = geometry.padded_shape
+    y0, y1, x0, x1 = geometry.box
+    out[geometry.slice_indices, y0:y1, x0:x1] = resized[:, top : height - bottom, left : width - right]
+    return out

@@ -75,6 +75,7 @@ class RunReport(L.Callback):
         datamodule = trainer.datamodule
         checkpoint[CHECKPOINT_KEY] = {
             "config": self.config,
+            "data_root": str(datamodule.root),
             "preprocess": datamodule.preprocess_cfg.to_dict(),
             "split": datamodule.split.to_dict(),
         }

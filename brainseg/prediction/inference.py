@@ -1,0 +1,100 @@
+"""Volume inference: preprocess, batch through every member and TTA view, average probabilities,
+map back to the original geometry."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from brainseg.data.preprocess import PreprocessedVolume, preprocess, restore_geometry
+from brainseg.data.reader import PatientVolume
+from brainseg.errors import ConfigError
+from brainseg.prediction.members import Member
+
+
+@dataclass(frozen=True)
+class View:
+    """One test-time augmentation: optional horizontal flip, then rotation (degrees) and scale."""
+
+    hflip: bool = False
+    angle: float = 0.0
+    scale: float = 1.0
+
+    def _matrix(self, batch: int, device: torch.device, inverse: bool) -> torch.Tensor:
+        theta = math.radians(self.angle)
+        cos, sin = math.cos(theta) / self.scale, math.sin(theta) / self.scale
+        m = torch.tensor([[cos, -sin], [sin, cos]], dtype=torch.float32)
+        if inverse:
+            m = torch.linalg.inv(m)
+        return torch.cat([m, torch.zeros(2, 1)], dim=1).expand(batch, 2, 3).to(device)
+
+    def _warp(self, x: torch.Tensor, inverse: bool) -> torch.Tensor:
+        if self.angle == 0 and self.scale == 1:
+            return x
+        grid = F.affine_grid(self._matrix(x.shape[0], x.device, inverse), list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.flip(-1) if self.hflip else images
+        return self._warp(images, inverse=False)
+
+    def backward(self, probs: torch.Tensor) -> torch.Tensor:
+        probs = self._warp(probs, inverse=True)
+        return probs.flip(-1) if self.hflip else probs
+
+
+def tta_views(hflip: bool = False, rotations: Sequence[float] = (), scales: Sequence[float] = ()) -> list[View]:
+    """The identity plus each requested augmentation (flips combined with the others)."""
+    base = [View()] + [View(angle=float(a)) for a in rotations] + [View(scale=float(s)) for s in scales]
+    if any(s <= 0 for s in scales):
+        raise ConfigError(f"tta.scales={list(scales)} must be positive")
+    return base + [View(True, v.angle, v.scale) for v in base] if hflip else base
+
+
+class Predictor:
+    """Averages sigmoid probabilities over members x views; members must preprocess identically."""
+
+    def __init__(self, members: Sequence[Member], views: Sequence[View] = (View(),), batch_size: int = 16,
+                 device: str | torch.device = "cpu") -> None:
+        if not members:
+            raise ConfigError("checkpoints: give at least one checkpoint (or sweep_dir / onnx)")
+        first = members[0]
+        for other in members[1:]:
+            if other.preprocess != first.preprocess:
+                raise ConfigError(f"{other.path} preprocesses differently from {first.path}; they cannot be ensembled")
+        self.device = torch.device(device)
+        self.members = [m.to(self.device) for m in members]
+        self.views = list(views)
+        self.batch_size = batch_size
+        self.preprocess_cfg = first.preprocess
+
+    @torch.no_grad()
+    def member_probabilities(self, member: Member, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) -> (N, S, S): one member's probabilities averaged over the views."""
+        out = torch.zeros(images.shape[0], *images.shape[2:])
+        for start in range(0, images.shape[0], self.batch_size):
+            batch = images[start : start + self.batch_size].to(self.device)
+            total = torch.zeros(batch.shape[0], 1, *batch.shape[2:], device=self.device)
+            for view in self.views:
+                total += view.backward(torch.sigmoid(member(view.forward(batch)).float()))
+            out[start : start + batch.shape[0]] = (total / len(self.views))[:, 0].cpu()
+        return out
+
+    def preprocessed(self, volume: PatientVolume) -> tuple[PreprocessedVolume, torch.Tensor]:
+        """The protocol's volume and its z-scored (Zk, 3, S, S) network input."""
+        pre = preprocess(volume, self.preprocess_cfg)
+        image = torch.from_numpy(pre.image).permute(0, 3, 1, 2)
+        mean = torch.tensor(pre.channel_mean, dtype=torch.float32)[None, :, None, None]
+        std = torch.tensor(pre.channel_std, dtype=torch.float32)[None, :, None, None]
+        return pre, ((image - mean) / std).contiguous()
+
+    def predict(self, volume: PatientVolume) -> np.ndarray:
+        """Probabilities (Z, H, W) in the volume's original geometry."""
+        pre, images = self.preprocessed(volume)
+        probs = sum(self.member_probabilities(m, images) for m in self.members) / len(self.members)
+        return restore_geometry(probs.numpy(), pre.geometry)

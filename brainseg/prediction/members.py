@@ -1,0 +1,143 @@
+"""Ensemble members: a trained network from a brainseg checkpoint, or an exported ONNX model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from brainseg.data.preprocess import PreprocessConfig
+from brainseg.errors import ConfigError, DataError
+from brainseg.models import build_model
+from brainseg.training.report import CHECKPOINT_KEY
+
+ONNX_METADATA_KEY = "brainseg"
+
+
+@dataclass
+class Member:
+    """A callable (B, 3, S, S) z-scored images -> (B, 1, S, S) logits, with its provenance."""
+
+    path: Path
+    preprocess: PreprocessConfig
+    model: dict[str, Any]
+    threshold: float = 0.5
+    data_root: str | None = None
+    split: dict[str, list[str]] = field(default_factory=dict)
+    net: nn.Module | None = None
+    session: Any = None  # onnxruntime.InferenceSession for ONNX members
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.session is not None:
+            (logits,) = self.session.run(None, {"image": images.detach().cpu().numpy().astype(np.float32)})
+            return torch.from_numpy(logits).to(images.device)
+        return self.net(images)
+
+    def to(self, device: torch.device) -> Member:
+        if self.net is not None:
+            self.net.to(device)
+        return self
+
+    def provenance(self) -> dict[str, Any]:
+        """What predict.py and exports record about the member."""
+        return {"path": str(self.path), "model": self.model, "preprocess": self.preprocess.to_dict(),
+                "threshold": self.threshold, "data_root": self.data_root, "split": self.split}
+
+
+def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None = None) -> Member:
+    """Rebuild the network of a brainseg training checkpoint (no Hydra needed).
+
+    `expected_model` holds model settings the caller relies on (e.g. `model.encoder_name`);
+    a checkpoint trained with other values is refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch.load raises many types for foreign files
+        raise DataError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise DataError(f"{path}: not a brainseg checkpoint (made by train.py)")
+    hparams, info = checkpoint["hyper_parameters"], checkpoint[CHECKPOINT_KEY]
+    model_cfg = dict(hparams["model"])
+    for key, value in (expected_model or {}).items():
+        if key not in model_cfg or model_cfg[key] != value:
+            raise ConfigError(
+                f"model.{key}={value!r} does not match {path.name}, trained with model.{key}={model_cfg.get(key)!r}"
+            )
+    net = build_model(**model_cfg)
+    weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise DataError(f"{path}: weights do not fit model {model_cfg.get('arch')}/{model_cfg.get('encoder_name')} ({first})") from None
+    return Member(
+        path=path,
+        preprocess=PreprocessConfig(**info["preprocess"]),
+        model=model_cfg,
+        threshold=float((hparams.get("metric") or {}).get("threshold", 0.5)),
+        data_root=info.get("data_root"),
+        split=info.get("split", {}),
+        net=net.eval(),
+    )
+
+
+def find_sweep_checkpoints(sweep_dir: str | Path) -> list[Path]:
+    """The best checkpoint of every job in a sweep directory (e.g. the k folds of a k-fold sweep)."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise DataError(f"{sweep_dir}: sweep directory not found")
+    found = []
+    for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir()), key=lambda p: (len(p.name), p.name)):
+        best = sorted(job.glob("checkpoints/best-*.ckpt"))
+        if best:
+            found.append(best[-1])
+    if not found:
+        raise DataError(f"{sweep_dir}: no job folder with checkpoints/best-*.ckpt")
+    return found
+
+
+def export_onnx(member: Member, path: Path, image_size: int) -> Path:
+    """Write the member's network as ONNX (dynamic batch), its preprocessing in the model's metadata."""
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.randn(2, 3, image_size, image_size)
+    torch.onnx.export(
+        member.net.cpu().eval(), (dummy,), str(path), input_names=["image"], output_names=["logits"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False,
+    )
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(member.provenance())
+    onnx.save(model, str(path))
+    return path
+
+
+def load_onnx(path: str | Path) -> Member:
+    """An exported model run through onnxruntime on the CPU."""
+    import onnxruntime
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: ONNX model not found")
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise DataError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    meta = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+    if meta is None:
+        raise DataError(f"{path}: not a brainseg ONNX export (no '{ONNX_METADATA_KEY}' metadata)")
+    info = json.loads(meta)
+    return Member(
+        path=path, preprocess=PreprocessConfig(**info["preprocess"]), model=info["model"],
+        threshold=info["threshold"], data_root=info.get("data_root"), split=info.get("split", {}), session=session,
+    )

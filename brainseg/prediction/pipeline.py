@@ -1,0 +1,117 @@
+"""`predict(cfg)`: masks in the original geometry, per-patient scores and pictures, or an ONNX export."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import tifffile
+import torch
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from brainseg.config import to_plain
+from brainseg.data.reader import find_patients, read_patient
+from brainseg.errors import ConfigError
+from brainseg.metrics import largest_connected_component
+from brainseg.prediction.inference import Predictor, tta_views
+from brainseg.prediction.members import Member, export_onnx, find_sweep_checkpoints, load_checkpoint, load_onnx
+from brainseg.prediction.postprocess import resolve_lcc
+from brainseg.reporting.figures import dsc_bar_chart, write_overlays
+from brainseg.reporting.scores import patient_row, write_scores
+
+log = logging.getLogger("brainseg")
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(to_absolute_path(str(value))).resolve() if value else None
+
+
+def _prepare_output(output_dir: Path | None, input_root: Path | None, overwrite: bool) -> Path:
+    if output_dir is None:
+        raise ConfigError("output_dir is required (a new or empty folder)")
+    if input_root is not None and (output_dir == input_root or output_dir.is_relative_to(input_root)):
+        raise ConfigError(f"output_dir={str(output_dir)!r} is inside the input {str(input_root)!r}; choose another folder")
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"output_dir={str(output_dir)!r} is not empty; choose another folder or set overwrite=true")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return output_dir
+
+
+def load_members(cfg: DictConfig) -> list[Member]:
+    """Members from `onnx`, `sweep_dir` or the `checkpoints` list."""
+    if cfg.get("onnx"):
+        return [load_onnx(_path(cfg.onnx))]
+    paths = [_path(p) for p in cfg.get("checkpoints") or []]
+    if cfg.get("sweep_dir"):
+        paths += find_sweep_checkpoints(_path(cfg.sweep_dir))
+    if not paths:
+        raise ConfigError("checkpoints: give one or more checkpoint files, a sweep_dir, or an onnx model")
+    expected = to_plain(cfg.get("model")) or {}
+    return [load_checkpoint(p, expected) for p in paths]
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """Run inference (or `export=onnx`); returns the run summary written to prediction.json."""
+    input_root = _path(cfg.get("input"))
+    members = load_members(cfg)
+    if cfg.get("export"):
+        if cfg.export != "onnx":
+            raise ConfigError(f"export={cfg.export!r} is unknown; choose onnx")
+        out = _prepare_output(_path(cfg.get("output_dir")), None, cfg.overwrite)
+        size = members[0].preprocess.image_size or 256
+        path = export_onnx(members[0], out / "model.onnx", size)
+        log.info("exported %s to %s", members[0].path, path)
+        return {"export": str(path)}
+    return run_prediction(cfg, members)
+
+
+def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
+    """Predict every patient under `cfg.input` with the given members (see predict)."""
+    input_root = _path(cfg.get("input"))
+    if input_root is None:
+        raise ConfigError("input is required: a data root in the kaggle_3m layout or one patient folder")
+    patients = find_patients(input_root, require_masks=False)
+    out = _prepare_output(_path(cfg.get("output_dir")), input_root, cfg.overwrite)
+    views = tta_views(cfg.tta.hflip, list(cfg.tta.rotations or []), list(cfg.tta.scales or []))
+    predictor = Predictor(members, views, cfg.batch_size, _device(cfg.device))
+    threshold = float(cfg.threshold if cfg.get("threshold") is not None else members[0].threshold)
+    lcc = resolve_lcc(to_plain(cfg.postprocess)["lcc"], predictor, threshold, [repr(v) for v in views],
+                      str(_path(cfg.postprocess.data_root)) if cfg.postprocess.get("data_root") else None,
+                      list(cfg.postprocess.patients) if cfg.postprocess.get("patients") else None)
+    rows = []
+    for files in tqdm(patients, desc="patients", unit="patient", disable=not cfg.progress):
+        volume = read_patient(files)
+        probs = predictor.predict(volume)
+        mask = probs > threshold
+        if lcc["lcc"]:
+            mask = largest_connected_component(mask)
+        folder = out / files.name
+        folder.mkdir(exist_ok=True)
+        for z, number in enumerate(files.numbers):
+            tifffile.imwrite(folder / f"{files.name}_{number}_mask.tif", mask[z].astype("uint8") * 255)
+        truth = volume.mask.astype(bool) if volume.mask is not None else None
+        if truth is not None:
+            rows.append(patient_row(files.name, probs, truth, threshold, lcc["lcc"]))
+        if cfg.figures.overlays:
+            write_overlays(files.name, files.numbers, volume.image, mask, truth, out / "overlays")
+    summary: dict[str, Any] = {
+        "input": str(input_root), "patients": len(patients), "members": [str(m.path) for m in members],
+        "tta": [repr(v) for v in views], "threshold": threshold, "postprocess": lcc,
+    }
+    if rows:
+        summary["dsc"] = write_scores(rows, out)
+        dsc_bar_chart({r["patient"]: r["dsc"] for r in rows}, out / "dsc.png")
+        log.info("per-volume DSC over %d patients: mean %.4f, median %.4f (lcc=%s); %s",
+                 len(rows), summary["dsc"]["dsc"]["mean"], summary["dsc"]["dsc"]["median"], lcc["lcc"], out)
+    (out / "prediction.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,1 @@
+"""Reporting: per-patient score tables and the pictures people look at."""

@@ -1,0 +1,65 @@
+"""Figures: the per-patient Dice bar chart and FLAIR overlays (PNG per slice, GIF per patient)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import imageio.v3 as iio
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+PREDICTION_RGB = (255, 0, 0)
+TRUTH_RGB = (0, 255, 0)
+FLAIR_CHANNEL = 1
+
+
+def dsc_bar_chart(scores: dict[str, float], path: Path, title: str = "Per-volume Dice") -> Path:
+    """Horizontal bars per patient (sorted), with mean and median lines, as in the reference's figure."""
+    names = sorted(scores, key=scores.get)
+    values = np.array([scores[n] for n in names])
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.32 * len(names) + 1.2)), dpi=100)
+    ax.barh(np.arange(len(names)), values, color="#4c72b0")
+    ax.axvline(values.mean(), color="tab:red", linestyle="--", label=f"mean {values.mean():.3f}")
+    ax.axvline(np.median(values), color="tab:green", linestyle="-", label=f"median {np.median(values):.3f}")
+    ax.set_yticks(np.arange(len(names)), names, fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("Dice similarity coefficient")
+    ax.set_title(title)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def overlay(image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
+    """The FLAIR channel in grey with the prediction outlined in red and the truth in green."""
+    flair = image[..., FLAIR_CHANNEL]
+    rgb = np.repeat(flair[..., None], 3, axis=2).copy()
+    for mask, colour in ((truth, TRUTH_RGB), (prediction, PREDICTION_RGB)):
+        if mask is not None and mask.any():
+            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            cv2.drawContours(rgb, contours, -1, colour, 1)
+    return rgb
+
+
+def write_overlays(name: str, numbers: tuple[int, ...], image: np.ndarray, prediction: np.ndarray,
+                   truth: np.ndarray | None, out_dir: Path) -> list[Path]:
+    """PNGs of the slices with a lesion or a prediction, and one GIF through all slices."""
+    folder = out_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    frames, written = [], []
+    for z, number in enumerate(numbers):
+        frame = overlay(image[z], prediction[z], None if truth is None else truth[z])
+        frames.append(frame)
+        if prediction[z].any() or (truth is not None and truth[z].any()):
+            path = folder / f"{name}_{number}.png"
+            iio.imwrite(path, frame)
+            written.append(path)
+    gif = out_dir / f"{name}.gif"
+    iio.imwrite(gif, np.stack(frames), duration=120, loop=0)
+    return [*written, gif]

@@ -1,0 +1,17 @@
+"""Turn checkpoints into masks, scores and pictures:
+`python predict.py input=<data root> checkpoints=[<run>/checkpoints/last.ckpt] output_dir=<new folder>`."""
+
+import hydra
+from omegaconf import DictConfig
+
+from brainseg.cli import run_task
+from brainseg.prediction.pipeline import predict
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    run_task(predict, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""End-to-end `python predict.py`: masks in the original geometry, scores that match an independent
+recomputation, pictures read back, auto LCC, ensembles, ONNX, and one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from brainseg.cli import run_task
+from brainseg.data.reader import find_patients
+from brainseg.prediction.pipeline import predict
+from helpers import PROJECT, compose, run_cli, snapshot
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def predicted(tiny_run: Path, synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("predict") / "out"
+    before = snapshot(synthetic_root)
+    result = run_cli("predict.py", f"input={synthetic_root}", f"checkpoints=[{tiny_run}/checkpoints/last.ckpt]",
+                     f"output_dir={out}", "tta.hflip=true", "postprocess.lcc=auto", "progress=false",
+                     f"hydra.run.dir={out.parent / 'hydra'}", cwd=PROJECT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert snapshot(synthetic_root) == before
+    return out
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 1.0 if a.sum() + b.sum() == 0 else 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def test_masks_are_in_the_original_geometry(predicted: Path, synthetic_root: Path) -> None:
+    for files in find_patients(synthetic_root):
+        written = sorted((predicted / files.name).glob("*_mask.tif"))
+        assert {p.name for p in written} == {p.name for p in files.masks}
+        for path in written:
+            mask = tifffile.imread(path)
+            source = tifffile.imread(files.folder / path.name.replace("_mask.tif", ".tif"))
+            assert mask.dtype == np.uint8 and mask.shape == source.shape[:2] and set(np.unique(mask)) <= {0, 255}
+
+
+def test_dsc_csv_matches_an_independent_recomputation(predicted: Path, synthetic_root: Path) -> None:
+    with open(predicted / "dsc.csv") as fh:
+        rows = {r["patient"]: r for r in csv.DictReader(fh)}
+    assert len(rows) == 6
+    for files in find_patients(synthetic_root):
+        pred = np.stack([tifffile.imread(predicted / files.name / p.name) > 0 for p in files.masks])
+        truth = np.stack([tifffile.imread(p) > 0 for p in files.masks])
+        row = rows[files.name]
+        assert float(row["dsc"]) == pytest.approx(_dice(pred, truth), abs=1e-6)
+        assert int(row["lesion_voxels"]) == truth.sum() and int(row["predicted_voxels"]) == pred.sum()
+    summary = json.loads((predicted / "dsc_summary.json").read_text())
+    values = [float(r["dsc"]) for r in rows.values()]
+    assert summary["dsc"]["mean"] == pytest.approx(np.mean(values), abs=1e-5)
+    assert summary["dsc"]["median"] == pytest.approx(np.median(values), abs=1e-5)
+    assert summary["dsc"]["std"] == pytest.approx(np.std(values), abs=1e-5)
+
+
+def _has_colour(image: np.ndarray, rgb: tuple[int, int, int], tol: int = 40) -> bool:
+    return bool((np.abs(image[..., :3].astype(int) - rgb).max(axis=-1) < tol).any())
+
+
+def test_figures_read_back(predicted: Path, synthetic_root: Path) -> None:
+    chart = iio.imread(predicted / "dsc.png")
+    assert chart.shape[0] > 200 and chart.shape[1] > 400 and chart[..., :3].std() > 10
+    assert _has_colour(chart, (214, 39, 40)) and _has_colour(chart, (44, 160, 44))  # mean and median lines
+    overlays = sorted((predicted / "overlays").glob("*/*.png"))
+    assert overlays
+    images = [iio.imread(p) for p in overlays]
+    assert all(i.shape == (64, 64, 3) for i in images)
+    assert any(_has_colour(i, (0, 255, 0), 1) for i in images)  # truth outline
+    gifs = sorted((predicted / "overlays").glob("*.gif"))
+    patients = find_patients(synthetic_root)
+    assert len(gifs) == len(patients)
+    assert iio.imread(gifs[0], index=None).shape[0] == len(patients[0].numbers)
+
+
+def test_auto_lcc_is_recorded_next_to_the_checkpoint(predicted: Path, tiny_run: Path) -> None:
+    recorded = json.loads((tiny_run / "checkpoints" / "last.postprocess.json").read_text())
+    decision = recorded["decision"]
+    assert decision["lcc"] == (decision["dsc_lcc"] > decision["dsc_no_lcc"])
+    assert decision["patients"] == json.loads((tiny_run / "split.json").read_text())["val"]
+    summary = json.loads((predicted / "prediction.json").read_text())
+    assert summary["postprocess"]["lcc"] == decision["lcc"] and len(summary["tta"]) == 2
+
+
+def test_refuses_to_overwrite_or_write_into_the_input(predicted: Path, tiny_run: Path, synthetic_root: Path) -> None:
+    ckpt = f"checkpoints=[{tiny_run}/checkpoints/last.ckpt]"
+    for output, message in ((predicted, "is not empty; choose another folder or set overwrite=true"),
+                            (synthetic_root / "preds", "is inside the input")):
+        result = run_cli("predict.py", f"input={synthetic_root}", ckpt, f"output_dir={output}", cwd=PROJECT)
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert last.startswith("error: output_dir=") and message in last
+    assert not (synthetic_root / "preds").exists()
+
+
+def _predict_inprocess(*overrides: str) -> dict:
+    return predict(compose(["progress=false", "postprocess.lcc=false", *overrides], hydra_node=False, config_name="predict"))
+
+
+def test_pure_inference_on_a_folder_without_masks(tiny_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    patient = find_patients(synthetic_root)[0]
+    folder = tmp_path / "in" / patient.name
+    folder.mkdir(parents=True)
+    for image in patient.images:
+        shutil.copy(image, folder)
+    summary = _predict_inprocess(f"input={folder}", f"checkpoints=[{tiny_run}/checkpoints/last.ckpt]",
+                                 f"output_dir={tmp_path / 'out'}")
+    assert summary["patients"] == 1 and "dsc" not in summary
+    assert len(list((tmp_path / "out" / patient.name).glob("*_mask.tif"))) == len(patient.numbers)
+    assert not (tmp_path / "out" / "dsc.csv").exists() and (tmp_path / "out" / "overlays" / f"{patient.name}.gif").exists()
+
+
+def test_sweep_ensemble_and_onnx_give_the_same_masks(tiny_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    patient = find_patients(synthetic_root)[1].folder
+    ckpt = tiny_run / "checkpoints" / "last.ckpt"
+    sweep = tmp_path / "sweep"
+    for job in ("0", "1"):
+        (sweep / job / "checkpoints").mkdir(parents=True)
+        shutil.copy(ckpt, sweep / job / "checkpoints" / "best-epoch001-dsc0.5.ckpt")
+    common = [f"input={patient}", "figures.overlays=false"]
+    single = _predict_inprocess(*common, f"checkpoints=[{ckpt}]", f"output_dir={tmp_path / 'single'}")
+    ensemble = _predict_inprocess(*common, f"sweep_dir={sweep}", f"output_dir={tmp_path / 'ensemble'}")
+    assert len(ensemble["members"]) == 2 and ensemble["dsc"] == single["dsc"]
+    _predict_inprocess("export=onnx", f"checkpoints=[{ckpt}]", f"output_dir={tmp_path / 'onnx'}")
+    via_onnx = _predict_inprocess(*common, f"onnx={tmp_path / 'onnx' / 'model.onnx'}", f"output_dir={tmp_path / 'o'}")
+    for name in ("ensemble", "o"):
+        for mask in (tmp_path / "single" / patient.name).glob("*.tif"):
+            np.testing.assert_array_equal(tifffile.imread(mask), tifffile.imread(tmp_path / name / patient.name / mask.name))
+    assert via_onnx["dsc"]["dsc"]["mean"] == pytest.approx(single["dsc"]["dsc"]["mean"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        (lambda t, c, r: [f"input={r}", f"checkpoints=[{t}/missing.ckpt]"], "missing.ckpt: checkpoint not found"),
+        (lambda t, c, r: [f"input={r}", f"checkpoints=[{t}/split.json]"], "split.json: not a readable PyTorch checkpoint"),
+        (lambda t, c, r: [f"input={r}", f"checkpoints=[{c}]", "+model.encoder_name=resnet34"],
+         "model.encoder_name='resnet34' does not match last.ckpt"),
+        (lambda t, c, r: [f"input={r}/nothing", f"checkpoints=[{c}]"], "nothing: data root does not exist"),
+        (lambda t, c, r: [f"input={t}/checkpoints", f"checkpoints=[{c}]"], "no patient folders"),
+    ],
+)
+def test_bad_input_one_line_errors(tiny_run: Path, synthetic_root: Path, tmp_path: Path, capsys, setup, expected: str) -> None:
+    ckpt = tiny_run / "checkpoints" / "last.ckpt"
+    cfg = compose([*setup(tiny_run, ckpt, synthetic_root), f"output_dir={tmp_path / 'out'}", "progress=false"],
+                  hydra_node=False, config_name="predict")
+    with pytest.raises(SystemExit):
+        run_task(predict, cfg)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and expected in last
+
+
+def test_slice_of_another_shape_is_named(tiny_run: Path, copied_root: Path, tmp_path: Path, capsys) -> None:
+    patient = find_patients(copied_root)[0]
+    tifffile.imwrite(patient.images[3], np.zeros((32, 32, 3), np.uint8), photometric="rgb")
+    cfg = compose([f"input={patient.folder}", f"checkpoints=[{tiny_run}/checkpoints/last.ckpt]",
+                   f"output_dir={tmp_path / 'out'}", "progress=false", "postprocess.lcc=false"],
+                  hydra_node=False, config_name="predict")
+    with pytest.raises(SystemExit):
+        run_task(predict, cfg)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{patient.images[3].name}: slice is (32, 32), other slices of the patient are (64, 64)" in last
