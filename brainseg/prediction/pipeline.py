@@ -20,7 +20,7 @@ from brainseg.metrics import largest_connected_component
 from brainseg.prediction.inference import Predictor, tta_views
 from brainseg.prediction.members import Member, export_onnx, find_sweep_checkpoints, load_checkpoint, load_onnx
 from brainseg.prediction.postprocess import resolve_lcc
-from brainseg.reporting.figures import dsc_bar_chart, write_overlays
+from brainseg.reporting.figures import bar_chart, write_overlays
 from brainseg.reporting.scores import patient_row, write_scores
 
 log = logging.getLogger("brainseg")
@@ -110,7 +110,7 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     }
     if rows:
         summary["dsc"] = write_scores(rows, out)
-        dsc_bar_chart({r["patient"]: r["dsc"] for r in rows}, out / "dsc.png")
+        bar_chart({r["patient"]: r["dsc"] for r in rows}, out / "dsc.png")
         log.info("per-volume DSC over %d patients: mean %.4f, median %.4f (lcc=%s); %s",
                  len(rows), summary["dsc"]["dsc"]["mean"], summary["dsc"]["dsc"]["median"], lcc["lcc"], out)
     (out / "prediction.json").write_text(json.dumps(summary, indent=2))

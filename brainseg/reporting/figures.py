@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -17,22 +18,29 @@ TRUTH_RGB = (0, 255, 0)
 FLAIR_CHANNEL = 1
 
 
-def dsc_bar_chart(scores: dict[str, float], path: Path, title: str = "Per-volume Dice") -> Path:
-    """Horizontal bars per patient (sorted), with mean and median lines, as in the reference's figure."""
+def bar_chart(scores: dict[str, float], path: Path, title: str = "Per-volume Dice", show_stats: bool = True) -> Path:
+    """Horizontal bars (sorted), with mean and median lines, as in the reference's per-patient figure."""
     names = sorted(scores, key=scores.get)
     values = np.array([scores[n] for n in names])
-    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.32 * len(names) + 1.2)), dpi=100)
+    fig, ax = plt.subplots(figsize=(8 if show_stats else 10, max(3.0, 0.32 * len(names) + 1.2)), dpi=100)
     ax.barh(np.arange(len(names)), values, color="#4c72b0")
-    ax.axvline(values.mean(), color="tab:red", linestyle="--", label=f"mean {values.mean():.3f}")
-    ax.axvline(np.median(values), color="tab:green", linestyle="-", label=f"median {np.median(values):.3f}")
+    if show_stats:
+        ax.axvline(values.mean(), color="tab:red", linestyle="--", label=f"mean {values.mean():.3f}")
+        ax.axvline(np.median(values), color="tab:green", linestyle="-", label=f"median {np.median(values):.3f}")
+    else:
+        for y, v in enumerate(values):
+            ax.text(min(v, 1.0), y, f" {v:.3f}", va="center", fontsize=8)
     ax.set_yticks(np.arange(len(names)), names, fontsize=8)
     ax.set_xlim(0, 1)
     ax.set_xlabel("Dice similarity coefficient")
     ax.set_title(title)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
+    if show_stats:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp)
     plt.close(fig)
+    os.replace(tmp, path)  # parallel sweep jobs may refresh the same chart
     return path
 
 

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from brainseg.config import instantiate_setting
+from brainseg.errors import ConfigError
 from brainseg.losses import build_loss
 from brainseg.metrics import VolumeDice, slice_metrics
 from brainseg.models import build_model
@@ -41,7 +42,15 @@ class SegmentationModule(L.LightningModule):
         self.volume_scores: dict[str, dict[str, float]] = {}  # stage -> patient name -> Dice
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.net(image)
+        logits = self.net(image)
+        if logits.shape[-2:] != image.shape[-2:]:
+            model = self.hparams.model
+            raise ConfigError(
+                f"model (arch={model.get('arch')!r}, encoder_depth={model.get('encoder_depth', 5)}) returns "
+                f"{tuple(logits.shape[-2:])} logits for {tuple(image.shape[-2:])} images; "
+                "choose another model.encoder_depth or data.preprocess.image_size"
+            )
+        return logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
