@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,3 +35,27 @@ def instantiate_setting(setting: str, cfg: Any, **kwargs: Any) -> Any:
             raise cause from None
         lines = [line for line in str(exc).strip().splitlines() if line.strip()]
         raise ConfigError(f"{setting}: {lines[-1] if lines else type(exc).__name__}") from None
+
+
+def _run_group() -> str:
+    """`sweep-<sweep dir name>` for the jobs of a multirun, `runs` for single runs."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"sweep-{Path(HydraConfig.get().sweep.dir).name}"
+    return "runs"
+
+
+def _job_name() -> str:
+    """The job's overrides (Hydra's override_dirname, e.g. `loss=dice,model=unet`), or `default`."""
+    if HydraConfig.initialized():
+        return HydraConfig.get().job.override_dirname or "default"
+    return "default"
+
+
+def _gpus_per_node(accelerator: str, devices: Any) -> int | None:
+    """SLURM GPUs for a trainer: its device count on GPUs, none on CPUs."""
+    return None if accelerator == "cpu" else int(devices)
+
+
+OmegaConf.register_new_resolver("brainseg.run_group", _run_group, replace=True)
+OmegaConf.register_new_resolver("brainseg.job_name", _job_name, replace=True)
+OmegaConf.register_new_resolver("brainseg.gpus_per_node", _gpus_per_node, replace=True)

@@ -65,3 +65,41 @@ def compose_run(root: Path, run_dir: Path, cache: Path, *overrides: str):
     base = [o for o in tiny_train_overrides(root, run_dir, cache) if not o.startswith("hydra.")]
     paths = [f"paths.root_dir={PROJECT}", f"paths.output_dir={run_dir}"]
     return compose([*base, *paths, *overrides], hydra_node=False)
+
+
+def read_wandb_records(path: Path) -> list:
+    """The records of a W&B `.wandb` run file (offline runs), decoded with wandb's own protobufs.
+
+    The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of records, each with a
+    7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last).
+    """
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    pos, block, chunks, pending = 7, 32768, [], b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0:
+            break
+        if kind == 1:
+            chunks.append(chunk)
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            chunks.append(pending + chunk)
+    records = []
+    for raw in chunks:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        records.append(record)
+    return records

@@ -64,8 +64,9 @@ def _varying(jobs: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({j["overrides"].get(k) for j in jobs}) > 1]
 
 
-def _label(job: dict[str, Any], keys: list[str]) -> str:
-    return " ".join(f"{k}={job['overrides'][k]}" for k in keys if k in job["overrides"]) or f"job {job['job']}"
+def _label(job: dict[str, Any], keys: list[str], fallback: str | None = None) -> str:
+    text = " ".join(f"{k}={job['overrides'][k]}" for k in keys if k in job["overrides"])
+    return text or (fallback if fallback is not None else f"job {job['job']}")
 
 
 def cross_validation(jobs: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
@@ -74,7 +75,7 @@ def cross_validation(jobs: list[dict[str, Any]], keys: list[str]) -> list[dict[s
         return []
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for job in jobs:
-        groups[_label(job, [k for k in keys if k != FOLD_KEY]) or "all"].append(job)
+        groups[_label(job, [k for k in keys if k != FOLD_KEY], fallback="all folds")].append(job)
     rows = []
     for label, members in groups.items():
         scores = [j["dsc_volume_mean"] for j in members if j["status"] == "ok"]

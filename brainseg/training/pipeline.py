@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.loggers import WandbLogger
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
 from brainseg.config import instantiate_setting, to_plain
 from brainseg.errors import ConfigError
+from brainseg.training.media import WandbMedia
 from brainseg.training.module import SegmentationModule
 from brainseg.training.report import RunReport
 
@@ -47,12 +49,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     report = RunReport(output_dir, to_plain(cfg))
     callbacks = _instantiate_group("callbacks", cfg.get("callbacks")) + [report]
     loggers = _instantiate_group("logger", cfg.get("logger"))
+    for logger in loggers:
+        logger.log_hyperparams(report.config)  # the whole resolved config, not only the module's part
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        callbacks.append(WandbMedia())
     trainer: L.Trainer = instantiate_setting("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg.get("ckpt_path")))
-    test_scores = None
-    if cfg.get("test") and trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
-        trainer.test(module, datamodule=datamodule, ckpt_path="best")
-        test_scores = module.volume_scores.get("test")
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg.get("ckpt_path")))
+        test_scores = None
+        if cfg.get("test") and trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
+            trainer.test(module, datamodule=datamodule, ckpt_path="best")
+            test_scores = module.volume_scores.get("test")
+    finally:
+        for logger in loggers:
+            if isinstance(logger, WandbLogger) and logger._experiment is not None:
+                logger.experiment.finish()  # the next job of a sweep in this process gets its own run
     metrics = report.write_metrics(trainer, test_scores) if trainer.is_global_zero else {}
     if metrics.get("best"):
         best = metrics["best"]

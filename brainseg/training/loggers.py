@@ -1,0 +1,49 @@
+"""Experiment-tracking loggers that need more than a plain Hydra `_target_`."""
+
+from __future__ import annotations
+
+import hashlib
+import netrc
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import WandbLogger
+
+
+def wandb_credentials() -> bool:
+    """Whether W&B could log online without asking for a key (env var or ~/.netrc entry)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_logger(
+    project: str = "brainseg",
+    entity: str | None = None,
+    group: str | None = None,
+    name: str | None = None,
+    save_dir: str = ".",
+    offline: bool | str = "auto",
+    tags: Sequence[str] = (),
+    job_type: str = "train",
+) -> WandbLogger:
+    """A W&B run per job. `offline: auto` logs offline when no credentials are found (sync later
+    with `wandb sync <save_dir>/wandb/offline-run-*`), so it never blocks asking for a key.
+
+    The run id is derived from the job's output directory: a job that SLURM requeues into the same
+    directory resumes the same W&B run.
+    """
+    if offline == "auto":
+        offline = not wandb_credentials()
+    os.environ.setdefault("WANDB_SILENT", "true")
+    run_id = hashlib.sha1(str(Path(save_dir).resolve()).encode()).hexdigest()[:16]
+    return WandbLogger(
+        project=project, entity=entity, group=group, name=name, save_dir=save_dir, offline=bool(offline),
+        id=run_id, resume="allow", tags=list(tags), job_type=job_type,
+    )

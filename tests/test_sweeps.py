@@ -1,0 +1,94 @@
+"""Sweeps end to end: the README's sweep line with W&B offline, k-fold CV, failed jobs, the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from brainseg.reporting.sweep import main as rebuild_report
+from helpers import PROJECT, read_wandb_records, run_cli, tiny_train_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def _sweep(synthetic_root: Path, sweep_dir: Path, *overrides: str, env: dict | None = None):
+    base = [o for o in tiny_train_overrides(synthetic_root, sweep_dir, sweep_dir.parent / "cache")
+            if not o.startswith(("hydra.run.dir", "trainer.max_epochs"))]
+    return run_cli("train.py", "-m", *base, f"hydra.sweep.dir={sweep_dir}", "trainer.max_epochs=1", *overrides,
+                   cwd=PROJECT, env=env)
+
+
+@pytest.fixture(scope="module")
+def wandb_sweep(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`train.py -m model=unet,unetpp loss=dice,bce_dice` with W&B in offline mode (no credentials)."""
+    base = tmp_path_factory.mktemp("sweep")
+    home = base / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "WANDB_API_KEY": "", "WANDB_MODE": ""}
+    result = _sweep(synthetic_root, base / "sweep", "model=unet,unetpp", "loss=dice,bce_dice", "logger=[csv,wandb]", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return base / "sweep"
+
+
+def test_every_combination_runs_and_the_report_lists_it(wandb_sweep: Path) -> None:
+    with open(wandb_sweep / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["overrides"] for r in rows) == sorted(
+        f"loss={loss} model={model}" for model in ("unet", "unetpp") for loss in ("dice", "bce_dice")
+    )
+    for row in rows:
+        metrics = json.loads((wandb_sweep / row["job"] / "metrics.json").read_text())
+        assert row["status"] == "ok" and float(row["dsc_volume_mean"]) == pytest.approx(metrics["best"]["dsc_volume_mean"])
+        assert row["best_epoch"] == "0" and float(row["train_seconds"]) > 0
+    report = (wandb_sweep / "summary.md").read_text()
+    assert "4 jobs, 4 ok, 0 failed" in report and "| loss=bce_dice model=unetpp |" in report
+    assert (wandb_sweep / "summary.png").stat().st_size > 5000
+
+
+def test_wandb_offline_runs_hold_the_per_volume_dice(wandb_sweep: Path) -> None:
+    for job in sorted(p for p in wandb_sweep.iterdir() if (p / "metrics.json").exists()):
+        (run_file,) = job.glob("wandb/offline-run-*/run-*.wandb")
+        records = read_wandb_records(run_file)
+        run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+        assert run.run_group == f"sweep-{wandb_sweep.name}" and "loss=" in run.display_name
+        logged = [float(item.value_json) for r in records if r.WhichOneof("record_type") == "history"
+                  for item in r.history.item if (item.key or "/".join(item.nested_key)) == "val/dsc_volume"]
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert logged == pytest.approx([h["dsc_volume_mean"] for h in metrics["history"]])
+        config_keys = {u.key or "/".join(u.nested_key) for r in records if r.WhichOneof("record_type") == "config" for u in r.config.update}
+        assert {"data", "model", "loss", "optimizer"} <= config_keys
+        (table,) = run_file.parent.glob("files/media/table/val/dsc_volume_per_patient_*.table.json")
+        data = json.loads(table.read_text())
+        assert dict(data["data"]) == pytest.approx(metrics["best"]["per_patient"])
+        assert list(run_file.parent.glob("files/media/images/val/overlays_*.png"))
+
+
+def test_kfold_sweep_reports_cv_mean_and_failed_jobs(synthetic_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "kfold"
+    result = _sweep(synthetic_root, sweep, "data.split=kfold", "data.n_folds=3", "data.fold=0,1,2,3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "error: data.fold=3 must be in [0, data.n_folds=3)" in result.stderr
+    with open(sweep / "summary.csv") as fh:
+        rows = {r["overrides"]: r for r in csv.DictReader(fh)}
+    assert rows["data.fold=3"]["status"] == "failed" and "data.fold=3" in rows["data.fold=3"]["error"]
+    scores = [float(rows[f"data.fold={k}"]["dsc_volume_mean"]) for k in range(3)]
+    report = (sweep / "summary.md").read_text()
+    assert "4 jobs, 3 ok, 1 failed" in report and "Cross-validation" in report
+    assert f"| 3/4 | {sum(scores) / 3:.4f} |" in report
+    validated = [p for k in range(3) for p in json.loads((sweep / str(k) / "split.json").read_text())["val"]]
+    assert sorted(validated) == sorted(p.name for p in synthetic_root.iterdir() if p.is_dir())
+    (sweep / "summary.md").unlink()
+    assert rebuild_report([str(sweep)]) == 0 and (sweep / "summary.md").read_text() == report
+
+
+def test_optuna_search_returns_the_best_trial(synthetic_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "optuna"
+    result = _sweep(synthetic_root, sweep, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                    "hydra.sweeper.params={optimizer.lr: 'tag(log, interval(1e-4, 1e-2))', loss: 'choice(dice, focal)'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = (sweep / "optimization_results.yaml").read_text()
+    scores = [json.loads((sweep / str(k) / "metrics.json").read_text())["best"]["dsc_volume_mean"] for k in range(2)]
+    assert f"best_value: {max(scores)}" in best
