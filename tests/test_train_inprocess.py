@@ -66,3 +66,40 @@ def test_bad_settings_print_one_error_line(synthetic_root: Path, tmp_path: Path,
     assert info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("error: ") and expected in lines[-1]
+
+
+@pytest.mark.parametrize(
+    ("trainer", "env", "refused"),
+    [
+        ({"devices": 2, "strategy": "ddp"}, {}, True),
+        ({"devices": 2, "strategy": "auto"}, {}, True),
+        ({"devices": 2, "strategy": "ddp_spawn"}, {}, False),
+        ({"devices": 2, "strategy": "ddp"}, {"SLURM_NTASKS": "2"}, False),
+        ({"devices": 1, "strategy": "ddp"}, {}, False),
+    ],
+)
+def test_multirun_ddp_trap_is_refused(monkeypatch, trainer: dict, env: dict, refused: bool) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from brainseg.errors import ConfigError
+    from brainseg.training.pipeline import check_sweep_ranks
+    from helpers import compose
+
+    cfg = compose([f"trainer.{k}={v}" for k, v in trainer.items()])
+    cfg.hydra.mode = RunMode.MULTIRUN
+    OmegaConf.set_readonly(cfg.hydra, False)
+    cfg.hydra.runtime.output_dir = "/tmp"
+    HydraConfig.instance().set_config(cfg)
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    try:
+        if refused:
+            with pytest.raises(ConfigError, match="would re-run the whole sweep on every rank"):
+                check_sweep_ranks(cfg.trainer)
+        else:
+            check_sweep_ranks(cfg.trainer)
+    finally:
+        HydraConfig.instance().cfg = None

@@ -66,7 +66,7 @@ class VolumeDice(Metric):
 
     def per_volume(self) -> dict[int, float]:
         """Dice per patient id, in increasing id order."""
-        if not self.patient:
+        if isinstance(self.patient, list) and not self.patient:  # after a DDP sync the states are tensors
             return {}
         pred = dim_zero_cat(self.pred).cpu().numpy().astype(bool)
         target = dim_zero_cat(self.target).cpu().numpy().astype(bool)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import to_absolute_path
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from brainseg.config import instantiate_setting, to_plain
 from brainseg.errors import ConfigError
@@ -34,8 +37,48 @@ def _instantiate_group(group: str, cfg: DictConfig | None) -> list[Any]:
     return [instantiate_setting(f"{group}.{name}", node) for name, node in (cfg or {}).items() if node]
 
 
+def check_sweep_ranks(trainer_cfg: DictConfig) -> None:
+    """Refuse the Hydra-multirun + DDP trap: Lightning's default DDP launcher starts the other ranks
+    by re-running the whole command line, i.e. the whole sweep, once per rank.
+
+    Safe: ranks started by SLURM (srun tasks, hydra/launcher=slurm) or torchrun, or ddp_spawn.
+    """
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1)
+    several = nodes > 1 or devices == -1 or (isinstance(devices, int) and devices > 1) or isinstance(devices, (list, ListConfig))
+    strategy = str(trainer_cfg.get("strategy", "auto"))
+    external = int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+    if several and strategy in ("auto", "ddp", "ddp_find_unused_parameters_true") and not external:
+        raise ConfigError(
+            f"trainer.strategy={strategy} with several devices inside a -m sweep would re-run the whole sweep "
+            "on every rank; use hydra/launcher=slurm (one srun task per device) or trainer.strategy=ddp_spawn"
+        )
+
+
+def _slurm_plugins() -> list[Any]:
+    """Under SLURM the job's launcher (submitit) owns requeueing; Lightning's own is switched off."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return []
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)]
+
+
+def _auto_resume(cfg: DictConfig, output_dir: Path) -> str | None:
+    """An explicit ckpt_path, else the run directory's own last.ckpt (a requeued job resumes)."""
+    if cfg.get("ckpt_path"):
+        return _resume_path(cfg.ckpt_path)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if cfg.get("auto_resume", True) and last.is_file():
+        log.info("resuming from %s", last)
+        return str(last)
+    return None
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and optionally test) one configuration; returns the content of metrics.json."""
+    check_sweep_ranks(cfg.trainer)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     datamodule = instantiate_setting("data", cfg.data)
@@ -53,9 +96,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams(report.config)  # the whole resolved config, not only the module's part
     if any(isinstance(logger, WandbLogger) for logger in loggers):
         callbacks.append(WandbMedia())
-    trainer: L.Trainer = instantiate_setting("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate_setting("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                             plugins=_slurm_plugins() or None)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg.get("ckpt_path")))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=_auto_resume(cfg, output_dir))
         test_scores = None
         if cfg.get("test") and trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
             trainer.test(module, datamodule=datamodule, ckpt_path="best")
