@@ -53,6 +53,19 @@ def test_resume_from_last_checkpoint(tiny_run: Path, synthetic_root: Path, tmp_p
     assert epochs == {"2"}  # only the new epoch was trained
 
 
+def test_rerun_in_the_same_directory_resumes(tiny_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    """What a requeued SLURM job does: same run directory, so it continues from its last.ckpt."""
+    import shutil
+
+    run = tmp_path / "requeued"
+    shutil.copytree(tiny_run, run)
+    overrides = [o for o in tiny_train_overrides(synthetic_root, run, tiny_run.parent / "cache") if not o.startswith("trainer.max_epochs")]
+    result = run_cli("train.py", *overrides, "trainer.max_epochs=3", cwd=PROJECT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stdout + result.stderr
+    assert [h["epoch"] for h in json.loads((run / "metrics.json").read_text())["history"]] == [0, 1, 2]
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [

@@ -103,3 +103,19 @@ def test_multirun_ddp_trap_is_refused(monkeypatch, trainer: dict, env: dict, ref
             check_sweep_ranks(cfg.trainer)
     finally:
         HydraConfig.instance().cfg = None
+
+
+def test_wandb_run_id_follows_the_run_directory(tmp_path: Path, monkeypatch) -> None:
+    """A requeued job (same directory) resumes the same W&B run; another directory gets another."""
+    from brainseg.training.loggers import wandb_credentials, wandb_logger
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert not wandb_credentials()
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai login user password secret\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert wandb_credentials()
+    first = wandb_logger(save_dir=str(tmp_path / "a"), offline=True)
+    again = wandb_logger(save_dir=str(tmp_path / "a"), offline=True)
+    other = wandb_logger(save_dir=str(tmp_path / "b"), offline=True)
+    assert first.version == again.version != other.version
