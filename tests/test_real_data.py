@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 
 from brainseg.data.cache import VolumeCache
 from brainseg.data.preprocess import PreprocessConfig
@@ -66,3 +68,19 @@ def test_short_real_training_run(tmp_path: Path) -> None:
     best = json.loads((run / "metrics.json").read_text())["best"]
     assert len(best["per_patient"]) == 4 and 0.0 <= best["dsc_volume_mean"] <= 1.0
     print(f"\nreal data, 15 steps at 128 px: val mean per-volume DSC {best['dsc_volume_mean']:.3f} on 4 patients")
+
+    # predict.py with that model on all 20 patients: original geometry, scores recomputed from the files
+    out = tmp_path / "predicted"
+    result = run_cli("predict.py", f"input={REAL_LGG}", f"checkpoints=[{run}/checkpoints/last.ckpt]", f"output_dir={out}",
+                     "figures.overlays=false", "progress=false", f"hydra.run.dir={tmp_path / 'hydra'}", cwd=PROJECT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert snapshot(REAL_LGG) == before
+    with open(out / "dsc.csv") as fh:
+        rows = {r["patient"]: float(r["dsc"]) for r in csv.DictReader(fh)}
+    assert len(rows) == 20
+    for files in find_patients(REAL_LGG):
+        pred = np.stack([tifffile.imread(out / files.name / m.name) for m in files.masks])
+        truth = np.stack([tifffile.imread(m) for m in files.masks]) > 0
+        assert pred.dtype == np.uint8 and pred.shape == truth.shape
+        expected = 1.0 if pred.sum() + truth.sum() == 0 else 2 * ((pred > 0) & truth).sum() / ((pred > 0).sum() + truth.sum())
+        assert rows[files.name] == pytest.approx(expected, abs=1e-6)
