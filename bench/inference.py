@@ -69,14 +69,14 @@ def main() -> int:
             ("ensemble of 3", Predictor(members(3, args.arch, args.encoder, args.image_size), batch_size=args.batch_size, device=device)),
         ):
             print(f"inference, {label}: {slices_per_second(predictor, images):.1f} slices/s")
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            with tempfile.TemporaryDirectory(prefix="brainseg-bench-") as tmp:
-                cfg = compose(config_name="predict", overrides=[
-                    f"input={Path(args.root).resolve()}", f"output_dir={tmp}/out", "postprocess.lcc=true",
-                    "progress=false", f"batch_size={args.batch_size}", f"device={device}"])
-                start = time.perf_counter()
-                summary = run_prediction(cfg, one)
-                wall = time.perf_counter() - start
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"), \
+                tempfile.TemporaryDirectory(prefix="brainseg-bench-") as tmp:
+            cfg = compose(config_name="predict", overrides=[
+                f"input={Path(args.root).resolve()}", f"output_dir={tmp}/out", "postprocess.lcc=true",
+                "progress=false", f"batch_size={args.batch_size}", f"device={device}"])
+            start = time.perf_counter()
+            summary = run_prediction(cfg, one)
+            wall = time.perf_counter() - start
         slices = sum(len(p.numbers) for p in patients)
         print(f"predict end to end (read, preprocess, 1 model, restore, write masks, scores, overlays, GIFs): "
               f"{wall:.1f} s for {summary['patients']} patients, {slices} slices")

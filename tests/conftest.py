@@ -6,9 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import PROJECT, run_cli, snapshot, tiny_train_overrides
 
 from brainseg.data.synthetic import generate
-from helpers import PROJECT, run_cli, snapshot, tiny_train_overrides
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: i
     """Run one of the project's entry points as a user would."""
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, check=False
     )
 
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import snapshot
 
 import brainseg.data.cache as cache_module
 from brainseg.data.cache import VolumeCache
 from brainseg.data.preprocess import PreprocessConfig
 from brainseg.data.reader import find_patients
 from brainseg.errors import ConfigError
-from helpers import snapshot
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import compose, snapshot
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from brainseg.config import instantiate_setting
 from brainseg.data import LGGDataModule
 from brainseg.errors import ConfigError
-from helpers import compose, snapshot
 
 
 def _datamodule(root: Path, cache: Path, *overrides: str) -> LGGDataModule:

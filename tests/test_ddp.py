@@ -66,11 +66,11 @@ def test_volume_dice_is_exact_under_ddp(tmp_path: Path) -> None:
 def test_lightning_validation_with_two_cpu_processes(tiny_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
     """The trained tiny model validated by Lightning with ddp_spawn on 2 CPU ranks vs 1 process."""
     import lightning as L
+    from helpers import compose
+    from omegaconf import OmegaConf
 
     from brainseg.config import instantiate_setting
     from brainseg.training.module import SegmentationModule
-    from helpers import compose
-    from omegaconf import OmegaConf
 
     cfg = compose([f"data.root={synthetic_root}", f"data.cache_dir={tiny_run.parent / 'cache'}", "data.n_val=2",
                    "data.preprocess.image_size=32", "data.batch_size=3", "data.num_workers=0"])

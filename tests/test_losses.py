@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from brainseg.losses import LOSSES, build_loss
 from brainseg.errors import ConfigError
+from brainseg.losses import LOSSES, build_loss
 
 
 @pytest.fixture

@@ -12,11 +12,11 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
+from helpers import PROJECT, compose, run_cli, snapshot
 
 from brainseg.cli import run_task
 from brainseg.data.reader import find_patients
 from brainseg.prediction.pipeline import predict
-from helpers import PROJECT, compose, run_cli, snapshot
 
 pytestmark = pytest.mark.slow
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from helpers import PROJECT, REAL_LGG, requires_real_data, run_cli, snapshot
 
 from brainseg.data.cache import VolumeCache
 from brainseg.data.preprocess import PreprocessConfig
 from brainseg.data.reader import find_patients, read_patient
-from helpers import PROJECT, REAL_LGG, requires_real_data, run_cli, snapshot
 
 pytestmark = [requires_real_data, pytest.mark.realdata]
 

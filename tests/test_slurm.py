@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from helpers import PROJECT, run_cli
 
 pytestmark = pytest.mark.slow

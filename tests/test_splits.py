@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 
 import pytest
+from helpers import SHARED_DATA
 
 from brainseg.data.splits import Split, kfold_split, make_split, reference_split
 from brainseg.errors import ConfigError
-from helpers import SHARED_DATA
 
 # What the reference program (random.seed(42); random.sample(sorted(names), 10)) picks on all 110 patients.
 REFERENCE_VALIDATION = [

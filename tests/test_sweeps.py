@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import PROJECT, read_wandb_records, run_cli, tiny_train_overrides
 
 from brainseg.reporting.sweep import main as rebuild_report
-from helpers import PROJECT, read_wandb_records, run_cli, tiny_train_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -92,3 +92,11 @@ def test_optuna_search_returns_the_best_trial(synthetic_root: Path, tmp_path: Pa
     best = (sweep / "optimization_results.yaml").read_text()
     scores = [json.loads((sweep / str(k) / "metrics.json").read_text())["best"]["dsc_volume_mean"] for k in range(2)]
     assert f"best_value: {max(scores)}" in best
+
+
+def test_local_launcher_runs_jobs_in_parallel_processes(synthetic_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "local"
+    result = _sweep(synthetic_root, sweep, "hydra/launcher=local", "hydra.launcher.cpus_per_task=1", "loss=dice,bce_dice")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 jobs, 2 ok, 0 failed" in (sweep / "summary.md").read_text()
+    assert len(list((sweep / ".submitit").glob("*/*_log.out"))) == 2

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from helpers import PROJECT, run_cli, tiny_train_overrides
 
 pytestmark = pytest.mark.slow

@@ -6,10 +6,10 @@ import csv
 from pathlib import Path
 
 import pytest
+from helpers import compose_run
 
 from brainseg.cli import run_task
 from brainseg.training.pipeline import train
-from helpers import compose_run
 
 pytestmark = pytest.mark.slow
 
@@ -79,13 +79,13 @@ def test_bad_settings_print_one_error_line(synthetic_root: Path, tmp_path: Path,
     ],
 )
 def test_multirun_ddp_trap_is_refused(monkeypatch, trainer: dict, env: dict, refused: bool) -> None:
+    from helpers import compose
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
     from brainseg.errors import ConfigError
     from brainseg.training.pipeline import check_sweep_ranks
-    from helpers import compose
 
     cfg = compose([f"trainer.{k}={v}" for k, v in trainer.items()])
     cfg.hydra.mode = RunMode.MULTIRUN

@@ -67,10 +67,10 @@ class LGGDataModule(L.LightningDataModule):
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
         self.split_kind = split
-        self.split_args = dict(
-            n_val=n_val, n_folds=n_folds, fold=fold, seed=split_seed,
-            val_patients=val_patients, test_patients=test_patients, train_patients=train_patients,
-        )
+        self.split_args = {
+            "n_val": n_val, "n_folds": n_folds, "fold": fold, "seed": split_seed,
+            "val_patients": val_patients, "test_patients": test_patients, "train_patients": train_patients,
+        }
         self.sampling = sampling
         self.augmentation = augmentation
         self.batch_size = batch_size
@@ -87,25 +87,28 @@ class LGGDataModule(L.LightningDataModule):
     def _make_split(self, patients: dict[str, PatientFiles]) -> Split:
         return make_split(self.split_kind, list(patients), **self.split_args)
 
+    def _load_volumes(self, patients: dict[str, PatientFiles], split: Split) -> dict[str, PreprocessedVolume]:
+        names = split.train + split.val + split.test
+        volumes = VolumeCache(self.cache_dir, self.preprocess_cfg).load_many([patients[n] for n in names], self.preprocess_workers)
+        return dict(zip(names, volumes))
+
     def prepare_data(self) -> None:
         """Fill the cache once (rank 0) before every rank loads it memory-mapped."""
         patients = self._patients()
-        split = self._make_split(patients)
-        cache = VolumeCache(self.cache_dir, self.preprocess_cfg)
-        cache.load_many([patients[n] for n in split.train + split.val + split.test], self.preprocess_workers)
+        self._load_volumes(patients, self._make_split(patients))
 
     def setup(self, stage: str | None = None) -> None:
         if self.split is not None:
             return
         patients = self._patients()
         self.split = self._make_split(patients)
-        cache = VolumeCache(self.cache_dir, self.preprocess_cfg)
-        load = lambda names: cache.load_many([patients[n] for n in names], self.preprocess_workers)  # noqa: E731
+        volumes = self._load_volumes(patients, self.split)
         if self.augmentation is not None and hasattr(self.augmentation, "set_random_seed"):
             self.augmentation.set_random_seed(self.seed)
-        self.datasets["train"] = SliceDataset(load(self.split.train), self.augmentation)
-        self.datasets["val"] = SliceDataset(load(self.split.val))
-        self.datasets["test"] = SliceDataset(load(self.split.test)) if self.split.test else self.datasets["val"]
+        self.datasets["train"] = SliceDataset([volumes[n] for n in self.split.train], self.augmentation)
+        self.datasets["val"] = SliceDataset([volumes[n] for n in self.split.val])
+        test = [volumes[n] for n in self.split.test]
+        self.datasets["test"] = SliceDataset(test) if test else self.datasets["val"]
 
     def subset_volumes(self, subset: str) -> list[PreprocessedVolume]:
         return self.datasets[subset].volumes

@@ -55,7 +55,7 @@ def scan_patient(folder: Path, require_masks: bool = True) -> PatientFiles:
     numbers = sorted(images)
     expected = list(range(numbers[0], numbers[0] + len(numbers)))
     if numbers != expected:
-        missing = sorted(set(expected) - set(numbers))[0]
+        missing = min(set(expected) - set(numbers))
         raise DataError(f"{folder}: slice {missing} is missing (slice numbers must be consecutive)")
     return PatientFiles(
         name=folder.name,
@@ -88,7 +88,7 @@ def find_patients(root: str | Path, require_masks: bool = True) -> list[PatientF
 def _read_tif(path: Path) -> np.ndarray:
     try:
         return tifffile.imread(path)
-    except Exception as exc:  # tifffile raises many types for corrupt files
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many types for corrupt files
         raise DataError(f"{path}: unreadable tif ({type(exc).__name__}: {exc})") from None
 
 

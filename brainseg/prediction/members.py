@@ -61,7 +61,7 @@ def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None =
         raise DataError(f"{path}: checkpoint not found")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch.load raises many types for foreign files
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for foreign files
         raise DataError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint or "hyper_parameters" not in checkpoint:
         raise DataError(f"{path}: not a brainseg checkpoint (made by train.py)")
@@ -131,7 +131,7 @@ def load_onnx(path: str | Path) -> Member:
         raise DataError(f"{path}: ONNX model not found")
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise DataError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
     meta = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
     if meta is None:

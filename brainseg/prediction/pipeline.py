@@ -18,7 +18,13 @@ from brainseg.data.reader import find_patients, read_patient
 from brainseg.errors import ConfigError
 from brainseg.metrics import largest_connected_component
 from brainseg.prediction.inference import Predictor, tta_views
-from brainseg.prediction.members import Member, export_onnx, find_sweep_checkpoints, load_checkpoint, load_onnx
+from brainseg.prediction.members import (
+    Member,
+    export_onnx,
+    find_sweep_checkpoints,
+    load_checkpoint,
+    load_onnx,
+)
 from brainseg.prediction.postprocess import resolve_lcc
 from brainseg.reporting.figures import bar_chart, write_overlays
 from brainseg.reporting.scores import patient_row, write_scores
@@ -62,7 +68,6 @@ def _device(name: str) -> str:
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Run inference (or `export=onnx`); returns the run summary written to prediction.json."""
-    input_root = _path(cfg.get("input"))
     members = load_members(cfg)
     if cfg.get("export"):
         if cfg.export != "onnx":

@@ -10,8 +10,8 @@ import imageio.v3 as iio
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 PREDICTION_RGB = (255, 0, 0)
 TRUTH_RGB = (0, 255, 0)

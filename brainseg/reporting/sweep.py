@@ -113,8 +113,8 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
             writer.writerow({**{c: job[c] for c in columns}, "overrides": _label(job, keys)})
     cv = cross_validation(jobs, keys)
     lines = [f"# Sweep report: {sweep_dir.name}", "",
-             f"{len(jobs)} jobs, {sum(j['status'] == 'ok' for j in jobs)} ok, "
-             f"{sum(j['status'] == 'failed' for j in jobs)} failed. Best validation per-volume Dice (val/dsc_volume).", "",
+             (f"{len(jobs)} jobs, {sum(j['status'] == 'ok' for j in jobs)} ok, "
+              f"{sum(j['status'] == 'failed' for j in jobs)} failed. Best validation per-volume Dice (val/dsc_volume)."), "",
              "| job | overrides | status | best mean DSC | best median DSC | epoch | train s |",
              "|---|---|---|---|---|---|---|"]
     for job in jobs:

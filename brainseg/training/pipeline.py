@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.loggers import WandbLogger
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import to_absolute_path
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, ListConfig
 
 from brainseg.config import instantiate_setting, to_plain
