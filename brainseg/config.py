@@ -52,8 +52,9 @@ def _job_name() -> str:
 
 
 def _gpus_per_node(accelerator: str, devices: Any) -> int | None:
-    """SLURM GPUs for a trainer: its device count on GPUs, none on CPUs."""
-    return None if accelerator == "cpu" else int(devices)
+    """SLURM GPUs for a trainer: its device count with accelerator gpu/cuda (trainer=gpu, trainer=ddp),
+    none otherwise (`auto` must not queue a CPU job for GPUs that a CPU cluster never has)."""
+    return int(devices) if accelerator in ("gpu", "cuda") else None
 
 
 OmegaConf.register_new_resolver("brainseg.run_group", _run_group, replace=True)
