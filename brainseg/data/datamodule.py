@@ -57,7 +57,7 @@ class LGGDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.root = Path(to_absolute_path(str(root)))
+        self.root = Path(to_absolute_path(str(root))).resolve()
         self.cache_dir = Path(to_absolute_path(str(cache_dir)))
         if self.cache_dir.resolve().is_relative_to(self.root.resolve()):
             raise ConfigError(f"data.cache_dir={str(cache_dir)!r} is inside data.root; nothing may be written there")
