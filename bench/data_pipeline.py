@@ -18,12 +18,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
+from brainseg.cli import exit_status
 from brainseg.data.cache import VolumeCache
 from brainseg.data.dataset import SliceDataset, normalize_batch
 from brainseg.data.preprocess import PreprocessConfig
 from brainseg.data.reader import find_patients
 from brainseg.data.sampling import make_sampler
-from brainseg.errors import BrainsegError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -54,6 +54,26 @@ def loader_throughput(volumes: list, augmentation: str, workers: int, batches: i
     return batches * batch_size / (time.perf_counter() - start)
 
 
+def run(args: argparse.Namespace) -> None:
+    """Measure and print the figures."""
+    cfg = PreprocessConfig(image_size=args.image_size)
+    baseline = peak_rss_mb()
+    with tempfile.TemporaryDirectory(prefix="brainseg-bench-") as tmp:
+        volumes, cold = load_all(Path(args.root), Path(tmp), cfg, args.preprocess_workers)
+        peak_cold = peak_rss_mb()
+        volumes, warm = load_all(Path(args.root), Path(tmp), cfg, args.preprocess_workers)
+        slices = sum(len(v.image) for v in volumes)
+        print(f"data: {args.root}: {len(volumes)} patients, {slices} slices after preprocessing, {args.image_size} px")
+        print(f"preprocessing cold (read + preprocess + write cache, {args.preprocess_workers} processes): {cold:.2f} s")
+        print(f"preprocessing warm (memory-mapped cache):             {warm:.3f} s")
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f"peak memory (RSS): main process {peak_cold:.0f} MB ({baseline:.0f} MB before loading: Python, torch), "
+              f"largest preprocessing process {children:.0f} MB")
+        for workers in (0, 2):
+            rate = loader_throughput(volumes, args.augmentation, workers, args.batches, args.batch_size)
+            print(f"train loader, {args.augmentation} augmentation, {workers} workers: {rate:.0f} samples/s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="data root in the kaggle_3m layout")
@@ -62,28 +82,7 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--preprocess-workers", type=int, default=2)
-    args = parser.parse_args()
-    cfg = PreprocessConfig(image_size=args.image_size)
-    baseline = peak_rss_mb()
-    try:
-        with tempfile.TemporaryDirectory(prefix="brainseg-bench-") as tmp:
-            volumes, cold = load_all(Path(args.root), Path(tmp), cfg, args.preprocess_workers)
-            peak_cold = peak_rss_mb()
-            volumes, warm = load_all(Path(args.root), Path(tmp), cfg, args.preprocess_workers)
-            slices = sum(len(v.image) for v in volumes)
-            print(f"data: {args.root}: {len(volumes)} patients, {slices} slices after preprocessing, {args.image_size} px")
-            print(f"preprocessing cold (read + preprocess + write cache, {args.preprocess_workers} processes): {cold:.2f} s")
-            print(f"preprocessing warm (memory-mapped cache):             {warm:.3f} s")
-            children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-            print(f"peak memory (RSS): main process {peak_cold:.0f} MB ({baseline:.0f} MB before loading: Python, torch), "
-                  f"largest preprocessing process {children:.0f} MB")
-            for workers in (0, 2):
-                rate = loader_throughput(volumes, args.augmentation, workers, args.batches, args.batch_size)
-                print(f"train loader, {args.augmentation} augmentation, {workers} workers: {rate:.0f} samples/s")
-    except BrainsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(run, parser.parse_args())
 
 
 if __name__ == "__main__":

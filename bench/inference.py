@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from brainseg.cli import exit_status
 from brainseg.data.preprocess import PreprocessConfig
 from brainseg.data.reader import find_patients, read_patient
-from brainseg.errors import BrainsegError
 from brainseg.models import build_model
 from brainseg.prediction.inference import Predictor, tta_views
 from brainseg.prediction.members import Member
@@ -47,6 +47,33 @@ def slices_per_second(predictor: Predictor, images: torch.Tensor) -> float:
     return images.shape[0] / (time.perf_counter() - start)
 
 
+def run(args: argparse.Namespace) -> None:
+    """Measure and print the figures."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"device: {device}, torch threads: {torch.get_num_threads()}, {args.arch}/{args.encoder}, {args.image_size} px")
+    patients = find_patients(args.root)
+    one = members(1, args.arch, args.encoder, args.image_size)
+    _, images = Predictor(one).preprocessed(read_patient(patients[0]))
+    images = images.repeat((args.slices + images.shape[0] - 1) // images.shape[0], 1, 1, 1)[: args.slices]
+    for label, predictor in (
+        ("1 model", Predictor(one, batch_size=args.batch_size, device=device)),
+        ("1 model + flip TTA (2 views)", Predictor(one, tta_views(hflip=True), args.batch_size, device)),
+        ("ensemble of 3", Predictor(members(3, args.arch, args.encoder, args.image_size), batch_size=args.batch_size, device=device)),
+    ):
+        print(f"inference, {label}: {slices_per_second(predictor, images):.1f} slices/s")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"), \
+            tempfile.TemporaryDirectory(prefix="brainseg-bench-") as tmp:
+        cfg = compose(config_name="predict", overrides=[
+            f"input={Path(args.root).resolve()}", f"output_dir={tmp}/out", "postprocess.lcc=true",
+            "progress=false", f"batch_size={args.batch_size}", f"device={device}"])
+        start = time.perf_counter()
+        summary = run_prediction(cfg, one)
+        wall = time.perf_counter() - start
+    slices = sum(len(p.numbers) for p in patients)
+    print(f"predict end to end (read, preprocess, 1 model, restore, write masks, scores, overlays, GIFs): "
+          f"{wall:.1f} s for {summary['patients']} patients, {slices} slices")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="data root in the kaggle_3m layout")
@@ -55,35 +82,7 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--slices", type=int, default=48, help="slices timed per configuration")
     parser.add_argument("--batch-size", type=int, default=16)
-    args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"device: {device}, torch threads: {torch.get_num_threads()}, {args.arch}/{args.encoder}, {args.image_size} px")
-    try:
-        patients = find_patients(args.root)
-        one = members(1, args.arch, args.encoder, args.image_size)
-        _, images = Predictor(one).preprocessed(read_patient(patients[0]))
-        images = images.repeat((args.slices + images.shape[0] - 1) // images.shape[0], 1, 1, 1)[: args.slices]
-        for label, predictor in (
-            ("1 model", Predictor(one, batch_size=args.batch_size, device=device)),
-            ("1 model + flip TTA (2 views)", Predictor(one, tta_views(hflip=True), args.batch_size, device)),
-            ("ensemble of 3", Predictor(members(3, args.arch, args.encoder, args.image_size), batch_size=args.batch_size, device=device)),
-        ):
-            print(f"inference, {label}: {slices_per_second(predictor, images):.1f} slices/s")
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"), \
-                tempfile.TemporaryDirectory(prefix="brainseg-bench-") as tmp:
-            cfg = compose(config_name="predict", overrides=[
-                f"input={Path(args.root).resolve()}", f"output_dir={tmp}/out", "postprocess.lcc=true",
-                "progress=false", f"batch_size={args.batch_size}", f"device={device}"])
-            start = time.perf_counter()
-            summary = run_prediction(cfg, one)
-            wall = time.perf_counter() - start
-        slices = sum(len(p.numbers) for p in patients)
-        print(f"predict end to end (read, preprocess, 1 model, restore, write masks, scores, overlays, GIFs): "
-              f"{wall:.1f} s for {summary['patients']} patients, {slices} slices")
-    except BrainsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(run, parser.parse_args())
 
 
 if __name__ == "__main__":

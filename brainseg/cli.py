@@ -29,6 +29,16 @@ def _multirun_dir() -> Path | None:
     return Path(config.runtime.output_dir) if config.mode == RunMode.MULTIRUN else None
 
 
+def exit_status(entry: Callable[..., Any], *args: Any) -> int:
+    """Run a plain (argparse) entry point: 0, or 2 with `error: <message>` for a BrainsegError."""
+    try:
+        entry(*args)
+    except BrainsegError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
 def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run a Hydra task; a BrainsegError is printed as `error: <message>` instead of a traceback.
 

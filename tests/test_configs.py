@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import PROJECT, compose
 
 import brainseg.config  # noqa: F401  (registers the brainseg.* resolvers)
-from helpers import PROJECT, compose
 
 
 @pytest.mark.parametrize(

@@ -87,3 +87,19 @@ def test_missing_root_and_no_patients(tmp_path: Path) -> None:
     (tmp_path / "some_folder").mkdir()
     with pytest.raises(DataError, match="no patient folders"):
         find_patients(tmp_path)
+
+
+def test_synthetic_generator_never_overwrites(tmp_path: Path) -> None:
+    from brainseg.data.synthetic import generate, main
+
+    names = generate(tmp_path / "syn", n_patients=2, seed=3, size=32, slices=(8, 8))
+    again = generate(tmp_path / "syn", n_patients=2, seed=3, size=32, slices=(8, 8))  # identical: left as it is
+    assert names == again and len(find_patients(tmp_path / "syn")) == 2
+    for p in find_patients(tmp_path / "syn"):
+        volume = read_patient(p)
+        assert volume.mask[:3].sum() == 0 and volume.mask[-3:].sum() == 0 and volume.mask.sum() > 0
+    with pytest.raises(DataError, match="not an identical synthetic dataset"):
+        generate(tmp_path / "syn", n_patients=3, seed=3, size=32, slices=(8, 8))
+    (tmp_path / "file.txt").write_text("mine")
+    assert main(["--out", str(tmp_path / "file.txt")]) == 2
+    assert (tmp_path / "file.txt").read_text() == "mine"

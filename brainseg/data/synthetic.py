@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 import tifffile
 
-from brainseg.errors import BrainsegError, DataError
+from brainseg.cli import exit_status
+from brainseg.errors import DataError
 
 MARKER = ".brainseg-synthetic.json"
 
@@ -77,6 +78,8 @@ def generate(out: str | Path, n_patients: int = 12, seed: int = 0, size: int = 2
     out = Path(out)
     params = {"n_patients": n_patients, "seed": seed, "size": size, "slices": list(slices)}
     marker = out / MARKER
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; choose an empty folder")
     if out.exists() and any(out.iterdir()):
         if marker.exists() and json.loads(marker.read_text()).get("params") == params:
             return json.loads(marker.read_text())["patients"]
@@ -103,13 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=256)
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         names = generate(args.out, args.patients, args.seed, args.size)
-    except BrainsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"synthetic LGG-like dataset: {len(names)} patients in {args.out}")
-    return 0
+        print(f"synthetic LGG-like dataset: {len(names)} patients in {args.out}")
+
+    return exit_status(run)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ def _prepare_output(output_dir: Path | None, input_root: Path | None, overwrite:
         raise ConfigError("output_dir is required (a new or empty folder)")
     if input_root is not None and (output_dir == input_root or output_dir.is_relative_to(input_root)):
         raise ConfigError(f"output_dir={str(output_dir)!r} is inside the input {str(input_root)!r}; choose another folder")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"output_dir={str(output_dir)!r} is a file; choose a folder")
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise ConfigError(f"output_dir={str(output_dir)!r} is not empty; choose another folder or set overwrite=true")
     output_dir.mkdir(parents=True, exist_ok=True)
