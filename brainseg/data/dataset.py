@@ -53,8 +53,13 @@ class SliceDataset(Dataset):
         }
 
 
+def zscore_channels_first(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(N, S, S, 3) [0, 1] images -> (N, 3, S, S) z-scored; mean/std are (N, 3) or (3,)."""
+    mean, std = mean.reshape(-1, 3, 1, 1), std.reshape(-1, 3, 1, 1)
+    return ((image.permute(0, 3, 1, 2) - mean) / std).contiguous()
+
+
 def normalize_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """(B, S, S, 3) [0, 1] images -> (B, 3, S, S) z-scored with each sample's volume statistics."""
-    image = batch["image"].permute(0, 3, 1, 2)
-    batch["image"] = ((image - batch["mean"][:, :, None, None]) / batch["std"][:, :, None, None]).contiguous()
+    """A loader batch made network-ready, each sample with its own volume's statistics."""
+    batch["image"] = zscore_channels_first(batch["image"], batch["mean"], batch["std"])
     return batch

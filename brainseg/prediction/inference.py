@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from brainseg.data.dataset import zscore_channels_first
 from brainseg.data.preprocess import PreprocessedVolume, preprocess, restore_geometry
 from brainseg.data.reader import PatientVolume
 from brainseg.errors import ConfigError
@@ -88,10 +89,9 @@ class Predictor:
     def preprocessed(self, volume: PatientVolume) -> tuple[PreprocessedVolume, torch.Tensor]:
         """The protocol's volume and its z-scored (Zk, 3, S, S) network input."""
         pre = preprocess(volume, self.preprocess_cfg)
-        image = torch.from_numpy(pre.image).permute(0, 3, 1, 2)
-        mean = torch.tensor(pre.channel_mean, dtype=torch.float32)[None, :, None, None]
-        std = torch.tensor(pre.channel_std, dtype=torch.float32)[None, :, None, None]
-        return pre, ((image - mean) / std).contiguous()
+        mean = torch.tensor(pre.channel_mean, dtype=torch.float32)
+        std = torch.tensor(pre.channel_std, dtype=torch.float32)
+        return pre, zscore_channels_first(torch.from_numpy(pre.image), mean, std)
 
     def predict(self, volume: PatientVolume) -> np.ndarray:
         """Probabilities (Z, H, W) in the volume's original geometry."""

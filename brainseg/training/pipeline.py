@@ -23,15 +23,6 @@ from brainseg.training.report import RunReport
 log = logging.getLogger("brainseg")
 
 
-def _resume_path(ckpt_path: str | None) -> str | None:
-    if not ckpt_path:
-        return None
-    path = Path(to_absolute_path(str(ckpt_path)))
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path!r}: no such checkpoint file")
-    return str(path)
-
-
 def _instantiate_group(group: str, cfg: DictConfig | None) -> list[Any]:
     """Every entry of a dict-shaped group (callbacks, logger); null entries switch one off."""
     return [instantiate_setting(f"{group}.{name}", node) for name, node in (cfg or {}).items() if node]
@@ -68,7 +59,10 @@ def _slurm_plugins() -> list[Any]:
 def _auto_resume(cfg: DictConfig, output_dir: Path) -> str | None:
     """An explicit ckpt_path, else the run directory's own last.ckpt (a requeued job resumes)."""
     if cfg.get("ckpt_path"):
-        return _resume_path(cfg.ckpt_path)
+        path = Path(to_absolute_path(str(cfg.ckpt_path)))
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file")
+        return str(path)
     last = output_dir / "checkpoints" / "last.ckpt"
     if cfg.get("auto_resume", True) and last.is_file():
         log.info("resuming from %s", last)

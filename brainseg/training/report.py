@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import yaml
 
+from brainseg.reporting.scores import summarize
 from brainseg.training.module import MONITOR
 
 CHECKPOINT_KEY = "brainseg"
@@ -62,12 +62,9 @@ class RunReport(L.Callback):
             "history": self.history,
         }
         if test_scores:
-            values = sorted(test_scores.values())
-            metrics["test"] = {
-                "dsc_volume_mean": sum(values) / len(values),
-                "dsc_volume_median": float(np.median(values)),
-                "per_patient": test_scores,
-            }
+            stats = summarize(list(test_scores.values()))
+            metrics["test"] = {"dsc_volume_mean": stats["mean"], "dsc_volume_median": stats["median"],
+                               "per_patient": test_scores}
         (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics
 
