@@ -28,7 +28,7 @@ def _device_augmentation(preset: str) -> torch.nn.Module:
 
 
 def _datamodule(root: Path, cache: Path, *overrides: str) -> LGGDataModule:
-    cfg = compose([f"data.root={root}", f"data.cache_dir={cache}", "data.n_val=2", "data.preprocess.image_size=32",
+    cfg = compose([f"data.root={root}", f"data.cache_dir={cache}", "data.split.n_val=2", "data.preprocess.image_size=32",
                    "data.batch_size=4", "data.num_workers=0", *overrides])
     OmegaConf.resolve(cfg.data)
     dm = instantiate_setting("data", cfg.data)

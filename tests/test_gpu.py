@@ -37,7 +37,7 @@ def test_mixed_precision_training_on_the_gpu(synthetic_root: Path, tmp_path: Pat
 
 
 def test_device_loader_on_the_gpu_matches_the_cpu(synthetic_root: Path, tmp_path: Path) -> None:
-    cfg = compose([f"data.root={synthetic_root}", f"data.cache_dir={tmp_path / 'cache'}", "data.n_val=2",
+    cfg = compose([f"data.root={synthetic_root}", f"data.cache_dir={tmp_path / 'cache'}", "data.split.n_val=2",
                    "data.preprocess.image_size=32", "data.batch_size=4", "data.loader=device"])
     OmegaConf.resolve(cfg.data)
     dm = instantiate_setting("data", cfg.data)
