@@ -2,7 +2,7 @@
 # GPU check in under 10 minutes on a machine with a CUDA GPU (make gpu-check): the GPU-marked
 # tests, the training-speed and augmentation benchmarks at 256 px, and a short experiment=reference
 # run on the data root with trainer=gpu, printing samples/s, data-wait share, GPU utilisation and memory.
-#   DATA=../shared/data/lgg PY=.venv/bin/python scripts/gpu_check.sh
+#   DATA=../shared/data/lgg PY=.venv/bin/python scripts/gpu_check.sh   (DATA may be a .tar.xz of the data root)
 # On a lent machine without the project's virtual environment: PY=python3, with the missing
 # wheels carried in .whl/ (scripts/gpu_wheels.sh); they are installed into a temporary folder.
 set -euo pipefail
@@ -21,8 +21,11 @@ if [ "$PY" != ".venv/bin/python" ] && [ -d .whl ]; then
 else
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
-[ -d "$DATA" ] || { echo "gpu-check: data root $DATA not found; set DATA=<kaggle_3m-layout folder>" >&2; exit 2; }
 mkdir -p "$OUT"
+if [[ "$DATA" == *.tar.xz && -f "$DATA" ]]; then  # data carried to a lent machine as one archive
+    tar xJf "$DATA" -C "$OUT" && DATA="$OUT/$(tar tJf "$DATA" | head -1 | cut -d/ -f1)"
+fi
+[ -d "$DATA" ] || { echo "gpu-check: data root $DATA not found; set DATA=<kaggle_3m-layout folder or .tar.xz of one>" >&2; exit 2; }
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 

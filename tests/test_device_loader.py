@@ -3,6 +3,7 @@ length, DDP streams, and validation identical to the workers path."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,10 @@ def test_short_fit_through_the_device_loader(synthetic_root: Path, tmp_path: Pat
     from brainseg.training.pipeline import train
 
     cfg = compose_run(synthetic_root, tmp_path / "run", tmp_path / "cache", "data.loader=device",
-                      "data/augmentation=strong", "trainer.max_epochs=1")
+                      "data/augmentation=strong", "trainer.max_epochs=1",
+                      "+callbacks.speed._target_=brainseg.training.speed.TrainingSpeed")
     metrics = train(cfg)
     assert len(metrics["history"]) == 1 and len(metrics["best"]["per_patient"]) == 2
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as fh:
+        speed = next(row for row in csv.DictReader(fh) if row.get("speed/samples_per_s"))
+    assert float(speed["speed/samples_per_s"]) > 0 and 0 < float(speed["speed/data_wait"]) < 1
