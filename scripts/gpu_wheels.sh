@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PACKAGES=(hydra-core omegaconf segmentation-models-pytorch albumentations albucore pydantic pydantic-core
-          annotated-types typing-inspection stringzilla simsimd kornia kornia-rs monai)
+          annotated-types typing-inspection stringzilla simsimd kornia kornia-rs)
 PLATFORMS=(manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64
            manylinux2014_x86_64 manylinux1_x86_64)
 locked() {  # the version uv.lock pins for a package

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from brainseg.config import instantiate_setting
 from brainseg.data import LGGDataModule
 from brainseg.data.datamodule import resolve_loader
-from brainseg.data.device_loader import DeviceTrainLoader, EpochSampler
+from brainseg.data.device_loader import DeviceEvalLoader, DeviceTrainLoader, EpochSampler
 from brainseg.data.sampling import lesion_slice_weights
 from brainseg.errors import ConfigError
 from brainseg.metrics import VolumeDice
@@ -120,6 +120,10 @@ def test_epoch_length_equals_the_workers_path(synthetic_root: Path, tmp_path: Pa
         split = DataLoader(train, batch_size=4, drop_last=True, sampler=DistributedSampler(train, 2, rank))
         ranked = DeviceTrainLoader(device.device_slices["train"], 4, "lesion_weighted", 0, None, rank, 2)
         assert len(ranked) == len(split) == sum(1 for _ in ranked)
+    val = device._device_slices("val", torch.device("cpu"))
+    seen = {(int(p), int(z)) for rank in range(2) for b in DeviceEvalLoader(val, 3, rank, 2)
+            for p, z in zip(b["patient"], b["slice"])}
+    assert len(seen) == len(val)  # the ranks' validation stripes cover every slice
 
 
 def test_validation_is_identical_through_both_paths(synthetic_root: Path, tmp_path: Path) -> None:
