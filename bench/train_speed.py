@@ -8,6 +8,8 @@ model, loss and optimizer (U-Net/ResNet34, Dice, Adam) with the reference augmen
 fetching the batch (and, for loader=device, drawing and augmenting it on the device), the
 z-score, forward, backward and optimizer step. Rows vary one setting at a time from the
 baseline (loader=device, 32-true, no channels_last, no torch.compile), each at every batch size.
+`data ms` is the time per batch spent waiting for data: the model's compute is the same for every
+loader, so it compares the data paths even on a machine whose other load makes samples/s noisy.
 Prints figures only; nothing is asserted.
 """
 
@@ -87,8 +89,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=dtype)
 
 
-def measure(args: argparse.Namespace, setting: Setting, device: torch.device) -> tuple[float, float, float]:
-    """samples/s, data-wait fraction, peak memory (MB) of one setting."""
+def measure(args: argparse.Namespace, setting: Setting, device: torch.device) -> tuple[float, float, float, float]:
+    """samples/s, data-wait fraction, data milliseconds per batch, peak memory (MB) of one setting."""
     cfg = compose_config(args.root, args.size, args.cache_dir, setting)
     datamodule = instantiate_setting("data", cfg.data)
     datamodule.trainer = _Trainer(device)
@@ -125,7 +127,7 @@ def measure(args: argparse.Namespace, setting: Setting, device: torch.device) ->
         scaler.update()
         synchronize(device)
         meter.step(image.shape[0])
-    return meter.samples_per_s, meter.data_fraction, peak_memory_mb(device)
+    return meter.samples_per_s, meter.data_fraction, 1000 * meter.data_s / meter.steps, peak_memory_mb(device)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -140,15 +142,16 @@ def run(args: argparse.Namespace) -> None:
     print(f"device: {name}; torch {torch.__version__}; threads {torch.get_num_threads()}")
     print(f"data: {args.root}, {args.size} px; {args.steps} timed steps after {args.warmup} warm-up steps per row")
     print(f"{'loader':<12} {'precision':<10} {'channels_last':<13} {'compile':<8} {'batch':>5} "
-          f"{'samples/s':>10} {'data wait':>10} {'peak MB':>9}")
+          f"{'samples/s':>10} {'data wait':>10} {'data ms':>8} {'peak MB':>9}")
     for setting in settings(args.batch_sizes, args.workers, precisions, not args.no_compile):
         start = time.perf_counter()
         try:
-            rate, wait, memory = measure(args, setting, device)
+            rate, wait, data_ms, memory = measure(args, setting, device)
         except Exception as exc:  # noqa: BLE001 - one setting failing (e.g. compile) must not hide the others
             print(f"{setting.label()} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
             continue
-        print(f"{setting.label()} {rate:>10.1f} {100 * wait:>9.1f}% {memory:>9.0f}   ({time.perf_counter() - start:.0f} s)",
+        print(f"{setting.label()} {rate:>10.1f} {100 * wait:>9.1f}% {data_ms:>8.1f} {memory:>9.0f}"
+              f"   ({time.perf_counter() - start:.0f} s)",
               flush=True)
     if device.type == "cpu":
         print("peak MB on CPU: the process's resident-memory high-water mark so far (it only grows down the table)")
