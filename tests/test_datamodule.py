@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from brainseg.config import instantiate_setting
-from brainseg.data import LGGDataModule
+from brainseg.data.datamodule import LGGDataModule
 from brainseg.errors import ConfigError
 
 

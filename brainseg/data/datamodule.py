@@ -106,6 +106,11 @@ class LGGDataModule(L.LightningDataModule):
         """Names in the order of the `patient` index that the subset's samples carry."""
         return [v.name for v in self.datasets[subset].volumes]
 
+    def provenance(self) -> dict[str, Any]:
+        """The data part of a checkpoint's Provenance: root, preprocessing, split."""
+        split = self.split.to_dict() if self.split is not None else {}
+        return {"data_root": str(self.root), "preprocess": self.preprocess_cfg.to_dict(), "split": split}
+
     def write_split(self, path: Path) -> None:
         payload = {"kind": self.split_config.kind, **self.split.to_dict(), "root": str(self.root)}
         path.write_text(json.dumps(payload, indent=2))

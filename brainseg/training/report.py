@@ -12,11 +12,9 @@ from typing import Any
 import lightning as L
 import yaml
 
+from brainseg.checkpoint import Provenance
 from brainseg.reporting.scores import summarize
 from brainseg.training.module import MONITOR
-
-CHECKPOINT_KEY = "brainseg"
-
 
 class RunReport(L.Callback):
     """Writes `config.yaml`, `split.json` and `metrics.json` into the run directory."""
@@ -69,13 +67,7 @@ class RunReport(L.Callback):
         return metrics
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        datamodule = trainer.datamodule
-        checkpoint[CHECKPOINT_KEY] = {
-            "config": self.config,
-            "data_root": str(datamodule.root),
-            "preprocess": datamodule.preprocess_cfg.to_dict(),
-            "split": datamodule.split.to_dict(),
-        }
+        Provenance(config=self.config, **trainer.datamodule.provenance()).store(checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
         elapsed = self._elapsed_before + time.monotonic() - self._started
