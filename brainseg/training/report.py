@@ -16,6 +16,7 @@ from brainseg.checkpoint import Provenance
 from brainseg.reporting.scores import summarize
 from brainseg.training.module import MONITOR
 
+
 class RunReport(L.Callback):
     """Writes `config.yaml`, `split.json` and `metrics.json` into the run directory."""
 
