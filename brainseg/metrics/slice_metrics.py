@@ -16,7 +16,9 @@ def slice_metrics(threshold: float = 0.5) -> MetricCollection:
     precision and recall over all evaluated slices."""
     return MetricCollection(
         {
-            "dsc_slice": BinaryF1Score(threshold=threshold, multidim_average="samplewise", zero_division=1),
+            "dsc_slice": BinaryF1Score(
+                threshold=threshold, multidim_average="samplewise", zero_division=1
+            ),
             "iou_pixel": BinaryJaccardIndex(threshold=threshold),
             "precision_pixel": BinaryPrecision(threshold=threshold),
             "recall_pixel": BinaryRecall(threshold=threshold),
