@@ -16,8 +16,7 @@ from scipy import ndimage, stats
 from torch.utils.data import DataLoader, DistributedSampler
 
 from brainseg.config import instantiate_setting
-from brainseg.data.datamodule import LGGDataModule
-from brainseg.data.datamodule import resolve_loader
+from brainseg.data.datamodule import LGGDataModule, resolve_loader
 from brainseg.data.device_loader import DeviceEvalLoader, DeviceTrainLoader, EpochSampler
 from brainseg.data.sampling import lesion_slice_weights
 from brainseg.errors import ConfigError
