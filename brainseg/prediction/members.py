@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from brainseg.checkpoints import CHECKPOINT_KEY, load_weights, read_checkpoint
 from brainseg.data.preprocess import PreprocessConfig
 from brainseg.errors import ConfigError, DataError
 from brainseg.models import build_model
-from brainseg.training.report import CHECKPOINT_KEY
 
 ONNX_METADATA_KEY = "brainseg"
 
@@ -57,14 +57,7 @@ def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None =
     a checkpoint trained with other values is refused.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for foreign files
-        raise DataError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
-    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise DataError(f"{path}: not a brainseg checkpoint (made by train.py)")
+    checkpoint = read_checkpoint(path)
     hparams, info = checkpoint["hyper_parameters"], checkpoint[CHECKPOINT_KEY]
     model_cfg = dict(hparams["model"])
     for key, value in (expected_model or {}).items():
@@ -74,11 +67,7 @@ def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None =
             )
     net = build_model(**model_cfg)
     weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-    try:
-        net.load_state_dict(weights)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise DataError(f"{path}: weights do not fit model {model_cfg.get('arch')}/{model_cfg.get('encoder_name')} ({first})") from None
+    load_weights(net, weights, path, model_cfg)
     return Member(
         path=path,
         preprocess=PreprocessConfig(**info["preprocess"]),

@@ -12,10 +12,10 @@ from typing import Any
 import lightning as L
 import yaml
 
+from brainseg.checkpoints import CHECKPOINT_KEY
 from brainseg.reporting.scores import summarize
+from brainseg.training.checkpoints import LastCheckpoint
 from brainseg.training.module import MONITOR
-
-CHECKPOINT_KEY = "brainseg"
 
 
 class RunReport(L.Callback):
@@ -56,7 +56,8 @@ class RunReport(L.Callback):
             "monitor": MONITOR,
             "best": self.best,
             "best_checkpoint": getattr(checkpoint, "best_model_path", None) or None,
-            "last_checkpoint": getattr(checkpoint, "last_model_path", None) or None,
+            "last_checkpoint": next((str(c.path) for c in trainer.checkpoint_callbacks
+                                     if isinstance(c, LastCheckpoint) and c.path.is_file()), None),
             "epochs": trainer.current_epoch,
             "train_seconds": round(self._elapsed_before + time.monotonic() - self._started, 1),
             "history": self.history,
