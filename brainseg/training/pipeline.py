@@ -109,7 +109,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=_auto_resume(cfg, output_dir, module))
         test_scores = None
         if cfg.get("test") and trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
-            trainer.test(module, datamodule=datamodule, ckpt_path="best")
+            trainer.test(module, datamodule=datamodule, ckpt_path=trainer.checkpoint_callback.best_model_path)
             test_scores = module.volume_scores.get("test")
     finally:
         for logger in loggers:
