@@ -31,7 +31,7 @@ def main() -> None:
         tmp = Path(tmp)
         generate(tmp / "data", n_patients=3, seed=0, size=256, slices=(8, 8))
         overrides = [f"data.root={tmp / 'data'}", f"data.cache_dir={tmp / 'cache'}", f"paths.output_dir={tmp / 'run'}",
-                     f"paths.root_dir={PROJECT}", "data.n_val=1", "data.batch_size=2", "data.num_workers=0",
+                     f"paths.root_dir={PROJECT}", "data.split.n_val=1", "data.batch_size=2", "data.num_workers=0",
                      "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
                      "trainer.limit_val_batches=1", "~callbacks.lr_monitor", "logger=[]", *args.overrides]
         with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):

@@ -1,6 +1,6 @@
 """Input data is never overwritten and never silently misread (issue 7): predict's output/input
 overlap, run directories inside data.root, all inputs checked before writing, duplicate or stray
-slices, bad mask values, black volumes, mask names, n_val=0, 1-patient validation/test sets."""
+slices, bad mask values, black volumes, mask names, data.split.n_val=0, 1-patient validation/test sets."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_black_volume_with_a_lesion_is_named_in_a_warning(tmp_path: Path, caplog
 
 
 def test_n_val_zero_is_refused() -> None:
-    with pytest.raises(ConfigError, match="data.n_val=0 leaves no validation patients.*trainer.limit_val_batches=0"):
+    with pytest.raises(ConfigError, match="data.split.n_val=0 leaves no validation patients.*trainer.limit_val_batches=0"):
         reference_split([f"p{i}" for i in range(5)], n_val=0)  # before: trained without validation, exit 0
 
 
@@ -137,7 +137,7 @@ def test_one_patient_validation_and_test_sets(synthetic_root: Path, tmp_path: Pa
     from brainseg.training.pipeline import train
 
     test_patient = find_patients(synthetic_root)[0].name
-    metrics = train(compose_run(synthetic_root, tmp_path / "run", tmp_path / "cache", "data.n_val=1",
-                                "trainer.max_epochs=1", "test=true", f"data.test_patients=[{test_patient}]"))
+    metrics = train(compose_run(synthetic_root, tmp_path / "run", tmp_path / "cache", "data.split.n_val=1",
+                                "trainer.max_epochs=1", "test=true", f"data.split.test_patients=[{test_patient}]"))
     # before: TypeError: 'int' object is not iterable (one-element scores squeezed to 0-d tensors)
     assert len(metrics["best"]["per_patient"]) == 1 and list(metrics["test"]["per_patient"]) == [test_patient]

@@ -17,7 +17,7 @@ import pytest
 import torch
 from helpers import PROJECT, compose_run, tiny_train_overrides
 
-from brainseg.checkpoints import save_atomically
+from brainseg.checkpoint import save_atomically
 from brainseg.errors import BrainsegError
 from brainseg.training import pipeline
 from brainseg.training.pipeline import train

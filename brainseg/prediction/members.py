@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainseg.checkpoints import CHECKPOINT_KEY, load_weights, read_checkpoint
+from brainseg.checkpoint import Provenance, load_weights, read_checkpoint
 from brainseg.data.preprocess import PreprocessConfig
 from brainseg.errors import ConfigError, DataError
 from brainseg.models import build_model
@@ -58,7 +58,7 @@ def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None =
     """
     path = Path(path)
     checkpoint = read_checkpoint(path)
-    hparams, info = checkpoint["hyper_parameters"], checkpoint[CHECKPOINT_KEY]
+    hparams, info = checkpoint["hyper_parameters"], Provenance.read(checkpoint, path)
     model_cfg = dict(hparams["model"])
     for key, value in (expected_model or {}).items():
         if key not in model_cfg or model_cfg[key] != value:
@@ -70,11 +70,11 @@ def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None =
     load_weights(net, weights, path, model_cfg)
     return Member(
         path=path,
-        preprocess=PreprocessConfig(**info["preprocess"]),
+        preprocess=PreprocessConfig(**info.preprocess),
         model=model_cfg,
         threshold=float((hparams.get("metric") or {}).get("threshold", 0.5)),
-        data_root=info.get("data_root"),
-        split=info.get("split", {}),
+        data_root=info.data_root,
+        split=info.split,
         net=net.eval(),
     )
 

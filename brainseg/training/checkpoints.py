@@ -21,7 +21,7 @@ import lightning as L
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from brainseg.checkpoints import prediction_only, read_checkpoint, save_atomically
+from brainseg.checkpoint import prediction_only, read_checkpoint, save_atomically
 
 log = logging.getLogger("brainseg")
 LAST_NAME = "last"

@@ -14,9 +14,10 @@ from hydra.utils import to_absolute_path
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, ListConfig
 
-from brainseg.checkpoints import load_weights, read_checkpoint
+from brainseg.checkpoint import load_weights, read_checkpoint
 from brainseg.cli import check_output_outside_data
 from brainseg.config import instantiate_setting, to_plain
+from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
 from brainseg.training.checkpoints import AtomicCheckpointIO
 from brainseg.training.media import WandbMedia
@@ -87,8 +88,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_sweep_ranks(cfg.trainer)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    datamodule = instantiate_setting("data", cfg.data)
-    check_output_outside_data(output_dir, datamodule.root, "paths.output_dir")
+    if cfg.data.get("root"):
+        check_output_outside_data(output_dir, to_absolute_path(str(cfg.data.root)), "paths.output_dir")
+    datamodule = check_data_module(instantiate_setting("data", cfg.data))
     module = SegmentationModule(
         model=to_plain(cfg.model),
         loss=to_plain(cfg.loss),

@@ -1,9 +1,15 @@
-"""Checkpoint files shared by train.py (resume) and predict.py (members): reading them with a
-one-line error naming the file, loading their weights, and writing them atomically."""
+"""Checkpoint files: the provenance record train.py stores in every checkpoint and predict.py reads
+back, reading a file with a one-line error naming it, loading its weights, and atomic writes.
+
+A neutral home (no Lightning, no training code) so that prediction can load checkpoints without
+importing the trainer, and train.py's resume checks use the same code.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +23,29 @@ CHECKPOINT_KEY = "brainseg"
 PREDICTION_KEYS = ("state_dict", "hyper_parameters", CHECKPOINT_KEY, "epoch", "global_step", "pytorch-lightning_version")
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """What a checkpoint was trained on: the resolved config, the data root, preprocessing, split."""
+
+    config: dict[str, Any]
+    data_root: str | None
+    preprocess: dict[str, Any]
+    split: dict[str, list[str]] = field(default_factory=dict)
+
+    def store(self, checkpoint: dict[str, Any]) -> None:
+        """Add the record to a checkpoint dict (Lightning's `on_save_checkpoint`)."""
+        checkpoint[CHECKPOINT_KEY] = asdict(self)
+
+    @classmethod
+    def read(cls, checkpoint: Mapping[str, Any], path: str | Path) -> Provenance:
+        """The record of a loaded checkpoint; a one-line DataError naming `path` if it has none."""
+        info = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, Mapping) else None
+        if not isinstance(info, Mapping) or "preprocess" not in info:
+            raise DataError(f"{path}: not a brainseg checkpoint (made by train.py)")
+        return cls(config=dict(info.get("config") or {}), data_root=info.get("data_root"),
+                   preprocess=dict(info["preprocess"]), split=dict(info.get("split") or {}))
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A brainseg training checkpoint as a dict; a missing, truncated, foreign or text file is a DataError."""
     path = Path(path)
@@ -26,7 +55,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types for foreign files
         raise DataError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
-    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint or "hyper_parameters" not in checkpoint:
+    Provenance.read(checkpoint, path)
+    if "hyper_parameters" not in checkpoint:
         raise DataError(f"{path}: not a brainseg checkpoint (made by train.py)")
     return checkpoint
 
