@@ -4,6 +4,7 @@ scripts/slurm_local.sh)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -113,3 +114,7 @@ def test_requeued_job_resumes_from_its_last_checkpoint(slurm_env, synthetic_root
     assert len(resumed) == 1 and int(resumed[0]) >= saved >= 1  # before: the best checkpoint's epoch (0)
     metrics = json.loads((sweep / "0" / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == list(range(epochs))  # each epoch once, in one history
+    with open(sweep / "0" / "csv" / "metrics.csv") as fh:
+        logged = [int(r["epoch"]) for r in csv.DictReader(fh) if r.get("val/dsc_volume")]
+    assert sorted(set(logged)) == list(range(epochs))  # before: the restart deleted the first session's rows
+    assert all(logged.count(e) == 1 for e in range(saved + 1))
