@@ -30,10 +30,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         generate(tmp / "data", n_patients=3, seed=0, size=256, slices=(8, 8))
-        overrides = [f"data.root={tmp / 'data'}", f"data.cache_dir={tmp / 'cache'}", f"paths.output_dir={tmp / 'run'}",
-                     f"paths.root_dir={PROJECT}", "data.split.n_val=1", "data.batch_size=2", "data.num_workers=0",
-                     "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-                     "trainer.limit_val_batches=1", "~callbacks.lr_monitor", "logger=[]", *args.overrides]
+        overrides = [
+            f"data.root={tmp / 'data'}",
+            f"data.cache_dir={tmp / 'cache'}",
+            f"paths.output_dir={tmp / 'run'}",
+            f"paths.root_dir={PROJECT}",
+            "data.split.n_val=1",
+            "data.batch_size=2",
+            "data.num_workers=0",
+            "trainer.accelerator=cpu",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=1",
+            "trainer.limit_val_batches=1",
+            "~callbacks.lr_monitor",
+            "logger=[]",
+            *args.overrides,
+        ]
         with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
             cfg = compose(config_name="train", overrides=overrides)
         train(cfg)
@@ -42,10 +54,18 @@ def main() -> None:
         last = sizes.pop("last.ckpt")
         (best,) = sizes.values()
     mb = 1e6
-    print(f"model: {cfg.model.arch}/{cfg.model.encoder_name}, {cfg.data.preprocess.image_size} px, optimizer {cfg.optimizer._target_}")
-    print(f"last.ckpt (full state): {last / mb:.1f} MB; best (weights + provenance): {best / mb:.1f} MB")
-    print(f"per job   before (best and last, both full state): {2 * last / mb:.1f} MB; after: {(best + last) / mb:.1f} MB")
-    print(f"{args.jobs}-job sweep before: {args.jobs * 2 * last / 1e9:.2f} GB; after: {args.jobs * (best + last) / 1e9:.2f} GB")
+    print(
+        f"model: {cfg.model.arch}/{cfg.model.encoder_name}, {cfg.data.preprocess.image_size} px, optimizer {cfg.optimizer._target_}"
+    )
+    print(
+        f"last.ckpt (full state): {last / mb:.1f} MB; best (weights + provenance): {best / mb:.1f} MB"
+    )
+    print(
+        f"per job   before (best and last, both full state): {2 * last / mb:.1f} MB; after: {(best + last) / mb:.1f} MB"
+    )
+    print(
+        f"{args.jobs}-job sweep before: {args.jobs * 2 * last / 1e9:.2f} GB; after: {args.jobs * (best + last) / 1e9:.2f} GB"
+    )
 
 
 if __name__ == "__main__":

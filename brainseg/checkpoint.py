@@ -20,12 +20,19 @@ from brainseg.errors import DataError
 
 CHECKPOINT_KEY = "brainseg"
 # What predict.py needs from a best checkpoint; everything else (optimizer, loops, callbacks) is resume state.
-PREDICTION_KEYS = ("state_dict", "hyper_parameters", CHECKPOINT_KEY, "epoch", "global_step", "pytorch-lightning_version")
+PREDICTION_KEYS = (
+    "state_dict",
+    "hyper_parameters",
+    CHECKPOINT_KEY,
+    "epoch",
+    "global_step",
+    "pytorch-lightning_version",
+)
 
 
 @dataclass(frozen=True)
 class Provenance:
-    """What a checkpoint was trained on: the resolved config, the data root, preprocessing, split."""
+    """What a checkpoint was trained on: resolved config, data root, preprocessing, split."""
 
     config: dict[str, Any]
     data_root: str | None
@@ -42,8 +49,12 @@ class Provenance:
         info = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, Mapping) else None
         if not isinstance(info, Mapping) or "preprocess" not in info:
             raise DataError(f"{path}: not a brainseg checkpoint (made by train.py)")
-        return cls(config=dict(info.get("config") or {}), data_root=info.get("data_root"),
-                   preprocess=dict(info["preprocess"]), split=dict(info.get("split") or {}))
+        return cls(
+            config=dict(info.get("config") or {}),
+            data_root=info.get("data_root"),
+            preprocess=dict(info["preprocess"]),
+            split=dict(info.get("split") or {}),
+        )
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -54,14 +65,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types for foreign files
-        raise DataError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+        raise DataError(
+            f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__})"
+        ) from None
     Provenance.read(checkpoint, path)
     if "hyper_parameters" not in checkpoint:
         raise DataError(f"{path}: not a brainseg checkpoint (made by train.py)")
     return checkpoint
 
 
-def load_weights(module: nn.Module, state_dict: dict[str, Any], path: str | Path, model: dict[str, Any]) -> None:
+def load_weights(
+    module: nn.Module, state_dict: dict[str, Any], path: str | Path, model: dict[str, Any]
+) -> None:
     """Load weights, naming the file and the model when they do not fit (another architecture)."""
     try:
         module.load_state_dict(state_dict)

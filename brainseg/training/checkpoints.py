@@ -32,7 +32,9 @@ PREEMPT_SIGNAL = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Every checkpoint Lightning writes goes through a temporary file and a rename."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
         save_atomically(checkpoint, path)
 
 
@@ -43,15 +45,19 @@ class _FollowsMovedDirectory(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old, new = state_dict.get("dirpath"), self.dirpath
         if old and new and old != new:
+
             def rebase(path: str) -> str:
                 return str(Path(new) / Path(path).name) if path else path
 
             state_dict = {
-                **state_dict, "dirpath": new,
+                **state_dict,
+                "dirpath": new,
                 "best_model_path": rebase(state_dict.get("best_model_path", "")),
                 "kth_best_model_path": rebase(state_dict.get("kth_best_model_path", "")),
                 "last_model_path": rebase(state_dict.get("last_model_path", "")),
-                "best_k_models": {rebase(k): v for k, v in (state_dict.get("best_k_models") or {}).items()},
+                "best_k_models": {
+                    rebase(k): v for k, v in (state_dict.get("best_k_models") or {}).items()
+                },
             }
         super().load_state_dict(state_dict)
 
@@ -66,7 +72,9 @@ class BestCheckpoint(_FollowsMovedDirectory):
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
-        if trainer.is_global_zero:  # the callbacks' provenance is only in full dumps, hence the rewrite
+        if (
+            trainer.is_global_zero
+        ):  # the callbacks' provenance is only in full dumps, hence the rewrite
             save_atomically(prediction_only(read_checkpoint(filepath)), filepath)
         trainer.strategy.barrier()
 
@@ -75,8 +83,14 @@ class LastCheckpoint(_FollowsMovedDirectory):
     """`<dirpath>/last.ckpt` with the full training state, after every epoch and on the preemption signal."""
 
     def __init__(self, dirpath: str, every_n_epochs: int = 1) -> None:
-        super().__init__(dirpath=dirpath, filename=LAST_NAME, monitor=None, save_top_k=1,
-                         every_n_epochs=every_n_epochs, enable_version_counter=False)
+        super().__init__(
+            dirpath=dirpath,
+            filename=LAST_NAME,
+            monitor=None,
+            save_top_k=1,
+            every_n_epochs=every_n_epochs,
+            enable_version_counter=False,
+        )
         self._signalled: int | None = None
         self._previous_handler: Any = None
 
@@ -117,8 +131,13 @@ class LastCheckpoint(_FollowsMovedDirectory):
             return
         signum, self._signalled = self._signalled, None
         self._save_checkpoint(trainer, str(self.path))
-        log.warning("signal %s: saved %s at epoch %d, step %d", signal.Signals(signum).name, self.path,
-                    trainer.current_epoch, trainer.global_step)
+        log.warning(
+            "signal %s: saved %s at epoch %d, step %d",
+            signal.Signals(signum).name,
+            self.path,
+            trainer.current_epoch,
+            trainer.global_step,
+        )
         previous = self._previous_handler
         if callable(previous):  # submitit's handler: requeue the job and exit
             previous(signum, None)
