@@ -105,7 +105,7 @@ def test_readme_predict_model_option_composes() -> None:
 def _predict(*overrides: str) -> dict:
     return predict(
         compose(
-            ["progress=false", "postprocess.lcc=false", "figures.overlays=false", *overrides],
+            ["progress=false", "postprocessing=[]", "figures.overlays=false", *overrides],
             hydra_node=False,
             config_name="predict",
         )
