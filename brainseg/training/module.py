@@ -95,7 +95,7 @@ class SegmentationModule(L.LightningModule):
         datamodule: SegmentationData | None = getattr(self.trainer, "datamodule", None)
         names = datamodule.patient_names(stage) if datamodule is not None else None
         self.volume_scores[stage] = {
-            (names[p] if names else str(p)): float(d) for p, d in zip(result["patient"].tolist(), result["per_volume"].tolist())
+            (names[p] if names else str(p)): float(d) for p, d in zip(result["patient"].reshape(-1).tolist(), result["per_volume"].reshape(-1).tolist())
         }
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

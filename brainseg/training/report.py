@@ -15,6 +15,7 @@ import yaml
 from brainseg.checkpoint import Provenance
 from brainseg.data.contract import SegmentationData
 from brainseg.reporting.scores import summarize
+from brainseg.training.checkpoints import LastCheckpoint
 
 
 class RunReport(L.Callback):
@@ -58,7 +59,8 @@ class RunReport(L.Callback):
             "monitor": self.monitor,
             "best": self.best,
             "best_checkpoint": getattr(checkpoint, "best_model_path", None) or None,
-            "last_checkpoint": getattr(checkpoint, "last_model_path", None) or None,
+            "last_checkpoint": next((str(c.path) for c in trainer.checkpoint_callbacks
+                                     if isinstance(c, LastCheckpoint) and c.path.is_file()), None),
             "epochs": trainer.current_epoch,
             "train_seconds": round(self._elapsed_before + time.monotonic() - self._started, 1),
             "history": self.history,
