@@ -35,7 +35,7 @@ bench: install
 	$(PY) bench/inference.py --root $(DATA)
 
 lint: install
-	$(UV) run --frozen ruff check brainseg tests train.py predict.py bench
+	$(UV) run --frozen ruff check brainseg hydra_plugins tests train.py predict.py bench
 
 clean:
 	rm -rf .cache outputs .pytest_cache

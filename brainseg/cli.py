@@ -49,8 +49,10 @@ def exit_status(entry: Callable[..., Any], *args: Any) -> int:
 def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run a Hydra task; a BrainsegError is printed as `error: <message>` instead of a traceback.
 
-    Inside a multirun, any failure is written to `<job dir>/failure.json` and None is returned,
-    so that the other jobs still run and the sweep report can list this one as failed.
+    Inside a multirun, any failure is logged with the job's number and overrides and written to
+    `<job dir>/failure.json`; None is returned so that Hydra's sweeper runs the other jobs and the
+    sweep report lists this one as failed. Sweepers with a `max_failure_rate` (Optuna) get the
+    exception instead: they mark the trial failed with its real reason and go on.
     """
     job_dir = _multirun_dir()
     try:
@@ -64,13 +66,16 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
                 raise SystemExit(2) from None
             raise
         job = HydraConfig.get().job
-        log.error("job %s (%s) failed: %s: %s", job.num, job.override_dirname or "no overrides",
+        swept, _ = job_overrides()
+        log.error("job %s (%s) failed: %s: %s", job.num, " ".join(swept) or job.override_dirname or "no overrides",
                   type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         if not user_error:
             log.error("traceback of job %s:\n%s", job.num, traceback.format_exc())
         job_dir.mkdir(parents=True, exist_ok=True)
         failure = {"error": str(exc), "type": type(exc).__name__, "traceback": traceback.format_exc()}
         (job_dir / FAILURE_FILE).write_text(json.dumps(failure, indent=2))
+        if "max_failure_rate" in HydraConfig.get().sweeper:
+            raise  # a sweeper that tolerates failures (Optuna) records this trial as failed, with this reason
         return None
 
 
@@ -103,6 +108,7 @@ def preflight(config: DictConfig, swept: list[str]) -> None:
     that the sweep varies are left to the jobs."""
     from brainseg.config import instantiate_setting, to_plain
 
+    HydraConfig.instance().set_config(config)  # for ${hydra:...} in the checked settings, as in a job
     if "data" in config and not _touches(swept, "data"):
         instantiate_setting("data", config.data).validate()
     if "model" in config and not _touches(swept, "model"):

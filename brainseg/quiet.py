@@ -13,8 +13,9 @@ NOISE: dict[str, tuple[str, ...]] = {
     "hydra_plugins.hydra_optuna_sweeper._impl": ("Study name:", "Storage:", "Sampler:", "Directions:"),
     "optuna.storages._in_memory": ("A new study created",),
 }
-# Libraries whose INFO lines flood the log (onnxscript's optimizer passes during ONNX export).
-WARNINGS_ONLY = ("onnxscript",)
+# Libraries whose INFO lines flood the log: onnxscript's optimizer passes during ONNX export,
+# alembic's plugin set-up when Optuna creates a study.
+WARNINGS_ONLY = ("onnxscript", "alembic")
 
 
 class _DropLines(logging.Filter):
