@@ -66,7 +66,8 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
     def _submitted(self) -> set[str]:
         """SLURM job ids of the sweep so far, from submitit's per-job folders (`<id>_<task>`)."""
         folder = Path(str(self.params["submitit_folder"])).parent
-        return {p.name.split("_")[0] for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
+        ids = {p.name.split("_")[0] for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
+        return {i for i in ids if i.isdigit()}  # not submitit's temporary `.submission` folder
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         before = self._submitted()
