@@ -59,14 +59,16 @@ def test_short_real_training_run(tmp_path: Path) -> None:
     run = tmp_path / "run"
     result = run_cli(
         "train.py", f"data.root={REAL_LGG}", f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}",
-        "data.preprocess.image_size=128", "data.n_val=4", "data.batch_size=16", "data.num_workers=2",
+        "data.preprocess.image_size=128", "data.split.n_val=4", "data.batch_size=16", "data.num_workers=2",
         "model.encoder_name=resnet18", "optimizer.lr=1e-3", "trainer.max_epochs=1", "trainer.limit_train_batches=15",
         "trainer.accelerator=cpu", cwd=PROJECT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert snapshot(REAL_LGG) == before
     best = json.loads((run / "metrics.json").read_text())["best"]
-    assert len(best["per_patient"]) == 4 and 0.0 <= best["dsc_volume_mean"] <= 1.0
+    split = json.loads((run / "split.json").read_text())
+    assert sorted(best["per_patient"]) == sorted(split["val"]) and len(split["val"]) == 4
+    assert best["dsc_volume_mean"] == pytest.approx(float(np.mean(list(best["per_patient"].values()))))
     print(f"\nreal data, 15 steps at 128 px: val mean per-volume DSC {best['dsc_volume_mean']:.3f} on 4 patients")
 
     # predict.py with that model on all 20 patients: original geometry, scores recomputed from the files

@@ -84,7 +84,7 @@ def test_rerun_in_the_same_directory_resumes(tiny_run: Path, synthetic_root: Pat
 
     run = tmp_path / "requeued"
     shutil.copytree(tiny_run, run)
-    overrides = [o for o in tiny_train_overrides(synthetic_root, run, tiny_run.parent / "cache") if not o.startswith("trainer.max_epochs")]
+    overrides = tiny_train_overrides(synthetic_root, run, tiny_run.parent / "cache")
     result = run_cli("train.py", *overrides, "trainer.max_epochs=3", cwd=PROJECT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from" in result.stdout + result.stderr
@@ -95,12 +95,12 @@ def test_rerun_in_the_same_directory_resumes(tiny_run: Path, synthetic_root: Pat
     ("overrides", "expected"),
     [
         (["data.root=does/not/exist"], "does/not/exist: data root does not exist"),
-        (["data.split=kfold", "data.fold=5", "data.n_folds=5"], "data.fold=5 must be in [0, data.n_folds=5)"),
+        (["data.split.kind=kfold", "data.split.fold=5", "data.split.n_folds=5"], "data.split.fold=5 must be in [0, data.split.n_folds=5)"),
         (["model.arch=unett"], "model.arch='unett' is unknown; choose one of ["),
     ],
 )
 def test_bad_settings_give_one_line_errors(synthetic_root: Path, tmp_path: Path, overrides: list[str], expected: str) -> None:
-    args = [o for o in tiny_train_overrides(synthetic_root, tmp_path / "run", tmp_path / "cache") if not o.startswith("data.n_val")]
+    args = tiny_train_overrides(synthetic_root, tmp_path / "run", tmp_path / "cache")
     result = run_cli("train.py", *args, *overrides, cwd=PROJECT)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr

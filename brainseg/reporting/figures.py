@@ -50,7 +50,9 @@ def training_curves(history: list[dict], path: Path) -> Path:
             losses.plot(*zip(*points), marker=".", label=label)
     losses.set(xlabel="epoch", ylabel="loss", title="Losses")
     dice.plot(epochs, [h["dsc_volume_mean"] for h in history], marker=".", label="mean")
-    dice.plot(epochs, [h["dsc_volume_median"] for h in history], marker=".", label="median")
+    medians = [(e, h["dsc_volume_median"]) for e, h in zip(epochs, history) if h.get("dsc_volume_median") is not None]
+    if medians:
+        dice.plot(*zip(*medians), marker=".", label="median")
     best = max(history, key=lambda h: h["dsc_volume_mean"])
     dice.axvline(best["epoch"] + 1, color="grey", linestyle=":", label=f"best {best['dsc_volume_mean']:.3f}")
     dice.set(xlabel="epoch", ylabel="per-volume Dice", title="Validation per-volume Dice", ylim=(0, 1))

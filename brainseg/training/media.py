@@ -13,7 +13,6 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from brainseg.reporting.figures import overlay
-from brainseg.training.module import MONITOR
 
 LESION = {1: "lesion"}
 
@@ -27,15 +26,16 @@ def _display(image: np.ndarray) -> np.ndarray:
 class TrackerMedia(L.Callback):
     """For the W&B and TensorBoard loggers of a run (rank 0):
 
-    - the best val/dsc_volume so far, not the last epoch's: W&B's run summary (with its epoch, as
-      `val/dsc_volume_best_epoch`), TensorBoard's `hp_metric`; so runs tables, sorting and
+    - the best `monitor` value so far (val/dsc_volume), not the last epoch's: W&B's run summary (with
+      its epoch, as `<monitor>_best_epoch`), TensorBoard's `hp_metric`; so runs tables, sorting and
       parallel coordinates agree with metrics.json and the sweep report;
     - when the best improves: the per-patient Dice table, and the slice with the largest lesion of
       each of `patients` validation patients (the largest lesions first) with prediction and truth
       (W&B: toggleable masks; TensorBoard: red/green outlines).
     """
 
-    def __init__(self, patients: int = 4) -> None:
+    def __init__(self, monitor: str, patients: int = 4) -> None:
+        self.monitor = monitor
         self.patients = patients
         self.best: float | None = None
         self.best_epoch: int | None = None
@@ -70,7 +70,7 @@ class TrackerMedia(L.Callback):
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After the module logged the epoch's metrics (on_validation_epoch_end is too early).
-        mean = trainer.callback_metrics.get(MONITOR)
+        mean = trainer.callback_metrics.get(self.monitor)
         if trainer.sanity_checking or mean is None or math.isnan(float(mean)):
             return
         improved = self.best is None or float(mean) > self.best
@@ -91,7 +91,7 @@ class TrackerMedia(L.Callback):
     def _to_wandb(self, logger: WandbLogger, improved: bool, scores: dict[str, float],
                   examples: list[dict[str, Any]], step: int) -> None:
         # Set after Lightning logged this epoch's value, which W&B would otherwise keep as the summary.
-        logger.experiment.summary.update({MONITOR: self.best, f"{MONITOR}_best_epoch": self.best_epoch})
+        logger.experiment.summary.update({self.monitor: self.best, f"{self.monitor}_best_epoch": self.best_epoch})
         if improved and scores:
             logger.log_table("val/dsc_volume_per_patient", columns=["patient", "dsc_volume"],
                              data=[[name, value] for name, value in scores.items()], step=step)

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 
 from brainseg.config import instantiate_setting
+from brainseg.data.contract import SegmentationData
 from brainseg.errors import ConfigError
 from brainseg.losses import build_loss
 from brainseg.metrics import VolumeDice, slice_metrics
 from brainseg.models import build_model
-
-MONITOR = "val/dsc_volume"
 
 
 class SegmentationModule(L.LightningModule):
@@ -28,6 +27,7 @@ class SegmentationModule(L.LightningModule):
         optimizer: Mapping[str, Any],
         scheduler: Mapping[str, Any] | None = None,
         metric: Mapping[str, Any] | None = None,
+        postprocessing: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -36,7 +36,7 @@ class SegmentationModule(L.LightningModule):
         metric = dict(metric or {})
         threshold = metric.get("threshold", 0.5)
         self.volume_dice = torch.nn.ModuleDict(
-            {s: VolumeDice(threshold, metric.get("largest_component", True)) for s in ("val", "test")}
+            {s: VolumeDice(threshold, postprocessing or []) for s in ("val", "test")}
         )
         self.slice_metrics = torch.nn.ModuleDict({s: slice_metrics(threshold) for s in ("val", "test")})
         self.volume_scores: dict[str, dict[str, float]] = {}  # stage -> patient name -> Dice
@@ -80,7 +80,7 @@ class SegmentationModule(L.LightningModule):
         self.log(f"{stage}/dsc_volume", result["mean"].float(), prog_bar=True)
         self.log(f"{stage}/dsc_volume_median", result["median"].float())
         self.log_dict({f"{stage}/{k}": v for k, v in slice_values.items()})
-        datamodule = getattr(self.trainer, "datamodule", None)
+        datamodule: SegmentationData | None = getattr(self.trainer, "datamodule", None)
         names = datamodule.patient_names(stage) if datamodule is not None else None
         self.volume_scores[stage] = {
             (names[p] if names else str(p)): float(d) for p, d in zip(result["patient"].tolist(), result["per_volume"].tolist())
@@ -112,6 +112,6 @@ class SegmentationModule(L.LightningModule):
             "lr_scheduler": {
                 "scheduler": scheduler,
                 "interval": scheduler_cfg.get("interval", "epoch"),
-                "monitor": scheduler_cfg.get("monitor", MONITOR),
+                "monitor": scheduler_cfg.get("monitor"),
             },
         }

@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, ListConfig
 
 from brainseg.config import instantiate_setting, to_plain
+from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError
 from brainseg.quiet import quiet_libraries
 from brainseg.training.media import TrackerMedia
@@ -93,24 +94,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_sweep_ranks(cfg.trainer)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    datamodule = instantiate_setting("data", cfg.data)
+    datamodule = check_data_module(instantiate_setting("data", cfg.data))
     module = SegmentationModule(
         model=to_plain(cfg.model),
         loss=to_plain(cfg.loss),
         optimizer=to_plain(cfg.optimizer),
         scheduler=to_plain(cfg.scheduler),
         metric=to_plain(cfg.metric),
+        postprocessing=to_plain(cfg.postprocessing),
     )
     model = cfg.model
     log.info("model: %s, encoder %s, %.1f M parameters", model.arch, model.encoder_name,
              sum(p.numel() for p in module.parameters()) / 1e6)
-    report = RunReport(output_dir, to_plain(cfg))
+    report = RunReport(output_dir, to_plain(cfg), cfg.monitor)
     callbacks = _instantiate_group("callbacks", cfg.get("callbacks")) + [report]
     loggers = _instantiate_group("logger", cfg.get("logger"))
     for logger in loggers:
         logger.log_hyperparams(report.config)  # the whole resolved config, not only the module's part
     if any(isinstance(logger, (WandbLogger, TensorBoardLogger)) for logger in loggers):
-        callbacks.append(TrackerMedia())
+        callbacks.append(TrackerMedia(cfg.monitor))
     # A progress bar on a terminal; in a log file, RunReport's one line per epoch instead.
     progress_bar = cfg.trainer.get("enable_progress_bar", sys.stdout.isatty())
     trainer: L.Trainer = instantiate_setting("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False,
@@ -127,8 +129,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics = report.write_metrics(trainer, test_scores) if trainer.is_global_zero else {}
     if metrics.get("best"):
         best = metrics["best"]
+        median = best["dsc_volume_median"]
         log.info(
-            "best val/dsc_volume: mean %.4f, median %.4f (epoch %d, %d patients); run in %s",
-            best["dsc_volume_mean"], best["dsc_volume_median"], best["epoch"], len(best["per_patient"]), output_dir,
+            "best %s: mean %.4f, median %s (epoch %d, %d patients); run in %s", cfg.monitor, best["dsc_volume_mean"],
+            "-" if median is None else f"{median:.4f}", best["epoch"], len(best["per_patient"]), output_dir,
         )
     return metrics

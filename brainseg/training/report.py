@@ -16,25 +16,27 @@ import lightning as L
 import torch
 import yaml
 
+from brainseg.checkpoint import Provenance
+from brainseg.data.contract import SegmentationData
 from brainseg.reporting.figures import training_curves
 from brainseg.reporting.scores import summarize
-from brainseg.training.module import MONITOR
 
 log = logging.getLogger("brainseg")
 
-CHECKPOINT_KEY = "brainseg"
-
 
 class RunReport(L.Callback):
-    """Writes `config.yaml`, `split.json`, `curves.png` and `metrics.json` into the run directory.
+    """Writes `config.yaml`, `split.json`, `curves.png` and `metrics.json` into the run directory;
+    the best epoch is the one with the highest `monitor` (the config's `monitor` key).
 
     With `progress_lines` (default: when stdout is not a terminal, e.g. a redirected run or a SLURM
     `.out` file, where no progress bar shows), logs one line per validated epoch.
     """
 
-    def __init__(self, output_dir: str | Path, config: dict[str, Any], progress_lines: bool | None = None) -> None:
+    def __init__(self, output_dir: str | Path, config: dict[str, Any], monitor: str,
+                 progress_lines: bool | None = None) -> None:
         self.output_dir = Path(output_dir)
         self.config = config
+        self.monitor = monitor
         self.progress_lines = not sys.stdout.isatty() if progress_lines is None else progress_lines
         self._epoch_started = time.monotonic()
         self._epoch_seconds: list[float] = []
@@ -48,7 +50,8 @@ class RunReport(L.Callback):
         if trainer.is_global_zero and stage == "fit":
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
-            trainer.datamodule.write_split(self.output_dir / "split.json")
+            data: SegmentationData = trainer.datamodule
+            data.write_split(self.output_dir / "split.json")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_started = time.monotonic()
@@ -65,13 +68,13 @@ class RunReport(L.Callback):
         if trainer.sanity_checking:
             return
         scores = pl_module.volume_scores.get("val", {})
-        mean = trainer.callback_metrics.get(MONITOR)
-        median = trainer.callback_metrics.get(f"{MONITOR}_median")
+        mean = trainer.callback_metrics.get(self.monitor)
+        median = trainer.callback_metrics.get(f"{self.monitor}_median")
         if mean is None or math.isnan(float(mean)):
             return
         val_loss = trainer.callback_metrics.get("val/loss")
         entry = {"epoch": trainer.current_epoch, "step": trainer.global_step,
-                 "dsc_volume_mean": float(mean), "dsc_volume_median": float(median),
+                 "dsc_volume_mean": float(mean), "dsc_volume_median": None if median is None else float(median),
                  "train_loss": float(torch.stack(self._train_loss).mean()) if self._train_loss else None,
                  "val_loss": float(val_loss) if val_loss is not None else None}
         self.history.append(entry)
@@ -89,14 +92,15 @@ class RunReport(L.Callback):
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         eta = f"ETA {seconds * (epochs - entry['epoch'] - 1) / 60:.1f} min" if epochs else "no epoch limit"
         loss = f"{entry['train_loss']:.4f}" if entry["train_loss"] is not None else "–"
+        median = f"{entry['dsc_volume_median']:.4f}" if entry["dsc_volume_median"] is not None else "–"
         return (f"epoch {entry['epoch'] + 1}/{epochs or '∞'} | train loss {loss} | val Dice mean "
-                f"{entry['dsc_volume_mean']:.4f} median {entry['dsc_volume_median']:.4f} | best "
+                f"{entry['dsc_volume_mean']:.4f} median {median} | best "
                 f"{self.best['dsc_volume_mean']:.4f} (epoch {self.best['epoch'] + 1}) | {seconds:.1f} s/epoch | {eta}")
 
     def write_metrics(self, trainer: L.Trainer, test_scores: dict[str, float] | None = None) -> dict[str, Any]:
         checkpoint = trainer.checkpoint_callback
         metrics = {
-            "monitor": MONITOR,
+            "monitor": self.monitor,
             "best": self.best,
             "best_checkpoint": getattr(checkpoint, "best_model_path", None) or None,
             "last_checkpoint": getattr(checkpoint, "last_model_path", None) or None,
@@ -112,13 +116,8 @@ class RunReport(L.Callback):
         return metrics
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        datamodule = trainer.datamodule
-        checkpoint[CHECKPOINT_KEY] = {
-            "config": self.config,
-            "data_root": str(datamodule.root),
-            "preprocess": datamodule.preprocess_cfg.to_dict(),
-            "split": datamodule.split.to_dict(),
-        }
+        data: SegmentationData = trainer.datamodule
+        Provenance(config=self.config, **data.provenance()).store(checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
         elapsed = self._elapsed_before + time.monotonic() - self._started
