@@ -10,7 +10,9 @@ from brainseg.cli import run_task
 def main(cfg: DictConfig) -> float | None:
     """Returns the best validation mean per-volume Dice, the value sweepers optimise
     (None for a failed job of Hydra's basic sweeper, which goes on with the others)."""
-    from brainseg.training.pipeline import train  # torch and Lightning: not needed for --help or --cfg
+    from brainseg.training.pipeline import (
+        train,  # torch and Lightning: not needed for --help or --cfg
+    )
 
     metrics = run_task(train, cfg)
     return ((metrics or {}).get("best") or {}).get("dsc_volume_mean")

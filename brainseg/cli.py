@@ -99,7 +99,7 @@ def job_overrides() -> tuple[list[str], list[str]]:
 
 
 def _touches(keys: list[str], group: str) -> bool:
-    return any(k == group or k.startswith(f"{group}.") or k.startswith(f"{group}/") for k in keys)
+    return any(k == group or k.startswith((f"{group}.", f"{group}/")) for k in keys)
 
 
 def preflight(config: DictConfig, swept: list[str]) -> None:

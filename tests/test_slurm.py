@@ -67,7 +67,7 @@ def _states_within(seconds: float, env: dict[str, str], jobs: str, wanted: set[s
     deadline = time.monotonic() + seconds
     while True:
         answer = subprocess.run(["squeue", "--states=all", "--noheader", "--array", f"--jobs={jobs}", "--format=%T"],
-                                env=env, timeout=30, capture_output=True, text=True)
+                                env=env, timeout=30, capture_output=True, text=True, check=False)
         states = set(answer.stdout.split())
         if (states and states <= wanted) or time.monotonic() > deadline:
             return states

@@ -116,8 +116,8 @@ def test_a_mistake_every_job_shares_stops_the_sweep_before_its_first_job(synthet
     result = _sweep(tmp_path / "missing", sweep, "loss=dice,bce_dice")
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {tmp_path / 'missing'}: data root does not exist "
-                      "(checked before the sweep started; no job was run)"]
+    assert errors == [(f"error: {tmp_path / 'missing'}: data root does not exist "
+                       "(checked before the sweep started; no job was run)")]
     assert not (sweep / "0").exists()
 
 

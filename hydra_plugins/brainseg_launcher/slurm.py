@@ -97,7 +97,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         log.info("waiting for SLURM: %s", ", ".join(f"job {job} PENDING ({reason})" for job, reason in sorted(pending.items())))
         stuck = {job: reason for job, reason in pending.items() if reason.split(",")[0] in NEVER_STARTS}
         if stuck:
-            job, reason = sorted(stuck.items())[0]
+            job, reason = min(stuck.items())
             subprocess.run(["scancel", *job_ids], capture_output=True, timeout=30, check=False)
             print(f"error: SLURM job {job} can never start: {reason} ({NEVER_STARTS[reason.split(',')[0]]}); "
                   f"cancelled the sweep's jobs {', '.join(job_ids)}", file=sys.stderr, flush=True)
