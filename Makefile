@@ -44,7 +44,7 @@ gpu-check:
 	DATA=$(DATA) bash scripts/gpu_check.sh
 
 lint: install
-	$(UV) run --frozen ruff check brainseg tests train.py predict.py bench
+	$(UV) run --frozen ruff check brainseg hydra_plugins tests train.py predict.py bench
 
 clean:
 	rm -rf .cache outputs .pytest_cache

@@ -118,3 +118,33 @@ def test_requeued_job_resumes_from_its_last_checkpoint(slurm_env, synthetic_root
         logged = [int(r["epoch"]) for r in csv.DictReader(fh) if r.get("val/dsc_volume")]
     assert sorted(set(logged)) == list(range(epochs))  # before: the restart deleted the first session's rows
     assert all(logged.count(e) == 1 for e in range(saved + 1))
+
+
+def _states_within(seconds: float, env: dict[str, str], jobs: str, wanted: set[str]) -> set[str]:
+    """The jobs' states (array tasks one by one), polled until all are in `wanted` or time is up."""
+    deadline = time.monotonic() + seconds
+    while True:
+        answer = subprocess.run(["squeue", "--states=all", "--noheader", "--array", f"--jobs={jobs}", "--format=%T"],
+                                env=env, timeout=30, capture_output=True, text=True, check=False)
+        states = set(answer.stdout.split())
+        if (states and states <= wanted) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
+
+
+def test_a_job_that_can_never_start_is_reported_and_stops_the_sweep(slurm_env, synthetic_root: Path, tmp_path: Path) -> None:
+    """Jobs that depend on a failed job pend with DependencyNeverSatisfied: the sweep says so while
+    waiting, cancels its jobs and exits non-zero instead of waiting forever."""
+    env = {**os.environ, **slurm_env}
+    failed = subprocess.run(["sbatch", "--parsable", "--output=/dev/null", "--wrap=false"], env=env, timeout=30,
+                            check=True, capture_output=True, text=True).stdout.strip()
+    assert _states_within(30, env, failed, {"FAILED"}) == {"FAILED"}
+    sweep = tmp_path / "never"
+    result = _slurm_sweep(synthetic_root, sweep, slurm_env, "hydra.launcher.pending_report_s=1",
+                          f"+hydra.launcher.additional_parameters.dependency=afterok:{failed}", "loss=dice,bce_dice")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "waiting for SLURM: job " in output and "PENDING (" in output
+    assert "can never start: DependencyNeverSatisfied" in result.stderr
+    jobs = ",".join({p.name.split("_")[0] for p in (sweep / ".submitit").iterdir() if p.name[0].isdigit()})
+    assert _states_within(30, env, jobs, {"CANCELLED"}) == {"CANCELLED"}

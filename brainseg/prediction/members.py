@@ -98,11 +98,14 @@ def export_onnx(member: Member, path: Path, image_size: int) -> Path:
     """Write the member's network as ONNX (dynamic batch), its preprocessing in the model's metadata."""
     import onnx
 
+    from brainseg.quiet import quiet_libraries
+
+    quiet_libraries()
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.randn(2, 3, image_size, image_size)
     torch.onnx.export(
         member.net.cpu().eval(), (dummy,), str(path), input_names=["image"], output_names=["logits"],
-        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False,
+        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False, verbose=False,
     )
     model = onnx.load(str(path))
     entry = model.metadata_props.add()

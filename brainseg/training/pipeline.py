@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import to_absolute_path
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, ListConfig
 
 from brainseg.checkpoint import load_weights, read_checkpoint
@@ -19,8 +20,9 @@ from brainseg.cli import check_output_outside_data
 from brainseg.config import instantiate_setting, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
+from brainseg.quiet import quiet_libraries
 from brainseg.training.checkpoints import AtomicCheckpointIO
-from brainseg.training.media import WandbMedia
+from brainseg.training.media import TrackerMedia
 from brainseg.training.module import SegmentationModule
 from brainseg.training.report import RunReport
 
@@ -83,8 +85,24 @@ def _auto_resume(cfg: DictConfig, output_dir: Path, module: SegmentationModule) 
     return str(path)
 
 
+def _finish_wandb_run() -> None:
+    """Close this job's W&B run (the next job of a sweep in this process gets its own) and say
+    where an offline run went and how to upload it."""
+    import wandb
+
+    run = wandb.run
+    if run is None:
+        return
+    folder = Path(run.dir).parent
+    offline = run.offline
+    run.finish()
+    if offline:
+        log.info("W&B run logged offline to %s; upload it with: wandb sync %s", folder, folder)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and optionally test) one configuration; returns the content of metrics.json."""
+    quiet_libraries()
     check_sweep_ranks(cfg.trainer)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -99,15 +117,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metric=to_plain(cfg.metric),
         postprocessing=to_plain(cfg.postprocessing),
     )
+    model = cfg.model
+    log.info("model: %s, encoder %s, %.1f M parameters", model.arch, model.encoder_name,
+             sum(p.numel() for p in module.parameters()) / 1e6)
     report = RunReport(output_dir, to_plain(cfg), cfg.monitor)
     callbacks = _instantiate_group("callbacks", cfg.get("callbacks")) + [report]
     loggers = _instantiate_group("logger", cfg.get("logger"))
     for logger in loggers:
         logger.log_hyperparams(report.config)  # the whole resolved config, not only the module's part
-    if any(isinstance(logger, WandbLogger) for logger in loggers):
-        callbacks.append(WandbMedia())
+    if any(isinstance(logger, (WandbLogger, TensorBoardLogger)) for logger in loggers):
+        callbacks.append(TrackerMedia(cfg.monitor))
+    # A progress bar on a terminal; in a log file, RunReport's one line per epoch instead.
+    progress_bar = cfg.trainer.get("enable_progress_bar", sys.stdout.isatty())
     trainer: L.Trainer = instantiate_setting("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                             plugins=_plugins())
+                                             plugins=_plugins(), enable_progress_bar=progress_bar)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=_auto_resume(cfg, output_dir, module))
         test_scores = None
@@ -115,9 +138,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             trainer.test(module, datamodule=datamodule, ckpt_path=trainer.checkpoint_callback.best_model_path)
             test_scores = module.volume_scores.get("test")
     finally:
-        for logger in loggers:
-            if isinstance(logger, WandbLogger) and logger._experiment is not None:
-                logger.experiment.finish()  # the next job of a sweep in this process gets its own run
+        if any(isinstance(logger, WandbLogger) for logger in loggers):
+            _finish_wandb_run()
     metrics = report.write_metrics(trainer, test_scores) if trainer.is_global_zero else {}
     if metrics.get("best"):
         best = metrics["best"]
