@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from brainseg.evaluation.statistics import BETTER, SAME, WORSE, compare_configurations, holm
-from brainseg.evaluation.volume_metrics import assd, hd95, lesion_detection, surface_dice, volume_metrics
+from brainseg.evaluation.volume_metrics import (
+    assd,
+    hd95,
+    lesion_detection,
+    surface_dice,
+    volume_metrics,
+)
 
 
 def _cube(shape: tuple[int, int, int], corner: tuple[int, int, int], side: int) -> np.ndarray:

@@ -28,7 +28,11 @@ import warnings
 
 import numpy as np
 import torch
-from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_surface_dice
+from monai.metrics import (
+    compute_average_surface_distance,
+    compute_hausdorff_distance,
+    compute_surface_dice,
+)
 from scipy import ndimage
 
 from brainseg.metrics import dice_score
