@@ -109,3 +109,38 @@ def test_against_the_best_by_default_a_worse_configuration_is_worse_and_noise_is
 
 def test_holm_step_down() -> None:
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+def _write_masks(root, patient: str, masks: np.ndarray) -> None:
+    import tifffile
+
+    (root / patient).mkdir(parents=True, exist_ok=True)
+    for n, mask in enumerate(masks, start=1):
+        tifffile.imwrite(root / patient / f"{patient}_{n}_mask.tif", mask.astype(np.uint8) * 255)
+
+
+def test_evaluate_scores_a_folder_and_refuses_mismatches_in_one_line(tmp_path, capsys) -> None:
+    import json
+
+    from brainseg.evaluate import main as evaluate
+
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    lesion = _cube((4, 24, 24), (1, 4, 4), 6)
+    for name, offset in (("A", 0), ("B", 2)):
+        _write_masks(truth, name, lesion)
+        _write_masks(pred, name, np.roll(lesion, offset, axis=2))
+    assert evaluate([str(pred), str(truth), "--output", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "dsc_summary.json").read_text())
+    assert summary["hd95"]["mean"] == pytest.approx(1.0) and summary["dsc"]["n"] == 2  # HD95 0 (A) and 2 (B)
+
+    (pred / "B" / "B_4_mask.tif").unlink()
+    assert evaluate([str(pred), str(truth), "--output", str(tmp_path / "out2")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {pred / 'B' / 'B_4_mask.tif'}: slice 4 is missing"
+    _write_masks(pred, "B", np.zeros((4, 24, 20), bool))
+    assert evaluate([str(pred), str(truth), "--output", str(tmp_path / "out2")]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"error: {pred / 'B' / 'B_1_mask.tif'}: expected an 24x24 uint8 mask") and "\n" not in line
+    _write_masks(pred, "C", lesion)
+    assert evaluate([str(pred), str(truth), "--output", str(tmp_path / "out2")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {pred / 'C'}: patient C has no truth masks in {truth}"
+    assert not (tmp_path / "out2").exists()
