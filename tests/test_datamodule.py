@@ -18,7 +18,7 @@ from brainseg.errors import ConfigError
 
 
 def _datamodule(root: Path, cache: Path, *overrides: str) -> LGGDataModule:
-    cfg = compose([f"data.root={root}", f"data.cache_dir={cache}", "data.n_val=2",
+    cfg = compose([f"data.root={root}", f"data.cache_dir={cache}", "data.split.n_val=2",
                    "data.preprocess.image_size=32", "data.batch_size=4", "data.num_workers=0", *overrides])
     OmegaConf.resolve(cfg.data)  # no Hydra run here: resolve ${seed} before instantiating
     return instantiate_setting("data", cfg.data)
@@ -66,7 +66,7 @@ def test_batches_splits_and_data_root_untouched(synthetic_root: Path, tmp_path: 
 def test_kfold_from_config(synthetic_root: Path, tmp_path: Path) -> None:
     vals = []
     for fold in range(3):
-        dm = _datamodule(synthetic_root, tmp_path / "cache", "data.split=kfold", "data.n_folds=3", f"data.fold={fold}")
+        dm = _datamodule(synthetic_root, tmp_path / "cache", "data.split.kind=kfold", "data.split.n_folds=3", f"data.split.fold={fold}")
         dm.setup("fit")
         vals += dm.split.val
     assert sorted(vals) == sorted(p.name for p in synthetic_root.iterdir() if p.is_dir())

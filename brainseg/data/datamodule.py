@@ -19,7 +19,7 @@ from brainseg.data.dataset import SliceDataset, normalize_batch
 from brainseg.data.preprocess import PreprocessConfig, PreprocessedVolume
 from brainseg.data.reader import PatientFiles, find_patients
 from brainseg.data.sampling import SAMPLINGS, make_sampler
-from brainseg.data.splits import Split, make_split
+from brainseg.data.splits import Split, SplitConfig, make_split
 from brainseg.errors import ConfigError
 
 
@@ -40,14 +40,7 @@ class LGGDataModule(L.LightningDataModule):
         root: str,
         cache_dir: str,
         preprocess: Mapping[str, Any] | None = None,
-        split: str = "reference",
-        n_val: int = 10,
-        n_folds: int = 5,
-        fold: int = 0,
-        split_seed: int = 42,
-        val_patients: list[str] | None = None,
-        test_patients: list[str] | None = None,
-        train_patients: list[str] | None = None,
+        split: Mapping[str, Any] | SplitConfig | None = None,
         sampling: str = "lesion_weighted",
         augmentation: Callable | None = None,
         batch_size: int = 16,
@@ -66,11 +59,7 @@ class LGGDataModule(L.LightningDataModule):
             raise ConfigError(f"data.sampling={sampling!r} is unknown; choose one of {list(SAMPLINGS)}")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
-        self.split_kind = split
-        self.split_args = {
-            "n_val": n_val, "n_folds": n_folds, "fold": fold, "seed": split_seed,
-            "val_patients": val_patients, "test_patients": test_patients, "train_patients": train_patients,
-        }
+        self.split_config = split if isinstance(split, SplitConfig) else SplitConfig.from_mapping(split)
         self.sampling = sampling
         self.augmentation = augmentation
         self.batch_size = batch_size
@@ -85,7 +74,7 @@ class LGGDataModule(L.LightningDataModule):
         return {p.name: p for p in find_patients(self.root)}
 
     def _make_split(self, patients: dict[str, PatientFiles]) -> Split:
-        return make_split(self.split_kind, list(patients), **self.split_args)
+        return make_split(self.split_config, list(patients))
 
     def _load_volumes(self, patients: dict[str, PatientFiles], split: Split) -> dict[str, PreprocessedVolume]:
         names = split.train + split.val + split.test
@@ -118,7 +107,7 @@ class LGGDataModule(L.LightningDataModule):
         return [v.name for v in self.datasets[subset].volumes]
 
     def write_split(self, path: Path) -> None:
-        payload = {"kind": self.split_kind, **self.split.to_dict(), "root": str(self.root)}
+        payload = {"kind": self.split_config.kind, **self.split.to_dict(), "root": str(self.root)}
         path.write_text(json.dumps(payload, indent=2))
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
