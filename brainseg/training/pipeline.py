@@ -109,4 +109,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "best val/dsc_volume: mean %.4f, median %.4f (epoch %d, %d patients); run in %s",
             best["dsc_volume_mean"], best["dsc_volume_median"], best["epoch"], len(best["per_patient"]), output_dir,
         )
+        chosen = metrics["selected"]
+        log.info("reported (evaluation.selection=%s: %s): val/dsc_volume mean %.4f, median %.4f, HD95 %.2f px (epoch %d)",
+                 chosen["rule"], chosen["description"], chosen["dsc_volume_mean"], chosen["dsc_volume_median"],
+                 chosen.get("hd95", float("nan")), chosen["epoch"])
     return metrics

@@ -12,8 +12,9 @@ from typing import Any
 import lightning as L
 import yaml
 
+from brainseg.evaluation.folds import SELECTION_RULES, check_selection
 from brainseg.reporting.scores import summarize
-from brainseg.training.module import MONITOR
+from brainseg.training.module import MONITOR, SURFACE_AND_DETECTION
 
 CHECKPOINT_KEY = "brainseg"
 
@@ -24,7 +25,9 @@ class RunReport(L.Callback):
     def __init__(self, output_dir: str | Path, config: dict[str, Any]) -> None:
         self.output_dir = Path(output_dir)
         self.config = config
+        self.selection = check_selection((config.get("evaluation") or {}).get("selection", "last"))
         self.best: dict[str, Any] | None = None
+        self.last: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
         self._started = time.monotonic()
         self._elapsed_before = 0.0  # training seconds of earlier sessions of a resumed run
@@ -44,19 +47,29 @@ class RunReport(L.Callback):
         median = trainer.callback_metrics.get(f"{MONITOR}_median")
         if mean is None or math.isnan(float(mean)):
             return
+        details = pl_module.volume_details.get("val", {})
         entry = {"epoch": trainer.current_epoch, "step": trainer.global_step,
-                 "dsc_volume_mean": float(mean), "dsc_volume_median": float(median)}
+                 "dsc_volume_mean": float(mean), "dsc_volume_median": float(median),
+                 **{k: float(trainer.callback_metrics[f"val/{k}"]) for k in SURFACE_AND_DETECTION
+                    if f"val/{k}" in trainer.callback_metrics}}
         self.history.append(entry)
+        self.last = {**entry, "per_patient": dict(scores), "per_patient_metrics": dict(details)}
         if self.best is None or entry["dsc_volume_mean"] > self.best["dsc_volume_mean"]:
-            self.best = {**entry, "per_patient": dict(scores)}
+            self.best = self.last
 
     def write_metrics(self, trainer: L.Trainer, test_scores: dict[str, float] | None = None) -> dict[str, Any]:
         checkpoint = trainer.checkpoint_callback
+        paths = {"best": getattr(checkpoint, "best_model_path", None) or None,
+                 "last": getattr(checkpoint, "last_model_path", None) or None}
+        selected = self.last if self.selection == "last" else self.best
         metrics = {
             "monitor": MONITOR,
+            "selection": self.selection,
+            "selected": selected and {**selected, "rule": self.selection, "description": SELECTION_RULES[self.selection],
+                                      "checkpoint": paths["last" if self.selection == "last" else "best"]},
             "best": self.best,
-            "best_checkpoint": getattr(checkpoint, "best_model_path", None) or None,
-            "last_checkpoint": getattr(checkpoint, "last_model_path", None) or None,
+            "best_checkpoint": paths["best"],
+            "last_checkpoint": paths["last"],
             "epochs": trainer.current_epoch,
             "train_seconds": round(self._elapsed_before + time.monotonic() - self._started, 1),
             "history": self.history,
@@ -79,9 +92,10 @@ class RunReport(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         elapsed = self._elapsed_before + time.monotonic() - self._started
-        return {"best": self.best, "history": self.history, "train_seconds": elapsed}
+        return {"best": self.best, "last": self.last, "history": self.history, "train_seconds": elapsed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = state_dict.get("best")
+        self.last = state_dict.get("last")
         self.history = list(state_dict.get("history", []))
         self._elapsed_before = float(state_dict.get("train_seconds", 0.0))
