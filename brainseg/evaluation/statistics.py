@@ -21,16 +21,20 @@ BETTER, SAME, WORSE = "better", "not distinguishable", "worse"
 
 
 def bootstrap_ci(values: np.ndarray, level: float = LEVEL, seed: int = 0) -> tuple[float, float]:
-    """The (1 - level) BCa bootstrap interval of the mean; degenerate samples give (mean, mean) or NaN."""
+    """The (1 - level) bootstrap interval of the mean (BCa); constant samples give (value, value), n < 2 NaN."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) < 2:
         return (float("nan"), float("nan"))
     if np.ptp(values) == 0:
         return (float(values[0]), float(values[0]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scipy warns when BCa degenerates; the result is then NaN
-        result = stats.bootstrap((values,), np.mean, confidence_level=1 - level, rng=np.random.default_rng(seed))
-    return (float(result.confidence_interval.low), float(result.confidence_interval.high))
+    for method in ("BCa", "percentile"):  # BCa is NaN on near-constant samples (rounding noise)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy's DegenerateDataWarning for exactly that case
+            interval = stats.bootstrap((values,), np.mean, confidence_level=1 - level, method=method,
+                                       rng=np.random.default_rng(seed)).confidence_interval
+        if not np.isnan(interval.low):
+            break
+    return (float(interval.low), float(interval.high))
 
 
 def wilcoxon_p(differences: np.ndarray) -> float:
