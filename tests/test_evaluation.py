@@ -144,3 +144,22 @@ def test_evaluate_scores_a_folder_and_refuses_mismatches_in_one_line(tmp_path, c
     assert evaluate([str(pred), str(truth), "--output", str(tmp_path / "out2")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {pred / 'C'}: patient C has no truth masks in {truth}"
     assert not (tmp_path / "out2").exists()
+
+
+def test_surface_metrics_match_monai_metric_functions() -> None:
+    import torch
+    from monai.metrics import (
+        compute_average_surface_distance,
+        compute_hausdorff_distance,
+        compute_surface_dice,
+    )
+
+    rng = np.random.default_rng(3)
+    truth = np.zeros((12, 40, 40), bool)
+    truth[2:9, 8:25, 10:30] = True
+    pred = np.roll(truth, (1, 3, -2), axis=(0, 1, 2)) | (rng.random(truth.shape) > 0.995)
+    y_pred, y = (torch.from_numpy(m.astype(np.float32))[None, None] for m in (pred, truth))
+    scores = volume_metrics(pred, truth, tolerance=1.5)
+    assert scores["hd95"] == pytest.approx(compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95).item(), rel=1e-5)
+    assert scores["assd"] == pytest.approx(compute_average_surface_distance(y_pred, y, include_background=True, symmetric=True).item(), rel=1e-5)
+    assert scores["nsd"] == pytest.approx(compute_surface_dice(y_pred, y, [1.5], include_background=True).item(), rel=1e-5)

@@ -16,8 +16,10 @@ Empty volumes (no lesion voxel), consistent with Dice (both empty: perfect; one 
 | `lesion_recall` (truth components touched by the prediction) | 1 | 0 |
 | `lesion_precision` (predicted components touching the truth) | 1 | 0 |
 
-Surface distances are MONAI's (`compute_hausdorff_distance`, `compute_average_surface_distance`,
-`compute_surface_dice`, Euclidean); components are face-connected (scipy.ndimage.label's default,
+Surface distances are MONAI's (boundary voxels and Euclidean distances from
+`monai.metrics.utils.get_edge_surface_distance`, computed once per volume for the three metrics,
+which match `compute_hausdorff_distance`, `compute_average_surface_distance` and
+`compute_surface_dice`); components are face-connected (scipy.ndimage.label's default,
 as for the largest-component step).
 """
 
@@ -28,11 +30,7 @@ import warnings
 
 import numpy as np
 import torch
-from monai.metrics import (
-    compute_average_surface_distance,
-    compute_hausdorff_distance,
-    compute_surface_dice,
-)
+from monai.metrics.utils import get_edge_surface_distance
 from scipy import ndimage
 
 from brainseg.metrics import dice_score
@@ -47,48 +45,52 @@ def _grid_diagonal(shape: tuple[int, ...]) -> float:
     return float(math.sqrt(sum((n - 1) ** 2 for n in shape)))
 
 
-def _cropped_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both masks cut to their joint bounding box plus one background voxel, as MONAI's (1, 1, ...)
-    one-hot tensors: distances do not change, and MONAI no longer scans the whole volume."""
+def surface_distances(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean distances from each boundary voxel of `pred` to the boundary of `truth`, and back
+    (MONAI's get_edge_surface_distance), both masks non-empty.
+
+    The masks are first cut to their joint bounding box plus one background voxel: the distances
+    are the same, and MONAI no longer scans the whole volume.
+    """
     box = ndimage.find_objects((pred | truth).astype(np.uint8))[0]
     box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
     pad = [(1, 1)] * pred.ndim
-    as_tensor = [torch.from_numpy(np.pad(m[box], pad).astype(np.float32))[None, None] for m in (pred, truth)]
-    return as_tensor[0], as_tensor[1]
-
-
-def _surface(pred: np.ndarray, truth: np.ndarray, compute, worst: float, both_empty: float) -> float:
-    """One MONAI surface metric with this module's empty-volume convention."""
-    has_pred, has_truth = bool(pred.any()), bool(truth.any())
-    if not has_pred and not has_truth:
-        return both_empty
-    if has_pred != has_truth:
-        return worst
-    y_pred, y = _cropped_pair(pred, truth)
+    y_pred, y = (torch.from_numpy(np.pad(m[box], pad)) for m in (pred, truth))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MONAI's deprecation notices inside its own helpers
-        return float(compute(y_pred, y).item())
+        _, (pred_to_truth, truth_to_pred), _ = get_edge_surface_distance(y_pred, y, symmetric=True)
+    return np.asarray(pred_to_truth, dtype=np.float64), np.asarray(truth_to_pred, dtype=np.float64)
+
+
+def _surface(pred: np.ndarray, truth: np.ndarray, tolerance: float) -> dict[str, float]:
+    """HD95, ASSD and NSD from one pair of distance sets, as MONAI's compute_hausdorff_distance
+    (percentile=95), compute_average_surface_distance (symmetric) and compute_surface_dice define
+    them (tested against those functions), with this module's empty-volume convention."""
+    has_pred, has_truth = bool(pred.any()), bool(truth.any())
+    if not has_pred and not has_truth:
+        return {"hd95": 0.0, "assd": 0.0, "nsd": 1.0}
+    if has_pred != has_truth:
+        worst = _grid_diagonal(truth.shape)
+        return {"hd95": worst, "assd": worst, "nsd": 0.0}
+    forward, backward = surface_distances(pred, truth)
+    both = np.concatenate([forward, backward])
+    return {"hd95": float(max(np.quantile(forward, 0.95), np.quantile(backward, 0.95))),
+            "assd": float(both.mean()), "nsd": float(np.count_nonzero(both <= tolerance) / len(both))}
 
 
 def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
-    """95th-percentile symmetric Hausdorff distance in pixels (MONAI)."""
-    pred, truth = pred.astype(bool), truth.astype(bool)
-    return _surface(pred, truth, lambda p, t: compute_hausdorff_distance(p, t, include_background=True, percentile=95),
-                    worst=_grid_diagonal(truth.shape), both_empty=0.0)
+    """95th-percentile symmetric Hausdorff distance in pixels."""
+    return _surface(pred.astype(bool), truth.astype(bool), NSD_TOLERANCE)["hd95"]
 
 
 def assd(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Average symmetric surface distance in pixels (MONAI)."""
-    pred, truth = pred.astype(bool), truth.astype(bool)
-    return _surface(pred, truth, lambda p, t: compute_average_surface_distance(p, t, include_background=True, symmetric=True),
-                    worst=_grid_diagonal(truth.shape), both_empty=0.0)
+    """Average symmetric surface distance in pixels."""
+    return _surface(pred.astype(bool), truth.astype(bool), NSD_TOLERANCE)["assd"]
 
 
 def surface_dice(pred: np.ndarray, truth: np.ndarray, tolerance: float = NSD_TOLERANCE) -> float:
-    """Normalised surface Dice: the fraction of both boundaries within `tolerance` pixels of the other (MONAI)."""
-    pred, truth = pred.astype(bool), truth.astype(bool)
-    return _surface(pred, truth, lambda p, t: compute_surface_dice(p, t, [float(tolerance)], include_background=True),
-                    worst=0.0, both_empty=1.0)
+    """Normalised surface Dice: the fraction of both boundaries within `tolerance` pixels of the other."""
+    return _surface(pred.astype(bool), truth.astype(bool), tolerance)["nsd"]
 
 
 def volume_difference(pred: np.ndarray, truth: np.ndarray) -> int:
@@ -118,6 +120,5 @@ def volume_metrics(pred: np.ndarray, truth: np.ndarray, tolerance: float = NSD_T
     pred, truth = np.asarray(pred).astype(bool), np.asarray(truth).astype(bool)
     if pred.shape != truth.shape:
         raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in shape")
-    return {"dsc": dice_score(pred, truth), "hd95": hd95(pred, truth), "assd": assd(pred, truth),
-            "nsd": surface_dice(pred, truth, tolerance), "volume_difference": volume_difference(pred, truth),
-            **lesion_detection(pred, truth)}
+    return {"dsc": dice_score(pred, truth), **_surface(pred, truth, tolerance),
+            "volume_difference": volume_difference(pred, truth), **lesion_detection(pred, truth)}
