@@ -67,3 +67,23 @@ def test_held_out_by_maps_each_patient_to_the_jobs_that_held_it_out(kfold_sweep:
     assert unet["P04"][0].job_dir == jobs[1] and unet["P04"][0].checkpoint == jobs[1] / "checkpoints" / "last.ckpt"
     assert unet["P04"][0].selection == "last"
     assert [h.job_dir for h in held_out_by(jobs)["P04"]] == [jobs[1], jobs[4]]
+
+
+@pytest.mark.slow
+def test_the_report_is_logged_as_one_offline_wandb_run_in_the_sweep_group(kfold_sweep: Path, monkeypatch) -> None:
+    from helpers import read_wandb_records
+
+    from brainseg.reporting.wandb_sweep import log_sweep_report
+
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    (kfold_sweep / "0" / "config.yaml").write_text("logger:\n  wandb: {project: brainseg, group: sweep-x, offline: auto}\n")
+    run_dir = log_sweep_report(kfold_sweep, write_report(kfold_sweep))
+    (run_file,) = run_dir.glob("run-*.wandb")
+    assert run_dir.parent == kfold_sweep / "wandb" and run_dir.name.startswith("offline-run-")
+    run = next(r.run for r in read_wandb_records(run_file) if r.WhichOneof("record_type") == "run")
+    assert run.run_group == "sweep-x" and run.job_type == "sweep-report"
+    (table,) = run_dir.glob("files/media/table/sweep/comparison_*.table.json")
+    data = json.loads(table.read_text())
+    verdict = data["columns"].index("verdict")
+    assert [row[verdict] for row in data["data"]] == ["reference", "worse"]
+    assert len(list(run_dir.glob("files/media/images/sweep/*.png"))) == 2

@@ -65,6 +65,14 @@ def test_wandb_offline_runs_hold_the_per_volume_dice(wandb_sweep: Path) -> None:
         data = json.loads(table.read_text())
         assert dict(data["data"]) == pytest.approx(metrics["best"]["per_patient"])
         assert list(run_file.parent.glob("files/media/images/val/overlays_*.png"))
+        summary = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for r in records
+                   if r.WhichOneof("record_type") == "summary" for i in r.summary.update}
+        assert summary["reported/dsc_volume_mean"] == pytest.approx(metrics["selected"]["dsc_volume_mean"])
+        assert summary["reported/selection"] == "last" and "reported/hd95" in summary
+        assert {"sweep/model", "sweep/loss"} <= config_keys
+    (report_run,) = wandb_sweep.glob("wandb/offline-run-*/run-*.wandb")
+    run = next(r.run for r in read_wandb_records(report_run) if r.WhichOneof("record_type") == "run")
+    assert run.run_group == f"sweep-{wandb_sweep.name}" and run.job_type == "sweep-report"
 
 
 def test_kfold_sweep_reports_cv_mean_and_failed_jobs(synthetic_root: Path, tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ from brainseg.evaluation.folds import SELECTION_RULES, selected_scores
 from brainseg.evaluation.statistics import LEVEL, compare_configurations
 from brainseg.evaluation.volume_metrics import METRICS
 from brainseg.reporting.figures import heat_map, strip_box_plot
+from brainseg.reporting.wandb_sweep import log_sweep_report
 
 FOLD_KEY = "data.split.fold"
 JOB_COLUMNS = ["job", "overrides", "status", "selection", "epoch", "dsc_volume_mean", "dsc_volume_median",
@@ -215,6 +216,7 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
             report = write_report(sweep_dir)
+            log_sweep_report(sweep_dir, report)
             print(f"sweep report: {sweep_dir / 'summary.md'} ({len(report['jobs'])} jobs)")
 
 

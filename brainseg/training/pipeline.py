@@ -70,6 +70,11 @@ def _auto_resume(cfg: DictConfig, output_dir: Path) -> str | None:
     return None
 
 
+def _job_overrides() -> list[str]:
+    """The command-line overrides of this job (the keys a sweep varies), if launched by Hydra."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and optionally test) one configuration; returns the content of metrics.json."""
     check_sweep_ranks(cfg.trainer)
@@ -86,8 +91,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     report = RunReport(output_dir, to_plain(cfg))
     callbacks = _instantiate_group("callbacks", cfg.get("callbacks")) + [report]
     loggers = _instantiate_group("logger", cfg.get("logger"))
+    sweep_keys = {f"sweep/{o.split('=', 1)[0]}": o.split("=", 1)[1] for o in _job_overrides() if "=" in o}
     for logger in loggers:
-        logger.log_hyperparams(report.config)  # the whole resolved config, not only the module's part
+        logger.log_hyperparams({**report.config, **sweep_keys})  # the whole resolved config + the sweep's keys on top
     if any(isinstance(logger, WandbLogger) for logger in loggers):
         callbacks.append(WandbMedia())
     trainer: L.Trainer = instantiate_setting("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False,
@@ -101,6 +107,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     finally:
         for logger in loggers:
             if isinstance(logger, WandbLogger) and logger._experiment is not None:
+                logger.experiment.summary.update(report.summary_values())  # runs table, parallel coordinates
+                if report.reported_table():
+                    logger.log_table("reported/per_patient", *report.reported_table())
                 logger.experiment.finish()  # the next job of a sweep in this process gets its own run
     metrics = report.write_metrics(trainer, test_scores) if trainer.is_global_zero else {}
     if metrics.get("best"):

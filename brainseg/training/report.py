@@ -61,7 +61,7 @@ class RunReport(L.Callback):
         checkpoint = trainer.checkpoint_callback
         paths = {"best": getattr(checkpoint, "best_model_path", None) or None,
                  "last": getattr(checkpoint, "last_model_path", None) or None}
-        selected = self.last if self.selection == "last" else self.best
+        selected = self._reported()
         metrics = {
             "monitor": MONITOR,
             "selection": self.selection,
@@ -80,6 +80,31 @@ class RunReport(L.Callback):
                                "per_patient": test_scores}
         (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics
+
+    def _reported(self) -> dict[str, Any] | None:
+        """The validation entry the selection rule reports."""
+        return self.last if self.selection == "last" else self.best
+
+    def summary_values(self) -> dict[str, Any]:
+        """Flat run-summary values for experiment trackers: the reported (selection rule) epoch's
+        patient means and the best epoch's Dice, labelled as selected on validation."""
+        selected = self._reported()
+        if not selected:
+            return {}
+        keys = ["epoch", "dsc_volume_mean", "dsc_volume_median", *SURFACE_AND_DETECTION]
+        values: dict[str, Any] = {f"reported/{k}": selected[k] for k in keys if k in selected}
+        values["reported/selection"] = self.selection
+        values["best_on_val/dsc_volume_mean"] = self.best["dsc_volume_mean"]
+        return values
+
+    def reported_table(self) -> tuple[list[str], list[list[Any]]] | None:
+        """(columns, rows): every per-volume metric per patient at the reported epoch."""
+        selected = self._reported()
+        per_patient = (selected or {}).get("per_patient_metrics") or {}
+        if not per_patient:
+            return None
+        columns = list(next(iter(per_patient.values())))
+        return ["patient", *columns], [[name, *(values[c] for c in columns)] for name, values in per_patient.items()]
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         datamodule = trainer.datamodule
