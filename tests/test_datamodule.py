@@ -13,7 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from brainseg.config import instantiate_setting
-from brainseg.data import LGGDataModule
+from brainseg.data.contract import DataProvenance, SegmentationData, check_data_module
+from brainseg.data.datamodule import LGGDataModule
 from brainseg.errors import ConfigError
 
 
@@ -60,7 +61,16 @@ def test_batches_splits_and_data_root_untouched(synthetic_root: Path, tmp_path: 
     dm.write_split(tmp_path / "split.json")
     written = json.loads((tmp_path / "split.json").read_text())
     assert written["val"] == dm.split.val and written["kind"] == "reference"
+    assert check_data_module(dm) is dm and isinstance(dm, SegmentationData)
+    provenance = dm.provenance()
+    assert set(provenance) == set(DataProvenance.__annotations__) and provenance["split"]["val"] == dm.split.val
+    assert provenance["preprocess"]["image_size"] == 32 and provenance["data_root"] == str(synthetic_root.resolve())
     assert snapshot(synthetic_root) == before
+
+
+def test_a_data_module_outside_the_contract_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"data: object lacks \['split', 'patient_names', 'provenance', 'write_split'\]"):
+        check_data_module(object())
 
 
 def test_kfold_from_config(synthetic_root: Path, tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from brainseg.checkpoint import Provenance
 from brainseg.data.preprocess import PreprocessConfig, preprocess, restore_geometry
 from brainseg.data.reader import find_patients, read_patient
 from brainseg.errors import BrainsegError, ConfigError, DataError
@@ -111,3 +114,20 @@ def test_checkpoint_rebuilds_the_trained_network(tiny_run: Path) -> None:
     assert member(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
     with pytest.raises(ConfigError, match="model.encoder_name='resnet34' does not match last.ckpt, trained with model.encoder_name='resnet18'"):
         load_checkpoint(tiny_run / "checkpoints" / "last.ckpt", {"encoder_name": "resnet34"})
+
+
+def test_prediction_imports_nothing_from_training() -> None:
+    """Loading a checkpoint or an ONNX model must not pull in Lightning or the trainer."""
+    code = ("import sys, brainseg.prediction.pipeline, brainseg.prediction.members; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'lightning' or m.startswith('brainseg.training')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_provenance_round_trips_through_a_checkpoint_dict(tmp_path: Path) -> None:
+    record = Provenance(config={"seed": 3}, data_root="/data", preprocess=CFG.to_dict(), split={"val": ["a"]})
+    checkpoint: dict = {}
+    record.store(checkpoint)
+    assert Provenance.read(checkpoint, tmp_path / "x.ckpt") == record
+    with pytest.raises(DataError, match="x.ckpt: not a brainseg checkpoint"):
+        Provenance.read({"state_dict": {}}, tmp_path / "x.ckpt")

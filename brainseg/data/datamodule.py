@@ -15,6 +15,7 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 
 from brainseg.data.cache import VolumeCache
+from brainseg.data.contract import DataProvenance
 from brainseg.data.dataset import SliceDataset, normalize_batch
 from brainseg.data.preprocess import PreprocessConfig, PreprocessedVolume
 from brainseg.data.reader import PatientFiles, find_patients
@@ -33,7 +34,9 @@ def _seed_worker(worker_id: int) -> None:
 
 
 class LGGDataModule(L.LightningDataModule):
-    """Patient-wise train/val/test loaders over preprocessed, cached LGG volumes."""
+    """Patient-wise train/val/test loaders over preprocessed, cached LGG volumes.
+
+    Satisfies brainseg.data.contract.SegmentationData (what training and reporting read)."""
 
     def __init__(
         self,
@@ -105,6 +108,11 @@ class LGGDataModule(L.LightningDataModule):
     def patient_names(self, subset: str) -> list[str]:
         """Names in the order of the `patient` index that the subset's samples carry."""
         return [v.name for v in self.datasets[subset].volumes]
+
+    def provenance(self) -> DataProvenance:
+        """The data part of a checkpoint's Provenance: root, preprocessing, split."""
+        split = self.split.to_dict() if self.split is not None else {}
+        return {"data_root": str(self.root), "preprocess": self.preprocess_cfg.to_dict(), "split": split}
 
     def write_split(self, path: Path) -> None:
         payload = {"kind": self.split_config.kind, **self.split.to_dict(), "root": str(self.root)}
