@@ -33,6 +33,7 @@ test-fast: install
 bench: install
 	$(PY) bench/data_pipeline.py --root $(DATA)
 	$(PY) bench/inference.py --root $(DATA)
+	$(PY) bench/volume_metrics.py --root $(DATA)
 
 lint: install
 	$(UV) run --frozen ruff check brainseg tests train.py predict.py bench
