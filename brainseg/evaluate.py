@@ -7,8 +7,9 @@ import argparse
 import sys
 
 from brainseg.cli import exit_status
-from brainseg.evaluation.folder import POSTPROCESSING, evaluate_folder
+from brainseg.evaluation.folder import evaluate_folder
 from brainseg.evaluation.volume_metrics import NSD_TOLERANCE
+from brainseg.postprocessing import STEPS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,8 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pred_dir", help="predicted masks: <patient>/<patient>_<n>_mask.tif")
     parser.add_argument("truth_dir", help="truth masks (a kaggle_3m data root): the same names and shapes")
     parser.add_argument("--output", required=True, help="a new or empty folder for dsc.csv, dsc_summary.json, dsc.png")
-    parser.add_argument("--postprocessing", action="append", choices=sorted(POSTPROCESSING), default=[],
-                        help="applied to the predictions before scoring (repeatable)")
+    parser.add_argument("--postprocessing", action="append", choices=sorted(STEPS), default=[],
+                        help="a brainseg.postprocessing step applied to the predictions before scoring (repeatable)")
     parser.add_argument("--nsd-tolerance", type=float, default=NSD_TOLERANCE, help="pixels (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
     args = parser.parse_args(argv)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,11 @@ import tifffile
 from brainseg.data.reader import read_mask
 from brainseg.errors import ConfigError, DataError
 from brainseg.evaluation.volume_metrics import NSD_TOLERANCE
-from brainseg.metrics import largest_connected_component
+from brainseg.postprocessing import apply, check_steps
 from brainseg.reporting.figures import bar_chart
-from brainseg.reporting.scores import score_row, write_scores
+from brainseg.reporting.scores import patient_row, write_scores
 
 _MASK_RE = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)_mask\.tif$")
-POSTPROCESSING: dict[str, Callable[[np.ndarray], np.ndarray]] = {"largest_component": largest_connected_component}
 
 
 def mask_files(root: Path) -> dict[str, dict[int, Path]]:
@@ -68,9 +66,7 @@ def evaluate_folder(pred_root: str | Path, truth_root: str | Path, output_dir: s
                     overwrite: bool = False) -> dict[str, Any]:
     """Write `dsc.csv`, `dsc_summary.json`, `dsc.png` and `evaluation.json` into output_dir."""
     pred_root, truth_root, out = (Path(p).resolve() for p in (pred_root, truth_root, output_dir))
-    for step in postprocessing or []:
-        if step not in POSTPROCESSING:
-            raise ConfigError(f"--postprocessing {step!r} is unknown; choose one of {sorted(POSTPROCESSING)}")
+    steps = check_steps(postprocessing, setting="--postprocessing")
     for root in (pred_root, truth_root):
         if out == root or out.is_relative_to(root):
             raise ConfigError(f"--output {out} is inside the input {root}; choose another folder")
@@ -78,11 +74,9 @@ def evaluate_folder(pred_root: str | Path, truth_root: str | Path, output_dir: s
         raise ConfigError(f"--output {out} is not an empty folder; choose another or pass --overwrite")
     rows = []
     for name, pred, truth in paired_volumes(pred_root, truth_root):
-        for step in postprocessing or []:
-            pred = POSTPROCESSING[step](pred)
-        rows.append(score_row(name, pred, truth, tolerance))
+        rows.append(patient_row(name, truth, apply(pred, steps), tolerance=tolerance))
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"predictions": str(pred_root), "truth": str(truth_root), "postprocessing": list(postprocessing or []),
+    summary = {"predictions": str(pred_root), "truth": str(truth_root), "postprocessing": steps,
                "patients": len(rows), "scores": write_scores(rows, out, tolerance)}
     bar_chart({r["patient"]: r["dsc"] for r in rows}, out / "dsc.png")
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2))

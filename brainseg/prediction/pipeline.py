@@ -16,7 +16,7 @@ from tqdm import tqdm
 from brainseg.config import to_plain
 from brainseg.data.reader import find_patients, read_patient
 from brainseg.errors import ConfigError
-from brainseg.metrics import largest_connected_component
+from brainseg.postprocessing import apply
 from brainseg.prediction.inference import Predictor, tta_views
 from brainseg.prediction.members import (
     Member,
@@ -25,11 +25,14 @@ from brainseg.prediction.members import (
     load_checkpoint,
     load_onnx,
 )
-from brainseg.prediction.postprocess import resolve_lcc
+from brainseg.prediction.postprocess import resolve_postprocessing
 from brainseg.reporting.figures import bar_chart, write_overlays
 from brainseg.reporting.scores import patient_row, write_scores
 
 log = logging.getLogger("brainseg")
+
+# Scored next to the written masks in dsc.csv (dsc_lcc, dsc_no_lcc), whatever steps were applied.
+REPORTED_VARIANTS = {"lcc": [{"name": "largest_component"}], "no_lcc": []}
 
 
 def _path(value: str | None) -> Path | None:
@@ -92,33 +95,37 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     views = tta_views(cfg.tta.hflip, list(cfg.tta.rotations or []), list(cfg.tta.scales or []))
     predictor = Predictor(members, views, cfg.batch_size, _device(cfg.device))
     threshold = float(cfg.threshold if cfg.get("threshold") is not None else members[0].threshold)
-    lcc = resolve_lcc(to_plain(cfg.postprocess)["lcc"], predictor, threshold, [repr(v) for v in views],
-                      str(_path(cfg.postprocess.data_root)) if cfg.postprocess.get("data_root") else None,
-                      list(cfg.postprocess.patients) if cfg.postprocess.get("patients") else None)
+    decision_cfg = to_plain(cfg.get("postprocessing_decision")) or {}
+    if decision_cfg.get("data_root"):
+        decision_cfg["data_root"] = str(_path(decision_cfg["data_root"]))
+    chosen = resolve_postprocessing(to_plain(cfg.postprocessing), predictor, threshold, [repr(v) for v in views],
+                                    decision_cfg)
+    steps = chosen["postprocessing"]
     rows = []
     for files in tqdm(patients, desc="patients", unit="patient", disable=not cfg.progress):
         volume = read_patient(files)
         probs = predictor.predict(volume)
-        mask = probs > threshold
-        if lcc["lcc"]:
-            mask = largest_connected_component(mask)
+        raw = probs > threshold
+        mask = apply(raw, steps)
         folder = out / files.name
         folder.mkdir(exist_ok=True)
         for z, number in enumerate(files.numbers):
             tifffile.imwrite(folder / f"{files.name}_{number}_mask.tif", mask[z].astype("uint8") * 255)
         truth = volume.mask.astype(bool) if volume.mask is not None else None
         if truth is not None:
-            rows.append(patient_row(files.name, probs, truth, threshold, lcc["lcc"]))
+            variants = {name: apply(raw, variant) for name, variant in REPORTED_VARIANTS.items()}
+            rows.append(patient_row(files.name, truth, mask, variants))
         if cfg.figures.overlays:
             write_overlays(files.name, files.numbers, volume.image, mask, truth, out / "overlays")
     summary: dict[str, Any] = {
         "input": str(input_root), "patients": len(patients), "members": [str(m.path) for m in members],
-        "tta": [repr(v) for v in views], "threshold": threshold, "postprocess": lcc,
+        "tta": [repr(v) for v in views], "threshold": threshold, "postprocessing": chosen,
     }
     if rows:
         summary["dsc"] = write_scores(rows, out)
         bar_chart({r["patient"]: r["dsc"] for r in rows}, out / "dsc.png")
-        log.info("per-volume DSC over %d patients: mean %.4f, median %.4f (lcc=%s); %s",
-                 len(rows), summary["dsc"]["dsc"]["mean"], summary["dsc"]["dsc"]["median"], lcc["lcc"], out)
+        log.info("per-volume DSC over %d patients: mean %.4f, median %.4f (postprocessing=%s); %s",
+                 len(rows), summary["dsc"]["dsc"]["mean"], summary["dsc"]["dsc"]["median"],
+                 [s["name"] for s in steps], out)
     (out / "prediction.json").write_text(json.dumps(summary, indent=2))
     return summary

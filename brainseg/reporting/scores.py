@@ -7,34 +7,29 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from brainseg.evaluation.volume_metrics import NSD_TOLERANCE, volume_metrics
-from brainseg.metrics import dice_score, largest_connected_component
+from brainseg.metrics import dice_score
 
 METRIC_COLUMNS = ["dsc", "hd95", "assd", "nsd", "volume_difference", "lesion_recall", "lesion_precision",
                   "lesions_true", "lesions_predicted", "lesions_found", "lesions_hit"]
 VOLUME_COLUMNS = ["lesion_voxels", "predicted_voxels", "slices"]
-LCC_COLUMNS = ["dsc_lcc", "dsc_no_lcc"]
 UNITS = ("distances (hd95, assd, nsd tolerance) in pixels of the mask grid with slices as an axis of spacing 1: "
          "the data carries no voxel spacing")
 
 
-def score_row(name: str, pred: np.ndarray, truth: np.ndarray, tolerance: float = NSD_TOLERANCE) -> dict[str, Any]:
-    """Every metric of one patient's written mask against its truth."""
-    return {"patient": name, **volume_metrics(pred, truth, tolerance), "lesion_voxels": int(truth.sum()),
-            "predicted_voxels": int(pred.sum()), "slices": int(truth.shape[0])}
-
-
-def patient_row(name: str, probs: np.ndarray, truth: np.ndarray, threshold: float, lcc: bool) -> dict[str, Any]:
-    """Scores of one patient's written mask, plus its Dice with and without the largest-component step."""
-    raw = probs > threshold
-    kept = largest_connected_component(raw)
-    row = score_row(name, kept if lcc else raw, truth)
-    return {**row, "dsc_lcc": dice_score(kept, truth), "dsc_no_lcc": dice_score(raw, truth)}
+def patient_row(name: str, truth: np.ndarray, written: np.ndarray, variants: Mapping[str, np.ndarray] | None = None,
+                tolerance: float = NSD_TOLERANCE) -> dict[str, Any]:
+    """Every metric of one patient's written mask, and the Dice of other masks of it (`dsc_<variant>`,
+    e.g. without post-processing); the masks are scored as given."""
+    return {"patient": name, **volume_metrics(written, truth, tolerance),
+            **{f"dsc_{variant}": dice_score(mask, truth) for variant, mask in (variants or {}).items()},
+            "lesion_voxels": int(truth.sum()), "predicted_voxels": int(written.sum()), "slices": int(truth.shape[0])}
 
 
 def summarize(values: list[float]) -> dict[str, float]:
@@ -44,7 +39,8 @@ def summarize(values: list[float]) -> dict[str, float]:
 
 def write_scores(rows: list[dict[str, Any]], out_dir: Path, tolerance: float = NSD_TOLERANCE) -> dict[str, Any]:
     """`dsc.csv` (one row per patient, every metric) and `dsc_summary.json` (mean, median, std of each)."""
-    metrics = [c for c in METRIC_COLUMNS[:1] + LCC_COLUMNS + METRIC_COLUMNS[1:] if c in rows[0]]
+    variants = [c for c in rows[0] if c.startswith("dsc_")]
+    metrics = [METRIC_COLUMNS[0], *variants, *METRIC_COLUMNS[1:]]
     columns = ["patient", *metrics, *VOLUME_COLUMNS]
     with open(out_dir / "dsc.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
