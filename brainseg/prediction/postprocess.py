@@ -25,8 +25,13 @@ def decision_path(member: Member) -> Path:
     return member.path.with_name(member.path.stem + ".postprocess.json")
 
 
-def decide(predictor: Predictor, data_root: str | Path, patients: list[str], threshold: float,
-           candidates: list[list[dict[str, Any]]]) -> dict[str, Any]:
+def decide(
+    predictor: Predictor,
+    data_root: str | Path,
+    patients: list[str],
+    threshold: float,
+    candidates: list[list[dict[str, Any]]],
+) -> dict[str, Any]:
     """The first candidate with the highest mean per-volume Dice on these patients (a later
     candidate must do strictly better, so the simplest listed first wins ties)."""
     available = {p.name: p for p in find_patients(data_root)}
@@ -41,9 +46,12 @@ def decide(predictor: Predictor, data_root: str | Path, patients: list[str], thr
             values.append(dice_score(apply(raw, steps), truth))
     means = [float(np.mean(values)) for values in scores]
     best = max(range(len(candidates)), key=lambda i: (means[i], -i))
-    return {"postprocessing": candidates[best],
-            "candidates": [{"postprocessing": c, "dsc": m} for c, m in zip(candidates, means)],
-            "patients": patients, "data_root": str(data_root)}
+    return {
+        "postprocessing": candidates[best],
+        "candidates": [{"postprocessing": c, "dsc": m} for c, m in zip(candidates, means)],
+        "patients": patients,
+        "data_root": str(data_root),
+    }
 
 
 def _read_decision(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
@@ -53,22 +61,35 @@ def _read_decision(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
         return None
     decision = dict(stored["decision"])
     try:
-        decision["postprocessing"] = check_steps(decision.get("postprocessing"), f"{path}: postprocessing")
+        decision["postprocessing"] = check_steps(
+            decision.get("postprocessing"), f"{path}: postprocessing"
+        )
     except ConfigError as exc:
         raise DataError(str(exc)) from None
     return decision
 
 
-def resolve_postprocessing(setting: Any, predictor: Predictor, threshold: float, views: list[str],
-                           decision_cfg: dict[str, Any]) -> dict[str, Any]:
-    """A step list as given; `auto` reuses or makes the recorded decision for these members and views.
+def resolve_postprocessing(
+    setting: Any,
+    predictor: Predictor,
+    threshold: float,
+    views: list[str],
+    decision_cfg: dict[str, Any],
+) -> dict[str, Any]:
+    """A step list as given; `auto` reuses or makes the recorded decision (members, views).
 
     Returns {"postprocessing": steps, "source": "config" | decision file, ...decision details}."""
     if setting != "auto":
         if isinstance(setting, str) or not isinstance(setting, list | tuple):
-            raise ConfigError(f"{SETTING}={setting!r} must be auto or a step list, e.g. [] or [{{name: largest_component}}]")
+            raise ConfigError(
+                f"{SETTING}={setting!r} must be auto or a step list, "
+                "e.g. [] or [{name: largest_component}]"
+            )
         return {"postprocessing": check_steps(setting, SETTING), "source": "config"}
-    candidates = [check_steps(c, f"{DECISION}.candidates[{i}]") for i, c in enumerate(decision_cfg.get("candidates") or [])]
+    candidates = [
+        check_steps(c, f"{DECISION}.candidates[{i}]")
+        for i, c in enumerate(decision_cfg.get("candidates") or [])
+    ]
     if not candidates:
         raise ConfigError(f"{SETTING}=auto needs {DECISION}.candidates (step lists to choose from)")
     first = predictor.members[0]
@@ -77,12 +98,18 @@ def resolve_postprocessing(setting: Any, predictor: Predictor, threshold: float,
     if not root or not Path(root).is_dir() or not names:
         where = f"{root} is not available" if root else "the checkpoint records none"
         raise ConfigError(
-            f"{SETTING}=auto needs validation data: set {DECISION}.data_root (and {DECISION}.patients) "
+            f"{SETTING}=auto needs validation data: "
+            f"set {DECISION}.data_root (and {DECISION}.patients) "
             f"or give {SETTING} as a step list ({where})"
         )
-    key = {"members": [str(m.path.resolve()) for m in predictor.members], "views": views,
-           "threshold": threshold, "patients": names, "data_root": str(Path(root).resolve()),
-           "candidates": candidates}
+    key = {
+        "members": [str(m.path.resolve()) for m in predictor.members],
+        "views": views,
+        "threshold": threshold,
+        "patients": names,
+        "data_root": str(Path(root).resolve()),
+        "candidates": candidates,
+    }
     path = decision_path(first)
     decision = _read_decision(path, key) if path.exists() else None
     if decision is None:

@@ -17,7 +17,6 @@ from brainseg.losses import build_loss
 from brainseg.metrics import VolumeDice, slice_metrics
 from brainseg.models import build_model
 
-MONITOR = "val/dsc_volume"
 # Per-volume metrics logged next to the Dice as patient means (brainseg.evaluation.volume_metrics).
 SURFACE_AND_DETECTION = ("hd95", "assd", "nsd", "volume_difference", "lesion_recall", "lesion_precision")
 
@@ -139,6 +138,6 @@ class SegmentationModule(L.LightningModule):
             "lr_scheduler": {
                 "scheduler": scheduler,
                 "interval": scheduler_cfg.get("interval", "epoch"),
-                "monitor": scheduler_cfg.get("monitor", MONITOR),
+                "monitor": scheduler_cfg.get("monitor"),
             },
         }

@@ -16,15 +16,17 @@ from brainseg.checkpoint import Provenance
 from brainseg.data.contract import SegmentationData
 from brainseg.evaluation.folds import SELECTION_RULES, check_selection
 from brainseg.reporting.scores import summarize
-from brainseg.training.module import MONITOR, SURFACE_AND_DETECTION
+from brainseg.training.module import SURFACE_AND_DETECTION
 
 
 class RunReport(L.Callback):
-    """Writes `config.yaml`, `split.json` and `metrics.json` into the run directory."""
+    """Writes `config.yaml`, `split.json` and `metrics.json` into the run directory; the best epoch
+    is the one with the highest `monitor` (the config's `monitor` key)."""
 
-    def __init__(self, output_dir: str | Path, config: dict[str, Any]) -> None:
+    def __init__(self, output_dir: str | Path, config: dict[str, Any], monitor: str) -> None:
         self.output_dir = Path(output_dir)
         self.config = config
+        self.monitor = monitor
         self.selection = check_selection((config.get("evaluation") or {}).get("selection", "last"))
         self.best: dict[str, Any] | None = None
         self.last: dict[str, Any] | None = None
@@ -44,13 +46,13 @@ class RunReport(L.Callback):
         if trainer.sanity_checking:
             return
         scores = pl_module.volume_scores.get("val", {})
-        mean = trainer.callback_metrics.get(MONITOR)
-        median = trainer.callback_metrics.get(f"{MONITOR}_median")
+        mean = trainer.callback_metrics.get(self.monitor)
+        median = trainer.callback_metrics.get(f"{self.monitor}_median")
         if mean is None or math.isnan(float(mean)):
             return
         details = pl_module.volume_details.get("val", {})
         entry = {"epoch": trainer.current_epoch, "step": trainer.global_step,
-                 "dsc_volume_mean": float(mean), "dsc_volume_median": float(median),
+                 "dsc_volume_mean": float(mean), "dsc_volume_median": None if median is None else float(median),
                  **{k: float(trainer.callback_metrics[f"val/{k}"]) for k in SURFACE_AND_DETECTION
                     if f"val/{k}" in trainer.callback_metrics}}
         self.history.append(entry)
@@ -64,7 +66,7 @@ class RunReport(L.Callback):
                  "last": getattr(checkpoint, "last_model_path", None) or None}
         selected = self._reported()
         metrics = {
-            "monitor": MONITOR,
+            "monitor": self.monitor,
             "selection": self.selection,
             "selected": selected and {**selected, "rule": self.selection, "description": SELECTION_RULES[self.selection],
                                       "checkpoint": paths["last" if self.selection == "last" else "best"]},
