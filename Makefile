@@ -5,7 +5,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),.tools/bin/uv)
 PY := .venv/bin/python
 DATA ?= ../shared/data/lgg
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast bench bench-train gpu-check lint clean
 
 install: .venv/.installed
 
@@ -34,6 +34,15 @@ bench: install
 	$(PY) bench/data_pipeline.py --root $(DATA)
 	$(PY) bench/inference.py --root $(DATA)
 	$(PY) bench/volume_metrics.py --root $(DATA)
+	$(PY) bench/checkpoint_disk.py
+
+# Training speed per data path, precision, channels_last, torch.compile, batch size (BENCH_ARGS: e.g. --size 64 --steps 4).
+bench-train: install
+	$(PY) bench/train_speed.py --root $(DATA) $(BENCH_ARGS)
+
+# On a machine with a CUDA GPU, under 10 minutes; exits with one line where there is none (README: GPU check).
+gpu-check:
+	DATA=$(DATA) bash scripts/gpu_check.sh
 
 lint: install
 	$(UV) run --frozen ruff check brainseg tests train.py predict.py bench

@@ -41,7 +41,7 @@ def load_all(root: Path, cache_dir: Path, cfg: PreprocessConfig, workers: int) -
 def loader_throughput(volumes: list, augmentation: str, workers: int, batches: int, batch_size: int) -> float:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"data/augmentation={augmentation}"])
-    dataset = SliceDataset(volumes, instantiate(cfg.data.augmentation))
+    dataset = SliceDataset(volumes, instantiate(cfg.data.augmentation.workers))
     sampler = make_sampler("lesion_weighted", dataset.lesion_areas(), seed=0)
     sampler.num_samples = (batches + 5) * batch_size
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers)

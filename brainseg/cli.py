@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from brainseg.errors import BrainsegError
+from brainseg.errors import BrainsegError, ConfigError
 
 log = logging.getLogger("brainseg")
 FAILURE_FILE = "failure.json"
@@ -62,3 +63,33 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         failure = {"error": str(exc), "type": type(exc).__name__, "traceback": traceback.format_exc()}
         (job_dir / FAILURE_FILE).write_text(json.dumps(failure, indent=2))
         return None
+
+
+
+def check_output_outside_data(output_dir: str | Path, data_root: str | Path, setting: str) -> None:
+    """The README promises that nothing is ever written under data.root."""
+    output, root = Path(output_dir).resolve(), Path(data_root).resolve()
+    if output.is_relative_to(root):
+        raise ConfigError(f"{setting}={str(output)!r} is inside data.root={str(root)!r}; nothing may be written there")
+
+
+class RefuseOutputInsideData(Callback):
+    """Refuse a run or sweep directory inside data.root before Hydra creates it (and writes its
+    .hydra/ files and log there)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(config: DictConfig, key: str) -> None:
+        root = OmegaConf.select(config, "data.root")
+        if root is None:
+            return
+        try:
+            check_output_outside_data(Path.cwd() / str(OmegaConf.select(config, key)), Path.cwd() / str(root), key)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None

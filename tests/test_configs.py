@@ -86,11 +86,13 @@ def _build(group: str, cfg) -> list:
         return [instantiate_setting(group, node) for node in (cfg.get(group) or {}).values() if node is not None]
     if group == "data":
         return [instantiate_setting("data", cfg.data)]
-    return [instantiate_setting("data.augmentation", cfg.data.augmentation)]
+    preset = instantiate_setting("data.augmentation", cfg.data.augmentation, _convert_="all")
+    return [preset[path] for path in ("workers", "device") if preset[path] is not None]
 
 
 def _kinds(group: str) -> tuple[type, ...]:
     import albumentations
+    import kornia.augmentation
     import lightning as L
     import torch
     from lightning.pytorch.loggers import Logger
@@ -100,7 +102,7 @@ def _kinds(group: str) -> tuple[type, ...]:
             "optimizer": (torch.optim.Optimizer,), "scheduler": (torch.optim.lr_scheduler.LRScheduler,
                                                                  torch.optim.lr_scheduler.ReduceLROnPlateau),
             "trainer": (L.Trainer,), "logger": (Logger,), "callbacks": (L.Callback,),
-            "data": (L.LightningDataModule,), "data/augmentation": (albumentations.Compose,)}[group]
+            "data": (L.LightningDataModule,), "data/augmentation": (albumentations.Compose, kornia.augmentation.AugmentationSequential)}[group]
 
 
 INSTANTIATED = ["model", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment", "data",
@@ -122,7 +124,7 @@ def test_every_option_of_every_group_instantiates(group: str, option: str, tmp_p
     kinds = _kinds(group)
     expected = (kinds if group == "experiment" else [kinds] * len(built))
     assert len(built) == len(expected) and all(isinstance(b, k) for b, k in zip(built, expected))
-    assert built or (group, option) in {("scheduler", "none"), ("callbacks", "none")}
+    assert built or (group, option) in {("scheduler", "none"), ("callbacks", "none"), ("data/augmentation", "none")}
 
 
 def test_debug_preset_is_what_the_tests_train_with() -> None:

@@ -28,7 +28,7 @@ def _datamodule(root: Path, cache: Path, *overrides: str) -> LGGDataModule:
 @pytest.mark.parametrize("augmentation", ["reference", "strong"])
 def test_augmented_masks_stay_binary(augmentation: str) -> None:
     cfg = compose([f"data/augmentation={augmentation}"])
-    transform = instantiate(cfg.data.augmentation)
+    transform = instantiate(cfg.data.augmentation.workers)
     transform.set_random_seed(0)
     rng = np.random.default_rng(0)
     image = rng.random((48, 48, 3), dtype=np.float32)
@@ -86,7 +86,7 @@ def _first_batches(root: Path, cache: Path, seed: int, workers: int) -> list[tor
     import lightning as L
 
     L.seed_everything(seed, workers=True)
-    dm = _datamodule(root, cache, f"seed={seed}", f"data.num_workers={workers}")
+    dm = _datamodule(root, cache, f"seed={seed}", "data.loader=workers", f"data.num_workers={workers}")
     dm.setup("fit")
     it = iter(dm.train_dataloader())
     return [next(it)["image"] for _ in range(2)]

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from brainseg.data.cache import VolumeCache
 from brainseg.data.contract import DataProvenance
 from brainseg.data.dataset import SliceDataset, normalize_batch
+from brainseg.data.device_loader import DeviceEvalLoader, DeviceSlices, DeviceTrainLoader
 from brainseg.data.preprocess import PreprocessConfig, PreprocessedVolume
 from brainseg.data.reader import PatientFiles, find_patients
 from brainseg.data.sampling import SAMPLINGS, make_sampler
@@ -33,6 +34,21 @@ def _seed_worker(worker_id: int) -> None:
         transform.set_random_seed(int(np.random.randint(2**31)))
 
 
+LOADERS = ("workers", "device", "auto")
+
+
+def resolve_loader(loader: str, augmentation: Mapping[str, Any]) -> str:
+    """`auto` is `device` whenever the augmentation preset has a device version (a `device` entry)."""
+    if loader not in LOADERS:
+        raise ConfigError(f"data.loader={loader!r} is unknown; choose one of {list(LOADERS)}")
+    if loader == "auto":
+        return "device" if "device" in augmentation else "workers"
+    if loader not in augmentation:
+        raise ConfigError(f"data.loader={loader}: data.augmentation has no {loader!r} version; "
+                          f"it has {sorted(augmentation)}")
+    return loader
+
+
 class LGGDataModule(L.LightningDataModule):
     """Patient-wise train/val/test loaders over preprocessed, cached LGG volumes.
 
@@ -45,7 +61,8 @@ class LGGDataModule(L.LightningDataModule):
         preprocess: Mapping[str, Any] | None = None,
         split: Mapping[str, Any] | SplitConfig | None = None,
         sampling: str = "lesion_weighted",
-        augmentation: Callable | None = None,
+        augmentation: Mapping[str, Callable | None] | None = None,
+        loader: str = "auto",
         batch_size: int = 16,
         val_batch_size: int | None = None,
         num_workers: int = 0,
@@ -64,7 +81,9 @@ class LGGDataModule(L.LightningDataModule):
             raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
         self.split_config = split if isinstance(split, SplitConfig) else SplitConfig.from_mapping(split)
         self.sampling = sampling
-        self.augmentation = augmentation
+        augmentation = dict(augmentation or {"workers": None, "device": None})
+        self.loader = resolve_loader(loader, augmentation)
+        self.augmentation = augmentation.get(self.loader)
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
@@ -72,6 +91,7 @@ class LGGDataModule(L.LightningDataModule):
         self.seed = seed
         self.split: Split | None = None
         self.datasets: dict[str, SliceDataset] = {}
+        self.device_slices: dict[str, DeviceSlices] = {}
 
     def _patients(self) -> dict[str, PatientFiles]:
         return {p.name: p for p in find_patients(self.root)}
@@ -95,9 +115,10 @@ class LGGDataModule(L.LightningDataModule):
         patients = self._patients()
         self.split = self._make_split(patients)
         volumes = self._load_volumes(patients, self.split)
-        if self.augmentation is not None and hasattr(self.augmentation, "set_random_seed"):
-            self.augmentation.set_random_seed(self.seed)
-        self.datasets["train"] = SliceDataset([volumes[n] for n in self.split.train], self.augmentation)
+        workers_augmentation = self.augmentation if self.loader == "workers" else None
+        if workers_augmentation is not None and hasattr(workers_augmentation, "set_random_seed"):
+            workers_augmentation.set_random_seed(self.seed)
+        self.datasets["train"] = SliceDataset([volumes[n] for n in self.split.train], workers_augmentation)
         self.datasets["val"] = SliceDataset([volumes[n] for n in self.split.val])
         test = [volumes[n] for n in self.split.test]
         self.datasets["test"] = SliceDataset(test) if test else self.datasets["val"]
@@ -132,13 +153,35 @@ class LGGDataModule(L.LightningDataModule):
             **kwargs,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def _ranks(self) -> tuple[torch.device, int, int]:
+        """The training device, this process's rank and the number of ranks (CPU, 0, 1 without a trainer)."""
+        trainer = self.trainer
+        if trainer is None:
+            return torch.device("cpu"), 0, 1
+        return trainer.strategy.root_device, trainer.global_rank, trainer.world_size
+
+    def _device_slices(self, subset: str, device: torch.device) -> DeviceSlices:
+        """The subset's slices on the device, copied there once."""
+        if subset not in self.device_slices or self.device_slices[subset].device != device:
+            self.device_slices[subset] = DeviceSlices(self.datasets[subset].volumes, device)
+        return self.device_slices[subset]
+
+    def _device_eval_loader(self, subset: str) -> DeviceEvalLoader:
+        device, rank, world = self._ranks()
+        return DeviceEvalLoader(self._device_slices(subset, device), self.val_batch_size, rank, world)
+
+    def train_dataloader(self) -> DataLoader | DeviceTrainLoader:
+        if self.loader == "device":
+            device, rank, world = self._ranks()
+            augmentation = self.augmentation.to(device) if self.augmentation is not None else None
+            return DeviceTrainLoader(self._device_slices("train", device), self.batch_size, self.sampling,
+                                     self.seed, augmentation, rank, world)
         train = self.datasets["train"]
         sampler = make_sampler(self.sampling, train.lesion_areas(), self.seed)
         return self._loader("train", self.batch_size, sampler=sampler, shuffle=sampler is None, drop_last=len(train) > self.batch_size)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.val_batch_size)
+    def val_dataloader(self) -> DataLoader | DeviceEvalLoader:
+        return self._device_eval_loader("val") if self.loader == "device" else self._loader("val", self.val_batch_size)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.val_batch_size)
+    def test_dataloader(self) -> DataLoader | DeviceEvalLoader:
+        return self._device_eval_loader("test") if self.loader == "device" else self._loader("test", self.val_batch_size)

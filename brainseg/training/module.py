@@ -104,7 +104,7 @@ class SegmentationModule(L.LightningModule):
         datamodule: SegmentationData | None = getattr(self.trainer, "datamodule", None)
         names = datamodule.patient_names(stage) if datamodule is not None else None
         self.volume_scores[stage] = {
-            (names[p] if names else str(p)): float(d) for p, d in zip(result["patient"].tolist(), result["per_volume"].tolist())
+            (names[p] if names else str(p)): float(d) for p, d in zip(result["patient"].reshape(-1).tolist(), result["per_volume"].reshape(-1).tolist())
         }
         self.volume_details[stage] = {(names[p] if names else str(p)): volume_metrics(pred, truth, self.nsd_tolerance)
                                       for p, (pred, truth) in volumes.items()}

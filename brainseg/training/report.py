@@ -16,6 +16,7 @@ from brainseg.checkpoint import Provenance
 from brainseg.data.contract import SegmentationData
 from brainseg.evaluation.folds import SELECTION_RULES, check_selection
 from brainseg.reporting.scores import summarize
+from brainseg.training.checkpoints import LastCheckpoint
 from brainseg.training.module import SURFACE_AND_DETECTION
 
 
@@ -63,7 +64,8 @@ class RunReport(L.Callback):
     def write_metrics(self, trainer: L.Trainer, test_scores: dict[str, float] | None = None) -> dict[str, Any]:
         checkpoint = trainer.checkpoint_callback
         paths = {"best": getattr(checkpoint, "best_model_path", None) or None,
-                 "last": getattr(checkpoint, "last_model_path", None) or None}
+                 "last": next((str(c.path) for c in trainer.checkpoint_callbacks
+                               if isinstance(c, LastCheckpoint) and c.path.is_file()), None)}
         selected = self._reported()
         metrics = {
             "monitor": self.monitor,
