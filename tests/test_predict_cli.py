@@ -172,3 +172,15 @@ def test_slice_of_another_shape_is_named(tiny_run: Path, copied_root: Path, tmp_
         run_task(predict, cfg)
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"{patient.images[3].name}: slice is (32, 32), other slices of the patient are (64, 64)" in last
+
+
+def test_evaluate_on_the_written_masks_reproduces_the_scores(predicted: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    from brainseg.evaluate import main as evaluate
+
+    assert evaluate([str(predicted), str(synthetic_root), "--output", str(tmp_path / "eval")]) == 0
+    with open(predicted / "dsc.csv") as fh:
+        by_predict = list(csv.DictReader(fh))
+    with open(tmp_path / "eval" / "dsc.csv") as fh:
+        by_evaluate = list(csv.DictReader(fh))
+    assert {"hd95", "assd", "nsd", "lesion_recall", "volume_difference"} <= set(by_evaluate[0])
+    assert by_evaluate == [{k: v for k, v in row.items() if k not in ("dsc_lcc", "dsc_no_lcc")} for row in by_predict]

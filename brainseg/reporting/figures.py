@@ -36,6 +36,10 @@ def bar_chart(scores: dict[str, float], path: Path, title: str = "Per-volume Dic
     ax.set_title(title)
     if show_stats:
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
     return _save(fig, path)  # parallel sweep jobs may refresh the same chart
 
@@ -69,6 +73,41 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def strip_box_plot(scores: dict[str, dict[str, float]], path: Path, title: str) -> Path:
+    """One row per configuration (in the given order, first on top): a box over its per-patient
+    Dice, every patient as a dot, the mean as a red diamond."""
+    names = list(scores)
+    fig, ax = plt.subplots(figsize=(10, max(2.5, 0.55 * len(names) + 1.4)), dpi=100)
+    rows = [np.array(list(scores[n].values())) for n in names]
+    positions = np.arange(len(names))[::-1]
+    ax.boxplot(rows, positions=positions, orientation="horizontal", widths=0.5, showfliers=False)
+    jitter = np.random.default_rng(0)
+    for y, values in zip(positions, rows):
+        ax.scatter(values, y + jitter.uniform(-0.15, 0.15, len(values)), s=12, color="#4c72b0", alpha=0.7, zorder=3)
+        ax.scatter([values.mean()], [y], marker="D", color="tab:red", zorder=4)
+    ax.set_yticks(positions, names, fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("per-volume Dice (dots: patients, red diamond: mean)")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def heat_map(scores: dict[str, dict[str, float]], path: Path, title: str) -> Path:
+    """Configurations x patients, coloured by Dice; patients sorted by their mean over configurations,
+    so the ones every model fails sit together on the left."""
+    names = list(scores)
+    patients = sorted({p for values in scores.values() for p in values},
+                      key=lambda p: np.nanmean([scores[n].get(p, np.nan) for n in names]))
+    grid = np.array([[scores[n].get(p, np.nan) for p in patients] for n in names])
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(patients) + 3), max(2.5, 0.4 * len(names) + 1.8)), dpi=100)
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_yticks(np.arange(len(names)), names, fontsize=8)
+    ax.set_xticks(np.arange(len(patients)), patients, rotation=90, fontsize=6)
+    fig.colorbar(image, ax=ax, label="per-volume Dice")
+    ax.set_title(title)
+    return _save(fig, path)
 
 
 def overlay(image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
