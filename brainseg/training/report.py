@@ -18,8 +18,8 @@ import yaml
 
 from brainseg.checkpoint import Provenance
 from brainseg.data.contract import SegmentationData
-from brainseg.reporting.figures import training_curves
 from brainseg.evaluation.folds import SELECTION_RULES, check_selection
+from brainseg.reporting.figures import training_curves
 from brainseg.reporting.scores import summarize
 from brainseg.training.checkpoints import LastCheckpoint
 from brainseg.training.module import SURFACE_AND_DETECTION
