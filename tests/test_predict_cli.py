@@ -30,6 +30,9 @@ def predicted(tiny_run: Path, synthetic_root: Path, tmp_path_factory: pytest.Tem
                      f"hydra.run.dir={out.parent / 'hydra'}", cwd=PROJECT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert snapshot(synthetic_root) == before
+    log = result.stdout + result.stderr
+    assert "per-volume DSC over 2 held-out patients" in log and "4 training patient(s) left out" in log
+    assert "4 scored patient(s) were seen in training" in log and " without over 2 held-out patients" in log
     return out
 
 
@@ -59,9 +62,19 @@ def test_dsc_csv_matches_an_independent_recomputation(predicted: Path, synthetic
         assert int(row["lesion_voxels"]) == truth.sum() and int(row["predicted_voxels"]) == pred.sum()
     summary = json.loads((predicted / "dsc_summary.json").read_text())
     values = [float(r["dsc"]) for r in rows.values()]
-    assert summary["dsc"]["mean"] == pytest.approx(np.mean(values), abs=1e-5)
-    assert summary["dsc"]["median"] == pytest.approx(np.median(values), abs=1e-5)
-    assert summary["dsc"]["std"] == pytest.approx(np.std(values), abs=1e-5)
+    assert summary["by_subset"]["all"]["dsc"]["mean"] == pytest.approx(np.mean(values), abs=1e-5)
+    assert summary["by_subset"]["all"]["dsc"]["std"] == pytest.approx(np.std(values), abs=1e-5)
+    held_out = [float(r["dsc"]) for r in rows.values() if r["subset"] == "val"]
+    assert summary["n_held_out"] == len(held_out) == 2
+    assert summary["dsc"]["mean"] == pytest.approx(np.mean(held_out), abs=1e-5)
+    assert summary["dsc"]["median"] == pytest.approx(np.median(held_out), abs=1e-5)
+
+
+def test_subset_column_follows_the_checkpoint_split(predicted: Path, tiny_run: Path) -> None:
+    split = json.loads((tiny_run / "split.json").read_text())
+    with open(predicted / "dsc.csv") as fh:
+        subsets = {r["patient"]: r["subset"] for r in csv.DictReader(fh)}
+    assert subsets == {**{n: "train" for n in split["train"]}, **{n: "val" for n in split["val"]}}
 
 
 def _has_colour(image: np.ndarray, rgb: tuple[int, int, int], tol: int = 40) -> bool:
@@ -86,7 +99,8 @@ def test_figures_read_back(predicted: Path, synthetic_root: Path) -> None:
 def test_auto_lcc_is_recorded_next_to_the_checkpoint(predicted: Path, tiny_run: Path) -> None:
     recorded = json.loads((tiny_run / "checkpoints" / "last.postprocess.json").read_text())
     decision = recorded["decision"]
-    assert decision["lcc"] == (decision["dsc_lcc"] > decision["dsc_no_lcc"])
+    assert decision["lcc"] == (decision["dsc_lcc"] > decision["dsc_no_lcc"] and decision["helped"] > decision["hurt"])
+    assert "helps more patients than it hurts" in decision["rule"]
     assert decision["patients"] == json.loads((tiny_run / "split.json").read_text())["val"]
     summary = json.loads((predicted / "prediction.json").read_text())
     assert summary["postprocess"]["lcc"] == decision["lcc"] and len(summary["tta"]) == 2

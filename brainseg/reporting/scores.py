@@ -11,7 +11,7 @@ import numpy as np
 
 from brainseg.metrics import dice_score, largest_connected_component
 
-COLUMNS = ["patient", "dsc", "dsc_lcc", "dsc_no_lcc", "lesion_voxels", "predicted_voxels", "slices"]
+COLUMNS = ["patient", "subset", "dsc", "dsc_lcc", "dsc_no_lcc", "lesion_voxels", "predicted_voxels", "slices"]
 
 
 def patient_row(name: str, probs: np.ndarray, truth: np.ndarray, threshold: float, lcc: bool) -> dict[str, Any]:
@@ -35,13 +35,12 @@ def summarize(values: list[float]) -> dict[str, float]:
     return {"mean": float(array.mean()), "median": float(np.median(array)), "std": float(array.std()), "n": len(values)}
 
 
-def write_scores(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
-    """`dsc.csv` (one row per patient) and `dsc_summary.json` (mean, median, std of each variant)."""
+def write_scores(rows: list[dict[str, Any]], out_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """`dsc.csv` (one row per patient, with its `subset`) and the given summary as `dsc_summary.json`."""
     with open(out_dir / "dsc.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
-    summary = {key: summarize([r[key] for r in rows]) for key in ("dsc", "dsc_lcc", "dsc_no_lcc")}
     (out_dir / "dsc_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

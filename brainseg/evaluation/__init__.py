@@ -1,0 +1,1 @@
+"""Evaluation helpers shared by predict.py and the sweep report."""
