@@ -150,7 +150,7 @@ def test_sweep_ensemble_and_onnx_give_the_same_masks(tiny_run: Path, synthetic_r
     for name in ("ensemble", "o"):
         for mask in (tmp_path / "single" / patient.name).glob("*.tif"):
             np.testing.assert_array_equal(tifffile.imread(mask), tifffile.imread(tmp_path / name / patient.name / mask.name))
-    assert via_onnx["dsc"]["dsc"]["mean"] == pytest.approx(single["dsc"]["dsc"]["mean"], abs=1e-6)
+    assert via_onnx["dsc"]["by_subset"]["all"]["dsc"]["mean"] == pytest.approx(single["dsc"]["by_subset"]["all"]["dsc"]["mean"], abs=1e-6)
 
 
 @pytest.mark.parametrize(

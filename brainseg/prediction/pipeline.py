@@ -26,7 +26,13 @@ from brainseg.prediction.members import (
     load_onnx,
 )
 from brainseg.prediction.postprocess import resolve_lcc
-from brainseg.prediction.subsets import HELD_OUT, member_plan, subset_summary, subsets_for, warn_seen_in_training
+from brainseg.prediction.subsets import (
+    HELD_OUT,
+    member_plan,
+    subset_summary,
+    subsets_for,
+    warn_seen_in_training,
+)
 from brainseg.reporting.figures import bar_chart, write_overlays
 from brainseg.reporting.scores import patient_row, write_scores
 
