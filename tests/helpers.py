@@ -33,7 +33,7 @@ def tiny_train_overrides(root: Path, run_dir: Path, cache: Path) -> list[str]:
         f"data.root={root}",
         f"data.cache_dir={cache}",
         f"hydra.run.dir={run_dir}",
-        "data.n_val=2",
+        "data.split.n_val=2",
         "data.preprocess.image_size=32",
         "data.batch_size=8",
         "data.num_workers=0",

@@ -26,7 +26,7 @@ def test_study_presets_change_one_thing_on_the_reference(preset: str, key: str, 
     cfg = compose([f"experiment={preset}"])
     selected = OmegaConf.select(cfg, key)
     assert (OmegaConf.to_container(selected) if isinstance(value, dict) else selected) == value
-    assert cfg.data.split == "reference" and cfg.data.n_val == 10 and cfg.optimizer.lr == 1e-4
+    assert cfg.data.split.kind == "reference" and cfg.data.split.n_val == 10 and cfg.optimizer.lr == 1e-4
     assert cfg.data.preprocess.image_size == 256 and cfg.trainer.max_epochs == 100 and cfg.data.batch_size == 16
 
 

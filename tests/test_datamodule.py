@@ -13,12 +13,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from brainseg.config import instantiate_setting
-from brainseg.data import LGGDataModule
+from brainseg.data.contract import DataProvenance, SegmentationData, check_data_module
+from brainseg.data.datamodule import LGGDataModule
 from brainseg.errors import ConfigError
 
 
 def _datamodule(root: Path, cache: Path, *overrides: str) -> LGGDataModule:
-    cfg = compose([f"data.root={root}", f"data.cache_dir={cache}", "data.n_val=2",
+    cfg = compose([f"data.root={root}", f"data.cache_dir={cache}", "data.split.n_val=2",
                    "data.preprocess.image_size=32", "data.batch_size=4", "data.num_workers=0", *overrides])
     OmegaConf.resolve(cfg.data)  # no Hydra run here: resolve ${seed} before instantiating
     return instantiate_setting("data", cfg.data)
@@ -60,13 +61,22 @@ def test_batches_splits_and_data_root_untouched(synthetic_root: Path, tmp_path: 
     dm.write_split(tmp_path / "split.json")
     written = json.loads((tmp_path / "split.json").read_text())
     assert written["val"] == dm.split.val and written["kind"] == "reference"
+    assert check_data_module(dm) is dm and isinstance(dm, SegmentationData)
+    provenance = dm.provenance()
+    assert set(provenance) == set(DataProvenance.__annotations__) and provenance["split"]["val"] == dm.split.val
+    assert provenance["preprocess"]["image_size"] == 32 and provenance["data_root"] == str(synthetic_root.resolve())
     assert snapshot(synthetic_root) == before
+
+
+def test_a_data_module_outside_the_contract_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"data: object lacks \['split', 'patient_names', 'provenance', 'write_split'\]"):
+        check_data_module(object())
 
 
 def test_kfold_from_config(synthetic_root: Path, tmp_path: Path) -> None:
     vals = []
     for fold in range(3):
-        dm = _datamodule(synthetic_root, tmp_path / "cache", "data.split=kfold", "data.n_folds=3", f"data.fold={fold}")
+        dm = _datamodule(synthetic_root, tmp_path / "cache", "data.split.kind=kfold", "data.split.n_folds=3", f"data.split.fold={fold}")
         dm.setup("fit")
         vals += dm.split.val
     assert sorted(vals) == sorted(p.name for p in synthetic_root.iterdir() if p.is_dir())

@@ -72,7 +72,7 @@ def test_lightning_validation_with_two_cpu_processes(tiny_run: Path, synthetic_r
     from brainseg.config import instantiate_setting
     from brainseg.training.module import SegmentationModule
 
-    cfg = compose([f"data.root={synthetic_root}", f"data.cache_dir={tiny_run.parent / 'cache'}", "data.n_val=2",
+    cfg = compose([f"data.root={synthetic_root}", f"data.cache_dir={tiny_run.parent / 'cache'}", "data.split.n_val=2",
                    "data.preprocess.image_size=32", "data.batch_size=3", "data.num_workers=0"])
     OmegaConf.resolve(cfg.data)
     module = SegmentationModule.load_from_checkpoint(tiny_run / "checkpoints" / "last.ckpt", map_location="cpu")

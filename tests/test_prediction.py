@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from brainseg.checkpoint import Provenance
 from brainseg.data.preprocess import PreprocessConfig, preprocess, restore_geometry
 from brainseg.data.reader import find_patients, read_patient
 from brainseg.errors import BrainsegError, ConfigError, DataError
@@ -213,3 +216,20 @@ def test_auto_lcc_is_decided_out_of_fold_only(synthetic_root: Path, tmp_path: Pa
     assert decision["lcc"] == (decision["dsc_lcc"] > decision["dsc_no_lcc"] and decision["helped"] > decision["hurt"])
     with pytest.raises(ConfigError, match="every one of the 6 patients was trained on by the members"):
         decide_lcc(predictor, synthetic_root, names, 0.5, "all")
+
+
+def test_prediction_imports_nothing_from_training() -> None:
+    """Loading a checkpoint or an ONNX model must not pull in Lightning or the trainer."""
+    code = ("import sys, brainseg.prediction.pipeline, brainseg.prediction.members; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'lightning' or m.startswith('brainseg.training')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_provenance_round_trips_through_a_checkpoint_dict(tmp_path: Path) -> None:
+    record = Provenance(config={"seed": 3}, data_root="/data", preprocess=CFG.to_dict(), split={"val": ["a"]})
+    checkpoint: dict = {}
+    record.store(checkpoint)
+    assert Provenance.read(checkpoint, tmp_path / "x.ckpt") == record
+    with pytest.raises(DataError, match="x.ckpt: not a brainseg checkpoint"):
+        Provenance.read({"state_dict": {}}, tmp_path / "x.ckpt")

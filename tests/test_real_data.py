@@ -59,7 +59,7 @@ def test_short_real_training_run(tmp_path: Path) -> None:
     run = tmp_path / "run"
     result = run_cli(
         "train.py", f"data.root={REAL_LGG}", f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}",
-        "data.preprocess.image_size=128", "data.n_val=4", "data.batch_size=16", "data.num_workers=2",
+        "data.preprocess.image_size=128", "data.split.n_val=4", "data.batch_size=16", "data.num_workers=2",
         "model.encoder_name=resnet18", "optimizer.lr=1e-3", "trainer.max_epochs=1", "trainer.limit_train_batches=15",
         "trainer.accelerator=cpu", cwd=PROJECT,
     )

@@ -32,7 +32,7 @@ def _slurm_sweep(root: Path, sweep: Path, env: dict[str, str], *overrides: str) 
     return run_cli(
         "train.py", "-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=4",
         "hydra.launcher.timeout_min=10", "hydra.launcher.signal_delay_s=10", f"hydra.sweep.dir={sweep}",
-        f"data.root={root}", f"data.cache_dir={sweep.parent / 'cache'}", "data.n_val=2", "data.preprocess.image_size=32",
+        f"data.root={root}", f"data.cache_dir={sweep.parent / 'cache'}", "data.split.n_val=2", "data.preprocess.image_size=32",
         "data.num_workers=0", "model.encoder_name=resnet18", "trainer.max_epochs=1", "trainer.accelerator=cpu",
         *overrides, cwd=PROJECT, env=env, timeout=400,
     )

@@ -7,7 +7,7 @@ import random
 import pytest
 from helpers import SHARED_DATA
 
-from brainseg.data.splits import Split, kfold_split, make_split, reference_split
+from brainseg.data.splits import Split, SplitConfig, kfold_split, make_split, reference_split
 from brainseg.errors import ConfigError
 
 # What the reference program (random.seed(42); random.sample(sorted(names), 10)) picks on all 110 patients.
@@ -44,21 +44,23 @@ def test_kfold_validates_every_patient_exactly_once() -> None:
 
 
 def test_explicit_and_test_lists() -> None:
-    split = make_split("explicit", NAMES, val_patients=NAMES[:2], test_patients=NAMES[2:4])
+    split = make_split(SplitConfig("explicit", val_patients=NAMES[:2], test_patients=NAMES[2:4]), NAMES)
     assert split.val == NAMES[:2] and split.test == NAMES[2:4] and split.train == NAMES[4:]
-    ref = make_split("reference", NAMES, n_val=5, test_patients=[n for n in NAMES if n not in reference_split(NAMES, 5).val][:3])
+    held_out = [n for n in NAMES if n not in reference_split(NAMES, 5).val][:3]
+    ref = make_split(SplitConfig(n_val=5, test_patients=held_out), NAMES)
     assert len(ref.test) == 3 and not set(ref.test) & set(ref.train)
 
 
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: kfold_split(NAMES, 5, 5), r"data.fold=5 must be in \[0, data.n_folds=5\)"),
+        (lambda: kfold_split(NAMES, 5, 5), r"data.split.fold=5 must be in \[0, data.split.n_folds=5\)"),
         (lambda: kfold_split(NAMES[:3], 5, 0), "needs at least 5 patients, found 3"),
-        (lambda: reference_split(NAMES[:10], 10), "needs more than data.n_val=10 patients, found 10"),
-        (lambda: make_split("explicit", NAMES, val_patients=["nobody"]), "unknown patient nobody"),
-        (lambda: make_split("random", NAMES), "data.split='random' is unknown"),
+        (lambda: reference_split(NAMES[:10], 10), "needs more than data.split.n_val=10 patients, found 10"),
+        (lambda: make_split(SplitConfig("explicit", val_patients=["nobody"]), NAMES), "unknown patient nobody"),
+        (lambda: make_split(SplitConfig("random"), NAMES), "data.split.kind='random' is unknown"),
         (lambda: Split(train=NAMES[:3], val=NAMES[2:4]), "is in both train and val"),
+        (lambda: SplitConfig.from_mapping({"folds": 3}), r"data.split.folds is not a split setting; choose from \['kind'"),
     ],
 )
 def test_bad_split_settings(call, message: str) -> None:

@@ -68,13 +68,13 @@ def test_wandb_offline_runs_hold_the_per_volume_dice(wandb_sweep: Path) -> None:
 
 def test_kfold_sweep_reports_cv_mean_and_failed_jobs(synthetic_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "kfold"
-    result = _sweep(synthetic_root, sweep, "data.split=kfold", "data.n_folds=3", "data.fold=0,1,2,3")
+    result = _sweep(synthetic_root, sweep, "data.split.kind=kfold", "data.split.n_folds=3", "data.split.fold=0,1,2,3")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "error: data.fold=3 must be in [0, data.n_folds=3)" in result.stderr
+    assert "error: data.split.fold=3 must be in [0, data.split.n_folds=3)" in result.stderr
     with open(sweep / "summary.csv") as fh:
         rows = {r["overrides"]: r for r in csv.DictReader(fh)}
-    assert rows["data.fold=3"]["status"] == "failed" and "data.fold=3" in rows["data.fold=3"]["error"]
-    scores = [float(rows[f"data.fold={k}"]["dsc_volume_mean"]) for k in range(3)]
+    assert rows["data.split.fold=3"]["status"] == "failed" and "data.split.fold=3" in rows["data.split.fold=3"]["error"]
+    scores = [float(rows[f"data.split.fold={k}"]["dsc_volume_mean"]) for k in range(3)]
     report = (sweep / "summary.md").read_text()
     assert "4 jobs, 3 ok, 1 failed" in report and "Cross-validation" in report
     assert f"| 3/4 | {sum(scores) / 3:.4f} |" in report

@@ -69,12 +69,12 @@ def test_rerun_in_the_same_directory_resumes(tiny_run: Path, synthetic_root: Pat
     ("overrides", "expected"),
     [
         (["data.root=does/not/exist"], "does/not/exist: data root does not exist"),
-        (["data.split=kfold", "data.fold=5", "data.n_folds=5"], "data.fold=5 must be in [0, data.n_folds=5)"),
+        (["data.split.kind=kfold", "data.split.fold=5", "data.split.n_folds=5"], "data.split.fold=5 must be in [0, data.split.n_folds=5)"),
         (["model.arch=unett"], "model.arch='unett' is unknown; choose one of ["),
     ],
 )
 def test_bad_settings_give_one_line_errors(synthetic_root: Path, tmp_path: Path, overrides: list[str], expected: str) -> None:
-    args = [o for o in tiny_train_overrides(synthetic_root, tmp_path / "run", tmp_path / "cache") if not o.startswith("data.n_val")]
+    args = [o for o in tiny_train_overrides(synthetic_root, tmp_path / "run", tmp_path / "cache") if not o.startswith("data.split.n_val")]
     result = run_cli("train.py", *args, *overrides, cwd=PROJECT)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr

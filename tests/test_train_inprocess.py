@@ -50,7 +50,7 @@ def test_returns_the_best_score_and_honours_test_flag(synthetic_root: Path, tmp_
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["data.n_val=6"], "data.split=reference needs more than data.n_val=6 patients, found 6"),
+        (["data.split.n_val=6"], "data.split.kind=reference needs more than data.split.n_val=6 patients, found 6"),
         (["model.encoder_name=resnet35"], "model.encoder_name='resnet35' is unknown; choose one of"),
         (["+loss.terms.dise=1.0"], "loss 'dise' is unknown; choose from ['bce', 'dice'"),
         (["ckpt_path=missing.ckpt"], "ckpt_path='missing.ckpt': no such checkpoint file"),

@@ -1,5 +1,2 @@
-"""Data: kaggle_3m reading, the reference preprocessing, cache, splits, sampling, DataModule."""
-
-from brainseg.data.datamodule import LGGDataModule
-
-__all__ = ["LGGDataModule"]
+"""Data: kaggle_3m reading, the reference preprocessing, cache, splits, sampling, DataModule
+(brainseg.data.datamodule, kept out of this package's import so inference needs no Lightning)."""

@@ -15,11 +15,12 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 
 from brainseg.data.cache import VolumeCache
+from brainseg.data.contract import DataProvenance
 from brainseg.data.dataset import SliceDataset, normalize_batch
 from brainseg.data.preprocess import PreprocessConfig, PreprocessedVolume
 from brainseg.data.reader import PatientFiles, find_patients
 from brainseg.data.sampling import SAMPLINGS, make_sampler
-from brainseg.data.splits import Split, make_split
+from brainseg.data.splits import Split, SplitConfig, make_split
 from brainseg.errors import ConfigError
 
 
@@ -33,21 +34,16 @@ def _seed_worker(worker_id: int) -> None:
 
 
 class LGGDataModule(L.LightningDataModule):
-    """Patient-wise train/val/test loaders over preprocessed, cached LGG volumes."""
+    """Patient-wise train/val/test loaders over preprocessed, cached LGG volumes.
+
+    Satisfies brainseg.data.contract.SegmentationData (what training and reporting read)."""
 
     def __init__(
         self,
         root: str,
         cache_dir: str,
         preprocess: Mapping[str, Any] | None = None,
-        split: str = "reference",
-        n_val: int = 10,
-        n_folds: int = 5,
-        fold: int = 0,
-        split_seed: int = 42,
-        val_patients: list[str] | None = None,
-        test_patients: list[str] | None = None,
-        train_patients: list[str] | None = None,
+        split: Mapping[str, Any] | SplitConfig | None = None,
         sampling: str = "lesion_weighted",
         augmentation: Callable | None = None,
         batch_size: int = 16,
@@ -66,11 +62,7 @@ class LGGDataModule(L.LightningDataModule):
             raise ConfigError(f"data.sampling={sampling!r} is unknown; choose one of {list(SAMPLINGS)}")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
-        self.split_kind = split
-        self.split_args = {
-            "n_val": n_val, "n_folds": n_folds, "fold": fold, "seed": split_seed,
-            "val_patients": val_patients, "test_patients": test_patients, "train_patients": train_patients,
-        }
+        self.split_config = split if isinstance(split, SplitConfig) else SplitConfig.from_mapping(split)
         self.sampling = sampling
         self.augmentation = augmentation
         self.batch_size = batch_size
@@ -85,7 +77,7 @@ class LGGDataModule(L.LightningDataModule):
         return {p.name: p for p in find_patients(self.root)}
 
     def _make_split(self, patients: dict[str, PatientFiles]) -> Split:
-        return make_split(self.split_kind, list(patients), **self.split_args)
+        return make_split(self.split_config, list(patients))
 
     def _load_volumes(self, patients: dict[str, PatientFiles], split: Split) -> dict[str, PreprocessedVolume]:
         names = split.train + split.val + split.test
@@ -117,8 +109,13 @@ class LGGDataModule(L.LightningDataModule):
         """Names in the order of the `patient` index that the subset's samples carry."""
         return [v.name for v in self.datasets[subset].volumes]
 
+    def provenance(self) -> DataProvenance:
+        """The data part of a checkpoint's Provenance: root, preprocessing, split."""
+        split = self.split.to_dict() if self.split is not None else {}
+        return {"data_root": str(self.root), "preprocess": self.preprocess_cfg.to_dict(), "split": split}
+
     def write_split(self, path: Path) -> None:
-        payload = {"kind": self.split_kind, **self.split.to_dict(), "root": str(self.root)}
+        payload = {"kind": self.split_config.kind, **self.split.to_dict(), "root": str(self.root)}
         path.write_text(json.dumps(payload, indent=2))
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:

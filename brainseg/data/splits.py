@@ -3,11 +3,37 @@
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from brainseg.errors import ConfigError
 
 SPLIT_KINDS = ("reference", "kfold", "explicit")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """The `data.split` settings, spelled once for the config group, DataModule and make_split."""
+
+    kind: str = "reference"
+    n_val: int = 10
+    n_folds: int = 5
+    fold: int = 0
+    seed: int = 42
+    val_patients: list[str] | None = None
+    test_patients: list[str] | None = None
+    train_patients: list[str] | None = None
+
+    @classmethod
+    def from_mapping(cls, settings: Mapping[str, Any] | None) -> SplitConfig:
+        """From the `data.split` mapping; unknown keys raise a ConfigError listing the valid ones."""
+        settings = dict(settings or {})
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(settings) - set(valid))
+        if unknown:
+            raise ConfigError(f"data.split.{unknown[0]} is not a split setting; choose from {valid}")
+        return cls(**settings)
 
 
 @dataclass(frozen=True)
@@ -35,7 +61,8 @@ def reference_split(patients: list[str], n_val: int = 10, seed: int = 42) -> Spl
     names = sorted(patients)
     if len(names) <= n_val:
         raise ConfigError(
-            f"data.split=reference needs more than data.n_val={n_val} patients, found {len(names)}"
+            f"data.split.kind=reference needs more than data.split.n_val={n_val} patients, "
+            f"found {len(names)}"
         )
     val = random.Random(seed).sample(names, n_val)
     return Split(train=[n for n in names if n not in set(val)], val=val)
@@ -44,12 +71,14 @@ def reference_split(patients: list[str], n_val: int = 10, seed: int = 42) -> Spl
 def kfold_split(patients: list[str], n_folds: int, fold: int, seed: int = 42) -> Split:
     """Fold `fold` of a seeded shuffle of the patients cut into `n_folds` near-equal parts."""
     if n_folds < 2:
-        raise ConfigError(f"data.n_folds={n_folds} must be at least 2")
+        raise ConfigError(f"data.split.n_folds={n_folds} must be at least 2")
     if not 0 <= fold < n_folds:
-        raise ConfigError(f"data.fold={fold} must be in [0, data.n_folds={n_folds})")
+        raise ConfigError(f"data.split.fold={fold} must be in [0, data.split.n_folds={n_folds})")
     names = sorted(patients)
     if len(names) < n_folds:
-        raise ConfigError(f"data.n_folds={n_folds} needs at least {n_folds} patients, found {len(names)}")
+        raise ConfigError(
+            f"data.split.n_folds={n_folds} needs at least {n_folds} patients, found {len(names)}"
+        )
     random.Random(seed).shuffle(names)
     val = names[fold::n_folds]
     return Split(train=sorted(set(names) - set(val)), val=sorted(val))
@@ -58,40 +87,31 @@ def kfold_split(patients: list[str], n_folds: int, fold: int, seed: int = 42) ->
 def explicit_split(patients: list[str], val: list[str], test: list[str], train: list[str] | None) -> Split:
     """Named validation/test lists; training gets the listed or else all remaining patients."""
     known = set(patients)
-    for setting, names in (("data.val_patients", val), ("data.test_patients", test), ("data.train_patients", train or [])):
+    settings = (("val_patients", val), ("test_patients", test), ("train_patients", train or []))
+    for setting, names in settings:
         unknown = sorted(set(names) - known)
         if unknown:
-            raise ConfigError(f"{setting}: unknown patient {unknown[0]} (not under the data root)")
+            raise ConfigError(f"data.split.{setting}: unknown patient {unknown[0]} (not under the data root)")
     if not val:
-        raise ConfigError("data.split=explicit needs a non-empty data.val_patients list")
+        raise ConfigError("data.split.kind=explicit needs a non-empty data.split.val_patients list")
     rest = [n for n in sorted(patients) if n not in set(val) | set(test)]
     split = Split(train=sorted(train) if train else rest, val=list(val), test=list(test))
     if not split.train:
-        raise ConfigError("data.split=explicit leaves no training patients")
+        raise ConfigError("data.split.kind=explicit leaves no training patients")
     return split
 
 
-def make_split(
-    kind: str,
-    patients: list[str],
-    *,
-    n_val: int = 10,
-    n_folds: int = 5,
-    fold: int = 0,
-    seed: int = 42,
-    val_patients: list[str] | None = None,
-    test_patients: list[str] | None = None,
-    train_patients: list[str] | None = None,
-) -> Split:
-    """Dispatch on `data.split`."""
-    if kind == "reference":
-        split = reference_split(patients, n_val, seed)
-    elif kind == "kfold":
-        split = kfold_split(patients, n_folds, fold, seed)
-    elif kind == "explicit":
-        return explicit_split(patients, list(val_patients or []), list(test_patients or []), train_patients)
+def make_split(config: SplitConfig, patients: list[str]) -> Split:
+    """Dispatch on `data.split.kind`; `test_patients` are held out of any kind."""
+    test = list(config.test_patients or [])
+    if config.kind == "reference":
+        split = reference_split(patients, config.n_val, config.seed)
+    elif config.kind == "kfold":
+        split = kfold_split(patients, config.n_folds, config.fold, config.seed)
+    elif config.kind == "explicit":
+        return explicit_split(patients, list(config.val_patients or []), test, config.train_patients)
     else:
-        raise ConfigError(f"data.split={kind!r} is unknown; choose one of {list(SPLIT_KINDS)}")
-    if test_patients:
-        return explicit_split(patients, split.val, list(test_patients), [n for n in split.train if n not in test_patients])
+        raise ConfigError(f"data.split.kind={config.kind!r} is unknown; choose one of {list(SPLIT_KINDS)}")
+    if test:
+        return explicit_split(patients, split.val, test, [n for n in split.train if n not in test])
     return split

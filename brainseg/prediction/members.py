@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from brainseg.checkpoint import Provenance
 from brainseg.data.preprocess import PreprocessConfig
 from brainseg.errors import ConfigError, DataError
 from brainseg.models import build_model
-from brainseg.training.report import CHECKPOINT_KEY
 
 ONNX_METADATA_KEY = "brainseg"
 
@@ -63,9 +63,10 @@ def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None =
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types for foreign files
         raise DataError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
-    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint or "hyper_parameters" not in checkpoint:
+    info = Provenance.read(checkpoint, path)
+    if "hyper_parameters" not in checkpoint:
         raise DataError(f"{path}: not a brainseg checkpoint (made by train.py)")
-    hparams, info = checkpoint["hyper_parameters"], checkpoint[CHECKPOINT_KEY]
+    hparams = checkpoint["hyper_parameters"]
     model_cfg = dict(hparams["model"])
     for key, value in (expected_model or {}).items():
         if key not in model_cfg or model_cfg[key] != value:
@@ -81,11 +82,11 @@ def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None =
         raise DataError(f"{path}: weights do not fit model {model_cfg.get('arch')}/{model_cfg.get('encoder_name')} ({first})") from None
     return Member(
         path=path,
-        preprocess=PreprocessConfig(**info["preprocess"]),
+        preprocess=PreprocessConfig(**info.preprocess),
         model=model_cfg,
         threshold=float((hparams.get("metric") or {}).get("threshold", 0.5)),
-        data_root=info.get("data_root"),
-        split=info.get("split", {}),
+        data_root=info.data_root,
+        split=info.split,
         net=net.eval(),
     )
 

@@ -1,5 +1,5 @@
 """The sweep report: one row per job of a Hydra multirun (overrides, best per-volume Dice, epoch,
-train time, status), cross-validated means over `data.fold`, and a bar chart.
+train time, status), cross-validated means over `data.split.fold`, and a bar chart.
 
 Written by a Hydra callback at the end of every multirun, and rebuilt any time with
 `python -m brainseg.reporting.sweep <sweep dir>`.
@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from brainseg.cli import FAILURE_FILE
 from brainseg.reporting.figures import bar_chart
 
-FOLD_KEY = "data.fold"
+FOLD_KEY = "data.split.fold"
 
 
 def _overrides(job: Path) -> dict[str, str]:
@@ -70,7 +70,7 @@ def _label(job: dict[str, Any], keys: list[str], fallback: str | None = None) ->
 
 
 def cross_validation(jobs: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
-    """Mean and std of the best Dice over the folds of each configuration (jobs differing in data.fold)."""
+    """Mean and std of the best Dice over the folds of each configuration (jobs differing in data.split.fold)."""
     if FOLD_KEY not in keys:
         return []
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -122,7 +122,7 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
         lines.append(f"| {job['job']} | {_label(job, keys)} | {status} | {_fmt(job['dsc_volume_mean'])} | "
                      f"{_fmt(job['dsc_volume_median'])} | {_fmt(job['best_epoch'])} | {_fmt(job['train_seconds'], 1)} |")
     if cv:
-        lines += ["", "## Cross-validation (over data.fold)", "", "| configuration | folds | mean DSC | std |", "|---|---|---|---|"]
+        lines += ["", "## Cross-validation (over data.split.fold)", "", "| configuration | folds | mean DSC | std |", "|---|---|---|---|"]
         lines += [f"| {r['configuration']} | {r['folds_ok']}/{r['folds']} | {_fmt(r['cv_dsc_mean'])} | {_fmt(r['cv_dsc_std'])} |" for r in cv]
     with _atomic(sweep_dir / "summary.md") as fh:
         fh.write("\n".join(lines) + "\n")

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from brainseg.config import instantiate_setting
+from brainseg.data.contract import SegmentationData
 from brainseg.errors import ConfigError
 from brainseg.losses import build_loss
 from brainseg.metrics import VolumeDice, slice_metrics
@@ -92,7 +93,7 @@ class SegmentationModule(L.LightningModule):
         self.log(f"{stage}/dsc_volume", result["mean"].float(), prog_bar=True)
         self.log(f"{stage}/dsc_volume_median", result["median"].float())
         self.log_dict({f"{stage}/{k}": v for k, v in slice_values.items()})
-        datamodule = getattr(self.trainer, "datamodule", None)
+        datamodule: SegmentationData | None = getattr(self.trainer, "datamodule", None)
         names = datamodule.patient_names(stage) if datamodule is not None else None
         self.volume_scores[stage] = {
             (names[p] if names else str(p)): float(d) for p, d in zip(result["patient"].tolist(), result["per_volume"].tolist())

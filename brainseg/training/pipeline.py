@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, ListConfig
 
 from brainseg.config import instantiate_setting, to_plain
+from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError
 from brainseg.training.media import WandbMedia
 from brainseg.training.module import SegmentationModule
@@ -75,7 +76,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_sweep_ranks(cfg.trainer)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    datamodule = instantiate_setting("data", cfg.data)
+    datamodule = check_data_module(instantiate_setting("data", cfg.data))
     module = SegmentationModule(
         model=to_plain(cfg.model),
         loss=to_plain(cfg.loss),

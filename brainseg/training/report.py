@@ -12,10 +12,10 @@ from typing import Any
 import lightning as L
 import yaml
 
+from brainseg.checkpoint import Provenance
+from brainseg.data.contract import SegmentationData
 from brainseg.reporting.scores import summarize
 from brainseg.training.module import MONITOR
-
-CHECKPOINT_KEY = "brainseg"
 
 
 class RunReport(L.Callback):
@@ -33,7 +33,8 @@ class RunReport(L.Callback):
         if trainer.is_global_zero and stage == "fit":
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
-            trainer.datamodule.write_split(self.output_dir / "split.json")
+            data: SegmentationData = trainer.datamodule
+            data.write_split(self.output_dir / "split.json")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Not on_validation_epoch_end: callbacks run that hook before the module logs the metric.
@@ -69,13 +70,8 @@ class RunReport(L.Callback):
         return metrics
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        datamodule = trainer.datamodule
-        checkpoint[CHECKPOINT_KEY] = {
-            "config": self.config,
-            "data_root": str(datamodule.root),
-            "preprocess": datamodule.preprocess_cfg.to_dict(),
-            "split": datamodule.split.to_dict(),
-        }
+        data: SegmentationData = trainer.datamodule
+        Provenance(config=self.config, **data.provenance()).store(checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
         elapsed = self._elapsed_before + time.monotonic() - self._started
