@@ -10,16 +10,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from brainseg.errors import BrainsegError, ConfigError
 
 
-def to_plain(cfg: DictConfig | Mapping[str, Any] | None) -> Any:
-    """A resolved, plain-Python copy of a config node."""
-    if isinstance(cfg, DictConfig):
+def to_plain(cfg: Any) -> Any:
+    """A resolved, plain-Python copy of a config node (mapping or list); other values as they are."""
+    if OmegaConf.is_config(cfg):
         return OmegaConf.to_container(cfg, resolve=True)
-    return dict(cfg) if cfg is not None else None
+    return dict(cfg) if isinstance(cfg, Mapping) else cfg
 
 
 def instantiate_setting(setting: str, cfg: Any, **kwargs: Any) -> Any:

@@ -48,7 +48,7 @@ def _random_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
 def test_matches_independent_computation_in_any_order(lcc: bool) -> None:
     volumes = {p: _random_case(p) for p in range(4)}
     expected = {p: _independent_volume_dice(prob, truth, lcc) for p, (prob, truth) in volumes.items()}
-    metric = VolumeDice(largest_component=lcc)
+    metric = VolumeDice(postprocessing=[{"name": "largest_component"}] if lcc else [])
     order = np.random.default_rng(0).permutation(sum(len(v[0]) for v in volumes.values()))
     _feed(metric, volumes, order=order)
     result = metric.compute()
@@ -67,7 +67,7 @@ def test_larger_false_positive_blob_wins_the_lcc() -> None:
     metric = VolumeDice()
     _feed(metric, {0: (prob, truth)})
     assert float(metric.compute()["mean"]) == 0.0
-    no_lcc = VolumeDice(largest_component=False)
+    no_lcc = VolumeDice(postprocessing=[])
     _feed(no_lcc, {0: (prob, truth)})
     assert float(no_lcc.compute()["mean"]) == pytest.approx(2 * 8 / (8 + 72))
 

@@ -26,13 +26,14 @@ def predicted(tiny_run: Path, synthetic_root: Path, tmp_path_factory: pytest.Tem
     out = tmp_path_factory.mktemp("predict") / "out"
     before = snapshot(synthetic_root)
     result = run_cli("predict.py", f"input={synthetic_root}", f"checkpoints=[{tiny_run}/checkpoints/last.ckpt]",
-                     f"output_dir={out}", "tta.hflip=true", "postprocess.lcc=auto", "progress=false",
+                     f"output_dir={out}", "tta.hflip=true", "postprocessing=auto", "progress=false",
                      f"hydra.run.dir={out.parent / 'hydra'}", cwd=PROJECT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert snapshot(synthetic_root) == before
     log = result.stdout + result.stderr
     assert "per-volume DSC over 2 held-out patients" in log and "4 training patient(s) left out" in log
-    assert "4 scored patient(s) were seen in training" in log and " without over 2 held-out patients" in log
+    assert "4 scored patient(s) were seen in training" in log and "postprocessing=auto chose" in log
+    assert "on 2 held-out patients (['largest_component'] vs []: mean Dice" in log
     return out
 
 
@@ -96,14 +97,18 @@ def test_figures_read_back(predicted: Path, synthetic_root: Path) -> None:
     assert iio.imread(gifs[0], index=None).shape[0] == len(patients[0].numbers)
 
 
-def test_auto_lcc_is_recorded_next_to_the_checkpoint(predicted: Path, tiny_run: Path) -> None:
+def test_auto_postprocessing_is_recorded_next_to_the_checkpoint(predicted: Path, tiny_run: Path) -> None:
     recorded = json.loads((tiny_run / "checkpoints" / "last.postprocess.json").read_text())
     decision = recorded["decision"]
-    assert decision["lcc"] == (decision["dsc_lcc"] > decision["dsc_no_lcc"] and decision["helped"] > decision["hurt"])
+    (none, lcc) = decision["candidates"]
+    assert none["postprocessing"] == [] and lcc["postprocessing"] == [{"name": "largest_component"}]
+    (comparison,) = decision["comparisons"]
+    assert comparison["adopted"] == (lcc["dsc"] > none["dsc"] and comparison["helped"] > comparison["hurt"])
+    assert decision["postprocessing"] == (lcc if comparison["adopted"] else none)["postprocessing"]
     assert "helps more patients than it hurts" in decision["rule"]
     assert decision["patients"] == json.loads((tiny_run / "split.json").read_text())["val"]
     summary = json.loads((predicted / "prediction.json").read_text())
-    assert summary["postprocess"]["lcc"] == decision["lcc"] and len(summary["tta"]) == 2
+    assert summary["postprocessing"]["postprocessing"] == decision["postprocessing"] and len(summary["tta"]) == 2
 
 
 def test_refuses_to_overwrite_or_write_into_the_input(predicted: Path, tiny_run: Path, synthetic_root: Path) -> None:
@@ -118,7 +123,7 @@ def test_refuses_to_overwrite_or_write_into_the_input(predicted: Path, tiny_run:
 
 
 def _predict_inprocess(*overrides: str) -> dict:
-    return predict(compose(["progress=false", "postprocess.lcc=false", *overrides], hydra_node=False, config_name="predict"))
+    return predict(compose(["progress=false", "postprocessing=[]", *overrides], hydra_node=False, config_name="predict"))
 
 
 def test_pure_inference_on_a_folder_without_masks(tiny_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
@@ -178,7 +183,7 @@ def test_slice_of_another_shape_is_named(tiny_run: Path, copied_root: Path, tmp_
     patient = find_patients(copied_root)[0]
     tifffile.imwrite(patient.images[3], np.zeros((32, 32, 3), np.uint8), photometric="rgb")
     cfg = compose([f"input={patient.folder}", f"checkpoints=[{tiny_run}/checkpoints/last.ckpt]",
-                   f"output_dir={tmp_path / 'out'}", "progress=false", "postprocess.lcc=false"],
+                   f"output_dir={tmp_path / 'out'}", "progress=false", "postprocessing=[]"],
                   hydra_node=False, config_name="predict")
     with pytest.raises(SystemExit):
         run_task(predict, cfg)

@@ -9,7 +9,7 @@ import pytest
 
 from brainseg.errors import ConfigError
 from brainseg.evaluation.folds import held_out_members
-from brainseg.prediction.postprocess import adopt_largest_component
+from brainseg.prediction.postprocess import compare
 from brainseg.prediction.subsets import (
     member_plan,
     patient_subset,
@@ -75,14 +75,13 @@ def test_summary_headlines_held_out_patients_and_keeps_every_subset() -> None:
 
 def test_a_tiny_mean_gain_that_hurts_most_patients_is_not_adopted() -> None:
     # one patient gains 0.2, three lose 0.06: the mean rises by 0.005 but most patients are hurt
-    decision = adopt_largest_component([0.8, 0.49, 0.49, 0.49], [0.6, 0.55, 0.55, 0.55])
-    assert decision["dsc_lcc"] > decision["dsc_no_lcc"]
-    assert decision["lcc"] is False and (decision["helped"], decision["hurt"]) == (1, 3)
-    assert "helps more patients than it hurts" in decision["rule"]
+    decision = compare([0.8, 0.49, 0.49, 0.49], [0.6, 0.55, 0.55, 0.55])
+    assert decision["dsc"] > decision["dsc_current"]
+    assert decision["adopted"] is False and (decision["helped"], decision["hurt"]) == (1, 3)
 
 
 def test_a_gain_on_most_patients_is_adopted_and_unchanged_patients_do_not_vote() -> None:
-    decision = adopt_largest_component([0.7, 0.6, 0.5, 0.5, 0.3], [0.6, 0.55, 0.5, 0.5, 0.32])
-    assert decision["lcc"] is True and (decision["helped"], decision["hurt"], decision["unchanged"]) == (2, 1, 2)
+    decision = compare([0.7, 0.6, 0.5, 0.5, 0.3], [0.6, 0.55, 0.5, 0.5, 0.32])
+    assert decision["adopted"] is True and (decision["helped"], decision["hurt"], decision["unchanged"]) == (2, 1, 2)
     assert 0 < decision["wilcoxon_p_greater"] < 1
-    assert adopt_largest_component([0.5, 0.4], [0.5, 0.4])["lcc"] is False  # no change: keep it simple
+    assert compare([0.5, 0.4], [0.5, 0.4])["adopted"] is False  # no change: keep the simpler

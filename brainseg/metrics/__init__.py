@@ -8,9 +8,9 @@ from torchmetrics.classification import (
     BinaryRecall,
 )
 
-from brainseg.metrics.volume_dice import VolumeDice, dice_score, largest_connected_component
+from brainseg.metrics.volume_dice import VolumeDice, dice_score
 
-__all__ = ["VolumeDice", "dice_score", "largest_connected_component", "slice_metrics"]
+__all__ = ["VolumeDice", "dice_score", "slice_metrics"]
 
 
 def slice_metrics(threshold: float = 0.5) -> MetricCollection:

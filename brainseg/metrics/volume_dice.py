@@ -1,30 +1,26 @@
 """Per-volume Dice, the number the LGG baseline is compared on.
 
-A prediction is `probability > threshold`; optionally only its largest 3-D connected component
-(face connectivity, scipy.ndimage.label's default) is kept; Dice is then computed over each patient
-volume and averaged over patients.
+A prediction is `probability > threshold`, assembled into patient volumes and post-processed by a
+step list (brainseg.postprocessing; by default the reference's largest 3-D connected component,
+face connectivity); Dice is then computed over each patient volume and averaged over patients.
 
 Empty-set convention: if both the truth and the prediction of a volume are empty the Dice is 1.0
-(nothing to find, nothing found); if exactly one is empty it is 0.0. Ties between equally large
-components go to the one whose first voxel comes first in (slice, row, column) order.
+(nothing to find, nothing found); if exactly one is empty it is 0.0.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import numpy as np
 import torch
-from scipy import ndimage
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from brainseg.postprocessing import apply, check_steps
 
-def largest_connected_component(mask: np.ndarray) -> np.ndarray:
-    """The largest face-connected component of a boolean array (all False stays all False)."""
-    labels, count = ndimage.label(mask)
-    if count == 0:
-        return np.zeros_like(mask, dtype=bool)
-    sizes = np.bincount(labels.ravel())[1:]
-    return labels == (int(np.argmax(sizes)) + 1)
+REFERENCE_POSTPROCESSING = ({"name": "largest_component"},)
 
 
 def dice_score(pred: np.ndarray, target: np.ndarray) -> float:
@@ -47,10 +43,11 @@ class VolumeDice(Metric):
     higher_is_better = True
     is_differentiable = False
 
-    def __init__(self, threshold: float = 0.5, largest_component: bool = True, **kwargs) -> None:
+    def __init__(self, threshold: float = 0.5, postprocessing: Sequence[Mapping[str, Any]] = REFERENCE_POSTPROCESSING,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.threshold = threshold
-        self.largest_component = largest_component
+        self.postprocessing = check_steps(postprocessing)
         self.add_state("pred", default=[], dist_reduce_fx="cat")
         self.add_state("target", default=[], dist_reduce_fx="cat")
         self.add_state("patient", default=[], dist_reduce_fx="cat")
@@ -77,10 +74,7 @@ class VolumeDice(Metric):
         scores: dict[int, float] = {}
         for pid in np.unique(patient[first]):
             rows = first[patient[first] == pid]
-            volume_pred = pred[rows]
-            if self.largest_component:
-                volume_pred = largest_connected_component(volume_pred)
-            scores[int(pid)] = dice_score(volume_pred, target[rows])
+            scores[int(pid)] = dice_score(apply(pred[rows], self.postprocessing), target[rows])
         return scores
 
     def compute(self) -> dict[str, torch.Tensor]:

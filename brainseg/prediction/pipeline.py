@@ -16,7 +16,7 @@ from tqdm import tqdm
 from brainseg.config import to_plain
 from brainseg.data.reader import find_patients, read_patient
 from brainseg.errors import ConfigError
-from brainseg.metrics import largest_connected_component
+from brainseg.postprocessing import apply
 from brainseg.prediction.inference import Predictor, tta_views
 from brainseg.prediction.members import (
     Member,
@@ -25,7 +25,7 @@ from brainseg.prediction.members import (
     load_checkpoint,
     load_onnx,
 )
-from brainseg.prediction.postprocess import resolve_lcc
+from brainseg.prediction.postprocess import resolve_postprocessing
 from brainseg.prediction.subsets import (
     HELD_OUT,
     member_plan,
@@ -37,6 +37,9 @@ from brainseg.reporting.figures import bar_chart, write_overlays
 from brainseg.reporting.scores import patient_row, write_scores
 
 log = logging.getLogger("brainseg")
+
+# Scored next to the written masks in dsc.csv (dsc_lcc, dsc_no_lcc), whatever steps were applied.
+REPORTED_VARIANTS = {"lcc": [{"name": "largest_component"}], "no_lcc": []}
 
 
 def _path(value: str | None) -> Path | None:
@@ -103,54 +106,57 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     threshold = float(cfg.threshold if cfg.get("threshold") is not None else members[0].threshold)
     subsets = subsets_for(plan, splits)
     warn_seen_in_training({p.name: subsets[p.name] for p in patients if p.masks is not None})
-    lcc = resolve_lcc(to_plain(cfg.postprocess)["lcc"], predictor, threshold, [repr(v) for v in views],
-                      str(_path(cfg.postprocess.data_root)) if cfg.postprocess.get("data_root") else None,
-                      list(cfg.postprocess.patients) if cfg.postprocess.get("patients") else None, cfg.ensemble)
+    decision_cfg = to_plain(cfg.get("postprocessing_decision")) or {}
+    if decision_cfg.get("data_root"):
+        decision_cfg["data_root"] = str(_path(decision_cfg["data_root"]))
+    chosen = resolve_postprocessing(to_plain(cfg.postprocessing), predictor, threshold, [repr(v) for v in views],
+                                    decision_cfg, cfg.ensemble)
+    steps = chosen["postprocessing"]
     rows = []
     for files in tqdm(patients, desc="patients", unit="patient", disable=not cfg.progress):
         volume = read_patient(files)
         probs = predictor.predict(volume, plan[files.name])
-        mask = probs > threshold
-        if lcc["lcc"]:
-            mask = largest_connected_component(mask)
+        raw = probs > threshold
+        mask = apply(raw, steps)
         folder = out / files.name
         folder.mkdir(exist_ok=True)
         for z, number in enumerate(files.numbers):
             tifffile.imwrite(folder / f"{files.name}_{number}_mask.tif", mask[z].astype("uint8") * 255)
         truth = volume.mask.astype(bool) if volume.mask is not None else None
         if truth is not None:
-            rows.append({**patient_row(files.name, probs, truth, threshold, lcc["lcc"]), "subset": subsets[files.name]})
+            variants = {name: apply(raw, variant) for name, variant in REPORTED_VARIANTS.items()}
+            rows.append({**patient_row(files.name, truth, mask, variants), "subset": subsets[files.name]})
         if cfg.figures.overlays:
             write_overlays(files.name, files.numbers, volume.image, mask, truth, out / "overlays")
     summary: dict[str, Any] = {
         "input": str(input_root), "patients": len(patients), "members": [str(m.path) for m in members],
-        "tta": [repr(v) for v in views], "threshold": threshold, "postprocess": lcc, "ensemble": cfg.ensemble,
+        "tta": [repr(v) for v in views], "threshold": threshold, "postprocessing": chosen, "ensemble": cfg.ensemble,
         "member_plan": plan,  # patient -> indices into members
         "subsets": subsets,
     }
     if rows:
         summary["dsc"] = write_scores(rows, out, subset_summary(rows))
         bar_chart({r["patient"]: r["dsc"] for r in rows}, out / "dsc.png", groups={r["patient"]: r["subset"] for r in rows},
-                  stats_groups=HELD_OUT, note=figure_note(members, threshold, lcc["lcc"], cfg.ensemble))
-        log.info(headline(summary["dsc"], lcc["lcc"], out))
+                  stats_groups=HELD_OUT, note=figure_note(members, threshold, steps, cfg.ensemble))
+        log.info(headline(summary["dsc"], steps, out))
     (out / "prediction.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def figure_note(members: list[Member], threshold: float, lcc: bool, ensemble: str) -> str:
+def figure_note(members: list[Member], threshold: float, steps: list[dict[str, Any]], ensemble: str) -> str:
     """What produced the scores, for the figure: checkpoint(s), threshold, post-processing."""
     names = [f"{m.path.parent.parent.name}/{m.path.name}" if m.path.parent.name == "checkpoints" else m.path.name
              for m in members]
     shown = ", ".join(names[:3]) + (f" +{len(names) - 3} more" if len(names) > 3 else "")
     models = shown if len(members) == 1 else f"{len(members)} members ({ensemble}): {shown}"
-    return f"{models}\nthreshold {threshold:g}, post-processing: {'largest component' if lcc else 'none'}"
+    return f"{models}\nthreshold {threshold:g}, post-processing: {', '.join(s['name'] for s in steps) or 'none'}"
 
 
-def headline(scores: dict[str, Any], lcc: bool, out: Path) -> str:
+def headline(scores: dict[str, Any], steps: list[dict[str, Any]], out: Path) -> str:
     """The log line: held-out patients only; training patients are named as left out."""
     trained = scores["by_subset"].get("train", {}).get("dsc", {}).get("n", 0)
     left_out = f"; {trained} training patient(s) left out (see dsc_summary.json)" if trained else ""
     if not scores["n_held_out"]:
         return f"no held-out patients to score: all {trained} were seen in training (see dsc_summary.json); {out}"
     return (f"per-volume DSC over {scores['n_held_out']} held-out patients: mean {scores['dsc']['mean']:.4f}, "
-            f"median {scores['dsc']['median']:.4f} (lcc={lcc}){left_out}; {out}")
+            f"median {scores['dsc']['median']:.4f} (postprocessing={[s['name'] for s in steps]}){left_out}; {out}")

@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from brainseg.metrics import dice_score, largest_connected_component
+from brainseg.metrics import dice_score
 
 COLUMNS = ["patient", "subset", "dsc", "dsc_lcc", "dsc_no_lcc", "lesion_voxels", "predicted_voxels", "slices"]
 
 
-def patient_row(name: str, probs: np.ndarray, truth: np.ndarray, threshold: float, lcc: bool) -> dict[str, Any]:
-    """Scores of one patient: with and without the largest-component step, and which one was applied."""
-    raw = probs > threshold
-    kept = largest_connected_component(raw)
-    written = kept if lcc else raw
+def patient_row(name: str, truth: np.ndarray, written: np.ndarray,
+                variants: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Scores of one patient's written mask (`dsc`) and of other masks of it (`dsc_<variant>`,
+    e.g. without post-processing); the masks are scored as given."""
     return {
         "patient": name,
         "dsc": dice_score(written, truth),
-        "dsc_lcc": dice_score(kept, truth),
-        "dsc_no_lcc": dice_score(raw, truth),
+        **{f"dsc_{variant}": dice_score(mask, truth) for variant, mask in (variants or {}).items()},
         "lesion_voxels": int(truth.sum()),
         "predicted_voxels": int(written.sum()),
         "slices": int(truth.shape[0]),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -29,6 +29,7 @@ class SegmentationModule(L.LightningModule):
         optimizer: Mapping[str, Any],
         scheduler: Mapping[str, Any] | None = None,
         metric: Mapping[str, Any] | None = None,
+        postprocessing: Sequence[Mapping[str, Any]] | None = None,
         examples: int = 4,
     ) -> None:
         super().__init__()
@@ -38,7 +39,7 @@ class SegmentationModule(L.LightningModule):
         metric = dict(metric or {})
         threshold = metric.get("threshold", 0.5)
         self.volume_dice = torch.nn.ModuleDict(
-            {s: VolumeDice(threshold, metric.get("largest_component", True)) for s in ("val", "test")}
+            {s: VolumeDice(threshold, postprocessing or []) for s in ("val", "test")}
         )
         self.slice_metrics = torch.nn.ModuleDict({s: slice_metrics(threshold) for s in ("val", "test")})
         self.volume_scores: dict[str, dict[str, float]] = {}  # stage -> patient name -> Dice

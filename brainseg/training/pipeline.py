@@ -83,6 +83,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         optimizer=to_plain(cfg.optimizer),
         scheduler=to_plain(cfg.scheduler),
         metric=to_plain(cfg.metric),
+        postprocessing=to_plain(cfg.postprocessing),
     )
     report = RunReport(output_dir, to_plain(cfg))
     callbacks = _instantiate_group("callbacks", cfg.get("callbacks")) + [report]
