@@ -208,7 +208,7 @@ def test_fold_ensemble_predicts_out_of_fold_and_reports_subsets(synthetic_root: 
 
 
 def test_auto_postprocessing_is_decided_out_of_fold_only(synthetic_root: Path, tmp_path: Path) -> None:
-    from brainseg.metrics import largest_connected_component
+    from brainseg.postprocessing import largest_component
     from brainseg.prediction.postprocess import decide
 
     names, members = _fold_members(synthetic_root, tmp_path)
@@ -219,7 +219,7 @@ def test_auto_postprocessing_is_decided_out_of_fold_only(synthetic_root: Path, t
     volume = _volume(synthetic_root, 4)  # held out by fold 1 only: scored with fold 1 alone
     raw = Predictor([members[1]]).predict(volume) > 0.5
     truth = volume.mask.astype(bool)
-    expected = [dice_score(raw, truth), dice_score(largest_connected_component(raw), truth)]
+    expected = [dice_score(raw, truth), dice_score(largest_component(raw), truth)]
     assert decision["per_patient"][volume.name] == pytest.approx(expected, abs=1e-9)
     (comparison,) = decision["comparisons"]
     assert decision["postprocessing"] == candidates[comparison["adopted"]]

@@ -88,9 +88,9 @@ def describe(decision: dict[str, Any]) -> str:
     parts = [f"{[s['name'] for s in c['candidate']]} vs {[s['name'] for s in c['against']]}: mean Dice "
              f"{c['dsc']:.4f} vs {c['dsc_current']:.4f}, helps {c['helped']}, hurts {c['hurt']}, "
              f"Wilcoxon p={c['wilcoxon_p_greater']:.3g}, {'adopted' if c['adopted'] else 'not adopted'}"
-             for c in decision["comparisons"]]
+             for c in decision.get("comparisons", [])]
     return (f"{SETTING}=auto chose {[s['name'] for s in decision['postprocessing']]} on "
-            f"{len(decision['patients'])} held-out patients ({'; '.join(parts) or 'one candidate'})")
+            f"{len(decision.get('patients', []))} held-out patients ({'; '.join(parts) or 'one candidate'})")
 
 
 def _read_decision(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
