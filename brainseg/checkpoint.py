@@ -18,7 +18,7 @@ CHECKPOINT_KEY = "brainseg"
 
 @dataclass(frozen=True)
 class Provenance:
-    """What a checkpoint was trained on: the resolved config, the data root, preprocessing, split."""
+    """What a checkpoint was trained on: resolved config, data root, preprocessing, split."""
 
     config: dict[str, Any]
     data_root: str | None
@@ -35,5 +35,9 @@ class Provenance:
         info = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, Mapping) else None
         if not isinstance(info, Mapping) or "preprocess" not in info:
             raise DataError(f"{path}: not a brainseg checkpoint (made by train.py)")
-        return cls(config=dict(info.get("config") or {}), data_root=info.get("data_root"),
-                   preprocess=dict(info["preprocess"]), split=dict(info.get("split") or {}))
+        return cls(
+            config=dict(info.get("config") or {}),
+            data_root=info.get("data_root"),
+            preprocess=dict(info["preprocess"]),
+            split=dict(info.get("split") or {}),
+        )

@@ -28,22 +28,8 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: i
 
 
 def tiny_train_overrides(root: Path, run_dir: Path, cache: Path) -> list[str]:
-    """A few CPU seconds of training on the tiny synthetic data."""
-    return [
-        f"data.root={root}",
-        f"data.cache_dir={cache}",
-        f"hydra.run.dir={run_dir}",
-        "data.split.n_val=2",
-        "data.preprocess.image_size=32",
-        "data.batch_size=8",
-        "data.num_workers=0",
-        "model.encoder_name=resnet18",
-        "model.encoder_depth=3",
-        "model.decoder_channels=[32,16,8]",
-        "trainer.max_epochs=2",
-        "trainer.accelerator=cpu",
-        "trainer.log_every_n_steps=1",
-    ]
+    """A few CPU seconds of training on the tiny synthetic data (the conf/debug/tiny.yaml preset)."""
+    return ["debug=tiny", f"data.root={root}", f"data.cache_dir={cache}", f"hydra.run.dir={run_dir}"]
 
 
 requires_real_data = pytest.mark.skipif(

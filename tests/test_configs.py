@@ -47,8 +47,85 @@ def test_slurm_launcher_follows_the_trainer(overrides: list[str], tasks: int, gp
 def test_every_option_of_every_group_composes() -> None:
     conf = PROJECT / "conf"
     groups = ["model", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment", "data",
-              "data/augmentation", "hparams_search"]
+              "data/augmentation", "hparams_search", "debug"]
     for group in groups:
         for option in sorted(p.stem for p in (conf / group).glob("*.yaml")):
             compose([f"{group}={option}"])
     assert Path(conf / "predict.yaml").exists()
+
+
+
+def _build(group: str, cfg) -> list:
+    """The objects one option of `group` stands for, built as the pipelines build them."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from brainseg.config import instantiate_setting, to_plain
+    from brainseg.losses import build_loss
+    from brainseg.models import build_model
+
+    if group == "model":
+        return [build_model(**to_plain(cfg.model))]
+    if group == "loss":
+        return [build_loss(**to_plain(cfg.loss))]
+    if group == "experiment":
+        return [build_model(**to_plain(cfg.model)), build_loss(**to_plain(cfg.loss)), instantiate_setting("data", cfg.data)]
+    optimizer = instantiate_setting("optimizer", cfg.optimizer, params=[torch.nn.Parameter(torch.zeros(2))])
+    if group == "optimizer":
+        return [optimizer]
+    if group == "scheduler":
+        factory = to_plain(cfg.scheduler).get("scheduler")
+        if factory and "total_steps" in factory:
+            factory["total_steps"] = 10  # OneCycleLR: filled in from the trainer in training
+        return [instantiate_setting("scheduler", factory, optimizer=optimizer)] if factory else []
+    if group == "trainer":  # on CPU: a GPU option's other settings unchanged
+        trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+        trainer_cfg.update(accelerator="cpu", devices=1, sync_batchnorm=False)
+        return [instantiate_setting("trainer", trainer_cfg, logger=False, enable_checkpointing=False)]
+    if group in ("logger", "callbacks"):
+        return [instantiate_setting(group, node) for node in (cfg.get(group) or {}).values() if node is not None]
+    if group == "data":
+        return [instantiate_setting("data", cfg.data)]
+    return [instantiate_setting("data.augmentation", cfg.data.augmentation)]
+
+
+def _kinds(group: str) -> tuple[type, ...]:
+    import albumentations
+    import lightning as L
+    import torch
+    from lightning.pytorch.loggers import Logger
+
+    return {"model": (torch.nn.Module,), "loss": (torch.nn.Module,),
+            "experiment": (torch.nn.Module, torch.nn.Module, L.LightningDataModule),
+            "optimizer": (torch.optim.Optimizer,), "scheduler": (torch.optim.lr_scheduler.LRScheduler,
+                                                                 torch.optim.lr_scheduler.ReduceLROnPlateau),
+            "trainer": (L.Trainer,), "logger": (Logger,), "callbacks": (L.Callback,),
+            "data": (L.LightningDataModule,), "data/augmentation": (albumentations.Compose,)}[group]
+
+
+INSTANTIATED = ["model", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment", "data",
+                "data/augmentation"]
+
+
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [(g, p.stem) for g in INSTANTIATED for p in sorted((PROJECT / "conf" / g).glob("*.yaml"))],
+)
+def test_every_option_of_every_group_instantiates(group: str, option: str, tmp_path: Path, monkeypatch,
+                                                  synthetic_root: Path) -> None:
+    """Not only composed: a misspelt `_target_` or argument in any option fails here."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cfg = compose([f"{group}={option}", f"paths.output_dir={tmp_path}", f"data.root={synthetic_root}",
+                   f"data.cache_dir={tmp_path / 'cache'}", "model.encoder_weights=null"], hydra_node=False)
+    built = _build(group, cfg)
+    kinds = _kinds(group)
+    expected = (kinds if group == "experiment" else [kinds] * len(built))
+    assert len(built) == len(expected) and all(isinstance(b, k) for b, k in zip(built, expected))
+    assert built or (group, option) in {("scheduler", "none"), ("callbacks", "none")}
+
+
+def test_debug_preset_is_what_the_tests_train_with() -> None:
+    cfg = compose(["debug=tiny", "experiment=reference"])
+    assert (cfg.data.preprocess.image_size, cfg.model.encoder_depth, cfg.trainer.max_epochs) == (32, 3, 2)
+    assert cfg.data.split.n_val == 2 and cfg.trainer.accelerator == "cpu"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from brainseg.errors import ConfigError
-from brainseg.losses import LOSSES, build_loss
+from brainseg.losses import ALIASES, build_loss
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return logits, target
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", sorted(ALIASES))
 def test_each_loss_is_finite_and_rewards_better_logits(name: str, batch) -> None:
     logits, target = batch
     loss = build_loss({name: 1.0})
@@ -55,5 +55,17 @@ def test_loss_is_fp32_under_autocast(batch) -> None:
 def test_unknown_loss_lists_the_valid_ones() -> None:
     with pytest.raises(ConfigError, match=r"loss 'dise' is unknown; choose from \['bce', 'dice'"):
         build_loss({"dise": 1.0})
-    with pytest.raises(ConfigError, match="loss.options.focal"):
+    with pytest.raises(ConfigError, match="loss.terms.focal: .*not_a_parameter"):
         build_loss({"focal": 1.0}, {"focal": {"not_a_parameter": 1}})
+    with pytest.raises(ConfigError, match=r"loss.options.dice: no such term in loss.terms \['bce'\]"):
+        build_loss({"bce": 1.0}, {"dice": {}})
+    with pytest.raises(ConfigError, match="loss.terms.mine: .*torch.nn.NoSuchLoss"):
+        build_loss({"mine": {"_target_": "torch.nn.NoSuchLoss"}})
+
+
+def test_any_target_is_a_term(batch) -> None:
+    logits, target = batch
+    loss = build_loss({"dice": 1.0, "bce_torch": {"_target_": "torch.nn.BCEWithLogitsLoss", "weight": 0.5}})
+    expected = build_loss({"dice": 1.0})(logits, target) + 0.5 * torch.nn.BCEWithLogitsLoss()(logits, target)
+    torch.testing.assert_close(loss(logits, target), expected)
+    assert loss.weights == {"dice": 1.0, "bce_torch": 0.5}

@@ -8,13 +8,17 @@ import torch
 from brainseg.errors import ConfigError
 from brainseg.models import build_model
 
-REQUIRED = ["unet", "unetpp", "fpn", "deeplabv3plus", "manet", "linknet", "pspnet", "pan", "upernet", "segformer"]
+# The smp class each config name must build (an alias mapped to the wrong network fails here).
+REQUIRED = {"unet": "Unet", "unetpp": "UnetPlusPlus", "fpn": "FPN", "deeplabv3plus": "DeepLabV3Plus",
+            "manet": "MAnet", "linknet": "Linknet", "pspnet": "PSPNet", "pan": "PAN", "upernet": "UPerNet",
+            "segformer": "Segformer"}
 
 
-@pytest.mark.parametrize("arch", REQUIRED)
+@pytest.mark.parametrize("arch", sorted(REQUIRED))
 def test_every_architecture_builds_and_maps_3_channels_to_1_logit(arch: str) -> None:
     torch.manual_seed(0)
     model = build_model(arch, encoder_name="resnet18").eval()
+    assert type(model).__name__ == REQUIRED[arch]
     with torch.no_grad():
         out = model(torch.randn(1, 3, 128, 128))
     assert out.shape == (1, 1, 128, 128) and torch.isfinite(out).all()
@@ -33,7 +37,7 @@ def test_other_encoders_by_name() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"arch": "unett"}, r"model.arch='unett' is unknown; choose one of \["),
+        ({"arch": "unett"}, r"model.arch='unett' is unknown; choose one of \['deeplabv3', .*'unetpp'"),
         ({"encoder_name": "resnet35"}, r"model.encoder_name='resnet35' is unknown; choose one of .*resnet34"),
     ],
 )

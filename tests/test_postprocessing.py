@@ -26,7 +26,10 @@ def _mask() -> np.ndarray:
 def test_steps_do_what_their_names_say() -> None:
     mask = _mask()
     assert apply(mask, []).sum() == mask.sum() == 27
-    assert apply(mask, ["largest_component"]).sum() == 26 and not apply(mask, ["largest_component"])[0, 7, 7]
+    assert (
+        apply(mask, ["largest_component"]).sum() == 26
+        and not apply(mask, ["largest_component"])[0, 7, 7]
+    )
     kept = apply(mask, [{"name": "remove_small_components", "min_voxels": 2}])
     assert np.array_equal(kept, apply(mask, ["largest_component"]))
     assert apply(mask, [{"name": "remove_small_components", "min_voxels": 27}]).sum() == 0
@@ -44,9 +47,15 @@ def test_registry_is_the_step_functions() -> None:
 @pytest.mark.parametrize(
     ("steps", "message"),
     [
-        ([{"name": "lcc"}], r"postprocessing\[0\]: unknown step 'lcc'; choose one of \['fill_holes', "),
+        (
+            [{"name": "lcc"}],
+            r"postprocessing\[0\]: unknown step 'lcc'; choose one of \['fill_holes', ",
+        ),
         ([{"name": "remove_small_components"}], "missing a required argument: 'min_voxels'"),
-        (["largest_component", {"name": "fill_holes", "size": 3}], r"postprocessing\[1\] \(fill_holes\): .*'size'"),
+        (
+            ["largest_component", {"name": "fill_holes", "size": 3}],
+            r"postprocessing\[1\] \(fill_holes\): .*'size'",
+        ),
     ],
 )
 def test_bad_step_lists_are_named(steps: list, message: str) -> None:
@@ -56,7 +65,15 @@ def test_bad_step_lists_are_named(steps: list, message: str) -> None:
 
 class _Predictor:
     def __init__(self, path: Path) -> None:
-        self.members = [Member(path=path, preprocess=None, model={}, data_root=str(path.parent), split={"val": ["p"]})]
+        self.members = [
+            Member(
+                path=path,
+                preprocess=None,
+                model={},
+                data_root=str(path.parent),
+                split={"val": ["p"]},
+            )
+        ]
 
 
 def test_a_recorded_decision_is_reread_by_step_name(tmp_path: Path) -> None:
@@ -66,12 +83,19 @@ def test_a_recorded_decision_is_reread_by_step_name(tmp_path: Path) -> None:
            "patients": ["p"], "data_root": str(tmp_path.resolve()), "candidates": candidates,
            "ensemble": "out_of_fold", "rule": ADOPTION_RULE}
     path = decision_path(predictor.members[0])
-    decision = {"postprocessing": [{"name": "remove_small_components", "min_voxels": 4}], "patients": ["p"]}
+    decision = {
+        "postprocessing": [{"name": "remove_small_components", "min_voxels": 4}],
+        "patients": ["p"],
+    }
     path.write_text(json.dumps({"key": key, "decision": decision}))
-    chosen = resolve_postprocessing("auto", predictor, 0.5, ["identity"], {"candidates": candidates})
+    chosen = resolve_postprocessing(
+        "auto", predictor, 0.5, ["identity"], {"candidates": candidates}
+    )
     assert chosen["postprocessing"] == decision["postprocessing"] and chosen["source"] == str(path)
     path.write_text(json.dumps({"key": key, "decision": {"postprocessing": [{"name": "lcc"}]}}))
-    with pytest.raises(DataError, match=r"best.postprocess.json: postprocessing\[0\]: unknown step 'lcc'"):
+    with pytest.raises(
+        DataError, match=r"best.postprocess.json: postprocessing\[0\]: unknown step 'lcc'"
+    ):
         resolve_postprocessing("auto", predictor, 0.5, ["identity"], {"candidates": candidates})
 
 

@@ -109,6 +109,7 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
         load_onnx(tmp_path / "bad.onnx")
 
 
+@pytest.mark.slow  # tiny_run trains
 def test_checkpoint_rebuilds_the_trained_network(tiny_run: Path) -> None:
     member = load_checkpoint(tiny_run / "checkpoints" / "last.ckpt")
     assert member.model["encoder_name"] == "resnet18" and member.preprocess.image_size == 32

@@ -66,7 +66,9 @@ def test_short_real_training_run(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert snapshot(REAL_LGG) == before
     best = json.loads((run / "metrics.json").read_text())["best"]
-    assert len(best["per_patient"]) == 4 and 0.0 <= best["dsc_volume_mean"] <= 1.0
+    split = json.loads((run / "split.json").read_text())
+    assert sorted(best["per_patient"]) == sorted(split["val"]) and len(split["val"]) == 4
+    assert best["dsc_volume_mean"] == pytest.approx(float(np.mean(list(best["per_patient"].values()))))
     print(f"\nreal data, 15 steps at 128 px: val mean per-volume DSC {best['dsc_volume_mean']:.3f} on 4 patients")
 
     # predict.py with that model on all 20 patients: original geometry, scores recomputed from the files

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def _sweep(synthetic_root: Path, sweep_dir: Path, *overrides: str, env: dict | None = None):
     base = [o for o in tiny_train_overrides(synthetic_root, sweep_dir, sweep_dir.parent / "cache")
-            if not o.startswith(("hydra.run.dir", "trainer.max_epochs"))]
+            if not o.startswith("hydra.run.dir")]
     return run_cli("train.py", "-m", *base, f"hydra.sweep.dir={sweep_dir}", "trainer.max_epochs=1", *overrides,
                    cwd=PROJECT, env=env)
 

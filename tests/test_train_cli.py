@@ -58,7 +58,7 @@ def test_rerun_in_the_same_directory_resumes(tiny_run: Path, synthetic_root: Pat
 
     run = tmp_path / "requeued"
     shutil.copytree(tiny_run, run)
-    overrides = [o for o in tiny_train_overrides(synthetic_root, run, tiny_run.parent / "cache") if not o.startswith("trainer.max_epochs")]
+    overrides = tiny_train_overrides(synthetic_root, run, tiny_run.parent / "cache")
     result = run_cli("train.py", *overrides, "trainer.max_epochs=3", cwd=PROJECT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from" in result.stdout + result.stderr
@@ -74,7 +74,7 @@ def test_rerun_in_the_same_directory_resumes(tiny_run: Path, synthetic_root: Pat
     ],
 )
 def test_bad_settings_give_one_line_errors(synthetic_root: Path, tmp_path: Path, overrides: list[str], expected: str) -> None:
-    args = [o for o in tiny_train_overrides(synthetic_root, tmp_path / "run", tmp_path / "cache") if not o.startswith("data.split.n_val")]
+    args = tiny_train_overrides(synthetic_root, tmp_path / "run", tmp_path / "cache")
     result = run_cli("train.py", *args, *overrides, cwd=PROJECT)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr

@@ -6,9 +6,11 @@ import csv
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import compose_run
 
 from brainseg.cli import run_task
+from brainseg.training.module import SegmentationModule
 from brainseg.training.pipeline import train
 
 pytestmark = pytest.mark.slow
@@ -33,8 +35,21 @@ def test_optimizer_scheduler_precision(synthetic_root: Path, tmp_path: Path, opt
                                        precision: str, lr_changes: bool) -> None:
     cfg = compose_run(synthetic_root, tmp_path / "run", tmp_path / "cache", f"optimizer={optimizer}",
                       f"scheduler={scheduler}", f"trainer.precision={precision}", "loss=bce_dice")
-    metrics = train(cfg)
-    assert 0.0 <= metrics["best"]["dsc_volume_mean"] <= 1.0
+    seen: set = set()  # (autocast dtype or None, logits dtype) of every network forward during the run
+
+    def record(module, args, output) -> None:
+        if isinstance(module, SegmentationModule):
+            autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+            seen.add((autocast, output.dtype))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        metrics = train(cfg)
+    finally:
+        handle.remove()
+    bf16 = precision == "bf16-mixed"
+    assert seen == ({(torch.bfloat16, torch.bfloat16)} if bf16 else {(None, torch.float32)})
+    assert metrics["best"]["dsc_volume_mean"] == max(h["dsc_volume_mean"] for h in metrics["history"])
     lrs = _lr_by_epoch(tmp_path / "run")
     assert len(lrs) == 2 and (lrs[0] != lrs[1]) == lr_changes
 

@@ -20,8 +20,8 @@ class DataProvenance(TypedDict):
 
 @runtime_checkable
 class SegmentationData(Protocol):
-    """Read by brainseg.training (module, report) after `setup`: patient names per subset, the split,
-    the provenance stored in checkpoints, and the split file written into the run directory."""
+    """Read by brainseg.training (module, report) after `setup`: patient names per subset, the
+    split, the provenance stored in checkpoints, and the split file written into the run folder."""
 
     split: Split | None
 
@@ -38,8 +38,10 @@ class SegmentationData(Protocol):
         ...
 
 
-CONTRACT_MEMBERS = (*SegmentationData.__annotations__,
-                    *(n for n, v in vars(SegmentationData).items() if callable(v) and not n.startswith("_")))
+CONTRACT_MEMBERS = (
+    *SegmentationData.__annotations__,
+    *(n for n, v in vars(SegmentationData).items() if callable(v) and not n.startswith("_")),
+)
 
 
 def check_data_module(datamodule: Any) -> SegmentationData:

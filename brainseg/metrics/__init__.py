@@ -1,27 +1,7 @@
-"""Segmentation metrics: per-volume Dice (the headline number) and per-slice/pixel torchmetrics."""
+"""Segmentation metrics: per-volume Dice (the headline number, volume_dice.py) and per-slice/pixel
+torchmetrics (slice_metrics.py)."""
 
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    BinaryF1Score,
-    BinaryJaccardIndex,
-    BinaryPrecision,
-    BinaryRecall,
-)
-
+from brainseg.metrics.slice_metrics import slice_metrics
 from brainseg.metrics.volume_dice import VolumeDice, dice_score
 
 __all__ = ["VolumeDice", "dice_score", "slice_metrics"]
-
-
-def slice_metrics(threshold: float = 0.5) -> MetricCollection:
-    """Mean Dice over slices (an empty slice predicted empty scores 1) and pixel-pooled IoU,
-    precision and recall over all evaluated slices."""
-    return MetricCollection(
-        {
-            "dsc_slice": BinaryF1Score(threshold=threshold, multidim_average="samplewise", zero_division=1),
-            "iou_pixel": BinaryJaccardIndex(threshold=threshold),
-            "precision_pixel": BinaryPrecision(threshold=threshold),
-            "recall_pixel": BinaryRecall(threshold=threshold),
-        },
-        compute_groups=False,
-    )

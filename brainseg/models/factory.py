@@ -9,22 +9,9 @@ from torch import nn
 
 from brainseg.errors import ConfigError
 
-# Short config names (conf/model/*.yaml) next to smp's own architecture names.
-ARCHITECTURES: dict[str, str] = {
-    "unet": "unet",
-    "unetpp": "unetplusplus",
-    "unetplusplus": "unetplusplus",
-    "fpn": "fpn",
-    "deeplabv3": "deeplabv3",
-    "deeplabv3plus": "deeplabv3plus",
-    "manet": "manet",
-    "linknet": "linknet",
-    "pspnet": "pspnet",
-    "pan": "pan",
-    "upernet": "upernet",
-    "segformer": "segformer",
-    "dpt": "dpt",
-}
+# model.arch values: smp's own architecture names, plus short aliases used in conf/model/*.yaml.
+ALIASES = {"unetpp": "unetplusplus"}
+ARCHITECTURES: dict[str, str] = {**{name: name for name in smp.MODEL_ARCHITECTURES_MAPPING}, **ALIASES}
 
 
 def encoder_names() -> list[str]:
@@ -42,7 +29,7 @@ def build_model(
 ) -> nn.Module:
     """`smp.create_model` with config-level validation and one-line errors for unknown names."""
     if arch not in ARCHITECTURES:
-        raise ConfigError(f"model.arch={arch!r} is unknown; choose one of {sorted(set(ARCHITECTURES))}")
+        raise ConfigError(f"model.arch={arch!r} is unknown; choose one of {sorted(ARCHITECTURES)}")
     if not encoder_name.startswith("tu-") and encoder_name not in encoder_names():
         raise ConfigError(
             f"model.encoder_name={encoder_name!r} is unknown; choose one of {', '.join(encoder_names())} "

@@ -19,20 +19,32 @@ from brainseg.postprocessing.steps import (
     step,
 )
 
-__all__ = ["STEPS", "apply", "check_steps", "fill_holes", "largest_component", "remove_small_components", "step"]
+__all__ = [
+    "STEPS",
+    "apply",
+    "check_steps",
+    "fill_holes",
+    "largest_component",
+    "remove_small_components",
+    "step",
+]
 
 StepList = list[dict[str, Any]]
 
 
-def check_steps(steps: Sequence[Mapping[str, Any] | str] | None, setting: str = "postprocessing") -> StepList:
-    """The steps as plain `{"name": ..., **arguments}` dicts (a bare name is a step without arguments);
+def check_steps(
+    steps: Sequence[Mapping[str, Any] | str] | None, setting: str = "postprocessing"
+) -> StepList:
+    """The steps as plain `{"name": ..., **arguments}` dicts (a bare name: no arguments);
     a one-line ConfigError naming `setting` for unknown names or arguments."""
     checked = []
     for index, item in enumerate(steps or []):
         entry = {"name": item} if isinstance(item, str) else dict(item)
         name = entry.pop("name", None)
         if name not in STEPS:
-            raise ConfigError(f"{setting}[{index}]: unknown step {name!r}; choose one of {sorted(STEPS)}")
+            raise ConfigError(
+                f"{setting}[{index}]: unknown step {name!r}; choose one of {sorted(STEPS)}"
+            )
         try:
             inspect.signature(STEPS[name]).bind(None, **entry)
         except TypeError as exc:

@@ -100,7 +100,9 @@ def _read_decision(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
         return None
     decision = dict(stored["decision"])
     try:
-        decision["postprocessing"] = check_steps(decision.get("postprocessing"), f"{path}: postprocessing")
+        decision["postprocessing"] = check_steps(
+            decision.get("postprocessing"), f"{path}: postprocessing"
+        )
     except ConfigError as exc:
         raise DataError(str(exc)) from None
     return decision
@@ -118,9 +120,15 @@ def resolve_postprocessing(setting: Any, predictor: Predictor, threshold: float,
     Returns {"postprocessing": steps, "source": "config" | decision file, ...decision details}."""
     if setting != "auto":
         if isinstance(setting, str) or not isinstance(setting, list | tuple):
-            raise ConfigError(f"{SETTING}={setting!r} must be auto or a step list, e.g. [] or [{{name: largest_component}}]")
+            raise ConfigError(
+                f"{SETTING}={setting!r} must be auto or a step list, "
+                "e.g. [] or [{name: largest_component}]"
+            )
         return {"postprocessing": check_steps(setting, SETTING), "source": "config"}
-    candidates = [check_steps(c, f"{DECISION}.candidates[{i}]") for i, c in enumerate(decision_cfg.get("candidates") or [])]
+    candidates = [
+        check_steps(c, f"{DECISION}.candidates[{i}]")
+        for i, c in enumerate(decision_cfg.get("candidates") or [])
+    ]
     if not candidates:
         raise ConfigError(f"{SETTING}=auto needs {DECISION}.candidates (step lists to choose from)")
     first = predictor.members[0]
@@ -129,7 +137,8 @@ def resolve_postprocessing(setting: Any, predictor: Predictor, threshold: float,
     if not root or not Path(root).is_dir() or not names:
         where = f"{root} is not available" if root else "the checkpoint records none"
         raise ConfigError(
-            f"{SETTING}=auto needs validation data: set {DECISION}.data_root (and {DECISION}.patients) "
+            f"{SETTING}=auto needs validation data: "
+            f"set {DECISION}.data_root (and {DECISION}.patients) "
             f"or give {SETTING} as a step list ({where})"
         )
     key = {"members": [str(m.path.resolve()) for m in predictor.members], "views": views,

@@ -15,8 +15,6 @@ from brainseg.losses import build_loss
 from brainseg.metrics import VolumeDice, slice_metrics
 from brainseg.models import build_model
 
-MONITOR = "val/dsc_volume"
-
 
 class SegmentationModule(L.LightningModule):
     """Binary lesion segmentation; all arguments are plain config dicts, saved with the checkpoint
@@ -126,6 +124,6 @@ class SegmentationModule(L.LightningModule):
             "lr_scheduler": {
                 "scheduler": scheduler,
                 "interval": scheduler_cfg.get("interval", "epoch"),
-                "monitor": scheduler_cfg.get("monitor", MONITOR),
+                "monitor": scheduler_cfg.get("monitor"),
             },
         }

@@ -85,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metric=to_plain(cfg.metric),
         postprocessing=to_plain(cfg.postprocessing),
     )
-    report = RunReport(output_dir, to_plain(cfg))
+    report = RunReport(output_dir, to_plain(cfg), cfg.monitor)
     callbacks = _instantiate_group("callbacks", cfg.get("callbacks")) + [report]
     loggers = _instantiate_group("logger", cfg.get("logger"))
     for logger in loggers:
@@ -107,8 +107,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics = report.write_metrics(trainer, test_scores) if trainer.is_global_zero else {}
     if metrics.get("best"):
         best = metrics["best"]
+        median = best["dsc_volume_median"]
         log.info(
-            "best val/dsc_volume: mean %.4f, median %.4f (epoch %d, %d patients); run in %s",
-            best["dsc_volume_mean"], best["dsc_volume_median"], best["epoch"], len(best["per_patient"]), output_dir,
+            "best %s: mean %.4f, median %s (epoch %d, %d patients); run in %s", cfg.monitor, best["dsc_volume_mean"],
+            "-" if median is None else f"{median:.4f}", best["epoch"], len(best["per_patient"]), output_dir,
         )
     return metrics

@@ -15,15 +15,16 @@ import yaml
 from brainseg.checkpoint import Provenance
 from brainseg.data.contract import SegmentationData
 from brainseg.reporting.scores import summarize
-from brainseg.training.module import MONITOR
 
 
 class RunReport(L.Callback):
-    """Writes `config.yaml`, `split.json` and `metrics.json` into the run directory."""
+    """Writes `config.yaml`, `split.json` and `metrics.json` into the run directory; the best epoch
+    is the one with the highest `monitor` (the config's `monitor` key)."""
 
-    def __init__(self, output_dir: str | Path, config: dict[str, Any]) -> None:
+    def __init__(self, output_dir: str | Path, config: dict[str, Any], monitor: str) -> None:
         self.output_dir = Path(output_dir)
         self.config = config
+        self.monitor = monitor
         self.best: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
         self._started = time.monotonic()
@@ -41,12 +42,12 @@ class RunReport(L.Callback):
         if trainer.sanity_checking:
             return
         scores = pl_module.volume_scores.get("val", {})
-        mean = trainer.callback_metrics.get(MONITOR)
-        median = trainer.callback_metrics.get(f"{MONITOR}_median")
+        mean = trainer.callback_metrics.get(self.monitor)
+        median = trainer.callback_metrics.get(f"{self.monitor}_median")
         if mean is None or math.isnan(float(mean)):
             return
         entry = {"epoch": trainer.current_epoch, "step": trainer.global_step,
-                 "dsc_volume_mean": float(mean), "dsc_volume_median": float(median)}
+                 "dsc_volume_mean": float(mean), "dsc_volume_median": None if median is None else float(median)}
         self.history.append(entry)
         if self.best is None or entry["dsc_volume_mean"] > self.best["dsc_volume_mean"]:
             self.best = {**entry, "per_patient": dict(scores)}
@@ -54,7 +55,7 @@ class RunReport(L.Callback):
     def write_metrics(self, trainer: L.Trainer, test_scores: dict[str, float] | None = None) -> dict[str, Any]:
         checkpoint = trainer.checkpoint_callback
         metrics = {
-            "monitor": MONITOR,
+            "monitor": self.monitor,
             "best": self.best,
             "best_checkpoint": getattr(checkpoint, "best_model_path", None) or None,
             "last_checkpoint": getattr(checkpoint, "last_model_path", None) or None,
