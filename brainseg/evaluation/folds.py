@@ -1,4 +1,6 @@
-"""Honest cross-validation: which epoch a run reports, and which job held out which patient.
+"""Honest cross-validation: which epoch a run reports, and which job or ensemble member held out
+which patient (the sweep report pools the folds' scores with `held_out_by`; predict.py scores each
+patient only with the members that never trained on it, via `held_out_members`).
 
 A k-fold sweep scores every patient once, with the model of the fold that held it out; the CV
 figure is the mean (and median) over all those per-patient scores, not a mean of fold means. The
@@ -10,11 +12,14 @@ which is selected on those same patients and is labelled so wherever it is shown
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from brainseg.errors import ConfigError, DataError
+
+Split = Mapping[str, Sequence[str]]  # {"train": [...], "val": [...], "test": [...]} as recorded
 
 SELECTION_RULES = {
     "last": "last epoch (not selected on the scored patients)",
@@ -72,3 +77,13 @@ def selected_scores(metrics: dict[str, Any]) -> dict[str, Any] | None:
         return metrics["selected"]
     best = metrics.get("best")
     return {**best, "rule": "best_on_val"} if best else None
+
+
+def held_out_members(splits: Sequence[Split], patients: Iterable[str]) -> dict[str, list[int]]:
+    """Per patient, the indices of the members whose split does not list it under `train`.
+
+    A member that records no split is treated as having trained on nobody we can name, so it
+    counts as holding every patient out; callers that need certainty check `split` themselves.
+    """
+    trained = [set(split.get("train") or ()) for split in splits]
+    return {name: [i for i, seen in enumerate(trained) if name not in seen] for name in patients}

@@ -37,17 +37,24 @@ def summarize(values: list[float]) -> dict[str, float]:
     return {"mean": float(array.mean()), "median": float(np.median(array)), "std": float(array.std()), "n": len(values)}
 
 
-def write_scores(rows: list[dict[str, Any]], out_dir: Path, tolerance: float = NSD_TOLERANCE) -> dict[str, Any]:
-    """`dsc.csv` (one row per patient, every metric) and `dsc_summary.json` (mean, median, std of each)."""
+def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The score columns of these rows: Dice, its variants (`dsc_<variant>`), then the other metrics."""
     variants = [c for c in rows[0] if c.startswith("dsc_")]
-    metrics = [METRIC_COLUMNS[0], *variants, *METRIC_COLUMNS[1:]]
-    columns = ["patient", *metrics, *VOLUME_COLUMNS]
+    return [METRIC_COLUMNS[0], *variants, *METRIC_COLUMNS[1:]]
+
+
+def write_scores(rows: list[dict[str, Any]], out_dir: Path, tolerance: float = NSD_TOLERANCE,
+                 summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`dsc.csv` (one row per patient, every metric, and its `subset` where known) and
+    `dsc_summary.json`: the given summary (e.g. per subset), else mean, median, std of each metric."""
+    metrics = metric_columns(rows)
+    columns = ["patient", *(["subset"] if "subset" in rows[0] else []), *metrics, *VOLUME_COLUMNS]
     with open(out_dir / "dsc.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{row[k]:.6f}" if isinstance(row[k], float) else row[k]) for k in columns})
-    summary: dict[str, Any] = {key: summarize([r[key] for r in rows]) for key in metrics}
+    summary = dict(summary) if summary is not None else {key: summarize([r[key] for r in rows]) for key in metrics}
     summary["units"] = UNITS
     summary["nsd_tolerance"] = tolerance
     (out_dir / "dsc_summary.json").write_text(json.dumps(summary, indent=2))
