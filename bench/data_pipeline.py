@@ -32,13 +32,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def load_all(root: Path, cache_dir: Path, cfg: PreprocessConfig, workers: int) -> tuple[list, float]:
+def load_all(
+    root: Path, cache_dir: Path, cfg: PreprocessConfig, workers: int
+) -> tuple[list, float]:
     start = time.perf_counter()
     volumes = VolumeCache(cache_dir, cfg).load_many(find_patients(root), workers)
     return volumes, time.perf_counter() - start
 
 
-def loader_throughput(volumes: list, augmentation: str, workers: int, batches: int, batch_size: int) -> float:
+def loader_throughput(
+    volumes: list, augmentation: str, workers: int, batches: int, batch_size: int
+) -> float:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"data/augmentation={augmentation}"])
     dataset = SliceDataset(volumes, instantiate(cfg.data.augmentation.workers))
@@ -63,22 +67,34 @@ def run(args: argparse.Namespace) -> None:
         peak_cold = peak_rss_mb()
         volumes, warm = load_all(Path(args.root), Path(tmp), cfg, args.preprocess_workers)
         slices = sum(len(v.image) for v in volumes)
-        print(f"data: {args.root}: {len(volumes)} patients, {slices} slices after preprocessing, {args.image_size} px")
-        print(f"preprocessing cold (read + preprocess + write cache, {args.preprocess_workers} processes): {cold:.2f} s")
+        print(
+            f"data: {args.root}: {len(volumes)} patients, {slices} slices after preprocessing, {args.image_size} px"
+        )
+        print(
+            f"preprocessing cold (read + preprocess + write cache, {args.preprocess_workers} processes): {cold:.2f} s"
+        )
         print(f"preprocessing warm (memory-mapped cache):             {warm:.3f} s")
         children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(f"peak memory (RSS): main process {peak_cold:.0f} MB ({baseline:.0f} MB before loading: Python, torch), "
-              f"largest preprocessing process {children:.0f} MB")
+        print(
+            f"peak memory (RSS): main process {peak_cold:.0f} MB ({baseline:.0f} MB before loading: Python, torch), "
+            f"largest preprocessing process {children:.0f} MB"
+        )
         for workers in (0, 2):
-            rate = loader_throughput(volumes, args.augmentation, workers, args.batches, args.batch_size)
-            print(f"train loader, {args.augmentation} augmentation, {workers} workers: {rate:.0f} samples/s")
+            rate = loader_throughput(
+                volumes, args.augmentation, workers, args.batches, args.batch_size
+            )
+            print(
+                f"train loader, {args.augmentation} augmentation, {workers} workers: {rate:.0f} samples/s"
+            )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="data root in the kaggle_3m layout")
     parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--augmentation", default="reference", help="a conf/data/augmentation option")
+    parser.add_argument(
+        "--augmentation", default="reference", help="a conf/data/augmentation option"
+    )
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--preprocess-workers", type=int, default=2)

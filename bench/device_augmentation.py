@@ -26,15 +26,22 @@ from brainseg.training.speed import synchronize
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def grid_sample_reference(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def grid_sample_reference(
+    image: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference preset in a few lines of torch: one random affine per sample, flip folded in."""
     n = image.shape[0]
     angle = torch.empty(n, device=image.device).uniform_(-15, 15) * math.pi / 180
     scale = torch.empty(n, device=image.device).uniform_(0.95, 1.05)
     flip = torch.where(torch.rand(n, device=image.device) < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale  # output -> input coordinates
-    theta = torch.stack([torch.stack([cos * flip, -sin, torch.zeros_like(cos)], 1),
-                         torch.stack([sin * flip, cos, torch.zeros_like(cos)], 1)], 1)
+    theta = torch.stack(
+        [
+            torch.stack([cos * flip, -sin, torch.zeros_like(cos)], 1),
+            torch.stack([sin * flip, cos, torch.zeros_like(cos)], 1),
+        ],
+        1,
+    )
     grid = F.affine_grid(theta, list(image.shape), align_corners=False)
     image = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     mask = F.grid_sample(mask, grid, mode="nearest", padding_mode="zeros", align_corners=False)
@@ -56,13 +63,21 @@ def run(args: argparse.Namespace) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["data/augmentation=reference"])
     kornia_reference = instantiate(cfg.data.augmentation.device).to(device)
-    print(f"device {device}, {args.size} px, threads {torch.get_num_threads()}, {args.repeats} batches each")
+    print(
+        f"device {device}, {args.size} px, threads {torch.get_num_threads()}, {args.repeats} batches each"
+    )
     for batch in args.batch_sizes:
         image = torch.rand(batch, 3, args.size, args.size, device=device)
         mask = (image[:, :1] > 0.5).float()
-        for name, fn in (("kornia AugmentationSequential", kornia_reference), ("affine_grid/grid_sample", grid_sample_reference)):
+        for name, fn in (
+            ("kornia AugmentationSequential", kornia_reference),
+            ("affine_grid/grid_sample", grid_sample_reference),
+        ):
             seconds = time_per_batch(fn, image, mask, args.repeats)
-            print(f"batch {batch:>3}  {name:<30} {1000 * seconds:8.1f} ms/batch  {batch / seconds:8.0f} samples/s", flush=True)
+            print(
+                f"batch {batch:>3}  {name:<30} {1000 * seconds:8.1f} ms/batch  {batch / seconds:8.0f} samples/s",
+                flush=True,
+            )
 
 
 def main() -> int:

@@ -34,8 +34,14 @@ def members(n: int, arch: str, encoder: str, size: int) -> list[Member]:
     for seed in range(n):
         torch.manual_seed(seed)
         net = build_model(arch, encoder_name=encoder).eval()
-        out.append(Member(path=Path(f"bench{seed}.ckpt"), preprocess=PreprocessConfig(image_size=size),
-                          model={"arch": arch, "encoder_name": encoder}, net=net))
+        out.append(
+            Member(
+                path=Path(f"bench{seed}.ckpt"),
+                preprocess=PreprocessConfig(image_size=size),
+                model={"arch": arch, "encoder_name": encoder},
+                net=net,
+            )
+        )
     return out
 
 
@@ -50,28 +56,54 @@ def slices_per_second(predictor: Predictor, images: torch.Tensor) -> float:
 def run(args: argparse.Namespace) -> None:
     """Measure and print the figures."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"device: {device}, torch threads: {torch.get_num_threads()}, {args.arch}/{args.encoder}, {args.image_size} px")
+    print(
+        f"device: {device}, torch threads: {torch.get_num_threads()}, {args.arch}/{args.encoder}, {args.image_size} px"
+    )
     patients = find_patients(args.root)
     one = members(1, args.arch, args.encoder, args.image_size)
     _, images = Predictor(one).preprocessed(read_patient(patients[0]))
-    images = images.repeat((args.slices + images.shape[0] - 1) // images.shape[0], 1, 1, 1)[: args.slices]
+    images = images.repeat((args.slices + images.shape[0] - 1) // images.shape[0], 1, 1, 1)[
+        : args.slices
+    ]
     for label, predictor in (
         ("1 model", Predictor(one, batch_size=args.batch_size, device=device)),
-        ("1 model + flip TTA (2 views)", Predictor(one, tta_views(hflip=True), args.batch_size, device)),
-        ("ensemble of 3", Predictor(members(3, args.arch, args.encoder, args.image_size), batch_size=args.batch_size, device=device)),
+        (
+            "1 model + flip TTA (2 views)",
+            Predictor(one, tta_views(hflip=True), args.batch_size, device),
+        ),
+        (
+            "ensemble of 3",
+            Predictor(
+                members(3, args.arch, args.encoder, args.image_size),
+                batch_size=args.batch_size,
+                device=device,
+            ),
+        ),
     ):
         print(f"inference, {label}: {slices_per_second(predictor, images):.1f} slices/s")
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"), \
-            tempfile.TemporaryDirectory(prefix="brainseg-bench-") as tmp:
-        cfg = compose(config_name="predict", overrides=[
-            f"input={Path(args.root).resolve()}", f"output_dir={tmp}/out", "postprocess.lcc=true",
-            "progress=false", f"batch_size={args.batch_size}", f"device={device}"])
+    with (
+        initialize_config_dir(config_dir=str(CONF), version_base="1.3"),
+        tempfile.TemporaryDirectory(prefix="brainseg-bench-") as tmp,
+    ):
+        cfg = compose(
+            config_name="predict",
+            overrides=[
+                f"input={Path(args.root).resolve()}",
+                f"output_dir={tmp}/out",
+                "postprocess.lcc=true",
+                "progress=false",
+                f"batch_size={args.batch_size}",
+                f"device={device}",
+            ],
+        )
         start = time.perf_counter()
         summary = run_prediction(cfg, one)
         wall = time.perf_counter() - start
     slices = sum(len(p.numbers) for p in patients)
-    print(f"predict end to end (read, preprocess, 1 model, restore, write masks, scores, overlays, GIFs): "
-          f"{wall:.1f} s for {summary['patients']} patients, {slices} slices")
+    print(
+        f"predict end to end (read, preprocess, 1 model, restore, write masks, scores, overlays, GIFs): "
+        f"{wall:.1f} s for {summary['patients']} patients, {slices} slices"
+    )
 
 
 def main() -> int:

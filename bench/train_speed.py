@@ -48,11 +48,15 @@ class Setting:
 
     def label(self) -> str:
         loader = f"workers ({self.workers})" if self.loader == "workers" else "device"
-        return (f"{loader:<12} {self.precision:<10} {'on' if self.channels_last else 'off':<13} "
-                f"{'on' if self.compile else 'off':<8} {self.batch_size:>5}")
+        return (
+            f"{loader:<12} {self.precision:<10} {'on' if self.channels_last else 'off':<13} "
+            f"{'on' if self.compile else 'off':<8} {self.batch_size:>5}"
+        )
 
 
-def settings(batch_sizes: list[int], workers: list[int], precisions: list[str], compile_rows: bool) -> list[Setting]:
+def settings(
+    batch_sizes: list[int], workers: list[int], precisions: list[str], compile_rows: bool
+) -> list[Setting]:
     rows = []
     for batch in batch_sizes:
         base = Setting(batch_size=batch)
@@ -65,9 +69,15 @@ def settings(batch_sizes: list[int], workers: list[int], precisions: list[str], 
 
 
 def compose_config(root: str, size: int, cache_dir: str, setting: Setting) -> object:
-    overrides = ["experiment=reference", f"data.root={root}", f"data.cache_dir={cache_dir}",
-                 f"data.preprocess.image_size={size}", f"data.loader={setting.loader}",
-                 f"data.num_workers={setting.workers}", f"data.batch_size={setting.batch_size}"]
+    overrides = [
+        "experiment=reference",
+        f"data.root={root}",
+        f"data.cache_dir={cache_dir}",
+        f"data.preprocess.image_size={size}",
+        f"data.loader={setting.loader}",
+        f"data.num_workers={setting.workers}",
+        f"data.batch_size={setting.batch_size}",
+    ]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     OmegaConf.resolve(cfg.data)
@@ -89,18 +99,24 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=dtype)
 
 
-def measure(args: argparse.Namespace, setting: Setting, device: torch.device) -> tuple[float, float, float, float]:
+def measure(
+    args: argparse.Namespace, setting: Setting, device: torch.device
+) -> tuple[float, float, float, float]:
     """samples/s, data-wait fraction, data milliseconds per batch, peak memory (MB) of one setting."""
     cfg = compose_config(args.root, args.size, args.cache_dir, setting)
     datamodule = instantiate_setting("data", cfg.data)
     datamodule.trainer = _Trainer(device)
     datamodule.setup("fit")
-    module = SegmentationModule(to_plain(cfg.model), to_plain(cfg.loss), to_plain(cfg.optimizer)).to(device)
+    module = SegmentationModule(
+        to_plain(cfg.model), to_plain(cfg.loss), to_plain(cfg.optimizer)
+    ).to(device)
     module.train()
     if setting.channels_last:
         module.net = module.net.to(memory_format=torch.channels_last)
     net = torch.compile(module.net) if setting.compile else module.net
-    optimizer = instantiate_setting("optimizer", to_plain(cfg.optimizer), params=module.parameters())
+    optimizer = instantiate_setting(
+        "optimizer", to_plain(cfg.optimizer), params=module.parameters()
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=setting.precision == "16-mixed")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -115,7 +131,11 @@ def measure(args: argparse.Namespace, setting: Setting, device: torch.device) ->
             batches = iter(datamodule.train_dataloader())
             batch = next(batches)
         batch = normalize_batch({k: v.to(device, non_blocking=True) for k, v in batch.items()})
-        image = batch["image"].contiguous(memory_format=torch.channels_last) if setting.channels_last else batch["image"]
+        image = (
+            batch["image"].contiguous(memory_format=torch.channels_last)
+            if setting.channels_last
+            else batch["image"]
+        )
         synchronize(device)
         meter.data()
         with autocast(device, setting.precision):
@@ -127,7 +147,12 @@ def measure(args: argparse.Namespace, setting: Setting, device: torch.device) ->
         scaler.update()
         synchronize(device)
         meter.step(image.shape[0])
-    return meter.samples_per_s, meter.data_fraction, 1000 * meter.data_s / meter.steps, peak_memory_mb(device)
+    return (
+        meter.samples_per_s,
+        meter.data_fraction,
+        1000 * meter.data_s / meter.steps,
+        peak_memory_mb(device),
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -137,40 +162,68 @@ def run(args: argparse.Namespace) -> None:
     precisions = list(args.precisions)
     if device.type == "cpu" and "16-mixed" in precisions:
         precisions.remove("16-mixed")
-        print("note: 16-mixed skipped on CPU (float16 autocast with a gradient scaler is a GPU setting)")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
+        print(
+            "note: 16-mixed skipped on CPU (float16 autocast with a gradient scaler is a GPU setting)"
+        )
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU, {os.cpu_count()} cores"
+    )
     print(f"device: {name}; torch {torch.__version__}; threads {torch.get_num_threads()}")
-    print(f"data: {args.root}, {args.size} px; {args.steps} timed steps after {args.warmup} warm-up steps per row")
-    print(f"{'loader':<12} {'precision':<10} {'channels_last':<13} {'compile':<8} {'batch':>5} "
-          f"{'samples/s':>10} {'data wait':>10} {'data ms':>8} {'peak MB':>9}")
+    print(
+        f"data: {args.root}, {args.size} px; {args.steps} timed steps after {args.warmup} warm-up steps per row"
+    )
+    print(
+        f"{'loader':<12} {'precision':<10} {'channels_last':<13} {'compile':<8} {'batch':>5} "
+        f"{'samples/s':>10} {'data wait':>10} {'data ms':>8} {'peak MB':>9}"
+    )
     for setting in settings(args.batch_sizes, args.workers, precisions, not args.no_compile):
         start = time.perf_counter()
         try:
             rate, wait, data_ms, memory = measure(args, setting, device)
         except Exception as exc:  # noqa: BLE001 - one setting failing (e.g. compile) must not hide the others
-            print(f"{setting.label()} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+            print(
+                f"{setting.label()} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+            )
             continue
-        print(f"{setting.label()} {rate:>10.1f} {100 * wait:>9.1f}% {data_ms:>8.1f} {memory:>9.0f}"
-              f"   ({time.perf_counter() - start:.0f} s)",
-              flush=True)
+        print(
+            f"{setting.label()} {rate:>10.1f} {100 * wait:>9.1f}% {data_ms:>8.1f} {memory:>9.0f}"
+            f"   ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
     if device.type == "cpu":
-        print("peak MB on CPU: the process's resident-memory high-water mark so far (it only grows down the table)")
+        print(
+            "peak MB on CPU: the process's resident-memory high-water mark so far (it only grows down the table)"
+        )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="data root in the kaggle_3m layout")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--size", type=int, default=256, help="image size (data.preprocess.image_size)")
+    parser.add_argument(
+        "--size", type=int, default=256, help="image size (data.preprocess.image_size)"
+    )
     parser.add_argument("--steps", type=int, default=20, help="timed steps per row")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per row (compile, allocator, workers)")
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="untimed steps per row (compile, allocator, workers)"
+    )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
-    parser.add_argument("--workers", type=int, nargs="+", default=sorted({0, 2, os.cpu_count() or 1}),
-                        help="DataLoader worker counts for loader=workers")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=sorted({0, 2, os.cpu_count() or 1}),
+        help="DataLoader worker counts for loader=workers",
+    )
     parser.add_argument("--precisions", nargs="+", default=["32-true", "bf16-mixed", "16-mixed"])
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
-    parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "brainseg-bench-cache"),
-                        help="preprocessed-volume cache (filled on the first row)")
+    parser.add_argument(
+        "--cache-dir",
+        default=os.path.join(tempfile.gettempdir(), "brainseg-bench-cache"),
+        help="preprocessed-volume cache (filled on the first row)",
+    )
     return exit_status(run, parser.parse_args())
 
 

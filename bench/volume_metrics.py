@@ -35,17 +35,24 @@ def imperfect_prediction(truth: np.ndarray) -> np.ndarray:
 def run(args: argparse.Namespace) -> None:
     patients = find_patients(args.root)[: args.patients]
     with tempfile.TemporaryDirectory() as cache:
-        volumes = VolumeCache(cache, PreprocessConfig(image_size=args.image_size)).load_many(patients, 2)
+        volumes = VolumeCache(cache, PreprocessConfig(image_size=args.image_size)).load_many(
+            patients, 2
+        )
         pairs = [(imperfect_prediction(v.mask.astype(bool)), v.mask.astype(bool)) for v in volumes]
     slices = sum(t.shape[0] for _, t in pairs)
-    for name, score in (("Dice only", dice_score), ("every metric (volume_metrics)", volume_metrics)):
+    for name, score in (
+        ("Dice only", dice_score),
+        ("every metric (volume_metrics)", volume_metrics),
+    ):
         score(*pairs[0])  # warm-up (imports, MONAI lazy loading)
         start = time.perf_counter()
         for pred, truth in pairs:
             score(pred, truth)
         seconds = time.perf_counter() - start
-        print(f"{name}: {seconds:.2f} s for {len(pairs)} patients ({slices} slices at {args.image_size} px), "
-              f"{1000 * seconds / len(pairs):.0f} ms per patient")
+        print(
+            f"{name}: {seconds:.2f} s for {len(pairs)} patients ({slices} slices at {args.image_size} px), "
+            f"{1000 * seconds / len(pairs):.0f} ms per patient"
+        )
 
 
 def main() -> int:

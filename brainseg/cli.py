@@ -67,24 +67,34 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             raise
         job = HydraConfig.get().job
         swept, _ = job_overrides()
-        log.error("job %s (%s) failed: %s: %s", job.num, " ".join(swept) or job.override_dirname or "no overrides",
-                  type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        log.error(
+            "job %s (%s) failed: %s: %s",
+            job.num,
+            " ".join(swept) or job.override_dirname or "no overrides",
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+        )
         if not user_error:
             log.error("traceback of job %s:\n%s", job.num, traceback.format_exc())
         job_dir.mkdir(parents=True, exist_ok=True)
-        failure = {"error": str(exc), "type": type(exc).__name__, "traceback": traceback.format_exc()}
+        failure = {
+            "error": str(exc),
+            "type": type(exc).__name__,
+            "traceback": traceback.format_exc(),
+        }
         (job_dir / FAILURE_FILE).write_text(json.dumps(failure, indent=2))
         if "max_failure_rate" in HydraConfig.get().sweeper:
             raise  # a sweeper that tolerates failures (Optuna) records this trial as failed, with this reason
         return None
 
 
-
 def check_output_outside_data(output_dir: str | Path, data_root: str | Path, setting: str) -> None:
     """The README promises that nothing is ever written under data.root."""
     output, root = Path(output_dir).resolve(), Path(data_root).resolve()
     if output.is_relative_to(root):
-        raise ConfigError(f"{setting}={str(output)!r} is inside data.root={str(root)!r}; nothing may be written there")
+        raise ConfigError(
+            f"{setting}={str(output)!r} is inside data.root={str(root)!r}; nothing may be written there"
+        )
 
 
 class RefuseOutputInsideData(Callback):
@@ -103,7 +113,9 @@ class RefuseOutputInsideData(Callback):
         if root is None:
             return
         try:
-            check_output_outside_data(Path.cwd() / str(OmegaConf.select(config, key)), Path.cwd() / str(root), key)
+            check_output_outside_data(
+                Path.cwd() / str(OmegaConf.select(config, key)), Path.cwd() / str(root), key
+            )
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
@@ -138,7 +150,9 @@ def preflight(config: DictConfig, swept: list[str]) -> None:
     that the sweep varies are left to the jobs."""
     from brainseg.config import instantiate_setting, to_plain
 
-    HydraConfig.instance().set_config(config)  # for ${hydra:...} in the checked settings, as in a job
+    HydraConfig.instance().set_config(
+        config
+    )  # for ${hydra:...} in the checked settings, as in a job
     if "data" in config and not _touches(swept, "data"):
         instantiate_setting("data", config.data).validate()
     if "model" in config and not _touches(swept, "model"):
@@ -160,7 +174,11 @@ class SweepGuard(Callback):
         try:
             preflight(config, swept)
         except BrainsegError as exc:
-            print(f"error: {exc} (checked before the sweep started; no job was run)", file=sys.stderr, flush=True)
+            print(
+                f"error: {exc} (checked before the sweep started; no job was run)",
+                file=sys.stderr,
+                flush=True,
+            )
             raise SystemExit(2) from None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -170,5 +188,9 @@ class SweepGuard(Callback):
         jobs = collect_jobs(sweep_dir) if sweep_dir.is_dir() else []
         failed = [j for j in jobs if j["status"] in ("failed", "incomplete")]
         if failed:
-            print(f"{len(failed)} of {len(jobs)} jobs failed: see {sweep_dir / 'summary.md'}", file=sys.stderr, flush=True)
+            print(
+                f"{len(failed)} of {len(jobs)} jobs failed: see {sweep_dir / 'summary.md'}",
+                file=sys.stderr,
+                flush=True,
+            )
             raise SystemExit(1)

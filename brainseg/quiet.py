@@ -10,7 +10,12 @@ import warnings
 NOISE: dict[str, tuple[str, ...]] = {
     "lightning.pytorch.utilities.rank_zero": ("💡 Tip:",),
     # Optuna sweeper's set-up lines (its `Best value` / `Best parameters` lines stay).
-    "hydra_plugins.hydra_optuna_sweeper._impl": ("Study name:", "Storage:", "Sampler:", "Directions:"),
+    "hydra_plugins.hydra_optuna_sweeper._impl": (
+        "Study name:",
+        "Storage:",
+        "Sampler:",
+        "Directions:",
+    ),
     "optuna.storages._in_memory": ("A new study created",),
 }
 # Libraries whose INFO lines flood the log: onnxscript's optimizer passes during ONNX export,

@@ -32,7 +32,9 @@ def tiny_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """One tiny `python train.py` run, shared by the tests that read its outputs or checkpoints."""
     base = tmp_path_factory.mktemp("train")
     before = snapshot(synthetic_root)
-    result = run_cli("train.py", *tiny_train_overrides(synthetic_root, base / "run", base / "cache"), cwd=PROJECT)
+    result = run_cli(
+        "train.py", *tiny_train_overrides(synthetic_root, base / "run", base / "cache"), cwd=PROJECT
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert snapshot(synthetic_root) == before, "training wrote under the data root"
     assert "best val/dsc_volume: mean" in result.stdout + result.stderr

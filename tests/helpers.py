@@ -16,20 +16,35 @@ REAL_LGG = SHARED_DATA / "lgg"
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Every file under root with its size and mtime, to prove nothing was written there."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+    }
 
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """Run one of the project's entry points as a user would."""
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
 def tiny_train_overrides(root: Path, run_dir: Path, cache: Path) -> list[str]:
     """A few CPU seconds of training on the tiny synthetic data (the conf/debug/tiny.yaml preset)."""
-    return ["debug=tiny", f"data.root={root}", f"data.cache_dir={cache}", f"hydra.run.dir={run_dir}"]
+    return [
+        "debug=tiny",
+        f"data.root={root}",
+        f"data.cache_dir={cache}",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 requires_real_data = pytest.mark.skipif(
@@ -43,7 +58,9 @@ def compose(overrides: list[str], hydra_node: bool = True, config_name: str = "t
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=hydra_node)
+        return hydra_compose(
+            config_name=config_name, overrides=overrides, return_hydra_config=hydra_node
+        )
 
 
 def compose_run(root: Path, run_dir: Path, cache: Path, *overrides: str):

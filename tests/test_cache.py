@@ -29,7 +29,9 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def test_second_load_is_a_memory_mapped_hit(copied_root: Path, tmp_path: Path, counted: list[str]) -> None:
+def test_second_load_is_a_memory_mapped_hit(
+    copied_root: Path, tmp_path: Path, counted: list[str]
+) -> None:
     before = snapshot(copied_root)
     cache = VolumeCache(tmp_path / "cache", PreprocessConfig(image_size=32))
     patient = find_patients(copied_root)[0]
@@ -54,7 +56,9 @@ def test_cached_values_match_fresh_preprocessing(copied_root: Path, tmp_path: Pa
     VolumeCache(tmp_path / "cache", cfg).load(patient)
     cached = VolumeCache(tmp_path / "cache", cfg).load(patient)
     assert isinstance(cached.image, np.memmap)
-    np.testing.assert_allclose(np.stack([cached.slice_image(z) for z in range(len(fresh.image))]), fresh.image, atol=1e-5)
+    np.testing.assert_allclose(
+        np.stack([cached.slice_image(z) for z in range(len(fresh.image))]), fresh.image, atol=1e-5
+    )
     np.testing.assert_array_equal(cached.mask, fresh.mask)
     assert cached.channel_mean == fresh.channel_mean and cached.geometry == fresh.geometry
 
@@ -69,7 +73,9 @@ def test_parallel_fill_equals_serial(copied_root: Path, tmp_path: Path) -> None:
         assert a.name == b.name and a.channel_std == b.channel_std
 
 
-def test_changed_file_or_setting_invalidates(copied_root: Path, tmp_path: Path, counted: list[str]) -> None:
+def test_changed_file_or_setting_invalidates(
+    copied_root: Path, tmp_path: Path, counted: list[str]
+) -> None:
     patient = find_patients(copied_root)[0]
     VolumeCache(tmp_path / "cache", PreprocessConfig(image_size=32)).load(patient)
     VolumeCache(tmp_path / "cache", PreprocessConfig(image_size=24)).load(patient)

@@ -26,8 +26,16 @@ def test_study_presets_change_one_thing_on_the_reference(preset: str, key: str, 
     cfg = compose([f"experiment={preset}"])
     selected = OmegaConf.select(cfg, key)
     assert (OmegaConf.to_container(selected) if isinstance(value, dict) else selected) == value
-    assert cfg.data.split.kind == "reference" and cfg.data.split.n_val == 10 and cfg.optimizer.lr == 1e-4
-    assert cfg.data.preprocess.image_size == 256 and cfg.trainer.max_epochs == 100 and cfg.data.batch_size == 16
+    assert (
+        cfg.data.split.kind == "reference"
+        and cfg.data.split.n_val == 10
+        and cfg.optimizer.lr == 1e-4
+    )
+    assert (
+        cfg.data.preprocess.image_size == 256
+        and cfg.trainer.max_epochs == 100
+        and cfg.data.batch_size == 16
+    )
 
 
 @pytest.mark.parametrize(
@@ -38,7 +46,9 @@ def test_study_presets_change_one_thing_on_the_reference(preset: str, key: str, 
         ([], 1, None, 1),
     ],
 )
-def test_slurm_launcher_follows_the_trainer(overrides: list[str], tasks: int, gpus, nodes: int) -> None:
+def test_slurm_launcher_follows_the_trainer(
+    overrides: list[str], tasks: int, gpus, nodes: int
+) -> None:
     launcher = compose(["hydra/launcher=slurm", *overrides]).hydra.launcher
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (tasks, gpus, nodes)
     assert launcher.max_num_timeout == 3 and launcher._target_.endswith("SlurmLauncher")
@@ -46,8 +56,20 @@ def test_slurm_launcher_follows_the_trainer(overrides: list[str], tasks: int, gp
 
 def test_every_option_of_every_group_composes() -> None:
     conf = PROJECT / "conf"
-    groups = ["model", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment", "data",
-              "data/augmentation", "hparams_search", "debug"]
+    groups = [
+        "model",
+        "loss",
+        "optimizer",
+        "scheduler",
+        "trainer",
+        "logger",
+        "callbacks",
+        "experiment",
+        "data",
+        "data/augmentation",
+        "hparams_search",
+        "debug",
+    ]
     for group in groups:
         for option in sorted(p.stem for p in (conf / group).glob("*.yaml")):
             compose([f"{group}={option}"])
@@ -63,10 +85,14 @@ def test_optuna_search_space_builds_valid_models() -> None:
     from brainseg.models import build_model
 
     space = compose(["hparams_search=optuna"]).hydra.sweeper.params
-    archs = OverridesParser.create().parse_override(f"model.arch={space['model.arch']}").value().list
+    archs = (
+        OverridesParser.create().parse_override(f"model.arch={space['model.arch']}").value().list
+    )
     for base in ([], ["experiment=demo"]):
         for arch in archs:
-            model = compose([*base, f"model.arch={arch}", "model.encoder_name=resnet18"], hydra_node=False).model
+            model = compose(
+                [*base, f"model.arch={arch}", "model.encoder_name=resnet18"], hydra_node=False
+            ).model
             with torch.no_grad():
                 logits = build_model(**model).eval()(torch.zeros(1, 3, 64, 64))
             assert logits.shape[-2:] == (64, 64), f"model.arch={arch} with {base or 'defaults'}"
@@ -76,13 +102,19 @@ def test_sweeps_started_in_the_same_second_get_their_own_directory(tmp_path: Pat
     from omegaconf import OmegaConf
 
     def sweep_config():
-        return OmegaConf.create({"dir": f"${{brainseg.fresh_dir:{tmp_path}/multiruns/2026-01-01_12-00-00}}"})
+        return OmegaConf.create(
+            {"dir": f"${{brainseg.fresh_dir:{tmp_path}/multiruns/2026-01-01_12-00-00}}"}
+        )
 
     first, second = sweep_config(), sweep_config()
-    assert first.dir == f"{tmp_path}/multiruns/2026-01-01_12-00-00" and second.dir == f"{first.dir}-2"
+    assert (
+        first.dir == f"{tmp_path}/multiruns/2026-01-01_12-00-00" and second.dir == f"{first.dir}-2"
+    )
     assert first.dir == first.dir and Path(first.dir).is_dir() and Path(second.dir).is_dir()
     job = sweep_config()
-    OmegaConf.copy_cache(from_config=first, to_config=job)  # what Hydra does for each job of a sweep
+    OmegaConf.copy_cache(
+        from_config=first, to_config=job
+    )  # what Hydra does for each job of a sweep
     assert job.dir == first.dir
     assert "brainseg.fresh_dir" in OmegaConf.to_yaml(compose([]).hydra.sweep)
 
@@ -101,8 +133,14 @@ def _build(group: str, cfg) -> list:
     if group == "loss":
         return [build_loss(**to_plain(cfg.loss))]
     if group == "experiment":
-        return [build_model(**to_plain(cfg.model)), build_loss(**to_plain(cfg.loss)), instantiate_setting("data", cfg.data)]
-    optimizer = instantiate_setting("optimizer", cfg.optimizer, params=[torch.nn.Parameter(torch.zeros(2))])
+        return [
+            build_model(**to_plain(cfg.model)),
+            build_loss(**to_plain(cfg.loss)),
+            instantiate_setting("data", cfg.data),
+        ]
+    optimizer = instantiate_setting(
+        "optimizer", cfg.optimizer, params=[torch.nn.Parameter(torch.zeros(2))]
+    )
     if group == "optimizer":
         return [optimizer]
     if group == "scheduler":
@@ -113,9 +151,15 @@ def _build(group: str, cfg) -> list:
     if group == "trainer":  # on CPU: a GPU option's other settings unchanged
         trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
         trainer_cfg.update(accelerator="cpu", devices=1, sync_batchnorm=False)
-        return [instantiate_setting("trainer", trainer_cfg, logger=False, enable_checkpointing=False)]
+        return [
+            instantiate_setting("trainer", trainer_cfg, logger=False, enable_checkpointing=False)
+        ]
     if group in ("logger", "callbacks"):
-        return [instantiate_setting(group, node) for node in (cfg.get(group) or {}).values() if node is not None]
+        return [
+            instantiate_setting(group, node)
+            for node in (cfg.get(group) or {}).values()
+            if node is not None
+        ]
     if group == "data":
         return [instantiate_setting("data", cfg.data)]
     preset = instantiate_setting("data.augmentation", cfg.data.augmentation, _convert_="all")
@@ -129,37 +173,73 @@ def _kinds(group: str) -> tuple[type, ...]:
     import torch
     from lightning.pytorch.loggers import Logger
 
-    return {"model": (torch.nn.Module,), "loss": (torch.nn.Module,),
-            "experiment": (torch.nn.Module, torch.nn.Module, L.LightningDataModule),
-            "optimizer": (torch.optim.Optimizer,), "scheduler": (torch.optim.lr_scheduler.LRScheduler,
-                                                                 torch.optim.lr_scheduler.ReduceLROnPlateau),
-            "trainer": (L.Trainer,), "logger": (Logger,), "callbacks": (L.Callback,),
-            "data": (L.LightningDataModule,), "data/augmentation": (albumentations.Compose, kornia.augmentation.AugmentationSequential)}[group]
+    return {
+        "model": (torch.nn.Module,),
+        "loss": (torch.nn.Module,),
+        "experiment": (torch.nn.Module, torch.nn.Module, L.LightningDataModule),
+        "optimizer": (torch.optim.Optimizer,),
+        "scheduler": (
+            torch.optim.lr_scheduler.LRScheduler,
+            torch.optim.lr_scheduler.ReduceLROnPlateau,
+        ),
+        "trainer": (L.Trainer,),
+        "logger": (Logger,),
+        "callbacks": (L.Callback,),
+        "data": (L.LightningDataModule,),
+        "data/augmentation": (albumentations.Compose, kornia.augmentation.AugmentationSequential),
+    }[group]
 
 
-INSTANTIATED = ["model", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment", "data",
-                "data/augmentation"]
+INSTANTIATED = [
+    "model",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "logger",
+    "callbacks",
+    "experiment",
+    "data",
+    "data/augmentation",
+]
 
 
 @pytest.mark.parametrize(
     ("group", "option"),
     [(g, p.stem) for g in INSTANTIATED for p in sorted((PROJECT / "conf" / g).glob("*.yaml"))],
 )
-def test_every_option_of_every_group_instantiates(group: str, option: str, tmp_path: Path, monkeypatch,
-                                                  synthetic_root: Path) -> None:
+def test_every_option_of_every_group_instantiates(
+    group: str, option: str, tmp_path: Path, monkeypatch, synthetic_root: Path
+) -> None:
     """Not only composed: a misspelt `_target_` or argument in any option fails here."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    cfg = compose([f"{group}={option}", f"paths.output_dir={tmp_path}", f"data.root={synthetic_root}",
-                   f"data.cache_dir={tmp_path / 'cache'}", "model.encoder_weights=null"], hydra_node=False)
+    cfg = compose(
+        [
+            f"{group}={option}",
+            f"paths.output_dir={tmp_path}",
+            f"data.root={synthetic_root}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "model.encoder_weights=null",
+        ],
+        hydra_node=False,
+    )
     built = _build(group, cfg)
     kinds = _kinds(group)
-    expected = (kinds if group == "experiment" else [kinds] * len(built))
+    expected = kinds if group == "experiment" else [kinds] * len(built)
     assert len(built) == len(expected) and all(isinstance(b, k) for b, k in zip(built, expected))
-    assert built or (group, option) in {("scheduler", "none"), ("callbacks", "none"), ("data/augmentation", "none")}
+    assert built or (group, option) in {
+        ("scheduler", "none"),
+        ("callbacks", "none"),
+        ("data/augmentation", "none"),
+    }
 
 
 def test_debug_preset_is_what_the_tests_train_with() -> None:
     cfg = compose(["debug=tiny", "experiment=reference"])
-    assert (cfg.data.preprocess.image_size, cfg.model.encoder_depth, cfg.trainer.max_epochs) == (32, 3, 2)
+    assert (cfg.data.preprocess.image_size, cfg.model.encoder_depth, cfg.trainer.max_epochs) == (
+        32,
+        3,
+        2,
+    )
     assert cfg.data.split.n_val == 2 and cfg.trainer.accelerator == "cpu"

@@ -19,8 +19,17 @@ from brainseg.errors import ConfigError
 
 
 def _datamodule(root: Path, cache: Path, *overrides: str) -> LGGDataModule:
-    cfg = compose([f"data.root={root}", f"data.cache_dir={cache}", "data.split.n_val=2",
-                   "data.preprocess.image_size=32", "data.batch_size=4", "data.num_workers=0", *overrides])
+    cfg = compose(
+        [
+            f"data.root={root}",
+            f"data.cache_dir={cache}",
+            "data.split.n_val=2",
+            "data.preprocess.image_size=32",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            *overrides,
+        ]
+    )
     OmegaConf.resolve(cfg.data)  # no Hydra run here: resolve ${seed} before instantiating
     return instantiate_setting("data", cfg.data)
 
@@ -50,7 +59,10 @@ def test_batches_splits_and_data_root_untouched(synthetic_root: Path, tmp_path: 
     dm.setup("fit")
     batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].dtype == torch.float32
-    assert batch["mask"].shape == (4, 1, 32, 32) and set(batch["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert batch["mask"].shape == (4, 1, 32, 32) and set(batch["mask"].unique().tolist()) <= {
+        0.0,
+        1.0,
+    }
     assert len(dm.split.val) == 2 and not set(dm.split.val) & set(dm.split.train)
     val_slices = sum(len(v.image) for v in dm.subset_volumes("val"))
     seen = [(int(p), int(s)) for b in dm.val_dataloader() for p, s in zip(b["patient"], b["slice"])]
@@ -63,20 +75,34 @@ def test_batches_splits_and_data_root_untouched(synthetic_root: Path, tmp_path: 
     assert written["val"] == dm.split.val and written["kind"] == "reference"
     assert check_data_module(dm) is dm and isinstance(dm, SegmentationData)
     provenance = dm.provenance()
-    assert set(provenance) == set(DataProvenance.__annotations__) and provenance["split"]["val"] == dm.split.val
-    assert provenance["preprocess"]["image_size"] == 32 and provenance["data_root"] == str(synthetic_root.resolve())
+    assert (
+        set(provenance) == set(DataProvenance.__annotations__)
+        and provenance["split"]["val"] == dm.split.val
+    )
+    assert provenance["preprocess"]["image_size"] == 32 and provenance["data_root"] == str(
+        synthetic_root.resolve()
+    )
     assert snapshot(synthetic_root) == before
 
 
 def test_a_data_module_outside_the_contract_is_named() -> None:
-    with pytest.raises(ConfigError, match=r"data: object lacks \['split', 'patient_names', 'provenance', 'write_split'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data: object lacks \['split', 'patient_names', 'provenance', 'write_split'\]",
+    ):
         check_data_module(object())
 
 
 def test_kfold_from_config(synthetic_root: Path, tmp_path: Path) -> None:
     vals = []
     for fold in range(3):
-        dm = _datamodule(synthetic_root, tmp_path / "cache", "data.split.kind=kfold", "data.split.n_folds=3", f"data.split.fold={fold}")
+        dm = _datamodule(
+            synthetic_root,
+            tmp_path / "cache",
+            "data.split.kind=kfold",
+            "data.split.n_folds=3",
+            f"data.split.fold={fold}",
+        )
         dm.setup("fit")
         vals += dm.split.val
     assert sorted(vals) == sorted(p.name for p in synthetic_root.iterdir() if p.is_dir())
@@ -86,7 +112,9 @@ def _first_batches(root: Path, cache: Path, seed: int, workers: int) -> list[tor
     import lightning as L
 
     L.seed_everything(seed, workers=True)
-    dm = _datamodule(root, cache, f"seed={seed}", "data.loader=workers", f"data.num_workers={workers}")
+    dm = _datamodule(
+        root, cache, f"seed={seed}", "data.loader=workers", f"data.num_workers={workers}"
+    )
     dm.setup("fit")
     it = iter(dm.train_dataloader())
     return [next(it)["image"] for _ in range(2)]

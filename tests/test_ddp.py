@@ -25,14 +25,23 @@ def _slices() -> list[tuple[int, int, torch.Tensor, torch.Tensor]]:
         for z in range(count):
             truth = torch.zeros(16, 16)
             truth[4:10, 3 + z : 9 + z] = 1
-            rows.append((patient, z, (truth * 0.6 + 0.5 * torch.rand(16, 16, generator=gen)).clamp(0, 1), truth))
+            rows.append(
+                (
+                    patient,
+                    z,
+                    (truth * 0.6 + 0.5 * torch.rand(16, 16, generator=gen)).clamp(0, 1),
+                    truth,
+                )
+            )
     return rows
 
 
 def _update(metric: VolumeDice, rows, indices) -> None:
     for i in indices:
         patient, z, prob, truth = rows[i]
-        metric.update(prob[None, None], truth[None, None], torch.tensor([patient]), torch.tensor([z]))
+        metric.update(
+            prob[None, None], truth[None, None], torch.tensor([patient]), torch.tensor([z])
+        )
 
 
 def _rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -57,13 +66,21 @@ def test_volume_dice_is_exact_under_ddp(tmp_path: Path) -> None:
         torch.testing.assert_close(got["per_volume"], expected["per_volume"])
         assert float(got["mean"]) == pytest.approx(float(expected["mean"]))
     naive = VolumeDice()  # what counting the padded repeat would give
-    sampler_order = [i for r in range(2) for i in DistributedSampler(range(7), num_replicas=2, rank=r, shuffle=False)]
+    sampler_order = [
+        i
+        for r in range(2)
+        for i in DistributedSampler(range(7), num_replicas=2, rank=r, shuffle=False)
+    ]
     assert len(sampler_order) == 8 and len(set(sampler_order)) == 7
     _update(naive, rows, sampler_order)
-    assert float(naive.compute()["mean"]) == pytest.approx(float(expected["mean"]))  # deduplicated there too
+    assert float(naive.compute()["mean"]) == pytest.approx(
+        float(expected["mean"])
+    )  # deduplicated there too
 
 
-def test_lightning_validation_with_two_cpu_processes(tiny_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+def test_lightning_validation_with_two_cpu_processes(
+    tiny_run: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
     """The trained tiny model validated by Lightning with ddp_spawn on 2 CPU ranks vs 1 process."""
     import lightning as L
     from helpers import compose
@@ -72,16 +89,37 @@ def test_lightning_validation_with_two_cpu_processes(tiny_run: Path, synthetic_r
     from brainseg.config import instantiate_setting
     from brainseg.training.module import SegmentationModule
 
-    cfg = compose([f"data.root={synthetic_root}", f"data.cache_dir={tiny_run.parent / 'cache'}", "data.split.n_val=2",
-                   "data.preprocess.image_size=32", "data.batch_size=3", "data.num_workers=0"])
+    cfg = compose(
+        [
+            f"data.root={synthetic_root}",
+            f"data.cache_dir={tiny_run.parent / 'cache'}",
+            "data.split.n_val=2",
+            "data.preprocess.image_size=32",
+            "data.batch_size=3",
+            "data.num_workers=0",
+        ]
+    )
     OmegaConf.resolve(cfg.data)
-    module = SegmentationModule.load_from_checkpoint(tiny_run / "checkpoints" / "last.ckpt", map_location="cpu")
+    module = SegmentationModule.load_from_checkpoint(
+        tiny_run / "checkpoints" / "last.ckpt", map_location="cpu"
+    )
     results = {}
     for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
         datamodule = instantiate_setting("data", cfg.data)
-        trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False,
-                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=devices,
+            strategy=strategy,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
         (metrics,) = trainer.validate(module, datamodule=datamodule)
-        results[devices] = [metrics[f"val/{k}"] for k in ("dsc_volume", "hd95", "nsd", "lesion_recall")]
-    assert results[2] == pytest.approx(results[1], abs=1e-6)  # surface metrics see every rank's slices too
+        results[devices] = [
+            metrics[f"val/{k}"] for k in ("dsc_volume", "hd95", "nsd", "lesion_recall")
+        ]
+    assert results[2] == pytest.approx(
+        results[1], abs=1e-6
+    )  # surface metrics see every rank's slices too
     assert np.isfinite(results[1]).all()

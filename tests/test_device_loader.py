@@ -28,8 +28,17 @@ def _device_augmentation(preset: str) -> torch.nn.Module:
 
 
 def _datamodule(root: Path, cache: Path, *overrides: str) -> LGGDataModule:
-    cfg = compose([f"data.root={root}", f"data.cache_dir={cache}", "data.split.n_val=2", "data.preprocess.image_size=32",
-                   "data.batch_size=4", "data.num_workers=0", *overrides])
+    cfg = compose(
+        [
+            f"data.root={root}",
+            f"data.cache_dir={cache}",
+            "data.split.n_val=2",
+            "data.preprocess.image_size=32",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            *overrides,
+        ]
+    )
     OmegaConf.resolve(cfg.data)
     dm = instantiate_setting("data", cfg.data)
     dm.setup("fit")
@@ -56,7 +65,12 @@ def test_image_and_mask_share_the_geometry(preset: str) -> None:
     assert not torch.equal(out_mask, mask)  # it did move things
     again = (out_image[:, :1] > 0.5).numpy()[:, 0]
     truth = out_mask.numpy()[:, 0].astype(bool)
-    band = np.stack([ndimage.binary_dilation(t, iterations=2) & ~ndimage.binary_erosion(t, iterations=2) for t in truth])
+    band = np.stack(
+        [
+            ndimage.binary_dilation(t, iterations=2) & ~ndimage.binary_erosion(t, iterations=2)
+            for t in truth
+        ]
+    )
     assert (again != truth)[~band].sum() == 0
 
 
@@ -85,14 +99,22 @@ def test_uniform_epochs_cover_every_slice_and_ranks_are_disjoint() -> None:
     areas = [np.ones(7), np.ones(6)]
     one = EpochSampler("uniform", areas, 13, seed=0).indices()
     assert sorted(one.tolist()) == list(range(13))
-    ranks = [EpochSampler("uniform", areas, 7, seed=0, rank=r, world_size=2).indices().tolist() for r in range(2)]
+    ranks = [
+        EpochSampler("uniform", areas, 7, seed=0, rank=r, world_size=2).indices().tolist()
+        for r in range(2)
+    ]
     assert set(ranks[0]) | set(ranks[1]) == set(range(13))
-    weighted = [EpochSampler("lesion_weighted", areas, 200, seed=0, rank=r, world_size=2).indices() for r in range(2)]
+    weighted = [
+        EpochSampler("lesion_weighted", areas, 200, seed=0, rank=r, world_size=2).indices()
+        for r in range(2)
+    ]
     assert not torch.equal(*weighted)  # each rank its own stream
 
 
 def _epoch(loader: DeviceTrainLoader) -> list[torch.Tensor]:
-    return [torch.cat([b["image"].flatten(), b["mask"].flatten(), b["slice"].float()]) for b in loader]
+    return [
+        torch.cat([b["image"].flatten(), b["mask"].flatten(), b["slice"].float()]) for b in loader
+    ]
 
 
 def test_seeded_batches_reproduce_and_resume(synthetic_root: Path, tmp_path: Path) -> None:
@@ -115,13 +137,23 @@ def test_epoch_length_equals_the_workers_path(synthetic_root: Path, tmp_path: Pa
     device = _datamodule(synthetic_root, tmp_path / "cache", "data.loader=device")
     assert len(device.train_dataloader()) == len(workers.train_dataloader())
     train = workers.datasets["train"]
-    for rank in range(2):  # under DDP Lightning puts a DistributedSampler into the workers' DataLoader
-        split = DataLoader(train, batch_size=4, drop_last=True, sampler=DistributedSampler(train, 2, rank))
-        ranked = DeviceTrainLoader(device.device_slices["train"], 4, "lesion_weighted", 0, None, rank, 2)
+    for rank in range(
+        2
+    ):  # under DDP Lightning puts a DistributedSampler into the workers' DataLoader
+        split = DataLoader(
+            train, batch_size=4, drop_last=True, sampler=DistributedSampler(train, 2, rank)
+        )
+        ranked = DeviceTrainLoader(
+            device.device_slices["train"], 4, "lesion_weighted", 0, None, rank, 2
+        )
         assert len(ranked) == len(split) == sum(1 for _ in ranked)
     val = device._device_slices("val", torch.device("cpu"))
-    seen = {(int(p), int(z)) for rank in range(2) for b in DeviceEvalLoader(val, 3, rank, 2)
-            for p, z in zip(b["patient"], b["slice"])}
+    seen = {
+        (int(p), int(z))
+        for rank in range(2)
+        for b in DeviceEvalLoader(val, 3, rank, 2)
+        for p, z in zip(b["patient"], b["slice"])
+    }
     assert len(seen) == len(val)  # the ranks' validation stripes cover every slice
 
 
@@ -136,7 +168,12 @@ def test_validation_is_identical_through_both_paths(synthetic_root: Path, tmp_pa
         batches = [dm.on_after_batch_transfer(b, 0) for b in dm.val_dataloader()]
         with torch.no_grad():
             for batch in batches:
-                metric.update(torch.sigmoid(net(batch["image"])), batch["mask"], batch["patient"], batch["slice"])
+                metric.update(
+                    torch.sigmoid(net(batch["image"])),
+                    batch["mask"],
+                    batch["patient"],
+                    batch["slice"],
+                )
         scores.append((batches, metric.per_volume()))
     (workers_batches, workers_dice), (device_batches, device_dice) = scores
     for w, d in zip(workers_batches, device_batches, strict=True):
@@ -147,9 +184,14 @@ def test_validation_is_identical_through_both_paths(synthetic_root: Path, tmp_pa
 def test_auto_picks_device_when_the_preset_has_a_device_version() -> None:
     assert resolve_loader("auto", {"workers": None, "device": None}) == "device"
     assert resolve_loader("auto", {"workers": None}) == "workers"
-    with pytest.raises(ConfigError, match=r"data.loader=device: data.augmentation has no 'device' version"):
+    with pytest.raises(
+        ConfigError, match=r"data.loader=device: data.augmentation has no 'device' version"
+    ):
         resolve_loader("device", {"workers": None})
-    with pytest.raises(ConfigError, match=r"data.loader='gpu' is unknown; choose one of \['workers', 'device', 'auto'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.loader='gpu' is unknown; choose one of \['workers', 'device', 'auto'\]",
+    ):
         resolve_loader("gpu", {"workers": None, "device": None})
 
 
@@ -157,9 +199,15 @@ def test_auto_picks_device_when_the_preset_has_a_device_version() -> None:
 def test_short_fit_through_the_device_loader(synthetic_root: Path, tmp_path: Path) -> None:
     from brainseg.training.pipeline import train
 
-    cfg = compose_run(synthetic_root, tmp_path / "run", tmp_path / "cache", "data.loader=device",
-                      "data/augmentation=strong", "trainer.max_epochs=1",
-                      "+callbacks.speed._target_=brainseg.training.speed.TrainingSpeed")
+    cfg = compose_run(
+        synthetic_root,
+        tmp_path / "run",
+        tmp_path / "cache",
+        "data.loader=device",
+        "data/augmentation=strong",
+        "trainer.max_epochs=1",
+        "+callbacks.speed._target_=brainseg.training.speed.TrainingSpeed",
+    )
     metrics = train(cfg)
     assert len(metrics["history"]) == 1 and len(metrics["best"]["per_patient"]) == 2
     with open(tmp_path / "run" / "csv" / "metrics.csv") as fh:

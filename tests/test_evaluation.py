@@ -45,7 +45,11 @@ def test_a_perfect_prediction_scores_perfectly() -> None:
     truth = _cube((8, 30, 30), (2, 5, 5), 4)
     scores = volume_metrics(truth, truth)
     assert scores["dsc"] == 1 and scores["hd95"] == 0 and scores["assd"] == 0 and scores["nsd"] == 1
-    assert scores["volume_difference"] == 0 and scores["lesion_recall"] == 1 and scores["lesion_precision"] == 1
+    assert (
+        scores["volume_difference"] == 0
+        and scores["lesion_recall"] == 1
+        and scores["lesion_precision"] == 1
+    )
 
 
 EMPTY = np.zeros((5, 16, 16), bool)
@@ -53,21 +57,71 @@ LESION = _cube((5, 16, 16), (1, 2, 2), 3)
 DIAGONAL = math.sqrt(4**2 + 15**2 + 15**2)
 
 
-@pytest.mark.parametrize(("pred", "truth", "expected"), [
-    (EMPTY, EMPTY, {"dsc": 1, "hd95": 0, "assd": 0, "nsd": 1, "volume_difference": 0, "lesion_recall": 1, "lesion_precision": 1}),
-    (LESION, EMPTY, {"dsc": 0, "hd95": DIAGONAL, "assd": DIAGONAL, "nsd": 0, "volume_difference": 27, "lesion_recall": 0, "lesion_precision": 0}),
-    (EMPTY, LESION, {"dsc": 0, "hd95": DIAGONAL, "assd": DIAGONAL, "nsd": 0, "volume_difference": 27, "lesion_recall": 0, "lesion_precision": 0}),
-], ids=["both empty", "truth empty", "prediction empty"])
-def test_empty_volume_conventions(pred: np.ndarray, truth: np.ndarray, expected: dict[str, float]) -> None:
+@pytest.mark.parametrize(
+    ("pred", "truth", "expected"),
+    [
+        (
+            EMPTY,
+            EMPTY,
+            {
+                "dsc": 1,
+                "hd95": 0,
+                "assd": 0,
+                "nsd": 1,
+                "volume_difference": 0,
+                "lesion_recall": 1,
+                "lesion_precision": 1,
+            },
+        ),
+        (
+            LESION,
+            EMPTY,
+            {
+                "dsc": 0,
+                "hd95": DIAGONAL,
+                "assd": DIAGONAL,
+                "nsd": 0,
+                "volume_difference": 27,
+                "lesion_recall": 0,
+                "lesion_precision": 0,
+            },
+        ),
+        (
+            EMPTY,
+            LESION,
+            {
+                "dsc": 0,
+                "hd95": DIAGONAL,
+                "assd": DIAGONAL,
+                "nsd": 0,
+                "volume_difference": 27,
+                "lesion_recall": 0,
+                "lesion_precision": 0,
+            },
+        ),
+    ],
+    ids=["both empty", "truth empty", "prediction empty"],
+)
+def test_empty_volume_conventions(
+    pred: np.ndarray, truth: np.ndarray, expected: dict[str, float]
+) -> None:
     scores = volume_metrics(pred, truth)
     assert {k: scores[k] for k in expected} == pytest.approx(expected)
 
 
 def test_lesion_detection_counts_found_and_false_components() -> None:
     truth = _cube((10, 40, 40), (1, 1, 1), 4) | _cube((10, 40, 40), (1, 30, 30), 4)
-    pred = _cube((10, 40, 40), (2, 2, 2), 4) | _cube((10, 40, 40), (1, 15, 15), 3)  # one hit, one false alarm
-    assert lesion_detection(pred, truth) == {"lesions_true": 2, "lesions_predicted": 2, "lesions_found": 1,
-                                             "lesions_hit": 1, "lesion_recall": 0.5, "lesion_precision": 0.5}
+    pred = _cube((10, 40, 40), (2, 2, 2), 4) | _cube(
+        (10, 40, 40), (1, 15, 15), 3
+    )  # one hit, one false alarm
+    assert lesion_detection(pred, truth) == {
+        "lesions_true": 2,
+        "lesions_predicted": 2,
+        "lesions_found": 1,
+        "lesions_hit": 1,
+        "lesion_recall": 0.5,
+        "lesion_precision": 0.5,
+    }
 
 
 def test_mismatched_shapes_are_refused() -> None:
@@ -89,10 +143,14 @@ def test_identical_configurations_are_not_distinguishable() -> None:
 @pytest.mark.parametrize("n", [8, 12])
 def test_better_on_every_patient_by_a_margin_is_better(n: int) -> None:
     base = np.random.default_rng(n).uniform(0.3, 0.8, n)
-    rows = compare_configurations({"base": _patients(base), "new": _patients(base + 0.05)}, reference="base")
+    rows = compare_configurations(
+        {"base": _patients(base), "new": _patients(base + 0.05)}, reference="base"
+    )
     new = next(r for r in rows if r["configuration"] == "new")
     assert new["verdict"] == BETTER and new["p_holm"] < 0.05
-    assert new["difference"] == pytest.approx(0.05) and new["difference_ci_low"] == pytest.approx(0.05)
+    assert new["difference"] == pytest.approx(0.05) and new["difference_ci_low"] == pytest.approx(
+        0.05
+    )
     assert rows[0]["configuration"] == "new"  # best mean first
 
 
@@ -100,7 +158,9 @@ def test_against_the_best_by_default_a_worse_configuration_is_worse_and_noise_is
     rng = np.random.default_rng(1)
     best = rng.uniform(0.5, 0.9, 10)
     noisy = best + rng.normal(0, 0.05, 10) - 0.005
-    rows = compare_configurations({"best": _patients(best), "worse": _patients(best - 0.1), "noisy": _patients(noisy)})
+    rows = compare_configurations(
+        {"best": _patients(best), "worse": _patients(best - 0.1), "noisy": _patients(noisy)}
+    )
     verdicts = {r["configuration"]: r["verdict"] for r in rows}
     assert verdicts == {"best": "reference", "worse": WORSE, "noisy": SAME}
     ci = next(r for r in rows if r["configuration"] == "best")
@@ -131,18 +191,29 @@ def test_evaluate_scores_a_folder_and_refuses_mismatches_in_one_line(tmp_path, c
         _write_masks(pred, name, np.roll(lesion, offset, axis=2))
     assert evaluate([str(pred), str(truth), "--output", str(tmp_path / "out")]) == 0
     summary = json.loads((tmp_path / "out" / "dsc_summary.json").read_text())
-    assert summary["hd95"]["mean"] == pytest.approx(1.0) and summary["dsc"]["n"] == 2  # HD95 0 (A) and 2 (B)
+    assert (
+        summary["hd95"]["mean"] == pytest.approx(1.0) and summary["dsc"]["n"] == 2
+    )  # HD95 0 (A) and 2 (B)
 
     (pred / "B" / "B_4_mask.tif").unlink()
     assert evaluate([str(pred), str(truth), "--output", str(tmp_path / "out2")]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {pred / 'B' / 'B_4_mask.tif'}: slice 4 is missing"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: {pred / 'B' / 'B_4_mask.tif'}: slice 4 is missing"
+    )
     _write_masks(pred, "B", np.zeros((4, 24, 20), bool))
     assert evaluate([str(pred), str(truth), "--output", str(tmp_path / "out2")]) == 2
     line = capsys.readouterr().err.strip()
-    assert line.startswith(f"error: {pred / 'B' / 'B_1_mask.tif'}: expected an 24x24 uint8 mask") and "\n" not in line
+    assert (
+        line.startswith(f"error: {pred / 'B' / 'B_1_mask.tif'}: expected an 24x24 uint8 mask")
+        and "\n" not in line
+    )
     _write_masks(pred, "C", lesion)
     assert evaluate([str(pred), str(truth), "--output", str(tmp_path / "out2")]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {pred / 'C'}: patient C has no truth masks in {truth}"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: {pred / 'C'}: patient C has no truth masks in {truth}"
+    )
     assert not (tmp_path / "out2").exists()
 
 
@@ -160,6 +231,14 @@ def test_surface_metrics_match_monai_metric_functions() -> None:
     pred = np.roll(truth, (1, 3, -2), axis=(0, 1, 2)) | (rng.random(truth.shape) > 0.995)
     y_pred, y = (torch.from_numpy(m.astype(np.float32))[None, None] for m in (pred, truth))
     scores = volume_metrics(pred, truth, tolerance=1.5)
-    assert scores["hd95"] == pytest.approx(compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95).item(), rel=1e-5)
-    assert scores["assd"] == pytest.approx(compute_average_surface_distance(y_pred, y, include_background=True, symmetric=True).item(), rel=1e-5)
-    assert scores["nsd"] == pytest.approx(compute_surface_dice(y_pred, y, [1.5], include_background=True).item(), rel=1e-5)
+    assert scores["hd95"] == pytest.approx(
+        compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95).item(),
+        rel=1e-5,
+    )
+    assert scores["assd"] == pytest.approx(
+        compute_average_surface_distance(y_pred, y, include_background=True, symmetric=True).item(),
+        rel=1e-5,
+    )
+    assert scores["nsd"] == pytest.approx(
+        compute_surface_dice(y_pred, y, [1.5], include_background=True).item(), rel=1e-5
+    )

@@ -18,11 +18,22 @@ def _has(image: np.ndarray, hex_colour: str, tol: int = 12) -> bool:
 def test_bar_chart_colours_subsets_and_marks_zero_dice(tmp_path: Path) -> None:
     scores = {"a": 0.8, "b": 0.0, "c": 0.6, "d": 0.7}
     groups = {"a": "train", "b": "val", "c": "val", "d": "test"}
-    chart = iio.imread(bar_chart(scores, tmp_path / "dsc.png", groups=groups, stats_groups=("val", "test"),
-                                 note="run/best.ckpt\nthreshold 0.5, post-processing: none"))
-    assert all(_has(chart, GROUP_COLOURS[g]) for g in ("train", "val", "test")) and not _has(chart, GROUP_COLOURS["unseen"])
+    chart = iio.imread(
+        bar_chart(
+            scores,
+            tmp_path / "dsc.png",
+            groups=groups,
+            stats_groups=("val", "test"),
+            note="run/best.ckpt\nthreshold 0.5, post-processing: none",
+        )
+    )
+    assert all(_has(chart, GROUP_COLOURS[g]) for g in ("train", "val", "test")) and not _has(
+        chart, GROUP_COLOURS["unseen"]
+    )
     assert _has(chart, ZERO_MARK)
-    without_zero = iio.imread(bar_chart({**scores, "b": 0.1}, tmp_path / "no_zero.png", groups=groups))
+    without_zero = iio.imread(
+        bar_chart({**scores, "b": 0.1}, tmp_path / "no_zero.png", groups=groups)
+    )
     assert not _has(without_zero, ZERO_MARK)
 
 
@@ -40,5 +51,9 @@ def test_window_stretches_a_dark_scanner_to_the_full_range() -> None:
     dark = np.zeros((4, 32, 32), np.uint8)
     dark[:, 8:24, 8:24] = rng.integers(5, 40, (4, 16, 16))  # a dim head on a black background
     windowed = window(dark)
-    assert windowed.dtype == np.uint8 and windowed.max() == 255 and np.percentile(windowed[:, 8:24, 8:24], 50) > 80
+    assert (
+        windowed.dtype == np.uint8
+        and windowed.max() == 255
+        and np.percentile(windowed[:, 8:24, 8:24], 50) > 80
+    )
     assert (windowed[:, :8] == 0).all() and window(np.zeros((2, 4, 4), np.uint8)).max() == 0

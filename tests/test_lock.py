@@ -31,6 +31,12 @@ def test_lock_matches_pyproject() -> None:
     uv = shutil.which("uv") or str(PROJECT / ".tools" / "bin" / "uv")
     if not shutil.which(uv):
         pytest.skip("uv not found (make install puts one in .tools/bin)")
-    result = subprocess.run([uv, "lock", "--check", "--offline"], cwd=PROJECT, capture_output=True, text=True, timeout=60,
-                            check=False)
+    result = subprocess.run(
+        [uv, "lock", "--check", "--offline"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -30,7 +30,9 @@ def test_each_loss_is_finite_and_rewards_better_logits(name: str, batch) -> None
 def test_weighted_combination_is_the_weighted_sum(batch) -> None:
     logits, target = batch
     combined = build_loss({"bce": 0.3, "dice": 0.7})
-    expected = 0.3 * build_loss({"bce": 1.0})(logits, target) + 0.7 * build_loss({"dice": 1.0})(logits, target)
+    expected = 0.3 * build_loss({"bce": 1.0})(logits, target) + 0.7 * build_loss({"dice": 1.0})(
+        logits, target
+    )
     torch.testing.assert_close(combined(logits, target), expected)
     assert set(combined.components(logits, target)) == {"bce", "dice"}
 
@@ -57,7 +59,9 @@ def test_unknown_loss_lists_the_valid_ones() -> None:
         build_loss({"dise": 1.0})
     with pytest.raises(ConfigError, match="loss.terms.focal: .*not_a_parameter"):
         build_loss({"focal": 1.0}, {"focal": {"not_a_parameter": 1}})
-    with pytest.raises(ConfigError, match=r"loss.options.dice: no such term in loss.terms \['bce'\]"):
+    with pytest.raises(
+        ConfigError, match=r"loss.options.dice: no such term in loss.terms \['bce'\]"
+    ):
         build_loss({"bce": 1.0}, {"dice": {}})
     with pytest.raises(ConfigError, match="loss.terms.mine: .*torch.nn.NoSuchLoss"):
         build_loss({"mine": {"_target_": "torch.nn.NoSuchLoss"}})
@@ -65,7 +69,11 @@ def test_unknown_loss_lists_the_valid_ones() -> None:
 
 def test_any_target_is_a_term(batch) -> None:
     logits, target = batch
-    loss = build_loss({"dice": 1.0, "bce_torch": {"_target_": "torch.nn.BCEWithLogitsLoss", "weight": 0.5}})
-    expected = build_loss({"dice": 1.0})(logits, target) + 0.5 * torch.nn.BCEWithLogitsLoss()(logits, target)
+    loss = build_loss(
+        {"dice": 1.0, "bce_torch": {"_target_": "torch.nn.BCEWithLogitsLoss", "weight": 0.5}}
+    )
+    expected = build_loss({"dice": 1.0})(logits, target) + 0.5 * torch.nn.BCEWithLogitsLoss()(
+        logits, target
+    )
     torch.testing.assert_close(loss(logits, target), expected)
     assert loss.weights == {"dice": 1.0, "bce_torch": 0.5}

@@ -22,7 +22,12 @@ def _independent_volume_dice(prob: np.ndarray, truth: np.ndarray, lcc: bool) -> 
     return 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
 
 
-def _feed(metric: VolumeDice, volumes: dict[int, tuple[np.ndarray, np.ndarray]], batch: int = 3, order=None) -> None:
+def _feed(
+    metric: VolumeDice,
+    volumes: dict[int, tuple[np.ndarray, np.ndarray]],
+    batch: int = 3,
+    order=None,
+) -> None:
     rows = [(p, z) for p, (prob, _) in volumes.items() for z in range(len(prob))]
     if order is not None:
         rows = [rows[i] for i in order]
@@ -30,7 +35,9 @@ def _feed(metric: VolumeDice, volumes: dict[int, tuple[np.ndarray, np.ndarray]],
         chunk = rows[start : start + batch]
         metric.update(
             torch.tensor(np.stack([volumes[p][0][z] for p, z in chunk]))[:, None],
-            torch.tensor(np.stack([volumes[p][1][z] for p, z in chunk]), dtype=torch.float32)[:, None],
+            torch.tensor(np.stack([volumes[p][1][z] for p, z in chunk]), dtype=torch.float32)[
+                :, None
+            ],
             torch.tensor([p for p, _ in chunk]),
             torch.tensor([z for _, z in chunk]),
         )
@@ -47,7 +54,9 @@ def _random_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("lcc", [True, False])
 def test_matches_independent_computation_in_any_order(lcc: bool) -> None:
     volumes = {p: _random_case(p) for p in range(4)}
-    expected = {p: _independent_volume_dice(prob, truth, lcc) for p, (prob, truth) in volumes.items()}
+    expected = {
+        p: _independent_volume_dice(prob, truth, lcc) for p, (prob, truth) in volumes.items()
+    }
     metric = VolumeDice(postprocessing=[{"name": "largest_component"}] if lcc else [])
     order = np.random.default_rng(0).permutation(sum(len(v[0]) for v in volumes.values()))
     _feed(metric, volumes, order=order)
@@ -88,7 +97,9 @@ def test_diagonal_neighbours_are_separate_components() -> None:
     truth = np.zeros((1, 4, 4), bool)
     truth[0, 0, 0] = True
     prob = np.zeros((1, 4, 4), np.float32)
-    prob[0, 0, 0] = prob[0, 1, 1] = prob[0, 2, 2] = 0.9  # three 1-voxel components under face connectivity
+    prob[0, 0, 0] = prob[0, 1, 1] = prob[0, 2, 2] = (
+        0.9  # three 1-voxel components under face connectivity
+    )
     metric = VolumeDice()
     _feed(metric, {0: (prob, truth)})
     assert float(metric.compute()["mean"]) == 1.0
@@ -99,7 +110,14 @@ def test_empty_predictions_and_empty_truth_never_crash() -> None:
     lesion = np.zeros((3, 6, 6), bool)
     lesion[1, 2:4, 2:4] = True
     metric = VolumeDice()
-    _feed(metric, {0: (prob, lesion), 1: (prob, np.zeros_like(lesion)), 2: (np.full_like(prob, 0.9), np.zeros_like(lesion))})
+    _feed(
+        metric,
+        {
+            0: (prob, lesion),
+            1: (prob, np.zeros_like(lesion)),
+            2: (np.full_like(prob, 0.9), np.zeros_like(lesion)),
+        },
+    )
     assert metric.compute()["per_volume"].tolist() == [0.0, 1.0, 0.0]
     assert np.isnan(float(VolumeDice().compute()["mean"]))
 
@@ -121,7 +139,8 @@ def test_slice_metrics_against_numpy() -> None:
     values = {k: float(v.float().mean()) for k, v in metrics.compute().items()}
     pred = prob > 0.5
     per_slice = [
-        1.0 if p.sum() + t.sum() == 0 else 2 * (p & t).sum() / (p.sum() + t.sum()) for p, t in zip(pred, truth)
+        1.0 if p.sum() + t.sum() == 0 else 2 * (p & t).sum() / (p.sum() + t.sum())
+        for p, t in zip(pred, truth)
     ]
     assert values["dsc_slice"] == pytest.approx(np.mean(per_slice), rel=1e-5)
     tp, fp, fn = (pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum()

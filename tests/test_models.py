@@ -9,9 +9,18 @@ from brainseg.errors import ConfigError
 from brainseg.models import build_model
 
 # The smp class each config name must build (an alias mapped to the wrong network fails here).
-REQUIRED = {"unet": "Unet", "unetpp": "UnetPlusPlus", "fpn": "FPN", "deeplabv3plus": "DeepLabV3Plus",
-            "manet": "MAnet", "linknet": "Linknet", "pspnet": "PSPNet", "pan": "PAN", "upernet": "UPerNet",
-            "segformer": "Segformer"}
+REQUIRED = {
+    "unet": "Unet",
+    "unetpp": "UnetPlusPlus",
+    "fpn": "FPN",
+    "deeplabv3plus": "DeepLabV3Plus",
+    "manet": "MAnet",
+    "linknet": "Linknet",
+    "pspnet": "PSPNet",
+    "pan": "PAN",
+    "upernet": "UPerNet",
+    "segformer": "Segformer",
+}
 
 
 @pytest.mark.parametrize("arch", sorted(REQUIRED))
@@ -37,8 +46,14 @@ def test_other_encoders_by_name() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"arch": "unett"}, r"model.arch='unett' is unknown; choose one of \['deeplabv3', .*'unetpp'"),
-        ({"encoder_name": "resnet35"}, r"model.encoder_name='resnet35' is unknown; choose one of .*resnet34"),
+        (
+            {"arch": "unett"},
+            r"model.arch='unett' is unknown; choose one of \['deeplabv3', .*'unetpp'",
+        ),
+        (
+            {"encoder_name": "resnet35"},
+            r"model.encoder_name='resnet35' is unknown; choose one of .*resnet34",
+        ),
     ],
 )
 def test_unknown_names_list_the_valid_ones(kwargs: dict, message: str) -> None:

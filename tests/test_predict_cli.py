@@ -22,16 +22,28 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def predicted(tiny_run: Path, synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def predicted(
+    tiny_run: Path, synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     out = tmp_path_factory.mktemp("predict") / "out"
     before = snapshot(synthetic_root)
-    result = run_cli("predict.py", f"input={synthetic_root}", f"checkpoints=[{tiny_run}/checkpoints/last.ckpt]",
-                     f"output_dir={out}", "tta.hflip=true", "postprocessing=auto", "progress=false",
-                     f"hydra.run.dir={out.parent / 'hydra'}", cwd=PROJECT)
+    result = run_cli(
+        "predict.py",
+        f"input={synthetic_root}",
+        f"checkpoints=[{tiny_run}/checkpoints/last.ckpt]",
+        f"output_dir={out}",
+        "tta.hflip=true",
+        "postprocessing=auto",
+        "progress=false",
+        f"hydra.run.dir={out.parent / 'hydra'}",
+        cwd=PROJECT,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert snapshot(synthetic_root) == before
     log = result.stdout + result.stderr
-    assert "per-volume DSC over 2 held-out patients" in log and "4 training patient(s) left out" in log
+    assert (
+        "per-volume DSC over 2 held-out patients" in log and "4 training patient(s) left out" in log
+    )
     assert "4 scored patient(s) were seen in training" in log and "postprocessing=auto chose" in log
     assert "on 2 held-out patients (['largest_component'] vs []: mean Dice" in log
     return out
@@ -48,10 +60,16 @@ def test_masks_are_in_the_original_geometry(predicted: Path, synthetic_root: Pat
         for path in written:
             mask = tifffile.imread(path)
             source = tifffile.imread(files.folder / path.name.replace("_mask.tif", ".tif"))
-            assert mask.dtype == np.uint8 and mask.shape == source.shape[:2] and set(np.unique(mask)) <= {0, 255}
+            assert (
+                mask.dtype == np.uint8
+                and mask.shape == source.shape[:2]
+                and set(np.unique(mask)) <= {0, 255}
+            )
 
 
-def test_dsc_csv_matches_an_independent_recomputation(predicted: Path, synthetic_root: Path) -> None:
+def test_dsc_csv_matches_an_independent_recomputation(
+    predicted: Path, synthetic_root: Path
+) -> None:
     with open(predicted / "dsc.csv") as fh:
         rows = {r["patient"]: r for r in csv.DictReader(fh)}
     assert len(rows) == 6
@@ -60,7 +78,9 @@ def test_dsc_csv_matches_an_independent_recomputation(predicted: Path, synthetic
         truth = np.stack([tifffile.imread(p) > 0 for p in files.masks])
         row = rows[files.name]
         assert float(row["dsc"]) == pytest.approx(_dice(pred, truth), abs=1e-6)
-        assert int(row["lesion_voxels"]) == truth.sum() and int(row["predicted_voxels"]) == pred.sum()
+        assert (
+            int(row["lesion_voxels"]) == truth.sum() and int(row["predicted_voxels"]) == pred.sum()
+        )
     summary = json.loads((predicted / "dsc_summary.json").read_text())
     values = [float(r["dsc"]) for r in rows.values()]
     assert summary["by_subset"]["all"]["dsc"]["mean"] == pytest.approx(np.mean(values), abs=1e-5)
@@ -85,7 +105,9 @@ def _has_colour(image: np.ndarray, rgb: tuple[int, int, int], tol: int = 40) -> 
 def test_figures_read_back(predicted: Path, synthetic_root: Path) -> None:
     chart = iio.imread(predicted / "dsc.png")
     assert chart.shape[0] > 200 and chart.shape[1] > 400 and chart[..., :3].std() > 10
-    assert _has_colour(chart, (214, 39, 40)) and _has_colour(chart, (44, 160, 44))  # mean and median lines
+    assert _has_colour(chart, (214, 39, 40)) and _has_colour(
+        chart, (44, 160, 44)
+    )  # mean and median lines
     overlays = sorted((predicted / "overlays").glob("*/*.png"))
     assert overlays
     images = [iio.imread(p) for p in overlays]
@@ -97,25 +119,38 @@ def test_figures_read_back(predicted: Path, synthetic_root: Path) -> None:
     assert iio.imread(gifs[0], index=None).shape[0] == len(patients[0].numbers)
 
 
-def test_auto_postprocessing_is_recorded_next_to_the_checkpoint(predicted: Path, tiny_run: Path) -> None:
+def test_auto_postprocessing_is_recorded_next_to_the_checkpoint(
+    predicted: Path, tiny_run: Path
+) -> None:
     recorded = json.loads((tiny_run / "checkpoints" / "last.postprocess.json").read_text())
     decision = recorded["decision"]
     (none, lcc) = decision["candidates"]
     assert none["postprocessing"] == [] and lcc["postprocessing"] == [{"name": "largest_component"}]
     (comparison,) = decision["comparisons"]
-    assert comparison["adopted"] == (lcc["dsc"] > none["dsc"] and comparison["helped"] > comparison["hurt"])
+    assert comparison["adopted"] == (
+        lcc["dsc"] > none["dsc"] and comparison["helped"] > comparison["hurt"]
+    )
     assert decision["postprocessing"] == (lcc if comparison["adopted"] else none)["postprocessing"]
     assert "helps more patients than it hurts" in decision["rule"]
     assert decision["patients"] == json.loads((tiny_run / "split.json").read_text())["val"]
     summary = json.loads((predicted / "prediction.json").read_text())
-    assert summary["postprocessing"]["postprocessing"] == decision["postprocessing"] and len(summary["tta"]) == 2
+    assert (
+        summary["postprocessing"]["postprocessing"] == decision["postprocessing"]
+        and len(summary["tta"]) == 2
+    )
 
 
-def test_refuses_to_overwrite_or_write_into_the_input(predicted: Path, tiny_run: Path, synthetic_root: Path) -> None:
+def test_refuses_to_overwrite_or_write_into_the_input(
+    predicted: Path, tiny_run: Path, synthetic_root: Path
+) -> None:
     ckpt = f"checkpoints=[{tiny_run}/checkpoints/last.ckpt]"
-    for output, message in ((predicted, "is not empty; choose another folder or set overwrite=true"),
-                            (synthetic_root / "preds", "overlaps the input")):
-        result = run_cli("predict.py", f"input={synthetic_root}", ckpt, f"output_dir={output}", cwd=PROJECT)
+    for output, message in (
+        (predicted, "is not empty; choose another folder or set overwrite=true"),
+        (synthetic_root / "preds", "overlaps the input"),
+    ):
+        result = run_cli(
+            "predict.py", f"input={synthetic_root}", ckpt, f"output_dir={output}", cwd=PROJECT
+        )
         last = result.stderr.strip().splitlines()[-1]
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert last.startswith("error: output_dir=") and message in last
@@ -123,23 +158,39 @@ def test_refuses_to_overwrite_or_write_into_the_input(predicted: Path, tiny_run:
 
 
 def _predict_inprocess(*overrides: str) -> dict:
-    return predict(compose(["progress=false", "postprocessing=[]", *overrides], hydra_node=False, config_name="predict"))
+    return predict(
+        compose(
+            ["progress=false", "postprocessing=[]", *overrides],
+            hydra_node=False,
+            config_name="predict",
+        )
+    )
 
 
-def test_pure_inference_on_a_folder_without_masks(tiny_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+def test_pure_inference_on_a_folder_without_masks(
+    tiny_run: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
     patient = find_patients(synthetic_root)[0]
     folder = tmp_path / "in" / patient.name
     folder.mkdir(parents=True)
     for image in patient.images:
         shutil.copy(image, folder)
-    summary = _predict_inprocess(f"input={folder}", f"checkpoints=[{tiny_run}/checkpoints/last.ckpt]",
-                                 f"output_dir={tmp_path / 'out'}")
+    summary = _predict_inprocess(
+        f"input={folder}",
+        f"checkpoints=[{tiny_run}/checkpoints/last.ckpt]",
+        f"output_dir={tmp_path / 'out'}",
+    )
     assert summary["patients"] == 1 and "dsc" not in summary
     assert len(list((tmp_path / "out" / patient.name).glob("*_mask.tif"))) == len(patient.numbers)
-    assert not (tmp_path / "out" / "dsc.csv").exists() and (tmp_path / "out" / "overlays" / f"{patient.name}.gif").exists()
+    assert (
+        not (tmp_path / "out" / "dsc.csv").exists()
+        and (tmp_path / "out" / "overlays" / f"{patient.name}.gif").exists()
+    )
 
 
-def test_sweep_ensemble_and_onnx_give_the_same_masks(tiny_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+def test_sweep_ensemble_and_onnx_give_the_same_masks(
+    tiny_run: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
     patient = find_patients(synthetic_root)[1].folder
     ckpt = tiny_run / "checkpoints" / "last.ckpt"
     sweep = tmp_path / "sweep"
@@ -147,51 +198,96 @@ def test_sweep_ensemble_and_onnx_give_the_same_masks(tiny_run: Path, synthetic_r
         (sweep / job / "checkpoints").mkdir(parents=True)
         shutil.copy(ckpt, sweep / job / "checkpoints" / "best-epoch001-dsc0.5.ckpt")
     common = [f"input={patient}", "figures.overlays=false"]
-    single = _predict_inprocess(*common, f"checkpoints=[{ckpt}]", f"output_dir={tmp_path / 'single'}")
-    ensemble = _predict_inprocess(*common, f"sweep_dir={sweep}", f"output_dir={tmp_path / 'ensemble'}")
+    single = _predict_inprocess(
+        *common, f"checkpoints=[{ckpt}]", f"output_dir={tmp_path / 'single'}"
+    )
+    ensemble = _predict_inprocess(
+        *common, f"sweep_dir={sweep}", f"output_dir={tmp_path / 'ensemble'}"
+    )
     assert len(ensemble["members"]) == 2 and ensemble["dsc"] == single["dsc"]
     _predict_inprocess("export=onnx", f"checkpoints=[{ckpt}]", f"output_dir={tmp_path / 'onnx'}")
-    via_onnx = _predict_inprocess(*common, f"onnx={tmp_path / 'onnx' / 'model.onnx'}", f"output_dir={tmp_path / 'o'}")
+    via_onnx = _predict_inprocess(
+        *common, f"onnx={tmp_path / 'onnx' / 'model.onnx'}", f"output_dir={tmp_path / 'o'}"
+    )
     for name in ("ensemble", "o"):
         for mask in (tmp_path / "single" / patient.name).glob("*.tif"):
-            np.testing.assert_array_equal(tifffile.imread(mask), tifffile.imread(tmp_path / name / patient.name / mask.name))
-    assert via_onnx["dsc"]["by_subset"]["all"]["dsc"]["mean"] == pytest.approx(single["dsc"]["by_subset"]["all"]["dsc"]["mean"], abs=1e-6)
+            np.testing.assert_array_equal(
+                tifffile.imread(mask), tifffile.imread(tmp_path / name / patient.name / mask.name)
+            )
+    assert via_onnx["dsc"]["by_subset"]["all"]["dsc"]["mean"] == pytest.approx(
+        single["dsc"]["by_subset"]["all"]["dsc"]["mean"], abs=1e-6
+    )
 
 
 @pytest.mark.parametrize(
     ("setup", "expected"),
     [
-        (lambda t, c, r: [f"input={r}", f"checkpoints=[{t}/missing.ckpt]"], "missing.ckpt: checkpoint not found"),
-        (lambda t, c, r: [f"input={r}", f"checkpoints=[{t}/split.json]"], "split.json: not a readable PyTorch checkpoint"),
-        (lambda t, c, r: [f"input={r}", f"checkpoints=[{c}]", "+model.encoder_name=resnet34"],
-         "model.encoder_name='resnet34' does not match last.ckpt"),
-        (lambda t, c, r: [f"input={r}/nothing", f"checkpoints=[{c}]"], "nothing: data root does not exist"),
+        (
+            lambda t, c, r: [f"input={r}", f"checkpoints=[{t}/missing.ckpt]"],
+            "missing.ckpt: checkpoint not found",
+        ),
+        (
+            lambda t, c, r: [f"input={r}", f"checkpoints=[{t}/split.json]"],
+            "split.json: not a readable PyTorch checkpoint",
+        ),
+        (
+            lambda t, c, r: [f"input={r}", f"checkpoints=[{c}]", "+model.encoder_name=resnet34"],
+            "model.encoder_name='resnet34' does not match last.ckpt",
+        ),
+        (
+            lambda t, c, r: [f"input={r}/nothing", f"checkpoints=[{c}]"],
+            "nothing: data root does not exist",
+        ),
         (lambda t, c, r: [f"input={t}/checkpoints", f"checkpoints=[{c}]"], "no patient folders"),
     ],
 )
-def test_bad_input_one_line_errors(tiny_run: Path, synthetic_root: Path, tmp_path: Path, capsys, setup, expected: str) -> None:
+def test_bad_input_one_line_errors(
+    tiny_run: Path, synthetic_root: Path, tmp_path: Path, capsys, setup, expected: str
+) -> None:
     ckpt = tiny_run / "checkpoints" / "last.ckpt"
-    cfg = compose([*setup(tiny_run, ckpt, synthetic_root), f"output_dir={tmp_path / 'out'}", "progress=false"],
-                  hydra_node=False, config_name="predict")
+    cfg = compose(
+        [
+            *setup(tiny_run, ckpt, synthetic_root),
+            f"output_dir={tmp_path / 'out'}",
+            "progress=false",
+        ],
+        hydra_node=False,
+        config_name="predict",
+    )
     with pytest.raises(SystemExit):
         run_task(predict, cfg)
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: ") and expected in last
 
 
-def test_slice_of_another_shape_is_named(tiny_run: Path, copied_root: Path, tmp_path: Path, capsys) -> None:
+def test_slice_of_another_shape_is_named(
+    tiny_run: Path, copied_root: Path, tmp_path: Path, capsys
+) -> None:
     patient = find_patients(copied_root)[0]
     tifffile.imwrite(patient.images[3], np.zeros((32, 32, 3), np.uint8), photometric="rgb")
-    cfg = compose([f"input={patient.folder}", f"checkpoints=[{tiny_run}/checkpoints/last.ckpt]",
-                   f"output_dir={tmp_path / 'out'}", "progress=false", "postprocessing=[]"],
-                  hydra_node=False, config_name="predict")
+    cfg = compose(
+        [
+            f"input={patient.folder}",
+            f"checkpoints=[{tiny_run}/checkpoints/last.ckpt]",
+            f"output_dir={tmp_path / 'out'}",
+            "progress=false",
+            "postprocessing=[]",
+        ],
+        hydra_node=False,
+        config_name="predict",
+    )
     with pytest.raises(SystemExit):
         run_task(predict, cfg)
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"{patient.images[3].name}: slice is (32, 32), other slices of the patient are (64, 64)" in last
+    assert (
+        f"{patient.images[3].name}: slice is (32, 32), other slices of the patient are (64, 64)"
+        in last
+    )
 
 
-def test_evaluate_on_the_written_masks_reproduces_the_scores(predicted: Path, synthetic_root: Path, tmp_path: Path) -> None:
+def test_evaluate_on_the_written_masks_reproduces_the_scores(
+    predicted: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
     from brainseg.evaluate import main as evaluate
 
     assert evaluate([str(predicted), str(synthetic_root), "--output", str(tmp_path / "eval")]) == 0
@@ -200,4 +296,6 @@ def test_evaluate_on_the_written_masks_reproduces_the_scores(predicted: Path, sy
     with open(tmp_path / "eval" / "dsc.csv") as fh:
         by_evaluate = list(csv.DictReader(fh))
     assert {"hd95", "assd", "nsd", "lesion_recall", "volume_difference"} <= set(by_evaluate[0])
-    assert by_evaluate == [{k: v for k, v in row.items() if k not in ("dsc_lcc", "dsc_no_lcc")} for row in by_predict]
+    assert by_evaluate == [
+        {k: v for k, v in row.items() if k not in ("dsc_lcc", "dsc_no_lcc")} for row in by_predict
+    ]

@@ -25,8 +25,12 @@ CFG = PreprocessConfig(image_size=32)
 
 def _member(seed: int, net: nn.Module | None = None) -> Member:
     torch.manual_seed(seed)
-    net = net or build_model("unet", encoder_name="resnet18", encoder_depth=3, decoder_channels=[32, 16, 8])
-    return Member(path=Path(f"member{seed}.ckpt"), preprocess=CFG, model={"arch": "unet"}, net=net.eval())
+    net = net or build_model(
+        "unet", encoder_name="resnet18", encoder_depth=3, decoder_channels=[32, 16, 8]
+    )
+    return Member(
+        path=Path(f"member{seed}.ckpt"), preprocess=CFG, model={"arch": "unet"}, net=net.eval()
+    )
 
 
 def _volume(synthetic_root: Path, index: int = 0):
@@ -36,7 +40,9 @@ def _volume(synthetic_root: Path, index: int = 0):
 def test_restore_geometry_puts_masks_back(synthetic_root: Path) -> None:
     volume = _volume(synthetic_root)
     exact = preprocess(volume, PreprocessConfig(image_size=None))
-    np.testing.assert_array_equal(restore_geometry(exact.mask.astype(np.float32), exact.geometry) > 0.5, volume.mask)
+    np.testing.assert_array_equal(
+        restore_geometry(exact.mask.astype(np.float32), exact.geometry) > 0.5, volume.mask
+    )
     resized = preprocess(volume, PreprocessConfig(image_size=48))
     restored = restore_geometry(resized.mask.astype(np.float32), resized.geometry) > 0.5
     assert restored.shape == volume.mask.shape and dice_score(restored, volume.mask) > 0.85
@@ -45,7 +51,9 @@ def test_restore_geometry_puts_masks_back(synthetic_root: Path) -> None:
 def test_views_invert_exactly_or_nearly() -> None:
     x = torch.rand(2, 1, 32, 32)
     torch.testing.assert_close(View(hflip=True).backward(View(hflip=True).forward(x)), x)
-    smooth = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 40, 40), 9, stride=1)  # 32 x 32, smooth
+    smooth = torch.nn.functional.avg_pool2d(
+        torch.rand(1, 1, 40, 40), 9, stride=1
+    )  # 32 x 32, smooth
     for view in (View(angle=10), View(scale=1.1), View(True, -10, 0.9)):
         back = view.backward(view.forward(smooth))
         assert (back - smooth)[..., 10:-10, 10:-10].abs().max() < 0.05
@@ -56,11 +64,15 @@ def test_views_invert_exactly_or_nearly() -> None:
 
 def test_tta_keeps_a_pointwise_model_unchanged(synthetic_root: Path) -> None:
     """A per-pixel model commutes with flips/rotations, so TTA must give back the plain map (inside)."""
-    torch.manual_seed(0)  # the weights, not the tests run before, decide how much interpolation differs
+    torch.manual_seed(
+        0
+    )  # the weights, not the tests run before, decide how much interpolation differs
     pointwise = nn.Conv2d(3, 1, 1)
     volume = _volume(synthetic_root)
     plain = Predictor([_member(0, pointwise)]).predict(volume)
-    augmented = Predictor([_member(0, pointwise)], tta_views(hflip=True, rotations=[8])).predict(volume)
+    augmented = Predictor([_member(0, pointwise)], tta_views(hflip=True, rotations=[8])).predict(
+        volume
+    )
     assert np.abs(plain - augmented)[:, 20:44, 20:44].max() < 0.05
 
 
@@ -114,7 +126,10 @@ def test_checkpoint_rebuilds_the_trained_network(tiny_run: Path) -> None:
     member = load_checkpoint(tiny_run / "checkpoints" / "last.ckpt")
     assert member.model["encoder_name"] == "resnet18" and member.preprocess.image_size == 32
     assert member(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
-    with pytest.raises(ConfigError, match="model.encoder_name='resnet34' does not match last.ckpt, trained with model.encoder_name='resnet18'"):
+    with pytest.raises(
+        ConfigError,
+        match="model.encoder_name='resnet34' does not match last.ckpt, trained with model.encoder_name='resnet18'",
+    ):
         load_checkpoint(tiny_run / "checkpoints" / "last.ckpt", {"encoder_name": "resnet34"})
 
 
@@ -125,17 +140,26 @@ class BrightFlair(nn.Module):
         return 50 * (images[:, 1:2] - 1.3)
 
 
-@pytest.mark.parametrize("cfg", [CFG, PreprocessConfig(image_size=None), PreprocessConfig(crop_to_brain=False, image_size=48)])
-def test_every_slice_preprocessing_keeps_the_training_slices_exact(synthetic_root: Path, cfg: PreprocessConfig) -> None:
+@pytest.mark.parametrize(
+    "cfg",
+    [CFG, PreprocessConfig(image_size=None), PreprocessConfig(crop_to_brain=False, image_size=48)],
+)
+def test_every_slice_preprocessing_keeps_the_training_slices_exact(
+    synthetic_root: Path, cfg: PreprocessConfig
+) -> None:
     volume = _volume(synthetic_root, 3)
     training = preprocess(volume, cfg)
     every = preprocess(volume, cfg, every_slice=True)
-    assert every.geometry.slice_indices == list(range(len(volume.numbers))) and len(training.numbers) < len(every.numbers)
+    assert every.geometry.slice_indices == list(range(len(volume.numbers))) and len(
+        training.numbers
+    ) < len(every.numbers)
     kept = training.geometry.slice_indices
     np.testing.assert_array_equal(every.image[kept], training.image)
     np.testing.assert_array_equal(every.mask[kept], training.mask)
     assert (every.channel_mean, every.channel_std) == (training.channel_mean, training.channel_std)
-    assert every.geometry.box == training.geometry.box and every.geometry.pad == training.geometry.pad
+    assert (
+        every.geometry.box == training.geometry.box and every.geometry.pad == training.geometry.pad
+    )
 
 
 def test_lesions_in_the_first_and_last_slices_are_predicted(synthetic_root: Path) -> None:
@@ -153,7 +177,9 @@ def test_lesions_in_the_first_and_last_slices_are_predicted(synthetic_root: Path
 def test_predict_with_chosen_members_uses_only_those(synthetic_root: Path) -> None:
     volume = _volume(synthetic_root, 1)
     a, b = _member(1), _member(2)
-    np.testing.assert_allclose(Predictor([a, b]).predict(volume, [1]), Predictor([b]).predict(volume), atol=1e-6)
+    np.testing.assert_allclose(
+        Predictor([a, b]).predict(volume, [1]), Predictor([b]).predict(volume), atol=1e-6
+    )
     with pytest.raises(ConfigError, match="no ensemble member selected"):
         Predictor([a, b]).predict(volume, [])
 
@@ -171,7 +197,9 @@ def _fold_members(synthetic_root: Path, tmp_path: Path) -> tuple[list[str], list
     return names, members
 
 
-def test_fold_ensemble_predicts_out_of_fold_and_reports_subsets(synthetic_root: Path, tmp_path: Path, caplog) -> None:
+def test_fold_ensemble_predicts_out_of_fold_and_reports_subsets(
+    synthetic_root: Path, tmp_path: Path, caplog
+) -> None:
     import csv
     import json
     import logging
@@ -185,8 +213,18 @@ def test_fold_ensemble_predicts_out_of_fold_and_reports_subsets(synthetic_root: 
 
     def run(mode: str) -> tuple[dict, dict]:
         out = tmp_path / mode
-        cfg = compose([f"input={synthetic_root}", f"output_dir={out}", f"ensemble={mode}", "postprocessing=[]",
-                       "figures.overlays=false", "progress=false"], hydra_node=False, config_name="predict")
+        cfg = compose(
+            [
+                f"input={synthetic_root}",
+                f"output_dir={out}",
+                f"ensemble={mode}",
+                "postprocessing=[]",
+                "figures.overlays=false",
+                "progress=false",
+            ],
+            hydra_node=False,
+            config_name="predict",
+        )
         summary = run_prediction(cfg, members)
         with open(out / "dsc.csv") as fh:
             return summary, {r["patient"]: r for r in csv.DictReader(fh)}
@@ -195,20 +233,31 @@ def test_fold_ensemble_predicts_out_of_fold_and_reports_subsets(synthetic_root: 
     assert summary["member_plan"] == {n: [i % 3] for i, n in enumerate(names)}
     assert {r["subset"] for r in rows.values()} == {"val"} and summary["dsc"]["n_held_out"] == 6
     volume = _volume(synthetic_root, 4)  # held out by fold 1 only
-    alone = patient_row(volume.name, volume.mask.astype(bool), Predictor([members[1]]).predict(volume) > 0.5)
+    alone = patient_row(
+        volume.name, volume.mask.astype(bool), Predictor([members[1]]).predict(volume) > 0.5
+    )
     assert float(rows[volume.name]["dsc"]) == pytest.approx(alone["dsc"], abs=1e-6)
     assert (tmp_path / "out_of_fold" / "dsc.png").stat().st_size > 10_000
 
     with caplog.at_level(logging.INFO, logger="brainseg"):
         summary, rows = run("all")
     assert {r["subset"] for r in rows.values()} == {"train"} and summary["dsc"]["n_held_out"] == 0
-    assert json.loads((tmp_path / "all" / "dsc_summary.json").read_text())["by_subset"]["train"]["dsc"]["n"] == 6
+    assert (
+        json.loads((tmp_path / "all" / "dsc_summary.json").read_text())["by_subset"]["train"][
+            "dsc"
+        ]["n"]
+        == 6
+    )
     warning = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    assert warning.startswith("6 scored patient(s) were seen in training") and all(n in warning for n in names)
+    assert warning.startswith("6 scored patient(s) were seen in training") and all(
+        n in warning for n in names
+    )
     assert any(r.getMessage().startswith("no held-out patients to score") for r in caplog.records)
 
 
-def test_auto_postprocessing_is_decided_out_of_fold_only(synthetic_root: Path, tmp_path: Path) -> None:
+def test_auto_postprocessing_is_decided_out_of_fold_only(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
     from brainseg.postprocessing import largest_component
     from brainseg.prediction.postprocess import decide
 
@@ -224,20 +273,28 @@ def test_auto_postprocessing_is_decided_out_of_fold_only(synthetic_root: Path, t
     assert decision["per_patient"][volume.name] == pytest.approx(expected, abs=1e-9)
     (comparison,) = decision["comparisons"]
     assert decision["postprocessing"] == candidates[comparison["adopted"]]
-    with pytest.raises(ConfigError, match="every one of the 6 patients was trained on by the members"):
+    with pytest.raises(
+        ConfigError, match="every one of the 6 patients was trained on by the members"
+    ):
         decide(predictor, synthetic_root, names, 0.5, candidates, "all")
 
 
 def test_prediction_imports_nothing_from_training() -> None:
     """Loading a checkpoint or an ONNX model must not pull in Lightning or the trainer."""
-    code = ("import sys, brainseg.prediction.pipeline, brainseg.prediction.members; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'lightning' or m.startswith('brainseg.training')))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code = (
+        "import sys, brainseg.prediction.pipeline, brainseg.prediction.members; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'lightning' or m.startswith('brainseg.training')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"
 
 
 def test_provenance_round_trips_through_a_checkpoint_dict(tmp_path: Path) -> None:
-    record = Provenance(config={"seed": 3}, data_root="/data", preprocess=CFG.to_dict(), split={"val": ["a"]})
+    record = Provenance(
+        config={"seed": 3}, data_root="/data", preprocess=CFG.to_dict(), split={"val": ["a"]}
+    )
     checkpoint: dict = {}
     record.store(checkpoint)
     assert Provenance.read(checkpoint, tmp_path / "x.ckpt") == record

@@ -68,7 +68,9 @@ def test_resize_rescale_and_zscore_statistics(head: PatientVolume) -> None:
     assert out.image.shape == (11, 24, 24, 3) and out.image.dtype == np.float32
     assert out.mask.shape == (11, 24, 24) and set(np.unique(out.mask)) <= {0, 1}
     assert out.image.min() == 0.0 and out.image.max() == 1.0
-    assert 0.08 <= (out.image == 0).mean() <= 0.5  # at or below p10 (the zero padding is part of it)
+    assert (
+        0.08 <= (out.image == 0).mean() <= 0.5
+    )  # at or below p10 (the zero padding is part of it)
     assert 0.005 <= (out.image == 1).mean() <= 0.02  # at or above p99
     np.testing.assert_allclose(out.channel_mean, out.image.mean(axis=(0, 1, 2)), rtol=1e-5)
     np.testing.assert_allclose(out.channel_std, out.image.std(axis=(0, 1, 2)), rtol=1e-5)
@@ -78,8 +80,14 @@ def test_resize_rescale_and_zscore_statistics(head: PatientVolume) -> None:
 
 
 def test_every_step_can_be_switched_off(head: PatientVolume) -> None:
-    cfg = PreprocessConfig(drop_end_slices=False, crop_to_brain=False, pad_square=False, image_size=None,
-                           rescale_percentiles=None, zscore=False)
+    cfg = PreprocessConfig(
+        drop_end_slices=False,
+        crop_to_brain=False,
+        pad_square=False,
+        image_size=None,
+        rescale_percentiles=None,
+        zscore=False,
+    )
     out = preprocess(head, cfg)
     np.testing.assert_allclose(out.image, head.image / np.float32(255))
     np.testing.assert_array_equal(out.mask, head.mask)

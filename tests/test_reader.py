@@ -16,8 +16,12 @@ def _patient(root: Path, name: str = "TCGA_AA_0001_20000101", n: int = 12, size:
     folder = root / name
     folder.mkdir(parents=True)
     for z in range(1, n + 1):
-        tifffile.imwrite(folder / f"{name}_{z}.tif", np.full((size, size, 3), z, np.uint8), photometric="rgb")
-        tifffile.imwrite(folder / f"{name}_{z}_mask.tif", np.full((size, size), 255 * (z % 2), np.uint8))
+        tifffile.imwrite(
+            folder / f"{name}_{z}.tif", np.full((size, size, 3), z, np.uint8), photometric="rgb"
+        )
+        tifffile.imwrite(
+            folder / f"{name}_{z}_mask.tif", np.full((size, size), 255 * (z % 2), np.uint8)
+        )
     return folder
 
 
@@ -38,8 +42,13 @@ def test_root_listing_and_single_patient_folder(tmp_path: Path) -> None:
     _patient(tmp_path, "TCGA_AA_0001_20000101", n=3)
     (tmp_path / "README.md").write_text("not a patient")
     (tmp_path / "empty_folder").mkdir()
-    assert [p.name for p in find_patients(tmp_path)] == ["TCGA_AA_0001_20000101", "TCGA_BB_0002_20000101"]
-    assert [p.name for p in find_patients(tmp_path / "TCGA_BB_0002_20000101")] == ["TCGA_BB_0002_20000101"]
+    assert [p.name for p in find_patients(tmp_path)] == [
+        "TCGA_AA_0001_20000101",
+        "TCGA_BB_0002_20000101",
+    ]
+    assert [p.name for p in find_patients(tmp_path / "TCGA_BB_0002_20000101")] == [
+        "TCGA_BB_0002_20000101"
+    ]
 
 
 def test_inference_folder_without_masks(tmp_path: Path) -> None:
@@ -68,13 +77,36 @@ def _error(tmp_path: Path, damage) -> str:
     [
         (lambda f: (f / f"{f.name}_2_mask.tif").unlink(), "_2.tif: image has no mask"),
         (lambda f: (f / f"{f.name}_3.tif").unlink(), "_3_mask.tif: mask has no image"),
-        (lambda f: (f / f"{f.name}_2.tif").write_bytes(b"not a tiff at all"), "_2.tif: unreadable tif"),
-        (lambda f: tifffile.imwrite(f / f"{f.name}_2.tif", np.zeros((16, 16), np.uint8)), "_2.tif: expected an HxWx3 uint8"),
-        (lambda f: tifffile.imwrite(f / f"{f.name}_2.tif", np.zeros((16, 16, 3), np.float32)), "_2.tif: expected an HxWx3 uint8"),
-        (lambda f: tifffile.imwrite(f / f"{f.name}_3.tif", np.zeros((8, 8, 3), np.uint8), photometric="rgb"), "_3.tif: slice is (8, 8)"),
-        (lambda f: tifffile.imwrite(f / f"{f.name}_2_mask.tif", np.zeros((8, 8), np.uint8)), "_2_mask.tif: expected an 16x16 uint8 mask"),
-        (lambda f: tifffile.imwrite(f / f"{f.name}_2_mask.tif", np.zeros((16, 16), np.float32)), "_2_mask.tif: expected an 16x16 uint8 mask"),
-        (lambda f: [(f / f"{f.name}_2{s}.tif").unlink() for s in ("", "_mask")], "slice 2 is missing"),
+        (
+            lambda f: (f / f"{f.name}_2.tif").write_bytes(b"not a tiff at all"),
+            "_2.tif: unreadable tif",
+        ),
+        (
+            lambda f: tifffile.imwrite(f / f"{f.name}_2.tif", np.zeros((16, 16), np.uint8)),
+            "_2.tif: expected an HxWx3 uint8",
+        ),
+        (
+            lambda f: tifffile.imwrite(f / f"{f.name}_2.tif", np.zeros((16, 16, 3), np.float32)),
+            "_2.tif: expected an HxWx3 uint8",
+        ),
+        (
+            lambda f: tifffile.imwrite(
+                f / f"{f.name}_3.tif", np.zeros((8, 8, 3), np.uint8), photometric="rgb"
+            ),
+            "_3.tif: slice is (8, 8)",
+        ),
+        (
+            lambda f: tifffile.imwrite(f / f"{f.name}_2_mask.tif", np.zeros((8, 8), np.uint8)),
+            "_2_mask.tif: expected an 16x16 uint8 mask",
+        ),
+        (
+            lambda f: tifffile.imwrite(f / f"{f.name}_2_mask.tif", np.zeros((16, 16), np.float32)),
+            "_2_mask.tif: expected an 16x16 uint8 mask",
+        ),
+        (
+            lambda f: [(f / f"{f.name}_2{s}.tif").unlink() for s in ("", "_mask")],
+            "slice 2 is missing",
+        ),
     ],
 )
 def test_bad_input_names_the_file(tmp_path: Path, damage, expected: str) -> None:
@@ -93,7 +125,9 @@ def test_synthetic_generator_never_overwrites(tmp_path: Path) -> None:
     from brainseg.data.synthetic import generate, main
 
     names = generate(tmp_path / "syn", n_patients=2, seed=3, size=32, slices=(8, 8))
-    again = generate(tmp_path / "syn", n_patients=2, seed=3, size=32, slices=(8, 8))  # identical: left as it is
+    again = generate(
+        tmp_path / "syn", n_patients=2, seed=3, size=32, slices=(8, 8)
+    )  # identical: left as it is
     assert names == again and len(find_patients(tmp_path / "syn")) == 2
     for p in find_patients(tmp_path / "syn"):
         volume = read_patient(p)

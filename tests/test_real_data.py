@@ -30,7 +30,10 @@ def test_all_patients_read_with_binary_masks(patients) -> None:
         on_disk = sorted(p.name for p in files.folder.glob("*.tif"))
         assert len(on_disk) == 2 * len(files.numbers)
         volume = read_patient(files)
-        assert volume.image.shape == (len(on_disk) // 2, 256, 256, 3) and volume.image.dtype == np.uint8
+        assert (
+            volume.image.shape == (len(on_disk) // 2, 256, 256, 3)
+            and volume.image.dtype == np.uint8
+        )
         assert volume.mask.shape == volume.image.shape[:3] and set(np.unique(volume.mask)) <= {0, 1}
         total += len(files.numbers)
     assert total == 646
@@ -58,23 +61,45 @@ def test_short_real_training_run(tmp_path: Path) -> None:
     before = snapshot(REAL_LGG)
     run = tmp_path / "run"
     result = run_cli(
-        "train.py", f"data.root={REAL_LGG}", f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}",
-        "data.preprocess.image_size=128", "data.split.n_val=4", "data.batch_size=16", "data.num_workers=2",
-        "model.encoder_name=resnet18", "optimizer.lr=1e-3", "trainer.max_epochs=1", "trainer.limit_train_batches=15",
-        "trainer.accelerator=cpu", cwd=PROJECT,
+        "train.py",
+        f"data.root={REAL_LGG}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run}",
+        "data.preprocess.image_size=128",
+        "data.split.n_val=4",
+        "data.batch_size=16",
+        "data.num_workers=2",
+        "model.encoder_name=resnet18",
+        "optimizer.lr=1e-3",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=15",
+        "trainer.accelerator=cpu",
+        cwd=PROJECT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert snapshot(REAL_LGG) == before
     best = json.loads((run / "metrics.json").read_text())["best"]
     split = json.loads((run / "split.json").read_text())
     assert sorted(best["per_patient"]) == sorted(split["val"]) and len(split["val"]) == 4
-    assert best["dsc_volume_mean"] == pytest.approx(float(np.mean(list(best["per_patient"].values()))))
-    print(f"\nreal data, 15 steps at 128 px: val mean per-volume DSC {best['dsc_volume_mean']:.3f} on 4 patients")
+    assert best["dsc_volume_mean"] == pytest.approx(
+        float(np.mean(list(best["per_patient"].values())))
+    )
+    print(
+        f"\nreal data, 15 steps at 128 px: val mean per-volume DSC {best['dsc_volume_mean']:.3f} on 4 patients"
+    )
 
     # predict.py with that model on all 20 patients: original geometry, scores recomputed from the files
     out = tmp_path / "predicted"
-    result = run_cli("predict.py", f"input={REAL_LGG}", f"checkpoints=[{run}/checkpoints/last.ckpt]", f"output_dir={out}",
-                     "figures.overlays=false", "progress=false", f"hydra.run.dir={tmp_path / 'hydra'}", cwd=PROJECT)
+    result = run_cli(
+        "predict.py",
+        f"input={REAL_LGG}",
+        f"checkpoints=[{run}/checkpoints/last.ckpt]",
+        f"output_dir={out}",
+        "figures.overlays=false",
+        "progress=false",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+        cwd=PROJECT,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert snapshot(REAL_LGG) == before
     with open(out / "dsc.csv") as fh:
@@ -84,5 +109,9 @@ def test_short_real_training_run(tmp_path: Path) -> None:
         pred = np.stack([tifffile.imread(out / files.name / m.name) for m in files.masks])
         truth = np.stack([tifffile.imread(m) for m in files.masks]) > 0
         assert pred.dtype == np.uint8 and pred.shape == truth.shape
-        expected = 1.0 if pred.sum() + truth.sum() == 0 else 2 * ((pred > 0) & truth).sum() / ((pred > 0).sum() + truth.sum())
+        expected = (
+            1.0
+            if pred.sum() + truth.sum() == 0
+            else 2 * ((pred > 0) & truth).sum() / ((pred > 0).sum() + truth.sum())
+        )
         assert rows[files.name] == pytest.approx(expected, abs=1e-6)

@@ -26,7 +26,9 @@ def test_sampler_draws_volumes_uniformly_then_weighted_slices() -> None:
     w = lesion_slice_weights(areas[0])
     for i in range(3):
         assert abs(counts[i] / 40000 - 0.5 * w[i]) < 0.01
-    assert list(iter(LesionWeightedSampler(areas, 50, seed=1))) == list(iter(LesionWeightedSampler(areas, 50, seed=1)))
+    assert list(iter(LesionWeightedSampler(areas, 50, seed=1))) == list(
+        iter(LesionWeightedSampler(areas, 50, seed=1))
+    )
     again = LesionWeightedSampler(areas, 50, seed=1)
     assert list(iter(again)) != list(iter(again))  # a new epoch draws anew
 

@@ -12,9 +12,16 @@ from brainseg.errors import ConfigError
 
 # What the reference program (random.seed(42); random.sample(sorted(names), 10)) picks on all 110 patients.
 REFERENCE_VALIDATION = [
-    "TCGA_HT_7616_19940813", "TCGA_CS_6668_20011025", "TCGA_CS_4944_20010208", "TCGA_HT_7879_19981009",
-    "TCGA_DU_7014_19860618", "TCGA_DU_6408_19860521", "TCGA_DU_6404_19850629", "TCGA_DU_5851_19950428",
-    "TCGA_CS_6667_20011105", "TCGA_HT_7692_19960724",
+    "TCGA_HT_7616_19940813",
+    "TCGA_CS_6668_20011025",
+    "TCGA_CS_4944_20010208",
+    "TCGA_HT_7879_19981009",
+    "TCGA_DU_7014_19860618",
+    "TCGA_DU_6408_19860521",
+    "TCGA_DU_6404_19850629",
+    "TCGA_DU_5851_19950428",
+    "TCGA_CS_6667_20011105",
+    "TCGA_HT_7692_19960724",
 ]
 NAMES = [f"TCGA_XX_{i:04d}_20000101" for i in range(23)]
 
@@ -37,14 +44,18 @@ def test_kfold_validates_every_patient_exactly_once() -> None:
     folds = [kfold_split(NAMES, 5, k, seed=3) for k in range(5)]
     validated = [n for f in folds for n in f.val]
     assert sorted(validated) == sorted(NAMES)
-    assert all(not set(f.train) & set(f.val) and len(f.train) + len(f.val) == len(NAMES) for f in folds)
+    assert all(
+        not set(f.train) & set(f.val) and len(f.train) + len(f.val) == len(NAMES) for f in folds
+    )
     assert {len(f.val) for f in folds} == {4, 5}
     assert kfold_split(NAMES, 5, 2, seed=3) == folds[2]
     assert kfold_split(NAMES, 5, 2, seed=4) != folds[2]
 
 
 def test_explicit_and_test_lists() -> None:
-    split = make_split(SplitConfig("explicit", val_patients=NAMES[:2], test_patients=NAMES[2:4]), NAMES)
+    split = make_split(
+        SplitConfig("explicit", val_patients=NAMES[:2], test_patients=NAMES[2:4]), NAMES
+    )
     assert split.val == NAMES[:2] and split.test == NAMES[2:4] and split.train == NAMES[4:]
     held_out = [n for n in NAMES if n not in reference_split(NAMES, 5).val][:3]
     ref = make_split(SplitConfig(n_val=5, test_patients=held_out), NAMES)
@@ -54,13 +65,25 @@ def test_explicit_and_test_lists() -> None:
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: kfold_split(NAMES, 5, 5), r"data.split.fold=5 must be in \[0, data.split.n_folds=5\)"),
+        (
+            lambda: kfold_split(NAMES, 5, 5),
+            r"data.split.fold=5 must be in \[0, data.split.n_folds=5\)",
+        ),
         (lambda: kfold_split(NAMES[:3], 5, 0), "needs at least 5 patients, found 3"),
-        (lambda: reference_split(NAMES[:10], 10), "needs more than data.split.n_val=10 patients, found 10"),
-        (lambda: make_split(SplitConfig("explicit", val_patients=["nobody"]), NAMES), "unknown patient nobody"),
+        (
+            lambda: reference_split(NAMES[:10], 10),
+            "needs more than data.split.n_val=10 patients, found 10",
+        ),
+        (
+            lambda: make_split(SplitConfig("explicit", val_patients=["nobody"]), NAMES),
+            "unknown patient nobody",
+        ),
         (lambda: make_split(SplitConfig("random"), NAMES), "data.split.kind='random' is unknown"),
         (lambda: Split(train=NAMES[:3], val=NAMES[2:4]), "is in both train and val"),
-        (lambda: SplitConfig.from_mapping({"folds": 3}), r"data.split.folds is not a split setting; choose from \['kind'"),
+        (
+            lambda: SplitConfig.from_mapping({"folds": 3}),
+            r"data.split.folds is not a split setting; choose from \['kind'",
+        ),
     ],
 )
 def test_bad_split_settings(call, message: str) -> None:

@@ -28,17 +28,36 @@ FOLDS = [
 
 def test_held_out_members_are_the_folds_that_did_not_train_on_the_patient() -> None:
     assert held_out_members(FOLDS, ["a", "d", "f", "t", "new"]) == {
-        "a": [0], "d": [1], "f": [2], "t": [0, 1, 2], "new": [0, 1, 2]}
+        "a": [0],
+        "d": [1],
+        "f": [2],
+        "t": [0, 1, 2],
+        "new": [0, 1, 2],
+    }
 
 
 def test_out_of_fold_plan_and_subsets() -> None:
     names = ["a", "c", "e", "t", "new"]
     plan = member_plan(FOLDS, names, "out_of_fold")
     assert plan == {"a": [0], "c": [1], "e": [2], "t": [0, 1, 2], "new": [0, 1, 2]}
-    assert subsets_for(plan, FOLDS) == {"a": "val", "c": "val", "e": "val", "t": "test", "new": "unseen"}
+    assert subsets_for(plan, FOLDS) == {
+        "a": "val",
+        "c": "val",
+        "e": "val",
+        "t": "test",
+        "new": "unseen",
+    }
     everyone = member_plan(FOLDS, names, "all")
-    assert subsets_for(everyone, FOLDS) == {"a": "train", "c": "train", "e": "train", "t": "test", "new": "unseen"}
-    with pytest.raises(ConfigError, match=r"ensemble='every' is unknown; choose one of \['out_of_fold', 'all'\]"):
+    assert subsets_for(everyone, FOLDS) == {
+        "a": "train",
+        "c": "train",
+        "e": "train",
+        "t": "test",
+        "new": "unseen",
+    }
+    with pytest.raises(
+        ConfigError, match=r"ensemble='every' is unknown; choose one of \['out_of_fold', 'all'\]"
+    ):
         member_plan(FOLDS, names, "every")
 
 
@@ -62,13 +81,24 @@ def _row(name: str, subset: str, dsc: float) -> dict:
 
 
 def test_summary_headlines_held_out_patients_and_keeps_every_subset() -> None:
-    rows = [_row("a", "train", 0.9), _row("b", "train", 0.8), _row("c", "val", 0.4), _row("d", "val", 0.6),
-            _row("t", "test", 0.2)]
+    rows = [
+        _row("a", "train", 0.9),
+        _row("b", "train", 0.8),
+        _row("c", "val", 0.4),
+        _row("d", "val", 0.6),
+        _row("t", "test", 0.2),
+    ]
     summary = subset_summary(rows)
     assert summary["n_held_out"] == 3 and summary["dsc"]["mean"] == pytest.approx(0.4)
     assert summary["by_subset"]["train"]["dsc"]["mean"] == pytest.approx(0.85)
-    assert summary["by_subset"]["val"]["dsc"]["n"] == 2 and summary["by_subset"]["test"]["dsc"]["n"] == 1
-    assert summary["by_subset"]["all"]["dsc"]["mean"] == pytest.approx(0.58) and "unseen" not in summary["by_subset"]
+    assert (
+        summary["by_subset"]["val"]["dsc"]["n"] == 2
+        and summary["by_subset"]["test"]["dsc"]["n"] == 1
+    )
+    assert (
+        summary["by_subset"]["all"]["dsc"]["mean"] == pytest.approx(0.58)
+        and "unseen" not in summary["by_subset"]
+    )
     only_train = subset_summary(rows[:2])
     assert only_train["n_held_out"] == 0 and "dsc" not in only_train
 
@@ -82,6 +112,10 @@ def test_a_tiny_mean_gain_that_hurts_most_patients_is_not_adopted() -> None:
 
 def test_a_gain_on_most_patients_is_adopted_and_unchanged_patients_do_not_vote() -> None:
     decision = compare([0.7, 0.6, 0.5, 0.5, 0.3], [0.6, 0.55, 0.5, 0.5, 0.32])
-    assert decision["adopted"] is True and (decision["helped"], decision["hurt"], decision["unchanged"]) == (2, 1, 2)
+    assert decision["adopted"] is True and (
+        decision["helped"],
+        decision["hurt"],
+        decision["unchanged"],
+    ) == (2, 1, 2)
     assert 0 < decision["wilcoxon_p_greater"] < 1
     assert compare([0.5, 0.4], [0.5, 0.4])["adopted"] is False  # no change: keep the simpler

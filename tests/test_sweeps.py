@@ -16,10 +16,21 @@ pytestmark = pytest.mark.slow
 
 def _sweep(synthetic_root: Path, sweep_dir: Path, *overrides: str, env: dict | None = None):
     given = tuple(o.split("=", 1)[0] + "=" for o in overrides)
-    base = [o for o in tiny_train_overrides(synthetic_root, sweep_dir, sweep_dir.parent / "cache")
-            if not o.startswith(("hydra.run.dir", *given))]
-    return run_cli("train.py", "-m", *base, f"hydra.sweep.dir={sweep_dir}", "trainer.max_epochs=1", *overrides,
-                   cwd=PROJECT, env=env)
+    base = [
+        o
+        for o in tiny_train_overrides(synthetic_root, sweep_dir, sweep_dir.parent / "cache")
+        if not o.startswith(("hydra.run.dir", *given))
+    ]
+    return run_cli(
+        "train.py",
+        "-m",
+        *base,
+        f"hydra.sweep.dir={sweep_dir}",
+        "trainer.max_epochs=1",
+        *overrides,
+        cwd=PROJECT,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +40,14 @@ def wandb_sweep(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     home = base / "home"
     home.mkdir()
     env = {"HOME": str(home), "WANDB_API_KEY": "", "WANDB_MODE": ""}
-    result = _sweep(synthetic_root, base / "sweep", "model=unet,unetpp", "loss=dice,bce_dice", "logger=[csv,wandb]", env=env)
+    result = _sweep(
+        synthetic_root,
+        base / "sweep",
+        "model=unet,unetpp",
+        "loss=dice,bce_dice",
+        "logger=[csv,wandb]",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return base / "sweep"
 
@@ -38,16 +56,24 @@ def test_every_combination_runs_and_the_report_lists_it(wandb_sweep: Path) -> No
     with open(wandb_sweep / "summary.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert sorted(r["overrides"] for r in rows) == sorted(
-        f"loss={loss} model={model}" for model in ("unet", "unetpp") for loss in ("dice", "bce_dice")
+        f"loss={loss} model={model}"
+        for model in ("unet", "unetpp")
+        for loss in ("dice", "bce_dice")
     )
     for row in rows:
         metrics = json.loads((wandb_sweep / row["job"] / "metrics.json").read_text())
-        assert row["status"] == "ok" and float(row["dsc_volume_mean"]) == pytest.approx(metrics["selected"]["dsc_volume_mean"])
-        assert row["epoch"] == "0" and row["selection"] == "last" and float(row["train_seconds"]) > 0
+        assert row["status"] == "ok" and float(row["dsc_volume_mean"]) == pytest.approx(
+            metrics["selected"]["dsc_volume_mean"]
+        )
+        assert (
+            row["epoch"] == "0" and row["selection"] == "last" and float(row["train_seconds"]) > 0
+        )
     report = (wandb_sweep / "summary.md").read_text()
     assert "4 jobs, 4 ok, 0 failed" in report and "| loss=bce_dice model=unetpp |" in report
     assert report.count("| reference |") == 1 and "## Configurations" in report
-    assert (wandb_sweep / "summary.png").stat().st_size > 5000 and (wandb_sweep / "heatmap.png").stat().st_size > 5000
+    assert (wandb_sweep / "summary.png").stat().st_size > 5000 and (
+        wandb_sweep / "heatmap.png"
+    ).stat().st_size > 5000
 
 
 def test_wandb_offline_runs_hold_the_per_volume_dice(wandb_sweep: Path) -> None:
@@ -56,43 +82,81 @@ def test_wandb_offline_runs_hold_the_per_volume_dice(wandb_sweep: Path) -> None:
         records = read_wandb_records(run_file)
         run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
         assert run.run_group == f"sweep-{wandb_sweep.name}" and "loss=" in run.display_name
-        logged = [float(item.value_json) for r in records if r.WhichOneof("record_type") == "history"
-                  for item in r.history.item if (item.key or "/".join(item.nested_key)) == "val/dsc_volume"]
+        logged = [
+            float(item.value_json)
+            for r in records
+            if r.WhichOneof("record_type") == "history"
+            for item in r.history.item
+            if (item.key or "/".join(item.nested_key)) == "val/dsc_volume"
+        ]
         metrics = json.loads((job / "metrics.json").read_text())
         assert logged == pytest.approx([h["dsc_volume_mean"] for h in metrics["history"]])
-        config_keys = {u.key or "/".join(u.nested_key) for r in records if r.WhichOneof("record_type") == "config" for u in r.config.update}
+        config_keys = {
+            u.key or "/".join(u.nested_key)
+            for r in records
+            if r.WhichOneof("record_type") == "config"
+            for u in r.config.update
+        }
         assert {"data", "model", "loss", "optimizer"} <= config_keys
         (table,) = run_file.parent.glob("files/media/table/val/dsc_volume_per_patient_*.table.json")
         data = json.loads(table.read_text())
         assert dict(data["data"]) == pytest.approx(metrics["best"]["per_patient"])
         assert list(run_file.parent.glob("files/media/images/val/overlays_*.png"))
-        summary = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for r in records
-                   if r.WhichOneof("record_type") == "summary" for i in r.summary.update}
-        assert summary["reported/dsc_volume_mean"] == pytest.approx(metrics["selected"]["dsc_volume_mean"])
+        summary = {
+            i.key or "/".join(i.nested_key): json.loads(i.value_json)
+            for r in records
+            if r.WhichOneof("record_type") == "summary"
+            for i in r.summary.update
+        }
+        assert summary["reported/dsc_volume_mean"] == pytest.approx(
+            metrics["selected"]["dsc_volume_mean"]
+        )
         assert summary["reported/selection"] == "last" and "reported/hd95" in summary
         assert {"sweep/model", "sweep/loss"} <= config_keys
     (report_run,) = wandb_sweep.glob("wandb/offline-run-*/run-*.wandb")
-    run = next(r.run for r in read_wandb_records(report_run) if r.WhichOneof("record_type") == "run")
+    run = next(
+        r.run for r in read_wandb_records(report_run) if r.WhichOneof("record_type") == "run"
+    )
     assert run.run_group == f"sweep-{wandb_sweep.name}" and run.job_type == "sweep-report"
 
 
 def test_kfold_sweep_reports_cv_mean_and_failed_jobs(synthetic_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "kfold"
-    result = _sweep(synthetic_root, sweep, "data.split.kind=kfold", "data.split.n_folds=3", "data.split.fold=0,1,2,3")
-    assert result.returncode == 1, result.stderr[-3000:]  # the other jobs went on, the failure is loud
+    result = _sweep(
+        synthetic_root,
+        sweep,
+        "data.split.kind=kfold",
+        "data.split.n_folds=3",
+        "data.split.fold=0,1,2,3",
+    )
+    assert result.returncode == 1, result.stderr[
+        -3000:
+    ]  # the other jobs went on, the failure is loud
     assert "error: data.split.fold=3 must be in [0, data.split.n_folds=3)" in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == f"1 of 4 jobs failed: see {sweep / 'summary.md'}"
+    assert (
+        result.stderr.strip().splitlines()[-1] == f"1 of 4 jobs failed: see {sweep / 'summary.md'}"
+    )
     with open(sweep / "summary.csv") as fh:
         rows = {r["overrides"]: r for r in csv.DictReader(fh)}
-    assert rows["data.split.fold=3"]["status"] == "failed" and "data.split.fold=3" in rows["data.split.fold=3"]["error"]
+    assert (
+        rows["data.split.fold=3"]["status"] == "failed"
+        and "data.split.fold=3" in rows["data.split.fold=3"]["error"]
+    )
     report = (sweep / "summary.md").read_text()
-    assert "4 jobs, 3 ok, 1 failed" in report and "cross-validation: every patient scored by the fold that held it out" in report
+    assert (
+        "4 jobs, 3 ok, 1 failed" in report
+        and "cross-validation: every patient scored by the fold that held it out" in report
+    )
     with open(sweep / "per_patient.csv") as fh:
         pooled = list(csv.DictReader(fh))
-    assert sorted(r["patient"] for r in pooled) == sorted(p.name for p in synthetic_root.iterdir() if p.is_dir())
+    assert sorted(r["patient"] for r in pooled) == sorted(
+        p.name for p in synthetic_root.iterdir() if p.is_dir()
+    )
     for row in pooled:  # each patient's score comes from the fold whose validation set held it out
         metrics = json.loads((sweep / row["job"] / "metrics.json").read_text())
-        assert float(row["dsc"]) == pytest.approx(metrics["selected"]["per_patient"][row["patient"]], abs=1e-9)
+        assert float(row["dsc"]) == pytest.approx(
+            metrics["selected"]["per_patient"][row["patient"]], abs=1e-9
+        )
         assert row["fold"] == row["job"] and float(row["hd95"]) >= 0
     pooled_mean = sum(float(r["dsc"]) for r in pooled) / len(pooled)
     assert f"| all folds | last | 3 | 6 | {pooled_mean:.4f} [" in report
@@ -102,42 +166,80 @@ def test_kfold_sweep_reports_cv_mean_and_failed_jobs(synthetic_root: Path, tmp_p
 
 def test_optuna_search_returns_the_best_trial(synthetic_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "optuna"
-    result = _sweep(synthetic_root, sweep, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-                    "hydra.sweeper.params={optimizer.lr: 'tag(log, interval(1e-4, 1e-2))', loss: 'choice(dice, focal)'}")
+    result = _sweep(
+        synthetic_root,
+        sweep,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.params={optimizer.lr: 'tag(log, interval(1e-4, 1e-2))', loss: 'choice(dice, focal)'}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     best = (sweep / "optimization_results.yaml").read_text()
-    scores = [json.loads((sweep / str(k) / "metrics.json").read_text())["best"]["dsc_volume_mean"] for k in range(2)]
+    scores = [
+        json.loads((sweep / str(k) / "metrics.json").read_text())["best"]["dsc_volume_mean"]
+        for k in range(2)
+    ]
     assert f"best_value: {max(scores)}" in best
 
 
-def test_optuna_failed_trial_says_why_and_the_study_goes_on(synthetic_root: Path, tmp_path: Path) -> None:
+def test_optuna_failed_trial_says_why_and_the_study_goes_on(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
     sweep = tmp_path / "optuna_failure"
     # The seeded sampler draws data.split.n_val=2, then 99 (more than the 6 patients): one trial fails.
-    result = _sweep(synthetic_root, sweep, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=10",
-                    "hydra.sweeper.params={optimizer.lr: 'choice(1e-3)', loss: 'choice(dice)', model.arch: 'choice(unet)'}",
-                    "data.split.n_val=choice(2, 99)")
+    result = _sweep(
+        synthetic_root,
+        sweep,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.seed=10",
+        "hydra.sweeper.params={optimizer.lr: 'choice(1e-3)', loss: 'choice(dice)', model.arch: 'choice(unet)'}",
+        "data.split.n_val=choice(2, 99)",
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "float-castable" not in output, output[-3000:]
     (failed,) = [k for k in range(2) if (sweep / str(k) / "failure.json").exists()]
-    assert failed == 1 and "data.split.n_val=99) failed: ConfigError: data.split.kind=reference needs more than data.split.n_val=99" in output
-    assert "Failed experiment: data.split.kind=reference needs more than data.split.n_val=99" in output  # Optuna's own line
-    ok = json.loads((sweep / str(1 - failed) / "metrics.json").read_text())["best"]["dsc_volume_mean"]
+    assert (
+        failed == 1
+        and "data.split.n_val=99) failed: ConfigError: data.split.kind=reference needs more than data.split.n_val=99"
+        in output
+    )
+    assert (
+        "Failed experiment: data.split.kind=reference needs more than data.split.n_val=99" in output
+    )  # Optuna's own line
+    ok = json.loads((sweep / str(1 - failed) / "metrics.json").read_text())["best"][
+        "dsc_volume_mean"
+    ]
     assert f"best_value: {ok}" in (sweep / "optimization_results.yaml").read_text()
 
 
-def test_a_mistake_every_job_shares_stops_the_sweep_before_its_first_job(synthetic_root: Path, tmp_path: Path) -> None:
+def test_a_mistake_every_job_shares_stops_the_sweep_before_its_first_job(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
     sweep = tmp_path / "no_root"
     result = _sweep(tmp_path / "missing", sweep, "loss=dice,bce_dice")
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [(f"error: {tmp_path / 'missing'}: data root does not exist "
-                       "(checked before the sweep started; no job was run)")]
+    assert errors == [
+        (
+            f"error: {tmp_path / 'missing'}: data root does not exist "
+            "(checked before the sweep started; no job was run)"
+        )
+    ]
     assert not (sweep / "0").exists()
 
 
-def test_local_launcher_runs_jobs_in_parallel_processes(synthetic_root: Path, tmp_path: Path) -> None:
+def test_local_launcher_runs_jobs_in_parallel_processes(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
     sweep = tmp_path / "local"
-    result = _sweep(synthetic_root, sweep, "hydra/launcher=local", "hydra.launcher.cpus_per_task=1", "loss=dice,bce_dice")
+    result = _sweep(
+        synthetic_root,
+        sweep,
+        "hydra/launcher=local",
+        "hydra.launcher.cpus_per_task=1",
+        "loss=dice,bce_dice",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 jobs, 2 ok, 0 failed" in (sweep / "summary.md").read_text()
     assert len(list((sweep / ".submitit").glob("*/*_log.out"))) == 2

@@ -19,14 +19,25 @@ def test_a_redirected_run_prints_one_line_per_epoch_and_draws_curves(tiny_run: P
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     for text in (console, (tiny_run / "train.log").read_text()):
         lines = [line for line in text.splitlines() if "| train loss" in line]
-        assert [line.split(" | ")[0].split(" - ")[-1] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+        assert [line.split(" | ")[0].split(" - ")[-1] for line in lines] == [
+            "epoch 1/2",
+            "epoch 2/2",
+        ]
         last = metrics["history"][-1]
-        assert f"val Dice mean {last['dsc_volume_mean']:.4f} median {last['dsc_volume_median']:.4f}" in lines[-1]
-        assert f"best {metrics['best']['dsc_volume_mean']:.4f} (epoch {metrics['best']['epoch'] + 1})" in lines[-1]
+        assert (
+            f"val Dice mean {last['dsc_volume_mean']:.4f} median {last['dsc_volume_median']:.4f}"
+            in lines[-1]
+        )
+        assert (
+            f"best {metrics['best']['dsc_volume_mean']:.4f} (epoch {metrics['best']['epoch'] + 1})"
+            in lines[-1]
+        )
         assert "s/epoch | ETA" in lines[0]
     for noise in ("was configured so", "💡 Tip", "Total FLOPs", "LeafSpec"):
         assert noise not in console, noise
-    assert not any(line.startswith("INFO: ") for line in console.splitlines()), "Lightning lines printed twice"
+    assert not any(line.startswith("INFO: ") for line in console.splitlines()), (
+        "Lightning lines printed twice"
+    )
     assert (tiny_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert all(h["train_loss"] > 0 and h["val_loss"] > 0 for h in metrics["history"])
 
@@ -36,7 +47,11 @@ def test_help_and_cfg_import_neither_torch_nor_lightning(tmp_path: Path) -> None
     for args in (["--help"], ["--cfg", "job"]):
         result = run_cli("-X", "importtime", "train.py", *args, cwd=PROJECT)
         assert result.returncode == 0, result.stderr[-2000:]
-        imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+        imported = {
+            line.split("|")[-1].strip()
+            for line in result.stderr.splitlines()
+            if line.startswith("import time:")
+        }
         assert not imported & {"torch", "lightning", "segmentation_models_pytorch", "wandb"}, args
 
 
@@ -61,24 +76,36 @@ def test_run_directory_holds_checkpoints_metrics_split_config(tiny_run: Path) ->
     assert checkpoint["brainseg"]["split"]["val"] == split["val"]
     with open(run / "csv" / "metrics.csv") as fh:
         columns = next(csv.reader(fh))
-    assert {"train/loss", "val/dsc_volume", "val/dsc_volume_median", "val/dsc_slice"} <= set(columns)
+    assert {"train/loss", "val/dsc_volume", "val/dsc_volume_median", "val/dsc_slice"} <= set(
+        columns
+    )
 
 
 def test_resume_from_last_checkpoint(tiny_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
-    overrides = tiny_train_overrides(synthetic_root, tmp_path / "resumed", tiny_run.parent / "cache")
+    overrides = tiny_train_overrides(
+        synthetic_root, tmp_path / "resumed", tiny_run.parent / "cache"
+    )
     overrides = [o for o in overrides if not o.startswith("trainer.max_epochs")]
     last = tiny_run / "checkpoints" / "last.ckpt"
-    result = run_cli("train.py", *overrides, "trainer.max_epochs=3", f"ckpt_path={last}", cwd=PROJECT)
+    result = run_cli(
+        "train.py", *overrides, "trainer.max_epochs=3", f"ckpt_path={last}", cwd=PROJECT
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert metrics["epochs"] == 3
-    assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2]  # the first two come from the checkpoint
+    assert [h["epoch"] for h in metrics["history"]] == [
+        0,
+        1,
+        2,
+    ]  # the first two come from the checkpoint
     with open(tmp_path / "resumed" / "csv" / "metrics.csv") as fh:
         epochs = {row["epoch"] for row in csv.DictReader(fh) if row.get("train/loss")}
     assert epochs == {"2"}  # only the new epoch was trained
 
 
-def test_rerun_in_the_same_directory_resumes(tiny_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+def test_rerun_in_the_same_directory_resumes(
+    tiny_run: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
     """What a requeued SLURM job does: same run directory, so it continues from its last.ckpt."""
     import shutil
 
@@ -88,18 +115,27 @@ def test_rerun_in_the_same_directory_resumes(tiny_run: Path, synthetic_root: Pat
     result = run_cli("train.py", *overrides, "trainer.max_epochs=3", cwd=PROJECT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from" in result.stdout + result.stderr
-    assert [h["epoch"] for h in json.loads((run / "metrics.json").read_text())["history"]] == [0, 1, 2]
+    assert [h["epoch"] for h in json.loads((run / "metrics.json").read_text())["history"]] == [
+        0,
+        1,
+        2,
+    ]
 
 
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
         (["data.root=does/not/exist"], "does/not/exist: data root does not exist"),
-        (["data.split.kind=kfold", "data.split.fold=5", "data.split.n_folds=5"], "data.split.fold=5 must be in [0, data.split.n_folds=5)"),
+        (
+            ["data.split.kind=kfold", "data.split.fold=5", "data.split.n_folds=5"],
+            "data.split.fold=5 must be in [0, data.split.n_folds=5)",
+        ),
         (["model.arch=unett"], "model.arch='unett' is unknown; choose one of ["),
     ],
 )
-def test_bad_settings_give_one_line_errors(synthetic_root: Path, tmp_path: Path, overrides: list[str], expected: str) -> None:
+def test_bad_settings_give_one_line_errors(
+    synthetic_root: Path, tmp_path: Path, overrides: list[str], expected: str
+) -> None:
     args = tiny_train_overrides(synthetic_root, tmp_path / "run", tmp_path / "cache")
     result = run_cli("train.py", *args, *overrides, cwd=PROJECT)
     assert result.returncode == 2, result.stderr[-2000:]

@@ -31,11 +31,26 @@ def _lr_by_epoch(run: Path) -> list[float]:
         ("adam", "onecycle", "bf16-mixed", True),
     ],
 )
-def test_optimizer_scheduler_precision(synthetic_root: Path, tmp_path: Path, optimizer: str, scheduler: str,
-                                       precision: str, lr_changes: bool) -> None:
-    cfg = compose_run(synthetic_root, tmp_path / "run", tmp_path / "cache", f"optimizer={optimizer}",
-                      f"scheduler={scheduler}", f"trainer.precision={precision}", "loss=bce_dice")
-    seen: set = set()  # (autocast dtype or None, logits dtype) of every network forward during the run
+def test_optimizer_scheduler_precision(
+    synthetic_root: Path,
+    tmp_path: Path,
+    optimizer: str,
+    scheduler: str,
+    precision: str,
+    lr_changes: bool,
+) -> None:
+    cfg = compose_run(
+        synthetic_root,
+        tmp_path / "run",
+        tmp_path / "cache",
+        f"optimizer={optimizer}",
+        f"scheduler={scheduler}",
+        f"trainer.precision={precision}",
+        "loss=bce_dice",
+    )
+    seen: set = (
+        set()
+    )  # (autocast dtype or None, logits dtype) of every network forward during the run
 
     def record(module, args, output) -> None:
         if isinstance(module, SegmentationModule):
@@ -49,47 +64,77 @@ def test_optimizer_scheduler_precision(synthetic_root: Path, tmp_path: Path, opt
         handle.remove()
     bf16 = precision == "bf16-mixed"
     assert seen == ({(torch.bfloat16, torch.bfloat16)} if bf16 else {(None, torch.float32)})
-    assert metrics["best"]["dsc_volume_mean"] == max(h["dsc_volume_mean"] for h in metrics["history"])
+    assert metrics["best"]["dsc_volume_mean"] == max(
+        h["dsc_volume_mean"] for h in metrics["history"]
+    )
     lrs = _lr_by_epoch(tmp_path / "run")
     assert len(lrs) == 2 and (lrs[0] != lrs[1]) == lr_changes
 
 
 def test_returns_the_best_score_and_honours_test_flag(synthetic_root: Path, tmp_path: Path) -> None:
-    cfg = compose_run(synthetic_root, tmp_path / "run", tmp_path / "cache", "test=true", "trainer.max_epochs=1")
+    cfg = compose_run(
+        synthetic_root, tmp_path / "run", tmp_path / "cache", "test=true", "trainer.max_epochs=1"
+    )
     metrics = train(cfg)
     assert metrics["best"]["epoch"] == 0 and len(metrics["history"]) == 1
     # no test_patients: the test set is the validation set, scored with the best checkpoint
     assert metrics["test"]["per_patient"] == pytest.approx(metrics["best"]["per_patient"])
 
 
-def test_reports_the_epoch_its_selection_rule_picks_with_every_volume_metric(synthetic_root: Path, tmp_path: Path) -> None:
-    metrics = train(compose_run(synthetic_root, tmp_path / "run", tmp_path / "cache"))  # 2 epochs, selection=last
+def test_reports_the_epoch_its_selection_rule_picks_with_every_volume_metric(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    metrics = train(
+        compose_run(synthetic_root, tmp_path / "run", tmp_path / "cache")
+    )  # 2 epochs, selection=last
     selected = metrics["selected"]
     assert metrics["selection"] == selected["rule"] == "last" and selected["epoch"] == 1
-    assert selected["checkpoint"] == metrics["last_checkpoint"] and selected["checkpoint"].endswith("last.ckpt")
+    assert selected["checkpoint"] == metrics["last_checkpoint"] and selected["checkpoint"].endswith(
+        "last.ckpt"
+    )
     assert selected["dsc_volume_mean"] == metrics["history"][-1]["dsc_volume_mean"]
     per_patient = selected["per_patient_metrics"]
     assert sorted(per_patient) == sorted(selected["per_patient"])
-    assert all(per_patient[p]["dsc"] == pytest.approx(selected["per_patient"][p]) for p in per_patient)
-    assert selected["hd95"] == pytest.approx(sum(v["hd95"] for v in per_patient.values()) / len(per_patient))
+    assert all(
+        per_patient[p]["dsc"] == pytest.approx(selected["per_patient"][p]) for p in per_patient
+    )
+    assert selected["hd95"] == pytest.approx(
+        sum(v["hd95"] for v in per_patient.values()) / len(per_patient)
+    )
     with open(tmp_path / "run" / "csv" / "metrics.csv") as fh:
-        assert {"val/hd95", "val/assd", "val/nsd", "val/lesion_recall"} <= set(next(csv.DictReader(fh)))
+        assert {"val/hd95", "val/assd", "val/nsd", "val/lesion_recall"} <= set(
+            next(csv.DictReader(fh))
+        )
 
 
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["evaluation.selection=best"], "evaluation.selection='best' is unknown; choose one of ['last', 'best_on_val']"),
-        (["data.split.n_val=6"], "data.split.kind=reference needs more than data.split.n_val=6 patients, found 6"),
-        (["model.encoder_name=resnet35"], "model.encoder_name='resnet35' is unknown; choose one of"),
+        (
+            ["evaluation.selection=best"],
+            "evaluation.selection='best' is unknown; choose one of ['last', 'best_on_val']",
+        ),
+        (
+            ["data.split.n_val=6"],
+            "data.split.kind=reference needs more than data.split.n_val=6 patients, found 6",
+        ),
+        (
+            ["model.encoder_name=resnet35"],
+            "model.encoder_name='resnet35' is unknown; choose one of",
+        ),
         (["+loss.terms.dise=1.0"], "loss 'dise' is unknown; choose from ['bce', 'dice'"),
         (["ckpt_path=missing.ckpt"], "ckpt_path='missing.ckpt': no such checkpoint file"),
         (["data.sampling=random"], "data.sampling='random' is unknown; choose one of"),
-        (["data.preprocess.interpolation=bicubic"], "data.preprocess.interpolation='bicubic' is unknown"),
+        (
+            ["data.preprocess.interpolation=bicubic"],
+            "data.preprocess.interpolation='bicubic' is unknown",
+        ),
         (["optimizer._target_=torch.optim.Adamm"], "optimizer: "),
     ],
 )
-def test_bad_settings_print_one_error_line(synthetic_root: Path, tmp_path: Path, capsys, overrides: list[str], expected: str) -> None:
+def test_bad_settings_print_one_error_line(
+    synthetic_root: Path, tmp_path: Path, capsys, overrides: list[str], expected: str
+) -> None:
     cfg = compose_run(synthetic_root, tmp_path / "run", tmp_path / "cache", *overrides)
     with pytest.raises(SystemExit) as info:
         run_task(train, cfg)

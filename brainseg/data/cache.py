@@ -76,7 +76,9 @@ class VolumeCache:
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"data.cache_dir={str(self.cache_dir)!r} cannot be created: {exc.strerror}") from None
+            raise ConfigError(
+                f"data.cache_dir={str(self.cache_dir)!r} cannot be created: {exc.strerror}"
+            ) from None
         tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=self.cache_dir))
         try:
             np.save(tmp / "image.npy", np.rint(volume.image * 65535).astype(np.uint16))

@@ -44,8 +44,10 @@ def resolve_loader(loader: str, augmentation: Mapping[str, Any]) -> str:
     if loader == "auto":
         return "device" if "device" in augmentation else "workers"
     if loader not in augmentation:
-        raise ConfigError(f"data.loader={loader}: data.augmentation has no {loader!r} version; "
-                          f"it has {sorted(augmentation)}")
+        raise ConfigError(
+            f"data.loader={loader}: data.augmentation has no {loader!r} version; "
+            f"it has {sorted(augmentation)}"
+        )
     return loader
 
 
@@ -73,13 +75,19 @@ class LGGDataModule(L.LightningDataModule):
         self.root = Path(to_absolute_path(str(root))).resolve()
         self.cache_dir = Path(to_absolute_path(str(cache_dir)))
         if self.cache_dir.resolve().is_relative_to(self.root.resolve()):
-            raise ConfigError(f"data.cache_dir={str(cache_dir)!r} is inside data.root; nothing may be written there")
+            raise ConfigError(
+                f"data.cache_dir={str(cache_dir)!r} is inside data.root; nothing may be written there"
+            )
         self.preprocess_cfg = PreprocessConfig(**dict(preprocess or {}))
         if sampling not in SAMPLINGS:
-            raise ConfigError(f"data.sampling={sampling!r} is unknown; choose one of {list(SAMPLINGS)}")
+            raise ConfigError(
+                f"data.sampling={sampling!r} is unknown; choose one of {list(SAMPLINGS)}"
+            )
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
-        self.split_config = split if isinstance(split, SplitConfig) else SplitConfig.from_mapping(split)
+        self.split_config = (
+            split if isinstance(split, SplitConfig) else SplitConfig.from_mapping(split)
+        )
         self.sampling = sampling
         augmentation = dict(augmentation or {"workers": None, "device": None})
         self.loader = resolve_loader(loader, augmentation)
@@ -103,9 +111,13 @@ class LGGDataModule(L.LightningDataModule):
     def _make_split(self, patients: dict[str, PatientFiles]) -> Split:
         return make_split(self.split_config, list(patients))
 
-    def _load_volumes(self, patients: dict[str, PatientFiles], split: Split) -> dict[str, PreprocessedVolume]:
+    def _load_volumes(
+        self, patients: dict[str, PatientFiles], split: Split
+    ) -> dict[str, PreprocessedVolume]:
         names = split.train + split.val + split.test
-        volumes = VolumeCache(self.cache_dir, self.preprocess_cfg).load_many([patients[n] for n in names], self.preprocess_workers)
+        volumes = VolumeCache(self.cache_dir, self.preprocess_cfg).load_many(
+            [patients[n] for n in names], self.preprocess_workers
+        )
         return dict(zip(names, volumes))
 
     def prepare_data(self) -> None:
@@ -122,7 +134,9 @@ class LGGDataModule(L.LightningDataModule):
         workers_augmentation = self.augmentation if self.loader == "workers" else None
         if workers_augmentation is not None and hasattr(workers_augmentation, "set_random_seed"):
             workers_augmentation.set_random_seed(self.seed)
-        self.datasets["train"] = SliceDataset([volumes[n] for n in self.split.train], workers_augmentation)
+        self.datasets["train"] = SliceDataset(
+            [volumes[n] for n in self.split.train], workers_augmentation
+        )
         self.datasets["val"] = SliceDataset([volumes[n] for n in self.split.val])
         test = [volumes[n] for n in self.split.test]
         self.datasets["test"] = SliceDataset(test) if test else self.datasets["val"]
@@ -137,13 +151,19 @@ class LGGDataModule(L.LightningDataModule):
     def provenance(self) -> DataProvenance:
         """The data part of a checkpoint's Provenance: root, preprocessing, split."""
         split = self.split.to_dict() if self.split is not None else {}
-        return {"data_root": str(self.root), "preprocess": self.preprocess_cfg.to_dict(), "split": split}
+        return {
+            "data_root": str(self.root),
+            "preprocess": self.preprocess_cfg.to_dict(),
+            "split": split,
+        }
 
     def write_split(self, path: Path) -> None:
         payload = {"kind": self.split_config.kind, **self.split.to_dict(), "root": str(self.root)}
         path.write_text(json.dumps(payload, indent=2))
 
-    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+    def on_after_batch_transfer(
+        self, batch: dict[str, torch.Tensor], dataloader_idx: int
+    ) -> dict[str, torch.Tensor]:
         return normalize_batch(batch)
 
     def _loader(self, subset: str, batch_size: int, **kwargs: Any) -> DataLoader:
@@ -172,20 +192,43 @@ class LGGDataModule(L.LightningDataModule):
 
     def _device_eval_loader(self, subset: str) -> DeviceEvalLoader:
         device, rank, world = self._ranks()
-        return DeviceEvalLoader(self._device_slices(subset, device), self.val_batch_size, rank, world)
+        return DeviceEvalLoader(
+            self._device_slices(subset, device), self.val_batch_size, rank, world
+        )
 
     def train_dataloader(self) -> DataLoader | DeviceTrainLoader:
         if self.loader == "device":
             device, rank, world = self._ranks()
             augmentation = self.augmentation.to(device) if self.augmentation is not None else None
-            return DeviceTrainLoader(self._device_slices("train", device), self.batch_size, self.sampling,
-                                     self.seed, augmentation, rank, world)
+            return DeviceTrainLoader(
+                self._device_slices("train", device),
+                self.batch_size,
+                self.sampling,
+                self.seed,
+                augmentation,
+                rank,
+                world,
+            )
         train = self.datasets["train"]
         sampler = make_sampler(self.sampling, train.lesion_areas(), self.seed)
-        return self._loader("train", self.batch_size, sampler=sampler, shuffle=sampler is None, drop_last=len(train) > self.batch_size)
+        return self._loader(
+            "train",
+            self.batch_size,
+            sampler=sampler,
+            shuffle=sampler is None,
+            drop_last=len(train) > self.batch_size,
+        )
 
     def val_dataloader(self) -> DataLoader | DeviceEvalLoader:
-        return self._device_eval_loader("val") if self.loader == "device" else self._loader("val", self.val_batch_size)
+        return (
+            self._device_eval_loader("val")
+            if self.loader == "device"
+            else self._loader("val", self.val_batch_size)
+        )
 
     def test_dataloader(self) -> DataLoader | DeviceEvalLoader:
-        return self._device_eval_loader("test") if self.loader == "device" else self._loader("test", self.val_batch_size)
+        return (
+            self._device_eval_loader("test")
+            if self.loader == "device"
+            else self._loader("test", self.val_batch_size)
+        )

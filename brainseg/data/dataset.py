@@ -21,7 +21,9 @@ class SliceDataset(Dataset):
     whole batch at once (on the training device), which is several times cheaper than per sample.
     """
 
-    def __init__(self, volumes: Sequence[PreprocessedVolume], transform: Callable | None = None) -> None:
+    def __init__(
+        self, volumes: Sequence[PreprocessedVolume], transform: Callable | None = None
+    ) -> None:
         self.volumes = list(volumes)
         self.transform = transform
         self.index = [(v, z) for v, vol in enumerate(self.volumes) for z in range(len(vol.image))]
@@ -39,7 +41,11 @@ class SliceDataset(Dataset):
         v, z = self.index[idx]
         volume = self.volumes[v]
         image = volume.slice_image(z)
-        mask = np.asarray(volume.mask[z]) if volume.mask is not None else np.zeros(image.shape[:2], np.uint8)
+        mask = (
+            np.asarray(volume.mask[z])
+            if volume.mask is not None
+            else np.zeros(image.shape[:2], np.uint8)
+        )
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
@@ -53,7 +59,9 @@ class SliceDataset(Dataset):
         }
 
 
-def zscore_channels_first(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def zscore_channels_first(
+    image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
     """(N, S, S, 3) [0, 1] images -> (N, 3, S, S) z-scored; mean/std are (N, 3) or (3,)."""
     mean, std = mean.reshape(-1, 3, 1, 1), std.reshape(-1, 3, 1, 1)
     return ((image.permute(0, 3, 1, 2) - mean) / std).contiguous()

@@ -38,14 +38,27 @@ class DeviceSlices:
         images = np.concatenate([np.asarray(v.image) for v in self.volumes])
         # uint16 kept as its int16 bit pattern: indexing kernels exist for int16 on every backend
         self.stored_uint16 = images.dtype == np.uint16
-        images = images.view(np.int16) if self.stored_uint16 else images.astype(np.float32, copy=False)
+        images = (
+            images.view(np.int16) if self.stored_uint16 else images.astype(np.float32, copy=False)
+        )
         self.image = torch.from_numpy(images).to(self.device)
-        masks = [np.asarray(v.mask) if v.mask is not None else np.zeros(v.image.shape[:3], np.uint8) for v in self.volumes]
-        self.mask = torch.from_numpy(np.concatenate(masks).astype(np.uint8, copy=False)).to(self.device)
-        self.patient = torch.repeat_interleave(torch.arange(len(self.volumes)), torch.tensor(self.lengths)).to(self.device)
+        masks = [
+            np.asarray(v.mask) if v.mask is not None else np.zeros(v.image.shape[:3], np.uint8)
+            for v in self.volumes
+        ]
+        self.mask = torch.from_numpy(np.concatenate(masks).astype(np.uint8, copy=False)).to(
+            self.device
+        )
+        self.patient = torch.repeat_interleave(
+            torch.arange(len(self.volumes)), torch.tensor(self.lengths)
+        ).to(self.device)
         self.slice = torch.cat([torch.arange(n) for n in self.lengths]).to(self.device)
-        self.mean = torch.tensor([v.channel_mean for v in self.volumes], dtype=torch.float32, device=self.device)
-        self.std = torch.tensor([v.channel_std for v in self.volumes], dtype=torch.float32, device=self.device)
+        self.mean = torch.tensor(
+            [v.channel_mean for v in self.volumes], dtype=torch.float32, device=self.device
+        )
+        self.std = torch.tensor(
+            [v.channel_std for v in self.volumes], dtype=torch.float32, device=self.device
+        )
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
@@ -80,8 +93,15 @@ class EpochSampler:
     Lightning calls `set_epoch` at the start of every epoch (also after a resume).
     """
 
-    def __init__(self, kind: str, lesion_areas: Sequence[np.ndarray], num_samples: int, seed: int,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        kind: str,
+        lesion_areas: Sequence[np.ndarray],
+        num_samples: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.kind = kind
         self.num_samples = num_samples
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -91,13 +111,17 @@ class EpochSampler:
         longest = max(len(a) for a in lesion_areas)
         self.weights = torch.zeros(len(lesion_areas), longest, dtype=torch.float64)
         for v, areas in enumerate(lesion_areas):
-            self.weights[v, : len(areas)] = torch.from_numpy(lesion_slice_weights(np.asarray(areas)))
+            self.weights[v, : len(areas)] = torch.from_numpy(
+                lesion_slice_weights(np.asarray(areas))
+            )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def indices(self) -> torch.Tensor:
-        if self.kind == "uniform":  # one permutation for all ranks, each takes its stride (DistributedSampler)
+        if (
+            self.kind == "uniform"
+        ):  # one permutation for all ranks, each takes its stride (DistributedSampler)
             generator = torch.Generator().manual_seed(_stream_seed(self.seed, self.epoch))
             order = torch.randperm(self.total, generator=generator)
             order = order.repeat(math.ceil(self.num_samples * self.world_size / self.total))
@@ -112,7 +136,11 @@ class EpochSampler:
 def seeded_device_rng(device: torch.device, seed: int) -> Iterator[None]:
     """Seed the device's global generator (which kornia draws its parameters from) for one block,
     leaving the training's own random state (dropout, ...) untouched."""
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    cuda = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
     with torch.random.fork_rng(devices=cuda, device_type="cuda"):
         torch.random.default_generator.manual_seed(seed)
         if cuda:
@@ -129,15 +157,27 @@ class DeviceTrainLoader:
     is more than one batch.
     """
 
-    def __init__(self, slices: DeviceSlices, batch_size: int, sampling: str, seed: int,
-                 augmentation: Callable | None = None, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        slices: DeviceSlices,
+        batch_size: int,
+        sampling: str,
+        seed: int,
+        augmentation: Callable | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.slices = slices
         self.batch_size = batch_size
         self.augmentation = augmentation
         per_rank = math.ceil(len(slices) / world_size)
         self.drop_last = len(slices) > batch_size
-        self.num_batches = per_rank // batch_size if self.drop_last else math.ceil(per_rank / batch_size)
-        self.sampler = EpochSampler(sampling, slices.lesion_areas(), per_rank, seed, rank, world_size)
+        self.num_batches = (
+            per_rank // batch_size if self.drop_last else math.ceil(per_rank / batch_size)
+        )
+        self.sampler = EpochSampler(
+            sampling, slices.lesion_areas(), per_rank, seed, rank, world_size
+        )
 
     def __len__(self) -> int:
         return self.num_batches
@@ -148,8 +188,12 @@ class DeviceTrainLoader:
         for b in range(self.num_batches):
             batch = self.slices.batch(order[b * self.batch_size : (b + 1) * self.batch_size])
             if self.augmentation is not None:
-                with seeded_device_rng(self.slices.device, _stream_seed(sampler.seed, sampler.epoch, sampler.rank, b)):
-                    image, mask = self.augmentation(batch["image"].permute(0, 3, 1, 2), batch["mask"])
+                with seeded_device_rng(
+                    self.slices.device, _stream_seed(sampler.seed, sampler.epoch, sampler.rank, b)
+                ):
+                    image, mask = self.augmentation(
+                        batch["image"].permute(0, 3, 1, 2), batch["mask"]
+                    )
                 batch["image"], batch["mask"] = image.permute(0, 2, 3, 1), mask
             yield batch
         sampler.epoch += 1  # without a trainer (benchmarks, tests) the next pass is the next epoch
@@ -160,7 +204,9 @@ class DeviceEvalLoader:
     DDP each rank takes every world_size-th slice, padded by repeats as DistributedSampler does
     (the volume metric counts a (patient, slice) once)."""
 
-    def __init__(self, slices: DeviceSlices, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, slices: DeviceSlices, batch_size: int, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.slices = slices
         self.batch_size = batch_size
         per_rank = math.ceil(len(slices) / world_size)

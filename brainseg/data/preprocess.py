@@ -49,7 +49,9 @@ class PreprocessConfig:
         if self.image_size is not None and self.image_size < 8:
             raise ConfigError(f"data.preprocess.image_size={self.image_size} must be >= 8 or null")
         if not 0 <= self.crop_threshold < 1:
-            raise ConfigError(f"data.preprocess.crop_threshold={self.crop_threshold} must be in [0, 1)")
+            raise ConfigError(
+                f"data.preprocess.crop_threshold={self.crop_threshold} must be in [0, 1)"
+            )
         if self.rescale_percentiles is not None:
             low, high = self.rescale_percentiles
             if not 0 <= low < high <= 100:
@@ -144,7 +146,9 @@ def resize_slices(volume: np.ndarray, size: tuple[int, int], interpolation: int)
     return out
 
 
-def preprocess(volume: PatientVolume, cfg: PreprocessConfig, every_slice: bool = False) -> PreprocessedVolume:
+def preprocess(
+    volume: PatientVolume, cfg: PreprocessConfig, every_slice: bool = False
+) -> PreprocessedVolume:
     """Apply the protocol to one patient volume.
 
     `every_slice=True` (inference) keeps all slices, including those the protocol drops, but fits
@@ -163,7 +167,9 @@ def preprocess(volume: PatientVolume, cfg: PreprocessConfig, every_slice: bool =
     box = (0, image.shape[1], 0, image.shape[2])
     if cfg.crop_to_brain:
         offset = int(kept[0]) - int(indices[0])  # where the protocol's slices start in `image`
-        cutoff, (z0, z1, y0, y1, x0, x1) = _brain_box(image[offset : offset + len(kept)], cfg.crop_threshold)
+        cutoff, (z0, z1, y0, y1, x0, x1) = _brain_box(
+            image[offset : offset + len(kept)], cfg.crop_threshold
+        )
         kept = kept[z0:z1]
         if every_slice:
             _zero_below(image, cutoff)
@@ -173,7 +179,11 @@ def preprocess(volume: PatientVolume, cfg: PreprocessConfig, every_slice: bool =
         image = image[:, y0:y1, x0:x1]
         mask = None if mask is None else mask[:, y0:y1, x0:x1]
         box = (y0, y1, x0, x1)
-    fitted = slice(int(kept[0]) - int(indices[0]), int(kept[-1]) - int(indices[0]) + 1) if len(kept) else slice(None)
+    fitted = (
+        slice(int(kept[0]) - int(indices[0]), int(kept[-1]) - int(indices[0]) + 1)
+        if len(kept)
+        else slice(None)
+    )
     pad = (0, 0, 0, 0)
     if cfg.pad_square:
         pad = _square_padding(image.shape[1], image.shape[2])
@@ -193,7 +203,9 @@ def preprocess(volume: PatientVolume, cfg: PreprocessConfig, every_slice: bool =
         np.clip(image, 0.0, 1.0, out=image)
     mean, std = [0.0] * 3, [1.0] * 3
     if cfg.zscore:
-        m, s = cv2.meanStdDev(image[fitted].reshape(-1, image.shape[2], 3))  # float64 accumulation, fast
+        m, s = cv2.meanStdDev(
+            image[fitted].reshape(-1, image.shape[2], 3)
+        )  # float64 accumulation, fast
         mean = m.ravel().tolist()
         std = [v if v > 1e-8 else 1.0 for v in s.ravel().tolist()]
     geometry = Geometry(
@@ -220,5 +232,7 @@ def restore_geometry(probs: np.ndarray, geometry: Geometry) -> np.ndarray:
     top, bottom, left, right = geometry.pad
     height, width = geometry.padded_shape
     y0, y1, x0, x1 = geometry.box
-    out[geometry.slice_indices, y0:y1, x0:x1] = resized[:, top : height - bottom, left : width - right]
+    out[geometry.slice_indices, y0:y1, x0:x1] = resized[
+        :, top : height - bottom, left : width - right
+    ]
     return out

@@ -58,7 +58,9 @@ def scan_patient(folder: Path, require_masks: bool = True) -> PatientFiles:
         raise DataError(f"{folder}: no slice files (<patient>_<n>.tif) in patient folder")
     _check_one_patient(folder, prefixes)
     for n in sorted(set(masks) - set(images)):
-        raise DataError(f"{masks[n]}: mask has no image {masks[n].name.replace('_mask.tif', '.tif')}")
+        raise DataError(
+            f"{masks[n]}: mask has no image {masks[n].name.replace('_mask.tif', '.tif')}"
+        )
     has_masks = bool(masks)
     if require_masks or has_masks:
         for n in sorted(set(images) - set(masks)):
@@ -85,7 +87,9 @@ def _check_one_patient(folder: Path, prefixes: dict[Path, str]) -> None:
         return
     patient = folder.name if folder.name in counts else counts.most_common(1)[0][0]
     stray = next(path for path, prefix in prefixes.items() if prefix != patient)
-    raise DataError(f"{stray}: slice of patient {prefixes[stray]}, not of {patient} (the other slices of {folder.name})")
+    raise DataError(
+        f"{stray}: slice of patient {prefixes[stray]}, not of {patient} (the other slices of {folder.name})"
+    )
 
 
 def find_patients(root: str | Path, require_masks: bool = True) -> list[PatientFiles]:
@@ -103,7 +107,9 @@ def find_patients(root: str | Path, require_masks: bool = True) -> list[PatientF
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     patients = [scan_patient(f, require_masks) for f in folders if any(f.glob("*.tif"))]
     if not patients:
-        raise DataError(f"{root}: no patient folders with .tif slices (expected the kaggle_3m layout)")
+        raise DataError(
+            f"{root}: no patient folders with .tif slices (expected the kaggle_3m layout)"
+        )
     return patients
 
 
@@ -120,7 +126,9 @@ def read_image(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise DataError(f"{path}: expected an HxWx3 uint8 image, got {image.shape} {image.dtype}")
     if shape is not None and image.shape[:2] != shape:
-        raise DataError(f"{path}: slice is {image.shape[:2]}, other slices of the patient are {shape}")
+        raise DataError(
+            f"{path}: slice is {image.shape[:2]}, other slices of the patient are {shape}"
+        )
     return image
 
 
@@ -130,10 +138,14 @@ def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     if mask.ndim == 3 and mask.shape[2] in (3, 4):  # some exports store grey masks as RGB
         mask = mask[..., 0]
     if mask.dtype != np.uint8 or mask.shape != shape:
-        raise DataError(f"{path}: expected an {shape[0]}x{shape[1]} uint8 mask, got {mask.shape} {mask.dtype}")
+        raise DataError(
+            f"{path}: expected an {shape[0]}x{shape[1]} uint8 mask, got {mask.shape} {mask.dtype}"
+        )
     values = set(np.unique(mask).tolist())
     if not any(values <= allowed for allowed in MASK_VALUES):
-        raise DataError(f"{path}: mask values {sorted(values)[:8]}; expected {{0, 255}} or {{0, 1}}")
+        raise DataError(
+            f"{path}: mask values {sorted(values)[:8]}; expected {{0, 255}} or {{0, 1}}"
+        )
     return (mask > 0).astype(np.uint8)
 
 
@@ -149,5 +161,9 @@ def read_patient(files: PatientFiles) -> PatientVolume:
     if files.masks is not None:
         mask = np.stack([read_mask(p, shape) for p in files.masks])
         if mask.any() and not image.any():
-            log.warning("patient %s (%s): the image volume is all black but its masks hold a lesion", files.name, files.folder)
+            log.warning(
+                "patient %s (%s): the image volume is all black but its masks hold a lesion",
+                files.name,
+                files.folder,
+            )
     return PatientVolume(files.name, files.numbers, image, mask)

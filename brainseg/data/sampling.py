@@ -40,7 +40,9 @@ class LesionWeightedSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         self.epoch += 1
-        volumes = torch.randint(len(self.weights), (self.num_samples,), generator=generator).tolist()
+        volumes = torch.randint(
+            len(self.weights), (self.num_samples,), generator=generator
+        ).tolist()
         for v in volumes:
             yield self.offsets[v] + int(torch.multinomial(self.weights[v], 1, generator=generator))
 

@@ -32,7 +32,9 @@ class SplitConfig:
         valid = [f.name for f in fields(cls)]
         unknown = sorted(set(settings) - set(valid))
         if unknown:
-            raise ConfigError(f"data.split.{unknown[0]} is not a split setting; choose from {valid}")
+            raise ConfigError(
+                f"data.split.{unknown[0]} is not a split setting; choose from {valid}"
+            )
         return cls(**settings)
 
 
@@ -49,7 +51,9 @@ class Split:
         for subset in ("train", "val", "test"):
             for name in getattr(self, subset):
                 if name in seen:
-                    raise ConfigError(f"data.split: patient {name} is in both {seen[name]} and {subset}")
+                    raise ConfigError(
+                        f"data.split: patient {name} is in both {seen[name]} and {subset}"
+                    )
                 seen[name] = subset
 
     def to_dict(self) -> dict[str, list[str]]:
@@ -89,14 +93,18 @@ def kfold_split(patients: list[str], n_folds: int, fold: int, seed: int = 42) ->
     return Split(train=sorted(set(names) - set(val)), val=sorted(val))
 
 
-def explicit_split(patients: list[str], val: list[str], test: list[str], train: list[str] | None) -> Split:
+def explicit_split(
+    patients: list[str], val: list[str], test: list[str], train: list[str] | None
+) -> Split:
     """Named validation/test lists; training gets the listed or else all remaining patients."""
     known = set(patients)
     settings = (("val_patients", val), ("test_patients", test), ("train_patients", train or []))
     for setting, names in settings:
         unknown = sorted(set(names) - known)
         if unknown:
-            raise ConfigError(f"data.split.{setting}: unknown patient {unknown[0]} (not under the data root)")
+            raise ConfigError(
+                f"data.split.{setting}: unknown patient {unknown[0]} (not under the data root)"
+            )
     if not val:
         raise ConfigError("data.split.kind=explicit needs a non-empty data.split.val_patients list")
     rest = [n for n in sorted(patients) if n not in set(val) | set(test)]
@@ -114,9 +122,13 @@ def make_split(config: SplitConfig, patients: list[str]) -> Split:
     elif config.kind == "kfold":
         split = kfold_split(patients, config.n_folds, config.fold, config.seed)
     elif config.kind == "explicit":
-        return explicit_split(patients, list(config.val_patients or []), test, config.train_patients)
+        return explicit_split(
+            patients, list(config.val_patients or []), test, config.train_patients
+        )
     else:
-        raise ConfigError(f"data.split.kind={config.kind!r} is unknown; choose one of {list(SPLIT_KINDS)}")
+        raise ConfigError(
+            f"data.split.kind={config.kind!r} is unknown; choose one of {list(SPLIT_KINDS)}"
+        )
     if test:
         return explicit_split(patients, split.val, test, [n for n in split.train if n not in test])
     return split

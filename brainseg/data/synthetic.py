@@ -27,7 +27,9 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     return noise / (noise.std() + 1e-6)
 
 
-def make_patient(rng: np.random.Generator, size: int = 256, n_slices: int = 24) -> tuple[np.ndarray, np.ndarray]:
+def make_patient(
+    rng: np.random.Generator, size: int = 256, n_slices: int = 24
+) -> tuple[np.ndarray, np.ndarray]:
     """One patient: images (Z, size, size, 3) uint8 and masks (Z, size, size) uint8 0/255."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     cy, cx = size / 2 + rng.uniform(-10, 10, 2)
@@ -48,7 +50,9 @@ def make_patient(rng: np.random.Generator, size: int = 256, n_slices: int = 24) 
         head = ((yy - cy) / (ay * scale)) ** 2 + ((xx - cx) / (ax * scale)) ** 2
         brain = head < 1
         skull = (head >= 1) & (head < 1.15)
-        ventricle = ((yy - cy) / (ay * scale * 0.25)) ** 2 + ((xx - cx) / (ax * scale * 0.15)) ** 2 < 1
+        ventricle = ((yy - cy) / (ay * scale * 0.25)) ** 2 + (
+            (xx - cx) / (ax * scale * 0.15)
+        ) ** 2 < 1
         texture = _smooth_noise(rng, (size, size), 3)
         slice_ = np.zeros((size, size, 3), np.float32)
         for c in range(3):
@@ -69,7 +73,13 @@ def make_patient(rng: np.random.Generator, size: int = 256, n_slices: int = 24) 
     return images, masks
 
 
-def generate(out: str | Path, n_patients: int = 12, seed: int = 0, size: int = 256, slices: tuple[int, int] = (20, 28)) -> list[str]:
+def generate(
+    out: str | Path,
+    n_patients: int = 12,
+    seed: int = 0,
+    size: int = 256,
+    slices: tuple[int, int] = (20, 28),
+) -> list[str]:
     """Write the dataset to `out` (created); returns the patient folder names.
 
     Refuses a non-empty folder that it did not generate with the same settings, and leaves an
@@ -83,7 +93,9 @@ def generate(out: str | Path, n_patients: int = 12, seed: int = 0, size: int = 2
     if out.exists() and any(out.iterdir()):
         if marker.exists() and json.loads(marker.read_text()).get("params") == params:
             return json.loads(marker.read_text())["patients"]
-        raise DataError(f"{out}: folder exists and is not an identical synthetic dataset; choose an empty folder")
+        raise DataError(
+            f"{out}: folder exists and is not an identical synthetic dataset; choose an empty folder"
+        )
     names = []
     for i in range(n_patients):
         rng = np.random.default_rng([seed, i])
@@ -101,7 +113,9 @@ def generate(out: str | Path, n_patients: int = 12, seed: int = 0, size: int = 2
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="data/synthetic", help="output folder (default: data/synthetic)")
+    parser.add_argument(
+        "--out", default="data/synthetic", help="output folder (default: data/synthetic)"
+    )
     parser.add_argument("--patients", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=256)

@@ -30,7 +30,9 @@ SELECTION_RULES = {
 def check_selection(rule: str) -> str:
     """The rule, or a ConfigError naming the valid ones."""
     if rule not in SELECTION_RULES:
-        raise ConfigError(f"evaluation.selection={rule!r} is unknown; choose one of {list(SELECTION_RULES)}")
+        raise ConfigError(
+            f"evaluation.selection={rule!r} is unknown; choose one of {list(SELECTION_RULES)}"
+        )
     return rule
 
 

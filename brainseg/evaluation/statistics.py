@@ -30,8 +30,13 @@ def bootstrap_ci(values: np.ndarray, level: float = LEVEL, seed: int = 0) -> tup
     for method in ("BCa", "percentile"):  # BCa is NaN on near-constant samples (rounding noise)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scipy's DegenerateDataWarning for exactly that case
-            interval = stats.bootstrap((values,), np.mean, confidence_level=1 - level, method=method,
-                                       rng=np.random.default_rng(seed)).confidence_interval
+            interval = stats.bootstrap(
+                (values,),
+                np.mean,
+                confidence_level=1 - level,
+                method=method,
+                rng=np.random.default_rng(seed),
+            ).confidence_interval
         if not np.isnan(interval.low):
             break
     return (float(interval.low), float(interval.high))
@@ -76,7 +81,9 @@ def compare_configurations(
     patients both scored, its CI, the Wilcoxon p, the Holm-adjusted p and the verdict of the
     configuration against the reference.
     """
-    means = {name: float(np.mean(list(values.values()))) for name, values in scores.items() if values}
+    means = {
+        name: float(np.mean(list(values.values()))) for name, values in scores.items() if values
+    }
     if not means:
         return []
     ranked = sorted(means, key=means.get, reverse=higher_is_better)
@@ -85,17 +92,35 @@ def compare_configurations(
     for name in ranked:
         values = np.array(list(scores[name].values()), dtype=np.float64)
         low, high = bootstrap_ci(values, level)
-        row: dict[str, Any] = {"configuration": name, "n": len(values), "mean": means[name],
-                               "median": float(np.median(values)), "ci_low": low, "ci_high": high,
-                               "reference": name == reference, "n_paired": None, "difference": None,
-                               "difference_ci_low": None, "difference_ci_high": None, "p": None,
-                               "p_holm": None, "verdict": "reference" if name == reference else None}
+        row: dict[str, Any] = {
+            "configuration": name,
+            "n": len(values),
+            "mean": means[name],
+            "median": float(np.median(values)),
+            "ci_low": low,
+            "ci_high": high,
+            "reference": name == reference,
+            "n_paired": None,
+            "difference": None,
+            "difference_ci_low": None,
+            "difference_ci_high": None,
+            "p": None,
+            "p_holm": None,
+            "verdict": "reference" if name == reference else None,
+        }
         if name != reference:
             common = sorted(set(scores[name]) & set(scores[reference]))
-            differences = np.array([scores[name][p] - scores[reference][p] for p in common], dtype=np.float64)
+            differences = np.array(
+                [scores[name][p] - scores[reference][p] for p in common], dtype=np.float64
+            )
             d_low, d_high = bootstrap_ci(differences, level)
-            row.update(n_paired=len(common), difference=float(differences.mean()) if common else float("nan"),
-                       difference_ci_low=d_low, difference_ci_high=d_high, p=wilcoxon_p(differences))
+            row.update(
+                n_paired=len(common),
+                difference=float(differences.mean()) if common else float("nan"),
+                difference_ci_low=d_low,
+                difference_ci_high=d_high,
+                p=wilcoxon_p(differences),
+            )
         rows.append(row)
     compared = [r for r in rows if not r["reference"]]
     for row, adjusted in zip(compared, holm([r["p"] for r in compared])):

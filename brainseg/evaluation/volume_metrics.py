@@ -37,8 +37,15 @@ from brainseg.metrics import dice_score
 
 NSD_TOLERANCE = 2.0  # pixels; the boundary deviation that normalised surface Dice accepts
 METRICS = ("dsc", "hd95", "assd", "nsd", "volume_difference", "lesion_recall", "lesion_precision")
-HIGHER_IS_BETTER = {"dsc": True, "hd95": False, "assd": False, "nsd": True, "volume_difference": False,
-                    "lesion_recall": True, "lesion_precision": True}
+HIGHER_IS_BETTER = {
+    "dsc": True,
+    "hd95": False,
+    "assd": False,
+    "nsd": True,
+    "volume_difference": False,
+    "lesion_recall": True,
+    "lesion_precision": True,
+}
 
 
 def _grid_diagonal(shape: tuple[int, ...]) -> float:
@@ -74,8 +81,11 @@ def _surface(pred: np.ndarray, truth: np.ndarray, tolerance: float) -> dict[str,
         return {"hd95": worst, "assd": worst, "nsd": 0.0}
     forward, backward = surface_distances(pred, truth)
     both = np.concatenate([forward, backward])
-    return {"hd95": float(max(np.quantile(forward, 0.95), np.quantile(backward, 0.95))),
-            "assd": float(both.mean()), "nsd": float(np.count_nonzero(both <= tolerance) / len(both))}
+    return {
+        "hd95": float(max(np.quantile(forward, 0.95), np.quantile(backward, 0.95))),
+        "assd": float(both.mean()),
+        "nsd": float(np.count_nonzero(both <= tolerance) / len(both)),
+    }
 
 
 def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -111,14 +121,26 @@ def lesion_detection(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     else:
         recall = found / n_truth if n_truth else 0.0
         precision = hit / n_pred if n_pred else 0.0
-    return {"lesions_true": n_truth, "lesions_predicted": n_pred, "lesions_found": found, "lesions_hit": hit,
-            "lesion_recall": recall, "lesion_precision": precision}
+    return {
+        "lesions_true": n_truth,
+        "lesions_predicted": n_pred,
+        "lesions_found": found,
+        "lesions_hit": hit,
+        "lesion_recall": recall,
+        "lesion_precision": precision,
+    }
 
 
-def volume_metrics(pred: np.ndarray, truth: np.ndarray, tolerance: float = NSD_TOLERANCE) -> dict[str, float]:
+def volume_metrics(
+    pred: np.ndarray, truth: np.ndarray, tolerance: float = NSD_TOLERANCE
+) -> dict[str, float]:
     """Every metric of this module for one volume (the columns of the per-patient tables)."""
     pred, truth = np.asarray(pred).astype(bool), np.asarray(truth).astype(bool)
     if pred.shape != truth.shape:
         raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in shape")
-    return {"dsc": dice_score(pred, truth), **_surface(pred, truth, tolerance),
-            "volume_difference": volume_difference(pred, truth), **lesion_detection(pred, truth)}
+    return {
+        "dsc": dice_score(pred, truth),
+        **_surface(pred, truth, tolerance),
+        "volume_difference": volume_difference(pred, truth),
+        **lesion_detection(pred, truth),
+    }

@@ -46,30 +46,42 @@ class CombinedLoss(nn.Module):
         return self.combine(self.components(logits, target))
 
 
-def _term(name: str, spec: float | Mapping[str, Any], options: Mapping[str, Any]) -> tuple[nn.Module, float]:
+def _term(
+    name: str, spec: float | Mapping[str, Any], options: Mapping[str, Any]
+) -> tuple[nn.Module, float]:
     """One term's module and weight, from `name: weight` (an alias) or `name: {_target_, weight, ...}`."""
     if isinstance(spec, Mapping):
         spec = dict(spec)
         weight = float(spec.pop("weight", 1.0))
         if "_target_" not in spec and name not in ALIASES:
-            raise ConfigError(f"loss.terms.{name}: give a _target_ or use a short name, one of {sorted(ALIASES)}")
+            raise ConfigError(
+                f"loss.terms.{name}: give a _target_ or use a short name, one of {sorted(ALIASES)}"
+            )
         target = spec if "_target_" in spec else {**ALIASES[name], **spec}
     else:
         if name not in ALIASES:
-            raise ConfigError(f"loss {name!r} is unknown; choose from {sorted(ALIASES)} or give a _target_")
+            raise ConfigError(
+                f"loss {name!r} is unknown; choose from {sorted(ALIASES)} or give a _target_"
+            )
         weight, target = float(spec), {**ALIASES[name], **dict(options.get(name) or {})}
     return instantiate_setting(f"loss.terms.{name}", target), weight
 
 
-def build_loss(terms: Mapping[str, float | Mapping[str, Any]],
-               options: Mapping[str, Mapping[str, Any]] | None = None) -> CombinedLoss:
+def build_loss(
+    terms: Mapping[str, float | Mapping[str, Any]],
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> CombinedLoss:
     """`terms` maps names to weights (e.g. {bce: 0.5, dice: 0.5}) or to `_target_` configs with a
     `weight`; `options` holds keyword arguments of short-named terms (e.g. {tversky: {alpha: 0.3}})."""
     options = dict(options or {})
     if not terms:
-        raise ConfigError(f"loss.terms is empty; give at least one of {sorted(ALIASES)} with a weight")
+        raise ConfigError(
+            f"loss.terms is empty; give at least one of {sorted(ALIASES)} with a weight"
+        )
     unknown = sorted(set(options) - set(terms))
     if unknown:
         raise ConfigError(f"loss.options.{unknown[0]}: no such term in loss.terms {sorted(terms)}")
     built = {name: _term(name, spec, options) for name, spec in terms.items()}
-    return CombinedLoss({n: m for n, (m, _) in built.items()}, {n: w for n, (_, w) in built.items()})
+    return CombinedLoss(
+        {n: m for n, (m, _) in built.items()}, {n: w for n, (_, w) in built.items()}
+    )

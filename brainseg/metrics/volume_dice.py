@@ -43,8 +43,12 @@ class VolumeDice(Metric):
     higher_is_better = True
     is_differentiable = False
 
-    def __init__(self, threshold: float = 0.5, postprocessing: Sequence[Mapping[str, Any]] = REFERENCE_POSTPROCESSING,
-                 **kwargs) -> None:
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        postprocessing: Sequence[Mapping[str, Any]] = REFERENCE_POSTPROCESSING,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.threshold = threshold
         self.postprocessing = check_steps(postprocessing)
@@ -53,18 +57,30 @@ class VolumeDice(Metric):
         self.add_state("patient", default=[], dist_reduce_fx="cat")
         self.add_state("slice", default=[], dist_reduce_fx="cat")
 
-    def update(self, probs: torch.Tensor, target: torch.Tensor, patient: torch.Tensor, slice_index: torch.Tensor) -> None:
+    def update(
+        self,
+        probs: torch.Tensor,
+        target: torch.Tensor,
+        patient: torch.Tensor,
+        slice_index: torch.Tensor,
+    ) -> None:
         """probs, target: (B, [1,] H, W); patient, slice_index: (B,) integer ids."""
         batch = probs.shape[0]
-        self.pred.append((probs.detach() > self.threshold).reshape(batch, *probs.shape[-2:]).to(torch.uint8))
-        self.target.append((target.detach() > 0.5).reshape(batch, *target.shape[-2:]).to(torch.uint8))
+        self.pred.append(
+            (probs.detach() > self.threshold).reshape(batch, *probs.shape[-2:]).to(torch.uint8)
+        )
+        self.target.append(
+            (target.detach() > 0.5).reshape(batch, *target.shape[-2:]).to(torch.uint8)
+        )
         self.patient.append(patient.detach().reshape(batch).long())
         self.slice.append(slice_index.detach().reshape(batch).long())
 
     def volumes(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """(binarised prediction, after the optional largest-component step; truth) per patient id,
         in increasing id order, slices in slice order."""
-        if isinstance(self.patient, list) and not self.patient:  # after a DDP sync the states are tensors
+        if (
+            isinstance(self.patient, list) and not self.patient
+        ):  # after a DDP sync the states are tensors
             return {}
         pred = dim_zero_cat(self.pred).cpu().numpy().astype(bool)
         target = dim_zero_cat(self.target).cpu().numpy().astype(bool)
@@ -87,7 +103,12 @@ class VolumeDice(Metric):
         values = torch.tensor(list(scores.values()), dtype=torch.float64)
         if values.numel() == 0:
             nan = torch.tensor(float("nan"), dtype=torch.float64)
-            return {"mean": nan, "median": nan, "per_volume": values, "patient": torch.zeros(0, dtype=torch.long)}
+            return {
+                "mean": nan,
+                "median": nan,
+                "per_volume": values,
+                "patient": torch.zeros(0, dtype=torch.long),
+            }
         return {
             "mean": values.mean(),
             "median": values.quantile(0.5),

@@ -11,7 +11,10 @@ from brainseg.errors import ConfigError
 
 # model.arch values: smp's own architecture names, plus short aliases used in conf/model/*.yaml.
 ALIASES = {"unetpp": "unetplusplus"}
-ARCHITECTURES: dict[str, str] = {**{name: name for name in smp.MODEL_ARCHITECTURES_MAPPING}, **ALIASES}
+ARCHITECTURES: dict[str, str] = {
+    **{name: name for name in smp.MODEL_ARCHITECTURES_MAPPING},
+    **ALIASES,
+}
 
 
 def encoder_names() -> list[str]:
@@ -46,4 +49,6 @@ def build_model(
         )
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"model (arch={arch!r}, encoder_name={encoder_name!r}): {message}") from None
+        raise ConfigError(
+            f"model (arch={arch!r}, encoder_name={encoder_name!r}): {message}"
+        ) from None

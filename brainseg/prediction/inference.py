@@ -37,7 +37,9 @@ class View:
     def _warp(self, x: torch.Tensor, inverse: bool) -> torch.Tensor:
         if self.angle == 0 and self.scale == 1:
             return x
-        grid = F.affine_grid(self._matrix(x.shape[0], x.device, inverse), list(x.shape), align_corners=False)
+        grid = F.affine_grid(
+            self._matrix(x.shape[0], x.device, inverse), list(x.shape), align_corners=False
+        )
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -49,9 +51,15 @@ class View:
         return probs.flip(-1) if self.hflip else probs
 
 
-def tta_views(hflip: bool = False, rotations: Sequence[float] = (), scales: Sequence[float] = ()) -> list[View]:
+def tta_views(
+    hflip: bool = False, rotations: Sequence[float] = (), scales: Sequence[float] = ()
+) -> list[View]:
     """The identity plus each requested augmentation (flips combined with the others)."""
-    base = [View()] + [View(angle=float(a)) for a in rotations] + [View(scale=float(s)) for s in scales]
+    base = (
+        [View()]
+        + [View(angle=float(a)) for a in rotations]
+        + [View(scale=float(s)) for s in scales]
+    )
     if any(s <= 0 for s in scales):
         raise ConfigError(f"tta.scales={list(scales)} must be positive")
     return base + [View(True, v.angle, v.scale) for v in base] if hflip else base
@@ -60,14 +68,21 @@ def tta_views(hflip: bool = False, rotations: Sequence[float] = (), scales: Sequ
 class Predictor:
     """Averages sigmoid probabilities over members x views; members must preprocess identically."""
 
-    def __init__(self, members: Sequence[Member], views: Sequence[View] = (View(),), batch_size: int = 16,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        members: Sequence[Member],
+        views: Sequence[View] = (View(),),
+        batch_size: int = 16,
+        device: str | torch.device = "cpu",
+    ) -> None:
         if not members:
             raise ConfigError("checkpoints: give at least one checkpoint (or sweep_dir / onnx)")
         first = members[0]
         for other in members[1:]:
             if other.preprocess != first.preprocess:
-                raise ConfigError(f"{other.path} preprocesses differently from {first.path}; they cannot be ensembled")
+                raise ConfigError(
+                    f"{other.path} preprocesses differently from {first.path}; they cannot be ensembled"
+                )
         self.device = torch.device(device)
         self.members = [m.to(self.device) for m in members]
         self.views = list(views)

@@ -35,7 +35,9 @@ class Member:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.session is not None:
-            (logits,) = self.session.run(None, {"image": images.detach().cpu().numpy().astype(np.float32)})
+            (logits,) = self.session.run(
+                None, {"image": images.detach().cpu().numpy().astype(np.float32)}
+            )
             return torch.from_numpy(logits).to(images.device)
         return self.net(images)
 
@@ -46,8 +48,14 @@ class Member:
 
     def provenance(self) -> dict[str, Any]:
         """What predict.py and exports record about the member."""
-        return {"path": str(self.path), "model": self.model, "preprocess": self.preprocess.to_dict(),
-                "threshold": self.threshold, "data_root": self.data_root, "split": self.split}
+        return {
+            "path": str(self.path),
+            "model": self.model,
+            "preprocess": self.preprocess.to_dict(),
+            "threshold": self.threshold,
+            "data_root": self.data_root,
+            "split": self.split,
+        }
 
 
 def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None = None) -> Member:
@@ -66,7 +74,11 @@ def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None =
                 f"model.{key}={value!r} does not match {path.name}, trained with model.{key}={model_cfg.get(key)!r}"
             )
     net = build_model(**model_cfg)
-    weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    weights = {
+        k.removeprefix("net."): v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith("net.")
+    }
     load_weights(net, weights, path, model_cfg)
     return Member(
         path=path,
@@ -85,7 +97,9 @@ def find_sweep_checkpoints(sweep_dir: str | Path) -> list[Path]:
     if not sweep_dir.is_dir():
         raise DataError(f"{sweep_dir}: sweep directory not found")
     found = []
-    for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir()), key=lambda p: (len(p.name), p.name)):
+    for job in sorted(
+        (p for p in sweep_dir.iterdir() if p.is_dir()), key=lambda p: (len(p.name), p.name)
+    ):
         best = sorted(job.glob("checkpoints/best-*.ckpt"))
         if best:
             found.append(best[-1])
@@ -104,8 +118,15 @@ def export_onnx(member: Member, path: Path, image_size: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.randn(2, 3, image_size, image_size)
     torch.onnx.export(
-        member.net.cpu().eval(), (dummy,), str(path), input_names=["image"], output_names=["logits"],
-        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False, verbose=False,
+        member.net.cpu().eval(),
+        (dummy,),
+        str(path),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        dynamo=True,
+        external_data=False,
+        verbose=False,
     )
     model = onnx.load(str(path))
     entry = model.metadata_props.add()
@@ -130,6 +151,11 @@ def load_onnx(path: str | Path) -> Member:
         raise DataError(f"{path}: not a brainseg ONNX export (no '{ONNX_METADATA_KEY}' metadata)")
     info = json.loads(meta)
     return Member(
-        path=path, preprocess=PreprocessConfig(**info["preprocess"]), model=info["model"],
-        threshold=info["threshold"], data_root=info.get("data_root"), split=info.get("split", {}), session=session,
+        path=path,
+        preprocess=PreprocessConfig(**info["preprocess"]),
+        model=info["model"],
+        threshold=info["threshold"],
+        data_root=info.get("data_root"),
+        split=info.get("split", {}),
+        session=session,
     )

@@ -49,14 +49,18 @@ def _path(value: str | None) -> Path | None:
 def _prepare_output(output_dir: Path | None, input_root: Path | None, overwrite: bool) -> Path:
     if output_dir is None:
         raise ConfigError("output_dir is required (a new or empty folder)")
-    if input_root is not None and (output_dir.is_relative_to(input_root) or input_root.is_relative_to(output_dir)):
+    if input_root is not None and (
+        output_dir.is_relative_to(input_root) or input_root.is_relative_to(output_dir)
+    ):
         raise ConfigError(  # whatever overwrite says: predictions must never replace input files
             f"output_dir={str(output_dir)!r} overlaps the input {str(input_root)!r}; choose a folder outside it"
         )
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"output_dir={str(output_dir)!r} is a file; choose a folder")
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"output_dir={str(output_dir)!r} is not empty; choose another folder or set overwrite=true")
+        raise ConfigError(
+            f"output_dir={str(output_dir)!r} is not empty; choose another folder or set overwrite=true"
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     return output_dir
 
@@ -69,7 +73,9 @@ def load_members(cfg: DictConfig) -> list[Member]:
     if cfg.get("sweep_dir"):
         paths += find_sweep_checkpoints(_path(cfg.sweep_dir))
     if not paths:
-        raise ConfigError("checkpoints: give one or more checkpoint files, a sweep_dir, or an onnx model")
+        raise ConfigError(
+            "checkpoints: give one or more checkpoint files, a sweep_dir, or an onnx model"
+        )
     expected = to_plain(cfg.get("model")) or {}
     return [load_checkpoint(p, expected) for p in paths]
 
@@ -98,10 +104,14 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     """Predict every patient under `cfg.input` with the given members (see predict)."""
     input_root = _path(cfg.get("input"))
     if input_root is None:
-        raise ConfigError("input is required: a data root in the kaggle_3m layout or one patient folder")
+        raise ConfigError(
+            "input is required: a data root in the kaggle_3m layout or one patient folder"
+        )
     patients = find_patients(input_root, require_masks=False)
     for files in tqdm(patients, desc="checking inputs", unit="patient", disable=not cfg.progress):
-        read_patient(files)  # every unreadable or inconsistent slice is named before anything is written
+        read_patient(
+            files
+        )  # every unreadable or inconsistent slice is named before anything is written
     splits = [m.split for m in members]
     plan = member_plan(splits, [p.name for p in patients], cfg.ensemble)
     out = _prepare_output(_path(cfg.get("output_dir")), input_root, cfg.overwrite)
@@ -113,8 +123,14 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     decision_cfg = to_plain(cfg.get("postprocessing_decision")) or {}
     if decision_cfg.get("data_root"):
         decision_cfg["data_root"] = str(_path(decision_cfg["data_root"]))
-    chosen = resolve_postprocessing(to_plain(cfg.postprocessing), predictor, threshold, [repr(v) for v in views],
-                                    decision_cfg, cfg.ensemble)
+    chosen = resolve_postprocessing(
+        to_plain(cfg.postprocessing),
+        predictor,
+        threshold,
+        [repr(v) for v in views],
+        decision_cfg,
+        cfg.ensemble,
+    )
     steps = chosen["postprocessing"]
     rows = []
     for files in tqdm(patients, desc="patients", unit="patient", disable=not cfg.progress):
@@ -124,33 +140,53 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
         mask = apply(raw, steps)
         folder = out / files.name
         folder.mkdir(exist_ok=True)
-        for z, image_path in enumerate(files.images):  # named after the image, whatever the folder is called
+        for z, image_path in enumerate(
+            files.images
+        ):  # named after the image, whatever the folder is called
             tifffile.imwrite(folder / f"{image_path.stem}_mask.tif", mask[z].astype("uint8") * 255)
         truth = volume.mask.astype(bool) if volume.mask is not None else None
         if truth is not None:
             variants = {name: apply(raw, variant) for name, variant in REPORTED_VARIANTS.items()}
-            rows.append({**patient_row(files.name, truth, mask, variants), "subset": subsets[files.name]})
+            rows.append(
+                {**patient_row(files.name, truth, mask, variants), "subset": subsets[files.name]}
+            )
         if cfg.figures.overlays:
             write_overlays(files.name, files.numbers, volume.image, mask, truth, out / "overlays")
     summary: dict[str, Any] = {
-        "input": str(input_root), "patients": len(patients), "members": [str(m.path) for m in members],
-        "tta": [repr(v) for v in views], "threshold": threshold, "postprocessing": chosen, "ensemble": cfg.ensemble,
+        "input": str(input_root),
+        "patients": len(patients),
+        "members": [str(m.path) for m in members],
+        "tta": [repr(v) for v in views],
+        "threshold": threshold,
+        "postprocessing": chosen,
+        "ensemble": cfg.ensemble,
         "member_plan": plan,  # patient -> indices into members
         "subsets": subsets,
     }
     if rows:
         summary["dsc"] = write_scores(rows, out, summary=subset_summary(rows))
-        bar_chart({r["patient"]: r["dsc"] for r in rows}, out / "dsc.png", groups={r["patient"]: r["subset"] for r in rows},
-                  stats_groups=HELD_OUT, note=figure_note(members, threshold, steps, cfg.ensemble))
+        bar_chart(
+            {r["patient"]: r["dsc"] for r in rows},
+            out / "dsc.png",
+            groups={r["patient"]: r["subset"] for r in rows},
+            stats_groups=HELD_OUT,
+            note=figure_note(members, threshold, steps, cfg.ensemble),
+        )
         log.info(headline(summary["dsc"], steps, out))
     (out / "prediction.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def figure_note(members: list[Member], threshold: float, steps: list[dict[str, Any]], ensemble: str) -> str:
+def figure_note(
+    members: list[Member], threshold: float, steps: list[dict[str, Any]], ensemble: str
+) -> str:
     """What produced the scores, for the figure: checkpoint(s), threshold, post-processing."""
-    names = [f"{m.path.parent.parent.name}/{m.path.name}" if m.path.parent.name == "checkpoints" else m.path.name
-             for m in members]
+    names = [
+        f"{m.path.parent.parent.name}/{m.path.name}"
+        if m.path.parent.name == "checkpoints"
+        else m.path.name
+        for m in members
+    ]
     shown = ", ".join(names[:3]) + (f" +{len(names) - 3} more" if len(names) > 3 else "")
     models = shown if len(members) == 1 else f"{len(members)} members ({ensemble}): {shown}"
     return f"{models}\nthreshold {threshold:g}, post-processing: {', '.join(s['name'] for s in steps) or 'none'}"
@@ -162,5 +198,7 @@ def headline(scores: dict[str, Any], steps: list[dict[str, Any]], out: Path) -> 
     left_out = f"; {trained} training patient(s) left out (see dsc_summary.json)" if trained else ""
     if not scores["n_held_out"]:
         return f"no held-out patients to score: all {trained} were seen in training (see dsc_summary.json); {out}"
-    return (f"per-volume DSC over {scores['n_held_out']} held-out patients: mean {scores['dsc']['mean']:.4f}, "
-            f"median {scores['dsc']['median']:.4f} (postprocessing={[s['name'] for s in steps]}){left_out}; {out}")
+    return (
+        f"per-volume DSC over {scores['n_held_out']} held-out patients: mean {scores['dsc']['mean']:.4f}, "
+        f"median {scores['dsc']['median']:.4f} (postprocessing={[s['name'] for s in steps]}){left_out}; {out}"
+    )

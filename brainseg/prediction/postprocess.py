@@ -26,8 +26,10 @@ log = logging.getLogger("brainseg")
 SETTING = "postprocessing"
 DECISION = "postprocessing_decision"
 CHANGE_TOLERANCE = 1e-9  # Dice differences below this count as "unchanged"
-ADOPTION_RULE = ("a later candidate replaces the current choice only if it raises the mean per-volume Dice "
-                 "AND helps more patients than it hurts")
+ADOPTION_RULE = (
+    "a later candidate replaces the current choice only if it raises the mean per-volume Dice "
+    "AND helps more patients than it hurts"
+)
 
 
 def decision_path(member: Member) -> Path:
@@ -40,14 +42,28 @@ def compare(candidate: Sequence[float], current: Sequence[float]) -> dict[str, A
     candidate, current = np.asarray(candidate, np.float64), np.asarray(current, np.float64)
     diff = candidate - current
     helped, hurt = int((diff > CHANGE_TOLERANCE).sum()), int((diff < -CHANGE_TOLERANCE).sum())
-    p_value = float(wilcoxon(candidate, current, alternative="greater").pvalue) if helped + hurt else 1.0
-    return {"adopted": bool(candidate.mean() > current.mean() and helped > hurt), "dsc": float(candidate.mean()),
-            "dsc_current": float(current.mean()), "helped": helped, "hurt": hurt,
-            "unchanged": len(diff) - helped - hurt, "wilcoxon_p_greater": p_value}
+    p_value = (
+        float(wilcoxon(candidate, current, alternative="greater").pvalue) if helped + hurt else 1.0
+    )
+    return {
+        "adopted": bool(candidate.mean() > current.mean() and helped > hurt),
+        "dsc": float(candidate.mean()),
+        "dsc_current": float(current.mean()),
+        "helped": helped,
+        "hurt": hurt,
+        "unchanged": len(diff) - helped - hurt,
+        "wilcoxon_p_greater": p_value,
+    }
 
 
-def decide(predictor: Predictor, data_root: str | Path, patients: list[str], threshold: float,
-           candidates: list[list[dict[str, Any]]], ensemble: str = "out_of_fold") -> dict[str, Any]:
+def decide(
+    predictor: Predictor,
+    data_root: str | Path,
+    patients: list[str],
+    threshold: float,
+    candidates: list[list[dict[str, Any]]],
+    ensemble: str = "out_of_fold",
+) -> dict[str, Any]:
     """Score every candidate on the patients, each predicted only by members that did not train on
     it (patients the predicting members trained on are left out), and walk the candidates in
     order: the simplest, listed first, stays unless a later one passes `compare`."""
@@ -62,10 +78,15 @@ def decide(predictor: Predictor, data_root: str | Path, patients: list[str], thr
         raise ConfigError(
             f"{SETTING}=auto: every one of the {len(patients)} patients was trained on by the members that would "
             f"predict it; set {DECISION}.patients (and {DECISION}.data_root) to held-out patients, "
-            f"ensemble=out_of_fold, or give {SETTING} as a step list")
+            f"ensemble=out_of_fold, or give {SETTING} as a step list"
+        )
     if len(eligible) < len(patients):
-        log.warning("%s=auto: left out %d patient(s) the deciding members trained on: %s", SETTING,
-                    len(patients) - len(eligible), ", ".join(sorted(set(patients) - set(eligible))))
+        log.warning(
+            "%s=auto: left out %d patient(s) the deciding members trained on: %s",
+            SETTING,
+            len(patients) - len(eligible),
+            ", ".join(sorted(set(patients) - set(eligible))),
+        )
     scores: list[list[float]] = [[] for _ in candidates]
     for name in eligible:
         volume = read_patient(available[name])
@@ -77,20 +98,32 @@ def decide(predictor: Predictor, data_root: str | Path, patients: list[str], thr
         result = compare(scores[i], scores[best])
         comparisons.append({"candidate": candidates[i], "against": candidates[best], **result})
         best = i if result["adopted"] else best
-    return {"postprocessing": candidates[best], "rule": ADOPTION_RULE,
-            "candidates": [{"postprocessing": c, "dsc": float(np.mean(v))} for c, v in zip(candidates, scores)],
-            "comparisons": comparisons, "patients": eligible, "ensemble": ensemble, "data_root": str(data_root),
-            "per_patient": {n: [v[k] for v in scores] for k, n in enumerate(eligible)}}
+    return {
+        "postprocessing": candidates[best],
+        "rule": ADOPTION_RULE,
+        "candidates": [
+            {"postprocessing": c, "dsc": float(np.mean(v))} for c, v in zip(candidates, scores)
+        ],
+        "comparisons": comparisons,
+        "patients": eligible,
+        "ensemble": ensemble,
+        "data_root": str(data_root),
+        "per_patient": {n: [v[k] for v in scores] for k, n in enumerate(eligible)},
+    }
 
 
 def describe(decision: dict[str, Any]) -> str:
     """One line: the choice, and for each comparison both means and the vote."""
-    parts = [f"{[s['name'] for s in c['candidate']]} vs {[s['name'] for s in c['against']]}: mean Dice "
-             f"{c['dsc']:.4f} vs {c['dsc_current']:.4f}, helps {c['helped']}, hurts {c['hurt']}, "
-             f"Wilcoxon p={c['wilcoxon_p_greater']:.3g}, {'adopted' if c['adopted'] else 'not adopted'}"
-             for c in decision.get("comparisons", [])]
-    return (f"{SETTING}=auto chose {[s['name'] for s in decision['postprocessing']]} on "
-            f"{len(decision.get('patients', []))} held-out patients ({'; '.join(parts) or 'one candidate'})")
+    parts = [
+        f"{[s['name'] for s in c['candidate']]} vs {[s['name'] for s in c['against']]}: mean Dice "
+        f"{c['dsc']:.4f} vs {c['dsc_current']:.4f}, helps {c['helped']}, hurts {c['hurt']}, "
+        f"Wilcoxon p={c['wilcoxon_p_greater']:.3g}, {'adopted' if c['adopted'] else 'not adopted'}"
+        for c in decision.get("comparisons", [])
+    ]
+    return (
+        f"{SETTING}=auto chose {[s['name'] for s in decision['postprocessing']]} on "
+        f"{len(decision.get('patients', []))} held-out patients ({'; '.join(parts) or 'one candidate'})"
+    )
 
 
 def _read_decision(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
@@ -113,8 +146,14 @@ def default_patients(members: Sequence[Member]) -> list[str]:
     return list(dict.fromkeys(name for m in members for name in (m.split.get("val") or [])))
 
 
-def resolve_postprocessing(setting: Any, predictor: Predictor, threshold: float, views: list[str],
-                           decision_cfg: dict[str, Any], ensemble: str = "out_of_fold") -> dict[str, Any]:
+def resolve_postprocessing(
+    setting: Any,
+    predictor: Predictor,
+    threshold: float,
+    views: list[str],
+    decision_cfg: dict[str, Any],
+    ensemble: str = "out_of_fold",
+) -> dict[str, Any]:
     """A step list as given; `auto` reuses or makes the recorded decision for these members and views.
 
     Returns {"postprocessing": steps, "source": "config" | decision file, ...decision details}."""
@@ -141,9 +180,16 @@ def resolve_postprocessing(setting: Any, predictor: Predictor, threshold: float,
             f"set {DECISION}.data_root (and {DECISION}.patients) "
             f"or give {SETTING} as a step list ({where})"
         )
-    key = {"members": [str(m.path.resolve()) for m in predictor.members], "views": views,
-           "threshold": threshold, "patients": names, "data_root": str(Path(root).resolve()),
-           "candidates": candidates, "ensemble": ensemble, "rule": ADOPTION_RULE}
+    key = {
+        "members": [str(m.path.resolve()) for m in predictor.members],
+        "views": views,
+        "threshold": threshold,
+        "patients": names,
+        "data_root": str(Path(root).resolve()),
+        "candidates": candidates,
+        "ensemble": ensemble,
+        "rule": ADOPTION_RULE,
+    }
     path = decision_path(first)
     decision = _read_decision(path, key) if path.exists() else None
     if decision is None:

@@ -19,7 +19,9 @@ SUBSETS = ("train", "val", "test", "unseen")
 HELD_OUT = ("val", "test", "unseen")
 
 
-def member_plan(splits: Sequence[Split], patients: Iterable[str], mode: str) -> dict[str, list[int]]:
+def member_plan(
+    splits: Sequence[Split], patients: Iterable[str], mode: str
+) -> dict[str, list[int]]:
     """Per patient, the indices of the members that predict it.
 
     `out_of_fold`: the members that held the patient out (all of them for a patient none trained
@@ -52,8 +54,12 @@ def warn_seen_in_training(subsets: Mapping[str, str]) -> list[str]:
     """Log one line naming the scored patients that a member predicting them trained on."""
     seen = sorted(name for name, subset in subsets.items() if subset == "train")
     if seen:
-        log.warning("%d scored patient(s) were seen in training by a member that predicts them "
-                    "(reported as subset=train, left out of the headline): %s", len(seen), ", ".join(seen))
+        log.warning(
+            "%d scored patient(s) were seen in training by a member that predicts them "
+            "(reported as subset=train, left out of the headline): %s",
+            len(seen),
+            ", ".join(seen),
+        )
     return seen
 
 
@@ -69,6 +75,9 @@ def subset_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     held_out = [r for r in rows if r["subset"] in HELD_OUT]
     by_subset = {s: scores([r for r in rows if r["subset"] == s]) for s in SUBSETS}
     return {
-        "patients": "held_out", "held_out_subsets": list(HELD_OUT), "n_held_out": len(held_out), **scores(held_out),
+        "patients": "held_out",
+        "held_out_subsets": list(HELD_OUT),
+        "n_held_out": len(held_out),
+        **scores(held_out),
         "by_subset": {**{s: v for s, v in by_subset.items() if v}, "all": scores(list(rows))},
     }

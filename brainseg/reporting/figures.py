@@ -23,9 +23,15 @@ GROUP_COLOURS = {"train": "#9e9e9e", "val": "#4c72b0", "test": "#8172b3", "unsee
 ZERO_MARK = "#c44e52"
 
 
-def bar_chart(scores: Mapping[str, float], path: Path, title: str = "Per-volume Dice", show_stats: bool = True,
-              groups: Mapping[str, str] | None = None, stats_groups: Collection[str] | None = None,
-              note: str | None = None) -> Path:
+def bar_chart(
+    scores: Mapping[str, float],
+    path: Path,
+    title: str = "Per-volume Dice",
+    show_stats: bool = True,
+    groups: Mapping[str, str] | None = None,
+    stats_groups: Collection[str] | None = None,
+    note: str | None = None,
+) -> Path:
     """Horizontal bars (sorted), with mean and median lines, as in the reference's per-patient figure.
 
     `groups` colours each bar by its group (e.g. the patient's subset) with a legend; the mean and
@@ -46,13 +52,28 @@ def bar_chart(scores: Mapping[str, float], path: Path, title: str = "Per-volume 
         ax.barh(ys[chosen], values[chosen], color=palette[label], label=label or None)
     zeros = values <= 0
     if zeros.any():
-        ax.scatter(np.full(zeros.sum(), 0.006), ys[zeros], marker="x", s=40, color=ZERO_MARK, zorder=3,
-                   label="Dice 0", clip_on=False)
+        ax.scatter(
+            np.full(zeros.sum(), 0.006),
+            ys[zeros],
+            marker="x",
+            s=40,
+            color=ZERO_MARK,
+            zorder=3,
+            label="Dice 0",
+            clip_on=False,
+        )
     stats = values if stats_groups is None else values[[g in stats_groups for g in labels]]
     which = "" if stats_groups is None else "held-out "
     if show_stats and len(stats):
-        ax.axvline(stats.mean(), color="tab:red", linestyle="--", label=f"{which}mean {stats.mean():.3f}")
-        ax.axvline(np.median(stats), color="tab:green", linestyle="-", label=f"{which}median {np.median(stats):.3f}")
+        ax.axvline(
+            stats.mean(), color="tab:red", linestyle="--", label=f"{which}mean {stats.mean():.3f}"
+        )
+        ax.axvline(
+            np.median(stats),
+            color="tab:green",
+            linestyle="-",
+            label=f"{which}median {np.median(stats):.3f}",
+        )
     elif not show_stats:
         for y, v in enumerate(values):
             ax.text(min(v, 1.0), y, f" {v:.3f}", va="center", fontsize=8)
@@ -78,12 +99,20 @@ def training_curves(history: list[dict], path: Path) -> Path:
             losses.plot(*zip(*points), marker=".", label=label)
     losses.set(xlabel="epoch", ylabel="loss", title="Losses")
     dice.plot(epochs, [h["dsc_volume_mean"] for h in history], marker=".", label="mean")
-    medians = [(e, h["dsc_volume_median"]) for e, h in zip(epochs, history) if h.get("dsc_volume_median") is not None]
+    medians = [
+        (e, h["dsc_volume_median"])
+        for e, h in zip(epochs, history)
+        if h.get("dsc_volume_median") is not None
+    ]
     if medians:
         dice.plot(*zip(*medians), marker=".", label="median")
     best = max(history, key=lambda h: h["dsc_volume_mean"])
-    dice.axvline(best["epoch"] + 1, color="grey", linestyle=":", label=f"best {best['dsc_volume_mean']:.3f}")
-    dice.set(xlabel="epoch", ylabel="per-volume Dice", title="Validation per-volume Dice", ylim=(0, 1))
+    dice.axvline(
+        best["epoch"] + 1, color="grey", linestyle=":", label=f"best {best['dsc_volume_mean']:.3f}"
+    )
+    dice.set(
+        xlabel="epoch", ylabel="per-volume Dice", title="Validation per-volume Dice", ylim=(0, 1)
+    )
     for ax in (losses, dice):
         ax.legend(frameon=False)
     fig.tight_layout()
@@ -109,7 +138,14 @@ def strip_box_plot(scores: dict[str, dict[str, float]], path: Path, title: str) 
     ax.boxplot(rows, positions=positions, orientation="horizontal", widths=0.5, showfliers=False)
     jitter = np.random.default_rng(0)
     for y, values in zip(positions, rows):
-        ax.scatter(values, y + jitter.uniform(-0.15, 0.15, len(values)), s=12, color="#4c72b0", alpha=0.7, zorder=3)
+        ax.scatter(
+            values,
+            y + jitter.uniform(-0.15, 0.15, len(values)),
+            s=12,
+            color="#4c72b0",
+            alpha=0.7,
+            zorder=3,
+        )
         ax.scatter([values.mean()], [y], marker="D", color="tab:red", zorder=4)
     ax.set_yticks(positions, names, fontsize=8)
     ax.set_xlim(0, 1)
@@ -122,10 +158,14 @@ def heat_map(scores: dict[str, dict[str, float]], path: Path, title: str) -> Pat
     """Configurations x patients, coloured by Dice; patients sorted by their mean over configurations,
     so the ones every model fails sit together on the left."""
     names = list(scores)
-    patients = sorted({p for values in scores.values() for p in values},
-                      key=lambda p: np.nanmean([scores[n].get(p, np.nan) for n in names]))
+    patients = sorted(
+        {p for values in scores.values() for p in values},
+        key=lambda p: np.nanmean([scores[n].get(p, np.nan) for n in names]),
+    )
     grid = np.array([[scores[n].get(p, np.nan) for p in patients] for n in names])
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(patients) + 3), max(2.5, 0.4 * len(names) + 1.8)), dpi=100)
+    fig, ax = plt.subplots(
+        figsize=(max(6.0, 0.28 * len(patients) + 3), max(2.5, 0.4 * len(names) + 1.8)), dpi=100
+    )
     image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax.set_yticks(np.arange(len(names)), names, fontsize=8)
     ax.set_xticks(np.arange(len(patients)), patients, rotation=90, fontsize=6)
@@ -141,17 +181,23 @@ def window(channel: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.5)) 
     if foreground.size == 0:
         return np.zeros(channel.shape, np.uint8)
     low, high = np.percentile(foreground, percentiles)
-    return (np.clip((channel.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1) * 255).astype(np.uint8)
+    return (np.clip((channel.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1) * 255).astype(
+        np.uint8
+    )
 
 
-def overlay(image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None, label: str | None = None) -> np.ndarray:
+def overlay(
+    image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None, label: str | None = None
+) -> np.ndarray:
     """The FLAIR channel (of an (H, W, 3) slice, or a grey (H, W) one) with the prediction outlined
     in red and the truth in green; `label` is written in the top-left corner."""
     flair = image if image.ndim == 2 else image[..., FLAIR_CHANNEL]
     rgb = np.repeat(flair[..., None], 3, axis=2).copy()
     for mask, colour in ((truth, TRUTH_RGB), (prediction, PREDICTION_RGB)):
         if mask is not None and mask.any():
-            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            contours, _ = cv2.findContours(
+                mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+            )
             cv2.drawContours(rgb, contours, -1, colour, 1)
     if label:
         _write_label(rgb, label)
@@ -170,8 +216,14 @@ def _write_label(rgb: np.ndarray, text: str) -> None:
         cv2.putText(rgb, line, origin, font, scale, (255, 255, 255), 1, cv2.LINE_AA)
 
 
-def write_overlays(name: str, numbers: tuple[int, ...], image: np.ndarray, prediction: np.ndarray,
-                   truth: np.ndarray | None, out_dir: Path) -> list[Path]:
+def write_overlays(
+    name: str,
+    numbers: tuple[int, ...],
+    image: np.ndarray,
+    prediction: np.ndarray,
+    truth: np.ndarray | None,
+    out_dir: Path,
+) -> list[Path]:
     """PNGs of the slices with a lesion or a prediction, and one GIF through all slices, each
     picture labelled with the patient and slice number and windowed over the patient's FLAIR."""
     folder = out_dir / name
@@ -179,7 +231,9 @@ def write_overlays(name: str, numbers: tuple[int, ...], image: np.ndarray, predi
     flair = window(image[..., FLAIR_CHANNEL])
     frames, written = [], []
     for z, number in enumerate(numbers):
-        frame = overlay(flair[z], prediction[z], None if truth is None else truth[z], f"{name}\nslice {number}")
+        frame = overlay(
+            flair[z], prediction[z], None if truth is None else truth[z], f"{name}\nslice {number}"
+        )
         frames.append(frame)
         if prediction[z].any() or (truth is not None and truth[z].any()):
             path = folder / f"{name}_{number}.png"

@@ -42,10 +42,34 @@ from brainseg.reporting.figures import heat_map, strip_box_plot
 from brainseg.reporting.wandb_sweep import log_sweep_report
 
 FOLD_KEY = "data.split.fold"
-JOB_COLUMNS = ["job", "overrides", "status", "selection", "epoch", "dsc_volume_mean", "dsc_volume_median",
-               "best_on_val_mean", "train_seconds", "error"]
-COMPARISON_COLUMNS = ["configuration", "jobs", "selection", "n", "mean", "ci_low", "ci_high", "median", "difference",
-                      "difference_ci_low", "difference_ci_high", "p", "p_holm", "verdict"]
+JOB_COLUMNS = [
+    "job",
+    "overrides",
+    "status",
+    "selection",
+    "epoch",
+    "dsc_volume_mean",
+    "dsc_volume_median",
+    "best_on_val_mean",
+    "train_seconds",
+    "error",
+]
+COMPARISON_COLUMNS = [
+    "configuration",
+    "jobs",
+    "selection",
+    "n",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "median",
+    "difference",
+    "difference_ci_low",
+    "difference_ci_high",
+    "p",
+    "p_holm",
+    "verdict",
+]
 
 
 def _overrides(job: Path) -> dict[str, str]:
@@ -59,22 +83,38 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     jobs = []
     folders = [p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").exists()]
     for job in sorted(folders, key=lambda p: (len(p.name), p.name)):
-        row: dict[str, Any] = {"job": job.name, "overrides": _overrides(job), "status": "incomplete", "selection": None,
-                               "epoch": None, "dsc_volume_mean": None, "dsc_volume_median": None,
-                               "best_on_val_mean": None, "train_seconds": None, "error": "", "per_patient": {}}
+        row: dict[str, Any] = {
+            "job": job.name,
+            "overrides": _overrides(job),
+            "status": "incomplete",
+            "selection": None,
+            "epoch": None,
+            "dsc_volume_mean": None,
+            "dsc_volume_median": None,
+            "best_on_val_mean": None,
+            "train_seconds": None,
+            "error": "",
+            "per_patient": {},
+        }
         if (job / "metrics.json").exists():
             metrics = json.loads((job / "metrics.json").read_text())
             selected = selected_scores(metrics) or {}
-            row.update(status="ok" if selected else "no validation", selection=selected.get("rule"),
-                       epoch=selected.get("epoch"), dsc_volume_mean=selected.get("dsc_volume_mean"),
-                       dsc_volume_median=selected.get("dsc_volume_median"),
-                       best_on_val_mean=(metrics.get("best") or {}).get("dsc_volume_mean"),
-                       train_seconds=metrics.get("train_seconds"),
-                       per_patient=selected.get("per_patient_metrics")
-                       or {p: {"dsc": d} for p, d in (selected.get("per_patient") or {}).items()})
+            row.update(
+                status="ok" if selected else "no validation",
+                selection=selected.get("rule"),
+                epoch=selected.get("epoch"),
+                dsc_volume_mean=selected.get("dsc_volume_mean"),
+                dsc_volume_median=selected.get("dsc_volume_median"),
+                best_on_val_mean=(metrics.get("best") or {}).get("dsc_volume_mean"),
+                train_seconds=metrics.get("train_seconds"),
+                per_patient=selected.get("per_patient_metrics")
+                or {p: {"dsc": d} for p, d in (selected.get("per_patient") or {}).items()},
+            )
         elif (job / FAILURE_FILE).exists():
             failure = json.loads((job / FAILURE_FILE).read_text())
-            row.update(status="failed", error=f"{failure['type']}: {failure['error']}".splitlines()[0])
+            row.update(
+                status="failed", error=f"{failure['type']}: {failure['error']}".splitlines()[0]
+            )
         jobs.append(row)
     return jobs
 
@@ -102,9 +142,16 @@ def pooled_per_patient(jobs: list[dict[str, Any]], keys: list[str]) -> list[dict
         if job["status"] != "ok":
             continue
         for patient, scores in job["per_patient"].items():
-            rows.append({"configuration": _label(job, config_keys, fallback), "patient": patient,
-                         "fold": job["overrides"].get(FOLD_KEY, ""), "job": job["job"], "selection": job["selection"],
-                         **scores})
+            rows.append(
+                {
+                    "configuration": _label(job, config_keys, fallback),
+                    "patient": patient,
+                    "fold": job["overrides"].get(FOLD_KEY, ""),
+                    "job": job["job"],
+                    "selection": job["selection"],
+                    **scores,
+                }
+            )
     return rows
 
 
@@ -117,7 +164,9 @@ def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         dice[row["configuration"]][row["patient"]].append(row["dsc"])
         rules[row["configuration"]].add(row["selection"])
         job_counts[row["configuration"]].add(row["job"])
-    scores = {name: {p: float(np.mean(v)) for p, v in values.items()} for name, values in dice.items()}
+    scores = {
+        name: {p: float(np.mean(v)) for p, v in values.items()} for name, values in dice.items()
+    }
     table = compare_configurations(scores)
     for entry in table:
         entry["selection"] = ",".join(sorted(rules[entry["configuration"]]))
@@ -151,32 +200,56 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> No
         writer.writerows(rows)
 
 
-def _markdown(sweep_dir: Path, jobs: list[dict[str, Any]], keys: list[str], table: list[dict[str, Any]]) -> list[str]:
-    lines = [f"# Sweep report: {sweep_dir.name}", "",
-             (f"{len(jobs)} jobs, {sum(j['status'] == 'ok' for j in jobs)} ok, "
-              f"{sum(j['status'] == 'failed' for j in jobs)} failed. Per-volume Dice on each job's validation "
-              "patients at the epoch its `evaluation.selection` rule reports."), "",
-             "| job | overrides | status | rule | epoch | mean DSC | median DSC | best-epoch mean DSC (selected on validation) | train s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def _markdown(
+    sweep_dir: Path, jobs: list[dict[str, Any]], keys: list[str], table: list[dict[str, Any]]
+) -> list[str]:
+    lines = [
+        f"# Sweep report: {sweep_dir.name}",
+        "",
+        (
+            f"{len(jobs)} jobs, {sum(j['status'] == 'ok' for j in jobs)} ok, "
+            f"{sum(j['status'] == 'failed' for j in jobs)} failed. Per-volume Dice on each job's validation "
+            "patients at the epoch its `evaluation.selection` rule reports."
+        ),
+        "",
+        "| job | overrides | status | rule | epoch | mean DSC | median DSC | best-epoch mean DSC (selected on validation) | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for job in jobs:
         status = job["status"] + (f" ({job['error']})" if job["error"] else "")
-        lines.append(f"| {job['job']} | {_label(job, keys)} | {status} | {_fmt(job['selection'])} | {_fmt(job['epoch'])} | "
-                     f"{_fmt(job['dsc_volume_mean'])} | {_fmt(job['dsc_volume_median'])} | "
-                     f"{_fmt(job['best_on_val_mean'])} | {_fmt(job['train_seconds'], 1)} |")
+        lines.append(
+            f"| {job['job']} | {_label(job, keys)} | {status} | {_fmt(job['selection'])} | {_fmt(job['epoch'])} | "
+            f"{_fmt(job['dsc_volume_mean'])} | {_fmt(job['dsc_volume_median'])} | "
+            f"{_fmt(job['best_on_val_mean'])} | {_fmt(job['train_seconds'], 1)} |"
+        )
     if not table:
         return lines
     pooled = FOLD_KEY in keys
-    lines += ["", "## Configurations" + (" (cross-validation: every patient scored by the fold that held it out, pooled)" if pooled else ""),
-              "", (f"Mean per-volume Dice over patients with its 95% bootstrap CI; against the best configuration the "
-                   f"paired per-patient difference (this minus best) with its 95% CI, the two-sided Wilcoxon signed-rank "
-                   f"p-value and its Holm correction across the comparisons; verdict at level {LEVEL}."), "",
-              "| configuration | rule | jobs | patients | mean DSC [95% CI] | median | Δ vs best [95% CI] | p | p (Holm) | verdict |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Configurations"
+        + (
+            " (cross-validation: every patient scored by the fold that held it out, pooled)"
+            if pooled
+            else ""
+        ),
+        "",
+        (
+            f"Mean per-volume Dice over patients with its 95% bootstrap CI; against the best configuration the "
+            f"paired per-patient difference (this minus best) with its 95% CI, the two-sided Wilcoxon signed-rank "
+            f"p-value and its Holm correction across the comparisons; verdict at level {LEVEL}."
+        ),
+        "",
+        "| configuration | rule | jobs | patients | mean DSC [95% CI] | median | Δ vs best [95% CI] | p | p (Holm) | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in table:
-        lines.append(f"| {r['configuration']} | {r['selection']} | {r['jobs']} | {r['n']} | {r['mean']:.4f} "
-                     f"{_interval(r['ci_low'], r['ci_high'])} | {r['median']:.4f} | "
-                     f"{_fmt(r['difference'])} {_interval(r['difference_ci_low'], r['difference_ci_high']) if r['difference'] is not None else ''} | "
-                     f"{_fmt(r['p'])} | {_fmt(r['p_holm'])} | {r['verdict']} |")
+        lines.append(
+            f"| {r['configuration']} | {r['selection']} | {r['jobs']} | {r['n']} | {r['mean']:.4f} "
+            f"{_interval(r['ci_low'], r['ci_high'])} | {r['median']:.4f} | "
+            f"{_fmt(r['difference'])} {_interval(r['difference_ci_low'], r['difference_ci_high']) if r['difference'] is not None else ''} | "
+            f"{_fmt(r['p'])} | {_fmt(r['p_holm'])} | {r['verdict']} |"
+        )
     lines += ["", "Rules: " + "; ".join(f"`{k}` = {v}" for k, v in SELECTION_RULES.items()) + "."]
     return lines
 
@@ -188,18 +261,38 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
     keys = _varying(jobs)
     rows = pooled_per_patient(jobs, keys)
     table = compare(rows)
-    _write_csv(sweep_dir / "summary.csv", JOB_COLUMNS,
-               [{**job, "overrides": _label(job, keys)} for job in jobs])
+    _write_csv(
+        sweep_dir / "summary.csv",
+        JOB_COLUMNS,
+        [{**job, "overrides": _label(job, keys)} for job in jobs],
+    )
     _write_csv(sweep_dir / "comparison.csv", COMPARISON_COLUMNS, table)
-    metric_columns = [c for c in [*METRICS, "lesions_true", "lesions_predicted", "lesions_found", "lesions_hit"]
-                      if rows and c in rows[0]]
-    _write_csv(sweep_dir / "per_patient.csv", ["configuration", "patient", "fold", "job", "selection", *metric_columns], rows)
+    metric_columns = [
+        c
+        for c in [*METRICS, "lesions_true", "lesions_predicted", "lesions_found", "lesions_hit"]
+        if rows and c in rows[0]
+    ]
+    _write_csv(
+        sweep_dir / "per_patient.csv",
+        ["configuration", "patient", "fold", "job", "selection", *metric_columns],
+        rows,
+    )
     with _atomic(sweep_dir / "summary.md") as fh:
         fh.write("\n".join(_markdown(sweep_dir, jobs, keys, table)) + "\n")
     if table:
-        scores = {r["configuration"]: {row["patient"]: row["dsc"] for row in rows if row["configuration"] == r["configuration"]}
-                  for r in table}
-        strip_box_plot(scores, sweep_dir / "summary.png", "Per-volume Dice per patient, best configuration on top")
+        scores = {
+            r["configuration"]: {
+                row["patient"]: row["dsc"]
+                for row in rows
+                if row["configuration"] == r["configuration"]
+            }
+            for r in table
+        }
+        strip_box_plot(
+            scores,
+            sweep_dir / "summary.png",
+            "Per-volume Dice per patient, best configuration on top",
+        )
         heat_map(scores, sweep_dir / "heatmap.png", "Per-volume Dice: configurations x patients")
     return {"jobs": jobs, "configurations": table, "per_patient": rows}
 
@@ -221,7 +314,9 @@ class SweepReport(Callback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Rebuild the report of a train.py -m sweep directory.")
+    parser = argparse.ArgumentParser(
+        description="Rebuild the report of a train.py -m sweep directory."
+    )
     parser.add_argument("sweep_dir")
     args = parser.parse_args(argv)
     sweep_dir = Path(args.sweep_dir)

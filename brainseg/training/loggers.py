@@ -46,8 +46,16 @@ def wandb_logger(
     os.environ.setdefault("WANDB_SILENT", "true")
     run_id = hashlib.sha1(str(Path(save_dir).resolve()).encode()).hexdigest()[:16]
     return WandbLogger(
-        project=project, entity=entity, group=group, name=name, save_dir=save_dir, offline=bool(offline),
-        id=run_id, resume="allow", tags=list(tags), job_type=job_type,
+        project=project,
+        entity=entity,
+        group=group,
+        name=name,
+        save_dir=save_dir,
+        offline=bool(offline),
+        id=run_id,
+        resume="allow",
+        tags=list(tags),
+        job_type=job_type,
     )
 
 

@@ -20,7 +20,11 @@ LESION = {1: "lesion"}
 def _display(image: np.ndarray) -> np.ndarray:
     """A z-scored (3, H, W) slice as (H, W, 3) uint8 for pictures."""
     low, high = np.percentile(image, [1, 99])
-    return (np.clip((image - low) / max(high - low, 1e-6), 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+    return (
+        (np.clip((image - low) / max(high - low, 1e-6), 0, 1) * 255)
+        .astype(np.uint8)
+        .transpose(1, 2, 0)
+    )
 
 
 class TrackerMedia(L.Callback):
@@ -44,9 +48,20 @@ class TrackerMedia(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._slices = {}
 
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                                batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        if trainer.sanity_checking or not isinstance(outputs, torch.Tensor) or not trainer.is_global_zero:
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: dict[str, torch.Tensor],
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if (
+            trainer.sanity_checking
+            or not isinstance(outputs, torch.Tensor)
+            or not trainer.is_global_zero
+        ):
             return
         areas = batch["mask"].flatten(1).sum(1).cpu()
         patients = batch["patient"].cpu()
@@ -55,17 +70,22 @@ class TrackerMedia(L.Callback):
             row = int(rows[areas[rows].argmax()])
             if float(areas[row]) > self._slices.get(patient, {}).get("area", -1.0):
                 self._slices[patient] = {
-                    "area": float(areas[row]), "slice": int(batch["slice"][row]),
+                    "area": float(areas[row]),
+                    "slice": int(batch["slice"][row]),
                     "image": batch["image"][row].detach().float().cpu().numpy(),
                     "truth": batch["mask"][row, 0].detach().cpu().numpy() > 0.5,
-                    "pred": outputs[row, 0].detach().cpu().numpy() > pl_module.volume_dice["val"].threshold,
+                    "pred": outputs[row, 0].detach().cpu().numpy()
+                    > pl_module.volume_dice["val"].threshold,
                 }
 
     def _examples(self, trainer: L.Trainer) -> list[dict[str, Any]]:
         datamodule = getattr(trainer, "datamodule", None)
         names = datamodule.patient_names("val") if datamodule is not None else None
         chosen = sorted(self._slices.items(), key=lambda item: -item[1]["area"])[: self.patients]
-        return [{**example, "caption": f"{names[p] if names else p} slice {example['slice']}"} for p, example in chosen]
+        return [
+            {**example, "caption": f"{names[p] if names else p} slice {example['slice']}"}
+            for p, example in chosen
+        ]
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -85,21 +105,47 @@ class TrackerMedia(L.Callback):
             elif isinstance(logger, TensorBoardLogger):
                 logger.log_metrics({"hp_metric": self.best}, step=step)
                 if examples:
-                    pictures = np.stack([overlay(_display(e["image"]), e["pred"], e["truth"]) for e in examples])
-                    logger.experiment.add_images("val/overlays", pictures, global_step=step, dataformats="NHWC")
+                    pictures = np.stack(
+                        [overlay(_display(e["image"]), e["pred"], e["truth"]) for e in examples]
+                    )
+                    logger.experiment.add_images(
+                        "val/overlays", pictures, global_step=step, dataformats="NHWC"
+                    )
 
-    def _to_wandb(self, logger: WandbLogger, improved: bool, scores: dict[str, float],
-                  examples: list[dict[str, Any]], step: int) -> None:
+    def _to_wandb(
+        self,
+        logger: WandbLogger,
+        improved: bool,
+        scores: dict[str, float],
+        examples: list[dict[str, Any]],
+        step: int,
+    ) -> None:
         # Set after Lightning logged this epoch's value, which W&B would otherwise keep as the summary.
-        logger.experiment.summary.update({self.monitor: self.best, f"{self.monitor}_best_epoch": self.best_epoch})
+        logger.experiment.summary.update(
+            {self.monitor: self.best, f"{self.monitor}_best_epoch": self.best_epoch}
+        )
         if improved and scores:
-            logger.log_table("val/dsc_volume_per_patient", columns=["patient", "dsc_volume"],
-                             data=[[name, value] for name, value in scores.items()], step=step)
+            logger.log_table(
+                "val/dsc_volume_per_patient",
+                columns=["patient", "dsc_volume"],
+                data=[[name, value] for name, value in scores.items()],
+                step=step,
+            )
         if examples:
-            masks = [{"prediction": {"mask_data": e["pred"].astype(np.uint8), "class_labels": LESION},
-                      "truth": {"mask_data": e["truth"].astype(np.uint8), "class_labels": LESION}} for e in examples]
-            logger.log_image("val/overlays", images=[_display(e["image"]) for e in examples], step=step,
-                             masks=masks, caption=[e["caption"] for e in examples])
+            masks = [
+                {
+                    "prediction": {"mask_data": e["pred"].astype(np.uint8), "class_labels": LESION},
+                    "truth": {"mask_data": e["truth"].astype(np.uint8), "class_labels": LESION},
+                }
+                for e in examples
+            ]
+            logger.log_image(
+                "val/overlays",
+                images=[_display(e["image"]) for e in examples],
+                step=step,
+                masks=masks,
+                caption=[e["caption"] for e in examples],
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch}

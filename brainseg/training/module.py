@@ -18,7 +18,14 @@ from brainseg.metrics import VolumeDice, slice_metrics
 from brainseg.models import build_model
 
 # Per-volume metrics logged next to the Dice as patient means (brainseg.evaluation.volume_metrics).
-SURFACE_AND_DETECTION = ("hd95", "assd", "nsd", "volume_difference", "lesion_recall", "lesion_precision")
+SURFACE_AND_DETECTION = (
+    "hd95",
+    "assd",
+    "nsd",
+    "volume_difference",
+    "lesion_recall",
+    "lesion_precision",
+)
 
 
 class SegmentationModule(L.LightningModule):
@@ -43,10 +50,14 @@ class SegmentationModule(L.LightningModule):
         self.volume_dice = torch.nn.ModuleDict(
             {s: VolumeDice(threshold, postprocessing or []) for s in ("val", "test")}
         )
-        self.slice_metrics = torch.nn.ModuleDict({s: slice_metrics(threshold) for s in ("val", "test")})
+        self.slice_metrics = torch.nn.ModuleDict(
+            {s: slice_metrics(threshold) for s in ("val", "test")}
+        )
         self.nsd_tolerance = float(metric.get("nsd_tolerance", NSD_TOLERANCE))
         self.volume_scores: dict[str, dict[str, float]] = {}  # stage -> patient name -> Dice
-        self.volume_details: dict[str, dict[str, dict[str, float]]] = {}  # stage -> patient -> every metric
+        self.volume_details: dict[
+            str, dict[str, dict[str, float]]
+        ] = {}  # stage -> patient -> every metric
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         logits = self.net(image)
@@ -92,13 +103,24 @@ class SegmentationModule(L.LightningModule):
         datamodule: SegmentationData | None = getattr(self.trainer, "datamodule", None)
         names = datamodule.patient_names(stage) if datamodule is not None else None
         self.volume_scores[stage] = {
-            (names[p] if names else str(p)): float(d) for p, d in zip(result["patient"].reshape(-1).tolist(), result["per_volume"].reshape(-1).tolist())
+            (names[p] if names else str(p)): float(d)
+            for p, d in zip(
+                result["patient"].reshape(-1).tolist(), result["per_volume"].reshape(-1).tolist()
+            )
         }
-        self.volume_details[stage] = {(names[p] if names else str(p)): volume_metrics(pred, truth, self.nsd_tolerance)
-                                      for p, (pred, truth) in volumes.items()}
+        self.volume_details[stage] = {
+            (names[p] if names else str(p)): volume_metrics(pred, truth, self.nsd_tolerance)
+            for p, (pred, truth) in volumes.items()
+        }
         if self.volume_details[stage]:
-            self.log_dict({f"{stage}/{k}": float(np.mean([d[k] for d in self.volume_details[stage].values()]))
-                           for k in SURFACE_AND_DETECTION})
+            self.log_dict(
+                {
+                    f"{stage}/{k}": float(
+                        np.mean([d[k] for d in self.volume_details[stage].values()])
+                    )
+                    for k in SURFACE_AND_DETECTION
+                }
+            )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._evaluate(batch, "val")
@@ -113,7 +135,9 @@ class SegmentationModule(L.LightningModule):
         self._end_of_evaluation("test")
 
     def configure_optimizers(self) -> Any:
-        optimizer = instantiate_setting("optimizer", dict(self.hparams.optimizer), params=self.parameters())
+        optimizer = instantiate_setting(
+            "optimizer", dict(self.hparams.optimizer), params=self.parameters()
+        )
         scheduler_cfg = dict(self.hparams.scheduler or {})
         if not scheduler_cfg.get("scheduler"):
             return optimizer

@@ -31,7 +31,9 @@ log = logging.getLogger("brainseg")
 
 def _instantiate_group(group: str, cfg: DictConfig | None) -> list[Any]:
     """Every entry of a dict-shaped group (callbacks, logger); null entries switch one off."""
-    return [instantiate_setting(f"{group}.{name}", node) for name, node in (cfg or {}).items() if node]
+    return [
+        instantiate_setting(f"{group}.{name}", node) for name, node in (cfg or {}).items() if node
+    ]
 
 
 def check_sweep_ranks(trainer_cfg: DictConfig) -> None:
@@ -43,7 +45,12 @@ def check_sweep_ranks(trainer_cfg: DictConfig) -> None:
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return
     devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1)
-    several = nodes > 1 or devices == -1 or (isinstance(devices, int) and devices > 1) or isinstance(devices, (list, ListConfig))
+    several = (
+        nodes > 1
+        or devices == -1
+        or (isinstance(devices, int) and devices > 1)
+        or isinstance(devices, (list, ListConfig))
+    )
     strategy = str(trainer_cfg.get("strategy", "auto"))
     external = int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
     if several and strategy in ("auto", "ddp", "ddp_find_unused_parameters_true") and not external:
@@ -111,7 +118,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     if cfg.data.get("root"):
-        check_output_outside_data(output_dir, to_absolute_path(str(cfg.data.root)), "paths.output_dir")
+        check_output_outside_data(
+            output_dir, to_absolute_path(str(cfg.data.root)), "paths.output_dir"
+        )
     datamodule = check_data_module(instantiate_setting("data", cfg.data))
     module = SegmentationModule(
         model=to_plain(cfg.model),
@@ -122,26 +131,44 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         postprocessing=to_plain(cfg.postprocessing),
     )
     model = cfg.model
-    log.info("model: %s, encoder %s, %.1f M parameters", model.arch, model.encoder_name,
-             sum(p.numel() for p in module.parameters()) / 1e6)
+    log.info(
+        "model: %s, encoder %s, %.1f M parameters",
+        model.arch,
+        model.encoder_name,
+        sum(p.numel() for p in module.parameters()) / 1e6,
+    )
     report = RunReport(output_dir, to_plain(cfg), cfg.monitor)
     callbacks = _instantiate_group("callbacks", cfg.get("callbacks")) + [report]
     loggers = _instantiate_group("logger", cfg.get("logger"))
     swept, _ = job_overrides()
     sweep_keys = {f"sweep/{o.split('=', 1)[0].lstrip('+~')}": o.split("=", 1)[1] for o in swept}
     for logger in loggers:
-        logger.log_hyperparams({**report.config, **sweep_keys})  # the resolved config + the swept keys on top
+        logger.log_hyperparams(
+            {**report.config, **sweep_keys}
+        )  # the resolved config + the swept keys on top
     if any(isinstance(logger, (WandbLogger, TensorBoardLogger)) for logger in loggers):
         callbacks.append(TrackerMedia(cfg.monitor))
     # A progress bar on a terminal; in a log file, RunReport's one line per epoch instead.
     progress_bar = cfg.trainer.get("enable_progress_bar", sys.stdout.isatty())
-    trainer: L.Trainer = instantiate_setting("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                             plugins=_plugins(), enable_progress_bar=progress_bar)
+    trainer: L.Trainer = instantiate_setting(
+        "trainer",
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=_plugins(),
+        enable_progress_bar=progress_bar,
+    )
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=_auto_resume(cfg, output_dir, module))
         test_scores = None
-        if cfg.get("test") and trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
-            trainer.test(module, datamodule=datamodule, ckpt_path=trainer.checkpoint_callback.best_model_path)
+        if (
+            cfg.get("test")
+            and trainer.checkpoint_callback
+            and trainer.checkpoint_callback.best_model_path
+        ):
+            trainer.test(
+                module, datamodule=datamodule, ckpt_path=trainer.checkpoint_callback.best_model_path
+            )
             test_scores = module.volume_scores.get("test")
     finally:
         if any(isinstance(logger, WandbLogger) for logger in loggers):
@@ -151,11 +178,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         best = metrics["best"]
         median = best["dsc_volume_median"]
         log.info(
-            "best %s: mean %.4f, median %s (epoch %d, %d patients); run in %s", cfg.monitor, best["dsc_volume_mean"],
-            "-" if median is None else f"{median:.4f}", best["epoch"], len(best["per_patient"]), output_dir,
+            "best %s: mean %.4f, median %s (epoch %d, %d patients); run in %s",
+            cfg.monitor,
+            best["dsc_volume_mean"],
+            "-" if median is None else f"{median:.4f}",
+            best["epoch"],
+            len(best["per_patient"]),
+            output_dir,
         )
         chosen = metrics["selected"]
-        log.info("reported (evaluation.selection=%s: %s): val/dsc_volume mean %.4f, median %.4f, HD95 %.2f px (epoch %d)",
-                 chosen["rule"], chosen["description"], chosen["dsc_volume_mean"], chosen["dsc_volume_median"],
-                 chosen.get("hd95", float("nan")), chosen["epoch"])
+        log.info(
+            "reported (evaluation.selection=%s: %s): val/dsc_volume mean %.4f, median %.4f, HD95 %.2f px (epoch %d)",
+            chosen["rule"],
+            chosen["description"],
+            chosen["dsc_volume_mean"],
+            chosen["dsc_volume_median"],
+            chosen.get("hd95", float("nan")),
+            chosen["epoch"],
+        )
     return metrics

@@ -35,8 +35,13 @@ class RunReport(L.Callback):
     `.out` file, where no progress bar shows), logs one line per validated epoch.
     """
 
-    def __init__(self, output_dir: str | Path, config: dict[str, Any], monitor: str,
-                 progress_lines: bool | None = None) -> None:
+    def __init__(
+        self,
+        output_dir: str | Path,
+        config: dict[str, Any],
+        monitor: str,
+        progress_lines: bool | None = None,
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.config = config
         self.monitor = monitor
@@ -54,7 +59,9 @@ class RunReport(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.is_global_zero and stage == "fit":
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
+            (self.output_dir / "config.yaml").write_text(
+                yaml.safe_dump(self.config, sort_keys=False)
+            )
             data: SegmentationData = trainer.datamodule
             data.write_split(self.output_dir / "split.json")
 
@@ -62,8 +69,14 @@ class RunReport(L.Callback):
         self._epoch_started = time.monotonic()
         self._train_loss = []
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             self._train_loss.append(loss.detach())  # stays on the device: no sync per step
@@ -79,12 +92,19 @@ class RunReport(L.Callback):
             return
         details = pl_module.volume_details.get("val", {})
         val_loss = trainer.callback_metrics.get("val/loss")
-        entry = {"epoch": trainer.current_epoch, "step": trainer.global_step,
-                 "dsc_volume_mean": float(mean), "dsc_volume_median": None if median is None else float(median),
-                 "train_loss": float(torch.stack(self._train_loss).mean()) if self._train_loss else None,
-                 "val_loss": float(val_loss) if val_loss is not None else None,
-                 **{k: float(trainer.callback_metrics[f"val/{k}"]) for k in SURFACE_AND_DETECTION
-                    if f"val/{k}" in trainer.callback_metrics}}
+        entry = {
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "dsc_volume_mean": float(mean),
+            "dsc_volume_median": None if median is None else float(median),
+            "train_loss": float(torch.stack(self._train_loss).mean()) if self._train_loss else None,
+            "val_loss": float(val_loss) if val_loss is not None else None,
+            **{
+                k: float(trainer.callback_metrics[f"val/{k}"])
+                for k in SURFACE_AND_DETECTION
+                if f"val/{k}" in trainer.callback_metrics
+            },
+        }
         self.history.append(entry)
         self.last = {**entry, "per_patient": dict(scores), "per_patient_metrics": dict(details)}
         if self.best is None or entry["dsc_volume_mean"] > self.best["dsc_volume_mean"]:
@@ -99,24 +119,47 @@ class RunReport(L.Callback):
         """`epoch 3/20 | train loss 0.41 | val Dice mean 0.61 median 0.65 | best 0.61 (epoch 3) | 47 s | ETA 13 min`"""
         seconds = sum(self._epoch_seconds) / len(self._epoch_seconds)
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        eta = f"ETA {seconds * (epochs - entry['epoch'] - 1) / 60:.1f} min" if epochs else "no epoch limit"
+        eta = (
+            f"ETA {seconds * (epochs - entry['epoch'] - 1) / 60:.1f} min"
+            if epochs
+            else "no epoch limit"
+        )
         loss = f"{entry['train_loss']:.4f}" if entry["train_loss"] is not None else "–"
-        median = f"{entry['dsc_volume_median']:.4f}" if entry["dsc_volume_median"] is not None else "–"
-        return (f"epoch {entry['epoch'] + 1}/{epochs or '∞'} | train loss {loss} | val Dice mean "
-                f"{entry['dsc_volume_mean']:.4f} median {median} | best "
-                f"{self.best['dsc_volume_mean']:.4f} (epoch {self.best['epoch'] + 1}) | {seconds:.1f} s/epoch | {eta}")
+        median = (
+            f"{entry['dsc_volume_median']:.4f}" if entry["dsc_volume_median"] is not None else "–"
+        )
+        return (
+            f"epoch {entry['epoch'] + 1}/{epochs or '∞'} | train loss {loss} | val Dice mean "
+            f"{entry['dsc_volume_mean']:.4f} median {median} | best "
+            f"{self.best['dsc_volume_mean']:.4f} (epoch {self.best['epoch'] + 1}) | {seconds:.1f} s/epoch | {eta}"
+        )
 
-    def write_metrics(self, trainer: L.Trainer, test_scores: dict[str, float] | None = None) -> dict[str, Any]:
+    def write_metrics(
+        self, trainer: L.Trainer, test_scores: dict[str, float] | None = None
+    ) -> dict[str, Any]:
         checkpoint = trainer.checkpoint_callback
-        paths = {"best": getattr(checkpoint, "best_model_path", None) or None,
-                 "last": next((str(c.path) for c in trainer.checkpoint_callbacks
-                               if isinstance(c, LastCheckpoint) and c.path.is_file()), None)}
+        paths = {
+            "best": getattr(checkpoint, "best_model_path", None) or None,
+            "last": next(
+                (
+                    str(c.path)
+                    for c in trainer.checkpoint_callbacks
+                    if isinstance(c, LastCheckpoint) and c.path.is_file()
+                ),
+                None,
+            ),
+        }
         selected = self._reported()
         metrics = {
             "monitor": self.monitor,
             "selection": self.selection,
-            "selected": selected and {**selected, "rule": self.selection, "description": SELECTION_RULES[self.selection],
-                                      "checkpoint": paths["last" if self.selection == "last" else "best"]},
+            "selected": selected
+            and {
+                **selected,
+                "rule": self.selection,
+                "description": SELECTION_RULES[self.selection],
+                "checkpoint": paths["last" if self.selection == "last" else "best"],
+            },
             "best": self.best,
             "best_checkpoint": paths["best"],
             "last_checkpoint": paths["last"],
@@ -126,8 +169,11 @@ class RunReport(L.Callback):
         }
         if test_scores:
             stats = summarize(list(test_scores.values()))
-            metrics["test"] = {"dsc_volume_mean": stats["mean"], "dsc_volume_median": stats["median"],
-                               "per_patient": test_scores}
+            metrics["test"] = {
+                "dsc_volume_mean": stats["mean"],
+                "dsc_volume_median": stats["median"],
+                "per_patient": test_scores,
+            }
         (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics
 
@@ -154,15 +200,24 @@ class RunReport(L.Callback):
         if not per_patient:
             return None
         columns = list(next(iter(per_patient.values())))
-        return ["patient", *columns], [[name, *(values[c] for c in columns)] for name, values in per_patient.items()]
+        return ["patient", *columns], [
+            [name, *(values[c] for c in columns)] for name, values in per_patient.items()
+        ]
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         data: SegmentationData = trainer.datamodule
         Provenance(config=self.config, **data.provenance()).store(checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
         elapsed = self._elapsed_before + time.monotonic() - self._started
-        return {"best": self.best, "last": self.last, "history": self.history, "train_seconds": elapsed}
+        return {
+            "best": self.best,
+            "last": self.last,
+            "history": self.history,
+            "train_seconds": elapsed,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = state_dict.get("best")

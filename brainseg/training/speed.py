@@ -84,22 +84,36 @@ class TrainingSpeed(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.meter = SpeedMeter()
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         synchronize(pl_module.device)
         self.meter.data()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         synchronize(pl_module.device)
         self.meter.step(int(batch["image"].shape[0]))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         device = pl_module.device
-        figures = {"speed/samples_per_s": self.meter.samples_per_s, "speed/data_wait": self.meter.data_fraction,
-                   "speed/peak_memory_mb": peak_memory_mb(device)}
+        figures = {
+            "speed/samples_per_s": self.meter.samples_per_s,
+            "speed/data_wait": self.meter.data_fraction,
+            "speed/peak_memory_mb": peak_memory_mb(device),
+        }
         pl_module.log_dict(figures)
         log.info(
             "epoch %d: %.1f samples/s, data wait %.1f%% of step time, utilisation %s, peak memory %.0f MB",
-            trainer.current_epoch, figures["speed/samples_per_s"], 100 * figures["speed/data_wait"],
-            utilisation(device), figures["speed/peak_memory_mb"],
+            trainer.current_epoch,
+            figures["speed/samples_per_s"],
+            100 * figures["speed/data_wait"],
+            utilisation(device),
+            figures["speed/peak_memory_mb"],
         )
