@@ -1,5 +1,8 @@
-"""Turn checkpoints into masks, scores and pictures:
-`python predict.py input=<data root> checkpoints=[<run>/checkpoints/last.ckpt] output_dir=<new folder>`."""
+r"""Turn checkpoints into masks, scores and pictures:
+
+    python predict.py input=<data root> checkpoints=[<run>/checkpoints/last.ckpt] \
+        output_dir=<new folder>
+"""
 
 import hydra
 from omegaconf import DictConfig

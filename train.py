@@ -1,4 +1,5 @@
-"""Train one configuration, or sweep many with -m: `python train.py -m model=unet,unetpp loss=dice,bce_dice`."""
+"""Train one configuration, or sweep many with -m:
+`python train.py -m model=unet,unetpp loss=dice,bce_dice`."""
 
 import hydra
 from omegaconf import DictConfig

@@ -55,16 +55,20 @@ def main() -> None:
         (best,) = sizes.values()
     mb = 1e6
     print(
-        f"model: {cfg.model.arch}/{cfg.model.encoder_name}, {cfg.data.preprocess.image_size} px, optimizer {cfg.optimizer._target_}"
+        f"model: {cfg.model.arch}/{cfg.model.encoder_name}, {cfg.data.preprocess.image_size} px, "
+        f"optimizer {cfg.optimizer._target_}"
     )
     print(
-        f"last.ckpt (full state): {last / mb:.1f} MB; best (weights + provenance): {best / mb:.1f} MB"
+        f"last.ckpt (full state): {last / mb:.1f} MB; "
+        f"best (weights + provenance): {best / mb:.1f} MB"
     )
     print(
-        f"per job   before (best and last, both full state): {2 * last / mb:.1f} MB; after: {(best + last) / mb:.1f} MB"
+        f"per job   before (best and last, both full state): {2 * last / mb:.1f} MB; "
+        f"after: {(best + last) / mb:.1f} MB"
     )
     print(
-        f"{args.jobs}-job sweep before: {args.jobs * 2 * last / 1e9:.2f} GB; after: {args.jobs * (best + last) / 1e9:.2f} GB"
+        f"{args.jobs}-job sweep before: {args.jobs * 2 * last / 1e9:.2f} GB; "
+        f"after: {args.jobs * (best + last) / 1e9:.2f} GB"
     )
 
 

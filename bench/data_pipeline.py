@@ -1,4 +1,5 @@
-"""Benchmark of the data pipeline: preprocessing cold and warm (cache), peak memory, loader throughput.
+"""Benchmark of the data pipeline: preprocessing cold and warm (cache), peak memory,
+loader throughput.
 
     python bench/data_pipeline.py --root ../shared/data/lgg
 
@@ -68,15 +69,18 @@ def run(args: argparse.Namespace) -> None:
         volumes, warm = load_all(Path(args.root), Path(tmp), cfg, args.preprocess_workers)
         slices = sum(len(v.image) for v in volumes)
         print(
-            f"data: {args.root}: {len(volumes)} patients, {slices} slices after preprocessing, {args.image_size} px"
+            f"data: {args.root}: {len(volumes)} patients, {slices} slices after preprocessing, "
+            f"{args.image_size} px"
         )
         print(
-            f"preprocessing cold (read + preprocess + write cache, {args.preprocess_workers} processes): {cold:.2f} s"
+            "preprocessing cold (read + preprocess + write cache, "
+            f"{args.preprocess_workers} processes): {cold:.2f} s"
         )
         print(f"preprocessing warm (memory-mapped cache):             {warm:.3f} s")
         children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         print(
-            f"peak memory (RSS): main process {peak_cold:.0f} MB ({baseline:.0f} MB before loading: Python, torch), "
+            f"peak memory (RSS): main process {peak_cold:.0f} MB "
+            f"({baseline:.0f} MB before loading: Python, torch), "
             f"largest preprocessing process {children:.0f} MB"
         )
         for workers in (0, 2):
@@ -84,12 +88,13 @@ def run(args: argparse.Namespace) -> None:
                 volumes, args.augmentation, workers, args.batches, args.batch_size
             )
             print(
-                f"train loader, {args.augmentation} augmentation, {workers} workers: {rate:.0f} samples/s"
+                f"train loader, {args.augmentation} augmentation, {workers} workers: "
+                f"{rate:.0f} samples/s"
             )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True, help="data root in the kaggle_3m layout")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument(

@@ -29,7 +29,8 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 def grid_sample_reference(
     image: torch.Tensor, mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference preset in a few lines of torch: one random affine per sample, flip folded in."""
+    """The reference preset in a few lines of torch: one random affine per sample,
+    flip folded in."""
     n = image.shape[0]
     angle = torch.empty(n, device=image.device).uniform_(-15, 15) * math.pi / 180
     scale = torch.empty(n, device=image.device).uniform_(0.95, 1.05)
@@ -64,7 +65,8 @@ def run(args: argparse.Namespace) -> None:
         cfg = compose(config_name="train", overrides=["data/augmentation=reference"])
     kornia_reference = instantiate(cfg.data.augmentation.device).to(device)
     print(
-        f"device {device}, {args.size} px, threads {torch.get_num_threads()}, {args.repeats} batches each"
+        f"device {device}, {args.size} px, threads {torch.get_num_threads()}, "
+        f"{args.repeats} batches each"
     )
     for batch in args.batch_sizes:
         image = torch.rand(batch, 3, args.size, args.size, device=device)
@@ -75,7 +77,8 @@ def run(args: argparse.Namespace) -> None:
         ):
             seconds = time_per_batch(fn, image, mask, args.repeats)
             print(
-                f"batch {batch:>3}  {name:<30} {1000 * seconds:8.1f} ms/batch  {batch / seconds:8.0f} samples/s",
+                f"batch {batch:>3}  {name:<30} {1000 * seconds:8.1f} ms/batch  "
+                f"{batch / seconds:8.0f} samples/s",
                 flush=True,
             )
 

@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> None:
     """Measure and print the figures."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(
-        f"device: {device}, torch threads: {torch.get_num_threads()}, {args.arch}/{args.encoder}, {args.image_size} px"
+        f"device: {device}, torch threads: {torch.get_num_threads()}, {args.arch}/{args.encoder}, "
+        f"{args.image_size} px"
     )
     patients = find_patients(args.root)
     one = members(1, args.arch, args.encoder, args.image_size)
@@ -101,7 +102,8 @@ def run(args: argparse.Namespace) -> None:
         wall = time.perf_counter() - start
     slices = sum(len(p.numbers) for p in patients)
     print(
-        f"predict end to end (read, preprocess, 1 model, restore, write masks, scores, overlays, GIFs): "
+        "predict end to end "
+        "(read, preprocess, 1 model, restore, write masks, scores, overlays, GIFs): "
         f"{wall:.1f} s for {summary['patients']} patients, {slices} slices"
     )
 

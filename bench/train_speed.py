@@ -1,6 +1,6 @@
 """Training-speed benchmark: samples/s, data-wait share and peak memory per data path and setting.
 
-    python bench/train_speed.py --root ../shared/data/lgg --device cuda           # 256 px, the reference model
+    python bench/train_speed.py --root ../shared/data/lgg --device cuda  # 256 px, reference model
     python bench/train_speed.py --root ../shared/data/lgg --device cpu --size 64 --steps 4
 
 Each row times `--steps` training steps (after `--warmup` untimed ones) of the reference protocol's
@@ -102,7 +102,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 def measure(
     args: argparse.Namespace, setting: Setting, device: torch.device
 ) -> tuple[float, float, float, float]:
-    """samples/s, data-wait fraction, data milliseconds per batch, peak memory (MB) of one setting."""
+    """samples/s, data-wait fraction, data milliseconds per batch, peak memory
+    (MB) of one setting."""
     cfg = compose_config(args.root, args.size, args.cache_dir, setting)
     datamodule = instantiate_setting("data", cfg.data)
     datamodule.trainer = _Trainer(device)
@@ -163,7 +164,8 @@ def run(args: argparse.Namespace) -> None:
     if device.type == "cpu" and "16-mixed" in precisions:
         precisions.remove("16-mixed")
         print(
-            "note: 16-mixed skipped on CPU (float16 autocast with a gradient scaler is a GPU setting)"
+            "note: 16-mixed skipped on CPU "
+            "(float16 autocast with a gradient scaler is a GPU setting)"
         )
     name = (
         torch.cuda.get_device_name(device)
@@ -172,7 +174,8 @@ def run(args: argparse.Namespace) -> None:
     )
     print(f"device: {name}; torch {torch.__version__}; threads {torch.get_num_threads()}")
     print(
-        f"data: {args.root}, {args.size} px; {args.steps} timed steps after {args.warmup} warm-up steps per row"
+        f"data: {args.root}, {args.size} px; "
+        f"{args.steps} timed steps after {args.warmup} warm-up steps per row"
     )
     print(
         f"{'loader':<12} {'precision':<10} {'channels_last':<13} {'compile':<8} {'batch':>5} "
@@ -194,7 +197,8 @@ def run(args: argparse.Namespace) -> None:
         )
     if device.type == "cpu":
         print(
-            "peak MB on CPU: the process's resident-memory high-water mark so far (it only grows down the table)"
+            "peak MB on CPU: the process's resident-memory high-water mark so far "
+            "(it only grows down the table)"
         )
 
 

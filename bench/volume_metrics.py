@@ -1,4 +1,5 @@
-"""Cost of the per-volume metrics (brainseg.evaluation.volume_metrics) that validation computes each epoch.
+"""Cost of the per-volume metrics (brainseg.evaluation.volume_metrics) that validation
+computes each epoch.
 
     python bench/volume_metrics.py --root ../shared/data/lgg --patients 10 --image-size 256
 
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> None:
             score(pred, truth)
         seconds = time.perf_counter() - start
         print(
-            f"{name}: {seconds:.2f} s for {len(pairs)} patients ({slices} slices at {args.image_size} px), "
+            f"{name}: {seconds:.2f} s for {len(pairs)} patients "
+            f"({slices} slices at {args.image_size} px), "
             f"{1000 * seconds / len(pairs):.0f} ms per patient"
         )
 

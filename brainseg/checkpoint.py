@@ -19,7 +19,8 @@ from torch import nn
 from brainseg.errors import DataError
 
 CHECKPOINT_KEY = "brainseg"
-# What predict.py needs from a best checkpoint; everything else (optimizer, loops, callbacks) is resume state.
+# What predict.py needs from a best checkpoint; everything else (optimizer, loops, callbacks) is
+# resume state.
 PREDICTION_KEYS = (
     "state_dict",
     "hyper_parameters",
@@ -58,7 +59,8 @@ class Provenance:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A brainseg training checkpoint as a dict; a missing, truncated, foreign or text file is a DataError."""
+    """A brainseg training checkpoint as a dict; a missing, truncated,
+    foreign or text file is a DataError."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint not found")
@@ -83,12 +85,14 @@ def load_weights(
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise DataError(
-            f"{path}: weights do not fit model {model.get('arch')}/{model.get('encoder_name')} ({first})"
+            f"{path}: weights do not fit model "
+            f"{model.get('arch')}/{model.get('encoder_name')} ({first})"
         ) from None
 
 
 def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
-    """Write to a temporary name, then rename: a crash mid-write never replaces a good file by a torn one."""
+    """Write to a temporary name, then rename:
+    a crash mid-write never replaces a good file by a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
@@ -97,5 +101,6 @@ def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
 
 
 def prediction_only(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The part of a training checkpoint that predict.py uses (weights and provenance, no optimizer state)."""
+    """The part of a training checkpoint that predict.py uses (weights and provenance,
+    no optimizer state)."""
     return {key: checkpoint[key] for key in PREDICTION_KEYS if key in checkpoint}

@@ -84,7 +84,9 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         }
         (job_dir / FAILURE_FILE).write_text(json.dumps(failure, indent=2))
         if "max_failure_rate" in HydraConfig.get().sweeper:
-            raise  # a sweeper that tolerates failures (Optuna) records this trial as failed, with this reason
+            # A sweeper that tolerates failures (Optuna) records this trial as failed, with this
+            # reason.
+            raise
         return None
 
 
@@ -93,7 +95,8 @@ def check_output_outside_data(output_dir: str | Path, data_root: str | Path, set
     output, root = Path(output_dir).resolve(), Path(data_root).resolve()
     if output.is_relative_to(root):
         raise ConfigError(
-            f"{setting}={str(output)!r} is inside data.root={str(root)!r}; nothing may be written there"
+            f"{setting}={str(output)!r} is inside data.root={str(root)!r}; "
+            "nothing may be written there"
         )
 
 

@@ -16,7 +16,8 @@ from brainseg.errors import BrainsegError, ConfigError
 
 
 def to_plain(cfg: Any) -> Any:
-    """A resolved, plain-Python copy of a config node (mapping or list); other values as they are."""
+    """A resolved, plain-Python copy of a config node (mapping or list);
+    other values as they are."""
     if OmegaConf.is_config(cfg):
         return OmegaConf.to_container(cfg, resolve=True)
     return dict(cfg) if isinstance(cfg, Mapping) else cfg
@@ -70,8 +71,9 @@ def _fresh_dir(path: str) -> str:
 
 
 def _gpus_per_node(accelerator: str, devices: Any) -> int | None:
-    """SLURM GPUs for a trainer: its device count with accelerator gpu/cuda (trainer=gpu, trainer=ddp),
-    none otherwise (`auto` must not queue a CPU job for GPUs that a CPU cluster never has)."""
+    """SLURM GPUs for a trainer: its device count with accelerator gpu/cuda
+    (trainer=gpu, trainer=ddp), none otherwise (`auto` must not queue a CPU job for GPUs that a
+    CPU cluster never has)."""
     return int(devices) if accelerator in ("gpu", "cuda") else None
 
 

@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=sorted(STEPS),
         default=[],
-        help="a brainseg.postprocessing step applied to the predictions before scoring (repeatable)",
+        help=(
+            "a brainseg.postprocessing step applied to the predictions before scoring (repeatable)"
+        ),
     )
     parser.add_argument(
         "--nsd-tolerance", type=float, default=NSD_TOLERANCE, help="pixels (default %(default)s)"
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         dsc, hd = summary["scores"]["dsc"], summary["scores"]["hd95"]
         print(
-            f"{summary['patients']} patients: per-volume DSC mean {dsc['mean']:.4f}, median {dsc['median']:.4f}; "
+            f"{summary['patients']} patients: per-volume DSC mean {dsc['mean']:.4f}, "
+            f"median {dsc['median']:.4f}; "
             f"HD95 median {hd['median']:.2f} px; {args.output}"
         )
 

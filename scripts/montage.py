@@ -1,5 +1,8 @@
-"""Put overlay PNGs side by side into one figure (how docs/images/overlays*.png are made):
-`python scripts/montage.py docs/images/overlays_real.png out/overlays/<patient>/<patient>_{12,14,16}.png`."""
+r"""Put overlay PNGs side by side into one figure (how docs/images/overlays*.png are made):
+
+    python scripts/montage.py docs/images/overlays_real.png \
+        out/overlays/<patient>/<patient>_{12,14,16}.png
+"""
 
 import sys
 from pathlib import Path

@@ -38,7 +38,8 @@ def run_cli(
 
 
 def tiny_train_overrides(root: Path, run_dir: Path, cache: Path) -> list[str]:
-    """A few CPU seconds of training on the tiny synthetic data (the conf/debug/tiny.yaml preset)."""
+    """A few CPU seconds of training on the tiny synthetic data
+    (the conf/debug/tiny.yaml preset)."""
     return [
         "debug=tiny",
         f"data.root={root}",

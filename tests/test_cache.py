@@ -1,4 +1,5 @@
-"""The preprocessed-volume cache: hits are memory-mapped, edits and settings invalidate, the data root stays untouched."""
+"""The preprocessed-volume cache: hits are memory-mapped, edits and settings invalidate,
+the data root stays untouched."""
 
 from __future__ import annotations
 

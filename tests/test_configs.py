@@ -1,4 +1,5 @@
-"""Config composition: presets, the SLURM launcher following the trainer, every group option composes."""
+"""Config composition: presets, the SLURM launcher following the trainer,
+every group option composes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The DataModule and augmentation as composed from conf/: batches, splits, seeding, binary masks."""
+"""The DataModule and augmentation as composed from conf/: batches, splits, seeding,
+binary masks."""
 
 from __future__ import annotations
 

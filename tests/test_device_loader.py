@@ -46,7 +46,8 @@ def _datamodule(root: Path, cache: Path, *overrides: str) -> LGGDataModule:
 
 
 def _blobs(n: int, size: int, seed: int) -> torch.Tensor:
-    """(n, 3, size, size) images that are 0.1 outside and 0.9 inside random discs, all channels alike."""
+    """(n, 3, size, size) images that are 0.1 outside and 0.9 inside random discs,
+    all channels alike."""
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     centres = torch.randint(size // 4, 3 * size // 4, (n, 2, 1, 1), generator=g)

@@ -1,4 +1,5 @@
-"""Per-volume metrics on hand-computable shapes, their empty-volume conventions, paired statistics."""
+"""Per-volume metrics on hand-computable shapes, their empty-volume conventions,
+paired statistics."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Figures read back: subset colours and zero-Dice marks in the bar chart, labelled and windowed overlays."""
+"""Figures read back: subset colours and zero-Dice marks in the bar chart,
+labelled and windowed overlays."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Input data is never overwritten and never silently misread (issue 7): predict's output/input
 overlap, run directories inside data.root, all inputs checked before writing, duplicate or stray
-slices, bad mask values, black volumes, mask names, data.split.n_val=0, 1-patient validation/test sets."""
+slices, bad mask values, black volumes, mask names, data.split.n_val=0, 1-patient validation/test
+sets."""
 
 from __future__ import annotations
 

@@ -63,7 +63,8 @@ def test_views_invert_exactly_or_nearly() -> None:
 
 
 def test_tta_keeps_a_pointwise_model_unchanged(synthetic_root: Path) -> None:
-    """A per-pixel model commutes with flips/rotations, so TTA must give back the plain map (inside)."""
+    """A per-pixel model commutes with flips/rotations, so TTA must give back the plain map
+    (inside)."""
     torch.manual_seed(
         0
     )  # the weights, not the tests run before, decide how much interpolation differs
@@ -128,7 +129,10 @@ def test_checkpoint_rebuilds_the_trained_network(tiny_run: Path) -> None:
     assert member(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
     with pytest.raises(
         ConfigError,
-        match="model.encoder_name='resnet34' does not match last.ckpt, trained with model.encoder_name='resnet18'",
+        match=(
+            "model.encoder_name='resnet34' does not match last.ckpt, "
+            "trained with model.encoder_name='resnet18'"
+        ),
     ):
         load_checkpoint(tiny_run / "checkpoints" / "last.ckpt", {"encoder_name": "resnet34"})
 
@@ -283,7 +287,8 @@ def test_prediction_imports_nothing_from_training() -> None:
     """Loading a checkpoint or an ONNX model must not pull in Lightning or the trainer."""
     code = (
         "import sys, brainseg.prediction.pipeline, brainseg.prediction.members; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'lightning' or m.startswith('brainseg.training')))"
+        "print(sorted(m for m in sys.modules"
+        " if m.split('.')[0] == 'lightning' or m.startswith('brainseg.training')))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

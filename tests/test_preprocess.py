@@ -31,7 +31,8 @@ def _reference_crop_pad(volume: np.ndarray, mask: np.ndarray) -> tuple[np.ndarra
 
 @pytest.fixture
 def head() -> PatientVolume:
-    """An off-centre, non-square bright box in a dim, noisy 14-slice volume; slices 0, 1 and 13 are dark."""
+    """An off-centre, non-square bright box in a dim, noisy 14-slice volume;
+    slices 0, 1 and 13 are dark."""
     rng = np.random.default_rng(0)
     image = rng.integers(0, 20, (14, 40, 48, 3)).astype(np.uint8)  # < 10% of max: cropped away
     image[2:13, 5:30, 10:43] = rng.integers(60, 250, (11, 25, 33, 3))

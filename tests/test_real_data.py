@@ -1,4 +1,5 @@
-"""The real LGG patients in ../shared/data/lgg: reading, preprocessing statistics, a short training run."""
+"""The real LGG patients in ../shared/data/lgg: reading, preprocessing statistics,
+a short training run."""
 
 from __future__ import annotations
 
@@ -85,10 +86,12 @@ def test_short_real_training_run(tmp_path: Path) -> None:
         float(np.mean(list(best["per_patient"].values())))
     )
     print(
-        f"\nreal data, 15 steps at 128 px: val mean per-volume DSC {best['dsc_volume_mean']:.3f} on 4 patients"
+        "\nreal data, 15 steps at 128 px: "
+        f"val mean per-volume DSC {best['dsc_volume_mean']:.3f} on 4 patients"
     )
 
-    # predict.py with that model on all 20 patients: original geometry, scores recomputed from the files
+    # predict.py with that model on all 20 patients: original geometry, scores recomputed from the
+    # files
     out = tmp_path / "predicted"
     result = run_cli(
         "predict.py",

@@ -23,7 +23,8 @@ from brainseg.training import pipeline
 from brainseg.training.pipeline import train
 
 pytestmark = pytest.mark.slow
-# The best checkpoint by "epoch" (min) is always epoch 0: deterministic "best is not the last epoch".
+# The best checkpoint by "epoch" (min) is always epoch 0: deterministic "best is not the last
+# epoch".
 BEST_AT_FIRST_EPOCH = (
     "callbacks.model_checkpoint.monitor=epoch",
     "callbacks.model_checkpoint.mode=min",
@@ -216,7 +217,8 @@ def test_kill_9_resumes_from_the_last_completed_epoch(synthetic_root: Path, tmp_
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming from {last} (saved in epoch {saved})" in result.stderr + result.stdout
-    # before: resumed from the best (epoch 0) and trained epochs 1..saved again; the CSV lost session 1
+    # before: resumed from the best (epoch 0) and trained epochs 1..saved again; the CSV lost
+    # session 1
     epochs = _val_epochs(run)
     assert sorted(set(epochs)) == list(range(saved + 2))
     assert all(

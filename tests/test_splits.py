@@ -10,7 +10,8 @@ from helpers import SHARED_DATA
 from brainseg.data.splits import Split, SplitConfig, kfold_split, make_split, reference_split
 from brainseg.errors import ConfigError
 
-# What the reference program (random.seed(42); random.sample(sorted(names), 10)) picks on all 110 patients.
+# What the reference program (random.seed(42); random.sample(sorted(names), 10)) picks on all 110
+# patients.
 REFERENCE_VALIDATION = [
     "TCGA_HT_7616_19940813",
     "TCGA_CS_6668_20011025",

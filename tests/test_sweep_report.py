@@ -47,7 +47,8 @@ def _job(
 
 @pytest.fixture
 def kfold_sweep(tmp_path: Path) -> Path:
-    """model=unet,unetpp x data.split.fold=0,1,2 over 9 patients; unetpp is 0.1 better on every patient."""
+    """model=unet,unetpp x data.split.fold=0,1,2 over 9 patients;
+    unetpp is 0.1 better on every patient."""
     base = dict(zip(PATIENTS, np.linspace(0.3, 0.8, len(PATIENTS))))
     number = 0
     for model, shift in (("unet", 0.0), ("unetpp", 0.1)):

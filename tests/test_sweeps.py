@@ -1,4 +1,5 @@
-"""Sweeps end to end: the README's sweep line with W&B offline, k-fold CV, failed jobs, the report."""
+"""Sweeps end to end: the README's sweep line with W&B offline, k-fold CV, failed jobs,
+the report."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def _sweep(synthetic_root: Path, sweep_dir: Path, *overrides: str, env: dict | N
 
 @pytest.fixture(scope="module")
 def wandb_sweep(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`train.py -m model=unet,unetpp loss=dice,bce_dice` with W&B in offline mode (no credentials)."""
+    """`train.py -m model=unet,unetpp loss=dice,bce_dice` with W&B in offline mode
+    (no credentials)."""
     base = tmp_path_factory.mktemp("sweep")
     home = base / "home"
     home.mkdir()
@@ -171,7 +173,8 @@ def test_optuna_search_returns_the_best_trial(synthetic_root: Path, tmp_path: Pa
         sweep,
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.params={optimizer.lr: 'tag(log, interval(1e-4, 1e-2))', loss: 'choice(dice, focal)'}",
+        "hydra.sweeper.params={optimizer.lr: 'tag(log, interval(1e-4, 1e-2))', "
+        "loss: 'choice(dice, focal)'}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     best = (sweep / "optimization_results.yaml").read_text()
@@ -186,14 +189,16 @@ def test_optuna_failed_trial_says_why_and_the_study_goes_on(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
     sweep = tmp_path / "optuna_failure"
-    # The seeded sampler draws data.split.n_val=2, then 99 (more than the 6 patients): one trial fails.
+    # The seeded sampler draws data.split.n_val=2, then 99 (more than the 6 patients): one trial
+    # fails.
     result = _sweep(
         synthetic_root,
         sweep,
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.sampler.seed=10",
-        "hydra.sweeper.params={optimizer.lr: 'choice(1e-3)', loss: 'choice(dice)', model.arch: 'choice(unet)'}",
+        "hydra.sweeper.params={optimizer.lr: 'choice(1e-3)', loss: 'choice(dice)', "
+        "model.arch: 'choice(unet)'}",
         "data.split.n_val=choice(2, 99)",
     )
     output = result.stdout + result.stderr
@@ -201,7 +206,10 @@ def test_optuna_failed_trial_says_why_and_the_study_goes_on(
     (failed,) = [k for k in range(2) if (sweep / str(k) / "failure.json").exists()]
     assert (
         failed == 1
-        and "data.split.n_val=99) failed: ConfigError: data.split.kind=reference needs more than data.split.n_val=99"
+        and (
+            "data.split.n_val=99) failed: ConfigError: "
+            "data.split.kind=reference needs more than data.split.n_val=99"
+        )
         in output
     )
     assert (

@@ -1,4 +1,5 @@
-"""End-to-end: `python train.py` on tiny synthetic data, resume, and one-line errors for bad input."""
+"""End-to-end: `python train.py` on tiny synthetic data, resume,
+and one-line errors for bad input."""
 
 from __future__ import annotations
 

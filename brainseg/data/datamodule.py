@@ -1,4 +1,5 @@
-"""LightningDataModule for the kaggle_3m layout: discovery, cached preprocessing, patient splits, loaders."""
+"""LightningDataModule for the kaggle_3m layout: discovery, cached preprocessing, patient splits,
+loaders."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ LOADERS = ("workers", "device", "auto")
 
 
 def resolve_loader(loader: str, augmentation: Mapping[str, Any]) -> str:
-    """`auto` is `device` whenever the augmentation preset has a device version (a `device` entry)."""
+    """`auto` is `device` whenever the augmentation preset has a device version
+    (a `device` entry)."""
     if loader not in LOADERS:
         raise ConfigError(f"data.loader={loader!r} is unknown; choose one of {list(LOADERS)}")
     if loader == "auto":
@@ -76,7 +78,8 @@ class LGGDataModule(L.LightningDataModule):
         self.cache_dir = Path(to_absolute_path(str(cache_dir)))
         if self.cache_dir.resolve().is_relative_to(self.root.resolve()):
             raise ConfigError(
-                f"data.cache_dir={str(cache_dir)!r} is inside data.root; nothing may be written there"
+                f"data.cache_dir={str(cache_dir)!r} is inside data.root; "
+                "nothing may be written there"
             )
         self.preprocess_cfg = PreprocessConfig(**dict(preprocess or {}))
         if sampling not in SAMPLINGS:
@@ -178,7 +181,8 @@ class LGGDataModule(L.LightningDataModule):
         )
 
     def _ranks(self) -> tuple[torch.device, int, int]:
-        """The training device, this process's rank and the number of ranks (CPU, 0, 1 without a trainer)."""
+        """The training device, this process's rank and the number of ranks
+        (CPU, 0, 1 without a trainer)."""
         trainer = self.trainer
         if trainer is None:
             return torch.device("cpu"), 0, 1

@@ -1,4 +1,5 @@
-"""The reference preprocessing protocol, one switchable step at a time, with a record to undo the geometry.
+"""The reference preprocessing protocol, one switchable step at a time, with a record to undo
+the geometry.
 
 Order (as in the reference program): drop the first and last slice, zero voxels under
 `crop_threshold` x volume max and crop to the 3-D bounding box of the rest, zero-pad to square,
@@ -110,7 +111,8 @@ class PreprocessedVolume:
 
 
 def _brain_box(image: np.ndarray, threshold: float) -> tuple[float, tuple[int, ...]]:
-    """The cut-off under which voxels are zeroed (threshold x max) and the 3-D bounding box of the rest."""
+    """The cut-off under which voxels are zeroed
+    (threshold x max) and the 3-D bounding box of the rest."""
     # uint8 v < t  <=>  v <= ceil(t) - 1: THRESH_TOZERO keeps values above that
     cutoff = float(np.ceil(image.max() * threshold)) - 1
     _zero_below(image, cutoff)

@@ -1,4 +1,5 @@
-"""Reading the kaggle_3m layout: one folder per patient, `<patient>_<n>.tif` slices and `_mask.tif` masks."""
+"""Reading the kaggle_3m layout: one folder per patient,
+`<patient>_<n>.tif` slices and `_mask.tif` masks."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ log = logging.getLogger("brainseg")
 
 @dataclass(frozen=True)
 class PatientFiles:
-    """The slice files of one patient, in slice order; `masks` is None for inference-only folders."""
+    """The slice files of one patient, in slice order;
+    `masks` is None for inference-only folders."""
 
     name: str
     folder: Path
@@ -40,7 +42,8 @@ class PatientVolume:
 
 
 def scan_patient(folder: Path, require_masks: bool = True) -> PatientFiles:
-    """List a patient folder's slices in numeric order (2 before 10), checking image/mask pairing and gaps."""
+    """List a patient folder's slices in numeric order (2 before 10),
+    checking image/mask pairing and gaps."""
     images: dict[int, Path] = {}
     masks: dict[int, Path] = {}
     prefixes: dict[Path, str] = {}
@@ -88,7 +91,8 @@ def _check_one_patient(folder: Path, prefixes: dict[Path, str]) -> None:
     patient = folder.name if folder.name in counts else counts.most_common(1)[0][0]
     stray = next(path for path, prefix in prefixes.items() if prefix != patient)
     raise DataError(
-        f"{stray}: slice of patient {prefixes[stray]}, not of {patient} (the other slices of {folder.name})"
+        f"{stray}: slice of patient {prefixes[stray]}, not of {patient} "
+        f"(the other slices of {folder.name})"
     )
 
 

@@ -27,7 +27,8 @@ class SplitConfig:
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any] | None) -> SplitConfig:
-        """From the `data.split` mapping; unknown keys raise a ConfigError listing the valid ones."""
+        """From the `data.split` mapping;
+        unknown keys raise a ConfigError listing the valid ones."""
         settings = dict(settings or {})
         valid = [f.name for f in fields(cls)]
         unknown = sorted(set(settings) - set(valid))
@@ -61,12 +62,14 @@ class Split:
 
 
 def reference_split(patients: list[str], n_val: int = 10, seed: int = 42) -> Split:
-    """The reference program's split: `random.seed(seed); random.sample(sorted(patients), n_val)`."""
+    """The reference program's split:
+    `random.seed(seed); random.sample(sorted(patients), n_val)`."""
     names = sorted(patients)
     if n_val < 1:
         raise ConfigError(
-            f"data.split.n_val={n_val} leaves no validation patients (no best checkpoint, no score); "
-            "to train without validation keep data.split.n_val>=1 and set trainer.limit_val_batches=0"
+            f"data.split.n_val={n_val} leaves no validation patients "
+            "(no best checkpoint, no score); to train without validation "
+            "keep data.split.n_val>=1 and set trainer.limit_val_batches=0"
         )
     if len(names) <= n_val:
         raise ConfigError(

@@ -94,7 +94,8 @@ def generate(
         if marker.exists() and json.loads(marker.read_text()).get("params") == params:
             return json.loads(marker.read_text())["patients"]
         raise DataError(
-            f"{out}: folder exists and is not an identical synthetic dataset; choose an empty folder"
+            f"{out}: folder exists and is not an identical synthetic dataset; "
+            "choose an empty folder"
         )
     names = []
     for i in range(n_patients):

@@ -56,7 +56,8 @@ def paired_volumes(pred_root: Path, truth_root: Path):
     for name in sorted(set(truths) | set(predicted)):
         if name not in predicted:
             raise DataError(
-                f"{pred_root / name}: no predicted masks for patient {name} (it has truth masks in {truth_root})"
+                f"{pred_root / name}: no predicted masks for patient {name} "
+                f"(it has truth masks in {truth_root})"
             )
         if name not in truths:
             raise DataError(

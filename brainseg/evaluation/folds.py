@@ -23,7 +23,9 @@ Split = Mapping[str, Sequence[str]]  # {"train": [...], "val": [...], "test": [.
 
 SELECTION_RULES = {
     "last": "last epoch (not selected on the scored patients)",
-    "best_on_val": "best epoch on the scored validation patients (selected on validation: optimistic)",
+    "best_on_val": (
+        "best epoch on the scored validation patients (selected on validation: optimistic)"
+    ),
 }
 
 

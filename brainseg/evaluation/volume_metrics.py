@@ -99,7 +99,8 @@ def assd(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def surface_dice(pred: np.ndarray, truth: np.ndarray, tolerance: float = NSD_TOLERANCE) -> float:
-    """Normalised surface Dice: the fraction of both boundaries within `tolerance` pixels of the other."""
+    """Normalised surface Dice: the fraction of both boundaries within `tolerance` pixels of the
+    other."""
     return _surface(pred.astype(bool), truth.astype(bool), tolerance)["nsd"]
 
 

@@ -1,5 +1,6 @@
 """A weighted sum of loss terms on logits. A term is a short name (an alias of an smp loss) with a
-weight, or a mapping with any `_target_` (a callable returning `loss(logits, target)`) and `weight`."""
+weight, or a mapping with any `_target_` (a callable returning `loss(logits, target)`) and
+`weight`."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ class CombinedLoss(nn.Module):
 def _term(
     name: str, spec: float | Mapping[str, Any], options: Mapping[str, Any]
 ) -> tuple[nn.Module, float]:
-    """One term's module and weight, from `name: weight` (an alias) or `name: {_target_, weight, ...}`."""
+    """One term's module and weight, from `name: weight` (an alias)
+    or `name: {_target_, weight, ...}`."""
     if isinstance(spec, Mapping):
         spec = dict(spec)
         weight = float(spec.pop("weight", 1.0))
@@ -72,7 +74,8 @@ def build_loss(
     options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> CombinedLoss:
     """`terms` maps names to weights (e.g. {bce: 0.5, dice: 0.5}) or to `_target_` configs with a
-    `weight`; `options` holds keyword arguments of short-named terms (e.g. {tversky: {alpha: 0.3}})."""
+    `weight`; `options` holds keyword arguments of short-named terms
+    (e.g. {tversky: {alpha: 0.3}})."""
     options = dict(options or {})
     if not terms:
         raise ConfigError(

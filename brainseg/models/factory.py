@@ -1,4 +1,5 @@
-"""One factory for every smp encoder-decoder: 3 input channels, 1 logit channel, no downloads by default."""
+"""One factory for every smp encoder-decoder: 3 input channels, 1 logit channel,
+no downloads by default."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def build_model(
         raise ConfigError(f"model.arch={arch!r} is unknown; choose one of {sorted(ARCHITECTURES)}")
     if not encoder_name.startswith("tu-") and encoder_name not in encoder_names():
         raise ConfigError(
-            f"model.encoder_name={encoder_name!r} is unknown; choose one of {', '.join(encoder_names())} "
+            f"model.encoder_name={encoder_name!r} is unknown; choose one of "
+            f"{', '.join(encoder_names())} "
             "or a timm encoder as tu-<name>"
         )
     try:

@@ -1,1 +1,2 @@
-"""Inference: checkpoints (or ONNX models) to masks in the original geometry, with TTA and ensembles."""
+"""Inference: checkpoints (or ONNX models) to masks in the original geometry,
+with TTA and ensembles."""

@@ -81,7 +81,8 @@ class Predictor:
         for other in members[1:]:
             if other.preprocess != first.preprocess:
                 raise ConfigError(
-                    f"{other.path} preprocesses differently from {first.path}; they cannot be ensembled"
+                    f"{other.path} preprocesses differently from {first.path}; "
+                    "they cannot be ensembled"
                 )
         self.device = torch.device(device)
         self.members = [m.to(self.device) for m in members]

@@ -71,7 +71,8 @@ def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None =
     for key, value in (expected_model or {}).items():
         if key not in model_cfg or model_cfg[key] != value:
             raise ConfigError(
-                f"model.{key}={value!r} does not match {path.name}, trained with model.{key}={model_cfg.get(key)!r}"
+                f"model.{key}={value!r} does not match {path.name}, trained with "
+                f"model.{key}={model_cfg.get(key)!r}"
             )
     net = build_model(**model_cfg)
     weights = {
@@ -92,7 +93,8 @@ def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None =
 
 
 def find_sweep_checkpoints(sweep_dir: str | Path) -> list[Path]:
-    """The best checkpoint of every job in a sweep directory (e.g. the k folds of a k-fold sweep)."""
+    """The best checkpoint of every job in a sweep directory
+    (e.g. the k folds of a k-fold sweep)."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise DataError(f"{sweep_dir}: sweep directory not found")
@@ -109,7 +111,8 @@ def find_sweep_checkpoints(sweep_dir: str | Path) -> list[Path]:
 
 
 def export_onnx(member: Member, path: Path, image_size: int) -> Path:
-    """Write the member's network as ONNX (dynamic batch), its preprocessing in the model's metadata."""
+    """Write the member's network as ONNX (dynamic batch),
+    its preprocessing in the model's metadata."""
     import onnx
 
     from brainseg.quiet import quiet_libraries

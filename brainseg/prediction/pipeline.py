@@ -1,4 +1,5 @@
-"""`predict(cfg)`: masks in the original geometry, per-patient scores and pictures, or an ONNX export."""
+"""`predict(cfg)`: masks in the original geometry, per-patient scores and pictures,
+or an ONNX export."""
 
 from __future__ import annotations
 
@@ -53,13 +54,15 @@ def _prepare_output(output_dir: Path | None, input_root: Path | None, overwrite:
         output_dir.is_relative_to(input_root) or input_root.is_relative_to(output_dir)
     ):
         raise ConfigError(  # whatever overwrite says: predictions must never replace input files
-            f"output_dir={str(output_dir)!r} overlaps the input {str(input_root)!r}; choose a folder outside it"
+            f"output_dir={str(output_dir)!r} overlaps the input {str(input_root)!r}; "
+            "choose a folder outside it"
         )
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"output_dir={str(output_dir)!r} is a file; choose a folder")
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise ConfigError(
-            f"output_dir={str(output_dir)!r} is not empty; choose another folder or set overwrite=true"
+            f"output_dir={str(output_dir)!r} is not empty; "
+            "choose another folder or set overwrite=true"
         )
     output_dir.mkdir(parents=True, exist_ok=True)
     return output_dir
@@ -189,7 +192,8 @@ def figure_note(
     ]
     shown = ", ".join(names[:3]) + (f" +{len(names) - 3} more" if len(names) > 3 else "")
     models = shown if len(members) == 1 else f"{len(members)} members ({ensemble}): {shown}"
-    return f"{models}\nthreshold {threshold:g}, post-processing: {', '.join(s['name'] for s in steps) or 'none'}"
+    postprocessing = ", ".join(s["name"] for s in steps) or "none"
+    return f"{models}\nthreshold {threshold:g}, post-processing: {postprocessing}"
 
 
 def headline(scores: dict[str, Any], steps: list[dict[str, Any]], out: Path) -> str:
@@ -197,8 +201,12 @@ def headline(scores: dict[str, Any], steps: list[dict[str, Any]], out: Path) -> 
     trained = scores["by_subset"].get("train", {}).get("dsc", {}).get("n", 0)
     left_out = f"; {trained} training patient(s) left out (see dsc_summary.json)" if trained else ""
     if not scores["n_held_out"]:
-        return f"no held-out patients to score: all {trained} were seen in training (see dsc_summary.json); {out}"
+        return (
+            f"no held-out patients to score: all {trained} were seen in training "
+            f"(see dsc_summary.json); {out}"
+        )
     return (
-        f"per-volume DSC over {scores['n_held_out']} held-out patients: mean {scores['dsc']['mean']:.4f}, "
-        f"median {scores['dsc']['median']:.4f} (postprocessing={[s['name'] for s in steps]}){left_out}; {out}"
+        f"per-volume DSC over {scores['n_held_out']} held-out patients: "
+        f"mean {scores['dsc']['mean']:.4f}, median {scores['dsc']['median']:.4f} "
+        f"(postprocessing={[s['name'] for s in steps]}){left_out}; {out}"
     )

@@ -76,7 +76,8 @@ def decide(
     eligible = [n for n in patients if patient_subset(n, [splits[i] for i in plan[n]]) != "train"]
     if not eligible:
         raise ConfigError(
-            f"{SETTING}=auto: every one of the {len(patients)} patients was trained on by the members that would "
+            f"{SETTING}=auto: every one of the {len(patients)} patients "
+            "was trained on by the members that would "
             f"predict it; set {DECISION}.patients (and {DECISION}.data_root) to held-out patients, "
             f"ensemble=out_of_fold, or give {SETTING} as a step list"
         )
@@ -122,7 +123,8 @@ def describe(decision: dict[str, Any]) -> str:
     ]
     return (
         f"{SETTING}=auto chose {[s['name'] for s in decision['postprocessing']]} on "
-        f"{len(decision.get('patients', []))} held-out patients ({'; '.join(parts) or 'one candidate'})"
+        f"{len(decision.get('patients', []))} held-out patients "
+        f"({'; '.join(parts) or 'one candidate'})"
     )
 
 
@@ -142,7 +144,8 @@ def _read_decision(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def default_patients(members: Sequence[Member]) -> list[str]:
-    """Every member's validation patients (for k folds: everyone, each predicted by its own fold)."""
+    """Every member's validation patients (for k folds: everyone,
+    each predicted by its own fold)."""
     return list(dict.fromkeys(name for m in members for name in (m.split.get("val") or [])))
 
 
@@ -154,7 +157,8 @@ def resolve_postprocessing(
     decision_cfg: dict[str, Any],
     ensemble: str = "out_of_fold",
 ) -> dict[str, Any]:
-    """A step list as given; `auto` reuses or makes the recorded decision for these members and views.
+    """A step list as given; `auto` reuses or makes the recorded decision for these members and
+    views.
 
     Returns {"postprocessing": steps, "source": "config" | decision file, ...decision details}."""
     if setting != "auto":

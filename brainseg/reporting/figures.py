@@ -32,7 +32,8 @@ def bar_chart(
     stats_groups: Collection[str] | None = None,
     note: str | None = None,
 ) -> Path:
-    """Horizontal bars (sorted), with mean and median lines, as in the reference's per-patient figure.
+    """Horizontal bars (sorted), with mean and median lines, as in the reference's per-patient
+    figure.
 
     `groups` colours each bar by its group (e.g. the patient's subset) with a legend; the mean and
     median lines are then over the names in `stats_groups` only. `note` is printed under the title
@@ -155,8 +156,8 @@ def strip_box_plot(scores: dict[str, dict[str, float]], path: Path, title: str) 
 
 
 def heat_map(scores: dict[str, dict[str, float]], path: Path, title: str) -> Path:
-    """Configurations x patients, coloured by Dice; patients sorted by their mean over configurations,
-    so the ones every model fails sit together on the left."""
+    """Configurations x patients, coloured by Dice; patients sorted by their mean over
+    configurations, so the ones every model fails sit together on the left."""
     names = list(scores)
     patients = sorted(
         {p for values in scores.values() for p in values},

@@ -1,4 +1,5 @@
-"""Per-patient score tables (CSV) and their JSON summary, shared by predict.py and `brainseg.evaluate`.
+"""Per-patient score tables (CSV) and their JSON summary, shared by predict.py and
+`brainseg.evaluate`.
 
 The metrics and their empty-volume conventions are those of brainseg.evaluation.volume_metrics.
 """
@@ -31,7 +32,8 @@ METRIC_COLUMNS = [
 ]
 VOLUME_COLUMNS = ["lesion_voxels", "predicted_voxels", "slices"]
 UNITS = (
-    "distances (hd95, assd, nsd tolerance) in pixels of the mask grid with slices as an axis of spacing 1: "
+    "distances (hd95, assd, nsd tolerance) in pixels of the mask grid "
+    "with slices as an axis of spacing 1: "
     "the data carries no voxel spacing"
 )
 
@@ -43,8 +45,8 @@ def patient_row(
     variants: Mapping[str, np.ndarray] | None = None,
     tolerance: float = NSD_TOLERANCE,
 ) -> dict[str, Any]:
-    """Every metric of one patient's written mask, and the Dice of other masks of it (`dsc_<variant>`,
-    e.g. without post-processing); the masks are scored as given."""
+    """Every metric of one patient's written mask, and the Dice of other masks of it
+    (`dsc_<variant>`, e.g. without post-processing); the masks are scored as given."""
     return {
         "patient": name,
         **volume_metrics(written, truth, tolerance),
@@ -66,7 +68,8 @@ def summarize(values: list[float]) -> dict[str, float]:
 
 
 def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
-    """The score columns these rows hold: Dice, its variants (`dsc_<variant>`), then the other metrics."""
+    """The score columns these rows hold: Dice, its variants (`dsc_<variant>`),
+    then the other metrics."""
     variants = [c for c in rows[0] if c.startswith("dsc_")]
     return [c for c in (METRIC_COLUMNS[0], *variants, *METRIC_COLUMNS[1:]) if c in rows[0]]
 
@@ -78,7 +81,8 @@ def write_scores(
     summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`dsc.csv` (one row per patient, every metric, and its `subset` where known) and
-    `dsc_summary.json`: the given summary (e.g. per subset), else mean, median, std of each metric."""
+    `dsc_summary.json`: the given summary (e.g. per subset), else mean, median, std of each
+    metric."""
     metrics = metric_columns(rows)
     columns = ["patient", *(["subset"] if "subset" in rows[0] else []), *metrics, *VOLUME_COLUMNS]
     with open(out_dir / "dsc.csv", "w", newline="") as fh:

@@ -176,7 +176,8 @@ def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @contextmanager
 def _atomic(path: Path) -> Iterator[TextIO]:
-    """Write to a temporary file and rename it over `path`: parallel jobs never see half a report."""
+    """Write to a temporary file and rename it over `path`:
+    parallel jobs never see half a report."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as fh:
         yield fh
@@ -208,17 +209,21 @@ def _markdown(
         "",
         (
             f"{len(jobs)} jobs, {sum(j['status'] == 'ok' for j in jobs)} ok, "
-            f"{sum(j['status'] == 'failed' for j in jobs)} failed. Per-volume Dice on each job's validation "
-            "patients at the epoch its `evaluation.selection` rule reports."
+            f"{sum(j['status'] == 'failed' for j in jobs)} failed. Per-volume Dice on each job's "
+            "validation patients at the epoch its `evaluation.selection` rule reports."
         ),
         "",
-        "| job | overrides | status | rule | epoch | mean DSC | median DSC | best-epoch mean DSC (selected on validation) | train s |",
+        (
+            "| job | overrides | status | rule | epoch | mean DSC | median DSC "
+            "| best-epoch mean DSC (selected on validation) | train s |"
+        ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for job in jobs:
         status = job["status"] + (f" ({job['error']})" if job["error"] else "")
         lines.append(
-            f"| {job['job']} | {_label(job, keys)} | {status} | {_fmt(job['selection'])} | {_fmt(job['epoch'])} | "
+            f"| {job['job']} | {_label(job, keys)} | {status} | {_fmt(job['selection'])} | "
+            f"{_fmt(job['epoch'])} | "
             f"{_fmt(job['dsc_volume_mean'])} | {_fmt(job['dsc_volume_median'])} | "
             f"{_fmt(job['best_on_val_mean'])} | {_fmt(job['train_seconds'], 1)} |"
         )
@@ -235,19 +240,28 @@ def _markdown(
         ),
         "",
         (
-            f"Mean per-volume Dice over patients with its 95% bootstrap CI; against the best configuration the "
-            f"paired per-patient difference (this minus best) with its 95% CI, the two-sided Wilcoxon signed-rank "
+            "Mean per-volume Dice over patients with its 95% bootstrap CI; against the best "
+            "configuration the paired per-patient difference (this minus best) with its 95% CI, "
+            "the two-sided Wilcoxon signed-rank "
             f"p-value and its Holm correction across the comparisons; verdict at level {LEVEL}."
         ),
         "",
-        "| configuration | rule | jobs | patients | mean DSC [95% CI] | median | Δ vs best [95% CI] | p | p (Holm) | verdict |",
+        (
+            "| configuration | rule | jobs | patients | mean DSC [95% CI] | median "
+            "| Δ vs best [95% CI] | p | p (Holm) | verdict |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
+        difference_ci = (
+            _interval(r["difference_ci_low"], r["difference_ci_high"])
+            if r["difference"] is not None
+            else ""
+        )
         lines.append(
             f"| {r['configuration']} | {r['selection']} | {r['jobs']} | {r['n']} | {r['mean']:.4f} "
             f"{_interval(r['ci_low'], r['ci_high'])} | {r['median']:.4f} | "
-            f"{_fmt(r['difference'])} {_interval(r['difference_ci_low'], r['difference_ci_high']) if r['difference'] is not None else ''} | "
+            f"{_fmt(r['difference'])} {difference_ci} | "
             f"{_fmt(r['p'])} | {_fmt(r['p_holm'])} | {r['verdict']} |"
         )
     lines += ["", "Rules: " + "; ".join(f"`{k}` = {v}" for k, v in SELECTION_RULES.items()) + "."]
@@ -255,7 +269,8 @@ def _markdown(
 
 
 def write_report(sweep_dir: str | Path) -> dict[str, Any]:
-    """Write summary.csv, summary.md, per_patient.csv, summary.png and heatmap.png into the sweep directory."""
+    """Write summary.csv, summary.md, per_patient.csv,
+    summary.png and heatmap.png into the sweep directory."""
     sweep_dir = Path(sweep_dir)
     jobs = collect_jobs(sweep_dir)
     keys = _varying(jobs)

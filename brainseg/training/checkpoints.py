@@ -2,7 +2,8 @@
 
 - `last.ckpt` is written after every epoch (Lightning's `save_last` only writes it when a top-k
   checkpoint was saved, so with `save_top_k: 1` it is a copy of the best, not the last epoch);
-- the best checkpoint keeps only what predict.py needs (weights and provenance), a third of the size;
+- the best checkpoint keeps only what predict.py needs (weights and provenance), a third of the
+  size;
 - every file is written under a temporary name and renamed (a crash mid-write leaves the old file);
 - a run directory that was moved or copied keeps tracking its own files (no `last-v1.ckpt`);
 - on the signal SLURM/submitit sends before a time limit or preemption, `last.ckpt` is saved at the
@@ -40,7 +41,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class _FollowsMovedDirectory(ModelCheckpoint):
     """After a run directory is moved or copied, the paths in the resumed state are re-based onto
-    the new directory (Lightning would forget them, then write `last-v1.ckpt` or a second best file)."""
+    the new directory (Lightning would forget them, then write `last-v1.ckpt` or a second best
+    file)."""
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old, new = state_dict.get("dirpath"), self.dirpath
@@ -80,7 +82,8 @@ class BestCheckpoint(_FollowsMovedDirectory):
 
 
 class LastCheckpoint(_FollowsMovedDirectory):
-    """`<dirpath>/last.ckpt` with the full training state, after every epoch and on the preemption signal."""
+    """`<dirpath>/last.ckpt` with the full training state,
+    after every epoch and on the preemption signal."""
 
     def __init__(self, dirpath: str, every_n_epochs: int = 1) -> None:
         super().__init__(
@@ -115,7 +118,8 @@ class LastCheckpoint(_FollowsMovedDirectory):
             self._previous_handler = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        # Only a flag: saving inside the handler could catch the model in the middle of an optimizer step.
+        # Only a flag: saving inside the handler could catch the model in the middle of an optimizer
+        # step.
         self._signalled = signum
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:

@@ -60,7 +60,8 @@ def wandb_logger(
 
 
 class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer deletes an existing metrics.csv; a resumed run appends to it instead."""
+    """Lightning's CSV writer deletes an existing metrics.csv;
+    a resumed run appends to it instead."""
 
     def _check_log_dir_exists(self) -> None:
         if os.path.isfile(self.metrics_file_path):

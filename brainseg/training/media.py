@@ -30,9 +30,9 @@ def _display(image: np.ndarray) -> np.ndarray:
 class TrackerMedia(L.Callback):
     """For the W&B and TensorBoard loggers of a run (rank 0):
 
-    - the best `monitor` value so far (val/dsc_volume), not the last epoch's: W&B's run summary (with
-      its epoch, as `<monitor>_best_epoch`), TensorBoard's `hp_metric`; so runs tables, sorting and
-      parallel coordinates agree with metrics.json and the sweep report;
+    - the best `monitor` value so far (val/dsc_volume), not the last epoch's: W&B's run summary
+      (with its epoch, as `<monitor>_best_epoch`), TensorBoard's `hp_metric`; so runs tables,
+      sorting and parallel coordinates agree with metrics.json and the sweep report;
     - when the best improves: the per-patient Dice table, and the slice with the largest lesion of
       each of `patients` validation patients (the largest lesions first) with prediction and truth
       (W&B: toggleable masks; TensorBoard: red/green outlines).
@@ -120,7 +120,8 @@ class TrackerMedia(L.Callback):
         examples: list[dict[str, Any]],
         step: int,
     ) -> None:
-        # Set after Lightning logged this epoch's value, which W&B would otherwise keep as the summary.
+        # Set after Lightning logged this epoch's value, which W&B would otherwise keep as the
+        # summary.
         logger.experiment.summary.update(
             {self.monitor: self.best, f"{self.monitor}_best_epoch": self.best_epoch}
         )

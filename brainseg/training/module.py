@@ -64,7 +64,8 @@ class SegmentationModule(L.LightningModule):
         if logits.shape[-2:] != image.shape[-2:]:
             model = self.hparams.model
             raise ConfigError(
-                f"model (arch={model.get('arch')!r}, encoder_depth={model.get('encoder_depth', 5)}) returns "
+                f"model (arch={model.get('arch')!r}, "
+                f"encoder_depth={model.get('encoder_depth', 5)}) returns "
                 f"{tuple(logits.shape[-2:])} logits for {tuple(image.shape[-2:])} images; "
                 "choose another model.encoder_depth or data.preprocess.image_size"
             )
@@ -81,7 +82,8 @@ class SegmentationModule(L.LightningModule):
         return total
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        """Update the stage's metrics; returns the probabilities (callbacks draw pictures from them)."""
+        """Update the stage's metrics; returns the probabilities
+        (callbacks draw pictures from them)."""
         logits = self(batch["image"])
         loss = self.loss(logits, batch["mask"])
         probs = torch.sigmoid(logits.float())

@@ -55,8 +55,9 @@ def check_sweep_ranks(trainer_cfg: DictConfig) -> None:
     external = int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
     if several and strategy in ("auto", "ddp", "ddp_find_unused_parameters_true") and not external:
         raise ConfigError(
-            f"trainer.strategy={strategy} with several devices inside a -m sweep would re-run the whole sweep "
-            "on every rank; use hydra/launcher=slurm (one srun task per device) or trainer.strategy=ddp_spawn"
+            f"trainer.strategy={strategy} with several devices inside a -m sweep "
+            "would re-run the whole sweep on every rank; use hydra/launcher=slurm "
+            "(one srun task per device) or trainer.strategy=ddp_spawn"
         )
 
 
@@ -74,7 +75,8 @@ def _plugins() -> list[Any]:
 def _auto_resume(cfg: DictConfig, output_dir: Path, module: SegmentationModule) -> str | None:
     """An explicit ckpt_path, else the run directory's own last.ckpt (a requeued job resumes).
 
-    The file is checked first, so that a torn, foreign or other-architecture file is named in one line.
+    The file is checked first, so that a torn, foreign or other-architecture file is named in one
+    line.
     """
     if cfg.get("ckpt_path"):
         path = Path(to_absolute_path(str(cfg.ckpt_path)))
@@ -188,7 +190,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         chosen = metrics["selected"]
         log.info(
-            "reported (evaluation.selection=%s: %s): val/dsc_volume mean %.4f, median %.4f, HD95 %.2f px (epoch %d)",
+            "reported (evaluation.selection=%s: %s): "
+            "val/dsc_volume mean %.4f, median %.4f, HD95 %.2f px (epoch %d)",
             chosen["rule"],
             chosen["description"],
             chosen["dsc_volume_mean"],

@@ -116,7 +116,8 @@ class RunReport(L.Callback):
             training_curves(self.history, self.output_dir / "curves.png")
 
     def _progress_line(self, trainer: L.Trainer, entry: dict[str, Any]) -> str:
-        """`epoch 3/20 | train loss 0.41 | val Dice mean 0.61 median 0.65 | best 0.61 (epoch 3) | 47 s | ETA 13 min`"""
+        """`epoch 3/20 | train loss 0.41 | val Dice mean 0.61 median 0.65 | best 0.61
+        (epoch 3) | 47 s | ETA 13 min`"""
         seconds = sum(self._epoch_seconds) / len(self._epoch_seconds)
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         eta = (
@@ -131,7 +132,8 @@ class RunReport(L.Callback):
         return (
             f"epoch {entry['epoch'] + 1}/{epochs or '∞'} | train loss {loss} | val Dice mean "
             f"{entry['dsc_volume_mean']:.4f} median {median} | best "
-            f"{self.best['dsc_volume_mean']:.4f} (epoch {self.best['epoch'] + 1}) | {seconds:.1f} s/epoch | {eta}"
+            f"{self.best['dsc_volume_mean']:.4f} (epoch {self.best['epoch'] + 1}) | "
+            f"{seconds:.1f} s/epoch | {eta}"
         )
 
     def write_metrics(

@@ -29,7 +29,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def utilisation(device: torch.device) -> str:
-    """The GPU's utilisation in percent over the last sample period (needs nvidia-ml-py), or 'n/a'."""
+    """The GPU's utilisation in percent over the last sample period (needs nvidia-ml-py),
+    or 'n/a'."""
     if device.type != "cuda":
         return "n/a"
     try:
@@ -110,7 +111,8 @@ class TrainingSpeed(L.Callback):
         }
         pl_module.log_dict(figures)
         log.info(
-            "epoch %d: %.1f samples/s, data wait %.1f%% of step time, utilisation %s, peak memory %.0f MB",
+            "epoch %d: %.1f samples/s, data wait %.1f%% of step time, "
+            "utilisation %s, peak memory %.0f MB",
             trainer.current_epoch,
             figures["speed/samples_per_s"],
             100 * figures["speed/data_wait"],

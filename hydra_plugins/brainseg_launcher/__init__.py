@@ -1,1 +1,2 @@
-"""brainseg's Hydra launcher plugin (Hydra loads launchers only from the `hydra_plugins` namespace)."""
+"""brainseg's Hydra launcher plugin (Hydra loads launchers only from the `hydra_plugins`
+namespace)."""

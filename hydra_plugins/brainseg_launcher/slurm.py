@@ -27,10 +27,16 @@ NEVER_STARTS = {
     "DependencyNeverSatisfied": "a job it depends on failed",
     "InvalidAccount": "the account is invalid",
     "InvalidQOS": "the QOS is invalid",
-    "PartitionConfig": "the request does not fit the partition: compare hydra.launcher.cpus_per_task, "
-    "mem_gb and gpus_per_node with `sinfo -o '%P %c %m %G'`",
-    "PartitionNodeLimit": "hydra.launcher.nodes is outside the partition's limits (`sinfo -o '%P %D'`)",
-    "PartitionTimeLimit": "hydra.launcher.timeout_min exceeds the partition's time limit (`sinfo -o '%P %l'`)",
+    "PartitionConfig": (
+        "the request does not fit the partition: compare hydra.launcher.cpus_per_task, "
+        "mem_gb and gpus_per_node with `sinfo -o '%P %c %m %G'`"
+    ),
+    "PartitionNodeLimit": (
+        "hydra.launcher.nodes is outside the partition's limits (`sinfo -o '%P %D'`)"
+    ),
+    "PartitionTimeLimit": (
+        "hydra.launcher.timeout_min exceeds the partition's time limit (`sinfo -o '%P %l'`)"
+    ),
     "QOSNotAllowed": "the QOS may not use this partition",
 }
 
@@ -105,7 +111,8 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         return outcome["returns"]
 
     def _watch(self, job_ids: list[str]) -> None:
-        """Log the pending jobs with their reasons; cancel the sweep's jobs and exit when one can never start."""
+        """Log the pending jobs with their reasons;
+        cancel the sweep's jobs and exit when one can never start."""
         pending = {
             job: reason
             for job, (state, reason) in queue_states(job_ids).items()
@@ -124,7 +131,8 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             job, reason = min(stuck.items())
             subprocess.run(["scancel", *job_ids], capture_output=True, timeout=30, check=False)
             print(
-                f"error: SLURM job {job} can never start: {reason} ({NEVER_STARTS[reason.split(',')[0]]}); "
+                f"error: SLURM job {job} can never start: {reason} "
+                f"({NEVER_STARTS[reason.split(',')[0]]}); "
                 f"cancelled the sweep's jobs {', '.join(job_ids)}",
                 file=sys.stderr,
                 flush=True,
