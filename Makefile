@@ -44,8 +44,12 @@ bench-train: install
 gpu-check:
 	DATA=$(DATA) bash scripts/gpu_check.sh
 
+# Every Python path of the project: the lint rules (pyproject: [tool.ruff]) and ruff's formatting.
+PY_PATHS := brainseg tests train.py predict.py bench hydra_plugins scripts
+
 lint: install
-	$(UV) run --frozen ruff check brainseg hydra_plugins tests train.py predict.py bench
+	$(UV) run --frozen ruff check $(PY_PATHS)
+	$(UV) run --frozen ruff format --check $(PY_PATHS)
 
 clean:
 	rm -rf .cache outputs .pytest_cache
