@@ -20,6 +20,7 @@ from brainseg.errors import ConfigError
 from brainseg.training.media import WandbMedia
 from brainseg.training.module import SegmentationModule
 from brainseg.training.report import RunReport
+from brainseg.training.speed import apply_speed_settings
 
 log = logging.getLogger("brainseg")
 
@@ -85,6 +86,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metric=to_plain(cfg.metric),
         postprocessing=to_plain(cfg.postprocessing),
     )
+    apply_speed_settings(module.net, cfg.get("channels_last", False), cfg.get("compile", False))
     report = RunReport(output_dir, to_plain(cfg), cfg.monitor)
     callbacks = _instantiate_group("callbacks", cfg.get("callbacks")) + [report]
     loggers = _instantiate_group("logger", cfg.get("logger"))
