@@ -33,6 +33,7 @@ test-fast: install
 bench: install
 	$(PY) bench/data_pipeline.py --root $(DATA)
 	$(PY) bench/inference.py --root $(DATA)
+	$(PY) bench/checkpoint_disk.py
 
 # Training speed per data path, precision, channels_last, torch.compile, batch size (BENCH_ARGS: e.g. --size 64 --steps 4).
 bench-train: install
@@ -43,7 +44,7 @@ gpu-check:
 	DATA=$(DATA) bash scripts/gpu_check.sh
 
 lint: install
-	$(UV) run --frozen ruff check brainseg tests train.py predict.py bench
+	$(UV) run --frozen ruff check brainseg hydra_plugins tests train.py predict.py bench
 
 clean:
 	rm -rf .cache outputs .pytest_cache

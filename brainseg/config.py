@@ -37,18 +37,36 @@ def instantiate_setting(setting: str, cfg: Any, **kwargs: Any) -> Any:
         raise ConfigError(f"{setting}: {lines[-1] if lines else type(exc).__name__}") from None
 
 
-def _run_group() -> str:
-    """`sweep-<sweep dir name>` for the jobs of a multirun, `runs` for single runs."""
+def _run_group() -> str | None:
+    """`sweep-<sweep dir name>` for the jobs of a multirun; single runs are not grouped."""
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         return f"sweep-{Path(HydraConfig.get().sweep.dir).name}"
-    return "runs"
+    return None
 
 
 def _job_name() -> str:
-    """The job's overrides (Hydra's override_dirname, e.g. `loss=dice,model=unet`), or `default`."""
-    if HydraConfig.initialized():
+    """The overrides that tell this job from the others of its sweep (`loss=dice,model=unet`);
+    for a single run all its overrides; `default` without any."""
+    from brainseg.cli import job_overrides
+
+    if HydraConfig.initialized() and HydraConfig.get().mode != RunMode.MULTIRUN:
         return HydraConfig.get().job.override_dirname or "default"
-    return "default"
+    swept, _ = job_overrides()
+    return ",".join(swept) or "default"
+
+
+def _fresh_dir(path: str) -> str:
+    """`path`, or `path-2`, `path-3`, ... when it exists: claimed by creating it, so two sweeps
+    started in the same second get different directories. Cached like Hydra's `now`, so every
+    job of the sweep resolves the same directory."""
+    base, suffix = Path(path), 1
+    while True:
+        candidate = base if suffix == 1 else base.with_name(f"{base.name}-{suffix}")
+        try:
+            candidate.mkdir(parents=True)
+            return str(candidate)
+        except FileExistsError:
+            suffix += 1
 
 
 def _gpus_per_node(accelerator: str, devices: Any) -> int | None:
@@ -59,4 +77,5 @@ def _gpus_per_node(accelerator: str, devices: Any) -> int | None:
 
 OmegaConf.register_new_resolver("brainseg.run_group", _run_group, replace=True)
 OmegaConf.register_new_resolver("brainseg.job_name", _job_name, replace=True)
+OmegaConf.register_new_resolver("brainseg.fresh_dir", _fresh_dir, replace=True, use_cache=True)
 OmegaConf.register_new_resolver("brainseg.gpus_per_node", _gpus_per_node, replace=True)

@@ -97,7 +97,7 @@ def test_auto_postprocessing_is_recorded_next_to_the_checkpoint(predicted: Path,
 def test_refuses_to_overwrite_or_write_into_the_input(predicted: Path, tiny_run: Path, synthetic_root: Path) -> None:
     ckpt = f"checkpoints=[{tiny_run}/checkpoints/last.ckpt]"
     for output, message in ((predicted, "is not empty; choose another folder or set overwrite=true"),
-                            (synthetic_root / "preds", "is inside the input")):
+                            (synthetic_root / "preds", "overlaps the input")):
         result = run_cli("predict.py", f"input={synthetic_root}", ckpt, f"output_dir={output}", cwd=PROJECT)
         last = result.stderr.strip().splitlines()[-1]
         assert result.returncode == 2 and "Traceback" not in result.stderr

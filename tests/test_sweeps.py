@@ -15,8 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 def _sweep(synthetic_root: Path, sweep_dir: Path, *overrides: str, env: dict | None = None):
+    given = tuple(o.split("=", 1)[0] + "=" for o in overrides)
     base = [o for o in tiny_train_overrides(synthetic_root, sweep_dir, sweep_dir.parent / "cache")
-            if not o.startswith("hydra.run.dir")]
+            if not o.startswith(("hydra.run.dir", *given))]
     return run_cli("train.py", "-m", *base, f"hydra.sweep.dir={sweep_dir}", "trainer.max_epochs=1", *overrides,
                    cwd=PROJECT, env=env)
 
@@ -69,8 +70,9 @@ def test_wandb_offline_runs_hold_the_per_volume_dice(wandb_sweep: Path) -> None:
 def test_kfold_sweep_reports_cv_mean_and_failed_jobs(synthetic_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "kfold"
     result = _sweep(synthetic_root, sweep, "data.split.kind=kfold", "data.split.n_folds=3", "data.split.fold=0,1,2,3")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]  # the other jobs went on, the failure is loud
     assert "error: data.split.fold=3 must be in [0, data.split.n_folds=3)" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"1 of 4 jobs failed: see {sweep / 'summary.md'}"
     with open(sweep / "summary.csv") as fh:
         rows = {r["overrides"]: r for r in csv.DictReader(fh)}
     assert rows["data.split.fold=3"]["status"] == "failed" and "data.split.fold=3" in rows["data.split.fold=3"]["error"]
@@ -92,6 +94,31 @@ def test_optuna_search_returns_the_best_trial(synthetic_root: Path, tmp_path: Pa
     best = (sweep / "optimization_results.yaml").read_text()
     scores = [json.loads((sweep / str(k) / "metrics.json").read_text())["best"]["dsc_volume_mean"] for k in range(2)]
     assert f"best_value: {max(scores)}" in best
+
+
+def test_optuna_failed_trial_says_why_and_the_study_goes_on(synthetic_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "optuna_failure"
+    # The seeded sampler draws data.split.n_val=2, then 99 (more than the 6 patients): one trial fails.
+    result = _sweep(synthetic_root, sweep, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=10",
+                    "hydra.sweeper.params={optimizer.lr: 'choice(1e-3)', loss: 'choice(dice)', model.arch: 'choice(unet)'}",
+                    "data.split.n_val=choice(2, 99)")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "float-castable" not in output, output[-3000:]
+    (failed,) = [k for k in range(2) if (sweep / str(k) / "failure.json").exists()]
+    assert failed == 1 and "data.split.n_val=99) failed: ConfigError: data.split.kind=reference needs more than data.split.n_val=99" in output
+    assert "Failed experiment: data.split.kind=reference needs more than data.split.n_val=99" in output  # Optuna's own line
+    ok = json.loads((sweep / str(1 - failed) / "metrics.json").read_text())["best"]["dsc_volume_mean"]
+    assert f"best_value: {ok}" in (sweep / "optimization_results.yaml").read_text()
+
+
+def test_a_mistake_every_job_shares_stops_the_sweep_before_its_first_job(synthetic_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "no_root"
+    result = _sweep(tmp_path / "missing", sweep, "loss=dice,bce_dice")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [(f"error: {tmp_path / 'missing'}: data root does not exist "
+                       "(checked before the sweep started; no job was run)")]
+    assert not (sweep / "0").exists()
 
 
 def test_local_launcher_runs_jobs_in_parallel_processes(synthetic_root: Path, tmp_path: Path) -> None:

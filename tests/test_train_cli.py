@@ -14,6 +14,32 @@ from helpers import PROJECT, run_cli, tiny_train_overrides
 pytestmark = pytest.mark.slow
 
 
+def test_a_redirected_run_prints_one_line_per_epoch_and_draws_curves(tiny_run: Path) -> None:
+    console = (tiny_run.parent / "console.txt").read_text()
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    for text in (console, (tiny_run / "train.log").read_text()):
+        lines = [line for line in text.splitlines() if "| train loss" in line]
+        assert [line.split(" | ")[0].split(" - ")[-1] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+        last = metrics["history"][-1]
+        assert f"val Dice mean {last['dsc_volume_mean']:.4f} median {last['dsc_volume_median']:.4f}" in lines[-1]
+        assert f"best {metrics['best']['dsc_volume_mean']:.4f} (epoch {metrics['best']['epoch'] + 1})" in lines[-1]
+        assert "s/epoch | ETA" in lines[0]
+    for noise in ("was configured so", "💡 Tip", "Total FLOPs", "LeafSpec"):
+        assert noise not in console, noise
+    assert not any(line.startswith("INFO: ") for line in console.splitlines()), "Lightning lines printed twice"
+    assert (tiny_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert all(h["train_loss"] > 0 and h["val_loss"] > 0 for h in metrics["history"])
+
+
+def test_help_and_cfg_import_neither_torch_nor_lightning(tmp_path: Path) -> None:
+    """`--help` and `--cfg` answer without the heavy imports (they took ~25 s before)."""
+    for args in (["--help"], ["--cfg", "job"]):
+        result = run_cli("-X", "importtime", "train.py", *args, cwd=PROJECT)
+        assert result.returncode == 0, result.stderr[-2000:]
+        imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+        assert not imported & {"torch", "lightning", "segmentation_models_pytorch", "wandb"}, args
+
+
 def test_run_directory_holds_checkpoints_metrics_split_config(tiny_run: Path) -> None:
     run = tiny_run
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())

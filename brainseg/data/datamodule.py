@@ -96,6 +96,10 @@ class LGGDataModule(L.LightningDataModule):
     def _patients(self) -> dict[str, PatientFiles]:
         return {p.name: p for p in find_patients(self.root)}
 
+    def validate(self) -> None:
+        """The checks setup() starts with (data root, split), without reading any volume."""
+        self._make_split(self._patients())
+
     def _make_split(self, patients: dict[str, PatientFiles]) -> Split:
         return make_split(self.split_config, list(patients))
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +14,8 @@ import tifffile
 from brainseg.errors import DataError
 
 _SLICE_RE = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)(?P<mask>_mask)?\.tif$")
+MASK_VALUES = ({0, 255}, {0, 1})  # kaggle_3m masks, or already binary ones
+log = logging.getLogger("brainseg")
 
 
 @dataclass(frozen=True)
@@ -39,13 +43,20 @@ def scan_patient(folder: Path, require_masks: bool = True) -> PatientFiles:
     """List a patient folder's slices in numeric order (2 before 10), checking image/mask pairing and gaps."""
     images: dict[int, Path] = {}
     masks: dict[int, Path] = {}
-    for path in folder.iterdir():
+    prefixes: dict[Path, str] = {}
+    for path in sorted(folder.iterdir()):
         match = _SLICE_RE.match(path.name)
         if not match or not path.is_file():
             continue
-        (masks if match["mask"] else images)[int(match["n"])] = path
+        found = masks if match["mask"] else images
+        number = int(match["n"])
+        if number in found:  # e.g. _5 and _05: directory order would pick one
+            raise DataError(f"{found[number]} and {path.name}: two files for slice {number}")
+        found[number] = path
+        prefixes[path] = match["patient"]
     if not images and not masks:
         raise DataError(f"{folder}: no slice files (<patient>_<n>.tif) in patient folder")
+    _check_one_patient(folder, prefixes)
     for n in sorted(set(masks) - set(images)):
         raise DataError(f"{masks[n]}: mask has no image {masks[n].name.replace('_mask.tif', '.tif')}")
     has_masks = bool(masks)
@@ -64,6 +75,17 @@ def scan_patient(folder: Path, require_masks: bool = True) -> PatientFiles:
         images=tuple(images[n] for n in numbers),
         masks=tuple(masks[n] for n in numbers) if has_masks else None,
     )
+
+
+def _check_one_patient(folder: Path, prefixes: dict[Path, str]) -> None:
+    """All slices of a folder belong to one patient: the folder's name, or (renamed folder) the
+    prefix most files carry; a stray slice of another patient is named."""
+    counts = Counter(prefixes.values())
+    if len(counts) < 2:
+        return
+    patient = folder.name if folder.name in counts else counts.most_common(1)[0][0]
+    stray = next(path for path, prefix in prefixes.items() if prefix != patient)
+    raise DataError(f"{stray}: slice of patient {prefixes[stray]}, not of {patient} (the other slices of {folder.name})")
 
 
 def find_patients(root: str | Path, require_masks: bool = True) -> list[PatientFiles]:
@@ -109,7 +131,10 @@ def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
         mask = mask[..., 0]
     if mask.dtype != np.uint8 or mask.shape != shape:
         raise DataError(f"{path}: expected an {shape[0]}x{shape[1]} uint8 mask, got {mask.shape} {mask.dtype}")
-    return (mask > 127 if mask.max() > 1 else mask > 0).astype(np.uint8)
+    values = set(np.unique(mask).tolist())
+    if not any(values <= allowed for allowed in MASK_VALUES):
+        raise DataError(f"{path}: mask values {sorted(values)[:8]}; expected {{0, 255}} or {{0, 1}}")
+    return (mask > 0).astype(np.uint8)
 
 
 def read_patient(files: PatientFiles) -> PatientVolume:
@@ -123,4 +148,6 @@ def read_patient(files: PatientFiles) -> PatientVolume:
     mask = None
     if files.masks is not None:
         mask = np.stack([read_mask(p, shape) for p in files.masks])
+        if mask.any() and not image.any():
+            log.warning("patient %s (%s): the image volume is all black but its masks hold a lesion", files.name, files.folder)
     return PatientVolume(files.name, files.numbers, image, mask)

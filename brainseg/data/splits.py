@@ -59,6 +59,11 @@ class Split:
 def reference_split(patients: list[str], n_val: int = 10, seed: int = 42) -> Split:
     """The reference program's split: `random.seed(seed); random.sample(sorted(patients), n_val)`."""
     names = sorted(patients)
+    if n_val < 1:
+        raise ConfigError(
+            f"data.split.n_val={n_val} leaves no validation patients (no best checkpoint, no score); "
+            "to train without validation keep data.split.n_val>=1 and set trainer.limit_val_batches=0"
+        )
     if len(names) <= n_val:
         raise ConfigError(
             f"data.split.kind=reference needs more than data.split.n_val={n_val} patients, "

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainseg.checkpoint import Provenance
+from brainseg.checkpoint import Provenance, load_weights, read_checkpoint
 from brainseg.data.preprocess import PreprocessConfig
 from brainseg.errors import ConfigError, DataError
 from brainseg.models import build_model
@@ -57,16 +57,8 @@ def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None =
     a checkpoint trained with other values is refused.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for foreign files
-        raise DataError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
-    info = Provenance.read(checkpoint, path)
-    if "hyper_parameters" not in checkpoint:
-        raise DataError(f"{path}: not a brainseg checkpoint (made by train.py)")
-    hparams = checkpoint["hyper_parameters"]
+    checkpoint = read_checkpoint(path)
+    hparams, info = checkpoint["hyper_parameters"], Provenance.read(checkpoint, path)
     model_cfg = dict(hparams["model"])
     for key, value in (expected_model or {}).items():
         if key not in model_cfg or model_cfg[key] != value:
@@ -75,11 +67,7 @@ def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None =
             )
     net = build_model(**model_cfg)
     weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-    try:
-        net.load_state_dict(weights)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise DataError(f"{path}: weights do not fit model {model_cfg.get('arch')}/{model_cfg.get('encoder_name')} ({first})") from None
+    load_weights(net, weights, path, model_cfg)
     return Member(
         path=path,
         preprocess=PreprocessConfig(**info.preprocess),
@@ -110,11 +98,14 @@ def export_onnx(member: Member, path: Path, image_size: int) -> Path:
     """Write the member's network as ONNX (dynamic batch), its preprocessing in the model's metadata."""
     import onnx
 
+    from brainseg.quiet import quiet_libraries
+
+    quiet_libraries()
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.randn(2, 3, image_size, image_size)
     torch.onnx.export(
         member.net.cpu().eval(), (dummy,), str(path), input_names=["image"], output_names=["logits"],
-        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False,
+        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False, verbose=False,
     )
     model = onnx.load(str(path))
     entry = model.metadata_props.add()

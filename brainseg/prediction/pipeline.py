@@ -42,8 +42,10 @@ def _path(value: str | None) -> Path | None:
 def _prepare_output(output_dir: Path | None, input_root: Path | None, overwrite: bool) -> Path:
     if output_dir is None:
         raise ConfigError("output_dir is required (a new or empty folder)")
-    if input_root is not None and (output_dir == input_root or output_dir.is_relative_to(input_root)):
-        raise ConfigError(f"output_dir={str(output_dir)!r} is inside the input {str(input_root)!r}; choose another folder")
+    if input_root is not None and (output_dir.is_relative_to(input_root) or input_root.is_relative_to(output_dir)):
+        raise ConfigError(  # whatever overwrite says: predictions must never replace input files
+            f"output_dir={str(output_dir)!r} overlaps the input {str(input_root)!r}; choose a folder outside it"
+        )
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"output_dir={str(output_dir)!r} is a file; choose a folder")
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
@@ -91,6 +93,8 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     if input_root is None:
         raise ConfigError("input is required: a data root in the kaggle_3m layout or one patient folder")
     patients = find_patients(input_root, require_masks=False)
+    for files in tqdm(patients, desc="checking inputs", unit="patient", disable=not cfg.progress):
+        read_patient(files)  # every unreadable or inconsistent slice is named before anything is written
     out = _prepare_output(_path(cfg.get("output_dir")), input_root, cfg.overwrite)
     views = tta_views(cfg.tta.hflip, list(cfg.tta.rotations or []), list(cfg.tta.scales or []))
     predictor = Predictor(members, views, cfg.batch_size, _device(cfg.device))
@@ -109,8 +113,8 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
         mask = apply(raw, steps)
         folder = out / files.name
         folder.mkdir(exist_ok=True)
-        for z, number in enumerate(files.numbers):
-            tifffile.imwrite(folder / f"{files.name}_{number}_mask.tif", mask[z].astype("uint8") * 255)
+        for z, image_path in enumerate(files.images):  # named after the image, whatever the folder is called
+            tifffile.imwrite(folder / f"{image_path.stem}_mask.tif", mask[z].astype("uint8") * 255)
         truth = volume.mask.astype(bool) if volume.mask is not None else None
         if truth is not None:
             variants = {name: apply(raw, variant) for name, variant in REPORTED_VARIANTS.items()}

@@ -37,10 +37,37 @@ def bar_chart(scores: dict[str, float], path: Path, title: str = "Per-volume Dic
     if show_stats:
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     fig.tight_layout()
+    return _save(fig, path)  # parallel sweep jobs may refresh the same chart
+
+
+def training_curves(history: list[dict], path: Path) -> Path:
+    """Losses and validation per-volume Dice per epoch (the best epoch marked), side by side."""
+    epochs = [h["epoch"] + 1 for h in history]
+    fig, (losses, dice) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    for key, label in (("train_loss", "train loss"), ("val_loss", "val loss")):
+        points = [(e, h[key]) for e, h in zip(epochs, history) if h.get(key) is not None]
+        if points:
+            losses.plot(*zip(*points), marker=".", label=label)
+    losses.set(xlabel="epoch", ylabel="loss", title="Losses")
+    dice.plot(epochs, [h["dsc_volume_mean"] for h in history], marker=".", label="mean")
+    medians = [(e, h["dsc_volume_median"]) for e, h in zip(epochs, history) if h.get("dsc_volume_median") is not None]
+    if medians:
+        dice.plot(*zip(*medians), marker=".", label="median")
+    best = max(history, key=lambda h: h["dsc_volume_mean"])
+    dice.axvline(best["epoch"] + 1, color="grey", linestyle=":", label=f"best {best['dsc_volume_mean']:.3f}")
+    dice.set(xlabel="epoch", ylabel="per-volume Dice", title="Validation per-volume Dice", ylim=(0, 1))
+    for ax in (losses, dice):
+        ax.legend(frameon=False)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    """Write via a temporary file: parallel sweep jobs and readers never see half a picture."""
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)  # parallel sweep jobs may refresh the same chart
+    os.replace(tmp, path)
     return path
 
 

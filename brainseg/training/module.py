@@ -28,7 +28,6 @@ class SegmentationModule(L.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         metric: Mapping[str, Any] | None = None,
         postprocessing: Sequence[Mapping[str, Any]] | None = None,
-        examples: int = 4,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -41,8 +40,6 @@ class SegmentationModule(L.LightningModule):
         )
         self.slice_metrics = torch.nn.ModuleDict({s: slice_metrics(threshold) for s in ("val", "test")})
         self.volume_scores: dict[str, dict[str, float]] = {}  # stage -> patient name -> Dice
-        self.examples = examples
-        self.val_examples: dict[str, torch.Tensor] = {}  # a few slices of the first validation batch
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         logits = self.net(image)
@@ -65,24 +62,15 @@ class SegmentationModule(L.LightningModule):
             self.log_dict({f"train/loss_{k}": v for k, v in parts.items()}, batch_size=batch_size)
         return total
 
-    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str, batch_idx: int) -> None:
+    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        """Update the stage's metrics; returns the probabilities (callbacks draw pictures from them)."""
         logits = self(batch["image"])
         loss = self.loss(logits, batch["mask"])
         probs = torch.sigmoid(logits.float())
-        if stage == "val" and batch_idx == 0 and self.examples:
-            self._keep_examples(batch, probs)
         self.volume_dice[stage].update(probs, batch["mask"], batch["patient"], batch["slice"])
         self.slice_metrics[stage].update(probs.flatten(1), batch["mask"].flatten(1).int())
         self.log(f"{stage}/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
-
-    def _keep_examples(self, batch: dict[str, torch.Tensor], probs: torch.Tensor) -> None:
-        """Slices for pictures (e.g. W&B overlays): those with a lesion first."""
-        order = torch.argsort(batch["mask"].flatten(1).sum(1), descending=True)[: self.examples]
-        self.val_examples = {
-            "image": batch["image"][order].detach().cpu(),
-            "mask": batch["mask"][order, 0].detach().cpu() > 0.5,
-            "pred": probs[order, 0].detach().cpu() > self.volume_dice["val"].threshold,
-        }
+        return probs
 
     def _end_of_evaluation(self, stage: str) -> None:
         result = self.volume_dice[stage].compute()
@@ -95,17 +83,17 @@ class SegmentationModule(L.LightningModule):
         datamodule: SegmentationData | None = getattr(self.trainer, "datamodule", None)
         names = datamodule.patient_names(stage) if datamodule is not None else None
         self.volume_scores[stage] = {
-            (names[p] if names else str(p)): float(d) for p, d in zip(result["patient"].tolist(), result["per_volume"].tolist())
+            (names[p] if names else str(p)): float(d) for p, d in zip(result["patient"].reshape(-1).tolist(), result["per_volume"].reshape(-1).tolist())
         }
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val", batch_idx)
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._end_of_evaluation("val")
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test", batch_idx)
+        self._evaluate(batch, "test")
 
     def on_test_epoch_end(self) -> None:
         self._end_of_evaluation("test")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,17 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import to_absolute_path
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, ListConfig
 
+from brainseg.checkpoint import load_weights, read_checkpoint
+from brainseg.cli import check_output_outside_data
 from brainseg.config import instantiate_setting, to_plain
 from brainseg.data.contract import check_data_module
-from brainseg.errors import ConfigError
-from brainseg.training.media import WandbMedia
+from brainseg.errors import ConfigError, DataError
+from brainseg.quiet import quiet_libraries
+from brainseg.training.checkpoints import AtomicCheckpointIO
+from brainseg.training.media import TrackerMedia
 from brainseg.training.module import SegmentationModule
 from brainseg.training.report import RunReport
 from brainseg.training.speed import apply_speed_settings
@@ -49,34 +54,61 @@ def check_sweep_ranks(trainer_cfg: DictConfig) -> None:
         )
 
 
-def _slurm_plugins() -> list[Any]:
-    """Under SLURM the job's launcher (submitit) owns requeueing; Lightning's own is switched off."""
-    if "SLURM_JOB_ID" not in os.environ:
-        return []
-    from lightning.pytorch.plugins.environments import SLURMEnvironment
+def _plugins() -> list[Any]:
+    """Atomic checkpoint writes; under SLURM the job's launcher (submitit) owns requeueing, so
+    Lightning's own is switched off."""
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if "SLURM_JOB_ID" in os.environ:
+        from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    return [SLURMEnvironment(auto_requeue=False)]
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
 
 
-def _auto_resume(cfg: DictConfig, output_dir: Path) -> str | None:
-    """An explicit ckpt_path, else the run directory's own last.ckpt (a requeued job resumes)."""
+def _auto_resume(cfg: DictConfig, output_dir: Path, module: SegmentationModule) -> str | None:
+    """An explicit ckpt_path, else the run directory's own last.ckpt (a requeued job resumes).
+
+    The file is checked first, so that a torn, foreign or other-architecture file is named in one line.
+    """
     if cfg.get("ckpt_path"):
         path = Path(to_absolute_path(str(cfg.ckpt_path)))
         if not path.is_file():
             raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file")
-        return str(path)
-    last = output_dir / "checkpoints" / "last.ckpt"
-    if cfg.get("auto_resume", True) and last.is_file():
-        log.info("resuming from %s", last)
-        return str(last)
-    return None
+    else:
+        path = output_dir / "checkpoints" / "last.ckpt"
+        if not (cfg.get("auto_resume", True) and path.is_file()):
+            return None
+    checkpoint = read_checkpoint(path)
+    if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
+        raise DataError(f"{path}: holds weights only (a best checkpoint); resume from a last.ckpt")
+    load_weights(module, checkpoint["state_dict"], path, dict(module.hparams.model))
+    log.info("resuming from %s (saved in epoch %d)", path, checkpoint.get("epoch", -1))
+    return str(path)
+
+
+def _finish_wandb_run() -> None:
+    """Close this job's W&B run (the next job of a sweep in this process gets its own) and say
+    where an offline run went and how to upload it."""
+    import wandb
+
+    run = wandb.run
+    if run is None:
+        return
+    folder = Path(run.dir).parent
+    offline = run.offline
+    run.finish()
+    if offline:
+        log.info("W&B run logged offline to %s; upload it with: wandb sync %s", folder, folder)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and optionally test) one configuration; returns the content of metrics.json."""
+    quiet_libraries()
     check_sweep_ranks(cfg.trainer)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    if cfg.data.get("root"):
+        check_output_outside_data(output_dir, to_absolute_path(str(cfg.data.root)), "paths.output_dir")
     datamodule = check_data_module(instantiate_setting("data", cfg.data))
     module = SegmentationModule(
         model=to_plain(cfg.model),
@@ -86,26 +118,30 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metric=to_plain(cfg.metric),
         postprocessing=to_plain(cfg.postprocessing),
     )
+    model = cfg.model
+    log.info("model: %s, encoder %s, %.1f M parameters", model.arch, model.encoder_name,
+             sum(p.numel() for p in module.parameters()) / 1e6)
     apply_speed_settings(module.net, cfg.get("channels_last", False), cfg.get("compile", False))
     report = RunReport(output_dir, to_plain(cfg), cfg.monitor)
     callbacks = _instantiate_group("callbacks", cfg.get("callbacks")) + [report]
     loggers = _instantiate_group("logger", cfg.get("logger"))
     for logger in loggers:
         logger.log_hyperparams(report.config)  # the whole resolved config, not only the module's part
-    if any(isinstance(logger, WandbLogger) for logger in loggers):
-        callbacks.append(WandbMedia())
+    if any(isinstance(logger, (WandbLogger, TensorBoardLogger)) for logger in loggers):
+        callbacks.append(TrackerMedia(cfg.monitor))
+    # A progress bar on a terminal; in a log file, RunReport's one line per epoch instead.
+    progress_bar = cfg.trainer.get("enable_progress_bar", sys.stdout.isatty())
     trainer: L.Trainer = instantiate_setting("trainer", cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                             plugins=_slurm_plugins() or None)
+                                             plugins=_plugins(), enable_progress_bar=progress_bar)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=_auto_resume(cfg, output_dir))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=_auto_resume(cfg, output_dir, module))
         test_scores = None
         if cfg.get("test") and trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
-            trainer.test(module, datamodule=datamodule, ckpt_path="best")
+            trainer.test(module, datamodule=datamodule, ckpt_path=trainer.checkpoint_callback.best_model_path)
             test_scores = module.volume_scores.get("test")
     finally:
-        for logger in loggers:
-            if isinstance(logger, WandbLogger) and logger._experiment is not None:
-                logger.experiment.finish()  # the next job of a sweep in this process gets its own run
+        if any(isinstance(logger, WandbLogger) for logger in loggers):
+            _finish_wandb_run()
     metrics = report.write_metrics(trainer, test_scores) if trainer.is_global_zero else {}
     if metrics.get("best"):
         best = metrics["best"]

@@ -1,0 +1,43 @@
+"""Less noise from libraries: drop the lines that only advertise, repeat, or report on settings
+brainseg itself chose; real warnings stay."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+# Logger name -> beginnings of the messages dropped from it.
+NOISE: dict[str, tuple[str, ...]] = {
+    "lightning.pytorch.utilities.rank_zero": ("💡 Tip:",),
+    # Optuna sweeper's set-up lines (its `Best value` / `Best parameters` lines stay).
+    "hydra_plugins.hydra_optuna_sweeper._impl": ("Study name:", "Storage:", "Sampler:", "Directions:"),
+    "optuna.storages._in_memory": ("A new study created",),
+}
+# Libraries whose INFO lines flood the log: onnxscript's optimizer passes during ONNX export,
+# alembic's plugin set-up when Optuna creates a study.
+WARNINGS_ONLY = ("onnxscript", "alembic")
+
+
+class _DropLines(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+def quiet_libraries() -> None:
+    """Install the filters (idempotent). Call once the log handlers are configured (Hydra's)."""
+    for name, prefixes in NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLines) for f in logger.filters):
+            logger.addFilter(_DropLines(prefixes))
+    for name in WARNINGS_ONLY:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # `lightning` adds its own console handler on import; under Hydra's handlers every Lightning
+    # line would be printed twice.
+    if logging.getLogger().handlers:
+        logging.getLogger("lightning").handlers.clear()
+    # Raised inside Lightning on every run with the pinned torch; nothing a user can change.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")

@@ -1,0 +1,143 @@
+"""Checkpoints that make a resume lose at most the epoch in progress.
+
+- `last.ckpt` is written after every epoch (Lightning's `save_last` only writes it when a top-k
+  checkpoint was saved, so with `save_top_k: 1` it is a copy of the best, not the last epoch);
+- the best checkpoint keeps only what predict.py needs (weights and provenance), a third of the size;
+- every file is written under a temporary name and renamed (a crash mid-write leaves the old file);
+- a run directory that was moved or copied keeps tracking its own files (no `last-v1.ckpt`);
+- on the signal SLURM/submitit sends before a time limit or preemption, `last.ckpt` is saved at the
+  next batch boundary before submitit requeues the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from brainseg.checkpoint import prediction_only, read_checkpoint, save_atomically
+
+log = logging.getLogger("brainseg")
+LAST_NAME = "last"
+# The signal submitit asks SLURM to send before the time limit (sbatch --signal), and its override.
+PREEMPT_SIGNAL = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Every checkpoint Lightning writes goes through a temporary file and a rename."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        save_atomically(checkpoint, path)
+
+
+class _FollowsMovedDirectory(ModelCheckpoint):
+    """After a run directory is moved or copied, the paths in the resumed state are re-based onto
+    the new directory (Lightning would forget them, then write `last-v1.ckpt` or a second best file)."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and old != new:
+
+            def rebase(path: str) -> str:
+                return str(Path(new) / Path(path).name) if path else path
+
+            state_dict = {
+                **state_dict,
+                "dirpath": new,
+                "best_model_path": rebase(state_dict.get("best_model_path", "")),
+                "kth_best_model_path": rebase(state_dict.get("kth_best_model_path", "")),
+                "last_model_path": rebase(state_dict.get("last_model_path", "")),
+                "best_k_models": {
+                    rebase(k): v for k, v in (state_dict.get("best_k_models") or {}).items()
+                },
+            }
+        super().load_state_dict(state_dict)
+
+
+class BestCheckpoint(_FollowsMovedDirectory):
+    """Top-k checkpoints by the monitored metric, holding weights and provenance only."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        if kwargs.get("save_last"):
+            raise ValueError("BestCheckpoint does not write last.ckpt; LastCheckpoint does")
+        super().__init__(**kwargs)
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if (
+            trainer.is_global_zero
+        ):  # the callbacks' provenance is only in full dumps, hence the rewrite
+            save_atomically(prediction_only(read_checkpoint(filepath)), filepath)
+        trainer.strategy.barrier()
+
+
+class LastCheckpoint(_FollowsMovedDirectory):
+    """`<dirpath>/last.ckpt` with the full training state, after every epoch and on the preemption signal."""
+
+    def __init__(self, dirpath: str, every_n_epochs: int = 1) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename=LAST_NAME,
+            monitor=None,
+            save_top_k=1,
+            every_n_epochs=every_n_epochs,
+            enable_version_counter=False,
+        )
+        self._signalled: int | None = None
+        self._previous_handler: Any = None
+
+    @property
+    def state_key(self) -> str:
+        return "LastCheckpoint"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dirpath) / f"{LAST_NAME}{self.FILE_EXTENSION}"
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        signum = getattr(signal, PREEMPT_SIGNAL, None)
+        if stage == "fit" and signum is not None and self._previous_handler is None:
+            self._previous_handler = signal.signal(signum, self._on_signal)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        signum = getattr(signal, PREEMPT_SIGNAL, None)
+        if stage == "fit" and self._previous_handler is not None:
+            signal.signal(signum, self._previous_handler)
+            self._previous_handler = None
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # Only a flag: saving inside the handler could catch the model in the middle of an optimizer step.
+        self._signalled = signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_batch_end(trainer, *args)
+        self._save_if_signalled(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._save_if_signalled(trainer)
+
+    def _save_if_signalled(self, trainer: L.Trainer) -> None:
+        if self._signalled is None:
+            return
+        signum, self._signalled = self._signalled, None
+        self._save_checkpoint(trainer, str(self.path))
+        log.warning(
+            "signal %s: saved %s at epoch %d, step %d",
+            signal.Signals(signum).name,
+            self.path,
+            trainer.current_epoch,
+            trainer.global_step,
+        )
+        previous = self._previous_handler
+        if callable(previous):  # submitit's handler: requeue the job and exit
+            previous(signum, None)

@@ -1,0 +1,224 @@
+"""Resume loses at most the epoch in progress: last.ckpt is the last epoch, written atomically,
+followed when the run directory moves; the CSV log and history continue; bad files are named."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from helpers import PROJECT, compose_run, tiny_train_overrides
+
+from brainseg.checkpoint import save_atomically
+from brainseg.errors import BrainsegError
+from brainseg.training import pipeline
+from brainseg.training.pipeline import train
+
+pytestmark = pytest.mark.slow
+# The best checkpoint by "epoch" (min) is always epoch 0: deterministic "best is not the last epoch".
+BEST_AT_FIRST_EPOCH = (
+    "callbacks.model_checkpoint.monitor=epoch",
+    "callbacks.model_checkpoint.mode=min",
+    "callbacks.model_checkpoint.filename='best-epoch{epoch:03d}'",
+)
+
+
+def _val_epochs(run: Path) -> list[int]:
+    with open(run / "csv" / "metrics.csv") as fh:
+        return [int(r["epoch"]) for r in csv.DictReader(fh) if r.get("val/dsc_volume")]
+
+
+def test_last_is_the_last_epoch_best_is_slim_and_resume_continues(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    metrics = train(
+        compose_run(
+            synthetic_root, run, tmp_path / "cache", *BEST_AT_FIRST_EPOCH, "trainer.max_epochs=3"
+        )
+    )
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 2 and "optimizer_states" in last  # before: a copy of the best (epoch 0)
+    (best_path,) = (run / "checkpoints").glob("best-*.ckpt")
+    best = torch.load(best_path, weights_only=False)
+    assert best["epoch"] == 0 and "optimizer_states" not in best and "brainseg" in best
+    assert metrics["last_checkpoint"] == str(run / "checkpoints" / "last.ckpt")
+
+    # The run directory is moved, then restarted with more epochs (auto-resume from its last.ckpt).
+    moved = tmp_path / "moved"
+    shutil.move(run, moved)
+    metrics = train(
+        compose_run(
+            synthetic_root, moved, tmp_path / "cache", *BEST_AT_FIRST_EPOCH, "trainer.max_epochs=5"
+        )
+    )
+    assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2, 3, 4]
+    assert _val_epochs(moved) == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]  # before: the restart deleted the rows of epochs 0-2
+    names = sorted(p.name for p in (moved / "checkpoints").iterdir())
+    assert names == [best_path.name, "last.ckpt"]  # before: last-v1.ckpt beside the stale last.ckpt
+    assert metrics["best_checkpoint"] == str(moved / "checkpoints" / best_path.name)
+    assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 4
+
+
+def test_a_crash_during_a_checkpoint_write_keeps_the_previous_file(
+    tmp_path: Path, monkeypatch
+) -> None:
+    path = tmp_path / "last.ckpt"
+    save_atomically({"epoch": 1}, path)
+
+    def torn_save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK\x03\x04 torn")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError):
+        save_atomically({"epoch": 2}, path)
+    assert torch.load(path, weights_only=False) == {"epoch": 1}
+
+
+def _bad_checkpoints(folder: Path, good: Path) -> dict[str, Path]:
+    folder.mkdir()
+    files = {
+        "truncated": folder / "truncated.ckpt",
+        "text": folder / "text.ckpt",
+        "foreign": folder / "foreign.ckpt",
+        "weights only": folder / "best.ckpt",
+    }
+    files["truncated"].write_bytes(good.read_bytes()[:5000])
+    files["text"].write_text("not a checkpoint\n")
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, files["foreign"])
+    shutil.copy(next(good.parent.glob("best-*.ckpt")), files["weights only"])
+    return files
+
+
+@pytest.mark.parametrize("how", ["ckpt_path", "auto_resume"])
+def test_bad_resume_checkpoints_are_named_in_one_line(
+    tiny_run: Path, synthetic_root: Path, tmp_path: Path, how: str
+) -> None:
+    good = tiny_run / "checkpoints" / "last.ckpt"
+    cases = {**_bad_checkpoints(tmp_path / "bad", good), "other architecture": good}
+    for case, path in cases.items():
+        run = tmp_path / case.replace(" ", "_")
+        overrides = (
+            ["model.encoder_depth=4", "model.decoder_channels=[32,16,8,8]"]
+            if case == "other architecture"
+            else []
+        )
+        if how == "ckpt_path":
+            overrides.append(f"ckpt_path={path}")
+        else:
+            (run / "checkpoints").mkdir(parents=True)
+            shutil.copy(path, run / "checkpoints" / "last.ckpt")
+            path = run / "checkpoints" / "last.ckpt"
+        with pytest.raises(BrainsegError) as raised:  # before: bare tracebacks from torch/Lightning
+            train(compose_run(synthetic_root, run, tmp_path / "cache", *overrides))
+        message = str(raised.value)
+        assert message.startswith(f"{path}:") and "\n" not in message, (case, message)
+
+
+class _SignalMidEpoch(L.Callback):
+    """Sends the preemption signal to this process at the second batch of the second epoch."""
+
+    sent_at: int | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == 1 and batch_idx == 1 and self.sent_at is None:
+            self.sent_at = trainer.global_step
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+
+class _Requeued(Exception):
+    pass
+
+
+def test_preemption_signal_saves_last_checkpoint_mid_epoch(
+    synthetic_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    def submitit_handler(signum, frame):  # stands in for submitit's checkpoint-and-requeue handler
+        raise _Requeued
+
+    sender, original = _SignalMidEpoch(), pipeline._instantiate_group
+    monkeypatch.setattr(
+        pipeline,
+        "_instantiate_group",
+        lambda group, node: original(group, node) + ([sender] if group == "callbacks" else []),
+    )
+    cfg = compose_run(synthetic_root, tmp_path / "run", tmp_path / "cache", "trainer.max_epochs=3")
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        with pytest.raises(_Requeued):
+            train(cfg)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    # before: last.ckpt was the best checkpoint of epoch 0; now the batch the signal came in
+    assert (last["epoch"], last["global_step"]) == (1, sender.sent_at + 1)
+    monkeypatch.setattr(pipeline, "_instantiate_group", original)
+    metrics = train(cfg)  # the requeued job finishes epoch 1 and runs epoch 2
+    assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2]
+
+
+def test_kill_9_resumes_from_the_last_completed_epoch(synthetic_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = [
+        "train.py",
+        *tiny_train_overrides(synthetic_root, run, tmp_path / "cache"),
+        *BEST_AT_FIRST_EPOCH,
+        "trainer.max_epochs=30",
+    ]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    process = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last = run / "checkpoints" / "last.ckpt"
+    deadline, seen = time.monotonic() + 120, None
+    try:
+        while time.monotonic() < deadline:
+            stamp = last.stat().st_mtime_ns if last.is_file() else None
+            if (
+                stamp != seen and torch.load(last, weights_only=False)["epoch"] >= 2
+            ):  # atomic: never torn
+                break
+            seen = stamp
+            time.sleep(0.1)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    saved = torch.load(last, weights_only=False)["epoch"]
+    assert saved >= 2
+    result = subprocess.run(
+        [sys.executable, *args[:-1], f"trainer.max_epochs={saved + 2}"],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming from {last} (saved in epoch {saved})" in result.stderr + result.stdout
+    # before: resumed from the best (epoch 0) and trained epochs 1..saved again; the CSV lost session 1
+    epochs = _val_epochs(run)
+    assert sorted(set(epochs)) == list(range(saved + 2))
+    assert all(
+        epochs.count(e) == 1 for e in range(saved + 1)
+    )  # only the epoch in progress may repeat

@@ -1,0 +1,79 @@
+"""W&B and TensorBoard show the number the run report shows: the best per-volume Dice, not the
+last epoch's, read back from the files they write offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import compose_run, read_wandb_records
+
+pytestmark = pytest.mark.slow
+
+
+def _key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+def _final_summary(run_file: Path) -> dict[str, float]:
+    """The run summary W&B ends with: each history row updates it, then explicit summary updates."""
+    summary: dict[str, float] = {}
+    for record in read_wandb_records(run_file):
+        kind = record.WhichOneof("record_type")
+        items = record.history.item if kind == "history" else record.summary.update if kind == "summary" else []
+        summary.update({_key(item): json.loads(item.value_json) for item in items})
+    return summary
+
+
+@pytest.fixture(scope="module")
+def tracked_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """Three epochs whose last is not the best epoch (seeded), W&B offline and TensorBoard."""
+    from brainseg.training.pipeline import train
+
+    base = tmp_path_factory.mktemp("trackers")
+    run_dir = base / "run"
+    cfg = compose_run(synthetic_root, run_dir, base / "cache", "trainer.max_epochs=3", "optimizer.lr=1.0",
+                      "trainer.limit_train_batches=2", "logger=[tensorboard,wandb]")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HOME", str(base))
+        env.setenv("WANDB_API_KEY", "")
+        env.delenv("WANDB_MODE", raising=False)
+        metrics = train(cfg)
+    assert metrics["best"]["epoch"] < metrics["history"][-1]["epoch"], "the last epoch must not be the best"
+    return run_dir, metrics
+
+
+def test_wandb_summary_holds_the_best_and_its_epoch(tracked_run) -> None:
+    run_dir, metrics = tracked_run
+    (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    summary = _final_summary(run_file)
+    assert summary["val/dsc_volume"] == pytest.approx(metrics["best"]["dsc_volume_mean"])
+    assert summary["val/dsc_volume_best_epoch"] == metrics["best"]["epoch"]
+    run = next(r.run for r in read_wandb_records(run_file) if r.WhichOneof("record_type") == "run")
+    assert run.run_group == ""  # only sweep jobs are grouped
+
+
+def test_wandb_logs_mask_overlays_and_the_table_only_when_the_best_improves(tracked_run) -> None:
+    run_dir, metrics = tracked_run
+    (files,) = run_dir.glob("wandb/offline-run-*/files")
+    best, improvements = -1.0, 0
+    for entry in metrics["history"]:
+        improvements += entry["dsc_volume_mean"] > best
+        best = max(best, entry["dsc_volume_mean"])
+    tables = sorted(files.glob("media/table/val/dsc_volume_per_patient_*.table.json"), key=lambda p: int(p.name.split("_")[-2]))
+    assert len(tables) == improvements < len(metrics["history"])
+    assert dict(json.loads(tables[-1].read_text())["data"]) == pytest.approx(metrics["best"]["per_patient"])
+    # one picture per validation patient (2 here) each time the best improved
+    assert len(list(files.glob("media/images/val/overlays_*.png"))) == improvements * len(metrics["best"]["per_patient"])
+    assert list(files.glob("media/images/mask/val/overlays_*.mask.png"))  # prediction and truth as W&B masks
+
+
+def test_tensorboard_hp_metric_is_the_best_and_it_shows_overlays(tracked_run) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, metrics = tracked_run
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert events.Scalars("hp_metric")[-1].value == pytest.approx(metrics["best"]["dsc_volume_mean"])
+    assert events.Images("val/overlays")
