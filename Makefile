@@ -33,6 +33,7 @@ test-fast: install
 bench: install
 	$(PY) bench/data_pipeline.py --root $(DATA)
 	$(PY) bench/inference.py --root $(DATA)
+	$(PY) bench/volume_metrics.py --root $(DATA)
 	$(PY) bench/checkpoint_disk.py
 
 # Training speed per data path, precision, channels_last, torch.compile, batch size (BENCH_ARGS: e.g. --size 64 --steps 4).

@@ -11,7 +11,7 @@ import pytest
 from brainseg.errors import ConfigError, DataError
 from brainseg.postprocessing import STEPS, apply, check_steps
 from brainseg.prediction.members import Member
-from brainseg.prediction.postprocess import decision_path, resolve_postprocessing
+from brainseg.prediction.postprocess import ADOPTION_RULE, decision_path, resolve_postprocessing
 
 
 def _mask() -> np.ndarray:
@@ -79,14 +79,9 @@ class _Predictor:
 def test_a_recorded_decision_is_reread_by_step_name(tmp_path: Path) -> None:
     predictor = _Predictor(tmp_path / "best.ckpt")
     candidates = [[], [{"name": "largest_component"}]]
-    key = {
-        "members": [str((tmp_path / "best.ckpt").resolve())],
-        "views": ["identity"],
-        "threshold": 0.5,
-        "patients": ["p"],
-        "data_root": str(tmp_path.resolve()),
-        "candidates": candidates,
-    }
+    key = {"members": [str((tmp_path / "best.ckpt").resolve())], "views": ["identity"], "threshold": 0.5,
+           "patients": ["p"], "data_root": str(tmp_path.resolve()), "candidates": candidates,
+           "ensemble": "out_of_fold", "rule": ADOPTION_RULE}
     path = decision_path(predictor.members[0])
     decision = {
         "postprocessing": [{"name": "remove_small_components", "min_voxels": 4}],

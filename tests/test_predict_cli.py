@@ -30,6 +30,10 @@ def predicted(tiny_run: Path, synthetic_root: Path, tmp_path_factory: pytest.Tem
                      f"hydra.run.dir={out.parent / 'hydra'}", cwd=PROJECT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert snapshot(synthetic_root) == before
+    log = result.stdout + result.stderr
+    assert "per-volume DSC over 2 held-out patients" in log and "4 training patient(s) left out" in log
+    assert "4 scored patient(s) were seen in training" in log and "postprocessing=auto chose" in log
+    assert "on 2 held-out patients (['largest_component'] vs []: mean Dice" in log
     return out
 
 
@@ -59,9 +63,19 @@ def test_dsc_csv_matches_an_independent_recomputation(predicted: Path, synthetic
         assert int(row["lesion_voxels"]) == truth.sum() and int(row["predicted_voxels"]) == pred.sum()
     summary = json.loads((predicted / "dsc_summary.json").read_text())
     values = [float(r["dsc"]) for r in rows.values()]
-    assert summary["dsc"]["mean"] == pytest.approx(np.mean(values), abs=1e-5)
-    assert summary["dsc"]["median"] == pytest.approx(np.median(values), abs=1e-5)
-    assert summary["dsc"]["std"] == pytest.approx(np.std(values), abs=1e-5)
+    assert summary["by_subset"]["all"]["dsc"]["mean"] == pytest.approx(np.mean(values), abs=1e-5)
+    assert summary["by_subset"]["all"]["dsc"]["std"] == pytest.approx(np.std(values), abs=1e-5)
+    held_out = [float(r["dsc"]) for r in rows.values() if r["subset"] == "val"]
+    assert summary["n_held_out"] == len(held_out) == 2
+    assert summary["dsc"]["mean"] == pytest.approx(np.mean(held_out), abs=1e-5)
+    assert summary["dsc"]["median"] == pytest.approx(np.median(held_out), abs=1e-5)
+
+
+def test_subset_column_follows_the_checkpoint_split(predicted: Path, tiny_run: Path) -> None:
+    split = json.loads((tiny_run / "split.json").read_text())
+    with open(predicted / "dsc.csv") as fh:
+        subsets = {r["patient"]: r["subset"] for r in csv.DictReader(fh)}
+    assert subsets == {**{n: "train" for n in split["train"]}, **{n: "val" for n in split["val"]}}
 
 
 def _has_colour(image: np.ndarray, rgb: tuple[int, int, int], tol: int = 40) -> bool:
@@ -88,7 +102,10 @@ def test_auto_postprocessing_is_recorded_next_to_the_checkpoint(predicted: Path,
     decision = recorded["decision"]
     (none, lcc) = decision["candidates"]
     assert none["postprocessing"] == [] and lcc["postprocessing"] == [{"name": "largest_component"}]
-    assert decision["postprocessing"] == (lcc if lcc["dsc"] > none["dsc"] else none)["postprocessing"]
+    (comparison,) = decision["comparisons"]
+    assert comparison["adopted"] == (lcc["dsc"] > none["dsc"] and comparison["helped"] > comparison["hurt"])
+    assert decision["postprocessing"] == (lcc if comparison["adopted"] else none)["postprocessing"]
+    assert "helps more patients than it hurts" in decision["rule"]
     assert decision["patients"] == json.loads((tiny_run / "split.json").read_text())["val"]
     summary = json.loads((predicted / "prediction.json").read_text())
     assert summary["postprocessing"]["postprocessing"] == decision["postprocessing"] and len(summary["tta"]) == 2
@@ -138,7 +155,7 @@ def test_sweep_ensemble_and_onnx_give_the_same_masks(tiny_run: Path, synthetic_r
     for name in ("ensemble", "o"):
         for mask in (tmp_path / "single" / patient.name).glob("*.tif"):
             np.testing.assert_array_equal(tifffile.imread(mask), tifffile.imread(tmp_path / name / patient.name / mask.name))
-    assert via_onnx["dsc"]["dsc"]["mean"] == pytest.approx(single["dsc"]["dsc"]["mean"], abs=1e-6)
+    assert via_onnx["dsc"]["by_subset"]["all"]["dsc"]["mean"] == pytest.approx(single["dsc"]["by_subset"]["all"]["dsc"]["mean"], abs=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -172,3 +189,15 @@ def test_slice_of_another_shape_is_named(tiny_run: Path, copied_root: Path, tmp_
         run_task(predict, cfg)
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"{patient.images[3].name}: slice is (32, 32), other slices of the patient are (64, 64)" in last
+
+
+def test_evaluate_on_the_written_masks_reproduces_the_scores(predicted: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    from brainseg.evaluate import main as evaluate
+
+    assert evaluate([str(predicted), str(synthetic_root), "--output", str(tmp_path / "eval")]) == 0
+    with open(predicted / "dsc.csv") as fh:
+        by_predict = list(csv.DictReader(fh))
+    with open(tmp_path / "eval" / "dsc.csv") as fh:
+        by_evaluate = list(csv.DictReader(fh))
+    assert {"hd95", "assd", "nsd", "lesion_recall", "volume_difference"} <= set(by_evaluate[0])
+    assert by_evaluate == [{k: v for k, v in row.items() if k not in ("dsc_lcc", "dsc_no_lcc")} for row in by_predict]

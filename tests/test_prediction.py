@@ -118,6 +118,116 @@ def test_checkpoint_rebuilds_the_trained_network(tiny_run: Path) -> None:
         load_checkpoint(tiny_run / "checkpoints" / "last.ckpt", {"encoder_name": "resnet34"})
 
 
+class BrightFlair(nn.Module):
+    """A stub network: lesion wherever the z-scored FLAIR channel is near its clipped maximum."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return 50 * (images[:, 1:2] - 1.3)
+
+
+@pytest.mark.parametrize("cfg", [CFG, PreprocessConfig(image_size=None), PreprocessConfig(crop_to_brain=False, image_size=48)])
+def test_every_slice_preprocessing_keeps_the_training_slices_exact(synthetic_root: Path, cfg: PreprocessConfig) -> None:
+    volume = _volume(synthetic_root, 3)
+    training = preprocess(volume, cfg)
+    every = preprocess(volume, cfg, every_slice=True)
+    assert every.geometry.slice_indices == list(range(len(volume.numbers))) and len(training.numbers) < len(every.numbers)
+    kept = training.geometry.slice_indices
+    np.testing.assert_array_equal(every.image[kept], training.image)
+    np.testing.assert_array_equal(every.mask[kept], training.mask)
+    assert (every.channel_mean, every.channel_std) == (training.channel_mean, training.channel_std)
+    assert every.geometry.box == training.geometry.box and every.geometry.pad == training.geometry.pad
+
+
+def test_lesions_in_the_first_and_last_slices_are_predicted(synthetic_root: Path) -> None:
+    """Training drops the end slices; prediction must still cover them (written empty before)."""
+    volume = _volume(synthetic_root, 0)
+    for z in (0, len(volume.numbers) - 1):
+        volume.image[z, 28:36, 28:36, 1] = 255
+        volume.mask[z, 28:36, 28:36] = 1
+    member = Member(path=Path("stub.ckpt"), preprocess=CFG, model={}, net=BrightFlair())
+    predicted = Predictor([member]).predict(volume) > 0.5
+    for z in (0, len(volume.numbers) - 1):
+        assert dice_score(predicted[z], volume.mask[z].astype(bool)) > 0.8
+
+
+def test_predict_with_chosen_members_uses_only_those(synthetic_root: Path) -> None:
+    volume = _volume(synthetic_root, 1)
+    a, b = _member(1), _member(2)
+    np.testing.assert_allclose(Predictor([a, b]).predict(volume, [1]), Predictor([b]).predict(volume), atol=1e-6)
+    with pytest.raises(ConfigError, match="no ensemble member selected"):
+        Predictor([a, b]).predict(volume, [])
+
+
+def _fold_members(synthetic_root: Path, tmp_path: Path) -> tuple[list[str], list[Member]]:
+    """Three stub 'folds' over the six synthetic patients, each with its recorded split."""
+    names = [p.name for p in find_patients(synthetic_root)]
+    members = []
+    for k in range(3):
+        val = names[k::3]
+        member = _member(10 + k)
+        member.path = tmp_path / f"fold{k}" / "checkpoints" / "best.ckpt"
+        member.split = {"train": [n for n in names if n not in val], "val": val, "test": []}
+        members.append(member)
+    return names, members
+
+
+def test_fold_ensemble_predicts_out_of_fold_and_reports_subsets(synthetic_root: Path, tmp_path: Path, caplog) -> None:
+    import csv
+    import json
+    import logging
+
+    from helpers import compose
+
+    from brainseg.prediction.pipeline import run_prediction
+    from brainseg.reporting.scores import patient_row
+
+    names, members = _fold_members(synthetic_root, tmp_path)
+
+    def run(mode: str) -> tuple[dict, dict]:
+        out = tmp_path / mode
+        cfg = compose([f"input={synthetic_root}", f"output_dir={out}", f"ensemble={mode}", "postprocessing=[]",
+                       "figures.overlays=false", "progress=false"], hydra_node=False, config_name="predict")
+        summary = run_prediction(cfg, members)
+        with open(out / "dsc.csv") as fh:
+            return summary, {r["patient"]: r for r in csv.DictReader(fh)}
+
+    summary, rows = run("out_of_fold")
+    assert summary["member_plan"] == {n: [i % 3] for i, n in enumerate(names)}
+    assert {r["subset"] for r in rows.values()} == {"val"} and summary["dsc"]["n_held_out"] == 6
+    volume = _volume(synthetic_root, 4)  # held out by fold 1 only
+    alone = patient_row(volume.name, volume.mask.astype(bool), Predictor([members[1]]).predict(volume) > 0.5)
+    assert float(rows[volume.name]["dsc"]) == pytest.approx(alone["dsc"], abs=1e-6)
+    assert (tmp_path / "out_of_fold" / "dsc.png").stat().st_size > 10_000
+
+    with caplog.at_level(logging.INFO, logger="brainseg"):
+        summary, rows = run("all")
+    assert {r["subset"] for r in rows.values()} == {"train"} and summary["dsc"]["n_held_out"] == 0
+    assert json.loads((tmp_path / "all" / "dsc_summary.json").read_text())["by_subset"]["train"]["dsc"]["n"] == 6
+    warning = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert warning.startswith("6 scored patient(s) were seen in training") and all(n in warning for n in names)
+    assert any(r.getMessage().startswith("no held-out patients to score") for r in caplog.records)
+
+
+def test_auto_postprocessing_is_decided_out_of_fold_only(synthetic_root: Path, tmp_path: Path) -> None:
+    from brainseg.postprocessing import largest_component
+    from brainseg.prediction.postprocess import decide
+
+    names, members = _fold_members(synthetic_root, tmp_path)
+    predictor = Predictor(members)
+    candidates = [[], [{"name": "largest_component"}]]
+    decision = decide(predictor, synthetic_root, names, 0.5, candidates, "out_of_fold")
+    assert decision["patients"] == names and set(decision["per_patient"]) == set(names)
+    volume = _volume(synthetic_root, 4)  # held out by fold 1 only: scored with fold 1 alone
+    raw = Predictor([members[1]]).predict(volume) > 0.5
+    truth = volume.mask.astype(bool)
+    expected = [dice_score(raw, truth), dice_score(largest_component(raw), truth)]
+    assert decision["per_patient"][volume.name] == pytest.approx(expected, abs=1e-9)
+    (comparison,) = decision["comparisons"]
+    assert decision["postprocessing"] == candidates[comparison["adopted"]]
+    with pytest.raises(ConfigError, match="every one of the 6 patients was trained on by the members"):
+        decide(predictor, synthetic_root, names, 0.5, candidates, "all")
+
+
 def test_prediction_imports_nothing_from_training() -> None:
     """Loading a checkpoint or an ONNX model must not pull in Lightning or the trainer."""
     code = ("import sys, brainseg.prediction.pipeline, brainseg.prediction.members; "

@@ -42,11 +42,12 @@ def test_every_combination_runs_and_the_report_lists_it(wandb_sweep: Path) -> No
     )
     for row in rows:
         metrics = json.loads((wandb_sweep / row["job"] / "metrics.json").read_text())
-        assert row["status"] == "ok" and float(row["dsc_volume_mean"]) == pytest.approx(metrics["best"]["dsc_volume_mean"])
-        assert row["best_epoch"] == "0" and float(row["train_seconds"]) > 0
+        assert row["status"] == "ok" and float(row["dsc_volume_mean"]) == pytest.approx(metrics["selected"]["dsc_volume_mean"])
+        assert row["epoch"] == "0" and row["selection"] == "last" and float(row["train_seconds"]) > 0
     report = (wandb_sweep / "summary.md").read_text()
     assert "4 jobs, 4 ok, 0 failed" in report and "| loss=bce_dice model=unetpp |" in report
-    assert (wandb_sweep / "summary.png").stat().st_size > 5000
+    assert report.count("| reference |") == 1 and "## Configurations" in report
+    assert (wandb_sweep / "summary.png").stat().st_size > 5000 and (wandb_sweep / "heatmap.png").stat().st_size > 5000
 
 
 def test_wandb_offline_runs_hold_the_per_volume_dice(wandb_sweep: Path) -> None:
@@ -65,6 +66,14 @@ def test_wandb_offline_runs_hold_the_per_volume_dice(wandb_sweep: Path) -> None:
         data = json.loads(table.read_text())
         assert dict(data["data"]) == pytest.approx(metrics["best"]["per_patient"])
         assert list(run_file.parent.glob("files/media/images/val/overlays_*.png"))
+        summary = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for r in records
+                   if r.WhichOneof("record_type") == "summary" for i in r.summary.update}
+        assert summary["reported/dsc_volume_mean"] == pytest.approx(metrics["selected"]["dsc_volume_mean"])
+        assert summary["reported/selection"] == "last" and "reported/hd95" in summary
+        assert {"sweep/model", "sweep/loss"} <= config_keys
+    (report_run,) = wandb_sweep.glob("wandb/offline-run-*/run-*.wandb")
+    run = next(r.run for r in read_wandb_records(report_run) if r.WhichOneof("record_type") == "run")
+    assert run.run_group == f"sweep-{wandb_sweep.name}" and run.job_type == "sweep-report"
 
 
 def test_kfold_sweep_reports_cv_mean_and_failed_jobs(synthetic_root: Path, tmp_path: Path) -> None:
@@ -76,12 +85,17 @@ def test_kfold_sweep_reports_cv_mean_and_failed_jobs(synthetic_root: Path, tmp_p
     with open(sweep / "summary.csv") as fh:
         rows = {r["overrides"]: r for r in csv.DictReader(fh)}
     assert rows["data.split.fold=3"]["status"] == "failed" and "data.split.fold=3" in rows["data.split.fold=3"]["error"]
-    scores = [float(rows[f"data.split.fold={k}"]["dsc_volume_mean"]) for k in range(3)]
     report = (sweep / "summary.md").read_text()
-    assert "4 jobs, 3 ok, 1 failed" in report and "Cross-validation" in report
-    assert f"| 3/4 | {sum(scores) / 3:.4f} |" in report
-    validated = [p for k in range(3) for p in json.loads((sweep / str(k) / "split.json").read_text())["val"]]
-    assert sorted(validated) == sorted(p.name for p in synthetic_root.iterdir() if p.is_dir())
+    assert "4 jobs, 3 ok, 1 failed" in report and "cross-validation: every patient scored by the fold that held it out" in report
+    with open(sweep / "per_patient.csv") as fh:
+        pooled = list(csv.DictReader(fh))
+    assert sorted(r["patient"] for r in pooled) == sorted(p.name for p in synthetic_root.iterdir() if p.is_dir())
+    for row in pooled:  # each patient's score comes from the fold whose validation set held it out
+        metrics = json.loads((sweep / row["job"] / "metrics.json").read_text())
+        assert float(row["dsc"]) == pytest.approx(metrics["selected"]["per_patient"][row["patient"]], abs=1e-9)
+        assert row["fold"] == row["job"] and float(row["hd95"]) >= 0
+    pooled_mean = sum(float(r["dsc"]) for r in pooled) / len(pooled)
+    assert f"| all folds | last | 3 | 6 | {pooled_mean:.4f} [" in report
     (sweep / "summary.md").unlink()
     assert rebuild_report([str(sweep)]) == 0 and (sweep / "summary.md").read_text() == report
 

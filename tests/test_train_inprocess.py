@@ -62,9 +62,24 @@ def test_returns_the_best_score_and_honours_test_flag(synthetic_root: Path, tmp_
     assert metrics["test"]["per_patient"] == pytest.approx(metrics["best"]["per_patient"])
 
 
+def test_reports_the_epoch_its_selection_rule_picks_with_every_volume_metric(synthetic_root: Path, tmp_path: Path) -> None:
+    metrics = train(compose_run(synthetic_root, tmp_path / "run", tmp_path / "cache"))  # 2 epochs, selection=last
+    selected = metrics["selected"]
+    assert metrics["selection"] == selected["rule"] == "last" and selected["epoch"] == 1
+    assert selected["checkpoint"] == metrics["last_checkpoint"] and selected["checkpoint"].endswith("last.ckpt")
+    assert selected["dsc_volume_mean"] == metrics["history"][-1]["dsc_volume_mean"]
+    per_patient = selected["per_patient_metrics"]
+    assert sorted(per_patient) == sorted(selected["per_patient"])
+    assert all(per_patient[p]["dsc"] == pytest.approx(selected["per_patient"][p]) for p in per_patient)
+    assert selected["hd95"] == pytest.approx(sum(v["hd95"] for v in per_patient.values()) / len(per_patient))
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as fh:
+        assert {"val/hd95", "val/assd", "val/nsd", "val/lesion_recall"} <= set(next(csv.DictReader(fh)))
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
+        (["evaluation.selection=best"], "evaluation.selection='best' is unknown; choose one of ['last', 'best_on_val']"),
         (["data.split.n_val=6"], "data.split.kind=reference needs more than data.split.n_val=6 patients, found 6"),
         (["model.encoder_name=resnet35"], "model.encoder_name='resnet35' is unknown; choose one of"),
         (["+loss.terms.dise=1.0"], "loss 'dise' is unknown; choose from ['bce', 'dice'"),

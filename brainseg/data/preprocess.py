@@ -107,20 +107,26 @@ class PreprocessedVolume:
         return np.asarray(self.image[z], dtype=np.float32)
 
 
-def _brain_box(image: np.ndarray, threshold: float) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Zero voxels under threshold x max (in place) and return the 3-D bounding box of the rest."""
-    flat = image.reshape(-1, image.shape[2], image.shape[3])  # OpenCV takes (rows, cols, channels)
+def _brain_box(image: np.ndarray, threshold: float) -> tuple[float, tuple[int, ...]]:
+    """The cut-off under which voxels are zeroed (threshold x max) and the 3-D bounding box of the rest."""
     # uint8 v < t  <=>  v <= ceil(t) - 1: THRESH_TOZERO keeps values above that
-    cv2.threshold(flat, float(np.ceil(image.max() * threshold)) - 1, 0, cv2.THRESH_TOZERO, dst=flat)
+    cutoff = float(np.ceil(image.max() * threshold)) - 1
+    _zero_below(image, cutoff)
     nonzero = np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2]) > 0
     if not nonzero.any():
-        return image, (0, image.shape[0], 0, image.shape[1], 0, image.shape[2])
+        return cutoff, (0, image.shape[0], 0, image.shape[1], 0, image.shape[2])
     bounds = []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
         idx = np.flatnonzero(nonzero.any(axis=other))
         bounds += [int(idx[0]), int(idx[-1]) + 1]
-    return image, tuple(bounds)
+    return cutoff, tuple(bounds)
+
+
+def _zero_below(image: np.ndarray, cutoff: float) -> None:
+    """Zero the uint8 voxels <= cutoff, in place."""
+    flat = image.reshape(-1, image.shape[2], image.shape[3])  # OpenCV takes (rows, cols, channels)
+    cv2.threshold(flat, cutoff, 0, cv2.THRESH_TOZERO, dst=flat)
 
 
 def _square_padding(height: int, width: int) -> tuple[int, int, int, int]:
@@ -138,20 +144,36 @@ def resize_slices(volume: np.ndarray, size: tuple[int, int], interpolation: int)
     return out
 
 
-def preprocess(volume: PatientVolume, cfg: PreprocessConfig) -> PreprocessedVolume:
-    """Apply the protocol to one patient volume."""
+def preprocess(volume: PatientVolume, cfg: PreprocessConfig, every_slice: bool = False) -> PreprocessedVolume:
+    """Apply the protocol to one patient volume.
+
+    `every_slice=True` (inference) keeps all slices, including those the protocol drops, but fits
+    everything on the slices the protocol keeps (intensity cut-off, brain box, percentile window,
+    z-score statistics): the kept slices come out exactly as in training and the others go
+    through the same in-plane and intensity transform, so the network can predict them too.
+    """
     image, mask = volume.image, volume.mask
     z_count, height, width = image.shape[:3]
-    indices = np.arange(z_count)
+    kept = np.arange(z_count)
     if cfg.drop_end_slices and z_count > 2:
-        image, mask, indices = image[1:-1], None if mask is None else mask[1:-1], indices[1:-1]
-    image = image.copy()  # the brain crop writes zeros into it
+        kept = kept[1:-1]
+    indices = np.arange(z_count) if every_slice else kept
+    image = image[indices]  # a copy: the brain crop writes zeros into it
+    mask = None if mask is None else mask[indices]
     box = (0, image.shape[1], 0, image.shape[2])
     if cfg.crop_to_brain:
-        image, (z0, z1, y0, y1, x0, x1) = _brain_box(image, cfg.crop_threshold)
-        image, indices = image[z0:z1, y0:y1, x0:x1], indices[z0:z1]
-        mask = None if mask is None else mask[z0:z1, y0:y1, x0:x1]
+        offset = int(kept[0]) - int(indices[0])  # where the protocol's slices start in `image`
+        cutoff, (z0, z1, y0, y1, x0, x1) = _brain_box(image[offset : offset + len(kept)], cfg.crop_threshold)
+        kept = kept[z0:z1]
+        if every_slice:
+            _zero_below(image, cutoff)
+        else:
+            image, indices = image[z0:z1], indices[z0:z1]
+            mask = None if mask is None else mask[z0:z1]
+        image = image[:, y0:y1, x0:x1]
+        mask = None if mask is None else mask[:, y0:y1, x0:x1]
         box = (y0, y1, x0, x1)
+    fitted = slice(int(kept[0]) - int(indices[0]), int(kept[-1]) - int(indices[0]) + 1) if len(kept) else slice(None)
     pad = (0, 0, 0, 0)
     if cfg.pad_square:
         pad = _square_padding(image.shape[1], image.shape[2])
@@ -165,13 +187,13 @@ def preprocess(volume: PatientVolume, cfg: PreprocessConfig) -> PreprocessedVolu
         image = resize_slices(image, size, INTERPOLATIONS[cfg.interpolation])
         mask = None if mask is None else resize_slices(mask, size, cv2.INTER_NEAREST)
     if cfg.rescale_percentiles is not None:
-        low, high = np.percentile(image, cfg.rescale_percentiles)
+        low, high = np.percentile(image[fitted], cfg.rescale_percentiles)
         image -= low
         image *= 1.0 / max(high - low, 1e-8)
         np.clip(image, 0.0, 1.0, out=image)
     mean, std = [0.0] * 3, [1.0] * 3
     if cfg.zscore:
-        m, s = cv2.meanStdDev(image.reshape(-1, image.shape[2], 3))  # float64 accumulation, fast
+        m, s = cv2.meanStdDev(image[fitted].reshape(-1, image.shape[2], 3))  # float64 accumulation, fast
         mean = m.ravel().tolist()
         std = [v if v > 1e-8 else 1.0 for v in s.ravel().tolist()]
     geometry = Geometry(

@@ -61,8 +61,9 @@ class VolumeDice(Metric):
         self.patient.append(patient.detach().reshape(batch).long())
         self.slice.append(slice_index.detach().reshape(batch).long())
 
-    def per_volume(self) -> dict[int, float]:
-        """Dice per patient id, in increasing id order."""
+    def volumes(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """(binarised prediction, after the optional largest-component step; truth) per patient id,
+        in increasing id order, slices in slice order."""
         if isinstance(self.patient, list) and not self.patient:  # after a DDP sync the states are tensors
             return {}
         pred = dim_zero_cat(self.pred).cpu().numpy().astype(bool)
@@ -71,11 +72,15 @@ class VolumeDice(Metric):
         slices = dim_zero_cat(self.slice).cpu().numpy()
         keys = np.stack([patient, slices], axis=1)
         _, first = np.unique(keys, axis=0, return_index=True)  # sorted by (patient, slice)
-        scores: dict[int, float] = {}
+        volumes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for pid in np.unique(patient[first]):
             rows = first[patient[first] == pid]
-            scores[int(pid)] = dice_score(apply(pred[rows], self.postprocessing), target[rows])
-        return scores
+            volumes[int(pid)] = (apply(pred[rows], self.postprocessing), target[rows])
+        return volumes
+
+    def per_volume(self) -> dict[int, float]:
+        """Dice per patient id, in increasing id order."""
+        return {pid: dice_score(pred, target) for pid, (pred, target) in self.volumes().items()}
 
     def compute(self) -> dict[str, torch.Tensor]:
         scores = self.per_volume()

@@ -87,14 +87,18 @@ class Predictor:
         return out
 
     def preprocessed(self, volume: PatientVolume) -> tuple[PreprocessedVolume, torch.Tensor]:
-        """The protocol's volume and its z-scored (Zk, 3, S, S) network input."""
-        pre = preprocess(volume, self.preprocess_cfg)
+        """Every slice preprocessed as in training and its z-scored (Z, 3, S, S) network input."""
+        pre = preprocess(volume, self.preprocess_cfg, every_slice=True)
         mean = torch.tensor(pre.channel_mean, dtype=torch.float32)
         std = torch.tensor(pre.channel_std, dtype=torch.float32)
         return pre, zscore_channels_first(torch.from_numpy(pre.image), mean, std)
 
-    def predict(self, volume: PatientVolume) -> np.ndarray:
-        """Probabilities (Z, H, W) in the volume's original geometry."""
+    def predict(self, volume: PatientVolume, members: Sequence[int] | None = None) -> np.ndarray:
+        """Probabilities (Z, H, W) in the volume's original geometry, averaged over all members or
+        the given member indices (e.g. the folds that held this patient out)."""
+        chosen = [self.members[i] for i in members] if members is not None else self.members
+        if not chosen:
+            raise ConfigError(f"{volume.name}: no ensemble member selected to predict it")
         pre, images = self.preprocessed(volume)
-        probs = sum(self.member_probabilities(m, images) for m in self.members) / len(self.members)
+        probs = sum(self.member_probabilities(m, images) for m in chosen) / len(chosen)
         return restore_geometry(probs.numpy(), pre.geometry)

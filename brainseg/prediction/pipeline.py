@@ -26,6 +26,13 @@ from brainseg.prediction.members import (
     load_onnx,
 )
 from brainseg.prediction.postprocess import resolve_postprocessing
+from brainseg.prediction.subsets import (
+    HELD_OUT,
+    member_plan,
+    subset_summary,
+    subsets_for,
+    warn_seen_in_training,
+)
 from brainseg.reporting.figures import bar_chart, write_overlays
 from brainseg.reporting.scores import patient_row, write_scores
 
@@ -95,20 +102,24 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     patients = find_patients(input_root, require_masks=False)
     for files in tqdm(patients, desc="checking inputs", unit="patient", disable=not cfg.progress):
         read_patient(files)  # every unreadable or inconsistent slice is named before anything is written
+    splits = [m.split for m in members]
+    plan = member_plan(splits, [p.name for p in patients], cfg.ensemble)
     out = _prepare_output(_path(cfg.get("output_dir")), input_root, cfg.overwrite)
     views = tta_views(cfg.tta.hflip, list(cfg.tta.rotations or []), list(cfg.tta.scales or []))
     predictor = Predictor(members, views, cfg.batch_size, _device(cfg.device))
     threshold = float(cfg.threshold if cfg.get("threshold") is not None else members[0].threshold)
+    subsets = subsets_for(plan, splits)
+    warn_seen_in_training({p.name: subsets[p.name] for p in patients if p.masks is not None})
     decision_cfg = to_plain(cfg.get("postprocessing_decision")) or {}
     if decision_cfg.get("data_root"):
         decision_cfg["data_root"] = str(_path(decision_cfg["data_root"]))
     chosen = resolve_postprocessing(to_plain(cfg.postprocessing), predictor, threshold, [repr(v) for v in views],
-                                    decision_cfg)
+                                    decision_cfg, cfg.ensemble)
     steps = chosen["postprocessing"]
     rows = []
     for files in tqdm(patients, desc="patients", unit="patient", disable=not cfg.progress):
         volume = read_patient(files)
-        probs = predictor.predict(volume)
+        probs = predictor.predict(volume, plan[files.name])
         raw = probs > threshold
         mask = apply(raw, steps)
         folder = out / files.name
@@ -118,18 +129,38 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
         truth = volume.mask.astype(bool) if volume.mask is not None else None
         if truth is not None:
             variants = {name: apply(raw, variant) for name, variant in REPORTED_VARIANTS.items()}
-            rows.append(patient_row(files.name, truth, mask, variants))
+            rows.append({**patient_row(files.name, truth, mask, variants), "subset": subsets[files.name]})
         if cfg.figures.overlays:
             write_overlays(files.name, files.numbers, volume.image, mask, truth, out / "overlays")
     summary: dict[str, Any] = {
         "input": str(input_root), "patients": len(patients), "members": [str(m.path) for m in members],
-        "tta": [repr(v) for v in views], "threshold": threshold, "postprocessing": chosen,
+        "tta": [repr(v) for v in views], "threshold": threshold, "postprocessing": chosen, "ensemble": cfg.ensemble,
+        "member_plan": plan,  # patient -> indices into members
+        "subsets": subsets,
     }
     if rows:
-        summary["dsc"] = write_scores(rows, out)
-        bar_chart({r["patient"]: r["dsc"] for r in rows}, out / "dsc.png")
-        log.info("per-volume DSC over %d patients: mean %.4f, median %.4f (postprocessing=%s); %s",
-                 len(rows), summary["dsc"]["dsc"]["mean"], summary["dsc"]["dsc"]["median"],
-                 [s["name"] for s in steps], out)
+        summary["dsc"] = write_scores(rows, out, summary=subset_summary(rows))
+        bar_chart({r["patient"]: r["dsc"] for r in rows}, out / "dsc.png", groups={r["patient"]: r["subset"] for r in rows},
+                  stats_groups=HELD_OUT, note=figure_note(members, threshold, steps, cfg.ensemble))
+        log.info(headline(summary["dsc"], steps, out))
     (out / "prediction.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def figure_note(members: list[Member], threshold: float, steps: list[dict[str, Any]], ensemble: str) -> str:
+    """What produced the scores, for the figure: checkpoint(s), threshold, post-processing."""
+    names = [f"{m.path.parent.parent.name}/{m.path.name}" if m.path.parent.name == "checkpoints" else m.path.name
+             for m in members]
+    shown = ", ".join(names[:3]) + (f" +{len(names) - 3} more" if len(names) > 3 else "")
+    models = shown if len(members) == 1 else f"{len(members)} members ({ensemble}): {shown}"
+    return f"{models}\nthreshold {threshold:g}, post-processing: {', '.join(s['name'] for s in steps) or 'none'}"
+
+
+def headline(scores: dict[str, Any], steps: list[dict[str, Any]], out: Path) -> str:
+    """The log line: held-out patients only; training patients are named as left out."""
+    trained = scores["by_subset"].get("train", {}).get("dsc", {}).get("n", 0)
+    left_out = f"; {trained} training patient(s) left out (see dsc_summary.json)" if trained else ""
+    if not scores["n_held_out"]:
+        return f"no held-out patients to score: all {trained} were seen in training (see dsc_summary.json); {out}"
+    return (f"per-volume DSC over {scores['n_held_out']} held-out patients: mean {scores['dsc']['mean']:.4f}, "
+            f"median {scores['dsc']['median']:.4f} (postprocessing={[s['name'] for s in steps]}){left_out}; {out}")

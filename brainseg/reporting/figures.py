@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import cv2
@@ -18,26 +19,53 @@ TRUTH_RGB = (0, 255, 0)
 FLAIR_CHANNEL = 1
 
 
-def bar_chart(scores: dict[str, float], path: Path, title: str = "Per-volume Dice", show_stats: bool = True) -> Path:
-    """Horizontal bars (sorted), with mean and median lines, as in the reference's per-patient figure."""
+GROUP_COLOURS = {"train": "#9e9e9e", "val": "#4c72b0", "test": "#8172b3", "unseen": "#dd8452"}
+ZERO_MARK = "#c44e52"
+
+
+def bar_chart(scores: Mapping[str, float], path: Path, title: str = "Per-volume Dice", show_stats: bool = True,
+              groups: Mapping[str, str] | None = None, stats_groups: Collection[str] | None = None,
+              note: str | None = None) -> Path:
+    """Horizontal bars (sorted), with mean and median lines, as in the reference's per-patient figure.
+
+    `groups` colours each bar by its group (e.g. the patient's subset) with a legend; the mean and
+    median lines are then over the names in `stats_groups` only. `note` is printed under the title
+    (e.g. checkpoints, threshold, post-processing). A zero score, which has no bar, gets a marker.
+    """
     names = sorted(scores, key=scores.get)
     values = np.array([scores[n] for n in names])
-    fig, ax = plt.subplots(figsize=(8 if show_stats else 10, max(3.0, 0.32 * len(names) + 1.2)), dpi=100)
-    ax.barh(np.arange(len(names)), values, color="#4c72b0")
-    if show_stats:
-        ax.axvline(values.mean(), color="tab:red", linestyle="--", label=f"mean {values.mean():.3f}")
-        ax.axvline(np.median(values), color="tab:green", linestyle="-", label=f"median {np.median(values):.3f}")
-    else:
+    labels = [groups[n] for n in names] if groups else ["" for _ in names]
+    palette = dict(GROUP_COLOURS)
+    for label in dict.fromkeys(labels):
+        palette.setdefault(label, "#4c72b0")
+    width = (8 if show_stats else 10) + (2 if groups else 0)
+    fig, ax = plt.subplots(figsize=(width, max(3.0, 0.32 * len(names) + 1.6)), dpi=100)
+    ys = np.arange(len(names))
+    for label in dict.fromkeys(labels):
+        chosen = [i for i, g in enumerate(labels) if g == label]
+        ax.barh(ys[chosen], values[chosen], color=palette[label], label=label or None)
+    zeros = values <= 0
+    if zeros.any():
+        ax.scatter(np.full(zeros.sum(), 0.006), ys[zeros], marker="x", s=40, color=ZERO_MARK, zorder=3,
+                   label="Dice 0", clip_on=False)
+    stats = values if stats_groups is None else values[[g in stats_groups for g in labels]]
+    which = "" if stats_groups is None else "held-out "
+    if show_stats and len(stats):
+        ax.axvline(stats.mean(), color="tab:red", linestyle="--", label=f"{which}mean {stats.mean():.3f}")
+        ax.axvline(np.median(stats), color="tab:green", linestyle="-", label=f"{which}median {np.median(stats):.3f}")
+    elif not show_stats:
         for y, v in enumerate(values):
             ax.text(min(v, 1.0), y, f" {v:.3f}", va="center", fontsize=8)
-    ax.set_yticks(np.arange(len(names)), names, fontsize=8)
+    ax.set_yticks(ys, names, fontsize=8)
     ax.set_xlim(0, 1)
     ax.set_xlabel("Dice similarity coefficient")
-    ax.set_title(title)
-    if show_stats:
+    ax.set_title(title if note is None else f"{title}\n{note}", fontsize=10 if note else None)
+    if groups:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
+    elif show_stats:
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     fig.tight_layout()
-    return _save(fig, path)  # parallel sweep jobs may refresh the same chart
+    return _save(fig, path)
 
 
 def training_curves(history: list[dict], path: Path) -> Path:
@@ -71,25 +99,87 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def overlay(image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
-    """The FLAIR channel in grey with the prediction outlined in red and the truth in green."""
-    flair = image[..., FLAIR_CHANNEL]
+def strip_box_plot(scores: dict[str, dict[str, float]], path: Path, title: str) -> Path:
+    """One row per configuration (in the given order, first on top): a box over its per-patient
+    Dice, every patient as a dot, the mean as a red diamond."""
+    names = list(scores)
+    fig, ax = plt.subplots(figsize=(10, max(2.5, 0.55 * len(names) + 1.4)), dpi=100)
+    rows = [np.array(list(scores[n].values())) for n in names]
+    positions = np.arange(len(names))[::-1]
+    ax.boxplot(rows, positions=positions, orientation="horizontal", widths=0.5, showfliers=False)
+    jitter = np.random.default_rng(0)
+    for y, values in zip(positions, rows):
+        ax.scatter(values, y + jitter.uniform(-0.15, 0.15, len(values)), s=12, color="#4c72b0", alpha=0.7, zorder=3)
+        ax.scatter([values.mean()], [y], marker="D", color="tab:red", zorder=4)
+    ax.set_yticks(positions, names, fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("per-volume Dice (dots: patients, red diamond: mean)")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def heat_map(scores: dict[str, dict[str, float]], path: Path, title: str) -> Path:
+    """Configurations x patients, coloured by Dice; patients sorted by their mean over configurations,
+    so the ones every model fails sit together on the left."""
+    names = list(scores)
+    patients = sorted({p for values in scores.values() for p in values},
+                      key=lambda p: np.nanmean([scores[n].get(p, np.nan) for n in names]))
+    grid = np.array([[scores[n].get(p, np.nan) for p in patients] for n in names])
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(patients) + 3), max(2.5, 0.4 * len(names) + 1.8)), dpi=100)
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_yticks(np.arange(len(names)), names, fontsize=8)
+    ax.set_xticks(np.arange(len(patients)), patients, rotation=90, fontsize=6)
+    fig.colorbar(image, ax=ax, label="per-volume Dice")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def window(channel: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.5)) -> np.ndarray:
+    """A volume channel stretched to uint8 between percentiles of its non-zero voxels, so that
+    dark scanners and bright outliers both stay readable."""
+    foreground = channel[channel > 0]
+    if foreground.size == 0:
+        return np.zeros(channel.shape, np.uint8)
+    low, high = np.percentile(foreground, percentiles)
+    return (np.clip((channel.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None, label: str | None = None) -> np.ndarray:
+    """The FLAIR channel (of an (H, W, 3) slice, or a grey (H, W) one) with the prediction outlined
+    in red and the truth in green; `label` is written in the top-left corner."""
+    flair = image if image.ndim == 2 else image[..., FLAIR_CHANNEL]
     rgb = np.repeat(flair[..., None], 3, axis=2).copy()
     for mask, colour in ((truth, TRUTH_RGB), (prediction, PREDICTION_RGB)):
         if mask is not None and mask.any():
             contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
             cv2.drawContours(rgb, contours, -1, colour, 1)
+    if label:
+        _write_label(rgb, label)
     return rgb
+
+
+def _write_label(rgb: np.ndarray, text: str) -> None:
+    """White lines of text with a black outline, scaled to fit the width, in place."""
+    font, lines = cv2.FONT_HERSHEY_SIMPLEX, text.splitlines()
+    widest = max(cv2.getTextSize(line, font, 1.0, 1)[0][0] for line in lines)
+    scale = min(0.45, (rgb.shape[1] - 6) / widest)
+    step = int(np.ceil(30 * scale)) + 2
+    for i, line in enumerate(lines):
+        origin = (3, 3 + step * (i + 1) - 2)
+        cv2.putText(rgb, line, origin, font, scale, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(rgb, line, origin, font, scale, (255, 255, 255), 1, cv2.LINE_AA)
 
 
 def write_overlays(name: str, numbers: tuple[int, ...], image: np.ndarray, prediction: np.ndarray,
                    truth: np.ndarray | None, out_dir: Path) -> list[Path]:
-    """PNGs of the slices with a lesion or a prediction, and one GIF through all slices."""
+    """PNGs of the slices with a lesion or a prediction, and one GIF through all slices, each
+    picture labelled with the patient and slice number and windowed over the patient's FLAIR."""
     folder = out_dir / name
     folder.mkdir(parents=True, exist_ok=True)
+    flair = window(image[..., FLAIR_CHANNEL])
     frames, written = [], []
     for z, number in enumerate(numbers):
-        frame = overlay(image[z], prediction[z], None if truth is None else truth[z])
+        frame = overlay(flair[z], prediction[z], None if truth is None else truth[z], f"{name}\nslice {number}")
         frames.append(frame)
         if prediction[z].any() or (truth is not None and truth[z].any()):
             path = folder / f"{name}_{number}.png"

@@ -1,4 +1,7 @@
-"""Per-patient Dice in the original geometry, as a CSV table and a JSON summary."""
+"""Per-patient score tables (CSV) and their JSON summary, shared by predict.py and `brainseg.evaluate`.
+
+The metrics and their empty-volume conventions are those of brainseg.evaluation.volume_metrics.
+"""
 
 from __future__ import annotations
 
@@ -10,23 +13,23 @@ from typing import Any
 
 import numpy as np
 
+from brainseg.evaluation.volume_metrics import NSD_TOLERANCE, volume_metrics
 from brainseg.metrics import dice_score
 
-COLUMNS = ["patient", "dsc", "dsc_lcc", "dsc_no_lcc", "lesion_voxels", "predicted_voxels", "slices"]
+METRIC_COLUMNS = ["dsc", "hd95", "assd", "nsd", "volume_difference", "lesion_recall", "lesion_precision",
+                  "lesions_true", "lesions_predicted", "lesions_found", "lesions_hit"]
+VOLUME_COLUMNS = ["lesion_voxels", "predicted_voxels", "slices"]
+UNITS = ("distances (hd95, assd, nsd tolerance) in pixels of the mask grid with slices as an axis of spacing 1: "
+         "the data carries no voxel spacing")
 
 
-def patient_row(name: str, truth: np.ndarray, written: np.ndarray,
-                variants: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """Scores of one patient's written mask (`dsc`) and of other masks of it (`dsc_<variant>`,
+def patient_row(name: str, truth: np.ndarray, written: np.ndarray, variants: Mapping[str, np.ndarray] | None = None,
+                tolerance: float = NSD_TOLERANCE) -> dict[str, Any]:
+    """Every metric of one patient's written mask, and the Dice of other masks of it (`dsc_<variant>`,
     e.g. without post-processing); the masks are scored as given."""
-    return {
-        "patient": name,
-        "dsc": dice_score(written, truth),
-        **{f"dsc_{variant}": dice_score(mask, truth) for variant, mask in (variants or {}).items()},
-        "lesion_voxels": int(truth.sum()),
-        "predicted_voxels": int(written.sum()),
-        "slices": int(truth.shape[0]),
-    }
+    return {"patient": name, **volume_metrics(written, truth, tolerance),
+            **{f"dsc_{variant}": dice_score(mask, truth) for variant, mask in (variants or {}).items()},
+            "lesion_voxels": int(truth.sum()), "predicted_voxels": int(written.sum()), "slices": int(truth.shape[0])}
 
 
 def summarize(values: list[float]) -> dict[str, float]:
@@ -34,13 +37,25 @@ def summarize(values: list[float]) -> dict[str, float]:
     return {"mean": float(array.mean()), "median": float(np.median(array)), "std": float(array.std()), "n": len(values)}
 
 
-def write_scores(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
-    """`dsc.csv` (one row per patient) and `dsc_summary.json` (mean, median, std of each variant)."""
+def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The score columns of these rows: Dice, its variants (`dsc_<variant>`), then the other metrics."""
+    variants = [c for c in rows[0] if c.startswith("dsc_")]
+    return [METRIC_COLUMNS[0], *variants, *METRIC_COLUMNS[1:]]
+
+
+def write_scores(rows: list[dict[str, Any]], out_dir: Path, tolerance: float = NSD_TOLERANCE,
+                 summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`dsc.csv` (one row per patient, every metric, and its `subset` where known) and
+    `dsc_summary.json`: the given summary (e.g. per subset), else mean, median, std of each metric."""
+    metrics = metric_columns(rows)
+    columns = ["patient", *(["subset"] if "subset" in rows[0] else []), *metrics, *VOLUME_COLUMNS]
     with open(out_dir / "dsc.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
-    summary = {key: summarize([r[key] for r in rows]) for key in ("dsc", "dsc_lcc", "dsc_no_lcc")}
+            writer.writerow({k: (f"{row[k]:.6f}" if isinstance(row[k], float) else row[k]) for k in columns})
+    summary = dict(summary) if summary is not None else {key: summarize([r[key] for r in rows]) for key in metrics}
+    summary["units"] = UNITS
+    summary["nsd_tolerance"] = tolerance
     (out_dir / "dsc_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -1,8 +1,18 @@
-"""The sweep report: one row per job of a Hydra multirun (overrides, best per-volume Dice, epoch,
-train time, status), cross-validated means over `data.split.fold`, and a bar chart.
+"""The sweep report: which configuration of a Hydra multirun is better, and is it really?
 
-Written by a Hydra callback at the end of every multirun, and rebuilt any time with
-`python -m brainseg.reporting.sweep <sweep dir>`.
+- `summary.csv` / `summary.md`: one row per job (overrides, status, the epoch its
+  `evaluation.selection` rule reports, per-volume Dice, train time), then one row per configuration:
+  the mean per-volume Dice over its patients with a 95% bootstrap CI and, against the best
+  configuration, the paired per-patient difference with its CI, the Wilcoxon signed-rank p-value,
+  Holm's correction across the comparisons and a verdict (brainseg.evaluation.statistics). Jobs
+  differing only in `data.split.fold` are one configuration: each patient is scored by the fold that
+  held it out and the figures are over all patients pooled (not a mean of fold means).
+- `per_patient.csv`: configuration, patient, fold, job, rule and every per-volume metric.
+- `summary.png` (per-patient strip/box plot per configuration) and `heatmap.png` (configurations x
+  patients).
+
+Written by a Hydra callback after every job and at the end of every multirun, and rebuilt any time
+with `python -m brainseg.reporting.sweep <sweep dir>`.
 """
 
 from __future__ import annotations
@@ -25,9 +35,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from brainseg.cli import FAILURE_FILE
-from brainseg.reporting.figures import bar_chart
+from brainseg.evaluation.folds import SELECTION_RULES, selected_scores
+from brainseg.evaluation.statistics import LEVEL, compare_configurations
+from brainseg.evaluation.volume_metrics import METRICS
+from brainseg.reporting.figures import heat_map, strip_box_plot
+from brainseg.reporting.wandb_sweep import log_sweep_report
 
 FOLD_KEY = "data.split.fold"
+JOB_COLUMNS = ["job", "overrides", "status", "selection", "epoch", "dsc_volume_mean", "dsc_volume_median",
+               "best_on_val_mean", "train_seconds", "error"]
+COMPARISON_COLUMNS = ["configuration", "jobs", "selection", "n", "mean", "ci_low", "ci_high", "median", "difference",
+                      "difference_ci_low", "difference_ci_high", "p", "p_holm", "verdict"]
 
 
 def _overrides(job: Path) -> dict[str, str]:
@@ -36,19 +54,24 @@ def _overrides(job: Path) -> dict[str, str]:
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Every job folder (holding .hydra/overrides.yaml) of the sweep, in job order."""
+    """Every job folder (holding .hydra/overrides.yaml) of the sweep, in job order, with the
+    validation scores its selection rule reports."""
     jobs = []
     folders = [p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").exists()]
     for job in sorted(folders, key=lambda p: (len(p.name), p.name)):
-        row: dict[str, Any] = {"job": job.name, "overrides": _overrides(job), "status": "incomplete",
-                               "dsc_volume_mean": None, "dsc_volume_median": None, "best_epoch": None,
-                               "train_seconds": None, "error": ""}
+        row: dict[str, Any] = {"job": job.name, "overrides": _overrides(job), "status": "incomplete", "selection": None,
+                               "epoch": None, "dsc_volume_mean": None, "dsc_volume_median": None,
+                               "best_on_val_mean": None, "train_seconds": None, "error": "", "per_patient": {}}
         if (job / "metrics.json").exists():
             metrics = json.loads((job / "metrics.json").read_text())
-            best = metrics.get("best") or {}
-            row.update(status="ok" if best else "no validation", dsc_volume_mean=best.get("dsc_volume_mean"),
-                       dsc_volume_median=best.get("dsc_volume_median"), best_epoch=best.get("epoch"),
-                       train_seconds=metrics.get("train_seconds"))
+            selected = selected_scores(metrics) or {}
+            row.update(status="ok" if selected else "no validation", selection=selected.get("rule"),
+                       epoch=selected.get("epoch"), dsc_volume_mean=selected.get("dsc_volume_mean"),
+                       dsc_volume_median=selected.get("dsc_volume_median"),
+                       best_on_val_mean=(metrics.get("best") or {}).get("dsc_volume_mean"),
+                       train_seconds=metrics.get("train_seconds"),
+                       per_patient=selected.get("per_patient_metrics")
+                       or {p: {"dsc": d} for p, d in (selected.get("per_patient") or {}).items()})
         elif (job / FAILURE_FILE).exists():
             failure = json.loads((job / FAILURE_FILE).read_text())
             row.update(status="failed", error=f"{failure['type']}: {failure['error']}".splitlines()[0])
@@ -69,20 +92,37 @@ def _label(job: dict[str, Any], keys: list[str], fallback: str | None = None) ->
     return text or (fallback if fallback is not None else f"job {job['job']}")
 
 
-def cross_validation(jobs: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
-    """Mean and std of the best Dice over the folds of each configuration (jobs differing in data.split.fold)."""
-    if FOLD_KEY not in keys:
-        return []
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for job in jobs:
-        groups[_label(job, [k for k in keys if k != FOLD_KEY], fallback="all folds")].append(job)
+def pooled_per_patient(jobs: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+    """One row per (configuration, patient) of every finished job: jobs that differ only in
+    data.split.fold are one configuration, each patient scored by the fold that held it out."""
+    config_keys = [k for k in keys if k != FOLD_KEY]
+    fallback = "all folds" if FOLD_KEY in keys else None
     rows = []
-    for label, members in groups.items():
-        scores = [j["dsc_volume_mean"] for j in members if j["status"] == "ok"]
-        rows.append({"configuration": label, "folds": len(members), "folds_ok": len(scores),
-                     "cv_dsc_mean": float(np.mean(scores)) if scores else None,
-                     "cv_dsc_std": float(np.std(scores)) if scores else None})
+    for job in jobs:
+        if job["status"] != "ok":
+            continue
+        for patient, scores in job["per_patient"].items():
+            rows.append({"configuration": _label(job, config_keys, fallback), "patient": patient,
+                         "fold": job["overrides"].get(FOLD_KEY, ""), "job": job["job"], "selection": job["selection"],
+                         **scores})
     return rows
+
+
+def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-configuration statistics table (see the module docstring)."""
+    dice: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    rules: dict[str, set[str]] = defaultdict(set)
+    job_counts: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        dice[row["configuration"]][row["patient"]].append(row["dsc"])
+        rules[row["configuration"]].add(row["selection"])
+        job_counts[row["configuration"]].add(row["job"])
+    scores = {name: {p: float(np.mean(v)) for p, v in values.items()} for name, values in dice.items()}
+    table = compare_configurations(scores)
+    for entry in table:
+        entry["selection"] = ",".join(sorted(rules[entry["configuration"]]))
+        entry["jobs"] = len(job_counts[entry["configuration"]])
+    return table
 
 
 @contextmanager
@@ -100,36 +140,68 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _interval(low: float | None, high: float | None) -> str:
+    return "–" if low is None or np.isnan(low) else f"[{low:.4f}, {high:.4f}]"
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    with _atomic(path) as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _markdown(sweep_dir: Path, jobs: list[dict[str, Any]], keys: list[str], table: list[dict[str, Any]]) -> list[str]:
+    lines = [f"# Sweep report: {sweep_dir.name}", "",
+             (f"{len(jobs)} jobs, {sum(j['status'] == 'ok' for j in jobs)} ok, "
+              f"{sum(j['status'] == 'failed' for j in jobs)} failed. Per-volume Dice on each job's validation "
+              "patients at the epoch its `evaluation.selection` rule reports."), "",
+             "| job | overrides | status | rule | epoch | mean DSC | median DSC | best-epoch mean DSC (selected on validation) | train s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for job in jobs:
+        status = job["status"] + (f" ({job['error']})" if job["error"] else "")
+        lines.append(f"| {job['job']} | {_label(job, keys)} | {status} | {_fmt(job['selection'])} | {_fmt(job['epoch'])} | "
+                     f"{_fmt(job['dsc_volume_mean'])} | {_fmt(job['dsc_volume_median'])} | "
+                     f"{_fmt(job['best_on_val_mean'])} | {_fmt(job['train_seconds'], 1)} |")
+    if not table:
+        return lines
+    pooled = FOLD_KEY in keys
+    lines += ["", "## Configurations" + (" (cross-validation: every patient scored by the fold that held it out, pooled)" if pooled else ""),
+              "", (f"Mean per-volume Dice over patients with its 95% bootstrap CI; against the best configuration the "
+                   f"paired per-patient difference (this minus best) with its 95% CI, the two-sided Wilcoxon signed-rank "
+                   f"p-value and its Holm correction across the comparisons; verdict at level {LEVEL}."), "",
+              "| configuration | rule | jobs | patients | mean DSC [95% CI] | median | Δ vs best [95% CI] | p | p (Holm) | verdict |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {r['configuration']} | {r['selection']} | {r['jobs']} | {r['n']} | {r['mean']:.4f} "
+                     f"{_interval(r['ci_low'], r['ci_high'])} | {r['median']:.4f} | "
+                     f"{_fmt(r['difference'])} {_interval(r['difference_ci_low'], r['difference_ci_high']) if r['difference'] is not None else ''} | "
+                     f"{_fmt(r['p'])} | {_fmt(r['p_holm'])} | {r['verdict']} |")
+    lines += ["", "Rules: " + "; ".join(f"`{k}` = {v}" for k, v in SELECTION_RULES.items()) + "."]
+    return lines
+
+
 def write_report(sweep_dir: str | Path) -> dict[str, Any]:
-    """Write summary.csv, summary.md and summary.png into the sweep directory."""
+    """Write summary.csv, summary.md, per_patient.csv, summary.png and heatmap.png into the sweep directory."""
     sweep_dir = Path(sweep_dir)
     jobs = collect_jobs(sweep_dir)
     keys = _varying(jobs)
-    columns = ["job", "overrides", "status", "dsc_volume_mean", "dsc_volume_median", "best_epoch", "train_seconds", "error"]
-    with _atomic(sweep_dir / "summary.csv") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        for job in jobs:
-            writer.writerow({**{c: job[c] for c in columns}, "overrides": _label(job, keys)})
-    cv = cross_validation(jobs, keys)
-    lines = [f"# Sweep report: {sweep_dir.name}", "",
-             (f"{len(jobs)} jobs, {sum(j['status'] == 'ok' for j in jobs)} ok, "
-              f"{sum(j['status'] == 'failed' for j in jobs)} failed. Best validation per-volume Dice (val/dsc_volume)."), "",
-             "| job | overrides | status | best mean DSC | best median DSC | epoch | train s |",
-             "|---|---|---|---|---|---|---|"]
-    for job in jobs:
-        status = job["status"] + (f" ({job['error']})" if job["error"] else "")
-        lines.append(f"| {job['job']} | {_label(job, keys)} | {status} | {_fmt(job['dsc_volume_mean'])} | "
-                     f"{_fmt(job['dsc_volume_median'])} | {_fmt(job['best_epoch'])} | {_fmt(job['train_seconds'], 1)} |")
-    if cv:
-        lines += ["", "## Cross-validation (over data.split.fold)", "", "| configuration | folds | mean DSC | std |", "|---|---|---|---|"]
-        lines += [f"| {r['configuration']} | {r['folds_ok']}/{r['folds']} | {_fmt(r['cv_dsc_mean'])} | {_fmt(r['cv_dsc_std'])} |" for r in cv]
+    rows = pooled_per_patient(jobs, keys)
+    table = compare(rows)
+    _write_csv(sweep_dir / "summary.csv", JOB_COLUMNS,
+               [{**job, "overrides": _label(job, keys)} for job in jobs])
+    _write_csv(sweep_dir / "comparison.csv", COMPARISON_COLUMNS, table)
+    metric_columns = [c for c in [*METRICS, "lesions_true", "lesions_predicted", "lesions_found", "lesions_hit"]
+                      if rows and c in rows[0]]
+    _write_csv(sweep_dir / "per_patient.csv", ["configuration", "patient", "fold", "job", "selection", *metric_columns], rows)
     with _atomic(sweep_dir / "summary.md") as fh:
-        fh.write("\n".join(lines) + "\n")
-    scores = {_label(j, keys): j["dsc_volume_mean"] for j in jobs if j["status"] == "ok"}
-    if scores:
-        bar_chart(scores, sweep_dir / "summary.png", title="Best validation per-volume Dice per job", show_stats=False)
-    return {"jobs": jobs, "cross_validation": cv}
+        fh.write("\n".join(_markdown(sweep_dir, jobs, keys, table)) + "\n")
+    if table:
+        scores = {r["configuration"]: {row["patient"]: row["dsc"] for row in rows if row["configuration"] == r["configuration"]}
+                  for r in table}
+        strip_box_plot(scores, sweep_dir / "summary.png", "Per-volume Dice per patient, best configuration on top")
+        heat_map(scores, sweep_dir / "heatmap.png", "Per-volume Dice: configurations x patients")
+    return {"jobs": jobs, "configurations": table, "per_patient": rows}
 
 
 class SweepReport(Callback):
@@ -144,6 +216,7 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
             report = write_report(sweep_dir)
+            log_sweep_report(sweep_dir, report)
             print(f"sweep report: {sweep_dir / 'summary.md'} ({len(report['jobs'])} jobs)")
 
 

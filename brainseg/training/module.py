@@ -6,14 +6,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
 from brainseg.config import instantiate_setting
 from brainseg.data.contract import SegmentationData
 from brainseg.errors import ConfigError
+from brainseg.evaluation.volume_metrics import NSD_TOLERANCE, volume_metrics
 from brainseg.losses import build_loss
 from brainseg.metrics import VolumeDice, slice_metrics
 from brainseg.models import build_model
+
+# Per-volume metrics logged next to the Dice as patient means (brainseg.evaluation.volume_metrics).
+SURFACE_AND_DETECTION = ("hd95", "assd", "nsd", "volume_difference", "lesion_recall", "lesion_precision")
 
 
 class SegmentationModule(L.LightningModule):
@@ -39,7 +44,9 @@ class SegmentationModule(L.LightningModule):
             {s: VolumeDice(threshold, postprocessing or []) for s in ("val", "test")}
         )
         self.slice_metrics = torch.nn.ModuleDict({s: slice_metrics(threshold) for s in ("val", "test")})
+        self.nsd_tolerance = float(metric.get("nsd_tolerance", NSD_TOLERANCE))
         self.volume_scores: dict[str, dict[str, float]] = {}  # stage -> patient name -> Dice
+        self.volume_details: dict[str, dict[str, dict[str, float]]] = {}  # stage -> patient -> every metric
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         logits = self.net(image)
@@ -74,6 +81,8 @@ class SegmentationModule(L.LightningModule):
 
     def _end_of_evaluation(self, stage: str) -> None:
         result = self.volume_dice[stage].compute()
+        with self.volume_dice[stage].sync_context():  # every rank's slices, as in compute
+            volumes = self.volume_dice[stage].volumes()
         self.volume_dice[stage].reset()
         slice_values = {k: v.float().mean() for k, v in self.slice_metrics[stage].compute().items()}
         self.slice_metrics[stage].reset()
@@ -85,6 +94,11 @@ class SegmentationModule(L.LightningModule):
         self.volume_scores[stage] = {
             (names[p] if names else str(p)): float(d) for p, d in zip(result["patient"].reshape(-1).tolist(), result["per_volume"].reshape(-1).tolist())
         }
+        self.volume_details[stage] = {(names[p] if names else str(p)): volume_metrics(pred, truth, self.nsd_tolerance)
+                                      for p, (pred, truth) in volumes.items()}
+        if self.volume_details[stage]:
+            self.log_dict({f"{stage}/{k}": float(np.mean([d[k] for d in self.volume_details[stage].values()]))
+                           for k in SURFACE_AND_DETECTION})
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._evaluate(batch, "val")

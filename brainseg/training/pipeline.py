@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, ListConfig
 
 from brainseg.checkpoint import load_weights, read_checkpoint
-from brainseg.cli import check_output_outside_data
+from brainseg.cli import check_output_outside_data, job_overrides
 from brainseg.config import instantiate_setting, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
@@ -86,7 +86,7 @@ def _auto_resume(cfg: DictConfig, output_dir: Path, module: SegmentationModule) 
     return str(path)
 
 
-def _finish_wandb_run() -> None:
+def _finish_wandb_run(report: RunReport) -> None:
     """Close this job's W&B run (the next job of a sweep in this process gets its own) and say
     where an offline run went and how to upload it."""
     import wandb
@@ -94,6 +94,10 @@ def _finish_wandb_run() -> None:
     run = wandb.run
     if run is None:
         return
+    run.summary.update(report.summary_values())  # runs table, parallel coordinates
+    table = report.reported_table()
+    if table:
+        run.log({"reported/per_patient": wandb.Table(columns=table[0], data=table[1])})
     folder = Path(run.dir).parent
     offline = run.offline
     run.finish()
@@ -125,8 +129,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     report = RunReport(output_dir, to_plain(cfg), cfg.monitor)
     callbacks = _instantiate_group("callbacks", cfg.get("callbacks")) + [report]
     loggers = _instantiate_group("logger", cfg.get("logger"))
+    swept, _ = job_overrides()
+    sweep_keys = {f"sweep/{o.split('=', 1)[0].lstrip('+~')}": o.split("=", 1)[1] for o in swept}
     for logger in loggers:
-        logger.log_hyperparams(report.config)  # the whole resolved config, not only the module's part
+        logger.log_hyperparams({**report.config, **sweep_keys})  # the resolved config + the swept keys on top
     if any(isinstance(logger, (WandbLogger, TensorBoardLogger)) for logger in loggers):
         callbacks.append(TrackerMedia(cfg.monitor))
     # A progress bar on a terminal; in a log file, RunReport's one line per epoch instead.
@@ -141,7 +147,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             test_scores = module.volume_scores.get("test")
     finally:
         if any(isinstance(logger, WandbLogger) for logger in loggers):
-            _finish_wandb_run()
+            _finish_wandb_run(report)
     metrics = report.write_metrics(trainer, test_scores) if trainer.is_global_zero else {}
     if metrics.get("best"):
         best = metrics["best"]
@@ -150,4 +156,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "best %s: mean %.4f, median %s (epoch %d, %d patients); run in %s", cfg.monitor, best["dsc_volume_mean"],
             "-" if median is None else f"{median:.4f}", best["epoch"], len(best["per_patient"]), output_dir,
         )
+        chosen = metrics["selected"]
+        log.info("reported (evaluation.selection=%s: %s): val/dsc_volume mean %.4f, median %.4f, HD95 %.2f px (epoch %d)",
+                 chosen["rule"], chosen["description"], chosen["dsc_volume_mean"], chosen["dsc_volume_median"],
+                 chosen.get("hd95", float("nan")), chosen["epoch"])
     return metrics

@@ -18,9 +18,11 @@ import yaml
 
 from brainseg.checkpoint import Provenance
 from brainseg.data.contract import SegmentationData
+from brainseg.evaluation.folds import SELECTION_RULES, check_selection
 from brainseg.reporting.figures import training_curves
 from brainseg.reporting.scores import summarize
 from brainseg.training.checkpoints import LastCheckpoint
+from brainseg.training.module import SURFACE_AND_DETECTION
 
 log = logging.getLogger("brainseg")
 
@@ -42,7 +44,9 @@ class RunReport(L.Callback):
         self._epoch_started = time.monotonic()
         self._epoch_seconds: list[float] = []
         self._train_loss: list[torch.Tensor] = []
+        self.selection = check_selection((config.get("evaluation") or {}).get("selection", "last"))
         self.best: dict[str, Any] | None = None
+        self.last: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
         self._started = time.monotonic()
         self._elapsed_before = 0.0  # training seconds of earlier sessions of a resumed run
@@ -73,14 +77,18 @@ class RunReport(L.Callback):
         median = trainer.callback_metrics.get(f"{self.monitor}_median")
         if mean is None or math.isnan(float(mean)):
             return
+        details = pl_module.volume_details.get("val", {})
         val_loss = trainer.callback_metrics.get("val/loss")
         entry = {"epoch": trainer.current_epoch, "step": trainer.global_step,
                  "dsc_volume_mean": float(mean), "dsc_volume_median": None if median is None else float(median),
                  "train_loss": float(torch.stack(self._train_loss).mean()) if self._train_loss else None,
-                 "val_loss": float(val_loss) if val_loss is not None else None}
+                 "val_loss": float(val_loss) if val_loss is not None else None,
+                 **{k: float(trainer.callback_metrics[f"val/{k}"]) for k in SURFACE_AND_DETECTION
+                    if f"val/{k}" in trainer.callback_metrics}}
         self.history.append(entry)
+        self.last = {**entry, "per_patient": dict(scores), "per_patient_metrics": dict(details)}
         if self.best is None or entry["dsc_volume_mean"] > self.best["dsc_volume_mean"]:
-            self.best = {**entry, "per_patient": dict(scores)}
+            self.best = self.last
         if trainer.is_global_zero:
             self._epoch_seconds.append(time.monotonic() - self._epoch_started)
             if self.progress_lines:
@@ -100,12 +108,18 @@ class RunReport(L.Callback):
 
     def write_metrics(self, trainer: L.Trainer, test_scores: dict[str, float] | None = None) -> dict[str, Any]:
         checkpoint = trainer.checkpoint_callback
+        paths = {"best": getattr(checkpoint, "best_model_path", None) or None,
+                 "last": next((str(c.path) for c in trainer.checkpoint_callbacks
+                               if isinstance(c, LastCheckpoint) and c.path.is_file()), None)}
+        selected = self._reported()
         metrics = {
             "monitor": self.monitor,
+            "selection": self.selection,
+            "selected": selected and {**selected, "rule": self.selection, "description": SELECTION_RULES[self.selection],
+                                      "checkpoint": paths["last" if self.selection == "last" else "best"]},
             "best": self.best,
-            "best_checkpoint": getattr(checkpoint, "best_model_path", None) or None,
-            "last_checkpoint": next((str(c.path) for c in trainer.checkpoint_callbacks
-                                     if isinstance(c, LastCheckpoint) and c.path.is_file()), None),
+            "best_checkpoint": paths["best"],
+            "last_checkpoint": paths["last"],
             "epochs": trainer.current_epoch,
             "train_seconds": round(self._elapsed_before + time.monotonic() - self._started, 1),
             "history": self.history,
@@ -117,15 +131,41 @@ class RunReport(L.Callback):
         (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics
 
+    def _reported(self) -> dict[str, Any] | None:
+        """The validation entry the selection rule reports."""
+        return self.last if self.selection == "last" else self.best
+
+    def summary_values(self) -> dict[str, Any]:
+        """Flat run-summary values for experiment trackers: the reported (selection rule) epoch's
+        patient means and the best epoch's Dice, labelled as selected on validation."""
+        selected = self._reported()
+        if not selected:
+            return {}
+        keys = ["epoch", "dsc_volume_mean", "dsc_volume_median", *SURFACE_AND_DETECTION]
+        values: dict[str, Any] = {f"reported/{k}": selected[k] for k in keys if k in selected}
+        values["reported/selection"] = self.selection
+        values["best_on_val/dsc_volume_mean"] = self.best["dsc_volume_mean"]
+        return values
+
+    def reported_table(self) -> tuple[list[str], list[list[Any]]] | None:
+        """(columns, rows): every per-volume metric per patient at the reported epoch."""
+        selected = self._reported()
+        per_patient = (selected or {}).get("per_patient_metrics") or {}
+        if not per_patient:
+            return None
+        columns = list(next(iter(per_patient.values())))
+        return ["patient", *columns], [[name, *(values[c] for c in columns)] for name, values in per_patient.items()]
+
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         data: SegmentationData = trainer.datamodule
         Provenance(config=self.config, **data.provenance()).store(checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
         elapsed = self._elapsed_before + time.monotonic() - self._started
-        return {"best": self.best, "history": self.history, "train_seconds": elapsed}
+        return {"best": self.best, "last": self.last, "history": self.history, "train_seconds": elapsed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = state_dict.get("best")
+        self.last = state_dict.get("last")
         self.history = list(state_dict.get("history", []))
         self._elapsed_before = float(state_dict.get("train_seconds", 0.0))

@@ -1,0 +1,37 @@
+"""`python -m brainseg.evaluate PRED_DIR TRUTH_DIR --output OUT_DIR`: score predicted masks from any
+program against truth masks, both in the kaggle_3m layout (see brainseg.evaluation.folder)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from brainseg.cli import exit_status
+from brainseg.evaluation.folder import evaluate_folder
+from brainseg.evaluation.volume_metrics import NSD_TOLERANCE
+from brainseg.postprocessing import STEPS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m brainseg.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("pred_dir", help="predicted masks: <patient>/<patient>_<n>_mask.tif")
+    parser.add_argument("truth_dir", help="truth masks (a kaggle_3m data root): the same names and shapes")
+    parser.add_argument("--output", required=True, help="a new or empty folder for dsc.csv, dsc_summary.json, dsc.png")
+    parser.add_argument("--postprocessing", action="append", choices=sorted(STEPS), default=[],
+                        help="a brainseg.postprocessing step applied to the predictions before scoring (repeatable)")
+    parser.add_argument("--nsd-tolerance", type=float, default=NSD_TOLERANCE, help="pixels (default %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
+    args = parser.parse_args(argv)
+
+    def run() -> None:
+        summary = evaluate_folder(args.pred_dir, args.truth_dir, args.output, args.postprocessing,
+                                  args.nsd_tolerance, args.overwrite)
+        dsc, hd = summary["scores"]["dsc"], summary["scores"]["hd95"]
+        print(f"{summary['patients']} patients: per-volume DSC mean {dsc['mean']:.4f}, median {dsc['median']:.4f}; "
+              f"HD95 median {hd['median']:.2f} px; {args.output}")
+
+    return exit_status(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

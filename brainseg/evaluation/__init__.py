@@ -1,0 +1,1 @@
+"""Evaluation: per-volume metrics, paired statistics between configurations, out-of-fold pooling."""

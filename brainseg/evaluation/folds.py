@@ -1,0 +1,89 @@
+"""Honest cross-validation: which epoch a run reports, and which job or ensemble member held out
+which patient (the sweep report pools the folds' scores with `held_out_by`; predict.py scores each
+patient only with the members that never trained on it, via `held_out_members`).
+
+A k-fold sweep scores every patient once, with the model of the fold that held it out; the CV
+figure is the mean (and median) over all those per-patient scores, not a mean of fold means. The
+epoch a fold reports must not be chosen on the patients it scores: `evaluation.selection=last`
+(default) reports the last epoch; `best_on_val` reports the epoch with the best validation Dice,
+which is selected on those same patients and is labelled so wherever it is shown.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from brainseg.errors import ConfigError, DataError
+
+Split = Mapping[str, Sequence[str]]  # {"train": [...], "val": [...], "test": [...]} as recorded
+
+SELECTION_RULES = {
+    "last": "last epoch (not selected on the scored patients)",
+    "best_on_val": "best epoch on the scored validation patients (selected on validation: optimistic)",
+}
+
+
+def check_selection(rule: str) -> str:
+    """The rule, or a ConfigError naming the valid ones."""
+    if rule not in SELECTION_RULES:
+        raise ConfigError(f"evaluation.selection={rule!r} is unknown; choose one of {list(SELECTION_RULES)}")
+    return rule
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """One job that held a patient out: its directory, the checkpoint its selection rule names
+    (None if the run has not finished), and the rule."""
+
+    job_dir: Path
+    checkpoint: Path | None
+    selection: str | None
+
+
+def held_out_by(job_dirs: list[Path]) -> dict[str, list[HeldOut]]:
+    """patient -> the job(s) whose validation set held it out, from each job's `split.json` and
+    `metrics.json`; jobs without a split.json (failed before training) are skipped.
+
+    For the folds of one configuration every patient maps to exactly one job; a patient held out
+    by several jobs (several configurations, or repeated folds) maps to all of them, in job order.
+    """
+    patients: dict[str, list[HeldOut]] = {}
+    for job in job_dirs:
+        split_file = job / "split.json"
+        if not split_file.is_file():
+            continue
+        try:
+            val = json.loads(split_file.read_text())["val"]
+        except (ValueError, KeyError) as exc:
+            raise DataError(f"{split_file}: not a split file ({exc})") from None
+        checkpoint, selection = None, None
+        metrics_file = job / "metrics.json"
+        if metrics_file.is_file():
+            selected = json.loads(metrics_file.read_text()).get("selected") or {}
+            checkpoint = Path(selected["checkpoint"]) if selected.get("checkpoint") else None
+            selection = selected.get("rule")
+        for name in val:
+            patients.setdefault(name, []).append(HeldOut(job, checkpoint, selection))
+    return patients
+
+
+def selected_scores(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The validation scores a run reports under its selection rule (older runs: the best epoch)."""
+    if metrics.get("selected"):
+        return metrics["selected"]
+    best = metrics.get("best")
+    return {**best, "rule": "best_on_val"} if best else None
+
+
+def held_out_members(splits: Sequence[Split], patients: Iterable[str]) -> dict[str, list[int]]:
+    """Per patient, the indices of the members whose split does not list it under `train`.
+
+    A member that records no split is treated as having trained on nobody we can name, so it
+    counts as holding every patient out; callers that need certainty check `split` themselves.
+    """
+    trained = [set(split.get("train") or ()) for split in splits]
+    return {name: [i for i, seen in enumerate(trained) if name not in seen] for name in patients}

@@ -1,0 +1,104 @@
+"""Is configuration A really better than B on these patients? Paired per-patient statistics.
+
+Per configuration: the mean per-volume score with a 95% bootstrap confidence interval over
+patients (scipy.stats.bootstrap, BCa). Against a reference (by default the configuration with the
+best mean): the mean paired per-patient difference with its bootstrap CI, a two-sided Wilcoxon
+signed-rank p-value (scipy.stats.wilcoxon) on the patients both configurations scored, Holm's
+step-down correction across the comparisons, and a plain verdict at the chosen level.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+LEVEL = 0.05  # significance level of the verdicts (the CIs are at 1 - LEVEL)
+BETTER, SAME, WORSE = "better", "not distinguishable", "worse"
+
+
+def bootstrap_ci(values: np.ndarray, level: float = LEVEL, seed: int = 0) -> tuple[float, float]:
+    """The (1 - level) bootstrap interval of the mean (BCa); constant samples give (value, value), n < 2 NaN."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return (float("nan"), float("nan"))
+    if np.ptp(values) == 0:
+        return (float(values[0]), float(values[0]))
+    for method in ("BCa", "percentile"):  # BCa is NaN on near-constant samples (rounding noise)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy's DegenerateDataWarning for exactly that case
+            interval = stats.bootstrap((values,), np.mean, confidence_level=1 - level, method=method,
+                                       rng=np.random.default_rng(seed)).confidence_interval
+        if not np.isnan(interval.low):
+            break
+    return (float(interval.low), float(interval.high))
+
+
+def wilcoxon_p(differences: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of paired differences (1.0 when all are zero)."""
+    differences = np.asarray(differences, dtype=np.float64)
+    if len(differences) == 0 or not np.any(differences):
+        return 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns about ties/zeros and small samples
+        return float(stats.wilcoxon(differences).pvalue)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error across the comparisons)."""
+    order = np.argsort(p_values)
+    adjusted = np.empty(len(p_values))
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted.tolist()
+
+
+def _verdict(difference: float, p_adjusted: float, level: float, higher_is_better: bool) -> str:
+    if not p_adjusted < level or difference == 0:
+        return SAME
+    return BETTER if (difference > 0) == higher_is_better else WORSE
+
+
+def compare_configurations(
+    scores: Mapping[str, Mapping[str, float]],
+    reference: str | None = None,
+    level: float = LEVEL,
+    higher_is_better: bool = True,
+) -> list[dict[str, Any]]:
+    """One row per configuration (`scores`: configuration -> patient -> score), best first.
+
+    Each non-reference row holds the paired difference (configuration minus reference) over the
+    patients both scored, its CI, the Wilcoxon p, the Holm-adjusted p and the verdict of the
+    configuration against the reference.
+    """
+    means = {name: float(np.mean(list(values.values()))) for name, values in scores.items() if values}
+    if not means:
+        return []
+    ranked = sorted(means, key=means.get, reverse=higher_is_better)
+    reference = reference if reference in means else ranked[0]
+    rows = []
+    for name in ranked:
+        values = np.array(list(scores[name].values()), dtype=np.float64)
+        low, high = bootstrap_ci(values, level)
+        row: dict[str, Any] = {"configuration": name, "n": len(values), "mean": means[name],
+                               "median": float(np.median(values)), "ci_low": low, "ci_high": high,
+                               "reference": name == reference, "n_paired": None, "difference": None,
+                               "difference_ci_low": None, "difference_ci_high": None, "p": None,
+                               "p_holm": None, "verdict": "reference" if name == reference else None}
+        if name != reference:
+            common = sorted(set(scores[name]) & set(scores[reference]))
+            differences = np.array([scores[name][p] - scores[reference][p] for p in common], dtype=np.float64)
+            d_low, d_high = bootstrap_ci(differences, level)
+            row.update(n_paired=len(common), difference=float(differences.mean()) if common else float("nan"),
+                       difference_ci_low=d_low, difference_ci_high=d_high, p=wilcoxon_p(differences))
+        rows.append(row)
+    compared = [r for r in rows if not r["reference"]]
+    for row, adjusted in zip(compared, holm([r["p"] for r in compared])):
+        row["p_holm"] = adjusted
+        row["verdict"] = _verdict(row["difference"], adjusted, level, higher_is_better)
+    return rows

@@ -1,0 +1,89 @@
+"""The sweep report's statistics and the out-of-fold pooling, on sweep folders written by hand."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brainseg.evaluation.folds import held_out_by
+from brainseg.reporting.sweep import write_report
+
+PATIENTS = [f"P{i:02d}" for i in range(9)]
+
+
+def _job(sweep: Path, number: int, overrides: list[str], val: list[str], dice: dict[str, float], rule: str = "last") -> Path:
+    job = sweep / str(number)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("\n".join(f"- {o}" for o in overrides) + "\n")
+    (job / "split.json").write_text(json.dumps({"train": sorted(set(PATIENTS) - set(val)), "val": val}))
+    selected = {"epoch": 4, "rule": rule, "checkpoint": str(job / "checkpoints" / "last.ckpt"),
+                "dsc_volume_mean": float(np.mean([dice[p] for p in val])), "dsc_volume_median": 0.0,
+                "per_patient": {p: dice[p] for p in val},
+                "per_patient_metrics": {p: {"dsc": dice[p], "hd95": 10 * (1 - dice[p])} for p in val}}
+    best = {**selected, "epoch": 2, "dsc_volume_mean": selected["dsc_volume_mean"] + 0.1}
+    (job / "metrics.json").write_text(json.dumps({"selection": rule, "selected": selected, "best": best, "train_seconds": 1.0}))
+    return job
+
+
+@pytest.fixture
+def kfold_sweep(tmp_path: Path) -> Path:
+    """model=unet,unetpp x data.split.fold=0,1,2 over 9 patients; unetpp is 0.1 better on every patient."""
+    base = dict(zip(PATIENTS, np.linspace(0.3, 0.8, len(PATIENTS))))
+    number = 0
+    for model, shift in (("unet", 0.0), ("unetpp", 0.1)):
+        for fold in range(3):
+            _job(tmp_path, number, [f"model={model}", f"data.split.fold={fold}"], PATIENTS[fold::3],
+                 {p: v + shift for p, v in base.items()})
+            number += 1
+    return tmp_path
+
+
+def test_kfold_scores_are_pooled_over_patients_and_compared_per_patient(kfold_sweep: Path) -> None:
+    report = write_report(kfold_sweep)
+    with open(kfold_sweep / "per_patient.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    for model in ("unet", "unetpp"):
+        patients = [r["patient"] for r in rows if r["configuration"] == f"model={model}"]
+        assert sorted(patients) == PATIENTS  # every patient exactly once, from the fold that held it out
+    assert {r["fold"] for r in rows if r["patient"] == "P04"} == {"1"} and "hd95" in rows[0]
+    best, other = report["configurations"]
+    assert best["configuration"] == "model=unetpp" and best["n"] == 9 and best["jobs"] == 3
+    assert best["mean"] == pytest.approx(np.mean(np.linspace(0.3, 0.8, 9)) + 0.1)  # pooled, not fold means
+    assert other["difference"] == pytest.approx(-0.1) and other["verdict"] == "worse" and other["p_holm"] < 0.05
+    summary = (kfold_sweep / "summary.md").read_text()
+    assert "cross-validation: every patient scored by the fold that held it out, pooled" in summary
+    assert "| model=unet | last | 3 | 9 | " in summary and "| worse |" in summary
+    assert (kfold_sweep / "summary.png").stat().st_size > 5000 and (kfold_sweep / "heatmap.png").stat().st_size > 5000
+
+
+def test_held_out_by_maps_each_patient_to_the_jobs_that_held_it_out(kfold_sweep: Path) -> None:
+    jobs = sorted((p for p in kfold_sweep.iterdir() if p.is_dir()), key=lambda p: int(p.name))
+    unet = held_out_by(jobs[:3])
+    assert sorted(unet) == PATIENTS and all(len(v) == 1 for v in unet.values())
+    assert unet["P04"][0].job_dir == jobs[1] and unet["P04"][0].checkpoint == jobs[1] / "checkpoints" / "last.ckpt"
+    assert unet["P04"][0].selection == "last"
+    assert [h.job_dir for h in held_out_by(jobs)["P04"]] == [jobs[1], jobs[4]]
+
+
+@pytest.mark.slow
+def test_the_report_is_logged_as_one_offline_wandb_run_in_the_sweep_group(kfold_sweep: Path, monkeypatch) -> None:
+    from helpers import read_wandb_records
+
+    from brainseg.reporting.wandb_sweep import log_sweep_report
+
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    (kfold_sweep / "0" / "config.yaml").write_text("logger:\n  wandb: {project: brainseg, group: sweep-x, offline: auto}\n")
+    run_dir = log_sweep_report(kfold_sweep, write_report(kfold_sweep))
+    (run_file,) = run_dir.glob("run-*.wandb")
+    assert run_dir.parent == kfold_sweep / "wandb" and run_dir.name.startswith("offline-run-")
+    run = next(r.run for r in read_wandb_records(run_file) if r.WhichOneof("record_type") == "run")
+    assert run.run_group == "sweep-x" and run.job_type == "sweep-report"
+    (table,) = run_dir.glob("files/media/table/sweep/comparison_*.table.json")
+    data = json.loads(table.read_text())
+    verdict = data["columns"].index("verdict")
+    assert [row[verdict] for row in data["data"]] == ["reference", "worse"]
+    assert len(list(run_dir.glob("files/media/images/sweep/*.png"))) == 2
