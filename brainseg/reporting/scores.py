@@ -38,9 +38,9 @@ def summarize(values: list[float]) -> dict[str, float]:
 
 
 def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
-    """The score columns of these rows: Dice, its variants (`dsc_<variant>`), then the other metrics."""
+    """The score columns these rows hold: Dice, its variants (`dsc_<variant>`), then the other metrics."""
     variants = [c for c in rows[0] if c.startswith("dsc_")]
-    return [METRIC_COLUMNS[0], *variants, *METRIC_COLUMNS[1:]]
+    return [c for c in (METRIC_COLUMNS[0], *variants, *METRIC_COLUMNS[1:]) if c in rows[0]]
 
 
 def write_scores(rows: list[dict[str, Any]], out_dir: Path, tolerance: float = NSD_TOLERANCE,
