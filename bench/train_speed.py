@@ -32,7 +32,7 @@ from brainseg.cli import exit_status
 from brainseg.config import instantiate_setting, to_plain
 from brainseg.data.dataset import normalize_batch
 from brainseg.training.module import SegmentationModule
-from brainseg.training.speed import SpeedMeter, peak_memory_mb, synchronize
+from brainseg.training.speed import SpeedMeter, apply_speed_settings, peak_memory_mb, synchronize
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -77,6 +77,8 @@ def compose_config(root: str, size: int, cache_dir: str, setting: Setting) -> ob
         f"data.loader={setting.loader}",
         f"data.num_workers={setting.workers}",
         f"data.batch_size={setting.batch_size}",
+        f"channels_last={setting.channels_last}",
+        f"compile={setting.compile}",
     ]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
@@ -102,8 +104,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 def measure(
     args: argparse.Namespace, setting: Setting, device: torch.device
 ) -> tuple[float, float, float, float]:
-    """samples/s, data-wait fraction, data milliseconds per batch, peak memory
-    (MB) of one setting."""
+    """samples/s, data-wait fraction, data milliseconds per batch, peak memory (MB) of one
+    setting."""
     cfg = compose_config(args.root, args.size, args.cache_dir, setting)
     datamodule = instantiate_setting("data", cfg.data)
     datamodule.trainer = _Trainer(device)
@@ -112,9 +114,7 @@ def measure(
         to_plain(cfg.model), to_plain(cfg.loss), to_plain(cfg.optimizer)
     ).to(device)
     module.train()
-    if setting.channels_last:
-        module.net = module.net.to(memory_format=torch.channels_last)
-    net = torch.compile(module.net) if setting.compile else module.net
+    apply_speed_settings(module.net, cfg.channels_last, cfg.compile)
     optimizer = instantiate_setting(
         "optimizer", to_plain(cfg.optimizer), params=module.parameters()
     )
@@ -132,15 +132,11 @@ def measure(
             batches = iter(datamodule.train_dataloader())
             batch = next(batches)
         batch = normalize_batch({k: v.to(device, non_blocking=True) for k, v in batch.items()})
-        image = (
-            batch["image"].contiguous(memory_format=torch.channels_last)
-            if setting.channels_last
-            else batch["image"]
-        )
+        image = batch["image"]
         synchronize(device)
         meter.data()
         with autocast(device, setting.precision):
-            logits = net(image)
+            logits = module.net(image)
         loss = module.loss(logits, batch["mask"])
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

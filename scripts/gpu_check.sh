@@ -3,6 +3,7 @@
 # tests, the training-speed and augmentation benchmarks at 256 px, and a short experiment=reference
 # run on the data root with trainer=gpu, printing samples/s, data-wait share, GPU utilisation and memory.
 #   DATA=../shared/data/lgg PY=.venv/bin/python scripts/gpu_check.sh   (DATA may be a .tar.xz of the data root)
+# CHANNELS_LAST=true / COMPILE=true switch on those training settings (conf/train.yaml) in the run.
 # On a lent machine without the project's virtual environment: PY=python3, with the missing
 # wheels carried in .whl/ (scripts/gpu_wheels.sh); they are installed into a temporary folder.
 set -euo pipefail
@@ -45,6 +46,7 @@ nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits
 SMI=$!
 "$PY" train.py experiment=reference trainer=gpu trainer.max_epochs=8 "data.root=$DATA" \
     "data.cache_dir=$OUT/cache" "hydra.run.dir=$OUT/run" \
+    "channels_last=${CHANNELS_LAST:-false}" "compile=${COMPILE:-false}" \
     +callbacks.speed._target_=brainseg.training.speed.TrainingSpeed 2>&1 | tee "$OUT/train.log" \
     | grep -E "samples/s|best val/dsc_volume|error" || true
 kill "$SMI" 2>/dev/null || true

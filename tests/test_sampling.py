@@ -35,3 +35,16 @@ def test_sampler_draws_volumes_uniformly_then_weighted_slices() -> None:
 
 def test_uniform_is_a_plain_shuffle() -> None:
     assert make_sampler("uniform", [np.ones(3)], 0) is None
+
+
+def test_set_epoch_resumes_the_random_stream() -> None:
+    """A resumed run (a fresh sampler told its epoch by Lightning)
+    draws what an unbroken run draws."""
+    areas = [np.array([0, 100, 0]), np.array([5, 5, 5, 5])]
+    unbroken = LesionWeightedSampler(areas, 30, seed=3)
+    epochs = [list(iter(unbroken)) for _ in range(3)]
+    resumed = LesionWeightedSampler(areas, 30, seed=3)
+    resumed.set_epoch(2)
+    assert list(iter(resumed)) == epochs[2] != epochs[0]
+    unbroken.set_epoch(1)
+    assert list(iter(unbroken)) == epochs[1]

@@ -17,14 +17,9 @@ import numpy as np
 import torch
 
 from brainseg.data.preprocess import PreprocessedVolume
-from brainseg.data.sampling import lesion_slice_weights
+from brainseg.data.sampling import lesion_slice_weights, stream_seed
 
 UINT16_SCALE = np.float32(1 / 65535)  # the factor PreprocessedVolume.slice_image uses
-
-
-def _stream_seed(*keys: int) -> int:
-    """A seed for an independent random stream per key tuple (seed, epoch, rank, ...)."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class DeviceSlices:
@@ -122,11 +117,11 @@ class EpochSampler:
         if (
             self.kind == "uniform"
         ):  # one permutation for all ranks, each takes its stride (DistributedSampler)
-            generator = torch.Generator().manual_seed(_stream_seed(self.seed, self.epoch))
+            generator = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch))
             order = torch.randperm(self.total, generator=generator)
             order = order.repeat(math.ceil(self.num_samples * self.world_size / self.total))
             return order[self.rank :: self.world_size][: self.num_samples]
-        generator = torch.Generator().manual_seed(_stream_seed(self.seed, self.epoch, self.rank))
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch, self.rank))
         volumes = torch.randint(len(self.weights), (self.num_samples,), generator=generator)
         slices = torch.multinomial(self.weights[volumes], 1, generator=generator)[:, 0]
         return self.offsets[volumes] + slices
@@ -189,7 +184,7 @@ class DeviceTrainLoader:
             batch = self.slices.batch(order[b * self.batch_size : (b + 1) * self.batch_size])
             if self.augmentation is not None:
                 with seeded_device_rng(
-                    self.slices.device, _stream_seed(sampler.seed, sampler.epoch, sampler.rank, b)
+                    self.slices.device, stream_seed(sampler.seed, sampler.epoch, sampler.rank, b)
                 ):
                     image, mask = self.augmentation(
                         batch["image"].permute(0, 3, 1, 2), batch["mask"]

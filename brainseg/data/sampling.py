@@ -13,6 +13,11 @@ from brainseg.errors import ConfigError
 SAMPLINGS = ("lesion_weighted", "uniform")
 
 
+def stream_seed(*keys: int) -> int:
+    """A seed for an independent random stream per key tuple (seed, epoch, rank, ...)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def lesion_slice_weights(lesion_areas: np.ndarray) -> np.ndarray:
     """Reference rule: p(slice) proportional to its lesion area plus 10% of the volume's mean area.
 
@@ -25,7 +30,12 @@ def lesion_slice_weights(lesion_areas: np.ndarray) -> np.ndarray:
 
 
 class LesionWeightedSampler(Sampler[int]):
-    """Draws a volume uniformly, then a slice by `lesion_slice_weights`; `num_samples` per epoch."""
+    """Draws a volume uniformly, then a slice by `lesion_slice_weights`; `num_samples` per epoch.
+
+    Each (seed, epoch) has its own stream. Lightning calls `set_epoch` at the start of every
+    epoch (also after a resume, and through its DistributedSamplerWrapper under DDP), so a resumed
+    run continues the stream; without a trainer each pass is the next epoch.
+    """
 
     def __init__(self, lesion_areas: Sequence[np.ndarray], num_samples: int, seed: int = 0) -> None:
         self.weights = [torch.as_tensor(lesion_slice_weights(a)) for a in lesion_areas]
@@ -37,8 +47,11 @@ class LesionWeightedSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.num_samples
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch))
         self.epoch += 1
         volumes = torch.randint(
             len(self.weights), (self.num_samples,), generator=generator

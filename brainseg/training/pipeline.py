@@ -25,6 +25,7 @@ from brainseg.training.checkpoints import AtomicCheckpointIO
 from brainseg.training.media import TrackerMedia
 from brainseg.training.module import SegmentationModule
 from brainseg.training.report import RunReport
+from brainseg.training.speed import apply_speed_settings
 
 log = logging.getLogger("brainseg")
 
@@ -139,6 +140,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         model.encoder_name,
         sum(p.numel() for p in module.parameters()) / 1e6,
     )
+    apply_speed_settings(module.net, cfg.get("channels_last", False), cfg.get("compile", False))
     report = RunReport(output_dir, to_plain(cfg), cfg.monitor)
     callbacks = _instantiate_group("callbacks", cfg.get("callbacks")) + [report]
     loggers = _instantiate_group("logger", cfg.get("logger"))
