@@ -14,17 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from brainseg.evaluation.volume_metrics import NSD_TOLERANCE, volume_metrics
+from brainseg.evaluation.volume_metrics import METRICS, NSD_TOLERANCE, volume_metrics
 from brainseg.metrics import dice_score
 
 METRIC_COLUMNS = [
-    "dsc",
-    "hd95",
-    "assd",
-    "nsd",
-    "volume_difference",
-    "lesion_recall",
-    "lesion_precision",
+    *METRICS,
     "lesions_true",
     "lesions_predicted",
     "lesions_found",

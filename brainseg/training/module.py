@@ -12,20 +12,13 @@ import torch
 from brainseg.config import instantiate_setting
 from brainseg.data.contract import SegmentationData
 from brainseg.errors import ConfigError
-from brainseg.evaluation.volume_metrics import NSD_TOLERANCE, volume_metrics
+from brainseg.evaluation.volume_metrics import METRICS, NSD_TOLERANCE, volume_metrics
 from brainseg.losses import build_loss
 from brainseg.metrics import VolumeDice, slice_metrics
 from brainseg.models import build_model
 
 # Per-volume metrics logged next to the Dice as patient means (brainseg.evaluation.volume_metrics).
-SURFACE_AND_DETECTION = (
-    "hd95",
-    "assd",
-    "nsd",
-    "volume_difference",
-    "lesion_recall",
-    "lesion_precision",
-)
+SURFACE_AND_DETECTION = METRICS[1:]  # all but the Dice, which VolumeDice logs itself
 
 
 class SegmentationModule(L.LightningModule):
