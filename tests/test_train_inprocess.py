@@ -182,7 +182,8 @@ def test_multirun_ddp_trap_is_refused(monkeypatch, trainer: dict, env: dict, ref
 
 def test_wandb_run_id_follows_the_run_directory(tmp_path: Path, monkeypatch) -> None:
     """A requeued job (same directory) resumes the same W&B run; another directory gets another."""
-    from brainseg.training.loggers import wandb_credentials, wandb_logger
+    from brainseg.tracking import wandb_credentials
+    from brainseg.training.loggers import wandb_logger
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

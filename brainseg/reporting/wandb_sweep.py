@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from brainseg.training.loggers import wandb_credentials
+from brainseg.tracking import wandb_credentials
 
 
 def _wandb_settings(sweep_dir: Path, jobs: list[dict[str, Any]]) -> dict[str, Any] | None:

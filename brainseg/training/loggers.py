@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import netrc
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-
-def wandb_credentials() -> bool:
-    """Whether W&B could log online without asking for a key (env var or ~/.netrc entry)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        return netrc.netrc().authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
+from brainseg.tracking import wandb_credentials
 
 
 def wandb_logger(
