@@ -28,7 +28,9 @@ def wandb_logger(
     with `wandb sync <save_dir>/wandb/offline-run-*`), so it never blocks asking for a key.
 
     The run id is derived from the job's output directory: a job that SLURM requeues into the same
-    directory resumes the same W&B run.
+    directory resumes the same W&B run. The mode is passed to `wandb.init` itself: Lightning's
+    offline switch only sets WANDB_MODE, which W&B ignores once its settings exist in the process
+    (an earlier run of a sweep, or the sweep report's run).
     """
     if offline == "auto":
         offline = not wandb_credentials()
@@ -45,6 +47,7 @@ def wandb_logger(
         resume="allow",
         tags=list(tags),
         job_type=job_type,
+        mode="offline" if offline else "online",
     )
 
 
