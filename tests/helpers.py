@@ -107,3 +107,24 @@ def read_wandb_records(path: Path) -> list:
         record.ParseFromString(raw)
         records.append(record)
     return records
+
+
+def tiny_datamodule(root: Path, cache: Path, *overrides: str):
+    """An LGGDataModule on tiny data (32 px, 2 validation patients), not yet set up."""
+    from omegaconf import OmegaConf
+
+    from brainseg.config import instantiate_setting
+
+    cfg = compose(
+        [
+            f"data.root={root}",
+            f"data.cache_dir={cache}",
+            "data.split.n_val=2",
+            "data.preprocess.image_size=32",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            *overrides,
+        ]
+    )
+    OmegaConf.resolve(cfg.data)  # no Hydra run here: resolve ${seed} before instantiating
+    return instantiate_setting("data", cfg.data)

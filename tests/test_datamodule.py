@@ -9,30 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import compose, snapshot
+from helpers import compose, snapshot, tiny_datamodule
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from brainseg.config import instantiate_setting
 from brainseg.data.contract import DataProvenance, SegmentationData, check_data_module
-from brainseg.data.datamodule import LGGDataModule
 from brainseg.errors import ConfigError
-
-
-def _datamodule(root: Path, cache: Path, *overrides: str) -> LGGDataModule:
-    cfg = compose(
-        [
-            f"data.root={root}",
-            f"data.cache_dir={cache}",
-            "data.split.n_val=2",
-            "data.preprocess.image_size=32",
-            "data.batch_size=4",
-            "data.num_workers=0",
-            *overrides,
-        ]
-    )
-    OmegaConf.resolve(cfg.data)  # no Hydra run here: resolve ${seed} before instantiating
-    return instantiate_setting("data", cfg.data)
 
 
 @pytest.mark.parametrize("augmentation", ["reference", "strong"])
@@ -55,7 +36,7 @@ def test_augmented_masks_stay_binary(augmentation: str) -> None:
 
 def test_batches_splits_and_data_root_untouched(synthetic_root: Path, tmp_path: Path) -> None:
     before = snapshot(synthetic_root)
-    dm = _datamodule(synthetic_root, tmp_path / "cache")
+    dm = tiny_datamodule(synthetic_root, tmp_path / "cache")
     dm.prepare_data()
     dm.setup("fit")
     batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
@@ -97,7 +78,7 @@ def test_a_data_module_outside_the_contract_is_named() -> None:
 def test_kfold_from_config(synthetic_root: Path, tmp_path: Path) -> None:
     vals = []
     for fold in range(3):
-        dm = _datamodule(
+        dm = tiny_datamodule(
             synthetic_root,
             tmp_path / "cache",
             "data.split.kind=kfold",
@@ -113,7 +94,7 @@ def _first_batches(root: Path, cache: Path, seed: int, workers: int) -> list[tor
     import lightning as L
 
     L.seed_everything(seed, workers=True)
-    dm = _datamodule(
+    dm = tiny_datamodule(
         root, cache, f"seed={seed}", "data.loader=workers", f"data.num_workers={workers}"
     )
     dm.setup("fit")
@@ -132,4 +113,4 @@ def test_seeded_loading_is_reproducible(synthetic_root: Path, tmp_path: Path, wo
 
 def test_cache_inside_data_root_is_refused(synthetic_root: Path) -> None:
     with pytest.raises(ConfigError, match="data.cache_dir=.* is inside data.root"):
-        _datamodule(synthetic_root, synthetic_root / "cache")
+        tiny_datamodule(synthetic_root, synthetic_root / "cache")

@@ -9,13 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import compose, compose_run
+from helpers import compose, compose_run, tiny_datamodule
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from scipy import ndimage, stats
 from torch.utils.data import DataLoader, DistributedSampler
 
-from brainseg.config import instantiate_setting
 from brainseg.data.datamodule import LGGDataModule, resolve_loader
 from brainseg.data.device_loader import DeviceEvalLoader, DeviceTrainLoader, EpochSampler
 from brainseg.data.sampling import lesion_slice_weights
@@ -28,19 +26,7 @@ def _device_augmentation(preset: str) -> torch.nn.Module:
 
 
 def _datamodule(root: Path, cache: Path, *overrides: str) -> LGGDataModule:
-    cfg = compose(
-        [
-            f"data.root={root}",
-            f"data.cache_dir={cache}",
-            "data.split.n_val=2",
-            "data.preprocess.image_size=32",
-            "data.batch_size=4",
-            "data.num_workers=0",
-            *overrides,
-        ]
-    )
-    OmegaConf.resolve(cfg.data)
-    dm = instantiate_setting("data", cfg.data)
+    dm = tiny_datamodule(root, cache, *overrides)
     dm.setup("fit")
     return dm
 
