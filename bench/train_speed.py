@@ -69,7 +69,9 @@ def settings(
     return rows
 
 
-def compose_config(root: str, size: int, cache_dir: str, setting: Setting) -> object:
+def compose_config(
+    root: str, size: int, cache_dir: str, setting: Setting, extra: list[str]
+) -> object:
     overrides = [
         "experiment=reference",
         f"data.root={root}",
@@ -80,6 +82,7 @@ def compose_config(root: str, size: int, cache_dir: str, setting: Setting) -> ob
         f"data.batch_size={setting.batch_size}",
         f"channels_last={setting.channels_last}",
         f"compile={setting.compile}",
+        *extra,
     ]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
@@ -107,7 +110,7 @@ def measure(
 ) -> tuple[float, float, float, float]:
     """samples/s, data-wait fraction, data milliseconds per batch, peak memory (MB) of one
     setting."""
-    cfg = compose_config(args.root, args.size, args.cache_dir, setting)
+    cfg = compose_config(args.root, args.size, args.cache_dir, setting, args.override)
     datamodule = instantiate_setting("data", cfg.data)
     datamodule.trainer = _Trainer(device)
     datamodule.setup("fit")
@@ -230,6 +233,9 @@ def main() -> int:
         "--cache-dir",
         default=os.path.join(tempfile.gettempdir(), "brainseg-bench-cache"),
         help="preprocessed-volume cache (filled on the first row)",
+    )
+    parser.add_argument(
+        "--override", nargs="+", default=[], help="more overrides, e.g. data.split.n_val=1"
     )
     parser.add_argument("--json", help="also write the rows to this JSON file")
     return exit_status(run, parser.parse_args())

@@ -12,7 +12,8 @@
 #                                           wheels, on a 3-patient archive (make gpu-check-rehearsal)
 # Environment: DATA (a kaggle_3m-layout folder, or for the check a .tar.xz of one; default
 # ../shared/data/lgg, for the check .gpudata/lgg.tar.xz where it exists), PY (default .venv/bin/python if present, else python3),
-# GPU_CHECK_DIR (where the logs go), PATIENTS (--pack: keep the first N patients),
+# GPU_CHECK_DIR (where the logs go), PATIENTS (--pack: keep the first N patients), PINS
+# (--rehearse: other versions for the bare Python, e.g. PINS="lightning==2.5.0 torchmetrics==1.4.0"),
 # CHANNELS_LAST=true / COMPILE=true (those training settings, conf/train.yaml, in the run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,10 +48,13 @@ if [ "$MODE" = rehearse ]; then
     BARE=.cache/gpu-check-rehearsal
     mkdir -p "$BARE"
     "$UV" export -q --frozen --no-hashes --no-dev --no-emit-project --no-header -o "$BARE/constraints.txt"
+    for pin in ${PINS:-}; do  # other versions than uv.lock's, e.g. PINS="lightning==2.5.0"
+        sed -i "/^${pin%%[=<>]*}==/d" "$BARE/constraints.txt"
+    done
     rm -rf "$BARE/python"
     "$UV" venv -q --seed --python .venv/bin/python "$BARE/python"
     "$UV" pip install -q --python "$BARE/python/bin/python" -c "$BARE/constraints.txt" \
-        torch lightning torchmetrics timm tifffile opencv-python-headless
+        torch lightning torchmetrics timm tifffile opencv-python-headless ${PINS:-}
     PY=$BARE/python/bin/python
     PYTHON_VERSION=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
         WHEELS=$BARE/whl bash scripts/gpu_wheels.sh
@@ -66,9 +70,10 @@ if [ "$MODE" = rehearse ]; then
     OUT=${GPU_CHECK_DIR:-outputs/gpu-check/$STAMP-rehearsal}
     # Tiny sizes: the same steps and code paths, minutes on two CPU cores.
     TESTS_ENV=(BRAINSEG_TEST_DEVICE=cpu)
-    SPEED_ARGS=(--size 64 --steps 2 --warmup 1 --batch-sizes 4 --workers 0 --no-compile)
-    AUGMENT_ARGS=(--size 64 --batch-sizes 4 --repeats 2)
-    RUN_ARGS=(trainer=cpu trainer.max_epochs=1 data.split.n_val=1 data.preprocess.image_size=64
+    SPEED_ARGS=(--size 32 --steps 2 --warmup 1 --batch-sizes 4 --workers 0 --no-compile
+                --override data.split.n_val=1)
+    AUGMENT_ARGS=(--size 32 --batch-sizes 4 --repeats 2)
+    RUN_ARGS=(trainer=cpu trainer.max_epochs=1 data.split.n_val=1 data.preprocess.image_size=32
               data.batch_size=4 trainer.limit_train_batches=3)
     LIMITS=(600 600 600 600)
 else
@@ -109,10 +114,13 @@ else
 fi
 "$PY" scripts/gpu_check_report.py versions "$OUT"
 if [[ "$DATA" == *.tar.xz && -f "$DATA" ]]; then  # data carried as one archive
-    tar xJf "$DATA" -C "$OUT" && DATA="$OUT/$(tar tJf "$DATA" | head -1 | cut -d/ -f1)"
+    tar xJf "$DATA" -C "$OUT"
+    DATA="$OUT/$(tar tJf "$DATA" | awk -F/ 'NR == 1 {print $1}')"  # its top folder (awk reads it all)
 fi
 [ -d "$DATA" ] || { echo "gpu-check: data root $DATA not found; set DATA=<kaggle_3m-layout folder or .tar.xz of one>" >&2; exit 2; }
-command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+if command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+fi
 
 FAILED=()
 step() {  # <limit s> <log name> <command...>: a failing or overrunning step is noted, the rest go on
@@ -146,7 +154,7 @@ step "${LIMITS[3]}" train.log "$PY" train.py experiment=reference "${RUN_ARGS[@]
     +callbacks.speed._target_=brainseg.training.speed.TrainingSpeed
 [ -z "$SMI" ] || kill "$SMI" 2>/dev/null || true
 
-"$PY" scripts/gpu_check_report.py summary "$OUT" "$JSON"
+"$PY" scripts/gpu_check_report.py summary "$OUT" "$JSON" || FAILED+=("the summary")
 if [ ${#FAILED[@]} -gt 0 ]; then
     printf 'gpu-check: failed: %s\n' "${FAILED[@]}" >&2
     echo "gpu-check: logs in $OUT" >&2

@@ -89,7 +89,8 @@ def _gpu_utilisation(path: Path) -> dict:
     }
 
 
-def summary(check_dir: Path, json_path: Path) -> None:
+def summary(check_dir: Path, json_path: Path) -> bool:
+    """Print the final table and write it as JSON; False if a figure is missing."""
     speed = _read_json(check_dir / "train_speed.json")
     augmentation = _read_json(check_dir / "device_augmentation.json")
     best = _read_json(check_dir / "run" / "metrics.json").get("best") or {}
@@ -151,15 +152,21 @@ def summary(check_dir: Path, json_path: Path) -> None:
             f"{gpu['busy_samples']} busy samples, memory used up to "
             f"{gpu['memory_used_mib']:.0f} MiB"
         )
+    rows = speed.get("rows", [])
+    return bool(rows and augmentation.get("rows") and run["epochs"]) and not any(
+        "error" in row for row in rows
+    )
 
 
 def main() -> int:
     command, check_dir = sys.argv[1], Path(sys.argv[2])
     if command == "versions":
         versions(check_dir)
-    else:
-        summary(check_dir, Path(sys.argv[3]))
-    return 0
+        return 0
+    if summary(check_dir, Path(sys.argv[3])):
+        return 0
+    print("gpu-check: figures are missing from the table (a step or a row failed)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
