@@ -45,7 +45,7 @@ if [ "$MODE" = rehearse ]; then
     # The GPU machine's situation, built here: a bare Python from uv's cache (or PyPI), the
     # wheels scripts/gpu_wheels.sh carries for that Python, and a small data archive.
     UV=${UV:-$(command -v uv || echo .tools/bin/uv)}
-    BARE=.cache/gpu-check-rehearsal
+    BARE=.cache/gpu-check-rehearsal${PINS:+-$(echo "$PINS" | tr ' =' '_-')}
     mkdir -p "$BARE"
     "$UV" export -q --frozen --no-hashes --no-dev --no-emit-project --no-header -o "$BARE/constraints.txt"
     for pin in ${PINS:-}; do  # other versions than uv.lock's, e.g. PINS="lightning==2.5.0"
