@@ -8,7 +8,7 @@ import sys
 
 from brainseg.cli import exit_status
 from brainseg.evaluation.folder import evaluate_folder
-from brainseg.evaluation.volume_metrics import NSD_TOLERANCE
+from brainseg.metrics import NSD_TOLERANCE
 from brainseg.postprocessing import STEPS
 
 
