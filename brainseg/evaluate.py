@@ -7,9 +7,9 @@ import argparse
 import sys
 
 from brainseg.cli import exit_status
-from brainseg.reporting.folder import evaluate_folder
 from brainseg.metrics import NSD_TOLERANCE
 from brainseg.postprocessing import STEPS
+from brainseg.reporting.folder import evaluate_folder
 
 
 def main(argv: list[str] | None = None) -> int:
