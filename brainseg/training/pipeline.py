@@ -25,7 +25,7 @@ from brainseg.training.checkpoints import AtomicCheckpointIO
 from brainseg.training.media import TrackerMedia
 from brainseg.training.module import SegmentationModule
 from brainseg.training.report import RunReport
-from brainseg.training.speed import apply_speed_settings
+from brainseg.training.speed_settings import apply_speed_settings
 
 log = logging.getLogger("brainseg")
 
