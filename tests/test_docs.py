@@ -60,12 +60,22 @@ def test_readme_is_a_short_front_door() -> None:
     assert len((PROJECT / "README.md").read_text().splitlines()) <= 200
 
 
+def _anchors(markdown: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", markdown.read_text(), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
+
+
 def test_relative_links_in_the_documentation_resolve() -> None:
-    link = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
-    broken = [
-        f"{doc.relative_to(PROJECT)}: {target}"
-        for doc in DOCUMENTS
-        for target in link.findall(doc.read_text())
-        if "://" not in target and not (doc.parent / target).exists()
-    ]
+    link = re.compile(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)")
+    broken = []
+    for doc in DOCUMENTS:
+        for target, anchor in link.findall(doc.read_text()):
+            if "://" in target:
+                continue
+            path = (doc.parent / target) if target else doc
+            if not path.exists() or (
+                anchor and path.suffix == ".md" and anchor not in _anchors(path)
+            ):
+                broken.append(f"{doc.relative_to(PROJECT)}: {target}#{anchor}")
     assert broken == []
