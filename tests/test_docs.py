@@ -28,9 +28,6 @@ DEVELOPMENT_PHRASES = [
     r"\bdevice tool\b",
     r"\bissue ?#?\d+",
     r"\bthis project's\b",
-    r"\bintegrators?\b",
-    r"\bother (agents|workers|sessions)\b",
-    r"\bworker h[A-Z]\d?\b",
 ]
 
 
