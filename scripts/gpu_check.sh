@@ -151,7 +151,7 @@ fi
 step "${LIMITS[3]}" train.log "$PY" train.py experiment=reference "${RUN_ARGS[@]}" "data.root=$DATA" \
     "data.cache_dir=$OUT/cache" "hydra.run.dir=$OUT/run" \
     "channels_last=${CHANNELS_LAST:-false}" "compile=${COMPILE:-false}" \
-    +callbacks.speed._target_=brainseg.training.speed.TrainingSpeed
+    +callbacks.speed._target_=bench.speed.TrainingSpeed
 [ -z "$SMI" ] || kill "$SMI" 2>/dev/null || true
 
 "$PY" scripts/gpu_check_report.py summary "$OUT" "$JSON" || FAILED+=("the summary")
