@@ -13,7 +13,8 @@
 # Environment: DATA (a kaggle_3m-layout folder, or for the check a .tar.xz of one; default
 # ../shared/data/lgg, for the check .gpudata/lgg.tar.xz where it exists), PY (default .venv/bin/python if present, else python3),
 # GPU_CHECK_DIR (where the logs go), PATIENTS (--pack: keep the first N patients), PINS
-# (--rehearse: other versions for the bare Python, e.g. PINS="lightning==2.5.0 torchmetrics==1.4.0"),
+# (--rehearse: other versions for the bare Python, e.g. PINS="lightning==2.5.0 torchmetrics==1.4.0";
+# then only torch and torchvision keep uv.lock's versions),
 # CHANNELS_LAST=true / COMPILE=true (those training settings, conf/train.yaml, in the run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,9 +49,9 @@ if [ "$MODE" = rehearse ]; then
     BARE=.cache/gpu-check-rehearsal${PINS:+-$(echo "$PINS" | tr ' =' '_-')}
     mkdir -p "$BARE"
     "$UV" export -q --frozen --no-hashes --no-dev --no-emit-project --no-header -o "$BARE/constraints.txt"
-    for pin in ${PINS:-}; do  # other versions than uv.lock's, e.g. PINS="lightning==2.5.0"
-        sed -i "/^${pin%%[=<>]*}==/d" "$BARE/constraints.txt"
-    done
+    if [ -n "${PINS:-}" ]; then  # other versions: uv.lock keeps only torch and torchvision
+        sed -i -n '/^torch==/p; /^torchvision==/p' "$BARE/constraints.txt"
+    fi
     rm -rf "$BARE/python"
     "$UV" venv -q --seed --python .venv/bin/python "$BARE/python"
     "$UV" pip install -q --python "$BARE/python/bin/python" -c "$BARE/constraints.txt" \
