@@ -19,7 +19,7 @@ from brainseg.errors import ConfigError
 @pytest.mark.parametrize("augmentation", ["reference", "strong"])
 def test_augmented_masks_stay_binary(augmentation: str) -> None:
     cfg = compose([f"data/augmentation={augmentation}"])
-    transform = instantiate(cfg.data.augmentation.workers)
+    transform = instantiate(cfg.data.augmentation, _convert_="all")
     transform.set_random_seed(0)
     rng = np.random.default_rng(0)
     image = rng.random((48, 48, 3), dtype=np.float32)
