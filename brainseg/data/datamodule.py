@@ -177,7 +177,12 @@ class LGGDataModule(L.LightningDataModule):
         }
 
     def write_split(self, path: Path) -> None:
-        payload = {"kind": self.split_config.kind, **self.split.to_dict(), "root": str(self.root)}
+        payload = {
+            "kind": self.split_config.kind,
+            "n_inner_val": self.split_config.n_inner_val,  # >= 1: the test set is the held-out fold
+            **self.split.to_dict(),
+            "root": str(self.root),
+        }
         path.write_text(json.dumps(payload, indent=2))
 
     def on_after_batch_transfer(
