@@ -39,7 +39,7 @@ from omegaconf import DictConfig
 from brainseg.cli import FAILURE_FILE
 from brainseg.evaluation.folds import CV_RULES, reported_scores
 from brainseg.evaluation.statistics import LEVEL, compare_configurations
-from brainseg.evaluation.volume_metrics import METRICS
+from brainseg.metrics import METRICS
 from brainseg.reporting.figures import heat_map, strip_box_plot
 from brainseg.reporting.wandb_sweep import log_sweep_report
 
