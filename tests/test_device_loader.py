@@ -247,6 +247,24 @@ def test_auto_follows_the_training_device(synthetic_root: Path, tmp_path: Path) 
     assert auto_loader(torch.device("cpu")) == "workers"
     dm = _datamodule(synthetic_root, tmp_path / "cache", "data.loader=auto")  # no trainer: CPU
     assert dm.loader == "workers" and isinstance(dm.train_dataloader(), DataLoader)
+    on_gpu = type(  # what setup() reads from a Lightning trainer on a GPU (nothing is moved)
+        "Trainer",
+        (),
+        {
+            "strategy": type("S", (), {"root_device": torch.device("cuda", 0)})(),
+            "global_rank": 0,
+            "world_size": 1,
+        },
+    )()
+    dm = tiny_datamodule(synthetic_root, tmp_path / "cache", "data.loader=auto")
+    dm.trainer = on_gpu
+    dm.setup("fit")
+    assert dm.loader == "device" and dm.device_augmentation is not None
+    extra = "+data.augmentation.transforms=[{_target_: albumentations.CLAHE}]"
+    dm = tiny_datamodule(synthetic_root, tmp_path / "cache", "data.loader=auto", extra)
+    dm.trainer = on_gpu
+    with pytest.raises(ConfigError, match=r"CLAHE has no device version; use data.loader=workers"):
+        dm.setup("fit")
     with pytest.raises(
         ConfigError,
         match=r"data.loader='gpu' is unknown; choose one of \['workers', 'device', 'auto'\]",
