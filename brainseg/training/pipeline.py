@@ -20,7 +20,7 @@ from brainseg.cli import check_output_outside_data
 from brainseg.config import instantiate_setting, job_overrides, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
-from brainseg.evaluation.folds import CV_RULES, inner_validation
+from brainseg.evaluation.folds import inner_validation
 from brainseg.quiet import quiet_libraries
 from brainseg.training.checkpoints import AtomicCheckpointIO
 from brainseg.training.media import TrackerMedia
@@ -204,9 +204,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if metrics.get("test"):
         test = metrics["test"]
         log.info(
-            "test (%s: %s): dsc_volume mean %.4f, median %.4f (%d patients)",
+            "test (rule %s, the checkpoint best on validation): "
+            "dsc_volume mean %.4f, median %.4f (%d patients)",
             test["rule"],
-            CV_RULES[test["rule"]],
             test["dsc_volume_mean"],
             test["dsc_volume_median"],
             len(test["per_patient"]),
