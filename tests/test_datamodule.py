@@ -114,3 +114,15 @@ def test_seeded_loading_is_reproducible(synthetic_root: Path, tmp_path: Path, wo
 def test_cache_inside_data_root_is_refused(synthetic_root: Path) -> None:
     with pytest.raises(ConfigError, match="data.cache_dir=.* is inside data.root"):
         tiny_datamodule(synthetic_root, synthetic_root / "cache")
+
+
+def test_an_augmentation_preset_in_the_old_two_version_form_is_named() -> None:
+    from brainseg.data.datamodule import check_augmentation
+
+    with pytest.raises(
+        ConfigError,
+        match=r"data.augmentation must be an albumentations transform or Compose "
+        r"\(conf/data/augmentation/\*.yaml\), got dict keys \['device', 'workers'\]",
+    ):
+        check_augmentation({"workers": {}, "device": {}})
+    assert check_augmentation({}) is None  # the `none` preset
