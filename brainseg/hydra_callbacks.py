@@ -4,6 +4,7 @@ a sweep with failed jobs exits non-zero."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -11,7 +12,6 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from brainseg.cli import check_output_outside_data
@@ -54,10 +54,13 @@ def _check_targets(group: str, entries: Any) -> None:
         target = node.get("_target_") if isinstance(node, DictConfig) else None
         if target is None:
             continue
+        module, _, attribute = str(target).rpartition(".")
         try:
-            get_object(str(target))
-        except Exception:  # noqa: BLE001 - Hydra raises several kinds for a name it cannot import
-            raise ConfigError(f"{group}.{name}._target_: cannot import {target!r}") from None
+            found = hasattr(importlib.import_module(module), attribute)
+        except (ImportError, ValueError):  # ValueError: an empty module name
+            found = False
+        if not found:
+            raise ConfigError(f"{group}.{name}._target_: cannot import {target!r}")
 
 
 def _scheduler(config: DictConfig, optimizer: Any) -> None:
@@ -95,11 +98,13 @@ def preflight(config: DictConfig, swept: list[str]) -> None:
         build_loss(**to_plain(config.loss))
     if shared("postprocessing"):
         check_steps(to_plain(config.postprocessing))
+    params = model.parameters() if model is not None else [torch.nn.Parameter(torch.zeros(1))]
     if shared("optimizer"):
-        params = model.parameters() if model is not None else [torch.nn.Parameter(torch.zeros(1))]
         optimizer = instantiate_setting("optimizer", config.optimizer, params=params)
-        if shared("scheduler"):
-            _scheduler(config, optimizer)
+    else:  # the scheduler is checked on a stand-in for the optimizers the jobs build
+        optimizer = torch.optim.SGD(params, lr=0.1)
+    if shared("scheduler"):
+        _scheduler(config, optimizer)
     for group in ("callbacks", "logger"):
         if shared(group):
             _check_targets(group, config[group])
