@@ -12,10 +12,12 @@ from helpers import PROJECT
 
 # Lowest first. A part is a top-level module or folder of brainseg/; entry points stand on top.
 LAYERS: list[set[str]] = [
-    {"", "errors", "quiet", "tracking"},  # "" = brainseg/__init__.py
+    {"", "errors"},  # "" = brainseg/__init__.py
+    {"quiet", "tracking"},
     {"config"},  # Hydra helpers: instantiation, resolvers, a job's swept keys
+    {"metrics", "models", "losses", "checkpoint"},
+    {"runfiles"},  # the formats of the files a run writes (may name the metrics' columns)
     {"cli"},  # entry-point plumbing: one-line user errors, exit status, failure records
-    {"metrics", "models", "losses", "checkpoint", "runfiles"},
     {"data"},
     {"postprocessing"},  # steps and the decision rule; may score with metrics
     {"evaluation"},  # pure computation: statistics, folds
@@ -170,6 +172,6 @@ def test_the_rules_catch_an_upward_import_and_a_loop(tmp_path: Path) -> None:
         "brainseg.reporting.scores": 5,
     }
     assert upward_imports(graph) == [
-        "brainseg.evaluation.folds (layer 6), line 5, imports brainseg.reporting.scores (layer 7)"
+        "brainseg.evaluation.folds (layer 8), line 5, imports brainseg.reporting.scores (layer 9)"
     ]
     assert cycles(graph) == [["brainseg.evaluation.folds", "brainseg.reporting.scores"]]
