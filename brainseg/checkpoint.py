@@ -143,6 +143,13 @@ def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
         raise
 
 
+def remove_temporary_files(folder: Path) -> None:
+    """Partial checkpoints left in `folder` by a process killed mid-write (call only while owning
+    the run directory: no other process writes there)."""
+    for path in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+        path.unlink(missing_ok=True)
+
+
 def prediction_only(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The part of a training checkpoint that predict.py uses (weights and provenance,
     no optimizer state)."""
