@@ -1,16 +1,23 @@
 """Checkpoints are safe to open: a file that would run code when unpickled is refused, unrun, on
-every path that reads one (predict.py, `ckpt_path`, auto-resume, Lightning's own reads)."""
+every path that reads one (predict.py, `ckpt_path`, auto-resume, Lightning's own reads). Writes
+are atomic: a full disk or a kill mid-write keeps the previous file and leaves no partial one."""
 
 from __future__ import annotations
 
+import errno
+import os
+import subprocess
+import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import PROJECT, compose_run, run_cli
 
-from brainseg.checkpoint import read_checkpoint
+from brainseg.checkpoint import read_checkpoint, remove_temporary_files, save_atomically
 from brainseg.errors import DataError
+from brainseg.run_lock import own_run_directory
 from brainseg.training.checkpoints import AtomicCheckpointIO
 
 
@@ -99,3 +106,55 @@ def test_checkpoints_train_py_writes_load_safely(tiny_run: Path) -> None:
     assert len(paths) == 2
     for path in paths:
         assert "brainseg" in read_checkpoint(path)
+
+
+def test_a_full_disk_is_named_and_leaves_the_previous_file(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "last.ckpt"
+    save_atomically({"epoch": 1}, path)
+
+    def fills_the_disk(obj, f, *args, **kwargs):
+        with open(f, "ab") if isinstance(f, (str, Path)) else nullcontext(f) as fh:
+            fh.write(b"PK\x03\x04 partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", fills_the_disk)
+    with pytest.raises(DataError) as raised:  # before: a bare C++ RuntimeError
+        save_atomically({"epoch": 2}, path)
+    assert str(raised.value) == f"no space left on device writing {path}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # before: a partial file
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+
+
+KILLED_MID_WRITE = """
+import sys, time
+from pathlib import Path
+import torch
+from brainseg.checkpoint import save_atomically
+
+def slow_save(obj, f, *args, **kwargs):
+    f.write(b"PK\\x03\\x04 partial")
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(600)
+
+torch.save = slow_save
+save_atomically({"epoch": 2}, Path(sys.argv[1]))
+"""
+
+
+def test_a_kill_during_a_checkpoint_write_keeps_the_previous_file(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    path = run / "checkpoints" / "last.ckpt"
+    save_atomically({"epoch": 1}, path)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", KILLED_MID_WRITE, str(path)], cwd=PROJECT, stdout=subprocess.PIPE
+    )
+    assert writer.stdout.readline().strip() == b"writing"
+    writer.kill()
+    writer.wait()
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    (partial,) = [p for p in path.parent.iterdir() if p.name != "last.ckpt"]
+    assert str(writer.pid) in partial.name  # each process writes its own temporary file
+    with own_run_directory(run):  # what train.py does first
+        remove_temporary_files(path.parent)
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
