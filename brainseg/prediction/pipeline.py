@@ -27,15 +27,15 @@ from brainseg.prediction.members import (
     load_onnx,
 )
 from brainseg.prediction.postprocess import resolve_postprocessing
-from brainseg.prediction.subsets import (
-    HELD_OUT,
-    member_plan,
-    subset_summary,
-    subsets_for,
-    warn_seen_in_training,
-)
+from brainseg.prediction.subsets import member_plan, subsets_for, warn_seen_in_training
 from brainseg.reporting.figures import bar_chart, write_overlays
-from brainseg.reporting.scores import patient_row, write_scores
+from brainseg.reporting.scores import (
+    HELD_OUT,
+    headline,
+    patient_row,
+    subset_summary,
+    write_scores,
+)
 
 log = logging.getLogger("brainseg")
 
@@ -194,19 +194,3 @@ def figure_note(
     models = shown if len(members) == 1 else f"{len(members)} members ({ensemble}): {shown}"
     postprocessing = ", ".join(s["name"] for s in steps) or "none"
     return f"{models}\nthreshold {threshold:g}, post-processing: {postprocessing}"
-
-
-def headline(scores: dict[str, Any], steps: list[dict[str, Any]], out: Path) -> str:
-    """The log line: held-out patients only; training patients are named as left out."""
-    trained = scores["by_subset"].get("train", {}).get("dsc", {}).get("n", 0)
-    left_out = f"; {trained} training patient(s) left out (see dsc_summary.json)" if trained else ""
-    if not scores["n_held_out"]:
-        return (
-            f"no held-out patients to score: all {trained} were seen in training "
-            f"(see dsc_summary.json); {out}"
-        )
-    return (
-        f"per-volume DSC over {scores['n_held_out']} held-out patients: "
-        f"mean {scores['dsc']['mean']:.4f}, median {scores['dsc']['median']:.4f} "
-        f"(postprocessing={[s['name'] for s in steps]}){left_out}; {out}"
-    )
