@@ -17,7 +17,7 @@ from tqdm import tqdm
 from brainseg.config import to_plain
 from brainseg.data.reader import find_patients, read_patient
 from brainseg.errors import ConfigError
-from brainseg.postprocessing import apply
+from brainseg.postprocessing import apply, check_steps
 from brainseg.prediction.inference import Predictor, tta_views
 from brainseg.prediction.members import (
     Member,
@@ -91,6 +91,9 @@ def _device(name: str) -> str:
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Run inference (or `export=onnx`); returns the run summary written to prediction.json."""
+    setting = to_plain(cfg.get("postprocessing"))
+    if isinstance(setting, list):  # checked before any work (auto is checked when decided)
+        check_steps(setting, "postprocessing")
     members = load_members(cfg)
     if cfg.get("export"):
         if cfg.export != "onnx":

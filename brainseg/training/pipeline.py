@@ -20,6 +20,7 @@ from brainseg.cli import check_output_outside_data, job_overrides
 from brainseg.config import instantiate_setting, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
+from brainseg.postprocessing import check_steps
 from brainseg.quiet import quiet_libraries
 from brainseg.run_lock import own_run_directory
 from brainseg.training.checkpoints import AtomicCheckpointIO
@@ -126,6 +127,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and optionally test) one configuration; returns the content of metrics.json."""
     quiet_libraries()
     check_sweep_ranks(cfg.trainer)
+    check_steps(to_plain(cfg.get("postprocessing")), "postprocessing")
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     if cfg.data.get("root"):
