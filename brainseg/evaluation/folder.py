@@ -13,6 +13,7 @@ import tifffile
 from brainseg.data.reader import read_mask, scan_masks
 from brainseg.errors import ConfigError, DataError
 from brainseg.evaluation.volume_metrics import NSD_TOLERANCE
+from brainseg.paths import resolve_path
 from brainseg.postprocessing import apply, check_steps
 from brainseg.reporting.figures import bar_chart
 from brainseg.reporting.scores import (
@@ -116,7 +117,14 @@ def evaluate_folder(
     With a `split`, each row gets its `subset` and the summary headlines the held-out patients,
     as predict.py does.
     """
-    pred_root, truth_root, out = (Path(p).resolve() for p in (pred_root, truth_root, output_dir))
+    pred_root, truth_root, out = (
+        resolve_path(path, setting)
+        for path, setting in (
+            (pred_root, "pred_dir"),
+            (truth_root, "truth_dir"),
+            (output_dir, "--output"),
+        )
+    )
     steps = check_steps(postprocessing, setting="--postprocessing")
     for root in (pred_root, truth_root):
         if out == root or out.is_relative_to(root):
@@ -127,7 +135,7 @@ def evaluate_folder(
         )
     subsets = None
     if split is not None:
-        subsets = read_subsets(Path(split).resolve(), sorted(mask_files(truth_root)))
+        subsets = read_subsets(resolve_path(split, "--split"), sorted(mask_files(truth_root)))
     rows = []
     for name, pred, truth in paired_volumes(pred_root, truth_root):
         row = patient_row(name, truth, apply(pred, steps), tolerance=tolerance)
