@@ -1,6 +1,6 @@
 """`python -m brainseg.evaluate PRED_DIR TRUTH_DIR --output OUT_DIR [--split RUN_DIR]`: score
 predicted masks from any program against truth masks, both in the kaggle_3m layout (see
-brainseg.evaluation.folder)."""
+brainseg.reporting.folder)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from brainseg.cli import exit_status
-from brainseg.evaluation.folder import evaluate_folder
-from brainseg.evaluation.volume_metrics import NSD_TOLERANCE
+from brainseg.metrics import NSD_TOLERANCE
 from brainseg.postprocessing import STEPS
+from brainseg.reporting.folder import evaluate_folder
 from brainseg.reporting.scores import headline
 
 

@@ -5,9 +5,9 @@ CSV rows and logs.
 process: the OS releases it when the owner exits or dies, so a lock file left by a killed run is
 stale and simply taken over, on any host that shares the folder.
 
-train.py takes the lock before its first write; a Hydra callback checks it even earlier, before
-Hydra writes the run's `.hydra/` files and log, so a refused start leaves the running one's files
-untouched.
+train.py takes the lock before its first write; a Hydra callback (RefuseBusyRunDirectory) checks
+it even earlier, before Hydra writes the run's `.hydra/` files and log, so a refused start leaves
+the running one's files untouched.
 """
 
 from __future__ import annotations
@@ -17,14 +17,9 @@ import json
 import logging
 import os
 import socket
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
 
 from brainseg.errors import ConfigError
 
@@ -80,14 +75,3 @@ def check_run_directory_free(run_dir: Path) -> None:
     path = run_dir / LOCK_NAME
     if path.is_file():
         os.close(_open_locked(path))
-
-
-class RefuseBusyRunDirectory(Callback):
-    """Refuse a run directory held by a live train.py before Hydra writes into it."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
-            check_run_directory_free(Path.cwd() / str(OmegaConf.select(config, "hydra.run.dir")))
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None

@@ -12,7 +12,7 @@ import tifffile
 
 from brainseg.data.reader import read_mask, scan_masks
 from brainseg.errors import ConfigError, DataError
-from brainseg.evaluation.volume_metrics import NSD_TOLERANCE
+from brainseg.metrics import NSD_TOLERANCE
 from brainseg.paths import resolve_path
 from brainseg.postprocessing import apply, check_steps
 from brainseg.reporting.figures import bar_chart
