@@ -66,13 +66,10 @@ class Provenance:
 
 
 def _refused_global(exc: pickle.UnpicklingError) -> str | None:
-    """What a weights-only load refused, from torch's message (`GLOBAL builtins.exec`), if that
-    was the reason."""
+    """The class or function a weights-only load refused (`exec`, `posix.system`), if that was
+    the reason, from torch's message."""
     found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-    if found:
-        return found.group(1)
-    found = re.search(r"WeightsUnpickler error: ([^\n]+)", str(exc))
-    return found.group(1).strip().rstrip(".") if found else None
+    return found.group(1) if found else None
 
 
 def load_safely(path: str | Path, map_location: Any = "cpu") -> Any:
@@ -83,7 +80,9 @@ def load_safely(path: str | Path, map_location: Any = "cpu") -> Any:
     except pickle.UnpicklingError as exc:
         needed = _refused_global(exc)
         if needed is None:
-            raise DataError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+            raise DataError(
+                f"{path}: not a readable PyTorch checkpoint (UnpicklingError)"
+            ) from None
         raise DataError(
             f"{path}: refused: loading it needs {needed}, which could run code "
             "(a checkpoint may hold only tensors and plain values)"

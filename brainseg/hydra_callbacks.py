@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from brainseg.cli import check_output_outside_data
 from brainseg.config import SWEPT_KEYS_ENV, instantiate_setting, swept_keys, to_plain
 from brainseg.errors import BrainsegError, ConfigError
-from brainseg.run_lock import check_run_directory_free
+from brainseg.run_lock import check_run_directory_free, is_first_rank
 
 
 class RefuseOutputInsideData(Callback):
@@ -48,6 +48,8 @@ class RefuseBusyRunDirectory(Callback):
     log into it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not is_first_rank():  # DDP ranks run in rank 0's directory
+            return
         try:
             check_run_directory_free(Path.cwd() / str(OmegaConf.select(config, "hydra.run.dir")))
         except ConfigError as exc:

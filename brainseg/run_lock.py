@@ -27,6 +27,13 @@ log = logging.getLogger("brainseg")
 LOCK_NAME = ".lock"
 
 
+def is_first_rank() -> bool:
+    """Not a DDP rank started for a run by Lightning, torchrun or srun: those share the run
+    directory of rank 0, which owns it."""
+    ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+    return all(os.environ.get(name, "0") == "0" for name in ranks)
+
+
 def _owner(path: Path) -> str:
     try:
         info = json.loads(path.read_text())

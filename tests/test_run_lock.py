@@ -14,7 +14,12 @@ import pytest
 from helpers import PROJECT, compose_run, run_cli, tiny_train_overrides
 
 from brainseg.errors import ConfigError
-from brainseg.run_lock import LOCK_NAME, check_run_directory_free, own_run_directory
+from brainseg.run_lock import (
+    LOCK_NAME,
+    check_run_directory_free,
+    is_first_rank,
+    own_run_directory,
+)
 
 HOLD = """
 import sys, time
@@ -87,3 +92,19 @@ def test_train_py_refuses_a_busy_run_directory_before_writing(
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
     assert line.startswith(f"error: {run}: run directory in use by pid {pid}"), line
     assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]  # no .hydra/, log or checkpoints
+
+
+def test_ddp_ranks_work_in_the_directory_rank_0_holds(
+    held_run: tuple[Path, int], monkeypatch
+) -> None:
+    from omegaconf import OmegaConf
+
+    from brainseg.hydra_callbacks import RefuseBusyRunDirectory
+
+    run, _ = held_run
+    config = OmegaConf.create({"hydra": {"run": {"dir": str(run)}}})
+    with pytest.raises(SystemExit):
+        RefuseBusyRunDirectory().on_run_start(config)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a rank Lightning's DDP launcher started
+    assert not is_first_rank()
+    RefuseBusyRunDirectory().on_run_start(config)

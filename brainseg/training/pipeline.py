@@ -22,7 +22,7 @@ from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
 from brainseg.postprocessing import check_steps
 from brainseg.quiet import quiet_libraries
-from brainseg.run_lock import own_run_directory
+from brainseg.run_lock import is_first_rank, own_run_directory
 from brainseg.training.checkpoints import AtomicCheckpointIO
 from brainseg.training.media import TrackerMedia
 from brainseg.training.module import SegmentationModule
@@ -116,13 +116,6 @@ def _finish_wandb_run(report: RunReport) -> None:
         log.info("W&B run logged offline to %s; upload it with: wandb sync %s", folder, folder)
 
 
-def _is_first_process() -> bool:
-    """Not a DDP rank started for this run by Lightning, torchrun or srun (those share the run
-    directory of rank 0, which owns it)."""
-    ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
-    return all(os.environ.get(name, "0") == "0" for name in ranks)
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and optionally test) one configuration; returns the content of metrics.json."""
     quiet_libraries()
@@ -134,7 +127,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_output_outside_data(
             output_dir, to_absolute_path(str(cfg.data.root)), "paths.output_dir"
         )
-    if not _is_first_process():
+    if not is_first_rank():
         return _fit(cfg, output_dir)
     with own_run_directory(output_dir):
         remove_temporary_files(output_dir / "checkpoints")
