@@ -15,15 +15,9 @@ from typing import Any
 import numpy as np
 
 from brainseg.evaluation.folds import Split
-from brainseg.metrics import METRICS, NSD_TOLERANCE, dice_score, volume_metrics
+from brainseg.metrics import COUNTS, METRICS, NSD_TOLERANCE, dice_score, volume_metrics
 
-METRIC_COLUMNS = [
-    *METRICS,
-    "lesions_true",
-    "lesions_predicted",
-    "lesions_found",
-    "lesions_hit",
-]
+METRIC_COLUMNS = [*METRICS, *COUNTS]
 VOLUME_COLUMNS = ["lesion_voxels", "predicted_voxels", "slices"]
 # Which patients a score may be trusted on: the headline is over the held-out ones only.
 SUBSETS = ("train", "val", "test", "unseen")
