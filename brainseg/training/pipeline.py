@@ -20,6 +20,7 @@ from brainseg.cli import check_output_outside_data
 from brainseg.config import instantiate_setting, job_overrides, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
+from brainseg.evaluation.folds import inner_validation
 from brainseg.postprocessing import check_steps
 from brainseg.quiet import quiet_libraries
 from brainseg.run_lock import is_first_rank, own_run_directory
@@ -176,20 +177,19 @@ def _fit(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     )
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=_auto_resume(cfg, output_dir, module))
-        test_scores = None
+        # the inner-validation rule scores each fold's held-out patients as its test set
         if (
-            cfg.get("test")
+            (cfg.get("test") or inner_validation(report.config))
             and trainer.checkpoint_callback
             and trainer.checkpoint_callback.best_model_path
         ):
             trainer.test(
                 module, datamodule=datamodule, ckpt_path=trainer.checkpoint_callback.best_model_path
             )
-            test_scores = module.volume_scores.get("test")
     finally:
         if any(isinstance(logger, WandbLogger) for logger in loggers):
             _finish_wandb_run(report)
-    metrics = report.write_metrics(trainer, test_scores) if trainer.is_global_zero else {}
+    metrics = report.write_metrics(trainer) if trainer.is_global_zero else {}
     if metrics.get("best"):
         best = metrics["best"]
         median = best["dsc_volume_median"]
@@ -212,5 +212,15 @@ def _fit(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             chosen["dsc_volume_median"],
             chosen.get("hd95", float("nan")),
             chosen["epoch"],
+        )
+    if metrics.get("test"):
+        test = metrics["test"]
+        log.info(
+            "test (rule %s, the checkpoint best on validation): "
+            "dsc_volume mean %.4f, median %.4f (%d patients)",
+            test["rule"],
+            test["dsc_volume_mean"],
+            test["dsc_volume_median"],
+            len(test["per_patient"]),
         )
     return metrics
