@@ -125,13 +125,13 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
 @pytest.mark.slow  # tiny_run trains
 def test_checkpoint_rebuilds_the_trained_network(tiny_run: Path) -> None:
     member = load_checkpoint(tiny_run / "checkpoints" / "last.ckpt")
-    assert member.model["encoder_name"] == "resnet18" and member.preprocess.image_size == 32
+    assert member.model["encoder_name"] == "tu-test_resnet" and member.preprocess.image_size == 32
     assert member(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
     with pytest.raises(
         ConfigError,
         match=(
             "model.encoder_name='resnet34' does not match last.ckpt, "
-            "trained with model.encoder_name='resnet18'"
+            "trained with model.encoder_name='tu-test_resnet'"
         ),
     ):
         load_checkpoint(tiny_run / "checkpoints" / "last.ckpt", {"encoder_name": "resnet34"})
