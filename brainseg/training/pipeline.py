@@ -21,7 +21,7 @@ from brainseg.config import instantiate_setting, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
 from brainseg.quiet import quiet_libraries
-from brainseg.training.checkpoints import AtomicCheckpointIO
+from brainseg.training.checkpoints import AtomicCheckpointIO, LastCheckpoint
 from brainseg.training.media import TrackerMedia
 from brainseg.training.module import SegmentationModule
 from brainseg.training.report import RunReport
@@ -177,7 +177,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     finally:
         if any(isinstance(logger, WandbLogger) for logger in loggers):
             _finish_wandb_run(report)
-    metrics = report.write_metrics(trainer, test_scores) if trainer.is_global_zero else {}
+    metrics = {}
+    if trainer.is_global_zero:
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, LastCheckpoint):
+                callback.job_succeeded()
+        metrics = report.write_metrics(trainer, test_scores)
     if metrics.get("best"):
         best = metrics["best"]
         median = best["dsc_volume_median"]
