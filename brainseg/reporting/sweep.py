@@ -127,16 +127,46 @@ def _varying(jobs: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({j["overrides"].get(k) for j in jobs}) > 1]
 
 
-def _label(job: dict[str, Any], keys: list[str], fallback: str | None = None) -> str:
-    text = " ".join(f"{k}={job['overrides'][k]}" for k in keys if k in job["overrides"])
-    return text or (fallback if fallback is not None else f"job {job['job']}")
+def _is_decimal(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return any(c in value.lower() for c in ".e")
+
+
+def _significant_digits(jobs: list[dict[str, Any]], keys: list[str]) -> int:
+    """The fewest significant digits (at least 4) at which the sweep's distinct decimal values
+    stay distinct: Optuna's 0.0012345678901234567 shows as 0.001235, never merged with a
+    neighbour."""
+    decimals = {float(v) for j in jobs for k in keys if _is_decimal(v := j["overrides"].get(k, ""))}
+    return next(
+        (d for d in range(4, 17) if len({f"{v:.{d}g}" for v in decimals}) == len(decimals)), 17
+    )
+
+
+def _labels(
+    jobs: list[dict[str, Any]], keys: list[str], fallback: str | None = None
+) -> dict[str, str]:
+    """Job name -> its configuration label: the overrides that vary across the sweep, numbers with
+    `_significant_digits`."""
+    digits = _significant_digits(jobs, keys)
+
+    def shown(value: str) -> str:
+        return f"{float(value):.{digits}g}" if _is_decimal(value) else value
+
+    labels = {}
+    for job in jobs:
+        text = " ".join(f"{k}={shown(job['overrides'][k])}" for k in keys if k in job["overrides"])
+        labels[job["job"]] = text or (fallback if fallback is not None else f"job {job['job']}")
+    return labels
 
 
 def pooled_per_patient(jobs: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
     """One row per (configuration, patient) of every finished job: jobs that differ only in
     data.split.fold are one configuration, each patient scored by the fold that held it out."""
     config_keys = [k for k in keys if k != FOLD_KEY]
-    fallback = "all folds" if FOLD_KEY in keys else None
+    labels = _labels(jobs, config_keys, "all folds" if FOLD_KEY in keys else None)
     rows = []
     for job in jobs:
         if job["status"] != "ok":
@@ -144,7 +174,7 @@ def pooled_per_patient(jobs: list[dict[str, Any]], keys: list[str]) -> list[dict
         for patient, scores in job["per_patient"].items():
             rows.append(
                 {
-                    "configuration": _label(job, config_keys, fallback),
+                    "configuration": labels[job["job"]],
                     "patient": patient,
                     "fold": job["overrides"].get(FOLD_KEY, ""),
                     "job": job["job"],
@@ -219,10 +249,11 @@ def _markdown(
         ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    labels = _labels(jobs, keys)
     for job in jobs:
         status = job["status"] + (f" ({job['error']})" if job["error"] else "")
         lines.append(
-            f"| {job['job']} | {_label(job, keys)} | {status} | {_fmt(job['selection'])} | "
+            f"| {job['job']} | {labels[job['job']]} | {status} | {_fmt(job['selection'])} | "
             f"{_fmt(job['epoch'])} | "
             f"{_fmt(job['dsc_volume_mean'])} | {_fmt(job['dsc_volume_median'])} | "
             f"{_fmt(job['best_on_val_mean'])} | {_fmt(job['train_seconds'], 1)} |"
@@ -276,10 +307,11 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
     keys = _varying(jobs)
     rows = pooled_per_patient(jobs, keys)
     table = compare(rows)
+    labels = _labels(jobs, keys)
     _write_csv(
         sweep_dir / "summary.csv",
         JOB_COLUMNS,
-        [{**job, "overrides": _label(job, keys)} for job in jobs],
+        [{**job, "overrides": labels[job["job"]]} for job in jobs],
     )
     _write_csv(sweep_dir / "comparison.csv", COMPARISON_COLUMNS, table)
     metric_columns = [
