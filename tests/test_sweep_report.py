@@ -183,3 +183,25 @@ def test_decimal_overrides_are_shortened_but_stay_distinct(tmp_path: Path) -> No
         "optimizer.lr=0.0012349",
         "optimizer.lr=0.1",
     ]  # before: the full 14-digit value
+
+
+def test_a_sweep_on_two_patients_says_it_cannot_compare(tmp_path: Path) -> None:
+    for number, (model, shift) in enumerate((("unet", 0.0), ("unetpp", 0.2))):
+        _job(
+            tmp_path,
+            number,
+            [f"model={model}"],
+            PATIENTS[:2],
+            {"P00": 0.5 + shift, "P01": 0.6 + shift},
+        )
+    report = write_report(tmp_path)
+    assert report["configurations"][1]["p"] is None
+    summary = (tmp_path / "summary.md").read_text()
+    assert "This sweep cannot compare configurations scored on fewer than 6 patients" in summary
+    rows = [
+        line for line in summary.split("## Configurations")[1].splitlines() if "| model=" in line
+    ]
+    assert len(rows) == 2 and not any("[" in row for row in rows)  # before: [0.7000, 0.8000]
+    assert (
+        "| model=unet | last | 1 | 2 | 0.5500 – | 0.5500 | -0.2000 – | – | – | too few" in rows[1]
+    )

@@ -36,7 +36,7 @@ from omegaconf import DictConfig
 
 from brainseg.cli import FAILURE_FILE
 from brainseg.evaluation.folds import SELECTION_RULES, selected_scores
-from brainseg.evaluation.statistics import LEVEL, compare_configurations
+from brainseg.evaluation.statistics import LEVEL, compare_configurations, minimum_patients
 from brainseg.evaluation.volume_metrics import METRICS
 from brainseg.reporting.figures import heat_map, strip_box_plot
 from brainseg.reporting.wandb_sweep import log_sweep_report
@@ -295,6 +295,19 @@ def _markdown(
             f"{_fmt(r['difference'])} {difference_ci} | "
             f"{_fmt(r['p'])} | {_fmt(r['p_holm'])} | {r['verdict']} |"
         )
+    if any(
+        r["n"] < minimum_patients() or r["n_paired"] is not None and r["p"] is None for r in table
+    ):
+        lines += [
+            "",
+            (
+                f"**This sweep cannot compare configurations scored on fewer than "
+                f"{minimum_patients()} patients**: on so few, a two-sided Wilcoxon signed-rank "
+                f"test cannot reach p < {LEVEL} whatever the scores, so they get no interval, no "
+                "p-value and no verdict. Score more patients (e.g. cross-validation folds over "
+                "`data.split.fold`)."
+            ),
+        ]
     lines += ["", "Rules: " + "; ".join(f"`{k}` = {v}" for k, v in SELECTION_RULES.items()) + "."]
     return lines
 
