@@ -17,7 +17,7 @@ from brainseg.evaluation.statistics import (
     minimum_patients,
     too_few_patients,
 )
-from brainseg.evaluation.volume_metrics import (
+from brainseg.metrics.functional import (
     assd,
     hd95,
     lesion_detection,
