@@ -20,6 +20,7 @@ from brainseg.cli import check_output_outside_data
 from brainseg.config import instantiate_setting, job_overrides, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
+from brainseg.evaluation.folds import inner_validation
 from brainseg.quiet import quiet_libraries
 from brainseg.training.checkpoints import AtomicCheckpointIO, LastCheckpoint
 from brainseg.training.media import TrackerMedia
@@ -164,16 +165,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=_auto_resume(cfg, output_dir, module))
-        test_scores = None
+        # the inner-validation rule scores each fold's held-out patients as its test set
         if (
-            cfg.get("test")
+            (cfg.get("test") or inner_validation(report.config))
             and trainer.checkpoint_callback
             and trainer.checkpoint_callback.best_model_path
         ):
             trainer.test(
                 module, datamodule=datamodule, ckpt_path=trainer.checkpoint_callback.best_model_path
             )
-            test_scores = module.volume_scores.get("test")
     finally:
         if any(isinstance(logger, WandbLogger) for logger in loggers):
             _finish_wandb_run(report)
@@ -182,7 +182,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, LastCheckpoint):
                 callback.job_succeeded()
-        metrics = report.write_metrics(trainer, test_scores)
+        metrics = report.write_metrics(trainer)
     if metrics.get("best"):
         best = metrics["best"]
         median = best["dsc_volume_median"]
@@ -205,5 +205,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             chosen["dsc_volume_median"],
             chosen.get("hd95", float("nan")),
             chosen["epoch"],
+        )
+    if metrics.get("test"):
+        test = metrics["test"]
+        log.info(
+            "test (rule %s, the checkpoint best on validation): "
+            "dsc_volume mean %.4f, median %.4f (%d patients)",
+            test["rule"],
+            test["dsc_volume_mean"],
+            test["dsc_volume_median"],
+            len(test["per_patient"]),
         )
     return metrics
