@@ -18,9 +18,9 @@ NOISE: dict[str, tuple[str, ...]] = {
     ),
     "optuna.storages._in_memory": ("A new study created",),
 }
-# Libraries whose INFO lines flood the log: onnxscript's optimizer passes during ONNX export,
-# alembic's plugin set-up when Optuna creates a study.
-WARNINGS_ONLY = ("onnxscript", "alembic")
+# Libraries whose INFO lines flood the log: onnxscript's optimizer and onnx_ir's passes during
+# ONNX export. (alembic's plugin set-up, imported before any job: conf/hydra/default.yaml.)
+WARNINGS_ONLY = ("onnxscript", "onnx_ir")
 
 
 class _DropLines(logging.Filter):

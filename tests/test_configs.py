@@ -241,3 +241,15 @@ def test_debug_preset_is_what_the_tests_train_with() -> None:
         2,
     )
     assert cfg.data.split.n_val == 2 and cfg.trainer.accelerator == "cpu"
+
+
+def test_debug_preset_network_is_small_enough_for_megabyte_checkpoints() -> None:
+    """last.ckpt holds the weights and Adam's two moments: 4 bytes x 3 per parameter."""
+    from omegaconf import OmegaConf
+
+    from brainseg.models import build_model
+
+    cfg = compose(["debug=tiny"], hydra_node=False)
+    net = build_model(**OmegaConf.to_container(cfg.model, resolve=True))
+    parameters = sum(p.numel() for p in net.parameters())
+    assert parameters < 500_000, f"{parameters} parameters"  # before: 11.3 M (all of ResNet18)

@@ -8,7 +8,15 @@ import math
 import numpy as np
 import pytest
 
-from brainseg.evaluation.statistics import BETTER, SAME, WORSE, compare_configurations, holm
+from brainseg.evaluation.statistics import (
+    BETTER,
+    SAME,
+    WORSE,
+    compare_configurations,
+    holm,
+    minimum_patients,
+    too_few_patients,
+)
 from brainseg.metrics.functional import (
     assd,
     hd95,
@@ -318,3 +326,27 @@ def test_surface_metrics_match_monai_metric_functions() -> None:
     assert scores["nsd"] == pytest.approx(
         compute_surface_dice(y_pred, y, [1.5], include_background=True).item(), rel=1e-5
     )
+
+
+@pytest.mark.parametrize("n", [2, 5])
+def test_too_few_patients_get_no_interval_no_p_and_say_so(n: int) -> None:
+    base = np.linspace(0.4, 0.6, n)
+    rows = compare_configurations({"a": _patients(base + 0.2), "b": _patients(base)})
+    best, other = rows
+    assert other["verdict"] == too_few_patients() and other["n_paired"] == n
+    assert other["difference"] == pytest.approx(-0.2)  # the plain mean difference stays
+    nothing = (None, None, None, None)
+    assert (
+        other["difference_ci_low"],
+        other["difference_ci_high"],
+        other["p"],
+        other["p_holm"],
+    ) == (nothing)  # before: a BCa interval excluding 0 beside "not distinguishable"
+    assert (best["ci_low"], best["ci_high"]) == (None, None)
+
+
+def test_six_patients_are_enough_for_a_wilcoxon_verdict() -> None:
+    assert minimum_patients() == 6 and minimum_patients(0.01) == 8
+    base = np.linspace(0.4, 0.6, 6)
+    rows = compare_configurations({"a": _patients(base + 0.2), "b": _patients(base)})
+    assert rows[1]["verdict"] == WORSE and rows[1]["p"] == pytest.approx(2 / 2**6)

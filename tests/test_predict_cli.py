@@ -34,11 +34,10 @@ def predicted(
         f"output_dir={out}",
         "tta.hflip=true",
         "postprocessing=auto",
-        "progress=false",
-        f"hydra.run.dir={out.parent / 'hydra'}",
         cwd=PROJECT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "\r" not in result.stderr  # before: tqdm bars in a redirected log
     assert snapshot(synthetic_root) == before
     log = result.stdout + result.stderr
     assert (
@@ -144,6 +143,7 @@ def test_refuses_to_overwrite_or_write_into_the_input(
     predicted: Path, tiny_run: Path, synthetic_root: Path
 ) -> None:
     ckpt = f"checkpoints=[{tiny_run}/checkpoints/last.ckpt]"
+    before = sorted((PROJECT / "outputs").rglob("*"))
     for output, message in (
         (predicted, "is not empty; choose another folder or set overwrite=true"),
         (synthetic_root / "preds", "overlaps the input"),
@@ -155,6 +155,7 @@ def test_refuses_to_overwrite_or_write_into_the_input(
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert last.startswith("error: output_dir=") and message in last
     assert not (synthetic_root / "preds").exists()
+    assert sorted((PROJECT / "outputs").rglob("*")) == before  # before: outputs/predict/runs/<time>
 
 
 def _predict_inprocess(*overrides: str) -> dict:

@@ -19,6 +19,7 @@ from helpers import PROJECT, compose_run, tiny_train_overrides
 
 from brainseg.checkpoint import save_atomically
 from brainseg.errors import BrainsegError
+from brainseg.prediction.members import load_checkpoint
 from brainseg.training import pipeline
 from brainseg.training.pipeline import train
 
@@ -73,6 +74,18 @@ def test_last_is_the_last_epoch_best_is_slim_and_resume_continues(
     assert names == [best_path.name, "last.ckpt"]  # before: last-v1.ckpt beside the stale last.ckpt
     assert metrics["best_checkpoint"] == str(moved / "checkpoints" / best_path.name)
     assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 4
+
+
+def test_a_finished_job_can_drop_the_training_state_of_last_ckpt(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    switch = "callbacks.last_checkpoint.keep_training_state=false"
+    metrics = train(compose_run(synthetic_root, run, tmp_path / "cache", switch))
+    last = run / "checkpoints" / "last.ckpt"
+    assert metrics["selected"]["checkpoint"] == str(last)
+    assert "optimizer_states" not in torch.load(last, weights_only=False)  # before: no such switch
+    assert load_checkpoint(last).model["encoder_name"]  # predict.py still reads it
 
 
 def test_a_crash_during_a_checkpoint_write_keeps_the_previous_file(

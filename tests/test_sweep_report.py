@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from brainseg.evaluation.folds import held_out_by
+from brainseg.reporting import figures
 from brainseg.reporting.sweep import write_report
 
 PATIENTS = [f"P{i:02d}" for i in range(9)]
@@ -126,6 +127,84 @@ def test_the_report_is_logged_as_one_offline_wandb_run_in_the_sweep_group(
     verdict = data["columns"].index("verdict")
     assert [row[verdict] for row in data["data"]] == ["reference", "worse"]
     assert len(list(run_dir.glob("files/media/images/sweep/*.png"))) == 2
+
+
+def test_sweep_figures_show_every_configuration_and_patient_name_in_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2x2 sweep with a long extra override and TCGA-length patient names: every tick label of
+    summary.png and heatmap.png lies inside its figure, and the labels tell the jobs apart."""
+    patients = [f"TCGA_HT_{8100 + i}_19980331" for i in range(6)]
+    dice = dict(zip(patients, np.linspace(0.3, 0.8, len(patients))))
+    number = 0
+    for model in ("unet", "unetpp"):
+        for loss in ("dice", "bce_dice"):
+            extra = f"data.augmentation.rotate_degrees={number}"
+            _job(tmp_path, number, [f"model={model}", f"loss={loss}", extra], patients, dice)
+            number += 1
+    labels: dict[str, list[str]] = {}
+    save = figures._save
+
+    def check_then_save(fig, path: Path) -> Path:
+        fig.draw_without_rendering()
+        box = fig.bbox
+        ax = fig.axes[0]
+        labels[path.name] = [t.get_text() for t in ax.get_yticklabels()]
+        for text in [*ax.get_yticklabels(), *ax.get_xticklabels(), ax.title]:
+            extent = text.get_window_extent()
+            assert extent.x0 >= box.x0 and extent.x1 <= box.x1 + 0.5, (
+                f"{path.name}: {text.get_text()!r} clipped"
+            )  # before: cut off at the left
+            assert extent.y0 >= box.y0 and extent.y1 <= box.y1 + 0.5, f"{path.name}: {text}"
+        return save(fig, path)
+
+    monkeypatch.setattr(figures, "_save", check_then_save)
+    report = write_report(tmp_path)
+    configurations = {r["configuration"] for r in report["configurations"]}
+    assert (
+        len(configurations) == 4
+        and {
+            "data.augmentation.rotate_degrees=0 loss=dice model=unet",
+            "data.augmentation.rotate_degrees=1 loss=bce_dice model=unet",
+        }
+        <= configurations
+    )
+    for name in ("summary.png", "heatmap.png"):
+        shown = {label.replace("\n", " ") for label in labels[name]}
+        assert shown == configurations  # wrapped between overrides, nothing dropped
+
+
+def test_decimal_overrides_are_shortened_but_stay_distinct(tmp_path: Path) -> None:
+    for number, lr in enumerate(("0.0012345678901", "0.0012349", "0.1")):
+        _job(tmp_path, number, [f"optimizer.lr={lr}"], PATIENTS[:3], dict.fromkeys(PATIENTS, 0.5))
+    report = write_report(tmp_path)
+    assert sorted(r["configuration"] for r in report["configurations"]) == [
+        "optimizer.lr=0.0012346",
+        "optimizer.lr=0.0012349",
+        "optimizer.lr=0.1",
+    ]  # before: the full 14-digit value
+
+
+def test_a_sweep_on_two_patients_says_it_cannot_compare(tmp_path: Path) -> None:
+    for number, (model, shift) in enumerate((("unet", 0.0), ("unetpp", 0.2))):
+        _job(
+            tmp_path,
+            number,
+            [f"model={model}"],
+            PATIENTS[:2],
+            {"P00": 0.5 + shift, "P01": 0.6 + shift},
+        )
+    report = write_report(tmp_path)
+    assert report["configurations"][1]["p"] is None
+    summary = (tmp_path / "summary.md").read_text()
+    assert "This sweep cannot compare configurations scored on fewer than 6 patients" in summary
+    rows = [
+        line for line in summary.split("## Configurations")[1].splitlines() if "| model=" in line
+    ]
+    assert len(rows) == 2 and not any("[" in row for row in rows)  # before: [0.7000, 0.8000]
+    assert (
+        "| model=unet | last | 1 | 2 | 0.5500 – | 0.5500 | -0.2000 – | – | – | too few" in rows[1]
+    )
 
 
 def test_inner_validation_folds_pool_the_held_out_test_scores(tmp_path: Path) -> None:

@@ -105,3 +105,18 @@ def test_tensorboard_hp_metric_is_the_best_and_it_shows_overlays(tracked_run) ->
         metrics["best"]["dsc_volume_mean"]
     )
     assert events.Images("val/overlays")
+
+
+def test_an_offline_wandb_run_starts_without_warnings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
+    from brainseg.training.loggers import wandb_logger
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    logger = wandb_logger(save_dir=str(tmp_path), offline=True)
+    try:
+        logger.experiment.log({"x": 1.0})
+    finally:
+        logger.experiment.finish()
+    output = capfd.readouterr()
+    assert "anonymous" not in output.out + output.err  # before: a deprecation warning per job

@@ -34,7 +34,7 @@ def test_a_redirected_run_prints_one_line_per_epoch_and_draws_curves(tiny_run: P
             in lines[-1]
         )
         assert "s/epoch | ETA" in lines[0]
-    for noise in ("was configured so", "💡 Tip", "Total FLOPs", "LeafSpec"):
+    for noise in ("was configured so", "💡 Tip", "Total FLOPs", "LeafSpec", "setup plugin alembic"):
         assert noise not in console, noise
     assert not any(line.startswith("INFO: ") for line in console.splitlines()), (
         "Lightning lines printed twice"

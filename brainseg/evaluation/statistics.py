@@ -5,10 +5,14 @@ patients (scipy.stats.bootstrap, BCa). Against a reference (by default the confi
 best mean): the mean paired per-patient difference with its bootstrap CI, a two-sided Wilcoxon
 signed-rank p-value (scipy.stats.wilcoxon) on the patients both configurations scored, Holm's
 step-down correction across the comparisons, and a plain verdict at the chosen level.
+
+Below `minimum_patients(level)` patients nothing is tested: the verdict says so and no interval or
+p-value is given (a BCa interval over 2 patients can exclude 0 beside "not distinguishable").
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +22,18 @@ from scipy import stats
 
 LEVEL = 0.05  # significance level of the verdicts (the CIs are at 1 - LEVEL)
 BETTER, SAME, WORSE = "better", "not distinguishable", "worse"
+
+
+def minimum_patients(level: float = LEVEL) -> int:
+    """The fewest paired patients on which a two-sided Wilcoxon signed-rank test can reach
+    p < level: its smallest p-value over n patients is 2 / 2**n (every difference of one sign),
+    so 6 patients at level 0.05 (0.031; 5 patients give at best 0.0625)."""
+    return math.floor(1 - math.log2(level)) + 1
+
+
+def too_few_patients(level: float = LEVEL) -> str:
+    """The verdict of a comparison on fewer than `minimum_patients` patients."""
+    return f"too few patients to compare (fewer than {minimum_patients(level)})"
 
 
 def bootstrap_ci(values: np.ndarray, level: float = LEVEL, seed: int = 0) -> tuple[float, float]:
@@ -89,10 +105,11 @@ def compare_configurations(
         return []
     ranked = sorted(means, key=means.get, reverse=higher_is_better)
     reference = reference if reference in means else ranked[0]
+    enough = minimum_patients(level)
     rows = []
     for name in ranked:
         values = np.array(list(scores[name].values()), dtype=np.float64)
-        low, high = bootstrap_ci(values, level)
+        low, high = bootstrap_ci(values, level) if len(values) >= enough else (None, None)
         row: dict[str, Any] = {
             "configuration": name,
             "n": len(values),
@@ -114,16 +131,18 @@ def compare_configurations(
             differences = np.array(
                 [scores[name][p] - scores[reference][p] for p in common], dtype=np.float64
             )
-            d_low, d_high = bootstrap_ci(differences, level)
             row.update(
                 n_paired=len(common),
                 difference=float(differences.mean()) if common else float("nan"),
-                difference_ci_low=d_low,
-                difference_ci_high=d_high,
-                p=wilcoxon_p(differences),
+                verdict=too_few_patients(level),
             )
+            if len(common) >= enough:
+                d_low, d_high = bootstrap_ci(differences, level)
+                row.update(
+                    difference_ci_low=d_low, difference_ci_high=d_high, p=wilcoxon_p(differences)
+                )
         rows.append(row)
-    compared = [r for r in rows if not r["reference"]]
+    compared = [r for r in rows if r["p"] is not None]
     for row, adjusted in zip(compared, holm([r["p"] for r in compared])):
         row["p_holm"] = adjusted
         row["verdict"] = _verdict(row["difference"], adjusted, level, higher_is_better)

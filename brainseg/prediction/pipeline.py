@@ -107,6 +107,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     return run_prediction(cfg, members)
 
 
+def _no_bars(cfg: DictConfig) -> bool | None:
+    """tqdm's `disable` for `progress`: null leaves it to tqdm (bars only on a terminal)."""
+    return None if cfg.get("progress") is None else not cfg.progress
+
+
 def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     """Predict every patient under `cfg.input` with the given members (see predict)."""
     input_root = _path(cfg.get("input"), "input")
@@ -115,7 +120,7 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
             "input is required: a data root in the kaggle_3m layout or one patient folder"
         )
     patients = find_patients(input_root, require_masks=False)
-    for files in tqdm(patients, desc="checking inputs", unit="patient", disable=not cfg.progress):
+    for files in tqdm(patients, desc="checking inputs", unit="patient", disable=_no_bars(cfg)):
         read_patient(
             files
         )  # every unreadable or inconsistent slice is named before anything is written
@@ -142,7 +147,7 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     )
     steps = chosen["postprocessing"]
     rows = []
-    for files in tqdm(patients, desc="patients", unit="patient", disable=not cfg.progress):
+    for files in tqdm(patients, desc="patients", unit="patient", disable=_no_bars(cfg)):
         volume = read_patient(files)
         probs = predictor.predict(volume, plan[files.name])
         raw = probs > threshold

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -21,6 +22,8 @@ FLAIR_CHANNEL = 1
 
 GROUP_COLOURS = {"train": "#9e9e9e", "val": "#4c72b0", "test": "#8172b3", "unseen": "#dd8452"}
 ZERO_MARK = "#c44e52"
+# Characters per line of a configuration label in the sweep figures before it wraps.
+LABEL_CHARACTERS = 40
 
 
 def bar_chart(
@@ -129,12 +132,33 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def _wrap_label(label: str, width: int = LABEL_CHARACTERS) -> str:
+    """A configuration label on lines of at most `width` characters, broken at spaces only (between
+    overrides), so that every character of the label is still shown."""
+    return textwrap.fill(label, width, break_long_words=False, break_on_hyphens=False)
+
+
+def _fit_to_labels(
+    fig: plt.Figure, ax: plt.Axes, plot: tuple[float, float], margins: tuple[float, float]
+) -> None:
+    """Size the figure to a plot area of `plot` inches plus its tick labels (the widest y label, the
+    tallest x label) and `margins` (title, axis labels, colour bar), so that the constrained layout
+    never clips or squeezes a configuration or patient name."""
+    fig.draw_without_rendering()
+    widest = max((t.get_window_extent().width for t in ax.get_yticklabels()), default=0.0)
+    tallest = max((t.get_window_extent().height for t in ax.get_xticklabels()), default=0.0)
+    fig.set_size_inches(
+        plot[0] + widest / fig.dpi + margins[0], plot[1] + tallest / fig.dpi + margins[1]
+    )
+
+
 def strip_box_plot(scores: dict[str, dict[str, float]], path: Path, title: str) -> Path:
     """One row per configuration (in the given order, first on top): a box over its per-patient
     Dice, every patient as a dot, the mean as a red diamond."""
-    names = list(scores)
-    fig, ax = plt.subplots(figsize=(10, max(2.5, 0.55 * len(names) + 1.4)), dpi=100)
-    rows = [np.array(list(scores[n].values())) for n in names]
+    names = [_wrap_label(n) for n in scores]
+    row = max(0.55, 0.18 * max(n.count("\n") + 1 for n in names) + 0.2)
+    fig, ax = plt.subplots(dpi=100, layout="constrained")
+    rows = [np.array(list(values.values())) for values in scores.values()]
     positions = np.arange(len(names))[::-1]
     ax.boxplot(rows, positions=positions, orientation="horizontal", widths=0.5, showfliers=False)
     jitter = np.random.default_rng(0)
@@ -152,6 +176,7 @@ def strip_box_plot(scores: dict[str, dict[str, float]], path: Path, title: str) 
     ax.set_xlim(0, 1)
     ax.set_xlabel("per-volume Dice (dots: patients, red diamond: mean)")
     ax.set_title(title)
+    _fit_to_labels(fig, ax, (7.0, max(1.2, row * len(names))), (0.4, 1.0))
     return _save(fig, path)
 
 
@@ -164,14 +189,15 @@ def heat_map(scores: dict[str, dict[str, float]], path: Path, title: str) -> Pat
         key=lambda p: np.nanmean([scores[n].get(p, np.nan) for n in names]),
     )
     grid = np.array([[scores[n].get(p, np.nan) for p in patients] for n in names])
-    fig, ax = plt.subplots(
-        figsize=(max(6.0, 0.28 * len(patients) + 3), max(2.5, 0.4 * len(names) + 1.8)), dpi=100
-    )
+    labels = [_wrap_label(n) for n in names]
+    row = max(0.4, 0.18 * max(n.count("\n") + 1 for n in labels) + 0.1)
+    fig, ax = plt.subplots(dpi=100, layout="constrained")
     image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
-    ax.set_yticks(np.arange(len(names)), names, fontsize=8)
+    ax.set_yticks(np.arange(len(names)), labels, fontsize=8)
     ax.set_xticks(np.arange(len(patients)), patients, rotation=90, fontsize=6)
     fig.colorbar(image, ax=ax, label="per-volume Dice")
     ax.set_title(title)
+    _fit_to_labels(fig, ax, (max(3.0, 0.14 * len(patients)), row * len(names)), (1.6, 0.7))
     return _save(fig, path)
 
 

@@ -38,7 +38,7 @@ from omegaconf import DictConfig
 
 from brainseg.cli import FAILURE_FILE
 from brainseg.evaluation.folds import CV_RULES, reported_scores
-from brainseg.evaluation.statistics import LEVEL, compare_configurations
+from brainseg.evaluation.statistics import LEVEL, compare_configurations, minimum_patients
 from brainseg.reporting.figures import heat_map, strip_box_plot
 from brainseg.reporting.scores import METRIC_COLUMNS
 from brainseg.reporting.wandb_sweep import log_sweep_report
@@ -129,16 +129,46 @@ def _varying(jobs: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({j["overrides"].get(k) for j in jobs}) > 1]
 
 
-def _label(job: dict[str, Any], keys: list[str], fallback: str | None = None) -> str:
-    text = " ".join(f"{k}={job['overrides'][k]}" for k in keys if k in job["overrides"])
-    return text or (fallback if fallback is not None else f"job {job['job']}")
+def _is_decimal(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return any(c in value.lower() for c in ".e")
+
+
+def _significant_digits(jobs: list[dict[str, Any]], keys: list[str]) -> int:
+    """The fewest significant digits (at least 4) at which the sweep's distinct decimal values
+    stay distinct: Optuna's 0.0012345678901234567 shows as 0.001235, never merged with a
+    neighbour."""
+    decimals = {float(v) for j in jobs for k in keys if _is_decimal(v := j["overrides"].get(k, ""))}
+    return next(
+        (d for d in range(4, 17) if len({f"{v:.{d}g}" for v in decimals}) == len(decimals)), 17
+    )
+
+
+def _labels(
+    jobs: list[dict[str, Any]], keys: list[str], fallback: str | None = None
+) -> dict[str, str]:
+    """Job name -> its configuration label: the overrides that vary across the sweep, numbers with
+    `_significant_digits`."""
+    digits = _significant_digits(jobs, keys)
+
+    def shown(value: str) -> str:
+        return f"{float(value):.{digits}g}" if _is_decimal(value) else value
+
+    labels = {}
+    for job in jobs:
+        text = " ".join(f"{k}={shown(job['overrides'][k])}" for k in keys if k in job["overrides"])
+        labels[job["job"]] = text or (fallback if fallback is not None else f"job {job['job']}")
+    return labels
 
 
 def pooled_per_patient(jobs: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
     """One row per (configuration, patient) of every finished job: jobs that differ only in
     data.split.fold are one configuration, each patient scored by the fold that held it out."""
     config_keys = [k for k in keys if k != FOLD_KEY]
-    fallback = "all folds" if FOLD_KEY in keys else None
+    labels = _labels(jobs, config_keys, "all folds" if FOLD_KEY in keys else None)
     rows = []
     for job in jobs:
         if job["status"] != "ok":
@@ -146,7 +176,7 @@ def pooled_per_patient(jobs: list[dict[str, Any]], keys: list[str]) -> list[dict
         for patient, scores in job["per_patient"].items():
             rows.append(
                 {
-                    "configuration": _label(job, config_keys, fallback),
+                    "configuration": labels[job["job"]],
                     "patient": patient,
                     "fold": job["overrides"].get(FOLD_KEY, ""),
                     "job": job["job"],
@@ -223,10 +253,11 @@ def _markdown(
         ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    labels = _labels(jobs, keys)
     for job in jobs:
         status = job["status"] + (f" ({job['error']})" if job["error"] else "")
         lines.append(
-            f"| {job['job']} | {_label(job, keys)} | {status} | {_fmt(job['selection'])} | "
+            f"| {job['job']} | {labels[job['job']]} | {status} | {_fmt(job['selection'])} | "
             f"{_fmt(job['epoch'])} | "
             f"{_fmt(job['dsc_volume_mean'])} | {_fmt(job['dsc_volume_median'])} | "
             f"{_fmt(job['best_on_val_mean'])} | {_fmt(job['train_seconds'], 1)} |"
@@ -268,6 +299,19 @@ def _markdown(
             f"{_fmt(r['difference'])} {difference_ci} | "
             f"{_fmt(r['p'])} | {_fmt(r['p_holm'])} | {r['verdict']} |"
         )
+    if any(
+        r["n"] < minimum_patients() or r["n_paired"] is not None and r["p"] is None for r in table
+    ):
+        lines += [
+            "",
+            (
+                f"**This sweep cannot compare configurations scored on fewer than "
+                f"{minimum_patients()} patients**: on so few, a two-sided Wilcoxon signed-rank "
+                f"test cannot reach p < {LEVEL} whatever the scores, so they get no interval, no "
+                "p-value and no verdict. Score more patients (e.g. cross-validation folds over "
+                "`data.split.fold`)."
+            ),
+        ]
     lines += ["", "Rules: " + "; ".join(f"`{k}` = {v}" for k, v in CV_RULES.items()) + "."]
     return lines
 
@@ -280,10 +324,11 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
     keys = _varying(jobs)
     rows = pooled_per_patient(jobs, keys)
     table = compare(rows)
+    labels = _labels(jobs, keys)
     _write_csv(
         sweep_dir / "summary.csv",
         JOB_COLUMNS,
-        [{**job, "overrides": _label(job, keys)} for job in jobs],
+        [{**job, "overrides": labels[job["job"]]} for job in jobs],
     )
     _write_csv(sweep_dir / "comparison.csv", COMPARISON_COLUMNS, table)
     metric_columns = [c for c in METRIC_COLUMNS if rows and c in rows[0]]

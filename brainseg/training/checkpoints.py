@@ -91,9 +91,16 @@ class BestCheckpoint(_FollowsMovedDirectory):
 
 class LastCheckpoint(_FollowsMovedDirectory):
     """`<dirpath>/last.ckpt` with the full training state,
-    after every epoch and on the preemption signal."""
+    after every epoch and on the preemption signal.
 
-    def __init__(self, dirpath: str, every_n_epochs: int = 1) -> None:
+    With `keep_training_state=False`, once the job has ended successfully the file keeps only the
+    weights and provenance (predict.py and `evaluation.selection: last` still use it; resuming
+    that run is no longer possible): a third of the size.
+    """
+
+    def __init__(
+        self, dirpath: str, every_n_epochs: int = 1, keep_training_state: bool = True
+    ) -> None:
         super().__init__(
             dirpath=dirpath,
             filename=LAST_NAME,
@@ -102,6 +109,7 @@ class LastCheckpoint(_FollowsMovedDirectory):
             every_n_epochs=every_n_epochs,
             enable_version_counter=False,
         )
+        self.keep_training_state = keep_training_state
         self._signalled: int | None = None
         self._previous_handler: Any = None
 
@@ -124,6 +132,11 @@ class LastCheckpoint(_FollowsMovedDirectory):
         if stage == "fit" and self._previous_handler is not None:
             signal.signal(signum, self._previous_handler)
             self._previous_handler = None
+
+    def job_succeeded(self) -> None:
+        """Called once the job has ended successfully (rank 0)."""
+        if not self.keep_training_state and self.path.is_file():
+            save_atomically(prediction_only(read_checkpoint(self.path)), self.path)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Only a flag: saving inside the handler could catch the model in the middle of an optimizer

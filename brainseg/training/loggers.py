@@ -36,7 +36,7 @@ def wandb_logger(
         offline = not wandb_credentials()
     os.environ.setdefault("WANDB_SILENT", "true")
     run_id = hashlib.sha1(str(Path(save_dir).resolve()).encode()).hexdigest()[:16]
-    return WandbLogger(
+    logger = WandbLogger(
         project=project,
         entity=entity,
         group=group,
@@ -49,6 +49,10 @@ def wandb_logger(
         job_type=job_type,
         mode="offline" if offline else "online",
     )
+    # Lightning always passes `anonymous` (None by default) to wandb.init, which then warns once
+    # per run that the setting is deprecated.
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 class _AppendingWriter(ExperimentWriter):

@@ -24,7 +24,7 @@ from brainseg.evaluation.folds import inner_validation
 from brainseg.postprocessing import check_steps
 from brainseg.quiet import quiet_libraries
 from brainseg.run_lock import is_first_rank, own_run_directory
-from brainseg.training.checkpoints import AtomicCheckpointIO
+from brainseg.training.checkpoints import AtomicCheckpointIO, LastCheckpoint
 from brainseg.training.media import TrackerMedia
 from brainseg.training.module import SegmentationModule
 from brainseg.training.report import RunReport
@@ -189,7 +189,12 @@ def _fit(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     finally:
         if any(isinstance(logger, WandbLogger) for logger in loggers):
             _finish_wandb_run(report)
-    metrics = report.write_metrics(trainer) if trainer.is_global_zero else {}
+    metrics = {}
+    if trainer.is_global_zero:
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, LastCheckpoint):
+                callback.job_succeeded()
+        metrics = report.write_metrics(trainer)
     if metrics.get("best"):
         best = metrics["best"]
         median = best["dsc_volume_median"]

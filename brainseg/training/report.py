@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
+from lightning.pytorch.callbacks import Timer
 
 from brainseg.checkpoint import Provenance
 from brainseg.data.contract import SegmentationData
@@ -25,6 +26,20 @@ from brainseg.training.checkpoints import LastCheckpoint
 from brainseg.training.module import SURFACE_AND_DETECTION
 
 log = logging.getLogger("brainseg")
+
+
+def _seconds_left(trainer: L.Trainer, entry: dict[str, Any], epoch_seconds: float) -> float | None:
+    """Until the first limit that stops the fit: trainer.max_epochs, max_steps or max_time."""
+    left = []
+    if trainer.max_epochs and trainer.max_epochs > 0:
+        left.append(epoch_seconds * (trainer.max_epochs - entry["epoch"] - 1))
+    if trainer.max_steps and trainer.max_steps > 0 and entry["step"] > 0:
+        steps_per_epoch = entry["step"] / (entry["epoch"] + 1)
+        left.append(epoch_seconds * (trainer.max_steps - entry["step"]) / steps_per_epoch)
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    if timer is not None and timer.time_remaining() is not None:
+        left.append(timer.time_remaining())
+    return max(min(left), 0.0) if left else None
 
 
 class RunReport(L.Callback):
@@ -128,11 +143,8 @@ class RunReport(L.Callback):
         (epoch 3) | 47 s | ETA 13 min`"""
         seconds = sum(self._epoch_seconds) / len(self._epoch_seconds)
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        eta = (
-            f"ETA {seconds * (epochs - entry['epoch'] - 1) / 60:.1f} min"
-            if epochs
-            else "no epoch limit"
-        )
+        left = _seconds_left(trainer, entry, seconds)
+        eta = "no limit" if left is None else f"ETA {left / 60:.1f} min"
         loss = f"{entry['train_loss']:.4f}" if entry["train_loss"] is not None else "–"
         median = (
             f"{entry['dsc_volume_median']:.4f}" if entry["dsc_volume_median"] is not None else "–"

@@ -133,7 +133,12 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             print(
                 f"error: SLURM job {job} can never start: {reason} "
                 f"({NEVER_STARTS[reason.split(',')[0]]}); "
-                f"cancelled the sweep's jobs {', '.join(job_ids)}",
+                "cancelled "
+                + (
+                    f"the sweep's SLURM job {job_ids[0]}"
+                    if len(job_ids) == 1
+                    else f"the sweep's {len(job_ids)} SLURM jobs ({', '.join(job_ids)})"
+                ),
                 file=sys.stderr,
                 flush=True,
             )

@@ -1,0 +1,34 @@
+"""The per-epoch line of a redirected run: its ETA follows whichever limit stops the fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from lightning.pytorch.callbacks import Timer
+
+from brainseg.training.report import RunReport
+
+ENTRY = {"epoch": 0, "step": 10, "dsc_volume_mean": 0.5, "dsc_volume_median": 0.5, "train_loss": 1}
+
+
+def _eta(tmp_path: Path, **trainer: object) -> str:
+    report = RunReport(tmp_path, {}, "val/dsc_volume", progress_lines=True)
+    report.best = ENTRY
+    report._epoch_seconds = [60.0]  # one epoch of 10 steps took a minute
+    limits = {"max_epochs": -1, "max_steps": -1, "callbacks": [], **trainer}
+    return report._progress_line(SimpleNamespace(**limits), ENTRY).rsplit(" | ", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("limits", "eta"),
+    [
+        ({"max_epochs": 101}, "ETA 100.0 min"),
+        ({"max_epochs": 1000, "max_steps": 40}, "ETA 3.0 min"),  # before: ETA 999.0 min
+        ({"max_epochs": 1000, "callbacks": [Timer({"minutes": 5})]}, "ETA 5.0 min"),
+        ({}, "no limit"),
+    ],
+)
+def test_eta_follows_the_first_limit(tmp_path: Path, limits: dict, eta: str) -> None:
+    assert _eta(tmp_path, **limits) == eta
