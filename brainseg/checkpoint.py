@@ -33,12 +33,15 @@ PREDICTION_KEYS = (
 
 @dataclass(frozen=True)
 class Provenance:
-    """What a checkpoint was trained on: resolved config, data root, preprocessing, split."""
+    """What a checkpoint was trained on: resolved config, data root, preprocessing, split; and,
+    once decided after training, the post-processing steps to apply to its predictions
+    (brainseg.postprocessing.records.provenance_record)."""
 
     config: dict[str, Any]
     data_root: str | None
     preprocess: dict[str, Any]
     split: dict[str, list[str]] = field(default_factory=dict)
+    postprocessing: dict[str, Any] | None = None
 
     def store(self, checkpoint: dict[str, Any]) -> None:
         """Add the record to a checkpoint dict (Lightning's `on_save_checkpoint`)."""
@@ -55,6 +58,7 @@ class Provenance:
             data_root=info.get("data_root"),
             preprocess=dict(info["preprocess"]),
             split=dict(info.get("split") or {}),
+            postprocessing=info.get("postprocessing"),
         )
 
 
@@ -98,6 +102,14 @@ def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     torch.save(checkpoint, temporary)
     os.replace(temporary, path)
+
+
+def record_postprocessing(path: str | Path, record: dict[str, Any]) -> None:
+    """Store a post-processing decision in the provenance of a checkpoint file (rewritten
+    atomically)."""
+    checkpoint = read_checkpoint(path)
+    checkpoint[CHECKPOINT_KEY] = {**checkpoint[CHECKPOINT_KEY], "postprocessing": record}
+    save_atomically(checkpoint, path)
 
 
 def prediction_only(checkpoint: dict[str, Any]) -> dict[str, Any]:

@@ -72,15 +72,18 @@ def load_members(cfg: DictConfig) -> list[Member]:
     """Members from `onnx`, `sweep_dir` or the `checkpoints` list."""
     if cfg.get("onnx"):
         return [load_onnx(_path(cfg.onnx))]
-    paths = [_path(p) for p in cfg.get("checkpoints") or []]
+    chosen: list[tuple[Path, str | None]] = [(_path(p), None) for p in cfg.get("checkpoints") or []]
     if cfg.get("sweep_dir"):
-        paths += find_sweep_checkpoints(_path(cfg.sweep_dir))
-    if not paths:
+        chosen += find_sweep_checkpoints(_path(cfg.sweep_dir))
+    if not chosen:
         raise ConfigError(
             "checkpoints: give one or more checkpoint files, a sweep_dir, or an onnx model"
         )
     expected = to_plain(cfg.get("model")) or {}
-    return [load_checkpoint(p, expected) for p in paths]
+    members = [load_checkpoint(path, expected) for path, _ in chosen]
+    for member, (_, selection) in zip(members, chosen):
+        member.selection = selection
+    return members
 
 
 def _device(name: str) -> str:
@@ -123,16 +126,8 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     threshold = float(cfg.threshold if cfg.get("threshold") is not None else members[0].threshold)
     subsets = subsets_for(plan, splits)
     warn_seen_in_training({p.name: subsets[p.name] for p in patients if p.masks is not None})
-    decision_cfg = to_plain(cfg.get("postprocessing_decision")) or {}
-    if decision_cfg.get("data_root"):
-        decision_cfg["data_root"] = str(_path(decision_cfg["data_root"]))
     chosen = resolve_postprocessing(
-        to_plain(cfg.postprocessing),
-        predictor,
-        threshold,
-        [repr(v) for v in views],
-        decision_cfg,
-        cfg.ensemble,
+        to_plain(cfg.get("postprocessing")), members, _path(cfg.get("sweep_dir"))
     )
     steps = chosen["postprocessing"]
     rows = []
@@ -162,6 +157,7 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
         "tta": [repr(v) for v in views],
         "threshold": threshold,
         "postprocessing": chosen,
+        "selection": {str(m.path): m.selection for m in members if m.selection},
         "ensemble": cfg.ensemble,
         "member_plan": plan,  # patient -> indices into members
         "subsets": subsets,
@@ -175,7 +171,7 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
             stats_groups=HELD_OUT,
             note=figure_note(members, threshold, steps, cfg.ensemble),
         )
-        log.info(headline(summary["dsc"], steps, out))
+        log.info(headline(summary["dsc"], steps, out, _selected_on_validation(members)))
     (out / "prediction.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -196,8 +192,18 @@ def figure_note(
     return f"{models}\nthreshold {threshold:g}, post-processing: {postprocessing}"
 
 
-def headline(scores: dict[str, Any], steps: list[dict[str, Any]], out: Path) -> str:
-    """The log line: held-out patients only; training patients are named as left out."""
+def _selected_on_validation(members: list[Member]) -> bool:
+    return any(m.selection == "best_on_val" for m in members)
+
+
+def headline(
+    scores: dict[str, Any],
+    steps: list[dict[str, Any]],
+    out: Path,
+    selected_on_validation: bool = False,
+) -> str:
+    """The log line: held-out patients only; training patients are named as left out; checkpoints
+    chosen as their run's best epoch on its validation patients are labelled."""
     trained = scores["by_subset"].get("train", {}).get("dsc", {}).get("n", 0)
     left_out = f"; {trained} training patient(s) left out (see dsc_summary.json)" if trained else ""
     if not scores["n_held_out"]:
@@ -208,5 +214,12 @@ def headline(scores: dict[str, Any], steps: list[dict[str, Any]], out: Path) -> 
     return (
         f"per-volume DSC over {scores['n_held_out']} held-out patients: "
         f"mean {scores['dsc']['mean']:.4f}, median {scores['dsc']['median']:.4f} "
-        f"(postprocessing={[s['name'] for s in steps]}){left_out}; {out}"
+        f"(postprocessing={[s['name'] for s in steps]}){left_out}"
+        + (
+            "; checkpoints selected on their validation patients "
+            "(evaluation.selection=best_on_val: optimistic)"
+            if selected_on_validation
+            else ""
+        )
+        + f"; {out}"
     )

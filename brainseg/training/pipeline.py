@@ -20,8 +20,10 @@ from brainseg.cli import check_output_outside_data, job_overrides
 from brainseg.config import instantiate_setting, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
+from brainseg.postprocessing import StepList, check_steps
 from brainseg.quiet import quiet_libraries
 from brainseg.training.checkpoints import AtomicCheckpointIO
+from brainseg.training.final_validation import final_validation
 from brainseg.training.media import TrackerMedia
 from brainseg.training.module import SegmentationModule
 from brainseg.training.report import RunReport
@@ -114,11 +116,48 @@ def _finish_wandb_run(report: RunReport) -> None:
         log.info("W&B run logged offline to %s; upload it with: wandb sync %s", folder, folder)
 
 
+def _names(steps: StepList) -> list[str]:
+    return [s["name"] for s in steps]
+
+
+def _candidates(cfg: DictConfig) -> list[StepList]:
+    """The step lists the post-processing is chosen among after training (checked up front)."""
+    return [
+        check_steps(c, f"postprocessing_candidates[{i}]")
+        for i, c in enumerate(to_plain(cfg.get("postprocessing_candidates")) or [])
+    ]
+
+
+def _final_validation(
+    cfg: DictConfig, trainer: L.Trainer, report: RunReport, candidates: list[StepList]
+) -> None:
+    """Rank 0, after fitting: the selected checkpoint on the validation patients as predict.py
+    predicts them, the post-processing decided, the reported figures recomputed."""
+    checkpoint = report.selected_checkpoint(trainer)
+    data = trainer.datamodule.provenance()
+    patients = data["split"].get("val") or []
+    if not (checkpoint and data["data_root"] and patients):
+        return
+    final = final_validation(
+        Path(cfg.paths.output_dir),
+        Path(checkpoint),
+        data["data_root"],
+        patients,
+        candidates,
+        check_steps(to_plain(cfg.postprocessing)),
+        float(cfg.metric.nsd_tolerance),
+        trainer.strategy.root_device,
+        int(cfg.data.get("val_batch_size") or cfg.data.get("batch_size") or 16),
+    )
+    report.adopt_final_validation(final)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and optionally test) one configuration; returns the content of metrics.json."""
     quiet_libraries()
     check_sweep_ranks(cfg.trainer)
     L.seed_everything(cfg.seed, workers=True)
+    candidates = _candidates(cfg)
     output_dir = Path(cfg.paths.output_dir)
     if cfg.data.get("root"):
         check_output_outside_data(
@@ -174,6 +213,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 module, datamodule=datamodule, ckpt_path=trainer.checkpoint_callback.best_model_path
             )
             test_scores = module.volume_scores.get("test")
+        if trainer.is_global_zero:
+            _final_validation(cfg, trainer, report, candidates)
     finally:
         if any(isinstance(logger, WandbLogger) for logger in loggers):
             _finish_wandb_run(report)
@@ -193,12 +234,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         chosen = metrics["selected"]
         log.info(
             "reported (evaluation.selection=%s: %s): "
-            "val/dsc_volume mean %.4f, median %.4f, HD95 %.2f px (epoch %d)",
+            "val/dsc_volume mean %.4f, median %.4f, HD95 %.2f px (epoch %d%s)",
             chosen["rule"],
             chosen["description"],
             chosen["dsc_volume_mean"],
             chosen["dsc_volume_median"],
             chosen.get("hd95", float("nan")),
             chosen["epoch"],
+            f"; {chosen['geometry']}, postprocessing={_names(chosen['postprocessing'])}"
+            if "geometry" in chosen
+            else "",
         )
     return metrics
