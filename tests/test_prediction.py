@@ -222,7 +222,6 @@ def test_fold_ensemble_predicts_out_of_fold_and_reports_subsets(
                 f"input={synthetic_root}",
                 f"output_dir={out}",
                 f"ensemble={mode}",
-                "postprocessing=[]",
                 "figures.overlays=false",
                 "progress=false",
             ],

@@ -1,5 +1,6 @@
 """Run artifacts: resolved config and split at the start, a progress line and curves.png after
-each validation, best per-volume Dice at the end, and the provenance predict.py needs inside every
+each validation, best per-volume Dice and the reported validation figures (from the final
+validation, training.final_validation) at the end, and the provenance predict.py needs inside every
 checkpoint."""
 
 from __future__ import annotations
