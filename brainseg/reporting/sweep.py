@@ -37,7 +37,7 @@ from omegaconf import DictConfig
 from brainseg.cli import FAILURE_FILE
 from brainseg.evaluation.folds import SELECTION_RULES, selected_scores
 from brainseg.evaluation.statistics import LEVEL, compare_configurations
-from brainseg.evaluation.volume_metrics import METRICS
+from brainseg.metrics import METRICS
 from brainseg.reporting.figures import heat_map, strip_box_plot
 from brainseg.reporting.wandb_sweep import log_sweep_report
 
