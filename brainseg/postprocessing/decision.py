@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import wilcoxon
 
-from brainseg.metrics import dice_score
+from brainseg.metrics.functional import dice_score
 from brainseg.postprocessing import StepList, apply
 
 CHANGE_TOLERANCE = 1e-9  # Dice differences below this count as "unchanged"

@@ -14,7 +14,7 @@ from typing import Any
 
 from brainseg.data.reader import find_patients, read_patient
 from brainseg.errors import DataError
-from brainseg.evaluation.volume_metrics import volume_metrics
+from brainseg.metrics import volume_metrics
 from brainseg.postprocessing import StepList, apply
 from brainseg.postprocessing.decision import describe
 from brainseg.postprocessing.records import (
