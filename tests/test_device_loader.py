@@ -18,7 +18,8 @@ from brainseg.data.datamodule import LGGDataModule, resolve_loader
 from brainseg.data.device_loader import DeviceEvalLoader, DeviceTrainLoader, EpochSampler
 from brainseg.data.sampling import lesion_slice_weights
 from brainseg.errors import ConfigError
-from brainseg.metrics import VolumeDice
+from brainseg.metrics import VolumeMetrics
+from brainseg.postprocessing import largest_component
 
 
 def _device_augmentation(preset: str) -> torch.nn.Module:
@@ -151,7 +152,7 @@ def test_validation_is_identical_through_both_paths(synthetic_root: Path, tmp_pa
     net = torch.nn.Conv2d(3, 1, 3, padding=1)
     scores = []
     for dm in (workers, device):
-        metric = VolumeDice()
+        metric = VolumeMetrics(postprocess=largest_component)
         batches = [dm.on_after_batch_transfer(b, 0) for b in dm.val_dataloader()]
         with torch.no_grad():
             for batch in batches:
@@ -161,7 +162,7 @@ def test_validation_is_identical_through_both_paths(synthetic_root: Path, tmp_pa
                     batch["patient"],
                     batch["slice"],
                 )
-        scores.append((batches, metric.per_volume()))
+        scores.append((batches, {p: m["dsc"] for p, m in metric.compute().items()}))
     (workers_batches, workers_dice), (device_batches, device_dice) = scores
     for w, d in zip(workers_batches, device_batches, strict=True):
         assert w.keys() == d.keys() and all(torch.equal(w[k], d[k]) for k in w)

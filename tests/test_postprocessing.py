@@ -3,14 +3,12 @@ decision is recorded, and which steps predict.py applies."""
 
 from __future__ import annotations
 
-import ast
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import PROJECT
 
 from brainseg.checkpoint import Provenance, read_checkpoint
 from brainseg.errors import ConfigError, DataError
@@ -203,28 +201,3 @@ def test_predict_applies_the_recorded_steps_unless_a_list_is_given(tmp_path: Pat
         resolve_postprocessing(None, members, sweep)
     with pytest.raises(DataError, match=r"a.ckpt: postprocessing\[0\]: unknown step 'lcc'"):
         resolve_postprocessing(None, [_member(tmp_path / "a.ckpt", [{"name": "lcc"}])])
-
-
-def test_postprocessing_imports_only_lower_layers() -> None:
-    """The steps, the decision and its records are pure computation on saved files: within
-    brainseg they import only metrics, the checkpoint file format and errors (the Hydra callback
-    and the command line are entry points on top)."""
-    allowed = (
-        "brainseg.postprocessing",
-        "brainseg.metrics",
-        "brainseg.checkpoint",
-        "brainseg.errors",
-    )
-    folder = PROJECT / "brainseg" / "postprocessing"
-    for path in folder.glob("*.py"):
-        if path.name in ("sweep.py", "__main__.py"):
-            continue
-        tree = ast.parse(path.read_text())
-        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
-            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
-        }
-        upward = [
-            m for m in imported if m and m.startswith("brainseg") and not m.startswith(allowed)
-        ]
-        assert not upward, f"{path.name} imports {upward}"
-        assert not {m.split(".")[0] for m in imported if m} & {"lightning", "hydra"}, path.name

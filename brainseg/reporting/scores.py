@@ -14,15 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from brainseg.metrics import METRICS, NSD_TOLERANCE, dice_score, volume_metrics
+from brainseg.metrics import COUNTS, METRICS, NSD_TOLERANCE, dice_score, volume_metrics
 
-METRIC_COLUMNS = [
-    *METRICS,
-    "lesions_true",
-    "lesions_predicted",
-    "lesions_found",
-    "lesions_hit",
-]
+METRIC_COLUMNS = [*METRICS, *COUNTS]
 VOLUME_COLUMNS = ["lesion_voxels", "predicted_voxels", "slices"]
 UNITS = (
     "distances (hd95, assd, nsd tolerance) in pixels of the mask grid "

@@ -37,8 +37,8 @@ from omegaconf import DictConfig
 from brainseg.cli import FAILURE_FILE
 from brainseg.evaluation.folds import SELECTION_RULES, selected_scores
 from brainseg.evaluation.statistics import LEVEL, compare_configurations
-from brainseg.metrics import METRICS
 from brainseg.reporting.figures import heat_map, strip_box_plot
+from brainseg.reporting.scores import METRIC_COLUMNS
 from brainseg.reporting.wandb_sweep import log_sweep_report
 
 FOLD_KEY = "data.split.fold"
@@ -282,11 +282,7 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
         [{**job, "overrides": _label(job, keys)} for job in jobs],
     )
     _write_csv(sweep_dir / "comparison.csv", COMPARISON_COLUMNS, table)
-    metric_columns = [
-        c
-        for c in [*METRICS, "lesions_true", "lesions_predicted", "lesions_found", "lesions_hit"]
-        if rows and c in rows[0]
-    ]
+    metric_columns = [c for c in METRIC_COLUMNS if rows and c in rows[0]]
     _write_csv(
         sweep_dir / "per_patient.csv",
         ["configuration", "patient", "fold", "job", "selection", *metric_columns],
