@@ -13,7 +13,7 @@ from helpers import PROJECT
 # Lowest first. A part is a top-level module or folder of brainseg/; entry points stand on top.
 LAYERS: list[set[str]] = [
     {"", "errors"},  # "" = brainseg/__init__.py
-    {"quiet", "tracking"},
+    {"quiet", "tracking", "paths", "run_lock"},  # stdlib helpers: user paths, run-directory lock
     {"config"},  # Hydra helpers: instantiation, resolvers, a job's swept keys
     {"metrics", "models", "losses", "checkpoint"},
     {"runfiles"},  # the formats of the files a run writes (may name the metrics' columns)

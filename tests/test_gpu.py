@@ -57,6 +57,7 @@ def test_device_loader_on_the_gpu_matches_the_cpu(synthetic_root: Path, tmp_path
             "data.preprocess.image_size=32",
             "data.batch_size=4",
             "data.loader=device",
+            "data/augmentation=strong",  # every transform the device path builds, on CUDA
         ]
     )
     OmegaConf.resolve(cfg.data)

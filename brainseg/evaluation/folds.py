@@ -7,6 +7,9 @@ figure is the mean (and median) over all those per-patient scores, not a mean of
 epoch a fold reports must not be chosen on the patients it scores: `evaluation.selection=last`
 (default) reports the last epoch; `best_on_val` reports the epoch with the best validation Dice,
 which is selected on those same patients and is labelled so wherever it is shown.
+With `data.split.n_inner_val` (the `inner_val` rule) a fold validates on patients drawn from its
+training patients, which pick the checkpoint, and its held-out patients are scored once as its test
+set: they select nothing, and the sweep report pools these test scores.
 """
 
 from __future__ import annotations
@@ -29,6 +32,22 @@ SELECTION_RULES = {
 }
 
 
+INNER_VAL = "inner_val"
+CV_RULES = {
+    **SELECTION_RULES,
+    INNER_VAL: (
+        "checkpoint with the best Dice on data.split.n_inner_val validation patients drawn from "
+        "the fold's training patients; the fold's held-out patients scored once as its test set "
+        "(they select nothing)"
+    ),
+}
+
+
+def inner_validation(config: Mapping[str, Any]) -> bool:
+    """Whether a run's resolved config asks for the inner-validation rule."""
+    return bool(((config.get("data") or {}).get("split") or {}).get("n_inner_val"))
+
+
 def check_selection(rule: str) -> str:
     """The rule, or a ConfigError naming the valid ones."""
     if rule not in SELECTION_RULES:
@@ -49,8 +68,9 @@ class HeldOut:
 
 
 def held_out_by(job_dirs: list[Path]) -> dict[str, list[HeldOut]]:
-    """patient -> the job(s) whose validation set held it out, from each job's `split.json` and
-    `metrics.json`; jobs without a split.json (failed before training) are skipped.
+    """patient -> the job(s) whose validation set (under the inner-validation rule: test set) held
+    it out, from each job's `split.json` and `metrics.json`; jobs without a split.json (failed
+    before training) are skipped.
 
     For the folds of one configuration every patient maps to exactly one job; a patient held out
     by several jobs (several configurations, or repeated folds) maps to all of them, in job order.
@@ -61,16 +81,17 @@ def held_out_by(job_dirs: list[Path]) -> dict[str, list[HeldOut]]:
         if not split_file.is_file():
             continue
         try:
-            val = json.loads(split_file.read_text())["val"]
+            split = json.loads(split_file.read_text())
+            scored = split["test"] if split.get("n_inner_val") else split["val"]
         except (ValueError, KeyError) as exc:
             raise DataError(f"{split_file}: not a split file ({exc})") from None
         checkpoint, selection = None, None
         metrics_file = job / "metrics.json"
         if metrics_file.is_file():
-            selected = json.loads(metrics_file.read_text()).get("selected") or {}
+            selected = reported_scores(json.loads(metrics_file.read_text())) or {}
             checkpoint = Path(selected["checkpoint"]) if selected.get("checkpoint") else None
             selection = selected.get("rule")
-        for name in val:
+        for name in scored:
             patients.setdefault(name, []).append(HeldOut(job, checkpoint, selection))
     return patients
 
@@ -81,6 +102,13 @@ def selected_scores(metrics: dict[str, Any]) -> dict[str, Any] | None:
         return metrics["selected"]
     best = metrics.get("best")
     return {**best, "rule": "best_on_val"} if best else None
+
+
+def reported_scores(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The scores a run contributes to a sweep: under the inner-validation rule its test scores
+    (the held-out patients), otherwise its validation scores under its selection rule."""
+    test = metrics.get("test") or {}
+    return test if test.get("rule") == INNER_VAL else selected_scores(metrics)
 
 
 def held_out_members(splits: Sequence[Split], patients: Iterable[str]) -> dict[str, list[int]]:

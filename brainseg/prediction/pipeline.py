@@ -17,7 +17,8 @@ from tqdm import tqdm
 from brainseg.config import to_plain
 from brainseg.data.reader import find_patients, read_patient
 from brainseg.errors import ConfigError
-from brainseg.postprocessing import apply
+from brainseg.paths import resolve_path
+from brainseg.postprocessing import apply, check_steps
 from brainseg.prediction.inference import Predictor, tta_views
 from brainseg.prediction.members import (
     Member,
@@ -27,15 +28,15 @@ from brainseg.prediction.members import (
     load_onnx,
 )
 from brainseg.prediction.postprocess import resolve_postprocessing
-from brainseg.prediction.subsets import (
-    HELD_OUT,
-    member_plan,
-    subset_summary,
-    subsets_for,
-    warn_seen_in_training,
-)
+from brainseg.prediction.subsets import member_plan, subsets_for, warn_seen_in_training
 from brainseg.reporting.figures import bar_chart, write_overlays
-from brainseg.reporting.scores import patient_row, write_scores
+from brainseg.reporting.scores import (
+    HELD_OUT,
+    headline,
+    patient_row,
+    subset_summary,
+    write_scores,
+)
 
 log = logging.getLogger("brainseg")
 
@@ -43,8 +44,8 @@ log = logging.getLogger("brainseg")
 REPORTED_VARIANTS = {"lcc": [{"name": "largest_component"}], "no_lcc": []}
 
 
-def _path(value: str | None) -> Path | None:
-    return Path(to_absolute_path(str(value))).resolve() if value else None
+def _path(value: str | None, setting: str) -> Path | None:
+    return resolve_path(to_absolute_path(str(value)), setting) if value else None
 
 
 def _prepare_output(output_dir: Path | None, input_root: Path | None, overwrite: bool) -> Path:
@@ -71,10 +72,12 @@ def _prepare_output(output_dir: Path | None, input_root: Path | None, overwrite:
 def load_members(cfg: DictConfig) -> list[Member]:
     """Members from `onnx`, `sweep_dir` or the `checkpoints` list."""
     if cfg.get("onnx"):
-        return [load_onnx(_path(cfg.onnx))]
-    chosen: list[tuple[Path, str | None]] = [(_path(p), None) for p in cfg.get("checkpoints") or []]
+        return [load_onnx(_path(cfg.onnx, "onnx"))]
+    chosen: list[tuple[Path, str | None]] = [
+        (_path(p, "checkpoints"), None) for p in cfg.get("checkpoints") or []
+    ]
     if cfg.get("sweep_dir"):
-        chosen += find_sweep_checkpoints(_path(cfg.sweep_dir))
+        chosen += find_sweep_checkpoints(_path(cfg.sweep_dir, "sweep_dir"))
     if not chosen:
         raise ConfigError(
             "checkpoints: give one or more checkpoint files, a sweep_dir, or an onnx model"
@@ -94,11 +97,14 @@ def _device(name: str) -> str:
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Run inference (or `export=onnx`); returns the run summary written to prediction.json."""
+    setting = to_plain(cfg.get("postprocessing"))
+    if isinstance(setting, list):  # checked before any work (recorded steps: when read)
+        check_steps(setting, "postprocessing")
     members = load_members(cfg)
     if cfg.get("export"):
         if cfg.export != "onnx":
             raise ConfigError(f"export={cfg.export!r} is unknown; choose onnx")
-        out = _prepare_output(_path(cfg.get("output_dir")), None, cfg.overwrite)
+        out = _prepare_output(_path(cfg.get("output_dir"), "output_dir"), None, cfg.overwrite)
         size = members[0].preprocess.image_size or 256
         path = export_onnx(members[0], out / "model.onnx", size)
         log.info("exported %s to %s", members[0].path, path)
@@ -108,7 +114,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 
 def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     """Predict every patient under `cfg.input` with the given members (see predict)."""
-    input_root = _path(cfg.get("input"))
+    input_root = _path(cfg.get("input"), "input")
     if input_root is None:
         raise ConfigError(
             "input is required: a data root in the kaggle_3m layout or one patient folder"
@@ -120,14 +126,14 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
         )  # every unreadable or inconsistent slice is named before anything is written
     splits = [m.split for m in members]
     plan = member_plan(splits, [p.name for p in patients], cfg.ensemble)
-    out = _prepare_output(_path(cfg.get("output_dir")), input_root, cfg.overwrite)
+    out = _prepare_output(_path(cfg.get("output_dir"), "output_dir"), input_root, cfg.overwrite)
     views = tta_views(cfg.tta.hflip, list(cfg.tta.rotations or []), list(cfg.tta.scales or []))
     predictor = Predictor(members, views, cfg.batch_size, _device(cfg.device))
     threshold = float(cfg.threshold if cfg.get("threshold") is not None else members[0].threshold)
     subsets = subsets_for(plan, splits)
     warn_seen_in_training({p.name: subsets[p.name] for p in patients if p.masks is not None})
     chosen = resolve_postprocessing(
-        to_plain(cfg.get("postprocessing")), members, _path(cfg.get("sweep_dir"))
+        to_plain(cfg.get("postprocessing")), members, _path(cfg.get("sweep_dir"), "sweep_dir")
     )
     steps = chosen["postprocessing"]
     rows = []
@@ -171,7 +177,7 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
             stats_groups=HELD_OUT,
             note=figure_note(members, threshold, steps, cfg.ensemble),
         )
-        log.info(headline(summary["dsc"], steps, out, _selected_on_validation(members)))
+        log.info(headline(summary["dsc"], steps, out, _selection_caveat(members)))
     (out / "prediction.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -192,34 +198,11 @@ def figure_note(
     return f"{models}\nthreshold {threshold:g}, post-processing: {postprocessing}"
 
 
-def _selected_on_validation(members: list[Member]) -> bool:
-    return any(m.selection == "best_on_val" for m in members)
-
-
-def headline(
-    scores: dict[str, Any],
-    steps: list[dict[str, Any]],
-    out: Path,
-    selected_on_validation: bool = False,
-) -> str:
-    """The log line: held-out patients only; training patients are named as left out; checkpoints
-    chosen as their run's best epoch on its validation patients are labelled."""
-    trained = scores["by_subset"].get("train", {}).get("dsc", {}).get("n", 0)
-    left_out = f"; {trained} training patient(s) left out (see dsc_summary.json)" if trained else ""
-    if not scores["n_held_out"]:
+def _selection_caveat(members: list[Member]) -> str:
+    """The label of checkpoints chosen as their run's best epoch on its validation patients."""
+    if any(m.selection == "best_on_val" for m in members):
         return (
-            f"no held-out patients to score: all {trained} were seen in training "
-            f"(see dsc_summary.json); {out}"
-        )
-    return (
-        f"per-volume DSC over {scores['n_held_out']} held-out patients: "
-        f"mean {scores['dsc']['mean']:.4f}, median {scores['dsc']['median']:.4f} "
-        f"(postprocessing={[s['name'] for s in steps]}){left_out}"
-        + (
-            "; checkpoints selected on their validation patients "
+            "checkpoints selected on their validation patients "
             "(evaluation.selection=best_on_val: optimistic)"
-            if selected_on_validation
-            else ""
         )
-        + f"; {out}"
-    )
+    return ""

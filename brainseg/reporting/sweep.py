@@ -6,7 +6,9 @@
   configuration, the paired per-patient difference with its CI, the Wilcoxon signed-rank p-value,
   Holm's correction across the comparisons and a verdict (brainseg.evaluation.statistics). Jobs
   differing only in `data.split.fold` are one configuration: each patient is scored by the fold that
-  held it out and the figures are over all patients pooled (not a mean of fold means).
+  held it out and the figures are over all patients pooled (not a mean of fold means). Under the
+  inner-validation rule (`data.split.n_inner_val`, rule `inner_val`) those are the folds' test
+  scores: the held-out patients scored with the checkpoint the inner validation patients chose.
 - `per_patient.csv`: configuration, patient, fold, job, rule and every per-volume metric.
 - `summary.png` (per-patient strip/box plot per configuration) and `heatmap.png` (configurations x
   patients).
@@ -35,7 +37,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from brainseg.cli import FAILURE_FILE
-from brainseg.evaluation.folds import SELECTION_RULES, selected_scores
+from brainseg.evaluation.folds import CV_RULES, reported_scores
 from brainseg.evaluation.statistics import LEVEL, compare_configurations
 from brainseg.reporting.figures import heat_map, strip_box_plot
 from brainseg.reporting.scores import METRIC_COLUMNS
@@ -79,7 +81,7 @@ def _overrides(job: Path) -> dict[str, str]:
 
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     """Every job folder (holding .hydra/overrides.yaml) of the sweep, in job order, with the
-    validation scores its selection rule reports."""
+    scores its rule reports (`brainseg.evaluation.folds.reported_scores`)."""
     jobs = []
     folders = [p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").exists()]
     for job in sorted(folders, key=lambda p: (len(p.name), p.name)):
@@ -98,7 +100,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
         }
         if (job / "metrics.json").exists():
             metrics = json.loads((job / "metrics.json").read_text())
-            selected = selected_scores(metrics) or {}
+            selected = reported_scores(metrics) or {}
             row.update(
                 status="ok" if selected else "no validation",
                 selection=selected.get("rule"),
@@ -210,7 +212,9 @@ def _markdown(
         (
             f"{len(jobs)} jobs, {sum(j['status'] == 'ok' for j in jobs)} ok, "
             f"{sum(j['status'] == 'failed' for j in jobs)} failed. Per-volume Dice on each job's "
-            "validation patients at the epoch its `evaluation.selection` rule reports."
+            "validation patients at the epoch its `evaluation.selection` rule reports (rule "
+            "`inner_val`: on its held-out test patients, with the checkpoint its inner validation "
+            "patients chose)."
         ),
         "",
         (
@@ -264,7 +268,7 @@ def _markdown(
             f"{_fmt(r['difference'])} {difference_ci} | "
             f"{_fmt(r['p'])} | {_fmt(r['p_holm'])} | {r['verdict']} |"
         )
-    lines += ["", "Rules: " + "; ".join(f"`{k}` = {v}" for k, v in SELECTION_RULES.items()) + "."]
+    lines += ["", "Rules: " + "; ".join(f"`{k}` = {v}" for k, v in CV_RULES.items()) + "."]
     return lines
 
 

@@ -15,13 +15,15 @@ from hydra.utils import to_absolute_path
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, ListConfig
 
-from brainseg.checkpoint import load_weights, read_checkpoint
+from brainseg.checkpoint import load_weights, read_checkpoint, remove_temporary_files
 from brainseg.cli import check_output_outside_data
 from brainseg.config import instantiate_setting, job_overrides, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
+from brainseg.evaluation.folds import inner_validation
 from brainseg.postprocessing import StepList, check_steps
 from brainseg.quiet import quiet_libraries
+from brainseg.run_lock import is_first_rank, own_run_directory
 from brainseg.training.checkpoints import AtomicCheckpointIO
 from brainseg.training.final_validation import final_validation
 from brainseg.training.media import TrackerMedia
@@ -156,6 +158,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and optionally test) one configuration; returns the content of metrics.json."""
     quiet_libraries()
     check_sweep_ranks(cfg.trainer)
+    check_steps(to_plain(cfg.get("postprocessing")), "postprocessing")
     L.seed_everything(cfg.seed, workers=True)
     candidates = _candidates(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -163,6 +166,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_output_outside_data(
             output_dir, to_absolute_path(str(cfg.data.root)), "paths.output_dir"
         )
+    if not is_first_rank():
+        return _fit(cfg, output_dir, candidates)
+    with own_run_directory(output_dir):
+        remove_temporary_files(output_dir / "checkpoints")
+        return _fit(cfg, output_dir, candidates)
+
+
+def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> dict[str, Any]:
+    """The run itself, in a run directory no other process writes to."""
     datamodule = check_data_module(instantiate_setting("data", cfg.data))
     module = SegmentationModule(
         model=to_plain(cfg.model),
@@ -203,22 +215,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=_auto_resume(cfg, output_dir, module))
-        test_scores = None
+        # the inner-validation rule scores each fold's held-out patients as its test set
         if (
-            cfg.get("test")
+            (cfg.get("test") or inner_validation(report.config))
             and trainer.checkpoint_callback
             and trainer.checkpoint_callback.best_model_path
         ):
             trainer.test(
                 module, datamodule=datamodule, ckpt_path=trainer.checkpoint_callback.best_model_path
             )
-            test_scores = module.volume_scores.get("test")
         if trainer.is_global_zero:
             _final_validation(cfg, trainer, report, candidates)
     finally:
         if any(isinstance(logger, WandbLogger) for logger in loggers):
             _finish_wandb_run(report)
-    metrics = report.write_metrics(trainer, test_scores) if trainer.is_global_zero else {}
+    metrics = report.write_metrics(trainer) if trainer.is_global_zero else {}
     if metrics.get("best"):
         best = metrics["best"]
         median = best["dsc_volume_median"]
@@ -244,5 +255,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             f"; {chosen['geometry']}, postprocessing={_names(chosen['postprocessing'])}"
             if "geometry" in chosen
             else "",
+        )
+    if metrics.get("test"):
+        test = metrics["test"]
+        log.info(
+            "test (rule %s, the checkpoint best on validation): "
+            "dsc_volume mean %.4f, median %.4f (%d patients)",
+            test["rule"],
+            test["dsc_volume_mean"],
+            test["dsc_volume_median"],
+            len(test["per_patient"]),
         )
     return metrics

@@ -20,7 +20,7 @@ import yaml
 
 from brainseg.checkpoint import Provenance
 from brainseg.data.contract import SegmentationData
-from brainseg.evaluation.folds import SELECTION_RULES, check_selection
+from brainseg.evaluation.folds import INNER_VAL, SELECTION_RULES, check_selection, inner_validation
 from brainseg.reporting.figures import training_curves
 from brainseg.reporting.scores import summarize
 from brainseg.training.checkpoints import LastCheckpoint
@@ -56,6 +56,7 @@ class RunReport(L.Callback):
         self.last: dict[str, Any] | None = None
         self.final: dict[str, Any] | None = None  # see adopt_final_validation
         self.history: list[dict[str, Any]] = []
+        self.test: dict[str, Any] | None = None
         self._started = time.monotonic()
         self._elapsed_before = 0.0  # training seconds of earlier sessions of a resumed run
 
@@ -117,6 +118,13 @@ class RunReport(L.Callback):
             if self.progress_lines:
                 log.info(self._progress_line(trainer, entry))
             training_curves(self.history, self.output_dir / "curves.png")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.test = {
+            "checkpoint": trainer.ckpt_path,
+            "per_patient": dict(pl_module.volume_scores.get("test", {})),
+            "per_patient_metrics": dict(pl_module.volume_details.get("test", {})),
+        }
 
     def _progress_line(self, trainer: L.Trainer, entry: dict[str, Any]) -> str:
         """`epoch 3/20 | train loss 0.41 | val Dice mean 0.61 median 0.65 | best 0.61
@@ -187,9 +195,7 @@ class RunReport(L.Callback):
             },
         }
 
-    def write_metrics(
-        self, trainer: L.Trainer, test_scores: dict[str, float] | None = None
-    ) -> dict[str, Any]:
+    def write_metrics(self, trainer: L.Trainer) -> dict[str, Any]:
         paths = self.checkpoint_paths(trainer)
         selected = self._reported()
         metrics = {
@@ -209,12 +215,14 @@ class RunReport(L.Callback):
             "train_seconds": round(self._elapsed_before + time.monotonic() - self._started, 1),
             "history": self.history,
         }
-        if test_scores:
-            stats = summarize(list(test_scores.values()))
+        if self.test and self.test["per_patient"]:
+            stats = summarize(list(self.test["per_patient"].values()))
             metrics["test"] = {
+                "rule": INNER_VAL if inner_validation(self.config) else "best_on_val",
+                "epoch": self.best["epoch"] if self.best else None,
                 "dsc_volume_mean": stats["mean"],
                 "dsc_volume_median": stats["median"],
-                "per_patient": test_scores,
+                **self.test,
             }
         (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics
