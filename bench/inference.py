@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> None:
             overrides=[
                 f"input={Path(args.root).resolve()}",
                 f"output_dir={tmp}/out",
-                "postprocess.lcc=true",
+                "postprocessing=[largest_component]",
                 "progress=false",
                 f"batch_size={args.batch_size}",
                 f"device={device}",

@@ -40,12 +40,15 @@ PREDICTION_KEYS = (
 
 @dataclass(frozen=True)
 class Provenance:
-    """What a checkpoint was trained on: resolved config, data root, preprocessing, split."""
+    """What a checkpoint was trained on: resolved config, data root, preprocessing, split; and,
+    once decided after training, the post-processing steps to apply to its predictions
+    (brainseg.postprocessing.records.provenance_record)."""
 
     config: dict[str, Any]
     data_root: str | None
     preprocess: dict[str, Any]
     split: dict[str, list[str]] = field(default_factory=dict)
+    postprocessing: dict[str, Any] | None = None
 
     def store(self, checkpoint: dict[str, Any]) -> None:
         """Add the record to a checkpoint dict (Lightning's `on_save_checkpoint`)."""
@@ -62,6 +65,7 @@ class Provenance:
             data_root=info.get("data_root"),
             preprocess=dict(info["preprocess"]),
             split=dict(info.get("split") or {}),
+            postprocessing=info.get("postprocessing"),
         )
 
 
@@ -147,6 +151,14 @@ def remove_temporary_files(folder: Path) -> None:
     the run directory: no other process writes there)."""
     for path in folder.glob(f".*{TEMPORARY_SUFFIX}"):
         path.unlink(missing_ok=True)
+
+
+def record_postprocessing(path: str | Path, record: dict[str, Any]) -> None:
+    """Store a post-processing decision in the provenance of a checkpoint file (rewritten
+    atomically)."""
+    checkpoint = read_checkpoint(path)
+    checkpoint[CHECKPOINT_KEY] = {**checkpoint[CHECKPOINT_KEY], "postprocessing": record}
+    save_atomically(checkpoint, path)
 
 
 def prediction_only(checkpoint: dict[str, Any]) -> dict[str, Any]:

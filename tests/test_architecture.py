@@ -22,7 +22,8 @@ LAYERS: list[set[str]] = [
     {"postprocessing"},  # steps and the decision rule; may score with metrics
     {"evaluation"},  # pure computation: statistics, folds
     {"reporting"},  # tables, figures, folder scoring, the sweep report
-    {"prediction", "training"},
+    {"prediction"},  # checkpoints to masks; needs nothing from training
+    {"training"},  # its final validation predicts as predict.py does
     {"evaluate", "hydra_callbacks", "__main__"},  # entry points
 ]
 

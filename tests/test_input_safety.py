@@ -106,7 +106,7 @@ def test_documented_predict_model_option_composes() -> None:
 def _predict(*overrides: str) -> dict:
     return predict(
         compose(
-            ["progress=false", "postprocessing=[]", "figures.overlays=false", *overrides],
+            ["progress=false", "figures.overlays=false", *overrides],
             hydra_node=False,
             config_name="predict",
         )

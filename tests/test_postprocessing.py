@@ -1,4 +1,5 @@
-"""Post-processing steps, the step-list checks, and the recorded `auto` decision re-read by name."""
+"""Post-processing steps, the step-list checks, the decision rule on saved predictions, where the
+decision is recorded, and which steps predict.py applies."""
 
 from __future__ import annotations
 
@@ -7,12 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import compose, compose_run
 
+from brainseg.checkpoint import Provenance, read_checkpoint
 from brainseg.errors import ConfigError, DataError
+from brainseg.metrics import dice_score
 from brainseg.postprocessing import STEPS, apply, check_steps
+from brainseg.postprocessing.__main__ import main as postprocessing_cli
+from brainseg.postprocessing.decision import decide
+from brainseg.postprocessing.records import DECISION_FILE, decide_folder, save_prediction
 from brainseg.prediction.members import Member
-from brainseg.prediction.postprocess import ADOPTION_RULE, decision_path, resolve_postprocessing
+from brainseg.prediction.postprocess import resolve_postprocessing
+
+LCC = [{"name": "largest_component"}]
+CANDIDATES = [[], LCC]
 
 
 def _mask() -> np.ndarray:
@@ -97,52 +107,131 @@ def test_train_and_predict_check_step_arguments_before_any_work(
         predict(cfg)  # before: after predicting every patient
 
 
-class _Predictor:
-    def __init__(self, path: Path) -> None:
-        self.members = [
-            Member(
-                path=path,
-                preprocess=None,
-                model={},
-                data_root=str(path.parent),
-                split={"val": ["p"]},
-            )
+def _patient(hit_rows: int, false_voxels: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 2x8x8 lesion, a prediction covering `hit_rows` of its 8 rows, and a separate false
+    blob of `false_voxels` voxels."""
+    truth = np.zeros((4, 32, 32), bool)
+    truth[1:3, 2:10, 2:10] = True
+    raw = np.zeros_like(truth)
+    raw[1:3, 2 : 2 + hit_rows, 2:10] = True
+    blob = np.zeros((16, 16), bool)
+    blob.flat[:false_voxels] = True
+    raw[3, 16:, 16:] = blob
+    return raw, truth
+
+
+def _predictions() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Three patients that a largest-component step helps (a small false blob goes), and one whose
+    small true hit is outweighed by a larger false blob, so the step erases its lesion."""
+    helped = [(f"p{i}", *_patient(hit_rows=8, false_voxels=100)) for i in range(3)]
+    raw, truth = _patient(hit_rows=1, false_voxels=40)
+    return [*helped, ("erased", raw, truth)]
+
+
+def test_the_rule_adopts_a_step_that_helps_most_patients_and_lists_the_lesion_it_erases() -> None:
+    predictions = _predictions()
+    decision = decide(predictions, CANDIDATES)
+    for name, raw, truth in predictions:
+        assert decision["per_patient"][name] == [
+            dice_score(raw, truth),
+            dice_score(apply(raw, LCC), truth),
         ]
+    assert decision["per_patient"]["erased"][0] > 0 and decision["per_patient"]["erased"][1] == 0
+    (comparison,) = decision["comparisons"]
+    # the erased lesion is one hurt patient, its whole loss in the mean: outvoted here
+    assert (comparison["helped"], comparison["hurt"], comparison["adopted"]) == (3, 1, True)
+    assert comparison["dsc"] > comparison["dsc_current"]
+    assert decision["postprocessing"] == LCC and decision["erased"] == ["erased"]
+    assert [c["erased"] for c in decision["candidates"]] == [[], ["erased"]]
+    # without the three helped patients the loss outweighs the gain: the simpler candidate stays
+    alone = decide(predictions[-1:], CANDIDATES)
+    assert alone["postprocessing"] == [] and alone["erased"] == []
 
 
-def test_a_recorded_decision_is_reread_by_step_name(tmp_path: Path) -> None:
-    predictor = _Predictor(tmp_path / "best.ckpt")
-    candidates = [[], [{"name": "largest_component"}]]
-    key = {
-        "members": [str((tmp_path / "best.ckpt").resolve())],
-        "views": ["identity"],
-        "threshold": 0.5,
-        "patients": ["p"],
-        "data_root": str(tmp_path.resolve()),
-        "candidates": candidates,
-        "ensemble": "out_of_fold",
-        "rule": ADOPTION_RULE,
+def _checkpoint(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {"state_dict": {}, "hyper_parameters": {"postprocessing": LCC}}
+    Provenance(config={}, data_root="/gone", preprocess={"image_size": 32}).store(checkpoint)
+    torch.save(checkpoint, path)
+    return path
+
+
+def _run(folder: Path, predictions: list) -> Path:
+    for name, raw, truth in predictions:
+        save_prediction(folder, name, raw, truth)
+    return folder
+
+
+def test_a_run_decision_is_recorded_in_the_run_and_its_checkpoints(tmp_path: Path) -> None:
+    run = _run(tmp_path / "run", _predictions())
+    checkpoints = [
+        _checkpoint(run / "checkpoints" / n) for n in ("best-epoch001.ckpt", "last.ckpt")
+    ]
+    decision = decide_folder(run, CANDIDATES)
+    assert decision == {
+        **decide(sorted(_predictions()), CANDIDATES),
+        "scope": "run",
+        "folder": str(run.resolve()),
     }
-    path = decision_path(predictor.members[0])
-    decision = {
-        "postprocessing": [{"name": "remove_small_components", "min_voxels": 4}],
-        "patients": ["p"],
-    }
-    path.write_text(json.dumps({"key": key, "decision": decision}))
-    chosen = resolve_postprocessing(
-        "auto", predictor, 0.5, ["identity"], {"candidates": candidates}
+    assert json.loads((run / DECISION_FILE).read_text()) == decision
+    for path in checkpoints:
+        record = Provenance.read(read_checkpoint(path), path).postprocessing
+        assert record["steps"] == LCC and record["erased"] == ["erased"]
+        assert record["decision"] == str((run / DECISION_FILE).resolve())
+    # re-decided from the saved files alone, among the recorded candidates
+    assert postprocessing_cli(["decide", str(run), "--candidates", "[[]]"]) == 0
+    assert json.loads((run / DECISION_FILE).read_text())["postprocessing"] == []
+    assert Provenance.read(read_checkpoint(checkpoints[0]), "x").postprocessing["steps"] == []
+    assert decide_folder(run)["candidates"][0]["postprocessing"] == []
+
+
+def test_a_sweep_decides_once_on_all_jobs_pooled(tmp_path: Path, capsys) -> None:
+    predictions = _predictions()
+    sweep = tmp_path / "sweep"
+    for job, part in (("0", predictions[:2]), ("1", predictions[2:])):
+        decide_folder(_run(sweep / job, part), CANDIDATES)
+    assert postprocessing_cli(["decide", str(sweep)]) == 0
+    printed = capsys.readouterr().out
+    assert "post-processing chosen: ['largest_component'] on 4 validation patients" in printed
+    decision = json.loads((sweep / DECISION_FILE).read_text())
+    assert decision["patients"] == ["0/p0", "0/p1", "1/erased", "1/p2"]
+    assert decision["erased"] == ["1/erased"] and decision["jobs"] == ["0", "1"]
+    decide_folder(sweep / "1", [[], [{"name": "fill_holes"}]])
+    with pytest.raises(ConfigError, match="were decided among different candidates"):
+        decide_folder(sweep)
+    assert postprocessing_cli(["decide", str(tmp_path / "nothing")]) == 2
+    assert "nothing: no saved validation predictions" in capsys.readouterr().err
+
+
+def _member(path: Path, steps: list, source: str = "decided after training") -> Member:
+    return Member(
+        path=path, preprocess=None, model={}, postprocessing={"steps": steps, "source": source}
     )
-    assert chosen["postprocessing"] == decision["postprocessing"] and chosen["source"] == str(path)
-    path.write_text(json.dumps({"key": key, "decision": {"postprocessing": [{"name": "lcc"}]}}))
-    with pytest.raises(
-        DataError, match=r"best.postprocess.json: postprocessing\[0\]: unknown step 'lcc'"
-    ):
-        resolve_postprocessing("auto", predictor, 0.5, ["identity"], {"candidates": candidates})
 
 
-def test_a_fixed_step_list_needs_no_data(tmp_path: Path) -> None:
-    predictor = _Predictor(tmp_path / "best.ckpt")
-    chosen = resolve_postprocessing(["largest_component"], predictor, 0.5, [], {})
-    assert chosen == {"postprocessing": [{"name": "largest_component"}], "source": "config"}
-    with pytest.raises(ConfigError, match="postprocessing='lcc' must be auto or a step list"):
-        resolve_postprocessing("lcc", predictor, 0.5, [], {})
+def test_predict_applies_the_recorded_steps_unless_a_list_is_given(tmp_path: Path) -> None:
+    members = [_member(tmp_path / "a.ckpt", LCC), _member(tmp_path / "b.ckpt", LCC)]
+    assert resolve_postprocessing(None, members) == {
+        "postprocessing": LCC,
+        "source": "decided after training",
+    }
+    assert resolve_postprocessing([], members) == {"postprocessing": [], "source": "config"}
+    with pytest.raises(ConfigError, match="postprocessing='auto' must be a step list"):
+        resolve_postprocessing("auto", members)
+    members[1] = _member(tmp_path / "b.ckpt", [])
+    with pytest.raises(ConfigError, match="a.ckpt and .*b.ckpt record different post-processing"):
+        resolve_postprocessing(None, members)
+    sweep = tmp_path / "sweep"
+    with pytest.raises(ConfigError, match="python -m brainseg.postprocessing decide"):
+        resolve_postprocessing(None, members, sweep)
+    sweep.mkdir()
+    (sweep / DECISION_FILE).write_text(json.dumps({"postprocessing": ["fill_holes"]}))
+    assert resolve_postprocessing(None, members, sweep) == {
+        "postprocessing": [{"name": "fill_holes"}],
+        "source": str(sweep / DECISION_FILE),
+    }
+    (sweep / DECISION_FILE).write_text(json.dumps({"postprocessing": [{"name": "lcc"}]}))
+    with pytest.raises(DataError, match=r"postprocessing.json: postprocessing\[0\]: unknown step"):
+        resolve_postprocessing(None, members, sweep)
+    with pytest.raises(DataError, match=r"a.ckpt: postprocessing\[0\]: unknown step 'lcc'"):
+        resolve_postprocessing(None, [_member(tmp_path / "a.ckpt", [{"name": "lcc"}])])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 import tifffile
 from helpers import PROJECT, compose, run_cli, snapshot
 
+from brainseg.checkpoint import read_checkpoint, save_atomically
 from brainseg.cli import run_task
 from brainseg.data.reader import find_patients
 from brainseg.prediction.pipeline import predict
@@ -33,7 +35,7 @@ def predicted(
         f"checkpoints=[{tiny_run}/checkpoints/last.ckpt]",
         f"output_dir={out}",
         "tta.hflip=true",
-        "postprocessing=auto",
+        "progress=false",
         cwd=PROJECT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -43,8 +45,7 @@ def predicted(
     assert (
         "per-volume DSC over 2 held-out patients" in log and "4 training patient(s) left out" in log
     )
-    assert "4 scored patient(s) were seen in training" in log and "postprocessing=auto chose" in log
-    assert "on 2 held-out patients (['largest_component'] vs []: mean Dice" in log
+    assert "4 scored patient(s) were seen in training" in log
     return out
 
 
@@ -118,25 +119,47 @@ def test_figures_read_back(predicted: Path, synthetic_root: Path) -> None:
     assert iio.imread(gifs[0], index=None).shape[0] == len(patients[0].numbers)
 
 
-def test_auto_postprocessing_is_recorded_next_to_the_checkpoint(
-    predicted: Path, tiny_run: Path
-) -> None:
-    recorded = json.loads((tiny_run / "checkpoints" / "last.postprocess.json").read_text())
-    decision = recorded["decision"]
-    (none, lcc) = decision["candidates"]
-    assert none["postprocessing"] == [] and lcc["postprocessing"] == [{"name": "largest_component"}]
-    (comparison,) = decision["comparisons"]
-    assert comparison["adopted"] == (
-        lcc["dsc"] > none["dsc"] and comparison["helped"] > comparison["hurt"]
-    )
-    assert decision["postprocessing"] == (lcc if comparison["adopted"] else none)["postprocessing"]
-    assert "helps more patients than it hurts" in decision["rule"]
-    assert decision["patients"] == json.loads((tiny_run / "split.json").read_text())["val"]
+def test_the_steps_decided_after_training_are_applied(predicted: Path, tiny_run: Path) -> None:
+    decision = json.loads((tiny_run / "postprocessing.json").read_text())
+    assert decision["patients"] == sorted(json.loads((tiny_run / "split.json").read_text())["val"])
     summary = json.loads((predicted / "prediction.json").read_text())
-    assert (
-        summary["postprocessing"]["postprocessing"] == decision["postprocessing"]
-        and len(summary["tta"]) == 2
+    applied = summary["postprocessing"]
+    assert applied["postprocessing"] == decision["postprocessing"] and len(summary["tta"]) == 2
+    assert applied["source"] == f"decided after training ({tiny_run / 'postprocessing.json'})"
+    assert sorted(p.name for p in (tiny_run / "checkpoints").iterdir()) == [
+        *sorted(p.name for p in (tiny_run / "checkpoints").glob("best-*.ckpt")),
+        "last.ckpt",
+    ]  # nothing written next to the checkpoint
+
+
+def test_reported_validation_scores_are_predicts_without_the_training_data(
+    tiny_run: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
+    """A machine with the checkpoint only: the data root it records is gone, the model folder is
+    left untouched, and predict.py scores the run's validation patients exactly as the run
+    reported them."""
+    selected = json.loads((tiny_run / "metrics.json").read_text())["selected"]
+    checkpoint = read_checkpoint(selected["checkpoint"])
+    checkpoint["brainseg"]["data_root"] = str(tmp_path / "moved-away")
+    model = tmp_path / "model" / "last.ckpt"
+    save_atomically(checkpoint, model)
+    inputs = tmp_path / "input"
+    for name in selected["per_patient"]:
+        shutil.copytree(synthetic_root / name, inputs / name)
+    before = snapshot(model.parent)
+    _predict_inprocess(
+        f"input={inputs}",
+        f"checkpoints=[{model}]",
+        f"output_dir={tmp_path / 'out'}",
+        "figures.overlays=false",
     )
+    assert snapshot(model.parent) == before
+    with open(tmp_path / "out" / "dsc.csv") as fh:
+        rows = {r["patient"]: r for r in csv.DictReader(fh)}
+    assert sorted(rows) == sorted(selected["per_patient_metrics"])
+    for name, reported in selected["per_patient_metrics"].items():
+        for metric, value in reported.items():
+            assert float(rows[name][metric]) == pytest.approx(value, abs=1e-6), (name, metric)
 
 
 def test_refuses_to_overwrite_or_write_into_the_input(
@@ -161,7 +184,7 @@ def test_refuses_to_overwrite_or_write_into_the_input(
 def _predict_inprocess(*overrides: str) -> dict:
     return predict(
         compose(
-            ["progress=false", "postprocessing=[]", *overrides],
+            ["progress=false", *overrides],
             hydra_node=False,
             config_name="predict",
         )
@@ -189,23 +212,45 @@ def test_pure_inference_on_a_folder_without_masks(
     )
 
 
+def _moved_sweep(ckpt: Path, sweep: Path) -> dict[str, str]:
+    """Two finished jobs of a sweep moved after training, whose selection rules chose last.ckpt
+    and the best checkpoint; the file each rule did not choose is unreadable."""
+    chosen = {}
+    for job, rule, name, other in (
+        ("0", "last", "last.ckpt", "best-epoch000-dsc0.4.ckpt"),
+        ("1", "best_on_val", "best-epoch001-dsc0.5.ckpt", "last.ckpt"),
+    ):
+        folder = sweep / job / "checkpoints"
+        folder.mkdir(parents=True)
+        shutil.copy(ckpt, folder / name)
+        (folder / other).write_text("not the checkpoint the selection rule reports")
+        selected = {"rule": rule, "checkpoint": f"/elsewhere/{job}/checkpoints/{name}"}
+        (sweep / job / "metrics.json").write_text(json.dumps({"selected": selected}))
+        chosen[str((folder / name).resolve())] = rule
+    return chosen
+
+
 def test_sweep_ensemble_and_onnx_give_the_same_masks(
-    tiny_run: Path, synthetic_root: Path, tmp_path: Path
+    tiny_run: Path, synthetic_root: Path, tmp_path: Path, caplog
 ) -> None:
-    patient = find_patients(synthetic_root)[1].folder
+    patient = synthetic_root / json.loads((tiny_run / "split.json").read_text())["val"][0]
     ckpt = tiny_run / "checkpoints" / "last.ckpt"
     sweep = tmp_path / "sweep"
-    for job in ("0", "1"):
-        (sweep / job / "checkpoints").mkdir(parents=True)
-        shutil.copy(ckpt, sweep / job / "checkpoints" / "best-epoch001-dsc0.5.ckpt")
+    chosen = _moved_sweep(ckpt, sweep)
     common = [f"input={patient}", "figures.overlays=false"]
     single = _predict_inprocess(
         *common, f"checkpoints=[{ckpt}]", f"output_dir={tmp_path / 'single'}"
     )
-    ensemble = _predict_inprocess(
-        *common, f"sweep_dir={sweep}", f"output_dir={tmp_path / 'ensemble'}"
-    )
+    with caplog.at_level(logging.INFO, logger="brainseg"):
+        ensemble = _predict_inprocess(
+            *common, f"sweep_dir={sweep}", f"output_dir={tmp_path / 'ensemble'}"
+        )
     assert len(ensemble["members"]) == 2 and ensemble["dsc"] == single["dsc"]
+    assert ensemble["selection"] == chosen
+    assert (
+        "checkpoints selected on their validation patients (evaluation.selection=best_on_val"
+        in (caplog.text)
+    )
     _predict_inprocess("export=onnx", f"checkpoints=[{ckpt}]", f"output_dir={tmp_path / 'onnx'}")
     via_onnx = _predict_inprocess(
         *common, f"onnx={tmp_path / 'onnx' / 'model.onnx'}", f"output_dir={tmp_path / 'o'}"
@@ -272,7 +317,6 @@ def test_slice_of_another_shape_is_named(
             f"checkpoints=[{tiny_run}/checkpoints/last.ckpt]",
             f"output_dir={tmp_path / 'out'}",
             "progress=false",
-            "postprocessing=[]",
         ],
         hydra_node=False,
         config_name="predict",

@@ -275,7 +275,6 @@ def test_fold_ensemble_predicts_out_of_fold_and_reports_subsets(
                 f"input={synthetic_root}",
                 f"output_dir={out}",
                 f"ensemble={mode}",
-                "postprocessing=[]",
                 "figures.overlays=false",
                 "progress=false",
             ],
@@ -310,30 +309,6 @@ def test_fold_ensemble_predicts_out_of_fold_and_reports_subsets(
         n in warning for n in names
     )
     assert any(r.getMessage().startswith("no held-out patients to score") for r in caplog.records)
-
-
-def test_auto_postprocessing_is_decided_out_of_fold_only(
-    synthetic_root: Path, tmp_path: Path
-) -> None:
-    from brainseg.postprocessing import largest_component
-    from brainseg.prediction.postprocess import decide
-
-    names, members = _fold_members(synthetic_root, tmp_path)
-    predictor = Predictor(members)
-    candidates = [[], [{"name": "largest_component"}]]
-    decision = decide(predictor, synthetic_root, names, 0.5, candidates, "out_of_fold")
-    assert decision["patients"] == names and set(decision["per_patient"]) == set(names)
-    volume = _volume(synthetic_root, 4)  # held out by fold 1 only: scored with fold 1 alone
-    raw = Predictor([members[1]]).predict(volume) > 0.5
-    truth = volume.mask.astype(bool)
-    expected = [dice_score(raw, truth), dice_score(largest_component(raw), truth)]
-    assert decision["per_patient"][volume.name] == pytest.approx(expected, abs=1e-9)
-    (comparison,) = decision["comparisons"]
-    assert decision["postprocessing"] == candidates[comparison["adopted"]]
-    with pytest.raises(
-        ConfigError, match="every one of the 6 patients was trained on by the members"
-    ):
-        decide(predictor, synthetic_root, names, 0.5, candidates, "all")
 
 
 def test_prediction_imports_nothing_from_training() -> None:

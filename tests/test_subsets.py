@@ -9,7 +9,7 @@ import pytest
 
 from brainseg.errors import ConfigError
 from brainseg.evaluation.folds import held_out_members
-from brainseg.prediction.postprocess import compare
+from brainseg.postprocessing.decision import compare
 from brainseg.prediction.subsets import member_plan, subsets_for, warn_seen_in_training
 from brainseg.reporting.scores import patient_subset, subset_summary
 

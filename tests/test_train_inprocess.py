@@ -122,7 +122,13 @@ def test_reports_the_epoch_its_selection_rule_picks_with_every_volume_metric(
     assert selected["checkpoint"] == metrics["last_checkpoint"] and selected["checkpoint"].endswith(
         "last.ckpt"
     )
-    assert selected["dsc_volume_mean"] == metrics["history"][-1]["dsc_volume_mean"]
+    # reported as predict.py scores (every slice, original geometry, the decided post-processing);
+    # the epoch's training-grid figure is kept beside it
+    assert selected["training_grid"]["dsc_volume_mean"] == metrics["history"][-1]["dsc_volume_mean"]
+    decision = json.loads((tmp_path / "run" / "postprocessing.json").read_text())
+    assert selected["postprocessing"] == decision["postprocessing"]
+    chosen = [c["postprocessing"] for c in decision["candidates"]].index(decision["postprocessing"])
+    assert selected["per_patient"] == {p: d[chosen] for p, d in decision["per_patient"].items()}
     per_patient = selected["per_patient_metrics"]
     assert sorted(per_patient) == sorted(selected["per_patient"])
     assert all(

@@ -30,6 +30,11 @@ class Member:
     threshold: float = 0.5
     data_root: str | None = None
     split: dict[str, list[str]] = field(default_factory=dict)
+    # The steps predict.py applies by default and their source: {"steps": [...], "source": ...}.
+    postprocessing: dict[str, Any] = field(
+        default_factory=lambda: {"steps": [], "source": "none recorded"}
+    )
+    selection: str | None = None  # the evaluation.selection rule that picked it (sweep_dir)
     net: nn.Module | None = None
     session: Any = None  # onnxruntime.InferenceSession for ONNX members
 
@@ -55,6 +60,7 @@ class Member:
             "threshold": self.threshold,
             "data_root": self.data_root,
             "split": self.split,
+            "postprocessing": self.postprocessing,
         }
 
 
@@ -81,6 +87,17 @@ def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None =
         if k.startswith("net.")
     }
     load_weights(net, weights, path, model_cfg)
+    postprocessing = (
+        {
+            **info.postprocessing,
+            "source": f"decided after training ({info.postprocessing['decision']})",
+        }
+        if info.postprocessing
+        else {
+            "steps": list(hparams.get("postprocessing") or []),
+            "source": f"the training setting postprocessing of {path.name} (no decision recorded)",
+        }
+    )
     return Member(
         path=path,
         preprocess=PreprocessConfig(**info.preprocess),
@@ -88,25 +105,45 @@ def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None =
         threshold=float((hparams.get("metric") or {}).get("threshold", 0.5)),
         data_root=info.data_root,
         split=info.split,
+        postprocessing=postprocessing,
         net=net.eval(),
     )
 
 
-def find_sweep_checkpoints(sweep_dir: str | Path) -> list[Path]:
-    """The best checkpoint of every job in a sweep directory
-    (e.g. the k folds of a k-fold sweep)."""
+def _selected_checkpoint(job: Path) -> tuple[Path, str] | None:
+    """The checkpoint a finished job's evaluation.selection rule reports (metrics.json), and the
+    rule; found in the job's own folder when the sweep was moved."""
+    path = job / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+        selected = metrics.get("selected") or {}
+        recorded = selected.get("checkpoint") or metrics.get("best_checkpoint")
+    except (ValueError, AttributeError) as exc:
+        raise DataError(f"{path}: not a metrics file ({exc})") from None
+    if not recorded:
+        return None
+    checkpoint = Path(recorded)
+    if not checkpoint.is_file():
+        checkpoint = job / "checkpoints" / checkpoint.name
+    return checkpoint, selected.get("rule") or "best_on_val"
+
+
+def find_sweep_checkpoints(sweep_dir: str | Path) -> list[tuple[Path, str]]:
+    """(checkpoint, rule) for every finished job of a sweep directory (e.g. the k folds of a k-fold
+    sweep): the checkpoint its evaluation.selection rule reports, e.g. last.ckpt under `last`."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise DataError(f"{sweep_dir}: sweep directory not found")
-    found = []
-    for job in sorted(
+    jobs = sorted(
         (p for p in sweep_dir.iterdir() if p.is_dir()), key=lambda p: (len(p.name), p.name)
-    ):
-        best = sorted(job.glob("checkpoints/best-*.ckpt"))
-        if best:
-            found.append(best[-1])
+    )
+    found = [selected for selected in map(_selected_checkpoint, jobs) if selected]
     if not found:
-        raise DataError(f"{sweep_dir}: no job folder with checkpoints/best-*.ckpt")
+        raise DataError(
+            f"{sweep_dir}: no finished job folder (a metrics.json naming its selected checkpoint)"
+        )
     return found
 
 
@@ -160,6 +197,7 @@ def load_onnx(path: str | Path) -> Member:
         threshold=info["threshold"],
         data_root=info.get("data_root"),
         split=info.get("split") or {},
+        postprocessing=info.get("postprocessing") or {"steps": [], "source": "none recorded"},
         session=session,
     )
 

@@ -73,15 +73,20 @@ def load_members(cfg: DictConfig) -> list[Member]:
     """Members from `onnx`, `sweep_dir` or the `checkpoints` list."""
     if cfg.get("onnx"):
         return [load_onnx(_path(cfg.onnx, "onnx"))]
-    paths = [_path(p, "checkpoints") for p in cfg.get("checkpoints") or []]
+    chosen: list[tuple[Path, str | None]] = [
+        (_path(p, "checkpoints"), None) for p in cfg.get("checkpoints") or []
+    ]
     if cfg.get("sweep_dir"):
-        paths += find_sweep_checkpoints(_path(cfg.sweep_dir, "sweep_dir"))
-    if not paths:
+        chosen += find_sweep_checkpoints(_path(cfg.sweep_dir, "sweep_dir"))
+    if not chosen:
         raise ConfigError(
             "checkpoints: give one or more checkpoint files, a sweep_dir, or an onnx model"
         )
     expected = to_plain(cfg.get("model")) or {}
-    return [load_checkpoint(p, expected) for p in paths]
+    members = [load_checkpoint(path, expected) for path, _ in chosen]
+    for member, (_, selection) in zip(members, chosen):
+        member.selection = selection
+    return members
 
 
 def _device(name: str) -> str:
@@ -93,7 +98,7 @@ def _device(name: str) -> str:
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Run inference (or `export=onnx`); returns the run summary written to prediction.json."""
     setting = to_plain(cfg.get("postprocessing"))
-    if isinstance(setting, list):  # checked before any work (auto is checked when decided)
+    if isinstance(setting, list):  # checked before any work (recorded steps: when read)
         check_steps(setting, "postprocessing")
     members = load_members(cfg)
     if cfg.get("export"):
@@ -132,18 +137,8 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     threshold = float(cfg.threshold if cfg.get("threshold") is not None else members[0].threshold)
     subsets = subsets_for(plan, splits)
     warn_seen_in_training({p.name: subsets[p.name] for p in patients if p.masks is not None})
-    decision_cfg = to_plain(cfg.get("postprocessing_decision")) or {}
-    if decision_cfg.get("data_root"):
-        decision_cfg["data_root"] = str(
-            _path(decision_cfg["data_root"], "postprocessing_decision.data_root")
-        )
     chosen = resolve_postprocessing(
-        to_plain(cfg.postprocessing),
-        predictor,
-        threshold,
-        [repr(v) for v in views],
-        decision_cfg,
-        cfg.ensemble,
+        to_plain(cfg.get("postprocessing")), members, _path(cfg.get("sweep_dir"), "sweep_dir")
     )
     steps = chosen["postprocessing"]
     rows = []
@@ -173,6 +168,7 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
         "tta": [repr(v) for v in views],
         "threshold": threshold,
         "postprocessing": chosen,
+        "selection": {str(m.path): m.selection for m in members if m.selection},
         "ensemble": cfg.ensemble,
         "member_plan": plan,  # patient -> indices into members
         "subsets": subsets,
@@ -186,7 +182,7 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
             stats_groups=HELD_OUT,
             note=figure_note(members, threshold, steps, cfg.ensemble),
         )
-        log.info(headline(summary["dsc"], steps, out))
+        log.info(headline(summary["dsc"], steps, out, _selection_caveat(members)))
     (out / "prediction.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -205,3 +201,13 @@ def figure_note(
     models = shown if len(members) == 1 else f"{len(members)} members ({ensemble}): {shown}"
     postprocessing = ", ".join(s["name"] for s in steps) or "none"
     return f"{models}\nthreshold {threshold:g}, post-processing: {postprocessing}"
+
+
+def _selection_caveat(members: list[Member]) -> str:
+    """The label of checkpoints chosen as their run's best epoch on its validation patients."""
+    if any(m.selection == "best_on_val" for m in members):
+        return (
+            "checkpoints selected on their validation patients "
+            "(evaluation.selection=best_on_val: optimistic)"
+        )
+    return ""

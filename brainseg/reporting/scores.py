@@ -123,8 +123,11 @@ def subset_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def headline(scores: dict[str, Any], steps: list[dict[str, Any]], out: Path) -> str:
-    """The log line: held-out patients only; training patients are named as left out."""
+def headline(
+    scores: dict[str, Any], steps: list[dict[str, Any]], out: Path, caveat: str = ""
+) -> str:
+    """The log line: held-out patients only; training patients are named as left out; `caveat`
+    (e.g. how the checkpoints were selected) follows the figures."""
     trained = scores["by_subset"].get("train", {}).get("dsc", {}).get("n", 0)
     left_out = f"; {trained} training patient(s) left out (see dsc_summary.json)" if trained else ""
     if not scores["n_held_out"]:
@@ -135,5 +138,6 @@ def headline(scores: dict[str, Any], steps: list[dict[str, Any]], out: Path) -> 
     return (
         f"per-volume DSC over {scores['n_held_out']} held-out patients: "
         f"mean {scores['dsc']['mean']:.4f}, median {scores['dsc']['median']:.4f} "
-        f"(postprocessing={[s['name'] for s in steps]}){left_out}; {out}"
+        f"(postprocessing={[s['name'] for s in steps]}){left_out}"
+        f"{f'; {caveat}' if caveat else ''}; {out}"
     )

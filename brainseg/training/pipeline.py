@@ -21,10 +21,11 @@ from brainseg.config import instantiate_setting, job_overrides, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
 from brainseg.evaluation.folds import inner_validation
-from brainseg.postprocessing import check_steps
+from brainseg.postprocessing import StepList, check_steps
 from brainseg.quiet import quiet_libraries
 from brainseg.run_lock import is_first_rank, own_run_directory
 from brainseg.training.checkpoints import AtomicCheckpointIO, LastCheckpoint
+from brainseg.training.final_validation import final_validation
 from brainseg.training.media import TrackerMedia
 from brainseg.training.module import SegmentationModule
 from brainseg.training.report import RunReport
@@ -117,25 +118,62 @@ def _finish_wandb_run(report: RunReport) -> None:
         log.info("W&B run logged offline to %s; upload it with: wandb sync %s", folder, folder)
 
 
+def _names(steps: StepList) -> list[str]:
+    return [s["name"] for s in steps]
+
+
+def _candidates(cfg: DictConfig) -> list[StepList]:
+    """The step lists the post-processing is chosen among after training (checked up front)."""
+    return [
+        check_steps(c, f"postprocessing_candidates[{i}]")
+        for i, c in enumerate(to_plain(cfg.get("postprocessing_candidates")) or [])
+    ]
+
+
+def _final_validation(
+    cfg: DictConfig, trainer: L.Trainer, report: RunReport, candidates: list[StepList]
+) -> None:
+    """Rank 0, after fitting: the selected checkpoint on the validation patients as predict.py
+    predicts them, the post-processing decided, the reported figures recomputed."""
+    checkpoint = report.selected_checkpoint(trainer)
+    data = trainer.datamodule.provenance()
+    patients = data["split"].get("val") or []
+    if not (checkpoint and data["data_root"] and patients):
+        return
+    final = final_validation(
+        Path(cfg.paths.output_dir),
+        Path(checkpoint),
+        data["data_root"],
+        patients,
+        candidates,
+        check_steps(to_plain(cfg.postprocessing)),
+        float(cfg.metric.nsd_tolerance),
+        trainer.strategy.root_device,
+        int(cfg.data.get("val_batch_size") or cfg.data.get("batch_size") or 16),
+    )
+    report.adopt_final_validation(final)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and optionally test) one configuration; returns the content of metrics.json."""
     quiet_libraries()
     check_sweep_ranks(cfg.trainer)
     check_steps(to_plain(cfg.get("postprocessing")), "postprocessing")
     L.seed_everything(cfg.seed, workers=True)
+    candidates = _candidates(cfg)
     output_dir = Path(cfg.paths.output_dir)
     if cfg.data.get("root"):
         check_output_outside_data(
             output_dir, to_absolute_path(str(cfg.data.root)), "paths.output_dir"
         )
     if not is_first_rank():
-        return _fit(cfg, output_dir)
+        return _fit(cfg, output_dir, candidates)
     with own_run_directory(output_dir):
         remove_temporary_files(output_dir / "checkpoints")
-        return _fit(cfg, output_dir)
+        return _fit(cfg, output_dir, candidates)
 
 
-def _fit(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> dict[str, Any]:
     """The run itself, in a run directory no other process writes to."""
     datamodule = check_data_module(instantiate_setting("data", cfg.data))
     module = SegmentationModule(
@@ -186,6 +224,8 @@ def _fit(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             trainer.test(
                 module, datamodule=datamodule, ckpt_path=trainer.checkpoint_callback.best_model_path
             )
+        if trainer.is_global_zero:
+            _final_validation(cfg, trainer, report, candidates)
     finally:
         if any(isinstance(logger, WandbLogger) for logger in loggers):
             _finish_wandb_run(report)
@@ -210,13 +250,16 @@ def _fit(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         chosen = metrics["selected"]
         log.info(
             "reported (evaluation.selection=%s: %s): "
-            "val/dsc_volume mean %.4f, median %.4f, HD95 %.2f px (epoch %d)",
+            "val/dsc_volume mean %.4f, median %.4f, HD95 %.2f px (epoch %d%s)",
             chosen["rule"],
             chosen["description"],
             chosen["dsc_volume_mean"],
             chosen["dsc_volume_median"],
             chosen.get("hd95", float("nan")),
             chosen["epoch"],
+            f"; {chosen['geometry']}, postprocessing={_names(chosen['postprocessing'])}"
+            if "geometry" in chosen
+            else "",
         )
     if metrics.get("test"):
         test = metrics["test"]

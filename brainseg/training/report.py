@@ -1,5 +1,6 @@
 """Run artifacts: resolved config and split at the start, a progress line and curves.png after
-each validation, best per-volume Dice at the end, and the provenance predict.py needs inside every
+each validation, best per-volume Dice and the reported validation figures (from the final
+validation, training.final_validation) at the end, and the provenance predict.py needs inside every
 checkpoint."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import Timer
@@ -67,6 +69,7 @@ class RunReport(L.Callback):
         self.selection = check_selection((config.get("evaluation") or {}).get("selection", "last"))
         self.best: dict[str, Any] | None = None
         self.last: dict[str, Any] | None = None
+        self.final: dict[str, Any] | None = None  # see adopt_final_validation
         self.history: list[dict[str, Any]] = []
         self.test: dict[str, Any] | None = None
         self._started = time.monotonic()
@@ -156,9 +159,10 @@ class RunReport(L.Callback):
             f"{seconds:.1f} s/epoch | {eta}"
         )
 
-    def write_metrics(self, trainer: L.Trainer) -> dict[str, Any]:
+    def checkpoint_paths(self, trainer: L.Trainer) -> dict[str, str | None]:
+        """The run's best and last checkpoint files (None where there is none)."""
         checkpoint = trainer.checkpoint_callback
-        paths = {
+        return {
             "best": getattr(checkpoint, "best_model_path", None) or None,
             "last": next(
                 (
@@ -169,6 +173,42 @@ class RunReport(L.Callback):
                 None,
             ),
         }
+
+    def selected_checkpoint(self, trainer: L.Trainer) -> str | None:
+        """The checkpoint of the epoch the selection rule reports."""
+        return self.checkpoint_paths(trainer)["last" if self.selection == "last" else "best"]
+
+    def adopt_final_validation(self, final: dict[str, Any]) -> None:
+        """Report the final validation (training.final_validation: original geometry, the decided
+        post-processing) instead of the selected epoch's training-grid figures, which are kept
+        under `training_grid`."""
+        epoch = self._reported()
+        if epoch is None or not final["per_patient"]:
+            return
+        per_patient = final["per_patient"]
+        dice = summarize([m["dsc"] for m in per_patient.values()])
+        self.final = {
+            **{k: epoch[k] for k in ("epoch", "step", "train_loss", "val_loss")},
+            "dsc_volume_mean": dice["mean"],
+            "dsc_volume_median": dice["median"],
+            **{
+                k: float(np.mean([m[k] for m in per_patient.values()]))
+                for k in SURFACE_AND_DETECTION
+            },
+            "per_patient": {name: m["dsc"] for name, m in per_patient.items()},
+            "per_patient_metrics": per_patient,
+            "geometry": "original (every slice, as predict.py)",
+            "postprocessing": final["postprocessing"],
+            "postprocessing_file": final["decision"],
+            "training_grid": {
+                k: epoch[k]
+                for k in ("dsc_volume_mean", "dsc_volume_median", "per_patient")
+                if k in epoch
+            },
+        }
+
+    def write_metrics(self, trainer: L.Trainer) -> dict[str, Any]:
+        paths = self.checkpoint_paths(trainer)
         selected = self._reported()
         metrics = {
             "monitor": self.monitor,
@@ -178,7 +218,7 @@ class RunReport(L.Callback):
                 **selected,
                 "rule": self.selection,
                 "description": SELECTION_RULES[self.selection],
-                "checkpoint": paths["last" if self.selection == "last" else "best"],
+                "checkpoint": self.selected_checkpoint(trainer),
             },
             "best": self.best,
             "best_checkpoint": paths["best"],
@@ -200,7 +240,9 @@ class RunReport(L.Callback):
         return metrics
 
     def _reported(self) -> dict[str, Any] | None:
-        """The validation entry the selection rule reports."""
+        """The validation entry the selection rule reports: the final validation once made."""
+        if self.final is not None:
+            return self.final
         return self.last if self.selection == "last" else self.best
 
     def summary_values(self) -> dict[str, Any]:

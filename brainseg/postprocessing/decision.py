@@ -1,0 +1,133 @@
+"""Which post-processing steps a trained model keeps (the nnU-Net habit): decided once, after
+training, on thresholded validation predictions in their original geometry, by a rule that one
+noisy patient cannot flip.
+
+The candidates are step lists, simplest first. Walking them in order, a later candidate replaces
+the current choice only if it raises the mean per-volume Dice AND helps more patients than it hurts
+(a one-sided paired Wilcoxon p-value is recorded for information, not used). A patient whose lesion
+a candidate erases (Dice > 0 without post-processing, 0 with it) counts like any other hurt patient:
+once in the vote, with its whole Dice loss in the mean; no candidate is refused for it alone, but
+every candidate's erased patients are listed in the decision (and logged) so that a user can see
+the cost and override the choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.stats import wilcoxon
+
+from brainseg.metrics.functional import dice_score
+from brainseg.postprocessing import StepList, apply
+
+CHANGE_TOLERANCE = 1e-9  # Dice differences below this count as "unchanged"
+ADOPTION_RULE = (
+    "a later candidate replaces the current choice only if it raises the mean per-volume Dice "
+    "AND helps more patients than it hurts"
+)
+# (patient, thresholded prediction, truth): boolean (slices, rows, columns) arrays.
+Prediction = tuple[str, np.ndarray, np.ndarray]
+
+
+def compare(candidate: Sequence[float], current: Sequence[float]) -> dict[str, Any]:
+    """The rule on paired per-patient Dice, with its figures: both means, patients helped, hurt and
+    unchanged, and a one-sided paired Wilcoxon p-value (recorded for information)."""
+    candidate, current = np.asarray(candidate, np.float64), np.asarray(current, np.float64)
+    diff = candidate - current
+    helped, hurt = int((diff > CHANGE_TOLERANCE).sum()), int((diff < -CHANGE_TOLERANCE).sum())
+    p_value = (
+        float(wilcoxon(candidate, current, alternative="greater").pvalue) if helped + hurt else 1.0
+    )
+    return {
+        "adopted": bool(candidate.mean() > current.mean() and helped > hurt),
+        "dsc": float(candidate.mean()),
+        "dsc_current": float(current.mean()),
+        "helped": helped,
+        "hurt": hurt,
+        "unchanged": len(diff) - helped - hurt,
+        "wilcoxon_p_greater": p_value,
+    }
+
+
+def score(
+    predictions: Iterable[Prediction], candidates: Sequence[StepList]
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Per patient: the Dice of the raw mask, and the Dice after each candidate (one patient in
+    memory at a time)."""
+    raw_dice: dict[str, float] = {}
+    per_patient: dict[str, list[float]] = {}
+    for name, raw, truth in predictions:
+        raw_dice[name] = dice_score(raw, truth)
+        per_patient[name] = [dice_score(apply(raw, steps), truth) for steps in candidates]
+    return raw_dice, per_patient
+
+
+def decide(predictions: Iterable[Prediction], candidates: Sequence[StepList]) -> dict[str, Any]:
+    """The chosen step list and everything that led to it: each candidate's mean Dice and erased
+    patients, each comparison of the walk, and the per-patient Dice (one entry per candidate)."""
+    if not candidates:
+        raise ValueError("decide needs at least one candidate step list")
+    raw_dice, per_patient = score(predictions, candidates)
+    if not per_patient:
+        raise ValueError("decide needs at least one patient")
+    names = list(per_patient)
+    columns = [[per_patient[n][i] for n in names] for i in range(len(candidates))]
+    erased = [
+        [n for n, d in zip(names, column) if raw_dice[n] > 0 and d == 0] for column in columns
+    ]
+    best, comparisons = 0, []
+    for i in range(1, len(candidates)):
+        result = compare(columns[i], columns[best])
+        comparisons.append(
+            {
+                "candidate": list(candidates[i]),
+                "against": list(candidates[best]),
+                **result,
+                "erased": erased[i],
+            }
+        )
+        best = i if result["adopted"] else best
+    return {
+        "postprocessing": list(candidates[best]),
+        "rule": ADOPTION_RULE,
+        "erased": erased[best],
+        "candidates": [
+            {"postprocessing": list(c), "dsc": float(np.mean(v)), "erased": e}
+            for c, v, e in zip(candidates, columns, erased)
+        ],
+        "comparisons": comparisons,
+        "patients": names,
+        "dsc_raw": raw_dice,
+        "per_patient": per_patient,
+    }
+
+
+def describe(decision: dict[str, Any]) -> str:
+    """One line: the choice, the patients whose lesion it erases, and for each comparison both
+    means, the vote and the erased lesions."""
+    parts = [
+        f"{_names(c['candidate'])} vs {_names(c['against'])}: mean Dice "
+        f"{c['dsc']:.4f} vs {c['dsc_current']:.4f}, helps {c['helped']}, hurts {c['hurt']}"
+        + (f", erases {len(c['erased'])}" if c["erased"] else "")
+        + f", Wilcoxon p={c['wilcoxon_p_greater']:.3g}, "
+        f"{'adopted' if c['adopted'] else 'not adopted'}"
+        for c in decision["comparisons"]
+    ]
+    erased = decision["erased"]
+    return (
+        f"post-processing chosen: {_names(decision['postprocessing'])} on "
+        f"{len(decision['patients'])} validation patients "
+        f"({'; '.join(parts) or 'one candidate'})"
+        + (
+            f"; it erases the lesion of {len(erased)} (Dice > 0 without it, 0 with it): "
+            + ", ".join(erased)
+            if erased
+            else ""
+        )
+    )
+
+
+def _names(steps: StepList) -> list[str]:
+    return [s["name"] for s in steps]
