@@ -4,7 +4,6 @@ its first job, and a sweep with failed jobs exits non-zero."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -21,9 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import brainseg.config  # noqa: F401  (registers the resolvers conf/ uses before Hydra composes)
 from brainseg.errors import BrainsegError, ConfigError
+from brainseg.runfiles import Failure, write_failure
 
 log = logging.getLogger("brainseg")
-FAILURE_FILE = "failure.json"
 # The override keys a running sweep varies (comma-separated), set for its jobs by SweepGuard.
 SWEPT_KEYS_ENV = "BRAINSEG_SWEPT_KEYS"
 
@@ -77,12 +76,7 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         if not user_error:
             log.error("traceback of job %s:\n%s", job.num, traceback.format_exc())
         job_dir.mkdir(parents=True, exist_ok=True)
-        failure = {
-            "error": str(exc),
-            "type": type(exc).__name__,
-            "traceback": traceback.format_exc(),
-        }
-        (job_dir / FAILURE_FILE).write_text(json.dumps(failure, indent=2))
+        write_failure(job_dir, Failure(str(exc), type(exc).__name__, traceback.format_exc()))
         if "max_failure_rate" in HydraConfig.get().sweeper:
             # A sweeper that tolerates failures (Optuna) records this trial as failed, with this
             # reason.

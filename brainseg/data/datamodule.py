@@ -3,7 +3,6 @@ loaders."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from brainseg.data.reader import PatientFiles, find_patients
 from brainseg.data.sampling import SAMPLINGS, make_sampler
 from brainseg.data.splits import Split, SplitConfig, make_split
 from brainseg.errors import ConfigError
+from brainseg.runfiles import SplitFile, write_split
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -160,9 +160,11 @@ class LGGDataModule(L.LightningDataModule):
             "split": split,
         }
 
-    def write_split(self, path: Path) -> None:
-        payload = {"kind": self.split_config.kind, **self.split.to_dict(), "root": str(self.root)}
-        path.write_text(json.dumps(payload, indent=2))
+    def write_split(self, run_dir: Path) -> None:
+        write_split(
+            run_dir,
+            SplitFile(kind=self.split_config.kind, **self.split.to_dict(), root=str(self.root)),
+        )
 
     def on_after_batch_transfer(
         self, batch: dict[str, torch.Tensor], dataloader_idx: int

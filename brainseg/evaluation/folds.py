@@ -11,13 +11,12 @@ which is selected on those same patients and is labelled so wherever it is shown
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from brainseg.errors import ConfigError, DataError
+from brainseg.errors import ConfigError
+from brainseg.runfiles import read_metrics, read_split
 
 Split = Mapping[str, Sequence[str]]  # {"train": [...], "val": [...], "test": [...]} as recorded
 
@@ -57,30 +56,16 @@ def held_out_by(job_dirs: list[Path]) -> dict[str, list[HeldOut]]:
     """
     patients: dict[str, list[HeldOut]] = {}
     for job in job_dirs:
-        split_file = job / "split.json"
-        if not split_file.is_file():
+        split = read_split(job)
+        if split is None:
             continue
-        try:
-            val = json.loads(split_file.read_text())["val"]
-        except (ValueError, KeyError) as exc:
-            raise DataError(f"{split_file}: not a split file ({exc})") from None
-        checkpoint, selection = None, None
-        metrics_file = job / "metrics.json"
-        if metrics_file.is_file():
-            selected = json.loads(metrics_file.read_text()).get("selected") or {}
-            checkpoint = Path(selected["checkpoint"]) if selected.get("checkpoint") else None
-            selection = selected.get("rule")
-        for name in val:
-            patients.setdefault(name, []).append(HeldOut(job, checkpoint, selection))
+        reported = (metrics := read_metrics(job)) and metrics.reported
+        checkpoint = Path(reported.checkpoint) if reported and reported.checkpoint else None
+        for name in split.val:
+            patients.setdefault(name, []).append(
+                HeldOut(job, checkpoint, reported.rule if reported else None)
+            )
     return patients
-
-
-def selected_scores(metrics: dict[str, Any]) -> dict[str, Any] | None:
-    """The validation scores a run reports under its selection rule (older runs: the best epoch)."""
-    if metrics.get("selected"):
-        return metrics["selected"]
-    best = metrics.get("best")
-    return {**best, "rule": "best_on_val"} if best else None
 
 
 def held_out_members(splits: Sequence[Split], patients: Iterable[str]) -> dict[str, list[int]]:

@@ -21,6 +21,8 @@ from brainseg.config import instantiate_setting, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
 from brainseg.quiet import quiet_libraries
+from brainseg.runfiles import RunMetrics, write_metrics
+from brainseg.tracking import finish_run
 from brainseg.training.checkpoints import AtomicCheckpointIO
 from brainseg.training.media import TrackerMedia
 from brainseg.training.module import SegmentationModule
@@ -91,31 +93,14 @@ def _auto_resume(cfg: DictConfig, output_dir: Path, module: SegmentationModule) 
     if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
         raise DataError(f"{path}: holds weights only (a best checkpoint); resume from a last.ckpt")
     load_weights(module, checkpoint["state_dict"], path, dict(module.hparams.model))
-    log.info("resuming from %s (saved in epoch %d)", path, checkpoint.get("epoch", -1))
+    # Lightning counts epochs from 0; a last.ckpt holds the epoch it was saved in.
+    log.info("resuming from %s (saved in epoch %d)", path, checkpoint.get("epoch", -1) + 1)
     return str(path)
 
 
-def _finish_wandb_run(report: RunReport) -> None:
-    """Close this job's W&B run (the next job of a sweep in this process gets its own) and say
-    where an offline run went and how to upload it."""
-    import wandb
-
-    run = wandb.run
-    if run is None:
-        return
-    run.summary.update(report.summary_values())  # runs table, parallel coordinates
-    table = report.reported_table()
-    if table:
-        run.log({"reported/per_patient": wandb.Table(columns=table[0], data=table[1])})
-    folder = Path(run.dir).parent
-    offline = run.offline
-    run.finish()
-    if offline:
-        log.info("W&B run logged offline to %s; upload it with: wandb sync %s", folder, folder)
-
-
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit (and optionally test) one configuration; returns the content of metrics.json."""
+def train(cfg: DictConfig) -> RunMetrics | None:
+    """Fit (and optionally test) one configuration; returns the content of metrics.json (None on
+    ranks other than 0)."""
     quiet_libraries()
     check_sweep_ranks(cfg.trainer)
     L.seed_everything(cfg.seed, workers=True)
@@ -162,9 +147,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         plugins=_plugins(),
         enable_progress_bar=progress_bar,
     )
+    test_scores = None
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=_auto_resume(cfg, output_dir, module))
-        test_scores = None
         if (
             cfg.get("test")
             and trainer.checkpoint_callback
@@ -176,29 +161,30 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             test_scores = module.volume_scores.get("test")
     finally:
         if any(isinstance(logger, WandbLogger) for logger in loggers):
-            _finish_wandb_run(report)
-    metrics = report.write_metrics(trainer, test_scores) if trainer.is_global_zero else {}
-    if metrics.get("best"):
-        best = metrics["best"]
-        median = best["dsc_volume_median"]
+            finish_run(report.run_metrics(trainer, test_scores))
+    if not trainer.is_global_zero:
+        return None
+    metrics = report.run_metrics(trainer, test_scores)
+    write_metrics(output_dir, metrics)
+    if metrics.best is not None and metrics.reported is not None:
+        best, reported = metrics.best, metrics.reported
         log.info(
-            "best %s: mean %.4f, median %s (epoch %d, %d patients); run in %s",
+            "best %s: %.4f (epoch %d, %d patients); run in %s",
             cfg.monitor,
-            best["dsc_volume_mean"],
-            "-" if median is None else f"{median:.4f}",
-            best["epoch"],
-            len(best["per_patient"]),
+            best.value(cfg.monitor),
+            best.epoch,
+            len(best.per_patient),
             output_dir,
         )
-        chosen = metrics["selected"]
+        median = reported.scores.dsc_volume_median
         log.info(
             "reported (evaluation.selection=%s: %s): "
-            "val/dsc_volume mean %.4f, median %.4f, HD95 %.2f px (epoch %d)",
-            chosen["rule"],
-            chosen["description"],
-            chosen["dsc_volume_mean"],
-            chosen["dsc_volume_median"],
-            chosen.get("hd95", float("nan")),
-            chosen["epoch"],
+            "val/dsc_volume mean %.4f, median %s, HD95 %.2f px (epoch %d)",
+            reported.rule,
+            reported.description,
+            reported.scores.dsc_volume_mean,
+            "-" if median is None else f"{median:.4f}",
+            reported.scores.value("val/hd95") or float("nan"),
+            reported.scores.epoch,
         )
     return metrics
