@@ -30,6 +30,7 @@ FAILURE_FILE = "failure.json"
 SCORES_FILE = "dsc.csv"
 SCORES_SUMMARY_FILE = "dsc_summary.json"
 EPOCH_NUMBERING = "1-based"
+_EPOCH_NUMBERING_KEY = "epoch_numbering"
 
 # dsc.csv columns around the metric columns: who, which subset, and the sizes behind the scores.
 PATIENT_COLUMN = "patient"
@@ -52,6 +53,16 @@ def metric_field(logged: str) -> str:
         )
     name = logged.removeprefix(_VALIDATION_PREFIX)
     return _FIELD_OF_LOGGED.get(name, name)
+
+
+def numbered_from_one(state: dict[str, Any]) -> dict[str, Any]:
+    """`state` marked as numbering its epochs from 1 (metrics.json, callbacks' checkpoint state)."""
+    return {_EPOCH_NUMBERING_KEY: EPOCH_NUMBERING, **state}
+
+
+def epoch_shift(state: dict[str, Any]) -> int:
+    """What to add to the epochs of `state`: 1 when it was written counting from 0."""
+    return 0 if state.get(_EPOCH_NUMBERING_KEY) == EPOCH_NUMBERING else 1
 
 
 def logged_name(field_name: str) -> str:
@@ -144,6 +155,8 @@ class Selected:
 class TestScores:
     """Per-volume Dice of the test patients (`test: true`)."""
 
+    __test__ = False  # not a test class
+
     dsc_volume_mean: float
     dsc_volume_median: float
     per_patient: dict[str, float]
@@ -178,25 +191,26 @@ class RunMetrics:
         return None if self.best is None else Selected(self.best, rule="best_on_val")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "epoch_numbering": EPOCH_NUMBERING,
-            "monitor": self.monitor,
-            "monitor_field": self.monitor_field,
-            "higher_is_better": self.higher_is_better,
-            "selection": self.selection,
-            "selected": self.selected and self.selected.to_dict(),
-            "best": self.best and self.best.to_dict(),
-            "best_checkpoint": self.best_checkpoint,
-            "last_checkpoint": self.last_checkpoint,
-            "epochs": self.epochs,
-            "train_seconds": self.train_seconds,
-            "history": [entry.to_dict() for entry in self.history],
-            "test": self.test and asdict(self.test),
-        }
+        return numbered_from_one(
+            {
+                "monitor": self.monitor,
+                "monitor_field": self.monitor_field,
+                "higher_is_better": self.higher_is_better,
+                "selection": self.selection,
+                "selected": self.selected and self.selected.to_dict(),
+                "best": self.best and self.best.to_dict(),
+                "best_checkpoint": self.best_checkpoint,
+                "last_checkpoint": self.last_checkpoint,
+                "epochs": self.epochs,
+                "train_seconds": self.train_seconds,
+                "history": [entry.to_dict() for entry in self.history],
+                "test": self.test and asdict(self.test),
+            }
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunMetrics:
-        shift = 0 if data.get("epoch_numbering") == EPOCH_NUMBERING else 1
+        shift = epoch_shift(data)
         best, selected, test = data.get("best"), data.get("selected"), data.get("test")
         return cls(
             monitor=data.get("monitor") or "val/dsc_volume",

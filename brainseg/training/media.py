@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from brainseg.metrics.monitor import higher_is_better, improves
 from brainseg.reporting.figures import overlay
-from brainseg.runfiles import EPOCH_NUMBERING
+from brainseg.runfiles import epoch_shift, numbered_from_one
 from brainseg.tracking import log_best_so_far, log_improvement
 
 
@@ -117,13 +117,9 @@ class TrackerMedia(L.Callback):
                     )
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "best": self.best,
-            "best_epoch": self.best_epoch,
-            "epoch_numbering": EPOCH_NUMBERING,
-        }
+        return numbered_from_one({"best": self.best, "best_epoch": self.best_epoch})
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best, self.best_epoch = state_dict.get("best"), state_dict.get("best_epoch")
-        if self.best_epoch is not None and state_dict.get("epoch_numbering") != EPOCH_NUMBERING:
-            self.best_epoch += 1  # saved when epochs were numbered from 0
+        if self.best_epoch is not None:
+            self.best_epoch += epoch_shift(state_dict)  # 1 for runs that counted from 0

@@ -24,12 +24,13 @@ from brainseg.reporting.figures import training_curves
 from brainseg.reporting.scores import summarize
 from brainseg.runfiles import (
     CONFIG_FILE,
-    EPOCH_NUMBERING,
     EpochScores,
     RunMetrics,
     Selected,
     TestScores,
+    epoch_shift,
     metric_field,
+    numbered_from_one,
 )
 from brainseg.training.checkpoints import LastCheckpoint
 
@@ -184,17 +185,17 @@ class RunReport(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         elapsed = self._elapsed_before + time.monotonic() - self._started
-        return {
-            "epoch_numbering": EPOCH_NUMBERING,
-            "best": self.best and self.best.to_dict(),
-            "last": self.last and self.last.to_dict(),
-            "history": [entry.to_dict() for entry in self.history],
-            "train_seconds": elapsed,
-        }
+        return numbered_from_one(
+            {
+                "best": self.best and self.best.to_dict(),
+                "last": self.last and self.last.to_dict(),
+                "history": [entry.to_dict() for entry in self.history],
+                "train_seconds": elapsed,
+            }
+        )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Checkpoints written before epochs were numbered from 1 counted from 0.
-        shift = 0 if state_dict.get("epoch_numbering") == EPOCH_NUMBERING else 1
+        shift = epoch_shift(state_dict)  # 1 for checkpoints of runs that counted from 0
         best, last = state_dict.get("best"), state_dict.get("last")
         self.best = EpochScores.from_dict(best, shift) if best else None
         self.last = EpochScores.from_dict(last, shift) if last else None
