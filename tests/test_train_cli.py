@@ -38,7 +38,7 @@ def test_a_redirected_run_prints_one_line_per_epoch_and_draws_curves(tiny_run: P
         "Lightning lines printed twice"
     )
     assert (tiny_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert all(h["train_loss"] > 0 and h["val_loss"] > 0 for h in metrics["history"])
+    assert all(h.train_loss > 0 and h.value("val/loss") > 0 for h in metrics.history)
 
 
 def test_help_and_cfg_import_neither_torch_nor_lightning(tmp_path: Path) -> None:
