@@ -16,7 +16,9 @@ metrics.json, trackers' summaries). metrics.json files written before this numbe
 
 from __future__ import annotations
 
+import csv
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,11 +34,11 @@ SCORES_SUMMARY_FILE = "dsc_summary.json"
 EPOCH_NUMBERING = "1-based"
 _EPOCH_NUMBERING_KEY = "epoch_numbering"
 
-# dsc.csv columns around the metric columns: who, which subset, and the sizes behind the scores.
+# dsc.csv columns around the metric columns (brainseg.metrics): who, which subset (where known),
+# and the sizes behind the scores.
 PATIENT_COLUMN = "patient"
 SUBSET_COLUMN = "subset"
 VOLUME_COLUMNS = ["lesion_voxels", "predicted_voxels", "slices"]
-DICE_VARIANT_PREFIX = "dsc_"  # dsc.csv: the Dice of other masks of a patient, dsc_<variant>
 
 # Logged validation names whose metrics.json field is not the name itself.
 _FIELD_OF_LOGGED = {"dsc_volume": "dsc_volume_mean", "loss": "val_loss"}
@@ -310,3 +312,31 @@ def read_failure(job_dir: Path) -> Failure | None:
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: not a failure file ({exc!r})") from None
+
+
+def score_columns(rows: Sequence[dict[str, Any]], metric_columns: Sequence[str]) -> list[str]:
+    """dsc.csv's columns: patient, subset where the rows have one, the metrics, the sizes."""
+    subset = [SUBSET_COLUMN] if SUBSET_COLUMN in rows[0] else []
+    return [PATIENT_COLUMN, *subset, *metric_columns, *VOLUME_COLUMNS]
+
+
+def write_scores_table(out_dir: Path, rows: Sequence[dict[str, Any]], columns: list[str]) -> Path:
+    """dsc.csv: one row per patient, floats with 6 decimals."""
+    path = Path(out_dir) / SCORES_FILE
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {k: (f"{row[k]:.6f}" if isinstance(row[k], float) else row[k]) for k in columns}
+            )
+    return path
+
+
+def read_scores_table(out_dir: Path) -> list[dict[str, Any]]:
+    """dsc.csv's rows, numbers as floats (patient and subset as text)."""
+    text = (PATIENT_COLUMN, SUBSET_COLUMN)
+    with open(Path(out_dir) / SCORES_FILE, newline="") as fh:
+        return [
+            {k: v if k in text else float(v) for k, v in row.items()} for row in csv.DictReader(fh)
+        ]

@@ -91,6 +91,20 @@ def test_metrics_written_with_epochs_from_zero_read_back_from_one(tmp_path: Path
     assert read_metrics(tmp_path) == RunMetrics.from_dict(metrics.to_dict())
 
 
+def test_the_score_table_reads_back_with_its_columns_in_order(tmp_path: Path) -> None:
+    rows = [
+        {"patient": "A", "subset": "val", "dsc": 0.5, "hd95": 3.25, "lesion_voxels": 10},
+        {"patient": "B", "subset": "train", "dsc": 1.0, "hd95": 0.0, "lesion_voxels": 0},
+    ]
+    rows = [{**r, "predicted_voxels": 7, "slices": 20} for r in rows]
+    columns = runfiles.score_columns(rows, ["dsc", "hd95"])
+    assert columns == ["patient", "subset", "dsc", "hd95", *runfiles.VOLUME_COLUMNS]
+    runfiles.write_scores_table(tmp_path, rows, columns)
+    assert runfiles.read_scores_table(tmp_path) == rows
+    without_subset = [{k: v for k, v in r.items() if k != "subset"} for r in rows]
+    assert "subset" not in runfiles.score_columns(without_subset, ["dsc"])
+
+
 @pytest.mark.parametrize(
     ("name", "content"),
     [
@@ -126,6 +140,10 @@ def test_no_module_but_the_owner_spells_a_run_file_or_its_fields() -> None:
         runfiles.SPLIT_FILE,
         runfiles.FAILURE_FILE,
         runfiles.CONFIG_FILE,
+        runfiles.SCORES_FILE,
+        runfiles.SCORES_SUMMARY_FILE,
+        runfiles.SUBSET_COLUMN,
+        *runfiles.VOLUME_COLUMNS[:2],  # (slices: a word of other modules too)
         "dsc_volume_mean",
         "per_patient_metrics",
         "best_checkpoint",

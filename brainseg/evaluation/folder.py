@@ -17,6 +17,7 @@ from brainseg.evaluation.volume_metrics import NSD_TOLERANCE
 from brainseg.postprocessing import apply, check_steps
 from brainseg.reporting.figures import bar_chart
 from brainseg.reporting.scores import patient_row, write_scores
+from brainseg.runfiles import PATIENT_COLUMN
 
 _MASK_RE = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)_mask\.tif$")
 
@@ -103,6 +104,6 @@ def evaluate_folder(
         "patients": len(rows),
         "scores": write_scores(rows, out, tolerance),
     }
-    bar_chart({r["patient"]: r["dsc"] for r in rows}, out / "dsc.png")
+    bar_chart({r[PATIENT_COLUMN]: r["dsc"] for r in rows}, out / "dsc.png")
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2))
     return summary

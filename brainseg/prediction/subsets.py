@@ -11,6 +11,7 @@ from typing import Any
 from brainseg.errors import ConfigError
 from brainseg.evaluation.folds import Split, held_out_members
 from brainseg.reporting.scores import metric_columns, summarize
+from brainseg.runfiles import SUBSET_COLUMN
 
 log = logging.getLogger("brainseg")
 
@@ -72,8 +73,8 @@ def subset_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     def scores(selected: list[Mapping[str, Any]]) -> dict[str, Any]:
         return {key: summarize([r[key] for r in selected]) for key in keys} if selected else {}
 
-    held_out = [r for r in rows if r["subset"] in HELD_OUT]
-    by_subset = {s: scores([r for r in rows if r["subset"] == s]) for s in SUBSETS}
+    held_out = [r for r in rows if r[SUBSET_COLUMN] in HELD_OUT]
+    by_subset = {s: scores([r for r in rows if r[SUBSET_COLUMN] == s]) for s in SUBSETS}
     return {
         "patients": "held_out",
         "held_out_subsets": list(HELD_OUT),

@@ -6,7 +6,6 @@ The metrics and their empty-volume conventions are those of brainseg.evaluation.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +15,13 @@ import numpy as np
 
 from brainseg.evaluation.volume_metrics import METRICS, NSD_TOLERANCE, volume_metrics
 from brainseg.metrics import dice_score
+from brainseg.runfiles import (
+    PATIENT_COLUMN,
+    SCORES_SUMMARY_FILE,
+    VOLUME_COLUMNS,
+    score_columns,
+    write_scores_table,
+)
 
 METRIC_COLUMNS = [
     *METRICS,
@@ -24,7 +30,6 @@ METRIC_COLUMNS = [
     "lesions_found",
     "lesions_hit",
 ]
-VOLUME_COLUMNS = ["lesion_voxels", "predicted_voxels", "slices"]
 UNITS = (
     "distances (hd95, assd, nsd tolerance) in pixels of the mask grid "
     "with slices as an axis of spacing 1: "
@@ -42,12 +47,10 @@ def patient_row(
     """Every metric of one patient's written mask, and the Dice of other masks of it
     (`dsc_<variant>`, e.g. without post-processing); the masks are scored as given."""
     return {
-        "patient": name,
+        PATIENT_COLUMN: name,
         **volume_metrics(written, truth, tolerance),
         **{f"dsc_{variant}": dice_score(mask, truth) for variant, mask in (variants or {}).items()},
-        "lesion_voxels": int(truth.sum()),
-        "predicted_voxels": int(written.sum()),
-        "slices": int(truth.shape[0]),
+        **dict(zip(VOLUME_COLUMNS, (int(truth.sum()), int(written.sum()), int(truth.shape[0])))),
     }
 
 
@@ -78,14 +81,7 @@ def write_scores(
     `dsc_summary.json`: the given summary (e.g. per subset), else mean, median, std of each
     metric."""
     metrics = metric_columns(rows)
-    columns = ["patient", *(["subset"] if "subset" in rows[0] else []), *metrics, *VOLUME_COLUMNS]
-    with open(out_dir / "dsc.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(
-                {k: (f"{row[k]:.6f}" if isinstance(row[k], float) else row[k]) for k in columns}
-            )
+    write_scores_table(out_dir, rows, score_columns(rows, metrics))
     summary = (
         dict(summary)
         if summary is not None
@@ -93,5 +89,5 @@ def write_scores(
     )
     summary["units"] = UNITS
     summary["nsd_tolerance"] = tolerance
-    (out_dir / "dsc_summary.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / SCORES_SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return summary
