@@ -40,7 +40,7 @@ bench: install
 bench-train: install
 	$(PY) bench/train_speed.py --root $(DATA) $(BENCH_ARGS)
 
-# On a machine with a CUDA GPU, under 10 minutes; exits with one line where there is none (README: GPU check).
+# On a machine with a CUDA GPU, under 10 minutes; exits with one line where there is none (docs/gpu.md: GPU check).
 gpu-check:
 	DATA=$(DATA) bash scripts/gpu_check.sh
 

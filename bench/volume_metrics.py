@@ -1,4 +1,4 @@
-"""Cost of the per-volume metrics (brainseg.evaluation.volume_metrics) that validation
+"""Cost of the per-volume metrics (brainseg.metrics.functional) that validation
 computes each epoch.
 
     python bench/volume_metrics.py --root ../shared/data/lgg --patients 10 --image-size 256
@@ -23,8 +23,7 @@ from brainseg.cli import exit_status
 from brainseg.data.cache import VolumeCache
 from brainseg.data.preprocess import PreprocessConfig
 from brainseg.data.reader import find_patients
-from brainseg.evaluation.volume_metrics import volume_metrics
-from brainseg.metrics import dice_score
+from brainseg.metrics import dice_score, volume_metrics
 
 
 def imperfect_prediction(truth: np.ndarray) -> np.ndarray:

@@ -1,5 +1,5 @@
 """`python -m brainseg.evaluate PRED_DIR TRUTH_DIR --output OUT_DIR`: score predicted masks from any
-program against truth masks, both in the kaggle_3m layout (see brainseg.evaluation.folder)."""
+program against truth masks, both in the kaggle_3m layout (see brainseg.reporting.folder)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import argparse
 import sys
 
 from brainseg.cli import exit_status
-from brainseg.evaluation.folder import evaluate_folder
-from brainseg.evaluation.volume_metrics import NSD_TOLERANCE
+from brainseg.metrics import NSD_TOLERANCE
 from brainseg.postprocessing import STEPS
+from brainseg.reporting.folder import evaluate_folder
 
 
 def main(argv: list[str] | None = None) -> int:

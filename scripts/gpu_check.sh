@@ -4,8 +4,9 @@
 # run on the data root with trainer=gpu, printing samples/s, data-wait share, GPU utilisation and memory.
 #   DATA=../shared/data/lgg PY=.venv/bin/python scripts/gpu_check.sh   (DATA may be a .tar.xz of the data root)
 # CHANNELS_LAST=true / COMPILE=true switch on those training settings (conf/train.yaml) in the run.
-# On a lent machine without the project's virtual environment: PY=python3, with the missing
-# wheels carried in .whl/ (scripts/gpu_wheels.sh); they are installed into a temporary folder.
+# On a GPU machine without internet access or the project's virtual environment: PY=python3,
+# with the missing wheels carried in .whl/ (scripts/gpu_wheels.sh); they are installed into a
+# temporary folder (docs/gpu.md: GPU check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/lgg}
@@ -23,7 +24,7 @@ else
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 mkdir -p "$OUT"
-if [[ "$DATA" == *.tar.xz && -f "$DATA" ]]; then  # data carried to a lent machine as one archive
+if [[ "$DATA" == *.tar.xz && -f "$DATA" ]]; then  # the data root carried as one archive
     tar xJf "$DATA" -C "$OUT" && DATA="$OUT/$(tar tJf "$DATA" | head -1 | cut -d/ -f1)"
 fi
 [ -d "$DATA" ] || { echo "gpu-check: data root $DATA not found; set DATA=<kaggle_3m-layout folder or .tar.xz of one>" >&2; exit 2; }

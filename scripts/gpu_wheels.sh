@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Wheels that a lent H100/H200 lacks, at uv.lock's versions, into .whl/ (git-ignored).
-# That machine's python3 (3.12) has torch, lightning, torchmetrics, timm, tifffile, opencv, scipy,
-# matplotlib, imageio, tensorboard; nothing can be downloaded there, so the rest travels from here
-# (see README: GPU check). Run here, once: scripts/gpu_wheels.sh
+# Wheels for a GPU machine without internet access, at uv.lock's versions, into .whl/ (git-ignored).
+# For a python3 (3.12, x86_64 Linux) that already has torch, lightning, torchmetrics, timm, tifffile,
+# opencv, scipy, matplotlib, imageio and tensorboard: the rest is fetched here, on a machine with
+# internet access, and carried with the checkout (docs/gpu.md: GPU check). Run once: scripts/gpu_wheels.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PACKAGES=(hydra-core omegaconf segmentation-models-pytorch albumentations albucore pydantic pydantic-core

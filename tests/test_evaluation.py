@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from brainseg.evaluation.statistics import BETTER, SAME, WORSE, compare_configurations, holm
-from brainseg.evaluation.volume_metrics import (
+from brainseg.metrics.functional import (
     assd,
     hd95,
     lesion_detection,

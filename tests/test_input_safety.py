@@ -1,4 +1,4 @@
-"""Input data is never overwritten and never silently misread (issue 7): predict's output/input
+"""Input data is never overwritten and never silently misread: predict's output/input
 overlap, run directories inside data.root, all inputs checked before writing, duplicate or stray
 slices, bad mask values, black volumes, mask names, data.split.n_val=0, 1-patient validation/test
 sets."""
@@ -92,10 +92,10 @@ def test_n_val_zero_is_refused() -> None:
         )  # before: trained without validation, exit 0
 
 
-def test_readme_predict_model_option_composes() -> None:
-    readme = (PROJECT / "README.md").read_text()
+def test_documented_predict_model_option_composes() -> None:
+    manual = (PROJECT / "docs" / "prediction.md").read_text()
     option = re.search(
-        r"- `([^`]*model\.encoder_name=)…` \(any model setting\) makes predict\.py", readme
+        r"- `([^`]*model\.encoder_name=)…` \(any model setting\) makes predict\.py", manual
     )[1]
     cfg = compose(
         [f"{option}resnet18"], hydra_node=False, config_name="predict"

@@ -1,7 +1,7 @@
 """The `channels_last` and `compile` training settings: checkpoints stay loadable by predict.
 
 Inductor (torch.compile's default backend) takes about a minute to compile even the tiny test
-network on these 2-core CPUs, so the tests compile with dynamo's `eager` backend: the network is
+network on a 2-core CPU, so the tests compile with dynamo's `eager` backend: the network is
 traced and run as a compiled graph, only the code generation is skipped.
 """
 

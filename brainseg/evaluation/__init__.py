@@ -1,1 +1,2 @@
-"""Evaluation: per-volume metrics, paired statistics between configurations, out-of-fold pooling."""
+"""Evaluation: paired statistics between configurations, out-of-fold pooling (pure computation;
+the per-volume metrics live in brainseg.metrics)."""

@@ -5,7 +5,7 @@ and an Optuna search (`hydra.sweeper.direction`)."""
 from __future__ import annotations
 
 from brainseg.errors import ConfigError
-from brainseg.evaluation.volume_metrics import HIGHER_IS_BETTER
+from brainseg.metrics.functional import HIGHER_IS_BETTER
 from brainseg.metrics.slice_metrics import slice_metrics
 
 # Logged by the training module besides the per-volume metrics (as patient means) and slice metrics.

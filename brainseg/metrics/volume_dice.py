@@ -18,18 +18,10 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from brainseg.metrics.functional import dice_score
 from brainseg.postprocessing import apply, check_steps
 
 REFERENCE_POSTPROCESSING = ({"name": "largest_component"},)
-
-
-def dice_score(pred: np.ndarray, target: np.ndarray) -> float:
-    """Dice of two boolean arrays with the empty-set convention above."""
-    pred, target = pred.astype(bool), target.astype(bool)
-    denominator = int(pred.sum()) + int(target.sum())
-    if denominator == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(pred, target).sum()) / denominator
 
 
 class VolumeDice(Metric):

@@ -1,1 +1,2 @@
-"""Reporting: per-patient score tables and the pictures people look at."""
+"""Reporting: per-patient score tables, scoring a folder of masks, the sweep report and the pictures
+people look at."""

@@ -1,7 +1,7 @@
 """Per-patient score tables (CSV) and their JSON summary, shared by predict.py and
 `brainseg.evaluate`.
 
-The metrics and their empty-volume conventions are those of brainseg.evaluation.volume_metrics.
+The metrics and their empty-volume conventions are those of brainseg.metrics.functional.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from brainseg.evaluation.volume_metrics import METRICS, NSD_TOLERANCE, volume_metrics
-from brainseg.metrics import dice_score
+from brainseg.metrics import METRICS, NSD_TOLERANCE, dice_score, volume_metrics
 from brainseg.runfiles import (
     PATIENT_COLUMN,
     SCORES_SUMMARY_FILE,

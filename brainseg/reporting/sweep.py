@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 
 from brainseg.evaluation.folds import SELECTION_RULES
 from brainseg.evaluation.statistics import LEVEL, compare_configurations
-from brainseg.evaluation.volume_metrics import METRICS
+from brainseg.metrics import METRICS
 from brainseg.reporting.figures import heat_map, strip_box_plot
 from brainseg.runfiles import CONFIG_FILE, read_failure, read_metrics
 from brainseg.tracking import log_sweep_report

@@ -12,12 +12,11 @@ import torch
 from brainseg.config import instantiate_setting
 from brainseg.data.contract import SegmentationData
 from brainseg.errors import ConfigError
-from brainseg.evaluation.volume_metrics import METRICS, NSD_TOLERANCE, volume_metrics
 from brainseg.losses import build_loss
-from brainseg.metrics import VolumeDice, slice_metrics
+from brainseg.metrics import METRICS, NSD_TOLERANCE, VolumeDice, slice_metrics, volume_metrics
 from brainseg.models import build_model
 
-# Per-volume metrics logged next to the Dice as patient means (brainseg.evaluation.volume_metrics).
+# Per-volume metrics logged next to the Dice as patient means (brainseg.metrics.functional).
 SURFACE_AND_DETECTION = METRICS[1:]  # all but the Dice, which VolumeDice logs itself
 
 

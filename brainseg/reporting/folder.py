@@ -13,7 +13,7 @@ import tifffile
 
 from brainseg.data.reader import read_mask
 from brainseg.errors import ConfigError, DataError
-from brainseg.evaluation.volume_metrics import NSD_TOLERANCE
+from brainseg.metrics import NSD_TOLERANCE
 from brainseg.postprocessing import apply, check_steps
 from brainseg.reporting.figures import bar_chart
 from brainseg.reporting.scores import patient_row, write_scores

@@ -33,8 +33,6 @@ import torch
 from monai.metrics.utils import get_edge_surface_distance
 from scipy import ndimage
 
-from brainseg.metrics import dice_score
-
 NSD_TOLERANCE = 2.0  # pixels; the boundary deviation that normalised surface Dice accepts
 METRICS = ("dsc", "hd95", "assd", "nsd", "volume_difference", "lesion_recall", "lesion_precision")
 HIGHER_IS_BETTER = {
@@ -46,6 +44,15 @@ HIGHER_IS_BETTER = {
     "lesion_recall": True,
     "lesion_precision": True,
 }
+
+
+def dice_score(pred: np.ndarray, target: np.ndarray) -> float:
+    """Dice of two boolean arrays with the empty-set convention above."""
+    pred, target = pred.astype(bool), target.astype(bool)
+    denominator = int(pred.sum()) + int(target.sum())
+    if denominator == 0:
+        return 1.0
+    return 2.0 * int(np.logical_and(pred, target).sum()) / denominator
 
 
 def _grid_diagonal(shape: tuple[int, ...]) -> float:
