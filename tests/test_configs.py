@@ -236,3 +236,26 @@ def test_debug_preset_is_what_the_tests_train_with() -> None:
         2,
     )
     assert cfg.data.split.n_val == 2 and cfg.trainer.accelerator == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("monitor", "mode", "direction"),
+    [("val/dsc_volume", "max", "maximize"), ("val/hd95", "min", "minimize")],
+)
+def test_the_monitor_sets_every_direction(monitor: str, mode: str, direction: str) -> None:
+    """The best checkpoint, the plateau scheduler and an Optuna search follow the metric's
+    direction; a contradicting checkpoint mode and an unknown metric are refused in one line."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    from brainseg.errors import ConfigError
+
+    cfg = compose([f"monitor={monitor}", "scheduler=plateau", "hparams_search=optuna"])
+    assert cfg.scheduler.scheduler.mode == mode and cfg.hydra.sweeper.direction == direction
+    assert instantiate(cfg.callbacks.model_checkpoint).mode == mode
+    wrong = {"max": "min", "min": "max"}[mode]
+    with pytest.raises(ConfigError, match=f"model_checkpoint.mode={wrong} contradicts"):
+        instantiate({**cfg.callbacks.model_checkpoint, "mode": wrong})
+    with pytest.raises(InterpolationResolutionError, match="monitor='val/dice': not a logged"):
+        OmegaConf.to_container(compose(["monitor=val/dice", "scheduler=plateau"]), resolve=True)

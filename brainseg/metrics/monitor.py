@@ -13,11 +13,12 @@ _OWN = {"dsc_volume": True, "dsc_volume_median": True, "loss": False}
 
 
 def higher_is_better(logged: str) -> bool:
-    """Direction of a logged metric (`val/hd95` -> False); ConfigError naming the known ones."""
+    """Direction of a logged validation metric (`val/hd95` -> False); ConfigError naming the known
+    ones."""
     directions = {**_OWN, **dict.fromkeys(slice_metrics(), True), **HIGHER_IS_BETTER}
     directions.pop("dsc")  # per-volume Dice is logged as dsc_volume
-    name = logged.split("/", 1)[-1]
-    if name not in directions:
+    stage, _, name = logged.partition("/")
+    if stage != "val" or name not in directions:
         known = ", ".join(f"val/{n}" for n in directions)
         raise ConfigError(f"monitor={logged!r}: not a logged metric; choose one of {known}")
     return directions[name]

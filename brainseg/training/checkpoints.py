@@ -23,7 +23,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from brainseg.checkpoint import prediction_only, read_checkpoint, save_atomically
-from brainseg.metrics.monitor import mode
+from brainseg.errors import ConfigError
+from brainseg.metrics.monitor import mode as direction
 
 log = logging.getLogger("brainseg")
 LAST_NAME = "last"
@@ -72,16 +73,23 @@ class BestCheckpoint(_FollowsMovedDirectory):
     Named `best-epoch014-dsc_volume_0.9402.ckpt` by default, the epoch numbered from 1 as in
     metrics.json and the console."""
 
-    def __init__(self, monitor: str, filename: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, monitor: str, filename: str | None = None, mode: str | None = None, **kwargs: Any
+    ) -> None:
         if kwargs.get("save_last"):
             raise ValueError("BestCheckpoint does not write last.ckpt; LastCheckpoint does")
+        if mode is not None and mode != direction(monitor):
+            raise ConfigError(
+                f"callbacks.model_checkpoint.mode={mode} contradicts monitor={monitor} "
+                f"(best is {direction(monitor)}); leave the mode out, it follows the monitor"
+            )
         if filename is None:
             name = monitor.split("/")[-1]
             filename = f"best-epoch{{epoch:03d}}-{name}_{{{monitor}:.4f}}"
         super().__init__(
             monitor=monitor,
             filename=filename,
-            mode=mode(monitor),
+            mode=direction(monitor),
             auto_insert_metric_name=False,
             **kwargs,
         )

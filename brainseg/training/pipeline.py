@@ -20,6 +20,7 @@ from brainseg.cli import check_output_outside_data, job_overrides
 from brainseg.config import instantiate_setting, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
+from brainseg.metrics.monitor import higher_is_better
 from brainseg.quiet import quiet_libraries
 from brainseg.runfiles import RunMetrics, write_metrics
 from brainseg.tracking import finish_run
@@ -103,6 +104,7 @@ def train(cfg: DictConfig) -> RunMetrics | None:
     ranks other than 0)."""
     quiet_libraries()
     check_sweep_ranks(cfg.trainer)
+    higher_is_better(cfg.monitor)  # a ConfigError before any work if it is not a logged metric
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     if cfg.data.get("root"):
