@@ -249,13 +249,17 @@ def test_the_monitor_sets_every_direction(monitor: str, mode: str, direction: st
     from omegaconf import OmegaConf
     from omegaconf.errors import InterpolationResolutionError
 
+    from brainseg.config import instantiate_setting
     from brainseg.errors import ConfigError
 
     cfg = compose([f"monitor={monitor}", "scheduler=plateau", "hparams_search=optuna"])
     assert cfg.scheduler.scheduler.mode == mode and cfg.hydra.sweeper.direction == direction
-    assert instantiate(cfg.callbacks.model_checkpoint).mode == mode
+    checkpoint = {"_target_": cfg.callbacks.model_checkpoint._target_, "monitor": cfg.monitor}
+    assert "mode" not in cfg.callbacks.model_checkpoint and instantiate(checkpoint).mode == mode
     wrong = {"max": "min", "min": "max"}[mode]
     with pytest.raises(ConfigError, match=f"model_checkpoint.mode={wrong} contradicts"):
-        instantiate({**cfg.callbacks.model_checkpoint, "mode": wrong})
+        instantiate_setting("callbacks.model_checkpoint", {**checkpoint, "mode": wrong})
     with pytest.raises(InterpolationResolutionError, match="monitor='val/dice': not a logged"):
-        OmegaConf.to_container(compose(["monitor=val/dice", "scheduler=plateau"]), resolve=True)
+        OmegaConf.to_container(
+            compose(["monitor=val/dice", "scheduler=plateau"]).scheduler, resolve=True
+        )
