@@ -56,8 +56,7 @@ class RunReport(L.Callback):
         self.output_dir = Path(output_dir)
         self.config = config
         self.monitor = monitor
-        metric_field(monitor)  # a validation metric, or a ConfigError naming the setting
-        self.higher = higher_is_better(monitor)
+        self.higher = higher_is_better(monitor)  # or a ConfigError: not a logged validation metric
         self.progress_lines = not sys.stdout.isatty() if progress_lines is None else progress_lines
         self._epoch_started = time.monotonic()
         self._epoch_seconds: list[float] = []
