@@ -78,10 +78,16 @@ class BestCheckpoint(_FollowsMovedDirectory):
     ) -> None:
         if kwargs.get("save_last"):
             raise ValueError("BestCheckpoint does not write last.ckpt; LastCheckpoint does")
-        if mode is not None and mode != direction(monitor):
+        try:
+            natural = direction(monitor)
+        except ConfigError:
+            if mode is None:  # a key outside the logged metrics needs its mode spelled out
+                raise
+            natural = mode
+        if mode not in (None, natural):
             raise ConfigError(
                 f"callbacks.model_checkpoint.mode={mode} contradicts monitor={monitor} "
-                f"(best is {direction(monitor)}); leave the mode out, it follows the monitor"
+                f"(best is {natural}); leave the mode out, it follows the monitor"
             )
         if filename is None:
             name = monitor.split("/")[-1]
@@ -89,7 +95,7 @@ class BestCheckpoint(_FollowsMovedDirectory):
         super().__init__(
             monitor=monitor,
             filename=filename,
-            mode=direction(monitor),
+            mode=natural,
             auto_insert_metric_name=False,
             **kwargs,
         )
