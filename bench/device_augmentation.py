@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from speed import synchronize  # bench/speed.py, next to this script
 
 from brainseg.cli import exit_status
-from brainseg.training.speed import synchronize
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

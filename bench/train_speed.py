@@ -27,12 +27,13 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from speed import SpeedMeter, peak_memory_mb, synchronize  # bench/speed.py, next to this script
 
 from brainseg.cli import exit_status
 from brainseg.config import instantiate_setting, to_plain
 from brainseg.data.dataset import normalize_batch
 from brainseg.training.module import SegmentationModule
-from brainseg.training.speed import SpeedMeter, apply_speed_settings, peak_memory_mb, synchronize
+from brainseg.training.speed_settings import apply_speed_settings
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

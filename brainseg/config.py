@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from brainseg.errors import BrainsegError, ConfigError
 
@@ -38,6 +40,29 @@ def instantiate_setting(setting: str, cfg: Any, **kwargs: Any) -> Any:
         raise ConfigError(f"{setting}: {lines[-1] if lines else type(exc).__name__}") from None
 
 
+# The override keys a running sweep varies (comma-separated), set for its jobs by SweepGuard.
+SWEPT_KEYS_ENV = "BRAINSEG_SWEPT_KEYS"
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    """The keys a multirun varies: command-line sweeps (`loss=dice,bce_dice`, `range(...)`) and the
+    search space of a sweeper such as Optuna (`hydra.sweeper.params`)."""
+    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = [o.key_or_group for o in overrides if o.is_sweep_override()]
+    keys += [str(k) for k in (config.hydra.sweeper.get("params") or {})]
+    return sorted(set(keys))
+
+
+def job_overrides() -> tuple[list[str], list[str]]:
+    """This job's overrides split into (swept, constant): `loss=dice` vs `data.root=...`."""
+    if not HydraConfig.initialized():
+        return [], []
+    overrides = list(HydraConfig.get().overrides.task)
+    swept = set(filter(None, os.environ.get(SWEPT_KEYS_ENV, "").split(",")))
+    chosen = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept]
+    return chosen, [o for o in overrides if o not in chosen]
+
+
 def _run_group() -> str | None:
     """`sweep-<sweep dir name>` for the jobs of a multirun; single runs are not grouped."""
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -48,8 +73,6 @@ def _run_group() -> str | None:
 def _job_name() -> str:
     """The overrides that tell this job from the others of its sweep (`loss=dice,model=unet`);
     for a single run all its overrides; `default` without any."""
-    from brainseg.cli import job_overrides
-
     if HydraConfig.initialized() and HydraConfig.get().mode != RunMode.MULTIRUN:
         return HydraConfig.get().job.override_dirname or "default"
     swept, _ = job_overrides()
@@ -59,8 +82,6 @@ def _job_name() -> str:
 def _shared_overrides() -> list[str]:
     """The overrides every job of this multirun shares (W&B tags); none for a single run, whose
     name already lists its overrides."""
-    from brainseg.cli import job_overrides
-
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return []
     return job_overrides()[1]

@@ -48,7 +48,7 @@ SMI=$!
 "$PY" train.py experiment=reference trainer=gpu trainer.max_epochs=8 "data.root=$DATA" \
     "data.cache_dir=$OUT/cache" "hydra.run.dir=$OUT/run" \
     "channels_last=${CHANNELS_LAST:-false}" "compile=${COMPILE:-false}" \
-    +callbacks.speed._target_=brainseg.training.speed.TrainingSpeed 2>&1 | tee "$OUT/train.log" \
+    +callbacks.speed._target_=bench.speed.TrainingSpeed 2>&1 | tee "$OUT/train.log" \
     | grep -E "samples/s|best val/dsc_volume|error" || true
 kill "$SMI" 2>/dev/null || true
 awk -F', ' '$1 > 0 {n++; u += $1; if ($2 > m) m = $2} END {if (n) printf "GPU utilisation while busy (nvidia-smi, 0.5 s samples): mean %.0f%% over %d samples; memory used up to %d MiB\n", u / n, n, m}' "$OUT/nvidia_smi.csv"

@@ -193,7 +193,7 @@ def test_short_fit_through_the_device_loader(synthetic_root: Path, tmp_path: Pat
         "data.loader=device",
         "data/augmentation=strong",
         "trainer.max_epochs=1",
-        "+callbacks.speed._target_=brainseg.training.speed.TrainingSpeed",
+        "+callbacks.speed._target_=bench.speed.TrainingSpeed",
     )
     metrics = train(cfg)
     assert len(metrics.history) == 1 and len(metrics.best.per_patient) == 2

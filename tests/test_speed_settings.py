@@ -17,7 +17,7 @@ from helpers import compose_run
 from brainseg.models import build_model
 from brainseg.prediction.members import load_checkpoint
 from brainseg.training.pipeline import train
-from brainseg.training.speed import apply_speed_settings
+from brainseg.training.speed_settings import apply_speed_settings
 
 TINY_NET = {
     "arch": "unet",

@@ -16,8 +16,8 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, ListConfig
 
 from brainseg.checkpoint import load_weights, read_checkpoint
-from brainseg.cli import check_output_outside_data, job_overrides
-from brainseg.config import instantiate_setting, to_plain
+from brainseg.cli import check_output_outside_data
+from brainseg.config import instantiate_setting, job_overrides, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
 from brainseg.metrics.monitor import higher_is_better
@@ -28,7 +28,7 @@ from brainseg.training.checkpoints import AtomicCheckpointIO
 from brainseg.training.media import TrackerMedia
 from brainseg.training.module import SegmentationModule
 from brainseg.training.report import RunReport
-from brainseg.training.speed import apply_speed_settings
+from brainseg.training.speed_settings import apply_speed_settings
 
 log = logging.getLogger("brainseg")
 

@@ -1,6 +1,7 @@
 """Training-speed figures: samples/s, the share of step time spent waiting for data, device
-utilisation and peak memory. Used by bench/train_speed.py and, as a callback, by real runs
-(`+callbacks.speed._target_=brainseg.training.speed.TrainingSpeed`, as `make gpu-check` does)."""
+utilisation and peak memory. Used by bench/train_speed.py and, as a callback, by real runs started
+from the repository root (`+callbacks.speed._target_=bench.speed.TrainingSpeed`, as
+`make gpu-check` does)."""
 
 from __future__ import annotations
 
@@ -37,25 +38,6 @@ def utilisation(device: torch.device) -> str:
         return f"{torch.cuda.utilization(device)}%"
     except Exception as exc:  # noqa: BLE001 - pynvml missing or refused: a figure, not a failure
         return f"n/a ({type(exc).__name__})"
-
-
-def _channels_last_input(net: torch.nn.Module, args: tuple) -> tuple:
-    return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
-
-
-def apply_speed_settings(net: torch.nn.Module, channels_last: bool, compile: bool) -> None:
-    """The `channels_last` and `compile` settings of conf/train.yaml, applied to a network in place.
-
-    channels_last: weights and inputs in NHWC memory order (what tensor-core convolutions read
-    natively). compile: `nn.Module.compile`, which compiles the module's call in place, so
-    `state_dict` keys (and the checkpoints predict.py loads) stay those of the plain network,
-    without torch.compile's `_orig_mod.` wrapper prefix.
-    """
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-        net.register_forward_pre_hook(_channels_last_input)
-    if compile:
-        net.compile()
 
 
 class SpeedMeter:
