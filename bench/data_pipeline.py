@@ -9,6 +9,7 @@ Prints figures only; nothing is asserted. The cache goes to a fresh temporary fo
 from __future__ import annotations
 
 import argparse
+import itertools
 import resource
 import sys
 import tempfile
@@ -21,10 +22,11 @@ from torch.utils.data import DataLoader
 
 from brainseg.cli import exit_status
 from brainseg.data.cache import VolumeCache
+from brainseg.data.datamodule import check_augmentation
 from brainseg.data.dataset import SliceDataset, normalize_batch
 from brainseg.data.preprocess import PreprocessConfig
 from brainseg.data.reader import find_patients
-from brainseg.data.sampling import make_sampler
+from brainseg.data.sampling import SliceSampler
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -46,11 +48,16 @@ def loader_throughput(
 ) -> float:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"data/augmentation={augmentation}"])
-    dataset = SliceDataset(volumes, instantiate(cfg.data.augmentation.workers))
-    sampler = make_sampler("lesion_weighted", dataset.lesion_areas(), seed=0)
-    sampler.num_samples = (batches + 5) * batch_size
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers)
-    iterator = iter(loader)
+    dataset = SliceDataset(volumes, check_augmentation(instantiate(cfg.data.augmentation)))
+    sampler = SliceSampler("lesion_weighted", dataset.lesion_areas(), seed=0)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
+    iterator = (batch for _ in itertools.count() for batch in loader)  # epoch after epoch
     for _ in range(5):  # warm-up: worker start, first page faults
         normalize_batch(next(iterator))
     start = time.perf_counter()

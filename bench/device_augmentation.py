@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from speed import synchronize  # bench/speed.py, next to this script
 
 from brainseg.cli import exit_status
+from brainseg.data.device_augmentation import device_augmentation
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["data/augmentation=reference"])
-    kornia_reference = instantiate(cfg.data.augmentation.device).to(device)
+    kornia_reference = device_augmentation(instantiate(cfg.data.augmentation)).to(device)
     print(
         f"device {device}, {args.size} px, threads {torch.get_num_threads()}, "
         f"{args.repeats} batches each"

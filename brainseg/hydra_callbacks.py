@@ -4,6 +4,7 @@ a sweep with failed jobs exits non-zero."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -46,19 +47,67 @@ def _touches(keys: list[str], group: str) -> bool:
     return any(k == group or k.startswith((f"{group}.", f"{group}/")) for k in keys)
 
 
+def _check_targets(group: str, entries: Any) -> None:
+    """Each entry's `_target_` of a dict-shaped group (callbacks, logger) can be imported; the
+    entries themselves are built by the jobs (they name the job's own directory)."""
+    for name, node in (entries or {}).items():
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        if target is None:
+            continue
+        module, _, attribute = str(target).rpartition(".")
+        try:
+            found = hasattr(importlib.import_module(module), attribute)
+        except (ImportError, ValueError):  # ValueError: an empty module name
+            found = False
+        if not found:
+            raise ConfigError(f"{group}.{name}._target_: cannot import {target!r}")
+
+
+def _scheduler(config: DictConfig, optimizer: Any) -> None:
+    factory = to_plain(config.scheduler).get("scheduler") if config.scheduler else None
+    if not factory:
+        return
+    if "total_steps" in factory and factory["total_steps"] is None:  # the trainer fills it in
+        factory["total_steps"] = 1
+    instantiate_setting("scheduler", factory, optimizer=optimizer)
+
+
 def preflight(config: DictConfig, swept: list[str]) -> None:
-    """Cheap checks of what every job shares (the data root and split, the model's names), so a
-    shared mistake stops the sweep once instead of failing each job after a model build. Groups
-    that the sweep varies are left to the jobs."""
+    """Build what every job shares once, as the first job would (data root and split, model, loss,
+    optimizer, scheduler, post-processing steps, the callbacks' and loggers' targets), so a shared
+    mistake stops the sweep once instead of failing every job. Groups that the sweep varies are
+    left to the jobs."""
+    import torch  # here, after SweepGuard has quieted the libraries
+
+    from brainseg.losses import build_loss
+    from brainseg.models import build_model
+    from brainseg.postprocessing import check_steps
+
+    def shared(group: str) -> bool:
+        return group in config and config[group] is not None and not _touches(swept, group)
+
     HydraConfig.instance().set_config(
         config
     )  # for ${hydra:...} in the checked settings, as in a job
-    if "data" in config and not _touches(swept, "data"):
+    if shared("data"):
         instantiate_setting("data", config.data).validate()
-    if "model" in config and not _touches(swept, "model"):
-        from brainseg.models import build_model
-
-        build_model(**to_plain(config.model))
+    model = build_model(**to_plain(config.model)) if shared("model") else None
+    if "trainer" not in config:  # predict.py: its data and model are all that jobs share
+        return
+    if shared("loss"):
+        build_loss(**to_plain(config.loss))
+    if shared("postprocessing"):
+        check_steps(to_plain(config.postprocessing))
+    params = model.parameters() if model is not None else [torch.nn.Parameter(torch.zeros(1))]
+    if shared("optimizer"):
+        optimizer = instantiate_setting("optimizer", config.optimizer, params=params)
+    else:  # the scheduler is checked on a stand-in for the optimizers the jobs build
+        optimizer = torch.optim.SGD(params, lr=0.1)
+    if shared("scheduler"):
+        _scheduler(config, optimizer)
+    for group in ("callbacks", "logger"):
+        if shared(group):
+            _check_targets(group, config[group])
 
 
 class SweepGuard(Callback):

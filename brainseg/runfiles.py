@@ -155,13 +155,42 @@ class Selected:
 
 @dataclass
 class TestScores:
-    """Per-volume Dice of the test patients (`test: true`)."""
+    """Per-volume Dice of the test patients, scored with the checkpoint best on validation (`test:
+    true`, or the inner-validation rule, under which they are the fold's held-out patients)."""
 
     __test__ = False  # not a test class
 
+    rule: str
+    epoch: int | None
     dsc_volume_mean: float
     dsc_volume_median: float
     per_patient: dict[str, float]
+    per_patient_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    checkpoint: str | None = None
+
+    def as_selected(self) -> Selected:
+        """These scores in the shape of a reported epoch (the sweep report pools either)."""
+        values = {
+            metric_field("val/dsc_volume"): self.dsc_volume_mean,
+            metric_field("val/dsc_volume_median"): self.dsc_volume_median,
+        }
+        scores = EpochScores(
+            self.epoch or 0, 0, values, None, self.per_patient, self.per_patient_metrics
+        )
+        return Selected(scores, self.rule, checkpoint=self.checkpoint)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], epoch_shift: int = 0) -> TestScores:
+        epoch = data.get("epoch")
+        return cls(
+            rule=data.get("rule") or "best_on_val",
+            epoch=None if epoch is None else int(epoch) + epoch_shift,
+            dsc_volume_mean=data["dsc_volume_mean"],
+            dsc_volume_median=data["dsc_volume_median"],
+            per_patient=dict(data["per_patient"]),
+            per_patient_metrics=dict(data.get("per_patient_metrics") or {}),
+            checkpoint=data.get("checkpoint"),
+        )
 
 
 @dataclass
@@ -225,7 +254,7 @@ class RunMetrics:
             epochs=int(data.get("epochs") or 0),
             train_seconds=data.get("train_seconds"),
             history=[EpochScores.from_dict(h, shift) for h in data.get("history") or []],
-            test=TestScores(**test) if test else None,
+            test=TestScores.from_dict(test, shift) if test else None,
         )
 
 
@@ -255,6 +284,7 @@ class SplitFile:
     val: list[str]
     test: list[str] = field(default_factory=list)
     root: str | None = None
+    n_inner_val: int = 0  # >= 1: the test set is the held-out fold (inner-validation rule)
 
 
 def write_split(run_dir: Path, split: SplitFile) -> Path:
@@ -276,6 +306,7 @@ def read_split(run_dir: Path) -> SplitFile | None:
             val=list(data["val"]),
             test=list(data.get("test") or []),
             root=data.get("root"),
+            n_inner_val=int(data.get("n_inner_val") or 0),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{path}: not a split file ({exc!r})") from None

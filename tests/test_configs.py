@@ -166,8 +166,13 @@ def _build(group: str, cfg) -> list:
         ]
     if group == "data":
         return [instantiate_setting("data", cfg.data)]
-    preset = instantiate_setting("data.augmentation", cfg.data.augmentation, _convert_="all")
-    return [preset[path] for path in ("workers", "device") if preset[path] is not None]
+    from brainseg.data.datamodule import check_augmentation
+    from brainseg.data.device_augmentation import device_augmentation
+
+    spec = check_augmentation(
+        instantiate_setting("data.augmentation", cfg.data.augmentation, _convert_="all")
+    )
+    return [spec, device_augmentation(spec)] if spec is not None else []
 
 
 def _kinds(group: str) -> tuple[type, ...]:

@@ -19,7 +19,7 @@ from brainseg.runfiles import read_split
 @pytest.mark.parametrize("augmentation", ["reference", "strong"])
 def test_augmented_masks_stay_binary(augmentation: str) -> None:
     cfg = compose([f"data/augmentation={augmentation}"])
-    transform = instantiate(cfg.data.augmentation.workers)
+    transform = instantiate(cfg.data.augmentation, _convert_="all")
     transform.set_random_seed(0)
     rng = np.random.default_rng(0)
     image = rng.random((48, 48, 3), dtype=np.float32)
@@ -114,3 +114,15 @@ def test_seeded_loading_is_reproducible(synthetic_root: Path, tmp_path: Path, wo
 def test_cache_inside_data_root_is_refused(synthetic_root: Path) -> None:
     with pytest.raises(ConfigError, match="data.cache_dir=.* is inside data.root"):
         tiny_datamodule(synthetic_root, synthetic_root / "cache")
+
+
+def test_an_augmentation_preset_in_the_old_two_version_form_is_named() -> None:
+    from brainseg.data.datamodule import check_augmentation
+
+    with pytest.raises(
+        ConfigError,
+        match=r"data.augmentation must be an albumentations transform or Compose "
+        r"\(conf/data/augmentation/\*.yaml\), got dict keys \['device', 'workers'\]",
+    ):
+        check_augmentation({"workers": {}, "device": {}})
+    assert check_augmentation({}) is None  # the `none` preset

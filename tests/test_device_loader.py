@@ -1,11 +1,13 @@
-"""data.loader=device on CPU tensors: kornia presets, the lesion-weighted draw, seeding, epoch
-length, DDP streams, and validation identical to the workers path."""
+"""data.loader=device on CPU tensors: the kornia pipeline built from the albumentations presets,
+the same slices as the workers path, seeding, epoch length, DDP stripes, validation identical to
+the workers path, and `auto` by device."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import pytest
 import torch
@@ -14,15 +16,20 @@ from hydra.utils import instantiate
 from scipy import ndimage, stats
 from torch.utils.data import DataLoader, DistributedSampler
 
-from brainseg.data.datamodule import LGGDataModule, resolve_loader
-from brainseg.data.device_loader import DeviceEvalLoader, DeviceTrainLoader, EpochSampler
-from brainseg.data.sampling import lesion_slice_weights
+from brainseg.data.datamodule import LGGDataModule, auto_loader
+from brainseg.data.device_augmentation import device_augmentation
+from brainseg.data.device_loader import DeviceEvalLoader, DeviceTrainLoader
 from brainseg.errors import ConfigError
-from brainseg.metrics import VolumeDice
+from brainseg.metrics import VolumeMetrics
+from brainseg.postprocessing import largest_component
+
+
+def _preset(preset: str) -> A.Compose:
+    return instantiate(compose([f"data/augmentation={preset}"]).data.augmentation, _convert_="all")
 
 
 def _device_augmentation(preset: str) -> torch.nn.Module:
-    return instantiate(compose([f"data/augmentation={preset}"]).data.augmentation.device)
+    return device_augmentation(_preset(preset))
 
 
 def _datamodule(root: Path, cache: Path, *overrides: str) -> LGGDataModule:
@@ -69,33 +76,74 @@ def test_reference_parameter_ranges_and_flip_probability() -> None:
     affine, flip = (p.data for p in augmentation._params)
     angle, scale = affine["angle"], affine["scale"]
     assert angle.abs().max() <= 15 and angle.min() < -14.5 and angle.max() > 14.5
-    assert scale.min() >= 0.95 and scale.max() <= 1.05 and torch.equal(scale[:, 0], scale[:, 1])
+    # albumentations' Affine scales x and y independently unless keep_ratio=True
+    assert scale.min() >= 0.95 and scale.max() <= 1.05
+    assert not torch.equal(scale[:, 0], scale[:, 1])
     flips = int(flip["batch_prob"].sum())
     assert stats.binomtest(flips, 4000, 0.5).pvalue > 1e-3
 
 
-def test_lesion_weighted_frequencies_follow_the_rule() -> None:
-    areas = [np.array([0, 100, 30, 0]), np.array([5, 5, 5]), np.zeros(5)]
-    sampler = EpochSampler("lesion_weighted", areas, num_samples=30000, seed=3)
-    counts = np.bincount(sampler.indices().numpy(), minlength=12)
-    expected = np.concatenate([lesion_slice_weights(a) / len(areas) for a in areas]) * 30000
-    assert stats.chisquare(counts, expected).pvalue > 1e-3
+def test_fixed_geometry_equals_albumentations() -> None:
+    """With every random draw pinned, the device version reproduces albumentations' output:
+    rotation direction, scale per axis, flips, masks nearest."""
+    spec = A.Compose(
+        [
+            A.Affine(rotate=(20, 20), scale={"x": (1.1, 1.1), "y": (0.9, 0.9)}, p=1.0),
+            A.HorizontalFlip(p=1.0),
+            A.VerticalFlip(p=1.0),
+        ]
+    )
+    image = _blobs(4, 48, seed=2) * torch.rand(4, 3, 1, 1)
+    mask = (image[:, :1] > 0.3).float()
+    out_image, out_mask = device_augmentation(spec)(image, mask)
+    for i in range(4):
+        expected = spec(
+            image=image[i].permute(1, 2, 0).numpy(), mask=mask[i, 0].numpy().astype(np.uint8)
+        )
+        np.testing.assert_allclose(out_image[i].permute(1, 2, 0), expected["image"], atol=1e-4)
+        np.testing.assert_array_equal(out_mask[i, 0], expected["mask"])
 
 
-def test_uniform_epochs_cover_every_slice_and_ranks_are_disjoint() -> None:
-    areas = [np.ones(7), np.ones(6)]
-    one = EpochSampler("uniform", areas, 13, seed=0).indices()
-    assert sorted(one.tolist()) == list(range(13))
-    ranks = [
-        EpochSampler("uniform", areas, 7, seed=0, rank=r, world_size=2).indices().tolist()
-        for r in range(2)
-    ]
-    assert set(ranks[0]) | set(ranks[1]) == set(range(13))
-    weighted = [
-        EpochSampler("lesion_weighted", areas, 200, seed=0, rank=r, world_size=2).indices()
-        for r in range(2)
-    ]
-    assert not torch.equal(*weighted)  # each rank its own stream
+def test_strong_parameters_follow_albumentations() -> None:
+    """Brightness/contrast, gamma and noise drawn from albumentations' ranges, images kept in
+    [0, 1], elastic displacements of albumentations' size (alpha in pixels)."""
+    augmentation = _device_augmentation("strong")
+    torch.manual_seed(0)
+    out, _ = augmentation(torch.full((400, 3, 32, 32), 0.5), torch.zeros(400, 1, 32, 32))
+    params = {
+        type(m).__name__: p.data for m, p in zip(augmentation.children(), augmentation._params)
+    }
+    brightness = params["BrightnessContrast"]
+    assert 0.9 <= brightness["alpha"].min() and brightness["alpha"].max() <= 1.1
+    assert -0.1 <= brightness["beta"].min() and brightness["beta"].max() <= 0.1
+    applied = int((brightness["batch_prob"] > 0.5).sum())
+    assert stats.binomtest(applied, 400, 0.5).pvalue > 1e-3
+    gamma = params["RandomGamma"]["gamma_factor"]
+    assert 0.8 <= gamma.min() and gamma.max() <= 1.2 and 0 <= out.min() and out.max() <= 1
+    noise_std = params["GaussNoise"]["noise"].std(dim=(1, 2, 3))
+    assert 0.01 * 0.8 < noise_std.min() and noise_std.max() < 0.03 * 1.2
+    # the elastic field against albumentations' own, on an image whose value is x / 63
+    reference = A.ElasticTransform(alpha=200, sigma=6, p=1.0)
+    elastic = device_augmentation(reference)
+    ramp = torch.linspace(0, 1, 64).expand(16, 3, 64, 64).contiguous()
+    shift = (elastic(ramp, torch.zeros(16, 1, 64, 64))[0] - ramp)[:, 0, 20:44, 20:44] * 63
+    reference.set_random_seed(1)
+    image = ramp[0].permute(1, 2, 0).numpy().copy()
+    moved = np.stack([reference(image=image)["image"] for _ in range(48)])
+    expected = np.abs(moved - image)[:, 20:44, 20:44, 0].mean() * 63
+    assert expected > 1 and 0.8 < float(shift.abs().mean()) / expected < 1.25
+
+
+def test_other_transforms_are_refused_with_the_way_out() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"data.augmentation: CLAHE has no device version; use data.loader=workers",
+    ):
+        device_augmentation(A.Compose([A.HorizontalFlip(), A.CLAHE()]))
+    with pytest.raises(ConfigError, match=r"Affine\(shear=.*use data.loader=workers"):
+        device_augmentation(A.Affine(shear=10))
+    with pytest.raises(ConfigError, match=r"OneOf has no device version"):
+        device_augmentation(A.OneOf([A.HorizontalFlip()]))
 
 
 def _epoch(loader: DeviceTrainLoader) -> list[torch.Tensor]:
@@ -151,7 +199,7 @@ def test_validation_is_identical_through_both_paths(synthetic_root: Path, tmp_pa
     net = torch.nn.Conv2d(3, 1, 3, padding=1)
     scores = []
     for dm in (workers, device):
-        metric = VolumeDice()
+        metric = VolumeMetrics(postprocess=largest_component)
         batches = [dm.on_after_batch_transfer(b, 0) for b in dm.val_dataloader()]
         with torch.no_grad():
             for batch in batches:
@@ -161,25 +209,77 @@ def test_validation_is_identical_through_both_paths(synthetic_root: Path, tmp_pa
                     batch["patient"],
                     batch["slice"],
                 )
-        scores.append((batches, metric.per_volume()))
+        scores.append((batches, {p: m["dsc"] for p, m in metric.compute().items()}))
     (workers_batches, workers_dice), (device_batches, device_dice) = scores
     for w, d in zip(workers_batches, device_batches, strict=True):
         assert w.keys() == d.keys() and all(torch.equal(w[k], d[k]) for k in w)
     assert workers_dice == device_dice and len(device_dice) == 2
 
 
-def test_auto_picks_device_when_the_preset_has_a_device_version() -> None:
-    assert resolve_loader("auto", {"workers": None, "device": None}) == "device"
-    assert resolve_loader("auto", {"workers": None}) == "workers"
-    with pytest.raises(
-        ConfigError, match=r"data.loader=device: data.augmentation has no 'device' version"
-    ):
-        resolve_loader("device", {"workers": None})
+@pytest.mark.parametrize("sampling", ["lesion_weighted", "uniform"])
+def test_both_paths_draw_the_same_slices(
+    synthetic_root: Path, tmp_path: Path, sampling: str
+) -> None:
+    """Same seed and epoch, same batches: without augmentation even the pixels agree."""
+
+    def batches(loader: str, epoch: int) -> list[dict[str, torch.Tensor]]:
+        dm = _datamodule(
+            synthetic_root,
+            tmp_path / "cache",
+            f"data.loader={loader}",
+            f"data.sampling={sampling}",
+            "data/augmentation=none",
+            "seed=11",
+        )
+        train = dm.train_dataloader()
+        train.sampler.set_epoch(epoch)
+        return [dm.on_after_batch_transfer(b, 0) for b in train]
+
+    for epoch in (0, 2):
+        workers, device = batches("workers", epoch), batches("device", epoch)
+        assert len(workers) == len(device) > 1
+        for w, d in zip(workers, device):
+            assert torch.equal(w["patient"], d["patient"]) and torch.equal(w["slice"], d["slice"])
+            assert torch.allclose(w["image"], d["image"]) and torch.equal(w["mask"], d["mask"])
+
+
+def test_auto_follows_the_training_device(synthetic_root: Path, tmp_path: Path) -> None:
+    assert auto_loader(torch.device("cuda", 1)) == "device"
+    assert auto_loader(torch.device("cpu")) == "workers"
+    dm = _datamodule(synthetic_root, tmp_path / "cache", "data.loader=auto")  # no trainer: CPU
+    assert dm.loader == "workers" and isinstance(dm.train_dataloader(), DataLoader)
+    on_gpu = type(  # what setup() reads from a Lightning trainer on a GPU (nothing is moved)
+        "Trainer",
+        (),
+        {
+            "strategy": type("S", (), {"root_device": torch.device("cuda", 0)})(),
+            "global_rank": 0,
+            "world_size": 1,
+        },
+    )()
+    dm = tiny_datamodule(synthetic_root, tmp_path / "cache", "data.loader=auto")
+    dm.trainer = on_gpu
+    dm.setup("fit")
+    assert dm.loader == "device" and dm.device_augmentation is not None
+    extra = "+data.augmentation.transforms=[{_target_: albumentations.CLAHE}]"
+    dm = tiny_datamodule(synthetic_root, tmp_path / "cache", "data.loader=auto", extra)
+    dm.trainer = on_gpu
+    with pytest.raises(ConfigError, match=r"CLAHE has no device version; use data.loader=workers"):
+        dm.setup("fit")
     with pytest.raises(
         ConfigError,
         match=r"data.loader='gpu' is unknown; choose one of \['workers', 'device', 'auto'\]",
     ):
-        resolve_loader("gpu", {"workers": None, "device": None})
+        tiny_datamodule(synthetic_root, tmp_path / "cache", "data.loader=gpu")
+
+
+def test_device_path_refuses_a_transform_it_lacks(synthetic_root: Path, tmp_path: Path) -> None:
+    extra = "+data.augmentation.transforms=[{_target_: albumentations.CLAHE}]"
+    with pytest.raises(
+        ConfigError, match=r"^data.augmentation: CLAHE has no device version; use data.loader="
+    ):
+        tiny_datamodule(synthetic_root, tmp_path / "cache", "data.loader=device", extra)
+    assert tiny_datamodule(synthetic_root, tmp_path / "cache", "data.loader=workers", extra)
 
 
 @pytest.mark.slow

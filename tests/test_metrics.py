@@ -1,4 +1,5 @@
-"""Per-volume Dice against an independent numpy/scipy computation, LCC cases, DDP duplicates."""
+"""Per-volume metrics from one pass: Dice against an independent numpy/scipy computation, LCC cases,
+DDP duplicates, every metric as functional.volume_metrics gives it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from brainseg.metrics import VolumeDice, slice_metrics
+from brainseg.metrics import COUNTS, METRICS, VolumeMetrics, slice_metrics, volume_metrics
+from brainseg.postprocessing import largest_component
 
 
 def _independent_volume_dice(prob: np.ndarray, truth: np.ndarray, lcc: bool) -> float:
@@ -22,8 +24,13 @@ def _independent_volume_dice(prob: np.ndarray, truth: np.ndarray, lcc: bool) -> 
     return 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
 
 
+def _dice(metric: VolumeMetrics) -> list[float]:
+    """Per-volume Dice in patient order."""
+    return [scores["dsc"] for scores in metric.compute().values()]
+
+
 def _feed(
-    metric: VolumeDice,
+    metric: VolumeMetrics,
     volumes: dict[int, tuple[np.ndarray, np.ndarray]],
     batch: int = 3,
     order=None,
@@ -57,14 +64,11 @@ def test_matches_independent_computation_in_any_order(lcc: bool) -> None:
     expected = {
         p: _independent_volume_dice(prob, truth, lcc) for p, (prob, truth) in volumes.items()
     }
-    metric = VolumeDice(postprocessing=[{"name": "largest_component"}] if lcc else [])
+    metric = VolumeMetrics(postprocess=largest_component if lcc else None)
     order = np.random.default_rng(0).permutation(sum(len(v[0]) for v in volumes.values()))
     _feed(metric, volumes, order=order)
-    result = metric.compute()
-    assert result["patient"].tolist() == [0, 1, 2, 3]
-    np.testing.assert_allclose(result["per_volume"].numpy(), [expected[p] for p in range(4)])
-    np.testing.assert_allclose(float(result["mean"]), np.mean(list(expected.values())))
-    np.testing.assert_allclose(float(result["median"]), np.median(list(expected.values())))
+    assert list(metric.compute()) == [0, 1, 2, 3]
+    np.testing.assert_allclose(_dice(metric), [expected[p] for p in range(4)])
     assert len({round(v, 6) for v in expected.values()}) > 1  # the cases differ
 
 
@@ -73,12 +77,12 @@ def test_larger_false_positive_blob_wins_the_lcc() -> None:
     truth[1:3, 1:3, 1:3] = True  # 8 voxels, found exactly
     prob = truth.astype(np.float32)
     prob[0:4, 5:9, 5:9] = 0.9  # 64 false-positive voxels, not face-connected to the truth
-    metric = VolumeDice()
+    metric = VolumeMetrics(postprocess=largest_component)
     _feed(metric, {0: (prob, truth)})
-    assert float(metric.compute()["mean"]) == 0.0
-    no_lcc = VolumeDice(postprocessing=[])
+    assert _dice(metric) == [0.0]
+    no_lcc = VolumeMetrics()
     _feed(no_lcc, {0: (prob, truth)})
-    assert float(no_lcc.compute()["mean"]) == pytest.approx(2 * 8 / (8 + 72))
+    assert _dice(no_lcc) == [pytest.approx(2 * 8 / (8 + 72))]
 
 
 def test_two_equal_components_keep_the_first_in_scan_order() -> None:
@@ -87,9 +91,9 @@ def test_two_equal_components_keep_the_first_in_scan_order() -> None:
     prob = np.zeros((2, 8, 8), np.float32)
     prob[0, 1:3, 1:3] = 0.8  # first component (found first in slice/row/column order) = the truth
     prob[1, 5:7, 5:7] = 0.8  # equally large, later
-    metric = VolumeDice()
+    metric = VolumeMetrics(postprocess=largest_component)
     _feed(metric, {0: (prob, truth)})
-    assert float(metric.compute()["mean"]) == 1.0
+    assert _dice(metric) == [1.0]
     assert _independent_volume_dice(prob, truth, True) == 1.0
 
 
@@ -100,16 +104,16 @@ def test_diagonal_neighbours_are_separate_components() -> None:
     prob[0, 0, 0] = prob[0, 1, 1] = prob[0, 2, 2] = (
         0.9  # three 1-voxel components under face connectivity
     )
-    metric = VolumeDice()
+    metric = VolumeMetrics(postprocess=largest_component)
     _feed(metric, {0: (prob, truth)})
-    assert float(metric.compute()["mean"]) == 1.0
+    assert _dice(metric) == [1.0]
 
 
 def test_empty_predictions_and_empty_truth_never_crash() -> None:
     prob = np.full((3, 6, 6), 0.3, np.float32)  # all in (0, 0.5): nothing predicted
     lesion = np.zeros((3, 6, 6), bool)
     lesion[1, 2:4, 2:4] = True
-    metric = VolumeDice()
+    metric = VolumeMetrics(postprocess=largest_component)
     _feed(
         metric,
         {
@@ -118,18 +122,36 @@ def test_empty_predictions_and_empty_truth_never_crash() -> None:
             2: (np.full_like(prob, 0.9), np.zeros_like(lesion)),
         },
     )
-    assert metric.compute()["per_volume"].tolist() == [0.0, 1.0, 0.0]
-    assert np.isnan(float(VolumeDice().compute()["mean"]))
+    assert _dice(metric) == [0.0, 1.0, 0.0]
+    assert VolumeMetrics().compute() == {}
 
 
 def test_repeated_slices_count_once() -> None:
     """A DistributedSampler pads with repeats; the same (patient, slice) must not count twice."""
     volumes = {p: _random_case(p + 10) for p in range(2)}
-    clean, padded = VolumeDice(), VolumeDice()
+    clean, padded = (VolumeMetrics(postprocess=largest_component) for _ in range(2))
     _feed(clean, volumes)
     _feed(padded, volumes)
     _feed(padded, {0: (volumes[0][0][:2], volumes[0][1][:2])})  # slices 0 and 1 of patient 0 again
-    torch.testing.assert_close(padded.compute()["per_volume"], clean.compute()["per_volume"])
+    assert padded.compute() == clean.compute()
+
+
+def test_one_pass_gives_every_metric_of_the_postprocessed_volume() -> None:
+    """compute() scores each assembled, post-processed volume once with volume_metrics."""
+    volumes = {p: _random_case(p + 20) for p in range(2)}
+    metric = VolumeMetrics(postprocess=largest_component, nsd_tolerance=1.5)
+    _feed(metric, volumes)
+    expected = {
+        p: volume_metrics(largest_component(prob > 0.5), truth, tolerance=1.5)
+        for p, (prob, truth) in volumes.items()
+    }
+    assert metric.compute() == expected
+
+
+def test_every_per_volume_value_is_a_named_metric_or_count() -> None:
+    """The tables take their columns from METRICS and COUNTS: volume_metrics gives no other key."""
+    prob, truth = _random_case(4)
+    assert set(volume_metrics(prob > 0.5, truth)) == {*METRICS, *COUNTS}
 
 
 def test_slice_metrics_against_numpy() -> None:

@@ -1,12 +1,16 @@
-"""Training samplers: the reference's lesion-weighted rule and its empirical frequencies."""
+"""The training sampler of both data paths: the reference's lesion-weighted rule, uniform epochs,
+resuming by epoch and the DDP rank stripes."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
+import pytest
+import torch
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+from scipy import stats
 
-from brainseg.data.sampling import LesionWeightedSampler, lesion_slice_weights, make_sampler
+from brainseg.data.sampling import SliceSampler, lesion_slice_weights
+from brainseg.errors import ConfigError
 
 
 def test_weights_follow_the_reference_rule() -> None:
@@ -16,35 +20,53 @@ def test_weights_follow_the_reference_rule() -> None:
     np.testing.assert_allclose(lesion_slice_weights(np.zeros(4)), 0.25)  # no lesion: uniform
 
 
-def test_sampler_draws_volumes_uniformly_then_weighted_slices() -> None:
-    areas = [np.array([0, 100, 0]), np.array([5, 5, 5, 5, 5, 5, 5])]
-    sampler = LesionWeightedSampler(areas, num_samples=40000, seed=1)
-    counts = Counter(iter(sampler))
-    assert len(sampler) == 40000 and sum(counts.values()) == 40000
-    first_volume = sum(counts[i] for i in range(3)) / 40000
-    assert abs(first_volume - 0.5) < 0.01
-    w = lesion_slice_weights(areas[0])
-    for i in range(3):
-        assert abs(counts[i] / 40000 - 0.5 * w[i]) < 0.01
-    assert list(iter(LesionWeightedSampler(areas, 50, seed=1))) == list(
-        iter(LesionWeightedSampler(areas, 50, seed=1))
-    )
-    again = LesionWeightedSampler(areas, 50, seed=1)
-    assert list(iter(again)) != list(iter(again))  # a new epoch draws anew
+def test_lesion_weighted_frequencies_follow_the_rule() -> None:
+    """A volume uniformly, then a slice by its weight: chi-square over many epochs' draws."""
+    areas = [np.array([0, 100, 30, 0]), np.array([5, 5, 5]), np.zeros(5)]
+    sampler = SliceSampler("lesion_weighted", areas, seed=3)
+    draws = torch.cat([sampler.draw() for _ in range(2500)])
+    counts = np.bincount(draws.numpy(), minlength=12)
+    expected = np.concatenate([lesion_slice_weights(a) / len(areas) for a in areas]) * len(draws)
+    assert len(sampler) == 12 and stats.chisquare(counts, expected).pvalue > 1e-3
 
 
-def test_uniform_is_a_plain_shuffle() -> None:
-    assert make_sampler("uniform", [np.ones(3)], 0) is None
+def test_uniform_epochs_cover_every_slice_once() -> None:
+    sampler = SliceSampler("uniform", [np.ones(7), np.ones(6)], seed=0)
+    first, second = list(sampler), list(sampler)
+    assert sorted(first) == sorted(second) == list(range(13)) and first != second
 
 
-def test_set_epoch_resumes_the_random_stream() -> None:
-    """A resumed run (a fresh sampler told its epoch by Lightning)
-    draws what an unbroken run draws."""
+@pytest.mark.parametrize("kind", ["lesion_weighted", "uniform"])
+def test_set_epoch_resumes_the_random_stream(kind: str) -> None:
+    """A resumed run (a fresh sampler told its epoch by Lightning) draws what an unbroken run
+    draws; another seed draws otherwise."""
     areas = [np.array([0, 100, 0]), np.array([5, 5, 5, 5])]
-    unbroken = LesionWeightedSampler(areas, 30, seed=3)
-    epochs = [list(iter(unbroken)) for _ in range(3)]
-    resumed = LesionWeightedSampler(areas, 30, seed=3)
+    unbroken = SliceSampler(kind, areas, seed=3)
+    epochs = [list(unbroken) for _ in range(3)]
+    resumed = SliceSampler(kind, areas, seed=3)
     resumed.set_epoch(2)
-    assert list(iter(resumed)) == epochs[2] != epochs[0]
+    assert list(resumed) == epochs[2] != epochs[0]
     unbroken.set_epoch(1)
-    assert list(iter(unbroken)) == epochs[1]
+    assert list(unbroken) == epochs[1]
+    assert [list(SliceSampler(kind, areas, seed=4)) for _ in range(3)] != epochs
+
+
+@pytest.mark.parametrize("kind", ["lesion_weighted", "uniform"])
+def test_rank_stripes_equal_lightnings_wrapper_of_one_sampler(kind: str) -> None:
+    """Under DDP the workers path gets Lightning's DistributedSamplerWrapper around a one-rank
+    sampler; the device path's per-rank samplers must give each rank the same slices."""
+    areas = [np.arange(7), np.ones(6)]  # 13 slices: rank stripes padded by a repeat
+    for rank in range(2):
+        wrapped = DistributedSamplerWrapper(
+            SliceSampler(kind, areas, seed=5), num_replicas=2, rank=rank, shuffle=False
+        )
+        own = SliceSampler(kind, areas, seed=5, rank=rank, world_size=2)
+        for epoch in (0, 3):
+            wrapped.set_epoch(epoch)
+            own.set_epoch(epoch)
+            assert list(wrapped) == list(own) and len(own) == len(wrapped) == 7
+
+
+def test_unknown_sampling_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"data.sampling='random' is unknown"):
+        SliceSampler("random", [np.ones(3)], seed=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 from helpers import SHARED_DATA
@@ -90,3 +91,37 @@ def test_explicit_and_test_lists() -> None:
 def test_bad_split_settings(call, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         call()
+
+
+def test_inner_validation_draws_from_the_folds_training_patients() -> None:
+    """n_inner_val: the held-out fold is the test set; validation comes from its training
+    patients, seeded per fold; every patient is tested exactly once over the folds."""
+    config = SplitConfig("kfold", n_folds=5, seed=3, n_inner_val=3)
+    folds = [make_split(replace(config, fold=k), NAMES) for k in range(5)]
+    for k, split in enumerate(folds):
+        plain = kfold_split(NAMES, 5, k, seed=3)
+        assert split.test == plain.val and len(split.val) == 3
+        assert set(split.val) <= set(plain.train) and set(split.train) == set(plain.train) - set(
+            split.val
+        )
+    assert sorted(n for f in folds for n in f.test) == sorted(NAMES)
+    assert len({tuple(f.val) for f in folds}) > 1  # drawn per fold
+    assert make_split(replace(config, fold=2), NAMES) == folds[2]
+    assert make_split(replace(config, fold=2, seed=4), NAMES).val != folds[2].val
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (SplitConfig(n_inner_val=2), "n_inner_val=2 needs data.split.kind=kfold"),
+        (
+            SplitConfig("kfold", n_inner_val=1, test_patients=NAMES[:1]),
+            "without data.split.test_patients",
+        ),
+        (SplitConfig("kfold", n_folds=2, n_inner_val=11), "fold 0 trains on 11"),
+        (SplitConfig("kfold", n_inner_val=-1), "must be at least 1"),
+    ],
+)
+def test_bad_inner_validation_settings(config: SplitConfig, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_split(config, NAMES)

@@ -16,6 +16,8 @@ from brainseg.runfiles import (
     RunMetrics,
     Selected,
     SplitFile,
+    TestScores,
+    read_metrics,
     write_metrics,
     write_split,
 )
@@ -143,3 +145,39 @@ def test_the_report_is_logged_as_one_offline_wandb_run_in_the_sweep_group(
     verdict = data["columns"].index("verdict")
     assert [row[verdict] for row in data["data"]] == ["reference", "worse"]
     assert len(list(run_dir.glob("files/media/images/sweep/*.png"))) == 2
+
+
+def test_inner_validation_folds_pool_the_held_out_test_scores(tmp_path: Path) -> None:
+    """Rule inner_val: each fold's validation patients (drawn from its training patients) only
+    chose the checkpoint; the report pools the held-out patients' test scores and names the rule."""
+    truth = dict(zip(PATIENTS, np.linspace(0.3, 0.8, len(PATIENTS))))
+    for fold in range(3):
+        job = _job(tmp_path, fold, [f"data.split.fold={fold}"], PATIENTS[fold::3], truth)
+        held_out = PATIENTS[fold::3]
+        inner = [p for p in PATIENTS if p not in held_out][:2]
+        write_split(job, SplitFile("k_fold", [], inner, held_out, n_inner_val=2))
+        metrics = read_metrics(job)
+        metrics.selected.scores.per_patient = {p: 1.0 for p in inner}  # must not be pooled
+        metrics.test = TestScores(
+            rule="inner_val",
+            epoch=3,
+            dsc_volume_mean=float(np.mean([truth[p] for p in held_out])),
+            dsc_volume_median=0.0,
+            per_patient={p: truth[p] for p in held_out},
+            per_patient_metrics={p: {"dsc": truth[p], "hd95": 1.0} for p in held_out},
+            checkpoint=str(job / "checkpoints" / "best.ckpt"),
+        )
+        write_metrics(job, metrics)
+    report = write_report(tmp_path)
+    rows = report["per_patient"]
+    assert sorted(r["patient"] for r in rows) == PATIENTS
+    assert all(r["dsc"] == truth[r["patient"]] and r["selection"] == "inner_val" for r in rows)
+    (pooled,) = report["configurations"]
+    assert pooled["n"] == 9 and pooled["mean"] == pytest.approx(np.mean(list(truth.values())))
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| all folds | inner_val | 3 | 9 |" in summary
+    assert "`inner_val` = checkpoint with the best Dice on data.split.n_inner_val" in summary
+    jobs = sorted((p for p in tmp_path.iterdir() if p.is_dir()), key=lambda p: int(p.name))
+    held = held_out_by(jobs)
+    assert held["P04"][0].job_dir == jobs[1] and held["P04"][0].selection == "inner_val"
+    assert held["P04"][0].checkpoint == jobs[1] / "checkpoints" / "best.ckpt" and len(held) == 9

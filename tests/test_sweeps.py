@@ -216,19 +216,23 @@ def test_optuna_failed_trial_says_why_and_the_study_goes_on(
     assert f"best_value: {ok}" in (sweep / "optimization_results.yaml").read_text()
 
 
+@pytest.mark.parametrize("mistake", ["missing data root", "unknown loss term"])
 def test_a_mistake_every_job_shares_stops_the_sweep_before_its_first_job(
-    synthetic_root: Path, tmp_path: Path
+    synthetic_root: Path, tmp_path: Path, mistake: str
 ) -> None:
-    sweep = tmp_path / "no_root"
-    result = _sweep(tmp_path / "missing", sweep, "loss=dice,bce_dice")
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [
-        (
-            f"error: {tmp_path / 'missing'}: data root does not exist "
-            "(checked before the sweep started; no job was run)"
+    sweep = tmp_path / "sweep"
+    if mistake == "missing data root":
+        result = _sweep(tmp_path / "missing", sweep, "loss=dice,bce_dice")
+        expected = f"{tmp_path / 'missing'}: data root does not exist"
+    else:
+        result = _sweep(synthetic_root, sweep, "optimizer.lr=0.001,0.0001", "+loss.terms.nope=1.0")
+        expected = (
+            "loss 'nope' is unknown; choose from "
+            "['bce', 'dice', 'focal', 'jaccard', 'lovasz', 'tversky'] or give a _target_"
         )
-    ]
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {expected} (checked before the sweep started; no job was run)"]
     assert not (sweep / "0").exists()
 
 

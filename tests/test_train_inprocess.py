@@ -79,6 +79,36 @@ def test_returns_the_best_score_and_honours_test_flag(synthetic_root: Path, tmp_
     assert metrics.test.per_patient == pytest.approx(metrics.best.per_patient)
 
 
+def test_inner_validation_fold_is_scored_on_its_held_out_patients(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    """data.split.n_inner_val: the checkpoint is chosen on patients drawn from the fold's
+    training patients, then the held-out fold is tested with it (test implied); the sweep report
+    pools those test scores."""
+    from brainseg.data.splits import kfold_split
+    from brainseg.reporting.sweep import write_report
+    from brainseg.runfiles import read_split
+
+    job = tmp_path / "sweep" / "0"
+    overrides = ["data.split.kind=kfold", "data.split.n_folds=2", "data.split.n_inner_val=1"]
+    metrics = train(
+        compose_run(synthetic_root, job, tmp_path / "cache", *overrides, "trainer.max_epochs=1")
+    )
+    patients = sorted(p.name for p in synthetic_root.iterdir() if p.is_dir())
+    fold = kfold_split(patients, 2, 0, seed=42)
+    split = read_split(job)
+    assert split.test == fold.val and split.n_inner_val == 1
+    assert len(split.val) == 1 and set(split.val) < set(fold.train)
+    test = metrics.test
+    assert sorted(test.per_patient) == fold.val and test.rule == "inner_val"
+    assert test.checkpoint == metrics.best_checkpoint and test.epoch == 1
+    assert list(metrics.best.per_patient) == split.val
+    (job / ".hydra").mkdir(exist_ok=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- data.split.fold=0\n")
+    rows = write_report(tmp_path / "sweep")["per_patient"]
+    assert {r["patient"]: r["dsc"] for r in rows} == test.per_patient
+
+
 def test_reports_the_epoch_its_selection_rule_picks_with_every_volume_metric(
     synthetic_root: Path, tmp_path: Path
 ) -> None:

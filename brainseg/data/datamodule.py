@@ -3,10 +3,11 @@ loaders."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import albumentations as A
 import lightning as L
 import numpy as np
 import torch
@@ -17,10 +18,11 @@ from torch.utils.data import DataLoader
 from brainseg.data.cache import VolumeCache
 from brainseg.data.contract import DataProvenance
 from brainseg.data.dataset import SliceDataset, normalize_batch
+from brainseg.data.device_augmentation import device_augmentation
 from brainseg.data.device_loader import DeviceEvalLoader, DeviceSlices, DeviceTrainLoader
 from brainseg.data.preprocess import PreprocessConfig, PreprocessedVolume
 from brainseg.data.reader import PatientFiles, find_patients
-from brainseg.data.sampling import SAMPLINGS, make_sampler
+from brainseg.data.sampling import SliceSampler, check_sampling
 from brainseg.data.splits import Split, SplitConfig, make_split
 from brainseg.errors import ConfigError
 from brainseg.runfiles import SplitFile, write_split
@@ -36,21 +38,28 @@ def _seed_worker(worker_id: int) -> None:
 
 
 LOADERS = ("workers", "device", "auto")
+# Device types on which `data.loader=auto` takes the device path. On a CPU the two paths train at
+# the same speed (docs: benchmarks), so the simpler workers path; on a GPU the device path spares
+# it the wait for CPU workers.
+DEVICE_PATH_DEVICES = ("cuda",)
 
 
-def resolve_loader(loader: str, augmentation: Mapping[str, Any]) -> str:
-    """`auto` is `device` whenever the augmentation preset has a device version
-    (a `device` entry)."""
-    if loader not in LOADERS:
-        raise ConfigError(f"data.loader={loader!r} is unknown; choose one of {list(LOADERS)}")
-    if loader == "auto":
-        return "device" if "device" in augmentation else "workers"
-    if loader not in augmentation:
+def auto_loader(device: torch.device) -> str:
+    """What `data.loader=auto` means on the training device."""
+    return "device" if device.type in DEVICE_PATH_DEVICES else "workers"
+
+
+def check_augmentation(augmentation: Any) -> A.BasicTransform | A.BaseCompose | None:
+    """The `data.augmentation` spec: an albumentations transform or Compose, or none."""
+    if not augmentation:  # the `none` preset, or a Compose without transforms
+        return None
+    if not isinstance(augmentation, (A.BasicTransform, A.BaseCompose)):
+        detail = f"keys {sorted(augmentation)}" if isinstance(augmentation, Mapping) else ""
         raise ConfigError(
-            f"data.loader={loader}: data.augmentation has no {loader!r} version; "
-            f"it has {sorted(augmentation)}"
+            "data.augmentation must be an albumentations transform or Compose "
+            f"(conf/data/augmentation/*.yaml), got {type(augmentation).__name__} {detail}".rstrip()
         )
-    return loader
+    return augmentation
 
 
 class LGGDataModule(L.LightningDataModule):
@@ -65,7 +74,7 @@ class LGGDataModule(L.LightningDataModule):
         preprocess: Mapping[str, Any] | None = None,
         split: Mapping[str, Any] | SplitConfig | None = None,
         sampling: str = "lesion_weighted",
-        augmentation: Mapping[str, Callable | None] | None = None,
+        augmentation: A.BasicTransform | A.BaseCompose | None = None,
         loader: str = "auto",
         batch_size: int = 16,
         val_batch_size: int | None = None,
@@ -82,19 +91,16 @@ class LGGDataModule(L.LightningDataModule):
                 "nothing may be written there"
             )
         self.preprocess_cfg = PreprocessConfig(**dict(preprocess or {}))
-        if sampling not in SAMPLINGS:
-            raise ConfigError(
-                f"data.sampling={sampling!r} is unknown; choose one of {list(SAMPLINGS)}"
-            )
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
         self.split_config = (
             split if isinstance(split, SplitConfig) else SplitConfig.from_mapping(split)
         )
-        self.sampling = sampling
-        augmentation = dict(augmentation or {"workers": None, "device": None})
-        self.loader = resolve_loader(loader, augmentation)
-        self.augmentation = augmentation.get(self.loader)
+        self.sampling = check_sampling(sampling)
+        if loader not in LOADERS:
+            raise ConfigError(f"data.loader={loader!r} is unknown; choose one of {list(LOADERS)}")
+        self.augmentation = check_augmentation(augmentation)
+        self._use_loader(loader)  # `auto` is resolved in setup(), on the training device
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
@@ -103,6 +109,14 @@ class LGGDataModule(L.LightningDataModule):
         self.split: Split | None = None
         self.datasets: dict[str, SliceDataset] = {}
         self.device_slices: dict[str, DeviceSlices] = {}
+
+    def _use_loader(self, loader: str) -> None:
+        """Settle on a data path; the device path builds its augmentation from the spec (or
+        refuses a transform it lacks) here."""
+        self.loader = loader
+        self.device_augmentation = (
+            device_augmentation(self.augmentation) if loader == "device" else None
+        )
 
     def _patients(self) -> dict[str, PatientFiles]:
         return {p.name: p for p in find_patients(self.root)}
@@ -131,6 +145,8 @@ class LGGDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.split is not None:
             return
+        if self.loader == "auto":
+            self._use_loader(auto_loader(self._ranks()[0]))
         patients = self._patients()
         self.split = self._make_split(patients)
         volumes = self._load_volumes(patients, self.split)
@@ -163,7 +179,12 @@ class LGGDataModule(L.LightningDataModule):
     def write_split(self, run_dir: Path) -> None:
         write_split(
             run_dir,
-            SplitFile(kind=self.split_config.kind, **self.split.to_dict(), root=str(self.root)),
+            SplitFile(
+                kind=self.split_config.kind,
+                **self.split.to_dict(),
+                root=str(self.root),
+                n_inner_val=self.split_config.n_inner_val,
+            ),
         )
 
     def on_after_batch_transfer(
@@ -205,7 +226,9 @@ class LGGDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader | DeviceTrainLoader:
         if self.loader == "device":
             device, rank, world = self._ranks()
-            augmentation = self.augmentation.to(device) if self.augmentation is not None else None
+            augmentation = self.device_augmentation
+            if augmentation is not None:
+                augmentation = augmentation.to(device)
             return DeviceTrainLoader(
                 self._device_slices("train", device),
                 self.batch_size,
@@ -216,12 +239,10 @@ class LGGDataModule(L.LightningDataModule):
                 world,
             )
         train = self.datasets["train"]
-        sampler = make_sampler(self.sampling, train.lesion_areas(), self.seed)
         return self._loader(
             "train",
             self.batch_size,
-            sampler=sampler,
-            shuffle=sampler is None,
+            sampler=SliceSampler(self.sampling, train.lesion_areas(), self.seed),
             drop_last=len(train) > self.batch_size,
         )
 

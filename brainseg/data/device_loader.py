@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from brainseg.data.preprocess import PreprocessedVolume
-from brainseg.data.sampling import lesion_slice_weights, stream_seed
+from brainseg.data.sampling import SliceSampler, stream_seed
 
 UINT16_SCALE = np.float32(1 / 65535)  # the factor PreprocessedVolume.slice_image uses
 
@@ -79,54 +79,6 @@ class DeviceSlices:
         }
 
 
-class EpochSampler:
-    """Flat slice indices of one epoch for one rank: the lesion-weighted rule of
-    `brainseg.data.sampling` (a volume uniformly, then a slice by `lesion_slice_weights`) or a
-    uniform shuffle. Drawn on the CPU (a few thousand integers) so that a seed gives the same
-    batches on any device; each (seed, epoch, rank) has its own stream.
-
-    Lightning calls `set_epoch` at the start of every epoch (also after a resume).
-    """
-
-    def __init__(
-        self,
-        kind: str,
-        lesion_areas: Sequence[np.ndarray],
-        num_samples: int,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        self.kind = kind
-        self.num_samples = num_samples
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 0
-        self.total = sum(len(a) for a in lesion_areas)
-        self.offsets = torch.tensor(np.cumsum([0] + [len(a) for a in lesion_areas])[:-1])
-        longest = max(len(a) for a in lesion_areas)
-        self.weights = torch.zeros(len(lesion_areas), longest, dtype=torch.float64)
-        for v, areas in enumerate(lesion_areas):
-            self.weights[v, : len(areas)] = torch.from_numpy(
-                lesion_slice_weights(np.asarray(areas))
-            )
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def indices(self) -> torch.Tensor:
-        if (
-            self.kind == "uniform"
-        ):  # one permutation for all ranks, each takes its stride (DistributedSampler)
-            generator = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch))
-            order = torch.randperm(self.total, generator=generator)
-            order = order.repeat(math.ceil(self.num_samples * self.world_size / self.total))
-            return order[self.rank :: self.world_size][: self.num_samples]
-        generator = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch, self.rank))
-        volumes = torch.randint(len(self.weights), (self.num_samples,), generator=generator)
-        slices = torch.multinomial(self.weights[volumes], 1, generator=generator)[:, 0]
-        return self.offsets[volumes] + slices
-
-
 @contextlib.contextmanager
 def seeded_device_rng(device: torch.device, seed: int) -> Iterator[None]:
     """Seed the device's global generator (which kornia draws its parameters from) for one block,
@@ -144,8 +96,9 @@ def seeded_device_rng(device: torch.device, seed: int) -> Iterator[None]:
 
 
 class DeviceTrainLoader:
-    """Training batches on the device: sampled by `EpochSampler`, augmented as a whole batch
-    (each sample with its own parameters) by `augmentation(image, mask)` on (N, C, S, S) tensors.
+    """Training batches on the device: the slices `SliceSampler` draws (the workers path's, for
+    the same seed and epoch), augmented as a whole batch (each sample with its own parameters) by
+    `augmentation(image, mask)` on (N, C, S, S) tensors.
 
     Epoch length as the workers path: every training slice once per epoch in all (split over
     the ranks as Lightning's DistributedSampler does), the last partial batch dropped when there
@@ -165,13 +118,11 @@ class DeviceTrainLoader:
         self.slices = slices
         self.batch_size = batch_size
         self.augmentation = augmentation
-        per_rank = math.ceil(len(slices) / world_size)
+        self.sampler = SliceSampler(sampling, slices.lesion_areas(), seed, rank, world_size)
+        per_rank = len(self.sampler)
         self.drop_last = len(slices) > batch_size
         self.num_batches = (
             per_rank // batch_size if self.drop_last else math.ceil(per_rank / batch_size)
-        )
-        self.sampler = EpochSampler(
-            sampling, slices.lesion_areas(), per_rank, seed, rank, world_size
         )
 
     def __len__(self) -> int:
@@ -179,19 +130,19 @@ class DeviceTrainLoader:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         sampler = self.sampler
-        order = sampler.indices().to(self.slices.device, non_blocking=True)
+        epoch = sampler.epoch
+        order = sampler.draw().to(self.slices.device, non_blocking=True)
         for b in range(self.num_batches):
             batch = self.slices.batch(order[b * self.batch_size : (b + 1) * self.batch_size])
             if self.augmentation is not None:
                 with seeded_device_rng(
-                    self.slices.device, stream_seed(sampler.seed, sampler.epoch, sampler.rank, b)
+                    self.slices.device, stream_seed(sampler.seed, epoch, sampler.rank, b)
                 ):
                     image, mask = self.augmentation(
                         batch["image"].permute(0, 3, 1, 2), batch["mask"]
                     )
                 batch["image"], batch["mask"] = image.permute(0, 2, 3, 1), mask
             yield batch
-        sampler.epoch += 1  # without a trainer (benchmarks, tests) the next pass is the next epoch
 
 
 class DeviceEvalLoader:

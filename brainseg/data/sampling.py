@@ -1,7 +1,8 @@
-"""Training slice samplers over a list of volumes (flat index = offset of volume + slice)."""
+"""The training-slice sampler of both data paths (flat index = offset of volume + slice)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -18,6 +19,13 @@ def stream_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def check_sampling(kind: str) -> str:
+    """`data.sampling`, or a ConfigError naming the valid ones."""
+    if kind not in SAMPLINGS:
+        raise ConfigError(f"data.sampling={kind!r} is unknown; choose one of {list(SAMPLINGS)}")
+    return kind
+
+
 def lesion_slice_weights(lesion_areas: np.ndarray) -> np.ndarray:
     """Reference rule: p(slice) proportional to its lesion area plus 10% of the volume's mean area.
 
@@ -29,20 +37,38 @@ def lesion_slice_weights(lesion_areas: np.ndarray) -> np.ndarray:
     return weights / total if total > 0 else np.full(len(areas), 1.0 / len(areas))
 
 
-class LesionWeightedSampler(Sampler[int]):
-    """Draws a volume uniformly, then a slice by `lesion_slice_weights`; `num_samples` per epoch.
+class SliceSampler(Sampler[int]):
+    """One epoch of training slices, the same for `data.loader=workers` and `data.loader=device`.
 
-    Each (seed, epoch) has its own stream. Lightning calls `set_epoch` at the start of every
-    epoch (also after a resume, and through its DistributedSamplerWrapper under DDP), so a resumed
-    run continues the stream; without a trainer each pass is the next epoch.
+    `lesion_weighted`: a volume uniformly, then a slice by `lesion_slice_weights`; `uniform`: a
+    permutation of all slices. Every epoch draws as many slices as there are, from its own stream
+    (seed, epoch), on the CPU, so a seed gives the same slices on any device and loader. Under DDP
+    rank r takes every world_size-th of them, padded by repeats as DistributedSampler does (the
+    workers path gets this from Lightning's DistributedSamplerWrapper around a one-rank sampler).
+
+    Lightning calls `set_epoch` at the start of every epoch (also after a resume, and through its
+    wrapper under DDP), so a resumed run continues the stream; without a trainer (benchmarks,
+    tests) each pass is the next epoch.
     """
 
-    def __init__(self, lesion_areas: Sequence[np.ndarray], num_samples: int, seed: int = 0) -> None:
-        self.weights = [torch.as_tensor(lesion_slice_weights(a)) for a in lesion_areas]
-        self.offsets = np.cumsum([0] + [len(a) for a in lesion_areas])[:-1].tolist()
-        self.num_samples = num_samples
-        self.seed = seed
+    def __init__(
+        self,
+        kind: str,
+        lesion_areas: Sequence[np.ndarray],
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.kind = check_sampling(kind)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
+        self.total = sum(len(a) for a in lesion_areas)
+        self.num_samples = math.ceil(self.total / world_size)
+        self.offsets = torch.tensor(np.cumsum([0] + [len(a) for a in lesion_areas])[:-1])
+        longest = max(len(a) for a in lesion_areas)
+        self.weights = torch.zeros(len(lesion_areas), longest, dtype=torch.float64)
+        for v, areas in enumerate(lesion_areas):
+            self.weights[v, : len(areas)] = torch.from_numpy(lesion_slice_weights(areas))
 
     def __len__(self) -> int:
         return self.num_samples
@@ -50,20 +76,19 @@ class LesionWeightedSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int]:
+    def draw(self) -> torch.Tensor:
+        """This rank's slice indices for the current epoch; the next call draws the next epoch
+        (unless `set_epoch` says otherwise)."""
         generator = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch))
         self.epoch += 1
-        volumes = torch.randint(
-            len(self.weights), (self.num_samples,), generator=generator
-        ).tolist()
-        for v in volumes:
-            yield self.offsets[v] + int(torch.multinomial(self.weights[v], 1, generator=generator))
+        if self.kind == "uniform":
+            order = torch.randperm(self.total, generator=generator)
+        else:
+            volumes = torch.randint(len(self.weights), (self.total,), generator=generator)
+            slices = torch.multinomial(self.weights[volumes], 1, generator=generator)[:, 0]
+            order = self.offsets[volumes] + slices
+        padded = order.repeat(math.ceil(self.num_samples * self.world_size / self.total))
+        return padded[: self.num_samples * self.world_size][self.rank :: self.world_size]
 
-
-def make_sampler(kind: str, lesion_areas: Sequence[np.ndarray], seed: int) -> Sampler[int] | None:
-    """`None` means a plain shuffle of all slices (uniform)."""
-    if kind == "uniform":
-        return None
-    if kind == "lesion_weighted":
-        return LesionWeightedSampler(lesion_areas, sum(len(a) for a in lesion_areas), seed)
-    raise ConfigError(f"data.sampling={kind!r} is unknown; choose one of {list(SAMPLINGS)}")
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.draw().tolist())

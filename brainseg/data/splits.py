@@ -21,6 +21,7 @@ class SplitConfig:
     n_folds: int = 5
     fold: int = 0
     seed: int = 42
+    n_inner_val: int = 0
     val_patients: list[str] | None = None
     test_patients: list[str] | None = None
     train_patients: list[str] | None = None
@@ -80,8 +81,15 @@ def reference_split(patients: list[str], n_val: int = 10, seed: int = 42) -> Spl
     return Split(train=[n for n in names if n not in set(val)], val=val)
 
 
-def kfold_split(patients: list[str], n_folds: int, fold: int, seed: int = 42) -> Split:
-    """Fold `fold` of a seeded shuffle of the patients cut into `n_folds` near-equal parts."""
+def kfold_split(
+    patients: list[str], n_folds: int, fold: int, seed: int = 42, n_inner_val: int = 0
+) -> Split:
+    """Fold `fold` of a seeded shuffle of the patients cut into `n_folds` near-equal parts.
+
+    The fold's held-out part is its validation set; with `n_inner_val` >= 1 it is its test set
+    instead, and `n_inner_val` patients drawn (seeded per fold) from its training patients
+    validate, so that the held-out patients select nothing (inner-validation rule).
+    """
     if n_folds < 2:
         raise ConfigError(f"data.split.n_folds={n_folds} must be at least 2")
     if not 0 <= fold < n_folds:
@@ -92,8 +100,17 @@ def kfold_split(patients: list[str], n_folds: int, fold: int, seed: int = 42) ->
             f"data.split.n_folds={n_folds} needs at least {n_folds} patients, found {len(names)}"
         )
     random.Random(seed).shuffle(names)
-    val = names[fold::n_folds]
-    return Split(train=sorted(set(names) - set(val)), val=sorted(val))
+    held_out = sorted(names[fold::n_folds])
+    train = sorted(set(names) - set(held_out))
+    if n_inner_val == 0:
+        return Split(train=train, val=held_out)
+    if not 0 < n_inner_val < len(train):
+        raise ConfigError(
+            f"data.split.n_inner_val={n_inner_val} must be at least 1 and leave training "
+            f"patients: fold {fold} trains on {len(train)}"
+        )
+    inner = sorted(random.Random(f"inner-{seed}-{fold}").sample(train, n_inner_val))
+    return Split(train=[n for n in train if n not in inner], val=inner, test=held_out)
 
 
 def explicit_split(
@@ -120,10 +137,15 @@ def explicit_split(
 def make_split(config: SplitConfig, patients: list[str]) -> Split:
     """Dispatch on `data.split.kind`; `test_patients` are held out of any kind."""
     test = list(config.test_patients or [])
+    if config.n_inner_val and (config.kind != "kfold" or test):
+        raise ConfigError(
+            f"data.split.n_inner_val={config.n_inner_val} needs data.split.kind=kfold without "
+            "data.split.test_patients (each fold's held-out patients are its test set)"
+        )
     if config.kind == "reference":
         split = reference_split(patients, config.n_val, config.seed)
     elif config.kind == "kfold":
-        split = kfold_split(patients, config.n_folds, config.fold, config.seed)
+        split = kfold_split(patients, config.n_folds, config.fold, config.seed, config.n_inner_val)
     elif config.kind == "explicit":
         return explicit_split(
             patients, list(config.val_patients or []), test, config.train_patients

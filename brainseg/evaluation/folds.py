@@ -7,6 +7,9 @@ figure is the mean (and median) over all those per-patient scores, not a mean of
 epoch a fold reports must not be chosen on the patients it scores: `evaluation.selection=last`
 (default) reports the last epoch; `best_on_val` reports the epoch with the best validation Dice,
 which is selected on those same patients and is labelled so wherever it is shown.
+With `data.split.n_inner_val` (the `inner_val` rule) a fold validates on patients drawn from its
+training patients, which pick the checkpoint, and its held-out patients are scored once as its test
+set: they select nothing, and the sweep report pools these test scores.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from brainseg.errors import ConfigError
-from brainseg.runfiles import read_metrics, read_split
+from brainseg.runfiles import RunMetrics, Selected, read_metrics, read_split
 
 Split = Mapping[str, Sequence[str]]  # {"train": [...], "val": [...], "test": [...]} as recorded
 
@@ -26,6 +30,22 @@ SELECTION_RULES = {
         "best epoch on the scored validation patients (selected on validation: optimistic)"
     ),
 }
+
+
+INNER_VAL = "inner_val"
+CV_RULES = {
+    **SELECTION_RULES,
+    INNER_VAL: (
+        "checkpoint with the best Dice on data.split.n_inner_val validation patients drawn from "
+        "the fold's training patients; the fold's held-out patients scored once as its test set "
+        "(they select nothing)"
+    ),
+}
+
+
+def inner_validation(config: Mapping[str, Any]) -> bool:
+    """Whether a run's resolved config asks for the inner-validation rule."""
+    return bool(((config.get("data") or {}).get("split") or {}).get("n_inner_val"))
 
 
 def check_selection(rule: str) -> str:
@@ -48,8 +68,9 @@ class HeldOut:
 
 
 def held_out_by(job_dirs: list[Path]) -> dict[str, list[HeldOut]]:
-    """patient -> the job(s) whose validation set held it out, from each job's `split.json` and
-    `metrics.json`; jobs without a split.json (failed before training) are skipped.
+    """patient -> the job(s) whose validation set (under the inner-validation rule: test set) held
+    it out, from each job's `split.json` and `metrics.json`; jobs without a split.json (failed
+    before training) are skipped.
 
     For the folds of one configuration every patient maps to exactly one job; a patient held out
     by several jobs (several configurations, or repeated folds) maps to all of them, in job order.
@@ -59,13 +80,24 @@ def held_out_by(job_dirs: list[Path]) -> dict[str, list[HeldOut]]:
         split = read_split(job)
         if split is None:
             continue
-        reported = (metrics := read_metrics(job)) and metrics.reported
+        scored = split.test if split.n_inner_val else split.val
+        metrics = read_metrics(job)
+        reported = reported_scores(metrics) if metrics is not None else None
         checkpoint = Path(reported.checkpoint) if reported and reported.checkpoint else None
-        for name in split.val:
+        for name in scored:
             patients.setdefault(name, []).append(
                 HeldOut(job, checkpoint, reported.rule if reported else None)
             )
     return patients
+
+
+def reported_scores(metrics: RunMetrics) -> Selected | None:
+    """The scores a run contributes to a sweep: under the inner-validation rule its test scores
+    (the held-out patients), otherwise its validation scores under its selection rule."""
+    test = metrics.test
+    if test is not None and test.rule == INNER_VAL:
+        return test.as_selected()
+    return metrics.reported
 
 
 def held_out_members(splits: Sequence[Split], patients: Iterable[str]) -> dict[str, list[int]]:

@@ -1,8 +1,9 @@
 """Segmentation metrics: every per-volume metric with its name and direction (functional.py), the
-DDP-exact Metric that returns them per patient from one pass (volume_dice.py) and per-slice/pixel
-torchmetrics (slice_metrics.py)."""
+DDP-exact Metric that returns them per patient from one pass (volume.py) and per-slice/pixel
+torchmetrics (slice_metrics.py). A new per-volume metric goes into functional.py only."""
 
 from brainseg.metrics.functional import (
+    COUNTS,
     HIGHER_IS_BETTER,
     METRICS,
     NSD_TOLERANCE,
@@ -10,13 +11,14 @@ from brainseg.metrics.functional import (
     volume_metrics,
 )
 from brainseg.metrics.slice_metrics import slice_metrics
-from brainseg.metrics.volume_dice import VolumeDice
+from brainseg.metrics.volume import VolumeMetrics
 
 __all__ = [
+    "COUNTS",
     "HIGHER_IS_BETTER",
     "METRICS",
     "NSD_TOLERANCE",
-    "VolumeDice",
+    "VolumeMetrics",
     "dice_score",
     "slice_metrics",
     "volume_metrics",

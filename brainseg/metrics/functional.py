@@ -34,7 +34,9 @@ from monai.metrics.utils import get_edge_surface_distance
 from scipy import ndimage
 
 NSD_TOLERANCE = 2.0  # pixels; the boundary deviation that normalised surface Dice accepts
-METRICS = ("dsc", "hd95", "assd", "nsd", "volume_difference", "lesion_recall", "lesion_precision")
+# Every per-volume metric, in table order, and whether higher is better. A new metric: a function
+# here, an entry below and a key in volume_metrics; the module, run report, score tables and sweep
+# report take their columns from METRICS.
 HIGHER_IS_BETTER = {
     "dsc": True,
     "hd95": False,
@@ -44,6 +46,9 @@ HIGHER_IS_BETTER = {
     "lesion_recall": True,
     "lesion_precision": True,
 }
+METRICS = tuple(HIGHER_IS_BETTER)
+# The lesion counts behind lesion_recall and lesion_precision, also columns of the tables.
+COUNTS = ("lesions_true", "lesions_predicted", "lesions_found", "lesions_hit")
 
 
 def dice_score(pred: np.ndarray, target: np.ndarray) -> float:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from brainseg.metrics import METRICS, NSD_TOLERANCE, dice_score, volume_metrics
+from brainseg.metrics import COUNTS, METRICS, NSD_TOLERANCE, dice_score, volume_metrics
 from brainseg.runfiles import (
     PATIENT_COLUMN,
     SCORES_SUMMARY_FILE,
@@ -22,13 +22,7 @@ from brainseg.runfiles import (
     write_scores_table,
 )
 
-METRIC_COLUMNS = [
-    *METRICS,
-    "lesions_true",
-    "lesions_predicted",
-    "lesions_found",
-    "lesions_hit",
-]
+METRIC_COLUMNS = [*METRICS, *COUNTS]
 UNITS = (
     "distances (hd95, assd, nsd tolerance) in pixels of the mask grid "
     "with slices as an axis of spacing 1: "

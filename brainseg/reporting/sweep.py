@@ -6,7 +6,9 @@
   configuration, the paired per-patient difference with its CI, the Wilcoxon signed-rank p-value,
   Holm's correction across the comparisons and a verdict (brainseg.evaluation.statistics). Jobs
   differing only in `data.split.fold` are one configuration: each patient is scored by the fold that
-  held it out and the figures are over all patients pooled (not a mean of fold means).
+  held it out and the figures are over all patients pooled (not a mean of fold means). Under the
+  inner-validation rule (`data.split.n_inner_val`, rule `inner_val`) those are the folds' test
+  scores: the held-out patients scored with the checkpoint the inner validation patients chose.
 - `per_patient.csv`: configuration, patient, fold, job, rule and every per-volume metric.
 - `summary.png` (per-patient strip/box plot per configuration) and `heatmap.png` (configurations x
   patients).
@@ -33,10 +35,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from brainseg.evaluation.folds import SELECTION_RULES
+from brainseg.evaluation.folds import CV_RULES, reported_scores
 from brainseg.evaluation.statistics import LEVEL, compare_configurations
-from brainseg.metrics import METRICS
 from brainseg.reporting.figures import heat_map, strip_box_plot
+from brainseg.reporting.scores import METRIC_COLUMNS
 from brainseg.runfiles import CONFIG_FILE, read_failure, read_metrics
 from brainseg.tracking import log_sweep_report
 
@@ -78,7 +80,7 @@ def _overrides(job: Path) -> dict[str, str]:
 
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     """Every job folder (holding .hydra/overrides.yaml) of the sweep, in job order, with the
-    validation scores its selection rule reports."""
+    scores its rule reports (`brainseg.evaluation.folds.reported_scores`)."""
     jobs = []
     folders = [p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").exists()]
     for job in sorted(folders, key=lambda p: (len(p.name), p.name)):
@@ -97,7 +99,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
         }
         metrics, failure = read_metrics(job), read_failure(job)
         if metrics is not None:
-            reported = metrics.reported
+            reported = reported_scores(metrics)
             scores = reported.scores if reported else None
             row.update(
                 status="ok" if reported else "no validation",
@@ -207,7 +209,9 @@ def _markdown(
         (
             f"{len(jobs)} jobs, {sum(j['status'] == 'ok' for j in jobs)} ok, "
             f"{sum(j['status'] == 'failed' for j in jobs)} failed. Per-volume Dice on each job's "
-            "validation patients at the epoch its `evaluation.selection` rule reports."
+            "validation patients at the epoch its `evaluation.selection` rule reports (rule "
+            "`inner_val`: on its held-out test patients, with the checkpoint its inner validation "
+            "patients chose)."
         ),
         "",
         (
@@ -261,7 +265,7 @@ def _markdown(
             f"{_fmt(r['difference'])} {difference_ci} | "
             f"{_fmt(r['p'])} | {_fmt(r['p_holm'])} | {r['verdict']} |"
         )
-    lines += ["", "Rules: " + "; ".join(f"`{k}` = {v}" for k, v in SELECTION_RULES.items()) + "."]
+    lines += ["", "Rules: " + "; ".join(f"`{k}` = {v}" for k, v in CV_RULES.items()) + "."]
     return lines
 
 
@@ -279,11 +283,7 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
         [{**job, "overrides": _label(job, keys)} for job in jobs],
     )
     _write_csv(sweep_dir / "comparison.csv", COMPARISON_COLUMNS, table)
-    metric_columns = [
-        c
-        for c in [*METRICS, "lesions_true", "lesions_predicted", "lesions_found", "lesions_hit"]
-        if rows and c in rows[0]
-    ]
+    metric_columns = [c for c in METRIC_COLUMNS if rows and c in rows[0]]
     _write_csv(
         sweep_dir / "per_patient.csv",
         ["configuration", "patient", "fold", "job", "selection", *metric_columns],

@@ -76,7 +76,7 @@ class TrackerMedia(L.Callback):
                     "image": batch["image"][row].detach().float().cpu().numpy(),
                     "truth": batch["mask"][row, 0].detach().cpu().numpy() > 0.5,
                     "pred": outputs[row, 0].detach().cpu().numpy()
-                    > pl_module.volume_dice["val"].threshold,
+                    > pl_module.volume_metrics["val"].threshold,
                 }
 
     def _examples(self, trainer: L.Trainer) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,11 +14,12 @@ from brainseg.config import instantiate_setting
 from brainseg.data.contract import SegmentationData
 from brainseg.errors import ConfigError
 from brainseg.losses import build_loss
-from brainseg.metrics import METRICS, NSD_TOLERANCE, VolumeDice, slice_metrics, volume_metrics
+from brainseg.metrics import METRICS, NSD_TOLERANCE, VolumeMetrics, slice_metrics
 from brainseg.models import build_model
+from brainseg.postprocessing import apply, check_steps
 
 # Per-volume metrics logged next to the Dice as patient means (brainseg.metrics.functional).
-SURFACE_AND_DETECTION = METRICS[1:]  # all but the Dice, which VolumeDice logs itself
+SURFACE_AND_DETECTION = METRICS[1:]  # all but the Dice, logged as dsc_volume (mean and median)
 
 
 class SegmentationModule(L.LightningModule):
@@ -39,13 +41,14 @@ class SegmentationModule(L.LightningModule):
         self.loss = build_loss(**loss)
         metric = dict(metric or {})
         threshold = metric.get("threshold", 0.5)
-        self.volume_dice = torch.nn.ModuleDict(
-            {s: VolumeDice(threshold, postprocessing or []) for s in ("val", "test")}
+        postprocess = functools.partial(apply, steps=check_steps(postprocessing))
+        nsd_tolerance = float(metric.get("nsd_tolerance", NSD_TOLERANCE))
+        self.volume_metrics = torch.nn.ModuleDict(
+            {s: VolumeMetrics(threshold, postprocess, nsd_tolerance) for s in ("val", "test")}
         )
         self.slice_metrics = torch.nn.ModuleDict(
             {s: slice_metrics(threshold) for s in ("val", "test")}
         )
-        self.nsd_tolerance = float(metric.get("nsd_tolerance", NSD_TOLERANCE))
         self.volume_scores: dict[str, dict[str, float]] = {}  # stage -> patient name -> Dice
         self.volume_details: dict[
             str, dict[str, dict[str, float]]
@@ -79,32 +82,28 @@ class SegmentationModule(L.LightningModule):
         logits = self(batch["image"])
         loss = self.loss(logits, batch["mask"])
         probs = torch.sigmoid(logits.float())
-        self.volume_dice[stage].update(probs, batch["mask"], batch["patient"], batch["slice"])
+        self.volume_metrics[stage].update(probs, batch["mask"], batch["patient"], batch["slice"])
         self.slice_metrics[stage].update(probs.flatten(1), batch["mask"].flatten(1).int())
         self.log(f"{stage}/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
         return probs
 
     def _end_of_evaluation(self, stage: str) -> None:
-        result = self.volume_dice[stage].compute()
-        with self.volume_dice[stage].sync_context():  # every rank's slices, as in compute
-            volumes = self.volume_dice[stage].volumes()
-        self.volume_dice[stage].reset()
+        per_patient = self.volume_metrics[stage].compute()  # every rank's slices
+        self.volume_metrics[stage].reset()
         slice_values = {k: v.float().mean() for k, v in self.slice_metrics[stage].compute().items()}
         self.slice_metrics[stage].reset()
-        self.log(f"{stage}/dsc_volume", result["mean"].float(), prog_bar=True)
-        self.log(f"{stage}/dsc_volume_median", result["median"].float())
+        dice = torch.tensor([m["dsc"] for m in per_patient.values()], dtype=torch.float64)
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        self.log(f"{stage}/dsc_volume", dice.mean().float(), prog_bar=True)
+        self.log(f"{stage}/dsc_volume_median", (dice.quantile(0.5) if len(dice) else nan).float())
         self.log_dict({f"{stage}/{k}": v for k, v in slice_values.items()})
         datamodule: SegmentationData | None = getattr(self.trainer, "datamodule", None)
         names = datamodule.patient_names(stage) if datamodule is not None else None
-        self.volume_scores[stage] = {
-            (names[p] if names else str(p)): float(d)
-            for p, d in zip(
-                result["patient"].reshape(-1).tolist(), result["per_volume"].reshape(-1).tolist()
-            )
-        }
         self.volume_details[stage] = {
-            (names[p] if names else str(p)): volume_metrics(pred, truth, self.nsd_tolerance)
-            for p, (pred, truth) in volumes.items()
+            (names[p] if names else str(p)): metrics for p, metrics in per_patient.items()
+        }
+        self.volume_scores[stage] = {
+            name: float(metrics["dsc"]) for name, metrics in self.volume_details[stage].items()
         }
         if self.volume_details[stage]:
             self.log_dict(

@@ -20,6 +20,7 @@ from brainseg.cli import check_output_outside_data
 from brainseg.config import instantiate_setting, job_overrides, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
+from brainseg.evaluation.folds import inner_validation
 from brainseg.metrics.monitor import higher_is_better
 from brainseg.quiet import quiet_libraries
 from brainseg.runfiles import RunMetrics, write_metrics
@@ -149,24 +150,23 @@ def train(cfg: DictConfig) -> RunMetrics | None:
         plugins=_plugins(),
         enable_progress_bar=progress_bar,
     )
-    test_scores = None
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=_auto_resume(cfg, output_dir, module))
+        # the inner-validation rule scores each fold's held-out patients as its test set
         if (
-            cfg.get("test")
+            (cfg.get("test") or inner_validation(report.config))
             and trainer.checkpoint_callback
             and trainer.checkpoint_callback.best_model_path
         ):
             trainer.test(
                 module, datamodule=datamodule, ckpt_path=trainer.checkpoint_callback.best_model_path
             )
-            test_scores = module.volume_scores.get("test")
     finally:
         if any(isinstance(logger, WandbLogger) for logger in loggers):
-            finish_run(report.run_metrics(trainer, test_scores))
+            finish_run(report.run_metrics(trainer))
     if not trainer.is_global_zero:
         return None
-    metrics = report.run_metrics(trainer, test_scores)
+    metrics = report.run_metrics(trainer)
     write_metrics(output_dir, metrics)
     if metrics.best is not None and metrics.reported is not None:
         best, reported = metrics.best, metrics.reported
@@ -188,5 +188,14 @@ def train(cfg: DictConfig) -> RunMetrics | None:
             "-" if median is None else f"{median:.4f}",
             reported.scores.value("val/hd95") or float("nan"),
             reported.scores.epoch,
+        )
+    if metrics.test is not None:
+        log.info(
+            "test (rule %s, the checkpoint best on validation): "
+            "dsc_volume mean %.4f, median %.4f (%d patients)",
+            metrics.test.rule,
+            metrics.test.dsc_volume_mean,
+            metrics.test.dsc_volume_median,
+            len(metrics.test.per_patient),
         )
     return metrics

@@ -18,7 +18,7 @@ import yaml
 
 from brainseg.checkpoint import Provenance
 from brainseg.data.contract import SegmentationData
-from brainseg.evaluation.folds import SELECTION_RULES, check_selection
+from brainseg.evaluation.folds import INNER_VAL, SELECTION_RULES, check_selection, inner_validation
 from brainseg.metrics.monitor import higher_is_better, improves
 from brainseg.reporting.figures import training_curves
 from brainseg.reporting.scores import summarize
@@ -65,6 +65,7 @@ class RunReport(L.Callback):
         self.best: EpochScores | None = None
         self.last: EpochScores | None = None
         self.history: list[EpochScores] = []
+        self.test: TestScores | None = None
         self._started = time.monotonic()
         self._elapsed_before = 0.0  # training seconds of earlier sessions of a resumed run
 
@@ -122,6 +123,21 @@ class RunReport(L.Callback):
                 log.info(self._progress_line(trainer, entry))
             training_curves(self.history, self.best, self.output_dir / "curves.png")
 
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        per_patient = dict(pl_module.volume_scores.get("test", {}))
+        if not per_patient:
+            return
+        stats = summarize(list(per_patient.values()))
+        self.test = TestScores(
+            rule=INNER_VAL if inner_validation(self.config) else "best_on_val",
+            epoch=self.best.epoch if self.best else None,
+            dsc_volume_mean=stats["mean"],
+            dsc_volume_median=stats["median"],
+            per_patient=per_patient,
+            per_patient_metrics=dict(pl_module.volume_details.get("test", {})),
+            checkpoint=trainer.ckpt_path,
+        )
+
     def _progress_line(self, trainer: L.Trainer, entry: EpochScores) -> str:
         """`epoch 3/20 | train loss 0.41 | val Dice mean 0.61 median 0.65 | best val/dsc_volume
         0.61 (epoch 3) | 47 s | ETA 13 min`"""
@@ -137,9 +153,7 @@ class RunReport(L.Callback):
             f"{seconds:.1f} s/epoch | {eta}"
         )
 
-    def run_metrics(
-        self, trainer: L.Trainer, test_scores: dict[str, float] | None = None
-    ) -> RunMetrics:
+    def run_metrics(self, trainer: L.Trainer) -> RunMetrics:
         """The content of metrics.json (the epochs so far, also after a failed fit)."""
         checkpoint = trainer.checkpoint_callback
         best_path = getattr(checkpoint, "best_model_path", None) or None
@@ -152,10 +166,6 @@ class RunReport(L.Callback):
             None,
         )
         reported = self.last if self.selection == "last" else self.best
-        test = None
-        if test_scores:
-            stats = summarize(list(test_scores.values()))
-            test = TestScores(stats["mean"], stats["median"], dict(test_scores))
         return RunMetrics(
             monitor=self.monitor,
             higher_is_better=self.higher,
@@ -173,7 +183,7 @@ class RunReport(L.Callback):
             epochs=trainer.current_epoch,
             train_seconds=round(self._elapsed_before + time.monotonic() - self._started, 1),
             history=self.history,
-            test=test,
+            test=self.test,
         )
 
     def on_save_checkpoint(

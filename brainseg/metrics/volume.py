@@ -1,49 +1,48 @@
-"""Per-volume Dice, the number the LGG baseline is compared on.
+"""Every per-volume metric (brainseg.metrics.functional) from one pass over the evaluated slices.
 
-A prediction is `probability > threshold`, assembled into patient volumes and post-processed by a
-step list (brainseg.postprocessing; by default the reference's largest 3-D connected component,
-face connectivity); Dice is then computed over each patient volume and averaged over patients.
-
-Empty-set convention: if both the truth and the prediction of a volume are empty the Dice is 1.0
-(nothing to find, nothing found); if exactly one is empty it is 0.0.
+A prediction is `probability > threshold`, assembled into patient volumes and post-processed by
+the `postprocess` callable (the training module passes the configured step list, by default the
+reference's largest 3-D connected component); each patient volume is then scored once with every
+metric of functional.py, under its empty-volume conventions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from brainseg.metrics.functional import dice_score
-from brainseg.postprocessing import apply, check_steps
+from brainseg.metrics.functional import NSD_TOLERANCE, volume_metrics
 
-REFERENCE_POSTPROCESSING = ({"name": "largest_component"},)
+Postprocess = Callable[[np.ndarray], np.ndarray]
 
 
-class VolumeDice(Metric):
-    """Accumulates binarised slices keyed by (patient, slice); `compute` assembles volumes.
+class VolumeMetrics(Metric):
+    """Accumulates binarised slices keyed by (patient, slice); `compute` assembles volumes and
+    returns, per patient id (in increasing order), every per-volume metric.
 
     Keying by slice makes the result exact under DDP: a DistributedSampler pads the last batch
     with repeated samples, and a repeated (patient, slice) is counted once.
     """
 
     full_state_update = False
-    higher_is_better = True
+    higher_is_better = None  # per metric: functional.HIGHER_IS_BETTER
     is_differentiable = False
 
     def __init__(
         self,
         threshold: float = 0.5,
-        postprocessing: Sequence[Mapping[str, Any]] = REFERENCE_POSTPROCESSING,
+        postprocess: Postprocess | None = None,
+        nsd_tolerance: float = NSD_TOLERANCE,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.threshold = threshold
-        self.postprocessing = check_steps(postprocessing)
+        self.postprocess = postprocess
+        self.nsd_tolerance = nsd_tolerance
         self.add_state("pred", default=[], dist_reduce_fx="cat")
         self.add_state("target", default=[], dist_reduce_fx="cat")
         self.add_state("patient", default=[], dist_reduce_fx="cat")
@@ -68,8 +67,8 @@ class VolumeDice(Metric):
         self.slice.append(slice_index.detach().reshape(batch).long())
 
     def volumes(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """(binarised prediction, after the optional largest-component step; truth) per patient id,
-        in increasing id order, slices in slice order."""
+        """(binarised prediction after `postprocess`; truth) per patient id, in increasing id
+        order, slices in slice order."""
         if (
             isinstance(self.patient, list) and not self.patient
         ):  # after a DDP sync the states are tensors
@@ -83,27 +82,13 @@ class VolumeDice(Metric):
         volumes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for pid in np.unique(patient[first]):
             rows = first[patient[first] == pid]
-            volumes[int(pid)] = (apply(pred[rows], self.postprocessing), target[rows])
+            volume = pred[rows] if self.postprocess is None else self.postprocess(pred[rows])
+            volumes[int(pid)] = (volume, target[rows])
         return volumes
 
-    def per_volume(self) -> dict[int, float]:
-        """Dice per patient id, in increasing id order."""
-        return {pid: dice_score(pred, target) for pid, (pred, target) in self.volumes().items()}
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        scores = self.per_volume()
-        values = torch.tensor(list(scores.values()), dtype=torch.float64)
-        if values.numel() == 0:
-            nan = torch.tensor(float("nan"), dtype=torch.float64)
-            return {
-                "mean": nan,
-                "median": nan,
-                "per_volume": values,
-                "patient": torch.zeros(0, dtype=torch.long),
-            }
+    def compute(self) -> dict[int, dict[str, float]]:
+        """Patient id -> every metric of brainseg.metrics.functional.volume_metrics."""
         return {
-            "mean": values.mean(),
-            "median": values.quantile(0.5),
-            "per_volume": values,
-            "patient": torch.tensor(list(scores), dtype=torch.long),
+            pid: volume_metrics(pred, truth, self.nsd_tolerance)
+            for pid, (pred, truth) in self.volumes().items()
         }
