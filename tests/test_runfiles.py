@@ -50,7 +50,7 @@ def _metrics() -> RunMetrics:
         epochs=2,
         train_seconds=3.5,
         history=[first, second],
-        test=TestScores(0.7, 0.7, {"B": 0.7}),
+        test=TestScores("best_on_val", 2, 0.7, 0.7, {"B": 0.7}, {"B": {"dsc": 0.7}}, "/run/b.ckpt"),
     )
 
 
@@ -61,7 +61,7 @@ def test_each_run_file_reads_back_what_was_written(tmp_path: Path) -> None:
     # history entries drop their (empty) per-patient fields; the reported and best ones keep them
     assert back == metrics
     assert back.best.value("val/hd95") == 4.0 and back.reported.scores.dsc_volume_mean == 0.6
-    split = SplitFile("k_fold", ["A", "B"], ["C"], ["D"], "/data")
+    split = SplitFile("k_fold", ["A", "B"], ["C"], ["D"], "/data", n_inner_val=1)
     write_split(tmp_path, split)
     assert read_split(tmp_path) == split
     failure = Failure("out of memory\nin layer 3", "RuntimeError", "Traceback ...")
