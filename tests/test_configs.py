@@ -260,7 +260,7 @@ def test_the_monitor_sets_every_direction(monitor: str, mode: str, direction: st
     cfg = compose([f"monitor={monitor}", "scheduler=plateau", "hparams_search=optuna"])
     assert cfg.scheduler.scheduler.mode == mode and cfg.hydra.sweeper.direction == direction
     checkpoint = {"_target_": cfg.callbacks.model_checkpoint._target_, "monitor": cfg.monitor}
-    assert "mode" not in cfg.callbacks.model_checkpoint and instantiate(checkpoint).mode == mode
+    assert cfg.callbacks.model_checkpoint.mode is None and instantiate(checkpoint).mode == mode
     wrong = {"max": "min", "min": "max"}[mode]
     with pytest.raises(ConfigError, match=f"model_checkpoint.mode={wrong} contradicts"):
         instantiate_setting("callbacks.model_checkpoint", {**checkpoint, "mode": wrong})

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 # epoch".
 BEST_AT_FIRST_EPOCH = (
     "callbacks.model_checkpoint.monitor=epoch",
-    "+callbacks.model_checkpoint.mode=min",
+    "callbacks.model_checkpoint.mode=min",
     "callbacks.model_checkpoint.filename='best-epoch{epoch:03d}'",
 )
 

@@ -132,7 +132,7 @@ def test_requeued_job_resumes_from_its_last_checkpoint(
         "model.decoder_channels=[32,16,8]",
         "data.batch_size=8",
         "callbacks.model_checkpoint.monitor=epoch",
-        "+callbacks.model_checkpoint.mode=min",
+        "callbacks.model_checkpoint.mode=min",
         "callbacks.model_checkpoint.filename='best-epoch{epoch:03d}'",
     ]
     args = [
