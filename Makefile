@@ -5,7 +5,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),.tools/bin/uv)
 PY := .venv/bin/python
 DATA ?= ../shared/data/lgg
 
-.PHONY: install demo test test-fast bench bench-train gpu-check lint clean
+.PHONY: install demo test test-fast bench bench-train gpu-check gpu-check-rehearsal lint clean
 
 install: .venv/.installed
 
@@ -42,7 +42,12 @@ bench-train: install
 
 # On a machine with a CUDA GPU, under 10 minutes; exits with one line where there is none (docs/gpu.md: GPU check).
 gpu-check:
-	DATA=$(DATA) bash scripts/gpu_check.sh
+	bash scripts/gpu_check.sh
+
+# Every step of gpu-check on the CPU at tiny sizes, under a fresh Python with only the packages a
+# GPU machine brings plus the carried wheels (needs uv and PyPI or uv's cache; a few minutes).
+gpu-check-rehearsal: install
+	UV=$(UV) bash scripts/gpu_check.sh --rehearse
 
 # Every Python path of the project: the lint rules (pyproject: [tool.ruff]) and ruff's formatting.
 PY_PATHS := brainseg tests train.py predict.py bench hydra_plugins scripts

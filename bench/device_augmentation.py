@@ -10,6 +10,7 @@ Prints milliseconds per batch and samples/s; nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> None:
         f"device {device}, {args.size} px, threads {torch.get_num_threads()}, "
         f"{args.repeats} batches each"
     )
+    rows = []
     for batch in args.batch_sizes:
         image = torch.rand(batch, 3, args.size, args.size, device=device)
         mask = (image[:, :1] > 0.5).float()
@@ -82,6 +84,9 @@ def run(args: argparse.Namespace) -> None:
                 f"{batch / seconds:8.0f} samples/s",
                 flush=True,
             )
+            rows.append({"batch_size": batch, "method": name, "ms_per_batch": 1000 * seconds})
+    if args.json:
+        Path(args.json).write_text(json.dumps({"size": args.size, "rows": rows}, indent=2) + "\n")
 
 
 def main() -> int:
@@ -90,6 +95,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--json", help="also write the rows to this JSON file")
     return exit_status(run, parser.parse_args())
 
 

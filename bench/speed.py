@@ -76,15 +76,18 @@ class SpeedMeter:
 
 
 class TrainingSpeed(L.Callback):
-    """Logs samples/s, data-wait fraction, utilisation and peak memory at the end of each training
-    epoch (first epoch included: it holds the warm-up). Synchronises the device at batch
-    boundaries, which costs a little overlap: switch it on to measure, not by default."""
+    """Logs samples/s, data-wait fraction, utilisation, peak memory and the epoch's wall time
+    (training and the validation that ends it) at the end of each training epoch (first epoch
+    included: it holds the warm-up). Synchronises the device at batch boundaries, which costs a
+    little overlap: switch it on to measure, not by default."""
 
     def __init__(self) -> None:
         self.meter = SpeedMeter()
+        self.epoch_start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.meter = SpeedMeter()
+        self.epoch_start = time.perf_counter()
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -109,12 +112,14 @@ class TrainingSpeed(L.Callback):
             "speed/samples_per_s": self.meter.samples_per_s,
             "speed/data_wait": self.meter.data_fraction,
             "speed/peak_memory_mb": peak_memory_mb(device),
+            "speed/epoch_s": time.perf_counter() - self.epoch_start,
         }
         pl_module.log_dict(figures)
         log.info(
-            "epoch %d: %.1f samples/s, data wait %.1f%% of step time, "
+            "epoch %d: %.1f s, %.1f samples/s, data wait %.1f%% of step time, "
             "utilisation %s, peak memory %.0f MB",
             trainer.current_epoch,
+            figures["speed/epoch_s"],
             figures["speed/samples_per_s"],
             100 * figures["speed/data_wait"],
             utilisation(device),

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -69,7 +70,9 @@ def settings(
     return rows
 
 
-def compose_config(root: str, size: int, cache_dir: str, setting: Setting) -> object:
+def compose_config(
+    root: str, size: int, cache_dir: str, setting: Setting, extra: list[str]
+) -> object:
     overrides = [
         "experiment=reference",
         f"data.root={root}",
@@ -80,6 +83,7 @@ def compose_config(root: str, size: int, cache_dir: str, setting: Setting) -> ob
         f"data.batch_size={setting.batch_size}",
         f"channels_last={setting.channels_last}",
         f"compile={setting.compile}",
+        *extra,
     ]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
@@ -107,7 +111,7 @@ def measure(
 ) -> tuple[float, float, float, float]:
     """samples/s, data-wait fraction, data milliseconds per batch, peak memory (MB) of one
     setting."""
-    cfg = compose_config(args.root, args.size, args.cache_dir, setting)
+    cfg = compose_config(args.root, args.size, args.cache_dir, setting, args.override)
     datamodule = instantiate_setting("data", cfg.data)
     datamodule.trainer = _Trainer(device)
     datamodule.setup("fit")
@@ -178,20 +182,26 @@ def run(args: argparse.Namespace) -> None:
         f"{'loader':<12} {'precision':<10} {'channels_last':<13} {'compile':<8} {'batch':>5} "
         f"{'samples/s':>10} {'data wait':>10} {'data ms':>8} {'peak MB':>9}"
     )
+    rows = []
     for setting in settings(args.batch_sizes, args.workers, precisions, not args.no_compile):
         start = time.perf_counter()
         try:
             rate, wait, data_ms, memory = measure(args, setting, device)
         except Exception as exc:  # noqa: BLE001 - one setting failing (e.g. compile) must not hide the others
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+            print(f"{setting.label()} failed: {error}")
+            rows.append({**asdict(setting), "error": error})
+        else:
             print(
-                f"{setting.label()} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+                f"{setting.label()} {rate:>10.1f} {100 * wait:>9.1f}% {data_ms:>8.1f} "
+                f"{memory:>9.0f}   ({time.perf_counter() - start:.0f} s)",
+                flush=True,
             )
-            continue
-        print(
-            f"{setting.label()} {rate:>10.1f} {100 * wait:>9.1f}% {data_ms:>8.1f} {memory:>9.0f}"
-            f"   ({time.perf_counter() - start:.0f} s)",
-            flush=True,
-        )
+            figures = {"samples_per_s": rate, "data_wait": wait, "data_ms": data_ms}
+            rows.append({**asdict(setting), **figures, "peak_mb": memory})
+        if args.json:  # after every row: a run stopped midway keeps what it measured
+            header = {"device": name, "torch": torch.__version__, "size": args.size}
+            Path(args.json).write_text(json.dumps({**header, "rows": rows}, indent=2) + "\n")
     if device.type == "cpu":
         print(
             "peak MB on CPU: the process's resident-memory high-water mark so far "
@@ -225,6 +235,10 @@ def main() -> int:
         default=os.path.join(tempfile.gettempdir(), "brainseg-bench-cache"),
         help="preprocessed-volume cache (filled on the first row)",
     )
+    parser.add_argument(
+        "--override", nargs="+", default=[], help="more overrides, e.g. data.split.n_val=1"
+    )
+    parser.add_argument("--json", help="also write the rows to this JSON file")
     return exit_status(run, parser.parse_args())
 
 

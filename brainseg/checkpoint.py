@@ -3,11 +3,18 @@ back, reading a file with a one-line error naming it, loading its weights, and a
 
 A neutral home (no Lightning, no training code) so that prediction can load checkpoints without
 importing the trainer, and train.py's resume checks use the same code.
+
+Safe to open: every read unpickles with `weights_only=True`, so a checkpoint can hold tensors and
+plain values (dicts, lists, strings, numbers) only. A file that needs anything else to load (a
+class, a function: what a pickle payload uses to run code) is refused without running it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,18 +65,41 @@ class Provenance:
         )
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A brainseg training checkpoint as a dict; a missing, truncated,
-    foreign or text file is a DataError."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: checkpoint not found")
+def _refused_global(exc: pickle.UnpicklingError) -> str | None:
+    """The class or function a weights-only load refused (`exec`, `posix.system`), if that was
+    the reason, from torch's message."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    return found.group(1) if found else None
+
+
+def load_safely(path: str | Path, map_location: Any = "cpu") -> Any:
+    """`torch.load` restricted to tensors and plain values; a file that needs more (a pickle that
+    would run code) or is no PyTorch file is a DataError naming it."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        needed = _refused_global(exc)
+        if needed is None:
+            raise DataError(
+                f"{path}: not a readable PyTorch checkpoint (UnpicklingError)"
+            ) from None
+        raise DataError(
+            f"{path}: refused: loading it needs {needed}, which could run code "
+            "(a checkpoint may hold only tensors and plain values)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types for foreign files
         raise DataError(
             f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__})"
         ) from None
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A brainseg training checkpoint as a dict; a missing, truncated, foreign or text file, or
+    one that could run code, is a DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found")
+    checkpoint = load_safely(path)
     Provenance.read(checkpoint, path)
     if "hyper_parameters" not in checkpoint:
         raise DataError(f"{path}: not a brainseg checkpoint (made by train.py)")
@@ -90,14 +120,33 @@ def load_weights(
         ) from None
 
 
+TEMPORARY_SUFFIX = ".tmp"
+
+
 def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
-    """Write to a temporary name, then rename:
-    a crash mid-write never replaces a good file by a torn one."""
+    """Write to a temporary name unique to this process, then rename: a crash mid-write never
+    replaces a good file by a torn one. A failed write removes its partial file; a full disk is
+    a DataError naming the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(checkpoint, temporary)
-    os.replace(temporary, path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
+    try:
+        # Through a Python file object, a full disk is an OSError(ENOSPC), not a C++ stream error.
+        with open(temporary, "wb") as fh:
+            torch.save(checkpoint, fh)
+        os.replace(temporary, path)
+    except BaseException as exc:
+        temporary.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise DataError(f"no space left on device writing {path}") from None
+        raise
+
+
+def remove_temporary_files(folder: Path) -> None:
+    """Partial checkpoints left in `folder` by a process killed mid-write (call only while owning
+    the run directory: no other process writes there)."""
+    for path in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+        path.unlink(missing_ok=True)
 
 
 def prediction_only(checkpoint: dict[str, Any]) -> dict[str, Any]:

@@ -1,15 +1,18 @@
-"""`python -m brainseg.evaluate PRED_DIR TRUTH_DIR --output OUT_DIR`: score predicted masks from any
-program against truth masks, both in the kaggle_3m layout (see brainseg.reporting.folder)."""
+"""`python -m brainseg.evaluate PRED_DIR TRUTH_DIR --output OUT_DIR [--split RUN_DIR]`: score
+predicted masks from any program against truth masks, both in the kaggle_3m layout (see
+brainseg.reporting.folder)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from brainseg.cli import exit_status
 from brainseg.metrics import NSD_TOLERANCE
 from brainseg.postprocessing import STEPS
 from brainseg.reporting.folder import evaluate_folder
+from brainseg.reporting.scores import headline
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         "--nsd-tolerance", type=float, default=NSD_TOLERANCE, help="pixels (default %(default)s)"
     )
     parser.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
+    parser.add_argument(
+        "--split",
+        help=(
+            "which patients are held out: a run directory, its split.json, or a text file listing "
+            "held-out patients one per line; adds predict.py's subset column and held-out headline"
+        ),
+    )
     args = parser.parse_args(argv)
 
     def run() -> None:
@@ -48,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
             args.postprocessing,
             args.nsd_tolerance,
             args.overwrite,
+            args.split,
         )
+        if args.split:
+            print(headline(summary["scores"], summary["postprocessing"], Path(args.output)))
+            return
         dsc, hd = summary["scores"]["dsc"], summary["scores"]["hd95"]
         print(
             f"{summary['patients']} patients: per-volume DSC mean {dsc['mean']:.4f}, "

@@ -1,6 +1,6 @@
-"""Hydra callbacks of train.py and predict.py: a run or sweep directory inside data.root is refused
-before Hydra creates it; a mistake every sweep job shares stops the sweep before its first job, and
-a sweep with failed jobs exits non-zero."""
+"""Hydra callbacks of train.py and predict.py: a run or sweep directory inside data.root, or a run
+directory a live train.py holds, is refused before Hydra writes there; a mistake every sweep job
+shares stops the sweep before its first job, and a sweep with failed jobs exits non-zero."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from brainseg.cli import check_output_outside_data
 from brainseg.config import SWEPT_KEYS_ENV, instantiate_setting, swept_keys, to_plain
 from brainseg.errors import BrainsegError, ConfigError
+from brainseg.run_lock import check_run_directory_free, is_first_rank
 
 
 class RefuseOutputInsideData(Callback):
@@ -38,6 +39,20 @@ class RefuseOutputInsideData(Callback):
             check_output_outside_data(
                 Path.cwd() / str(OmegaConf.select(config, key)), Path.cwd() / str(root), key
             )
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+
+class RefuseBusyRunDirectory(Callback):
+    """Refuse a run directory held by a live train.py before Hydra writes its .hydra/ files and
+    log into it."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not is_first_rank():  # DDP ranks run in rank 0's directory
+            return
+        try:
+            check_run_directory_free(Path.cwd() / str(OmegaConf.select(config, "hydra.run.dir")))
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None

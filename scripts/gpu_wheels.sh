@@ -1,22 +1,50 @@
 #!/usr/bin/env bash
-# Wheels for a GPU machine without internet access, at uv.lock's versions, into .whl/ (git-ignored).
-# For a python3 (3.12, x86_64 Linux) that already has torch, lightning, torchmetrics, timm, tifffile,
-# opencv, scipy, matplotlib, imageio and tensorboard: the rest is fetched here, on a machine with
-# internet access, and carried with the checkout (docs/gpu.md: GPU check). Run once: scripts/gpu_wheels.sh
+# The wheels a GPU machine without internet access lacks, at uv.lock's versions, into .whl/
+# (git-ignored), for scripts/gpu_check.sh to install beside that machine's own Python packages.
+# Such a machine's python3 is expected to have torch, lightning, torchmetrics, timm, tifffile and
+# opencv; those and numpy are never carried, so the machine's own builds stay in charge.
+# Run once, where PyPI is reachable (after `make install`):
+#   scripts/gpu_wheels.sh                      # for the GPU machine's Python 3.12, into .whl/
+#   HAVE=machine.txt scripts/gpu_wheels.sh     # leave out what that machine already has
+#                                              # (machine.txt: `python3 -m pip freeze` there)
+#   PYTHON_VERSION=3.11 WHEELS=dir scripts/gpu_wheels.sh   # another Python, another folder
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PACKAGES=(hydra-core omegaconf segmentation-models-pytorch albumentations albucore pydantic pydantic-core
-          annotated-types typing-inspection stringzilla simsimd kornia kornia-rs)
+PYTHON_VERSION=${PYTHON_VERSION:-3.12}
+WHEELS=${WHEELS:-.whl}
+HAVE=${HAVE:-/dev/null}
+# What training, prediction and the check's tests import beyond the machine's packages.
+PACKAGES="hydra-core omegaconf antlr4-python3-runtime segmentation-models-pytorch albumentations
+          albucore pydantic pydantic-core annotated-types typing-inspection stringzilla simsimd
+          kornia kornia-rs scipy imageio monai matplotlib contourpy cycler fonttools kiwisolver
+          pyparsing python-dateutil tzdata pytest pluggy iniconfig pygments"
+# name==version for each package, the version uv.lock resolves for that Python on Linux x86_64;
+# packages named in $HAVE are left out.
+mkdir -p "$WHEELS"
+.venv/bin/python - "$PYTHON_VERSION" "$HAVE" $PACKAGES > "$WHEELS/requirements.txt" <<'EOF'
+import re, sys, tomllib
+from packaging.markers import Marker
+python, have, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+canon = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+present = {canon(re.split(r"[=<>@ ]", line)[0]) for line in open(have) if line.strip()}
+env = {"python_version": python, "python_full_version": f"{python}.0",
+       "sys_platform": "linux", "platform_machine": "x86_64"}
+lock = tomllib.load(open("uv.lock", "rb"))["package"]
+fits = lambda p: any(Marker(m).evaluate(env) for m in p.get("resolution-markers", ["python_version > '0'"]))
+for name in names:
+    if canon(name) in present:
+        print(f"# {name}: the machine has it", file=sys.stderr)
+        continue
+    print(name + "==" + next(p["version"] for p in lock if p["name"] == name and fits(p)))
+EOF
+mapfile -t specs < "$WHEELS/requirements.txt"
+binary=() source=()
+for spec in "${specs[@]}"; do  # antlr4-python3-runtime (hydra's parser) exists as a source archive only
+    if [[ $spec == antlr4-python3-runtime==* ]]; then source+=("$spec"); else binary+=("$spec"); fi
+done
 PLATFORMS=(manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64
            manylinux2014_x86_64 manylinux1_x86_64)
-locked() {  # the version uv.lock pins for a package
-    .venv/bin/python -c "import sys, tomllib; print(next(p['version'] for p in tomllib.load(open('uv.lock', 'rb'))['package'] if p['name'] == sys.argv[1]))" "$1"
-}
-mkdir -p .whl
-specs=()
-for name in "${PACKAGES[@]}"; do specs+=("$name==$(locked "$name")"); done
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    "${PLATFORMS[@]/#/--platform=}" -d .whl "${specs[@]}"
-# antlr4-python3-runtime (hydra's parser) is published as a source archive only: build its pure-Python wheel
-python3 -m pip wheel -q --no-deps -w .whl "antlr4-python3-runtime==$(locked antlr4-python3-runtime)"
-du -sh .whl
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYTHON_VERSION" \
+    --implementation cp "${PLATFORMS[@]/#/--platform=}" -d "$WHEELS" "${binary[@]}"
+[ ${#source[@]} -eq 0 ] || python3 -m pip wheel -q --no-deps -w "$WHEELS" "${source[@]}"
+du -sh "$WHEELS"

@@ -13,7 +13,8 @@ from helpers import PROJECT
 # Lowest first. A part is a top-level module or folder of brainseg/; entry points stand on top.
 LAYERS: list[set[str]] = [
     {"", "errors"},  # "" = brainseg/__init__.py
-    {"quiet", "metrics"},  # metrics: per-volume metrics, their names and directions
+    # stdlib helpers (user paths, run-directory lock); metrics: their names and directions
+    {"quiet", "metrics", "paths", "run_lock"},
     {"config"},  # Hydra helpers: instantiation, resolvers, a job's swept keys
     {"models", "losses", "checkpoint"},
     {"runfiles"},  # the formats of the files a run writes (may name the metrics' columns)

@@ -300,3 +300,4 @@ def test_short_fit_through_the_device_loader(synthetic_root: Path, tmp_path: Pat
     with open(tmp_path / "run" / "csv" / "metrics.csv") as fh:
         speed = next(row for row in csv.DictReader(fh) if row.get("speed/samples_per_s"))
     assert float(speed["speed/samples_per_s"]) > 0 and 0 < float(speed["speed/data_wait"]) < 1
+    assert float(speed["speed/epoch_s"]) > 0  # the epoch's wall time, validation included

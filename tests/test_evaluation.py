@@ -218,6 +218,81 @@ def test_evaluate_scores_a_folder_and_refuses_mismatches_in_one_line(tmp_path, c
     assert not (tmp_path / "out2").exists()
 
 
+def test_evaluate_reads_masks_as_training_and_predict_do(tmp_path, capsys) -> None:
+    from brainseg.evaluate import main as evaluate
+
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    lesion = _cube((4, 24, 24), (1, 4, 4), 6)
+    for name in ("A", "B"):
+        _write_masks(truth, name, lesion)
+        _write_masks(pred, name, lesion)
+    # predict.py names masks after the images: a folder renamed by the user keeps its old prefix
+    for folder in (truth, pred):
+        (folder / "B").rename(folder / "B_renamed")
+    assert evaluate([str(pred), str(truth), "--output", str(tmp_path / "out")]) == 0
+    rows = (tmp_path / "out" / "dsc.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == ["A", "B_renamed"]  # before: B_renamed dropped
+
+    (pred / "A" / "A_2_mask.tif").rename(pred / "A" / "A_02_mask.tif")
+    _write_masks(pred, "A", lesion)  # A_2_mask.tif again: two files for slice 2
+    assert evaluate([str(pred), str(truth), "--output", str(tmp_path / "out2")]) == 2
+    line = capsys.readouterr().err.strip()  # before: one of the two silently scored
+    assert line == f"error: {pred / 'A' / 'A_02_mask.tif'} and A_2_mask.tif: two files for slice 2"
+
+
+@pytest.mark.parametrize("source", ["run directory", "split.json", "patient list"])
+def test_evaluate_headlines_the_held_out_patients_of_a_split(tmp_path, capsys, source) -> None:
+    import csv
+    import json
+
+    from brainseg.evaluate import main as evaluate
+
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    lesion = _cube((4, 24, 24), (1, 4, 4), 6)
+    for name, offset in (("A", 0), ("B", 2), ("C", 4)):
+        _write_masks(truth, name, lesion)
+        _write_masks(pred, name, np.roll(lesion, offset, axis=2))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "split.json").write_text(json.dumps({"train": ["A"], "val": ["B", "C"], "test": []}))
+    (tmp_path / "held_out.txt").write_text("# held out\nB\nC\n")
+    split = {
+        "run directory": run,
+        "split.json": run / "split.json",
+        "patient list": tmp_path / "held_out.txt",
+    }[source]
+    out = tmp_path / "out"
+    assert evaluate([str(pred), str(truth), "--output", str(out), "--split", str(split)]) == 0
+    with open(out / "dsc.csv") as fh:
+        rows = {r["patient"]: r for r in csv.DictReader(fh)}
+    expected = {"A": "train", "B": "test" if source == "patient list" else "val"}
+    assert {k: rows[k]["subset"] for k in "AB"} == expected
+    held_out = [float(rows[k]["dsc"]) for k in "BC"]
+    summary = json.loads((out / "dsc_summary.json").read_text())
+    assert summary["n_held_out"] == 2 and summary["dsc"]["mean"] == pytest.approx(np.mean(held_out))
+    printed = capsys.readouterr().out
+    assert f"per-volume DSC over 2 held-out patients: mean {np.mean(held_out):.4f}" in printed
+    assert "1 training patient(s) left out" in printed
+
+
+def test_evaluate_refuses_an_unreadable_split_in_one_line(tmp_path, capsys) -> None:
+    from brainseg.evaluate import main as evaluate
+
+    truth = tmp_path / "truth"
+    _write_masks(truth, "A", _cube((4, 24, 24), (1, 4, 4), 6))
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    (tmp_path / "list.txt").write_text("Z\n")
+    for split, expected in (
+        (tmp_path / "bad.json", "not a split file"),
+        (tmp_path / "list.txt", "patient Z has no masks to score"),
+        (tmp_path / "missing", "split not found"),
+    ):
+        args = [str(truth), str(truth), "--output", str(tmp_path / "out"), "--split", str(split)]
+        assert evaluate(args) == 2
+        line = capsys.readouterr().err.strip()
+        assert line.startswith(f"error: {split}") and expected in line and "\n" not in line
+
+
 def test_surface_metrics_match_monai_metric_functions() -> None:
     import torch
     from monai.metrics import (

@@ -1,12 +1,14 @@
 """CUDA checks (`make gpu-check` runs them on a machine with a GPU; skipped elsewhere): mixed
 precision training steps, the device loader on the GPU, predict.py on the GPU, the metric on
-CUDA tensors."""
+CUDA tensors. BRAINSEG_TEST_DEVICE=cpu runs the same logic on the CPU (`make gpu-check-rehearsal`);
+there 16-mixed falls back to bf16-mixed, as Lightning does on a CPU."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -18,9 +20,10 @@ from brainseg.config import instantiate_setting
 from brainseg.metrics import VolumeMetrics
 from brainseg.postprocessing import largest_component
 
+DEVICE = os.environ.get("BRAINSEG_TEST_DEVICE", "cuda")
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"),
+    pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="no CUDA GPU"),
 ]
 
 
@@ -34,7 +37,7 @@ def test_mixed_precision_training_on_the_gpu(
         synthetic_root,
         tmp_path / "run",
         tmp_path / "cache",
-        "trainer=gpu",
+        "trainer=gpu" if DEVICE == "cuda" else "trainer=cpu",
         f"trainer.precision={precision}",
         "data.loader=device",
         "trainer.max_epochs=1",
@@ -68,16 +71,17 @@ def test_device_loader_on_the_gpu_matches_the_cpu(synthetic_root: Path, tmp_path
         "T",
         (),
         {
-            "strategy": type("S", (), {"root_device": torch.device("cuda", 0)})(),
+            "strategy": type("S", (), {"root_device": torch.device(DEVICE, 0)})(),
             "global_rank": 0,
             "world_size": 1,
         },
     )()
     cuda = [dm.on_after_batch_transfer(b, 0) for b in dm.val_dataloader()]
     for a, b in zip(cpu, cuda, strict=True):
-        assert b["image"].is_cuda and all(torch.equal(a[k], b[k].cpu()) for k in a)
+        assert b["image"].device.type == DEVICE and all(torch.equal(a[k], b[k].cpu()) for k in a)
     train = next(iter(dm.train_dataloader()))
-    assert train["image"].is_cuda and set(train["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert train["image"].device.type == DEVICE
+    assert set(train["mask"].unique().tolist()) <= {0.0, 1.0}
 
 
 def test_predict_on_the_gpu(tiny_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
@@ -87,7 +91,7 @@ def test_predict_on_the_gpu(tiny_run: Path, synthetic_root: Path, tmp_path: Path
         f"input={synthetic_root}",
         f"checkpoints=[{tiny_run}/checkpoints/last.ckpt]",
         f"output_dir={out}",
-        "device=cuda",
+        f"device={DEVICE}",
         "progress=false",
         "figures.overlays=false",
         f"hydra.run.dir={tmp_path / 'hydra'}",
@@ -105,7 +109,7 @@ def test_volume_dice_on_cuda_tensors_equals_cpu() -> None:
     )
     patient, slices = torch.arange(12) // 4, torch.arange(12) % 4
     scores = []
-    for device in ("cpu", "cuda"):
+    for device in ("cpu", DEVICE):
         metric = VolumeMetrics(postprocess=largest_component).to(device)
         metric.update(probs.to(device), target.to(device), patient.to(device), slices.to(device))
         scores.append(metric.compute())

@@ -203,3 +203,35 @@ def test_one_patient_validation_and_test_sets(synthetic_root: Path, tmp_path: Pa
     )
     # before: TypeError: 'int' object is not iterable (one-element scores squeezed to 0-d tensors)
     assert len(metrics.best.per_patient) == 1 and list(metrics.test.per_patient) == [test_patient]
+
+
+def _symlink_loop(folder: Path) -> Path:
+    """`folder/loop` -> `folder/back` -> `folder/loop`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "loop").symlink_to(folder / "back")
+    (folder / "back").symlink_to(folder / "loop")
+    return folder / "loop"
+
+
+def test_a_symlink_loop_is_named_in_one_line(synthetic_root: Path, tmp_path: Path, capsys) -> None:
+    from brainseg.evaluate import main as evaluate
+    from brainseg.prediction.pipeline import run_prediction
+    from brainseg.training.pipeline import train
+
+    loop = _symlink_loop(tmp_path / "links")
+
+    def refused(setting: str) -> str:
+        return f"{setting}={str(loop)!r}: cannot resolve the path (symlink loop)"
+
+    # before: a bare RuntimeError("Symlink loop from ...") in each case
+    with pytest.raises(ConfigError) as raised:
+        train(compose_run(loop, tmp_path / "run", tmp_path / "cache"))
+    assert str(raised.value) == refused("data.root")
+    for setting, other in (("input", f"output_dir={tmp_path / 'out'}"), ("output_dir", None)):
+        overrides = [f"{setting}={loop}", other or f"input={synthetic_root}", "progress=false"]
+        cfg = compose(overrides, hydra_node=False, config_name="predict")
+        with pytest.raises(ConfigError) as raised:
+            run_prediction(cfg, [])
+        assert str(raised.value) == refused(setting)
+    assert evaluate([str(loop), str(synthetic_root), "--output", str(tmp_path / "eval")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {refused('pred_dir')}"

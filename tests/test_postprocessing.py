@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import compose, compose_run
 
 from brainseg.errors import ConfigError, DataError
 from brainseg.postprocessing import STEPS, apply, check_steps
@@ -61,6 +62,39 @@ def test_registry_is_the_step_functions() -> None:
 def test_bad_step_lists_are_named(steps: list, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         check_steps(steps)
+
+
+@pytest.mark.parametrize("value", ["abc", -1, 0, 2.5, True, None])
+def test_step_argument_values_are_checked(value) -> None:
+    steps = [{"name": "remove_small_components", "min_voxels": value}]
+    with pytest.raises(ConfigError) as raised:  # before: accepted ("abc" failed after the work)
+        check_steps(steps)
+    assert str(raised.value) == (
+        "postprocessing[0] (remove_small_components): "
+        f"min_voxels must be a positive whole number, not {value!r}"
+    )
+
+
+BAD_STEPS = "postprocessing=[{name:remove_small_components,min_voxels:abc}]"
+
+
+def test_train_and_predict_check_step_arguments_before_any_work(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    from brainseg.prediction.pipeline import predict
+    from brainseg.training.pipeline import train
+
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"postprocessing\[0\] \(remove_small_components\)"):
+        train(compose_run(synthetic_root, run, tmp_path / "cache", BAD_STEPS))
+    assert not run.exists()  # before: the error came after the first validation epoch
+    cfg = compose(
+        [f"input={synthetic_root}", f"checkpoints=[{tmp_path / 'none.ckpt'}]", BAD_STEPS],
+        hydra_node=False,
+        config_name="predict",
+    )
+    with pytest.raises(ConfigError, match=r"postprocessing\[0\] \(remove_small_components\)"):
+        predict(cfg)  # before: after predicting every patient
 
 
 class _Predictor:

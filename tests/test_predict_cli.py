@@ -300,3 +300,23 @@ def test_evaluate_on_the_written_masks_reproduces_the_scores(
         {k: v for k, v in row.items() if k not in ("subset", "dsc_lcc", "dsc_no_lcc")}
         for row in by_predict
     ]
+
+
+def test_evaluate_given_the_split_gives_predicts_held_out_headline(
+    predicted: Path, synthetic_root: Path, tiny_run: Path, tmp_path: Path, capsys
+) -> None:
+    from brainseg.evaluate import main as evaluate
+
+    out = tmp_path / "eval"
+    args = [str(predicted), str(synthetic_root), "--output", str(out), "--split", str(tiny_run)]
+    assert evaluate(args) == 0  # before: no --split, a headline over all 6 patients
+    by_predict = json.loads((predicted / "dsc_summary.json").read_text())
+    by_evaluate = json.loads((out / "dsc_summary.json").read_text())
+    assert by_evaluate["n_held_out"] == by_predict["n_held_out"] == 2
+    assert by_evaluate["dsc"] == by_predict["dsc"]
+    with open(predicted / "dsc.csv") as fh:
+        subsets = {r["patient"]: r["subset"] for r in csv.DictReader(fh)}
+    with open(out / "dsc.csv") as fh:
+        assert {r["patient"]: r["subset"] for r in csv.DictReader(fh)} == subsets
+    mean = by_predict["dsc"]["mean"]
+    assert f"per-volume DSC over 2 held-out patients: mean {mean:.4f}" in capsys.readouterr().out

@@ -122,6 +122,53 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
         load_onnx(tmp_path / "bad.onnx")
 
 
+def _onnx_file(path: Path, metadata: str | None, input_name: str = "image") -> Path:
+    """A small valid ONNX model (identity), with the given `brainseg` metadata."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    shape = ["batch", 3, 8, 8]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [input_name], ["logits"])],
+        "identity",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if metadata is not None:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = "brainseg", metadata
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_tampered_onnx_file_is_named_with_what_is_missing(tmp_path: Path) -> None:
+    import json
+
+    good = {"preprocess": PreprocessConfig().to_dict(), "model": {}, "threshold": 0.5}
+    assert load_onnx(_onnx_file(tmp_path / "good.onnx", json.dumps(good))).threshold == 0.5
+    cases = {
+        "no metadata": (None, "not a brainseg ONNX export (no 'brainseg' metadata)"),
+        "not json": ("{oops", "'brainseg' metadata is not a brainseg record"),
+        "a list": ("[1, 2]", "'brainseg' metadata is not a brainseg record"),
+        "no preprocess": (json.dumps({"model": {}}), "metadata lacks preprocess, threshold"),
+        "foreign preprocess": (
+            json.dumps({**good, "preprocess": {"resample": "mm"}}),
+            "metadata has foreign settings",
+        ),
+        "foreign input": (json.dumps(good), "model inputs are ['x'], a brainseg export has"),
+    }
+    for case, (metadata, expected) in cases.items():  # before: bare tracebacks (json, KeyError)
+        path = tmp_path / f"{case.replace(' ', '_')}.onnx"
+        _onnx_file(path, metadata, "x" if case == "foreign input" else "image")
+        with pytest.raises(DataError) as raised:
+            load_onnx(path)
+        message = str(raised.value)
+        assert message.startswith(f"{path}: ") and expected in message, (case, message)
+        assert "\n" not in message
+
+
 @pytest.mark.slow  # tiny_run trains
 def test_checkpoint_rebuilds_the_trained_network(tiny_run: Path) -> None:
     member = load_checkpoint(tiny_run / "checkpoints" / "last.ckpt")

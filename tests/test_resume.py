@@ -46,10 +46,10 @@ def test_last_is_the_last_epoch_best_is_slim_and_resume_continues(
             synthetic_root, run, tmp_path / "cache", *BEST_AT_FIRST_EPOCH, "trainer.max_epochs=3"
         )
     )
-    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 2 and "optimizer_states" in last  # before: a copy of the best (epoch 0)
     (best_path,) = (run / "checkpoints").glob("best-*.ckpt")
-    best = torch.load(best_path, weights_only=False)
+    best = torch.load(best_path, weights_only=True)
     assert best["epoch"] == 0 and "optimizer_states" not in best and "brainseg" in best
     assert metrics.last_checkpoint == str(run / "checkpoints" / "last.ckpt")
 
@@ -72,7 +72,7 @@ def test_last_is_the_last_epoch_best_is_slim_and_resume_continues(
     names = sorted(p.name for p in (moved / "checkpoints").iterdir())
     assert names == [best_path.name, "last.ckpt"]  # before: last-v1.ckpt beside the stale last.ckpt
     assert metrics.best_checkpoint == str(moved / "checkpoints" / best_path.name)
-    assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 4
+    assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 4
 
 
 def test_a_crash_during_a_checkpoint_write_keeps_the_previous_file(
@@ -82,13 +82,14 @@ def test_a_crash_during_a_checkpoint_write_keeps_the_previous_file(
     save_atomically({"epoch": 1}, path)
 
     def torn_save(obj, f, *args, **kwargs):
-        Path(f).write_bytes(b"PK\x03\x04 torn")
-        raise OSError("disk full")
+        f.write(b"PK\x03\x04 torn")
+        raise OSError("input/output error")
 
     monkeypatch.setattr(torch, "save", torn_save)
     with pytest.raises(OSError):
         save_atomically({"epoch": 2}, path)
-    assert torch.load(path, weights_only=False) == {"epoch": 1}
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
 def _bad_checkpoints(folder: Path, good: Path) -> dict[str, Path]:
@@ -165,7 +166,7 @@ def test_preemption_signal_saves_last_checkpoint_mid_epoch(
             train(cfg)
     finally:
         signal.signal(signal.SIGUSR2, previous)
-    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     # before: last.ckpt was the best checkpoint of epoch 0; now the batch the signal came in
     assert (last["epoch"], last["global_step"]) == (1, sender.sent_at + 1)
     monkeypatch.setattr(pipeline, "_instantiate_group", original)
@@ -195,7 +196,7 @@ def test_kill_9_resumes_from_the_last_completed_epoch(synthetic_root: Path, tmp_
         while time.monotonic() < deadline:
             stamp = last.stat().st_mtime_ns if last.is_file() else None
             if (
-                stamp != seen and torch.load(last, weights_only=False)["epoch"] >= 2
+                stamp != seen and torch.load(last, weights_only=True)["epoch"] >= 2
             ):  # atomic: never torn
                 break
             seen = stamp
@@ -204,7 +205,7 @@ def test_kill_9_resumes_from_the_last_completed_epoch(synthetic_root: Path, tmp_
         process.kill()
         process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
-    saved = torch.load(last, weights_only=False)["epoch"]
+    saved = torch.load(last, weights_only=True)["epoch"]
     assert saved >= 2
     result = subprocess.run(
         [sys.executable, *args[:-1], f"trainer.max_epochs={saved + 2}"],

@@ -120,7 +120,7 @@ def _wait_for(condition, seconds: float, what: str) -> None:
 
 
 def _saved_epoch(path: Path) -> int:
-    return torch.load(path, weights_only=False)["epoch"] if path.is_file() else -1
+    return torch.load(path, weights_only=True)["epoch"] if path.is_file() else -1
 
 
 def test_requeued_job_resumes_from_its_last_checkpoint(

@@ -85,7 +85,7 @@ def test_fit_with_speed_settings_gives_a_checkpoint_predict_loads(
         handle.remove()
     assert eager_compile and conv_inputs == {True}
     (best,) = (run / "checkpoints").glob("best-*.ckpt")
-    keys = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+    keys = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
     assert not any("_orig_mod" in k for k in keys)
     member = load_checkpoint(best)  # strict load into a plain network
     assert member(torch.randn(1, 3, 32, 32)).shape == (1, 1, 32, 32)

@@ -84,7 +84,7 @@ def test_run_directory_holds_checkpoints_metrics_split_config(tiny_run: Path) ->
     assert Path(metrics.best_checkpoint).exists()
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["arch"] == "unet" and config["data"]["root"].endswith("lgg")
-    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["brainseg"]["preprocess"]["image_size"] == 32
     assert checkpoint["brainseg"]["split"]["val"] == split.val
     with open(run / "csv" / "metrics.csv") as fh:

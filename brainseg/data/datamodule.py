@@ -25,6 +25,7 @@ from brainseg.data.reader import PatientFiles, find_patients
 from brainseg.data.sampling import SliceSampler, check_sampling
 from brainseg.data.splits import Split, SplitConfig, make_split
 from brainseg.errors import ConfigError
+from brainseg.paths import resolve_path
 from brainseg.runfiles import SplitFile, write_split
 
 
@@ -83,9 +84,9 @@ class LGGDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.root = Path(to_absolute_path(str(root))).resolve()
+        self.root = resolve_path(to_absolute_path(str(root)), "data.root")
         self.cache_dir = Path(to_absolute_path(str(cache_dir)))
-        if self.cache_dir.resolve().is_relative_to(self.root.resolve()):
+        if resolve_path(self.cache_dir, "data.cache_dir").is_relative_to(self.root):
             raise ConfigError(
                 f"data.cache_dir={str(cache_dir)!r} is inside data.root; "
                 "nothing may be written there"

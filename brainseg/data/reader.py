@@ -41,9 +41,9 @@ class PatientVolume:
     mask: np.ndarray | None
 
 
-def scan_patient(folder: Path, require_masks: bool = True) -> PatientFiles:
-    """List a patient folder's slices in numeric order (2 before 10),
-    checking image/mask pairing and gaps."""
+def _slice_files(folder: Path) -> tuple[dict[int, Path], dict[int, Path]]:
+    """Slice number -> image file and -> mask file of one patient folder, whatever prefix the
+    files carry; two files for one slice number, or a slice of another patient, are named."""
     images: dict[int, Path] = {}
     masks: dict[int, Path] = {}
     prefixes: dict[Path, str] = {}
@@ -57,9 +57,22 @@ def scan_patient(folder: Path, require_masks: bool = True) -> PatientFiles:
             raise DataError(f"{found[number]} and {path.name}: two files for slice {number}")
         found[number] = path
         prefixes[path] = match["patient"]
+    _check_one_patient(folder, prefixes)
+    return images, masks
+
+
+def scan_masks(folder: Path) -> dict[int, Path]:
+    """Slice number -> mask file of a folder of masks only (predicted masks), checked as
+    `scan_patient` checks a data folder; empty if it holds no `<patient>_<n>_mask.tif`."""
+    return _slice_files(folder)[1]
+
+
+def scan_patient(folder: Path, require_masks: bool = True) -> PatientFiles:
+    """List a patient folder's slices in numeric order (2 before 10),
+    checking image/mask pairing and gaps."""
+    images, masks = _slice_files(folder)
     if not images and not masks:
         raise DataError(f"{folder}: no slice files (<patient>_<n>.tif) in patient folder")
-    _check_one_patient(folder, prefixes)
     for n in sorted(set(masks) - set(images)):
         raise DataError(
             f"{masks[n]}: mask has no image {masks[n].name.replace('_mask.tif', '.tif')}"

@@ -30,13 +30,14 @@ __all__ = [
 ]
 
 StepList = list[dict[str, Any]]
+_EMPTY = np.zeros((1, 1, 1), dtype=bool)
 
 
 def check_steps(
     steps: Sequence[Mapping[str, Any] | str] | None, setting: str = "postprocessing"
 ) -> StepList:
     """The steps as plain `{"name": ..., **arguments}` dicts (a bare name: no arguments);
-    a one-line ConfigError naming `setting` for unknown names or arguments."""
+    a one-line ConfigError naming `setting` for unknown names, arguments or argument values."""
     checked = []
     for index, item in enumerate(steps or []):
         entry = {"name": item} if isinstance(item, str) else dict(item)
@@ -47,7 +48,8 @@ def check_steps(
             )
         try:
             inspect.signature(STEPS[name]).bind(None, **entry)
-        except TypeError as exc:
+            STEPS[name](_EMPTY, **entry)  # the step checks the values of its arguments
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"{setting}[{index}] ({name}): {exc}") from None
         checked.append({"name": name, **entry})
     return checked

@@ -1,5 +1,7 @@
 """Post-processing steps on binary 3-D masks (slice, row, column). Each step is a function
 `(mask, **arguments) -> mask` registered under its own name; a config names it in a step list.
+A step checks its own arguments (ValueError): a config is checked by running its steps on an
+empty mask when it is read, before any work.
 
 Connectivity is face connectivity (scipy.ndimage's default structure) throughout.
 """
@@ -40,6 +42,8 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 @step
 def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     """Drop components smaller than `min_voxels` voxels."""
+    if isinstance(min_voxels, bool) or not isinstance(min_voxels, int) or min_voxels < 1:
+        raise ValueError(f"min_voxels must be a positive whole number, not {min_voxels!r}")
     labels, sizes = _components(mask)
     keep = np.concatenate([[False], sizes >= min_voxels])
     return keep[labels]

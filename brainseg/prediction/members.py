@@ -149,16 +149,41 @@ def load_onnx(path: str | Path) -> Member:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise DataError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
-    meta = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
-    if meta is None:
-        raise DataError(f"{path}: not a brainseg ONNX export (no '{ONNX_METADATA_KEY}' metadata)")
-    info = json.loads(meta)
+    inputs = [i.name for i in session.get_inputs()]
+    if inputs != ["image"]:
+        raise DataError(f"{path}: model inputs are {inputs}, a brainseg export has ['image']")
+    info = _onnx_provenance(path, session.get_modelmeta().custom_metadata_map)
     return Member(
         path=path,
-        preprocess=PreprocessConfig(**info["preprocess"]),
+        preprocess=info["preprocess"],
         model=info["model"],
         threshold=info["threshold"],
         data_root=info.get("data_root"),
-        split=info.get("split", {}),
+        split=info.get("split") or {},
         session=session,
     )
+
+
+def _onnx_provenance(path: Path, metadata: Mapping[str, str]) -> dict[str, Any]:
+    """The record export_onnx stores, checked: a missing or foreign record is a DataError naming
+    the file and what is missing."""
+    key = ONNX_METADATA_KEY
+    if key not in metadata:
+        raise DataError(f"{path}: not a brainseg ONNX export (no '{key}' metadata)")
+    try:
+        info = json.loads(metadata[key])
+    except ValueError:
+        info = None
+    if not isinstance(info, dict):
+        raise DataError(f"{path}: '{key}' metadata is not a brainseg record (not a JSON object)")
+    missing = [k for k in ("preprocess", "model", "threshold") if k not in info]
+    if missing:
+        raise DataError(f"{path}: '{key}' metadata lacks {', '.join(missing)}")
+    try:
+        preprocess = PreprocessConfig(**info["preprocess"])
+        threshold = float(info["threshold"])
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path}: '{key}' metadata has foreign settings ({exc})") from None
+    if not isinstance(info["model"], dict):
+        raise DataError(f"{path}: '{key}' metadata has no model settings")
+    return {**info, "preprocess": preprocess, "threshold": threshold}

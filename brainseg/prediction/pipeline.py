@@ -17,7 +17,8 @@ from tqdm import tqdm
 from brainseg.config import to_plain
 from brainseg.data.reader import find_patients, read_patient
 from brainseg.errors import ConfigError
-from brainseg.postprocessing import apply
+from brainseg.paths import resolve_path
+from brainseg.postprocessing import apply, check_steps
 from brainseg.prediction.inference import Predictor, tta_views
 from brainseg.prediction.members import (
     Member,
@@ -27,15 +28,15 @@ from brainseg.prediction.members import (
     load_onnx,
 )
 from brainseg.prediction.postprocess import resolve_postprocessing
-from brainseg.prediction.subsets import (
-    HELD_OUT,
-    member_plan,
-    subset_summary,
-    subsets_for,
-    warn_seen_in_training,
-)
+from brainseg.prediction.subsets import member_plan, subsets_for, warn_seen_in_training
 from brainseg.reporting.figures import bar_chart, write_overlays
-from brainseg.reporting.scores import patient_row, write_scores
+from brainseg.reporting.scores import (
+    HELD_OUT,
+    headline,
+    patient_row,
+    subset_summary,
+    write_scores,
+)
 from brainseg.runfiles import PATIENT_COLUMN, SUBSET_COLUMN
 
 log = logging.getLogger("brainseg")
@@ -44,8 +45,8 @@ log = logging.getLogger("brainseg")
 REPORTED_VARIANTS = {"lcc": [{"name": "largest_component"}], "no_lcc": []}
 
 
-def _path(value: str | None) -> Path | None:
-    return Path(to_absolute_path(str(value))).resolve() if value else None
+def _path(value: str | None, setting: str) -> Path | None:
+    return resolve_path(to_absolute_path(str(value)), setting) if value else None
 
 
 def _prepare_output(output_dir: Path | None, input_root: Path | None, overwrite: bool) -> Path:
@@ -72,10 +73,10 @@ def _prepare_output(output_dir: Path | None, input_root: Path | None, overwrite:
 def load_members(cfg: DictConfig) -> list[Member]:
     """Members from `onnx`, `sweep_dir` or the `checkpoints` list."""
     if cfg.get("onnx"):
-        return [load_onnx(_path(cfg.onnx))]
-    paths = [_path(p) for p in cfg.get("checkpoints") or []]
+        return [load_onnx(_path(cfg.onnx, "onnx"))]
+    paths = [_path(p, "checkpoints") for p in cfg.get("checkpoints") or []]
     if cfg.get("sweep_dir"):
-        paths += find_sweep_checkpoints(_path(cfg.sweep_dir))
+        paths += find_sweep_checkpoints(_path(cfg.sweep_dir, "sweep_dir"))
     if not paths:
         raise ConfigError(
             "checkpoints: give one or more checkpoint files, a sweep_dir, or an onnx model"
@@ -92,11 +93,14 @@ def _device(name: str) -> str:
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Run inference (or `export=onnx`); returns the run summary written to prediction.json."""
+    setting = to_plain(cfg.get("postprocessing"))
+    if isinstance(setting, list):  # checked before any work (auto is checked when decided)
+        check_steps(setting, "postprocessing")
     members = load_members(cfg)
     if cfg.get("export"):
         if cfg.export != "onnx":
             raise ConfigError(f"export={cfg.export!r} is unknown; choose onnx")
-        out = _prepare_output(_path(cfg.get("output_dir")), None, cfg.overwrite)
+        out = _prepare_output(_path(cfg.get("output_dir"), "output_dir"), None, cfg.overwrite)
         size = members[0].preprocess.image_size or 256
         path = export_onnx(members[0], out / "model.onnx", size)
         log.info("exported %s to %s", members[0].path, path)
@@ -106,7 +110,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 
 def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     """Predict every patient under `cfg.input` with the given members (see predict)."""
-    input_root = _path(cfg.get("input"))
+    input_root = _path(cfg.get("input"), "input")
     if input_root is None:
         raise ConfigError(
             "input is required: a data root in the kaggle_3m layout or one patient folder"
@@ -118,7 +122,7 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
         )  # every unreadable or inconsistent slice is named before anything is written
     splits = [m.split for m in members]
     plan = member_plan(splits, [p.name for p in patients], cfg.ensemble)
-    out = _prepare_output(_path(cfg.get("output_dir")), input_root, cfg.overwrite)
+    out = _prepare_output(_path(cfg.get("output_dir"), "output_dir"), input_root, cfg.overwrite)
     views = tta_views(cfg.tta.hflip, list(cfg.tta.rotations or []), list(cfg.tta.scales or []))
     predictor = Predictor(members, views, cfg.batch_size, _device(cfg.device))
     threshold = float(cfg.threshold if cfg.get("threshold") is not None else members[0].threshold)
@@ -126,7 +130,9 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     warn_seen_in_training({p.name: subsets[p.name] for p in patients if p.masks is not None})
     decision_cfg = to_plain(cfg.get("postprocessing_decision")) or {}
     if decision_cfg.get("data_root"):
-        decision_cfg["data_root"] = str(_path(decision_cfg["data_root"]))
+        decision_cfg["data_root"] = str(
+            _path(decision_cfg["data_root"], "postprocessing_decision.data_root")
+        )
     chosen = resolve_postprocessing(
         to_plain(cfg.postprocessing),
         predictor,
@@ -198,19 +204,3 @@ def figure_note(
     models = shown if len(members) == 1 else f"{len(members)} members ({ensemble}): {shown}"
     postprocessing = ", ".join(s["name"] for s in steps) or "none"
     return f"{models}\nthreshold {threshold:g}, post-processing: {postprocessing}"
-
-
-def headline(scores: dict[str, Any], steps: list[dict[str, Any]], out: Path) -> str:
-    """The log line: held-out patients only; training patients are named as left out."""
-    trained = scores["by_subset"].get("train", {}).get("dsc", {}).get("n", 0)
-    left_out = f"; {trained} training patient(s) left out (see dsc_summary.json)" if trained else ""
-    if not scores["n_held_out"]:
-        return (
-            f"no held-out patients to score: all {trained} were seen in training "
-            f"(see dsc_summary.json); {out}"
-        )
-    return (
-        f"per-volume DSC over {scores['n_held_out']} held-out patients: "
-        f"mean {scores['dsc']['mean']:.4f}, median {scores['dsc']['median']:.4f} "
-        f"(postprocessing={[s['name'] for s in steps]}){left_out}; {out}"
-    )

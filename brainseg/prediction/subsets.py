@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 from brainseg.errors import ConfigError
 from brainseg.evaluation.folds import Split, held_out_members
-from brainseg.reporting.scores import metric_columns, summarize
-from brainseg.runfiles import SUBSET_COLUMN
+from brainseg.reporting.scores import patient_subset
 
 log = logging.getLogger("brainseg")
 
 ENSEMBLE_MODES = ("out_of_fold", "all")
-SUBSETS = ("train", "val", "test", "unseen")
-HELD_OUT = ("val", "test", "unseen")
 
 
 def member_plan(
@@ -37,15 +33,6 @@ def member_plan(
     return {name: held or everyone for name, held in held_out_members(splits, patients).items()}
 
 
-def patient_subset(patient: str, splits: Sequence[Split]) -> str:
-    """`train` if any of these members trained on the patient, else `val` or `test` as one of them
-    recorded it, else `unseen`."""
-    for subset in SUBSETS[:-1]:
-        if any(patient in (split.get(subset) or ()) for split in splits):
-            return subset
-    return "unseen"
-
-
 def subsets_for(plan: Mapping[str, Sequence[int]], splits: Sequence[Split]) -> dict[str, str]:
     """Each patient's subset with respect to the members that predict it."""
     return {name: patient_subset(name, [splits[i] for i in used]) for name, used in plan.items()}
@@ -62,23 +49,3 @@ def warn_seen_in_training(subsets: Mapping[str, str]) -> list[str]:
             ", ".join(seen),
         )
     return seen
-
-
-def subset_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Mean/median/std of each metric over the held-out patients (top level, the headline), and
-    per subset plus over all patients under `by_subset`."""
-
-    keys = metric_columns(list(rows)) if rows else []
-
-    def scores(selected: list[Mapping[str, Any]]) -> dict[str, Any]:
-        return {key: summarize([r[key] for r in selected]) for key in keys} if selected else {}
-
-    held_out = [r for r in rows if r[SUBSET_COLUMN] in HELD_OUT]
-    by_subset = {s: scores([r for r in rows if r[SUBSET_COLUMN] == s]) for s in SUBSETS}
-    return {
-        "patients": "held_out",
-        "held_out_subsets": list(HELD_OUT),
-        "n_held_out": len(held_out),
-        **scores(held_out),
-        "by_subset": {**{s: v for s, v in by_subset.items() if v}, "all": scores(list(rows))},
-    }

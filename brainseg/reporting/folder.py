@@ -4,35 +4,36 @@ nnU-Net's evaluate_folder does: masks from any program, scored with predict.py's
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tifffile
 
-from brainseg.data.reader import read_mask
+from brainseg.data.reader import read_mask, scan_masks
 from brainseg.errors import ConfigError, DataError
 from brainseg.metrics import NSD_TOLERANCE
+from brainseg.paths import resolve_path
 from brainseg.postprocessing import apply, check_steps
 from brainseg.reporting.figures import bar_chart
-from brainseg.reporting.scores import patient_row, write_scores
-from brainseg.runfiles import PATIENT_COLUMN
-
-_MASK_RE = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)_mask\.tif$")
+from brainseg.reporting.scores import (
+    HELD_OUT,
+    patient_row,
+    patient_subset,
+    subset_summary,
+    write_scores,
+)
+from brainseg.runfiles import PATIENT_COLUMN, SPLIT_FILE, SUBSET_COLUMN
 
 
 def mask_files(root: Path) -> dict[str, dict[int, Path]]:
-    """patient -> slice number -> `<patient>_<n>_mask.tif`, for every patient folder under root."""
+    """patient folder name -> slice number -> `<prefix>_<n>_mask.tif`, for every patient folder
+    under root (predict.py names masks after the images, whatever the folder is called)."""
     if not root.is_dir():
         raise DataError(f"{root}: mask folder not found")
     patients = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        slices = {
-            int(m["n"]): p
-            for p in folder.iterdir()
-            if (m := _MASK_RE.match(p.name)) and m["patient"] == folder.name
-        }
+        slices = scan_masks(folder)  # the checks of training and predict.py, any file prefix
         if slices:
             patients[folder.name] = slices
     if not patients:
@@ -40,6 +41,32 @@ def mask_files(root: Path) -> dict[str, dict[int, Path]]:
             f"{root}: no patient folders with <patient>_<n>_mask.tif files (kaggle_3m layout)"
         )
     return patients
+
+
+def read_subsets(source: Path, patients: list[str]) -> dict[str, str]:
+    """Each scored patient's subset (train / val / test / unseen) from `source`: a run directory
+    (its split.json), a split.json, or a text file listing the held-out patients one per line
+    (every other patient is then reported as train)."""
+    path = source / SPLIT_FILE if source.is_dir() else source
+    if not path.is_file():
+        raise DataError(f"{path}: split not found (give a run directory, split.json or a list)")
+    text = path.read_text()
+    if path.suffix == ".json":
+        try:
+            split = json.loads(text)
+            valid = isinstance(split, dict) and all(
+                isinstance(split.get(k, []), list) for k in ("train", "val", "test")
+            )
+        except ValueError:
+            valid = False
+        if not valid:
+            raise DataError(f"{path}: not a split file (train/val/test lists of patients)")
+        return {name: patient_subset(name, [split]) for name in patients}
+    listed = {line.split("#")[0].strip() for line in text.splitlines()} - {""}
+    unknown = sorted(listed - set(patients))
+    if unknown:
+        raise DataError(f"{path}: patient {unknown[0]} has no masks to score")
+    return {name: "test" if name in listed else "train" for name in patients}
 
 
 def _read_volume(slices: dict[int, Path], shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -65,10 +92,12 @@ def paired_volumes(pred_root: Path, truth_root: Path):
                 f"{pred_root / name}: patient {name} has no truth masks in {truth_root}"
             )
         for number in sorted(set(truths[name]) ^ set(predicted[name])):
-            missing_in = pred_root if number in truths[name] else truth_root
-            raise DataError(
-                f"{missing_in / name / f'{name}_{number}_mask.tif'}: slice {number} is missing"
+            present, missing_in = (
+                (truths[name][number], pred_root)
+                if number in truths[name]
+                else (predicted[name][number], truth_root)
             )
+            raise DataError(f"{missing_in / name / present.name}: slice {number} is missing")
     for name in sorted(truths):
         truth = _read_volume(truths[name])
         pred = _read_volume(predicted[name], truth.shape[1:])
@@ -82,9 +111,21 @@ def evaluate_folder(
     postprocessing: list[str] | None = None,
     tolerance: float = NSD_TOLERANCE,
     overwrite: bool = False,
+    split: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Write `dsc.csv`, `dsc_summary.json`, `dsc.png` and `evaluation.json` into output_dir."""
-    pred_root, truth_root, out = (Path(p).resolve() for p in (pred_root, truth_root, output_dir))
+    """Write `dsc.csv`, `dsc_summary.json`, `dsc.png` and `evaluation.json` into output_dir.
+
+    With a `split`, each row gets its `subset` and the summary headlines the held-out patients,
+    as predict.py does.
+    """
+    pred_root, truth_root, out = (
+        resolve_path(path, setting)
+        for path, setting in (
+            (pred_root, "pred_dir"),
+            (truth_root, "truth_dir"),
+            (output_dir, "--output"),
+        )
+    )
     steps = check_steps(postprocessing, setting="--postprocessing")
     for root in (pred_root, truth_root):
         if out == root or out.is_relative_to(root):
@@ -93,17 +134,30 @@ def evaluate_folder(
         raise ConfigError(
             f"--output {out} is not an empty folder; choose another or pass --overwrite"
         )
+    subsets = None
+    if split is not None:
+        subsets = read_subsets(resolve_path(split, "--split"), sorted(mask_files(truth_root)))
     rows = []
     for name, pred, truth in paired_volumes(pred_root, truth_root):
-        rows.append(patient_row(name, truth, apply(pred, steps), tolerance=tolerance))
+        row = patient_row(name, truth, apply(pred, steps), tolerance=tolerance)
+        rows.append(row if subsets is None else {**row, SUBSET_COLUMN: subsets[name]})
     out.mkdir(parents=True, exist_ok=True)
     summary = {
         "predictions": str(pred_root),
         "truth": str(truth_root),
         "postprocessing": steps,
         "patients": len(rows),
-        "scores": write_scores(rows, out, tolerance),
+        "split": None if split is None else str(Path(split).resolve()),
+        "scores": write_scores(
+            rows, out, tolerance, summary=None if subsets is None else subset_summary(rows)
+        ),
     }
-    bar_chart({r[PATIENT_COLUMN]: r["dsc"] for r in rows}, out / "dsc.png")
+    groups = None if subsets is None else {r[PATIENT_COLUMN]: r[SUBSET_COLUMN] for r in rows}
+    bar_chart(
+        {r[PATIENT_COLUMN]: r["dsc"] for r in rows},
+        out / "dsc.png",
+        groups=groups,
+        stats_groups=HELD_OUT if groups else None,
+    )
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2))
     return summary

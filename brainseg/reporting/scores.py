@@ -7,22 +7,27 @@ The metrics and their empty-volume conventions are those of brainseg.metrics.fun
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from brainseg.evaluation.folds import Split
 from brainseg.metrics import COUNTS, METRICS, NSD_TOLERANCE, dice_score, volume_metrics
 from brainseg.runfiles import (
     PATIENT_COLUMN,
     SCORES_SUMMARY_FILE,
+    SUBSET_COLUMN,
     VOLUME_COLUMNS,
     score_columns,
     write_scores_table,
 )
 
 METRIC_COLUMNS = [*METRICS, *COUNTS]
+# Which patients a score may be trusted on: the headline is over the held-out ones only.
+SUBSETS = ("train", "val", "test", "unseen")
+HELD_OUT = ("val", "test", "unseen")
 UNITS = (
     "distances (hd95, assd, nsd tolerance) in pixels of the mask grid "
     "with slices as an axis of spacing 1: "
@@ -84,3 +89,48 @@ def write_scores(
     summary["nsd_tolerance"] = tolerance
     (out_dir / SCORES_SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def patient_subset(patient: str, splits: Sequence[Split]) -> str:
+    """`train` if any of these members trained on the patient, else `val` or `test` as one of them
+    recorded it, else `unseen`."""
+    for subset in SUBSETS[:-1]:
+        if any(patient in (split.get(subset) or ()) for split in splits):
+            return subset
+    return "unseen"
+
+
+def subset_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean/median/std of each metric over the held-out patients (top level, the headline), and
+    per subset plus over all patients under `by_subset`."""
+
+    keys = metric_columns(list(rows)) if rows else []
+
+    def scores(selected: list[Mapping[str, Any]]) -> dict[str, Any]:
+        return {key: summarize([r[key] for r in selected]) for key in keys} if selected else {}
+
+    held_out = [r for r in rows if r[SUBSET_COLUMN] in HELD_OUT]
+    by_subset = {s: scores([r for r in rows if r[SUBSET_COLUMN] == s]) for s in SUBSETS}
+    return {
+        "patients": "held_out",
+        "held_out_subsets": list(HELD_OUT),
+        "n_held_out": len(held_out),
+        **scores(held_out),
+        "by_subset": {**{s: v for s, v in by_subset.items() if v}, "all": scores(list(rows))},
+    }
+
+
+def headline(scores: dict[str, Any], steps: list[dict[str, Any]], out: Path) -> str:
+    """The log line: held-out patients only; training patients are named as left out."""
+    trained = scores["by_subset"].get("train", {}).get("dsc", {}).get("n", 0)
+    left_out = f"; {trained} training patient(s) left out (see dsc_summary.json)" if trained else ""
+    if not scores["n_held_out"]:
+        return (
+            f"no held-out patients to score: all {trained} were seen in training "
+            f"(see dsc_summary.json); {out}"
+        )
+    return (
+        f"per-volume DSC over {scores['n_held_out']} held-out patients: "
+        f"mean {scores['dsc']['mean']:.4f}, median {scores['dsc']['median']:.4f} "
+        f"(postprocessing={[s['name'] for s in steps]}){left_out}; {out}"
+    )

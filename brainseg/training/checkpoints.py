@@ -5,6 +5,8 @@
 - the best checkpoint keeps only what predict.py needs (weights and provenance), a third of the
   size;
 - every file is written under a temporary name and renamed (a crash mid-write leaves the old file);
+- every file Lightning reads back (resume, `trainer.test(ckpt_path=...)`) is loaded with
+  `weights_only=True`, as predict.py does: a checkpoint cannot run code;
 - a run directory that was moved or copied keeps tracking its own files (no `last-v1.ckpt`);
 - on the signal SLURM/submitit sends before a time limit or preemption, `last.ckpt` is saved at the
   next batch boundary before submitit requeues the job.
@@ -22,7 +24,7 @@ import lightning as L
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from brainseg.checkpoint import prediction_only, read_checkpoint, save_atomically
+from brainseg.checkpoint import load_safely, prediction_only, read_checkpoint, save_atomically
 from brainseg.errors import ConfigError
 from brainseg.metrics.monitor import mode as direction
 
@@ -33,12 +35,18 @@ PREEMPT_SIGNAL = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Every checkpoint Lightning writes goes through a temporary file and a rename."""
+    """Every checkpoint Lightning writes goes through a temporary file and a rename; every one it
+    reads is loaded safely (tensors and plain values only)."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
         save_atomically(checkpoint, path)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return load_safely(path, map_location=map_location or "cpu")
 
 
 class _FollowsMovedDirectory(ModelCheckpoint):

@@ -15,14 +15,16 @@ from hydra.utils import to_absolute_path
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, ListConfig
 
-from brainseg.checkpoint import load_weights, read_checkpoint
+from brainseg.checkpoint import load_weights, read_checkpoint, remove_temporary_files
 from brainseg.cli import check_output_outside_data
 from brainseg.config import instantiate_setting, job_overrides, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
 from brainseg.evaluation.folds import inner_validation
 from brainseg.metrics.monitor import higher_is_better
+from brainseg.postprocessing import check_steps
 from brainseg.quiet import quiet_libraries
+from brainseg.run_lock import is_first_rank, own_run_directory
 from brainseg.runfiles import RunMetrics, write_metrics
 from brainseg.tracking import finish_run
 from brainseg.training.checkpoints import AtomicCheckpointIO
@@ -106,12 +108,22 @@ def train(cfg: DictConfig) -> RunMetrics | None:
     quiet_libraries()
     check_sweep_ranks(cfg.trainer)
     higher_is_better(cfg.monitor)  # a ConfigError before any work if it is not a logged metric
+    check_steps(to_plain(cfg.get("postprocessing")), "postprocessing")
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     if cfg.data.get("root"):
         check_output_outside_data(
             output_dir, to_absolute_path(str(cfg.data.root)), "paths.output_dir"
         )
+    if not is_first_rank():
+        return _fit(cfg, output_dir)
+    with own_run_directory(output_dir):
+        remove_temporary_files(output_dir / "checkpoints")
+        return _fit(cfg, output_dir)
+
+
+def _fit(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """The run itself, in a run directory no other process writes to."""
     datamodule = check_data_module(instantiate_setting("data", cfg.data))
     module = SegmentationModule(
         model=to_plain(cfg.model),

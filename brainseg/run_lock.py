@@ -1,0 +1,84 @@
+"""One live train.py per run directory: two runs writing one folder would mix their checkpoints,
+CSV rows and logs.
+
+`<run dir>/.lock` holds the owner's pid and host and an OS lock (flock) held for the life of the
+process: the OS releases it when the owner exits or dies, so a lock file left by a killed run is
+stale and simply taken over, on any host that shares the folder.
+
+train.py takes the lock before its first write; a Hydra callback (RefuseBusyRunDirectory) checks
+it even earlier, before Hydra writes the run's `.hydra/` files and log, so a refused start leaves
+the running one's files untouched.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from brainseg.errors import ConfigError
+
+log = logging.getLogger("brainseg")
+LOCK_NAME = ".lock"
+
+
+def is_first_rank() -> bool:
+    """Not a DDP rank started for a run by Lightning, torchrun or srun: those share the run
+    directory of rank 0, which owns it."""
+    ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+    return all(os.environ.get(name, "0") == "0" for name in ranks)
+
+
+def _owner(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text())
+        return f"pid {info['pid']} on host {info['host']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _open_locked(path: Path) -> int:
+    """An open descriptor of `path` holding its OS lock, or a ConfigError naming the owner."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                f"{path.parent}: run directory in use by {_owner(path)} "
+                f"(lock {path}); wait for it or choose another hydra.run.dir"
+            ) from None
+        # The owner may have removed the file between our open and our lock: lock the new one.
+        if path.exists() and os.path.samestat(os.fstat(fd), os.stat(path)):
+            return fd
+        os.close(fd)
+
+
+@contextmanager
+def own_run_directory(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory for this process; refuse it when another live process holds it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_NAME
+    fd = _open_locked(path)
+    if os.fstat(fd).st_size:
+        log.info("%s: taking over the lock of %s, which is no longer running", path, _owner(path))
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def check_run_directory_free(run_dir: Path) -> None:
+    """A ConfigError naming the owner if a live process holds `run_dir` (nothing is created)."""
+    path = run_dir / LOCK_NAME
+    if path.is_file():
+        os.close(_open_locked(path))

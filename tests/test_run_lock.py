@@ -1,0 +1,110 @@
+"""A run directory is owned by one live train.py: a second start is refused naming the owner, a
+lock left by a dead process is taken over."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import PROJECT, compose_run, run_cli, tiny_train_overrides
+
+from brainseg.errors import ConfigError
+from brainseg.run_lock import (
+    LOCK_NAME,
+    check_run_directory_free,
+    is_first_rank,
+    own_run_directory,
+)
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from brainseg.run_lock import own_run_directory
+with own_run_directory(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.fixture
+def held_run(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """A run directory held by another live process, and that process's pid."""
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run)], cwd=PROJECT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield run, holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_run_directory_held_by_a_live_process_is_refused(
+    held_run: tuple[Path, int], synthetic_root: Path, tmp_path: Path
+) -> None:
+    from brainseg.training.pipeline import train
+
+    run, pid = held_run
+    owner = f"pid {pid} on host {socket.gethostname()}"
+    for attempt in (lambda: check_run_directory_free(run), own_run_directory(run).__enter__):
+        with pytest.raises(ConfigError, match=f"in use by {owner}"):
+            attempt()
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(ConfigError) as raised:  # before: both runs wrote into one folder
+        train(compose_run(synthetic_root, run, tmp_path / "cache"))
+    assert str(raised.value).startswith(f"{run}: run directory in use by {owner}")
+    assert sorted(p.name for p in run.iterdir()) == before == [LOCK_NAME]
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = {"pid": int(dead.stdout), "host": socket.gethostname()}
+    (run / LOCK_NAME).write_text(json.dumps(stale))
+    with own_run_directory(run):
+        owner = json.loads((run / LOCK_NAME).read_text())
+        assert owner["pid"] != stale["pid"] and owner["host"] == stale["host"]
+    assert not (run / LOCK_NAME).exists()  # released on exit
+
+
+@pytest.mark.slow
+def test_train_py_refuses_a_busy_run_directory_before_writing(
+    held_run: tuple[Path, int], synthetic_root: Path, tmp_path: Path
+) -> None:
+    run, pid = held_run
+    result = run_cli(
+        "train.py", *tiny_train_overrides(synthetic_root, run, tmp_path / "cache"), cwd=PROJECT
+    )
+    assert result.returncode == 2
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith(f"error: {run}: run directory in use by pid {pid}"), line
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]  # no .hydra/, log or checkpoints
+
+
+def test_ddp_ranks_work_in_the_directory_rank_0_holds(
+    held_run: tuple[Path, int], monkeypatch
+) -> None:
+    from omegaconf import OmegaConf
+
+    from brainseg.hydra_callbacks import RefuseBusyRunDirectory
+
+    run, _ = held_run
+    config = OmegaConf.create({"hydra": {"run": {"dir": str(run)}}})
+    with pytest.raises(SystemExit):
+        RefuseBusyRunDirectory().on_run_start(config)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a rank Lightning's DDP launcher started
+    assert not is_first_rank()
+    RefuseBusyRunDirectory().on_run_start(config)
