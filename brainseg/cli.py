@@ -4,7 +4,6 @@ share a mistake, and makes one with failed jobs exit non-zero)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import traceback
@@ -19,9 +18,9 @@ from omegaconf import DictConfig
 from brainseg.config import job_overrides  # also registers the resolvers conf/ uses
 from brainseg.errors import BrainsegError, ConfigError
 from brainseg.paths import resolve_path
+from brainseg.runfiles import Failure, write_failure
 
 log = logging.getLogger("brainseg")
-FAILURE_FILE = "failure.json"
 
 
 def _multirun_dir() -> Path | None:
@@ -73,12 +72,7 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         if not user_error:
             log.error("traceback of job %s:\n%s", job.num, traceback.format_exc())
         job_dir.mkdir(parents=True, exist_ok=True)
-        failure = {
-            "error": str(exc),
-            "type": type(exc).__name__,
-            "traceback": traceback.format_exc(),
-        }
-        (job_dir / FAILURE_FILE).write_text(json.dumps(failure, indent=2))
+        write_failure(job_dir, Failure(str(exc), type(exc).__name__, traceback.format_exc()))
         if "max_failure_rate" in HydraConfig.get().sweeper:
             # A sweeper that tolerates failures (Optuna) records this trial as failed, with this
             # reason.

@@ -79,6 +79,26 @@ def _job_name() -> str:
     return ",".join(swept) or "default"
 
 
+def _shared_overrides() -> list[str]:
+    """The overrides every job of this multirun shares (W&B tags); none for a single run, whose
+    name already lists its overrides."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return []
+    return job_overrides()[1]
+
+
+def _mode(monitor: str) -> str:
+    """`max` or `min`: the direction of `monitor`, for ReduceLROnPlateau."""
+    from brainseg.metrics.monitor import mode
+
+    return mode(monitor)
+
+
+def _optimisation_direction(monitor: str) -> str:
+    """`maximize` or `minimize`: the direction of `monitor`, for a hyper-parameter search."""
+    return {"max": "maximize", "min": "minimize"}[_mode(monitor)]
+
+
 def _fresh_dir(path: str) -> str:
     """`path`, or `path-2`, `path-3`, ... when it exists: claimed by creating it, so two sweeps
     started in the same second get different directories. Cached like Hydra's `now`, so every
@@ -102,5 +122,8 @@ def _gpus_per_node(accelerator: str, devices: Any) -> int | None:
 
 OmegaConf.register_new_resolver("brainseg.run_group", _run_group, replace=True)
 OmegaConf.register_new_resolver("brainseg.job_name", _job_name, replace=True)
+OmegaConf.register_new_resolver("brainseg.shared_overrides", _shared_overrides, replace=True)
+OmegaConf.register_new_resolver("brainseg.mode", _mode, replace=True)
+OmegaConf.register_new_resolver("brainseg.direction", _optimisation_direction, replace=True)
 OmegaConf.register_new_resolver("brainseg.fresh_dir", _fresh_dir, replace=True, use_cache=True)
 OmegaConf.register_new_resolver("brainseg.gpus_per_node", _gpus_per_node, replace=True)

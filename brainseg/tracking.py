@@ -1,11 +1,34 @@
-"""Experiment-tracker facts shared by training (per-run loggers) and reporting (the sweep's run),
-kept free of Lightning so that reporting does not import the trainer."""
+"""Weights & Biases, in one place: the per-job logger, what its run shows while training and the
+summary it ends with, and the sweep report's run. Lightning and wandb are imported inside the
+functions, so that reporting can use this module without the trainer.
+
+The run summary describes one epoch, the one the run reports (`evaluation.selection`): every
+`val/*` key, `train/loss` and `epoch` are that epoch's, as in metrics.json; the best epoch by
+`monitor` is labelled separately (`best_on_val/<monitor>`, `best_on_val/epoch`), as it is selected
+on the validation patients it scores.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import netrc
 import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
+
+import numpy as np
+
+from brainseg.runfiles import RunMetrics, logged_name
+
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import WandbLogger
+
+log = logging.getLogger("brainseg")
+LESION = {1: "lesion"}
+MAX_TAG_LENGTH = 64  # W&B refuses longer tags
 
 
 def wandb_credentials() -> bool:
@@ -17,3 +40,188 @@ def wandb_credentials() -> bool:
         return netrc.netrc().authenticators(host) is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
+
+
+def _mode(offline: bool | str) -> str:
+    """`offline: auto` logs offline when no credentials are found, so it never asks for a key."""
+    if offline == "auto":
+        offline = not wandb_credentials()
+    return "offline" if offline else "online"
+
+
+def _run_id(path: Path, suffix: str = "") -> str:
+    return hashlib.sha1(f"{path.resolve()}{suffix}".encode()).hexdigest()[:16]
+
+
+def wandb_logger(
+    project: str = "brainseg",
+    entity: str | None = None,
+    group: str | None = None,
+    name: str | None = None,
+    save_dir: str = ".",
+    offline: bool | str = "auto",
+    tags: Sequence[str] = (),
+    shared_overrides: Sequence[str] = (),
+    job_type: str = "train",
+) -> WandbLogger:
+    """A W&B run per job (sync an offline one later with `wandb sync <save_dir>/wandb/...`); its
+    tags are `tags` and the overrides every job of the sweep shares (`shared_overrides`).
+
+    The run id is derived from the job's output directory: a job that SLURM requeues into the same
+    directory resumes the same W&B run. The mode is passed to `wandb.init` itself: Lightning's
+    offline switch only sets WANDB_MODE, which W&B ignores once its settings exist in the process
+    (an earlier run of a sweep, or the sweep report's run).
+    """
+    from lightning.pytorch.loggers import WandbLogger
+
+    mode = _mode(offline)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    logger = WandbLogger(
+        project=project,
+        entity=entity,
+        group=group,
+        name=name,
+        save_dir=save_dir,
+        offline=mode == "offline",
+        id=_run_id(Path(save_dir)),
+        resume="allow",
+        tags=list(dict.fromkeys(t[:MAX_TAG_LENGTH] for t in [*tags, *shared_overrides])),
+        job_type=job_type,
+        mode=mode,
+    )
+    # Lightning always passes `anonymous` (None by default) to wandb.init, which then warns once
+    # per run that the setting is deprecated.
+    logger._wandb_init.pop("anonymous", None)
+    return logger
+
+
+def log_best_so_far(logger: WandbLogger, monitor: str, value: float, epoch: int) -> None:
+    """The best `monitor` value so far and its epoch, labelled as selected on validation."""
+    logger.experiment.summary.update(
+        {f"best_on_val/{monitor.removeprefix('val/')}": value, "best_on_val/epoch": epoch}
+    )
+
+
+def log_improvement(
+    logger: WandbLogger, scores: dict[str, float], examples: list[dict[str, Any]], step: int
+) -> None:
+    """When the best epoch improves: the per-patient Dice table and the examples' pictures with
+    prediction and truth as toggleable masks (`image` (H, W, 3) uint8, `pred`, `truth`,
+    `caption`)."""
+    if scores:
+        logger.log_table(
+            "val/dsc_volume_per_patient",
+            columns=["patient", "dsc_volume"],
+            data=[[name, value] for name, value in scores.items()],
+            step=step,
+        )
+    if examples:
+        masks = [
+            {
+                "prediction": {"mask_data": e["pred"].astype(np.uint8), "class_labels": LESION},
+                "truth": {"mask_data": e["truth"].astype(np.uint8), "class_labels": LESION},
+            }
+            for e in examples
+        ]
+        logger.log_image(
+            "val/overlays",
+            images=[e["image"] for e in examples],
+            step=step,
+            masks=masks,
+            caption=[e["caption"] for e in examples],
+        )
+
+
+def summary_values(metrics: RunMetrics) -> dict[str, Any]:
+    """The run summary: the reported epoch's validation values under their logged names, its
+    epoch, mean train loss and rule; the best epoch by `monitor` labelled as selected on
+    validation."""
+    reported = metrics.reported
+    if reported is None:
+        return {}
+    scores = reported.scores
+    values: dict[str, Any] = {
+        logged_name(name): value for name, value in scores.values.items() if value is not None
+    }
+    values.update({"epoch": scores.epoch, "reported/selection": reported.rule})
+    if scores.train_loss is not None:
+        values["train/loss"] = scores.train_loss
+    if metrics.best is not None:
+        values[f"best_on_val/{metrics.monitor.removeprefix('val/')}"] = metrics.best.value(
+            metrics.monitor
+        )
+        values["best_on_val/epoch"] = metrics.best.epoch
+    return values
+
+
+def finish_run(metrics: RunMetrics) -> None:
+    """Write the summary and the reported epoch's per-patient table, close this job's W&B run (the
+    next job of a sweep in this process gets its own) and say where an offline run went."""
+    import wandb
+
+    run = wandb.run
+    if run is None:
+        return
+    run.summary.update(summary_values(metrics))
+    per_patient = metrics.reported.scores.per_patient_metrics if metrics.reported else {}
+    if per_patient:
+        columns = list(next(iter(per_patient.values())))
+        rows = [[name, *(values[c] for c in columns)] for name, values in per_patient.items()]
+        run.log({"reported/per_patient": wandb.Table(columns=["patient", *columns], data=rows)})
+    folder = Path(run.dir).parent
+    offline = run.offline
+    run.finish()
+    if offline:
+        log.info("W&B run logged offline to %s; upload it with: wandb sync %s", folder, folder)
+
+
+def log_sweep_report(
+    sweep_dir: Path, report: dict[str, Any], settings: dict[str, Any] | None
+) -> Path | None:
+    """Log the sweep report (comparison table, per-patient table, figures) as one more run,
+    `sweep report`, in the sweep's group, with the jobs' `logger.wandb` settings (None: no job
+    logged to W&B); offline without credentials, into `<sweep dir>/wandb/`. Returns the run
+    directory."""
+    if settings is None or not report["configurations"]:
+        return None
+    import wandb
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    run = wandb.init(
+        project=settings.get("project"),
+        entity=settings.get("entity"),
+        group=settings.get("group"),
+        name="sweep report",
+        job_type="sweep-report",
+        dir=str(sweep_dir),
+        mode=_mode(settings.get("offline", "auto")),
+        resume="allow",
+        reinit="create_new",
+        id=_run_id(sweep_dir, ":report"),
+    )
+    table = report["configurations"]
+    columns = list(table[0])
+    per_patient = report["per_patient"]
+    patient_columns = list(per_patient[0]) if per_patient else []
+    run.log(
+        {
+            "sweep/comparison": wandb.Table(
+                columns=columns, data=[[row[c] for c in columns] for row in table]
+            ),
+            "sweep/per_patient": wandb.Table(
+                columns=patient_columns,
+                data=[[row.get(c) for c in patient_columns] for row in per_patient],
+            ),
+            **{
+                f"sweep/{name}": wandb.Image(str(sweep_dir / f"{name}.png"))
+                for name in ("summary", "heatmap")
+                if (sweep_dir / f"{name}.png").exists()
+            },
+        }
+    )
+    run.summary.update(
+        {"best_configuration": table[0]["configuration"], "best_mean_dsc": table[0]["mean"]}
+    )
+    run_dir = Path(run.dir).parent
+    run.finish()
+    return run_dir

@@ -18,6 +18,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from brainseg.runfiles import read_metrics
+
 # Distributions whose versions decide whether the check is comparable with another machine's.
 DISTRIBUTIONS = (
     "torch",
@@ -93,7 +95,8 @@ def summary(check_dir: Path, json_path: Path) -> bool:
     """Print the final table and write it as JSON; False if a figure is missing."""
     speed = _read_json(check_dir / "train_speed.json")
     augmentation = _read_json(check_dir / "device_augmentation.json")
-    best = _read_json(check_dir / "run" / "metrics.json").get("best") or {}
+    metrics = read_metrics(check_dir / "run")
+    best = metrics.best if metrics else None
     result = {
         "versions": _read_json(check_dir / "versions.json"),
         "device": speed.get("device"),
@@ -101,8 +104,8 @@ def summary(check_dir: Path, json_path: Path) -> bool:
         "augmentation": augmentation,
         "reference_run": {
             "epochs": _reference_epochs(check_dir / "run"),
-            "best_val_dsc_volume": best.get("dsc_volume_mean"),
-            "best_epoch": best.get("epoch"),
+            "best_val_dsc_volume": best.dsc_volume_mean if best else None,
+            "best_epoch": best.epoch if best else None,
         },
         "gpu_utilisation": _gpu_utilisation(check_dir / "nvidia_smi.csv"),
     }

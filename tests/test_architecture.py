@@ -13,10 +13,12 @@ from helpers import PROJECT
 # Lowest first. A part is a top-level module or folder of brainseg/; entry points stand on top.
 LAYERS: list[set[str]] = [
     {"", "errors"},  # "" = brainseg/__init__.py
-    {"quiet", "tracking", "paths", "run_lock"},  # stdlib helpers: user paths, run-directory lock
+    # stdlib helpers (user paths, run-directory lock); metrics: their names and directions
+    {"quiet", "metrics", "paths", "run_lock"},
     {"config"},  # Hydra helpers: instantiation, resolvers, a job's swept keys
-    {"metrics", "models", "losses", "checkpoint"},
+    {"models", "losses", "checkpoint"},
     {"runfiles"},  # the formats of the files a run writes (may name the metrics' columns)
+    {"tracking"},  # W&B: the logger, the run summary (from runfiles), the sweep report's run
     {"cli"},  # entry-point plumbing: one-line user errors, exit status, failure records
     {"data"},
     {"postprocessing"},  # steps and the decision rule; may score with metrics
@@ -173,6 +175,6 @@ def test_the_rules_catch_an_upward_import_and_a_loop(tmp_path: Path) -> None:
         "brainseg.reporting.scores": 5,
     }
     assert upward_imports(graph) == [
-        "brainseg.evaluation.folds (layer 8), line 5, imports brainseg.reporting.scores (layer 9)"
+        "brainseg.evaluation.folds (layer 9), line 5, imports brainseg.reporting.scores (layer 10)"
     ]
     assert cycles(graph) == [["brainseg.evaluation.folds", "brainseg.reporting.scores"]]

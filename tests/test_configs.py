@@ -253,3 +253,30 @@ def test_debug_preset_network_is_small_enough_for_megabyte_checkpoints() -> None
     net = build_model(**OmegaConf.to_container(cfg.model, resolve=True))
     parameters = sum(p.numel() for p in net.parameters())
     assert parameters < 500_000, f"{parameters} parameters"  # before: 11.3 M (all of ResNet18)
+
+
+@pytest.mark.parametrize(
+    ("monitor", "mode", "direction"),
+    [("val/dsc_volume", "max", "maximize"), ("val/hd95", "min", "minimize")],
+)
+def test_the_monitor_sets_every_direction(monitor: str, mode: str, direction: str) -> None:
+    """The best checkpoint, the plateau scheduler and an Optuna search follow the metric's
+    direction; a contradicting checkpoint mode and an unknown metric are refused in one line."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    from brainseg.config import instantiate_setting
+    from brainseg.errors import ConfigError
+
+    cfg = compose([f"monitor={monitor}", "scheduler=plateau", "hparams_search=optuna"])
+    assert cfg.scheduler.scheduler.mode == mode and cfg.hydra.sweeper.direction == direction
+    checkpoint = {"_target_": cfg.callbacks.model_checkpoint._target_, "monitor": cfg.monitor}
+    assert cfg.callbacks.model_checkpoint.mode is None and instantiate(checkpoint).mode == mode
+    wrong = {"max": "min", "min": "max"}[mode]
+    with pytest.raises(ConfigError, match=f"model_checkpoint.mode={wrong} contradicts"):
+        instantiate_setting("callbacks.model_checkpoint", {**checkpoint, "mode": wrong})
+    with pytest.raises(InterpolationResolutionError, match="monitor='val/dice': not a logged"):
+        OmegaConf.to_container(
+            compose(["monitor=val/dice", "scheduler=plateau"]).scheduler, resolve=True
+        )

@@ -3,7 +3,6 @@ binary masks."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from hydra.utils import instantiate
 
 from brainseg.data.contract import DataProvenance, SegmentationData, check_data_module
 from brainseg.errors import ConfigError
+from brainseg.runfiles import read_split
 
 
 @pytest.mark.parametrize("augmentation", ["reference", "strong"])
@@ -52,9 +52,9 @@ def test_batches_splits_and_data_root_untouched(synthetic_root: Path, tmp_path: 
     # z-scored per volume: near zero mean, unit variance over a whole validation volume
     images = torch.cat([dm.on_after_batch_transfer(b, 0)["image"] for b in dm.val_dataloader()])
     assert abs(float(images.mean())) < 0.2 and abs(float(images.std()) - 1) < 0.2
-    dm.write_split(tmp_path / "split.json")
-    written = json.loads((tmp_path / "split.json").read_text())
-    assert written["val"] == dm.split.val and written["kind"] == "reference"
+    dm.write_split(tmp_path)
+    written = read_split(tmp_path)
+    assert written.val == dm.split.val and written.kind == "reference"
     assert check_data_module(dm) is dm and isinstance(dm, SegmentationData)
     provenance = dm.provenance()
     assert (

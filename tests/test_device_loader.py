@@ -296,7 +296,7 @@ def test_short_fit_through_the_device_loader(synthetic_root: Path, tmp_path: Pat
         "+callbacks.speed._target_=bench.speed.TrainingSpeed",
     )
     metrics = train(cfg)
-    assert len(metrics["history"]) == 1 and len(metrics["best"]["per_patient"]) == 2
+    assert len(metrics.history) == 1 and len(metrics.best.per_patient) == 2
     with open(tmp_path / "run" / "csv" / "metrics.csv") as fh:
         speed = next(row for row in csv.DictReader(fh) if row.get("speed/samples_per_s"))
     assert float(speed["speed/samples_per_s"]) > 0 and 0 < float(speed["speed/data_wait"]) < 1

@@ -43,7 +43,7 @@ def test_mixed_precision_training_on_the_gpu(
         "trainer.max_epochs=1",
     )
     metrics = train(cfg)
-    assert len(metrics["best"]["per_patient"]) == 2
+    assert len(metrics.best.per_patient) == 2
     with open(tmp_path / "run" / "csv" / "metrics.csv") as fh:
         losses = [float(row["train/loss"]) for row in csv.DictReader(fh) if row.get("train/loss")]
     assert losses and all(

@@ -202,9 +202,7 @@ def test_one_patient_validation_and_test_sets(synthetic_root: Path, tmp_path: Pa
         )
     )
     # before: TypeError: 'int' object is not iterable (one-element scores squeezed to 0-d tensors)
-    assert len(metrics["best"]["per_patient"]) == 1 and list(metrics["test"]["per_patient"]) == [
-        test_patient
-    ]
+    assert len(metrics.best.per_patient) == 1 and list(metrics.test.per_patient) == [test_patient]
 
 
 def _symlink_loop(folder: Path) -> Path:

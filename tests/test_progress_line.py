@@ -8,9 +8,16 @@ from types import SimpleNamespace
 import pytest
 from lightning.pytorch.callbacks import Timer
 
+from brainseg.runfiles import EpochScores, metric_field
 from brainseg.training.report import RunReport
 
-ENTRY = {"epoch": 0, "step": 10, "dsc_volume_mean": 0.5, "dsc_volume_median": 0.5, "train_loss": 1}
+# The first epoch (numbered from 1) after 10 steps.
+ENTRY = EpochScores(
+    epoch=1,
+    step=10,
+    values={metric_field("val/dsc_volume"): 0.5, metric_field("val/dsc_volume_median"): 0.5},
+    train_loss=1.0,
+)
 
 
 def _eta(tmp_path: Path, **trainer: object) -> str:

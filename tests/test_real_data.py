@@ -4,7 +4,6 @@ a short training run."""
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from helpers import PROJECT, REAL_LGG, requires_real_data, run_cli, snapshot
 from brainseg.data.cache import VolumeCache
 from brainseg.data.preprocess import PreprocessConfig
 from brainseg.data.reader import find_patients, read_patient
+from brainseg.runfiles import read_metrics, read_split
 
 pytestmark = [requires_real_data, pytest.mark.realdata]
 
@@ -79,15 +79,12 @@ def test_short_real_training_run(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert snapshot(REAL_LGG) == before
-    best = json.loads((run / "metrics.json").read_text())["best"]
-    split = json.loads((run / "split.json").read_text())
-    assert sorted(best["per_patient"]) == sorted(split["val"]) and len(split["val"]) == 4
-    assert best["dsc_volume_mean"] == pytest.approx(
-        float(np.mean(list(best["per_patient"].values())))
-    )
+    best, split = read_metrics(run).best, read_split(run)
+    assert sorted(best.per_patient) == sorted(split.val) and len(split.val) == 4
+    assert best.dsc_volume_mean == pytest.approx(float(np.mean(list(best.per_patient.values()))))
     print(
         "\nreal data, 15 steps at 128 px: "
-        f"val mean per-volume DSC {best['dsc_volume_mean']:.3f} on 4 patients"
+        f"val mean per-volume DSC {best.dsc_volume_mean:.3f} on 4 patients"
     )
 
     # predict.py with that model on all 20 patients: original geometry, scores recomputed from the

@@ -52,7 +52,7 @@ def test_last_is_the_last_epoch_best_is_slim_and_resume_continues(
     (best_path,) = (run / "checkpoints").glob("best-*.ckpt")
     best = torch.load(best_path, weights_only=True)
     assert best["epoch"] == 0 and "optimizer_states" not in best and "brainseg" in best
-    assert metrics["last_checkpoint"] == str(run / "checkpoints" / "last.ckpt")
+    assert metrics.last_checkpoint == str(run / "checkpoints" / "last.ckpt")
 
     # The run directory is moved, then restarted with more epochs (auto-resume from its last.ckpt).
     moved = tmp_path / "moved"
@@ -62,7 +62,7 @@ def test_last_is_the_last_epoch_best_is_slim_and_resume_continues(
             synthetic_root, moved, tmp_path / "cache", *BEST_AT_FIRST_EPOCH, "trainer.max_epochs=5"
         )
     )
-    assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2, 3, 4]
+    assert [h.epoch for h in metrics.history] == [1, 2, 3, 4, 5]
     assert _val_epochs(moved) == [
         0,
         1,
@@ -72,7 +72,7 @@ def test_last_is_the_last_epoch_best_is_slim_and_resume_continues(
     ]  # before: the restart deleted the rows of epochs 0-2
     names = sorted(p.name for p in (moved / "checkpoints").iterdir())
     assert names == [best_path.name, "last.ckpt"]  # before: last-v1.ckpt beside the stale last.ckpt
-    assert metrics["best_checkpoint"] == str(moved / "checkpoints" / best_path.name)
+    assert metrics.best_checkpoint == str(moved / "checkpoints" / best_path.name)
     assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 4
 
 
@@ -184,7 +184,7 @@ def test_preemption_signal_saves_last_checkpoint_mid_epoch(
     assert (last["epoch"], last["global_step"]) == (1, sender.sent_at + 1)
     monkeypatch.setattr(pipeline, "_instantiate_group", original)
     metrics = train(cfg)  # the requeued job finishes epoch 1 and runs epoch 2
-    assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2]
+    assert [h.epoch for h in metrics.history] == [1, 2, 3]
 
 
 def test_kill_9_resumes_from_the_last_completed_epoch(synthetic_root: Path, tmp_path: Path) -> None:
@@ -230,7 +230,8 @@ def test_kill_9_resumes_from_the_last_completed_epoch(synthetic_root: Path, tmp_
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"resuming from {last} (saved in epoch {saved})" in result.stderr + result.stdout
+    # Lightning counts from 0 inside the file; the log line counts from 1, as everywhere else
+    assert f"resuming from {last} (saved in epoch {saved + 1})" in result.stderr + result.stdout
     # before: resumed from the best (epoch 0) and trained epochs 1..saved again; the CSV lost
     # session 1
     epochs = _val_epochs(run)

@@ -5,7 +5,6 @@ scripts/slurm_local.sh)."""
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 import subprocess
@@ -16,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import PROJECT, run_cli
+
+from brainseg.runfiles import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -96,8 +97,7 @@ def test_two_task_cpu_ddp_job_under_srun(slurm_env, synthetic_root: Path, tmp_pa
     logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.*"))
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in logs and "GLOBAL_RANK: 1, MEMBER: 2/2" in logs
     assert "1 jobs, 1 ok, 0 failed" in (sweep / "summary.md").read_text()
-    metrics = json.loads((sweep / "0" / "metrics.json").read_text())
-    assert len(metrics["best"]["per_patient"]) == 2
+    assert len(read_metrics(sweep / "0").best.per_patient) == 2
 
 
 def _slurm(env: dict[str, str], *command: str) -> str:
@@ -186,9 +186,9 @@ def test_requeued_job_resumes_from_its_last_checkpoint(
     assert (
         len(resumed) == 1 and int(resumed[0]) >= saved >= 1
     )  # before: the best checkpoint's epoch (0)
-    metrics = json.loads((sweep / "0" / "metrics.json").read_text())
-    assert [h["epoch"] for h in metrics["history"]] == list(
-        range(epochs)
+    metrics = read_metrics(sweep / "0")
+    assert [h.epoch for h in metrics.history] == list(
+        range(1, epochs + 1)
     )  # each epoch once, in one history
     with open(sweep / "0" / "csv" / "metrics.csv") as fh:
         logged = [int(r["epoch"]) for r in csv.DictReader(fh) if r.get("val/dsc_volume")]

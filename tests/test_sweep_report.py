@@ -12,6 +12,16 @@ import pytest
 from brainseg.evaluation.folds import held_out_by
 from brainseg.reporting import figures
 from brainseg.reporting.sweep import write_report
+from brainseg.runfiles import (
+    EpochScores,
+    RunMetrics,
+    Selected,
+    SplitFile,
+    TestScores,
+    read_metrics,
+    write_metrics,
+    write_split,
+)
 
 PATIENTS = [f"P{i:02d}" for i in range(9)]
 
@@ -27,21 +37,32 @@ def _job(
     job = sweep / str(number)
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text("\n".join(f"- {o}" for o in overrides) + "\n")
-    (job / "split.json").write_text(
-        json.dumps({"train": sorted(set(PATIENTS) - set(val)), "val": val})
+    write_split(job, SplitFile("k_fold", sorted(set(PATIENTS) - set(val)), val))
+    selected = EpochScores(
+        epoch=5,
+        step=50,
+        values={
+            "dsc_volume_mean": float(np.mean([dice[p] for p in val])),
+            "dsc_volume_median": 0.0,
+        },
+        per_patient={p: dice[p] for p in val},
+        per_patient_metrics={p: {"dsc": dice[p], "hd95": 10 * (1 - dice[p])} for p in val},
     )
-    selected = {
-        "epoch": 4,
-        "rule": rule,
-        "checkpoint": str(job / "checkpoints" / "last.ckpt"),
-        "dsc_volume_mean": float(np.mean([dice[p] for p in val])),
-        "dsc_volume_median": 0.0,
-        "per_patient": {p: dice[p] for p in val},
-        "per_patient_metrics": {p: {"dsc": dice[p], "hd95": 10 * (1 - dice[p])} for p in val},
-    }
-    best = {**selected, "epoch": 2, "dsc_volume_mean": selected["dsc_volume_mean"] + 0.1}
-    (job / "metrics.json").write_text(
-        json.dumps({"selection": rule, "selected": selected, "best": best, "train_seconds": 1.0})
+    best = EpochScores(epoch=3, step=30, values={"dsc_volume_mean": selected.dsc_volume_mean + 0.1})
+    write_metrics(
+        job,
+        RunMetrics(
+            monitor="val/dsc_volume",
+            higher_is_better=True,
+            selection=rule,
+            selected=Selected(selected, rule, checkpoint=str(job / "checkpoints" / "last.ckpt")),
+            best=best,
+            best_checkpoint=None,
+            last_checkpoint=str(job / "checkpoints" / "last.ckpt"),
+            epochs=5,
+            train_seconds=1.0,
+            history=[best, selected],
+        ),
     )
     return job
 
@@ -111,13 +132,11 @@ def test_the_report_is_logged_as_one_offline_wandb_run_in_the_sweep_group(
 ) -> None:
     from helpers import read_wandb_records
 
-    from brainseg.reporting.wandb_sweep import log_sweep_report
+    from brainseg.tracking import log_sweep_report
 
     monkeypatch.setenv("WANDB_API_KEY", "")
-    (kfold_sweep / "0" / "config.yaml").write_text(
-        "logger:\n  wandb: {project: brainseg, group: sweep-x, offline: auto}\n"
-    )
-    run_dir = log_sweep_report(kfold_sweep, write_report(kfold_sweep))
+    settings = {"project": "brainseg", "group": "sweep-x", "offline": "auto"}
+    run_dir = log_sweep_report(kfold_sweep, write_report(kfold_sweep), settings)
     (run_file,) = run_dir.glob("run-*.wandb")
     assert run_dir.parent == kfold_sweep / "wandb" and run_dir.name.startswith("offline-run-")
     run = next(r.run for r in read_wandb_records(run_file) if r.WhichOneof("record_type") == "run")
@@ -215,21 +234,19 @@ def test_inner_validation_folds_pool_the_held_out_test_scores(tmp_path: Path) ->
         job = _job(tmp_path, fold, [f"data.split.fold={fold}"], PATIENTS[fold::3], truth)
         held_out = PATIENTS[fold::3]
         inner = [p for p in PATIENTS if p not in held_out][:2]
-        (job / "split.json").write_text(
-            json.dumps({"n_inner_val": 2, "train": [], "val": inner, "test": held_out})
+        write_split(job, SplitFile("k_fold", [], inner, held_out, n_inner_val=2))
+        metrics = read_metrics(job)
+        metrics.selected.scores.per_patient = {p: 1.0 for p in inner}  # must not be pooled
+        metrics.test = TestScores(
+            rule="inner_val",
+            epoch=3,
+            dsc_volume_mean=float(np.mean([truth[p] for p in held_out])),
+            dsc_volume_median=0.0,
+            per_patient={p: truth[p] for p in held_out},
+            per_patient_metrics={p: {"dsc": truth[p], "hd95": 1.0} for p in held_out},
+            checkpoint=str(job / "checkpoints" / "best.ckpt"),
         )
-        metrics = json.loads((job / "metrics.json").read_text())
-        metrics["selected"]["per_patient"] = {p: 1.0 for p in inner}  # must not be pooled
-        metrics["test"] = {
-            "rule": "inner_val",
-            "epoch": 2,
-            "checkpoint": str(job / "checkpoints" / "best.ckpt"),
-            "dsc_volume_mean": float(np.mean([truth[p] for p in held_out])),
-            "dsc_volume_median": 0.0,
-            "per_patient": {p: truth[p] for p in held_out},
-            "per_patient_metrics": {p: {"dsc": truth[p], "hd95": 1.0} for p in held_out},
-        }
-        (job / "metrics.json").write_text(json.dumps(metrics))
+        write_metrics(job, metrics)
     report = write_report(tmp_path)
     rows = report["per_patient"]
     assert sorted(r["patient"] for r in rows) == PATIENTS

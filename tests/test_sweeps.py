@@ -11,6 +11,7 @@ import pytest
 from helpers import PROJECT, read_wandb_records, run_cli, tiny_train_overrides
 
 from brainseg.reporting.sweep import main as rebuild_report
+from brainseg.runfiles import read_failure, read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -63,12 +64,12 @@ def test_every_combination_runs_and_the_report_lists_it(wandb_sweep: Path) -> No
         for loss in ("dice", "bce_dice")
     )
     for row in rows:
-        metrics = json.loads((wandb_sweep / row["job"] / "metrics.json").read_text())
+        metrics = read_metrics(wandb_sweep / row["job"])
         assert row["status"] == "ok" and float(row["dsc_volume_mean"]) == pytest.approx(
-            metrics["selected"]["dsc_volume_mean"]
+            metrics.selected.scores.dsc_volume_mean
         )
         assert (
-            row["epoch"] == "0" and row["selection"] == "last" and float(row["train_seconds"]) > 0
+            row["epoch"] == "1" and row["selection"] == "last" and float(row["train_seconds"]) > 0
         )
     report = (wandb_sweep / "summary.md").read_text()
     assert "4 jobs, 4 ok, 0 failed" in report and "| loss=bce_dice model=unetpp |" in report
@@ -84,6 +85,7 @@ def test_wandb_offline_runs_hold_the_per_volume_dice(wandb_sweep: Path) -> None:
         records = read_wandb_records(run_file)
         run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
         assert run.run_group == f"sweep-{wandb_sweep.name}" and "loss=" in run.display_name
+        assert "trainer.max_epochs=1" in run.tags and not any("loss=" in t for t in run.tags)
         logged = [
             float(item.value_json)
             for r in records
@@ -91,8 +93,8 @@ def test_wandb_offline_runs_hold_the_per_volume_dice(wandb_sweep: Path) -> None:
             for item in r.history.item
             if (item.key or "/".join(item.nested_key)) == "val/dsc_volume"
         ]
-        metrics = json.loads((job / "metrics.json").read_text())
-        assert logged == pytest.approx([h["dsc_volume_mean"] for h in metrics["history"]])
+        metrics = read_metrics(job)
+        assert logged == pytest.approx([h.dsc_volume_mean for h in metrics.history])
         config_keys = {
             u.key or "/".join(u.nested_key)
             for r in records
@@ -102,7 +104,7 @@ def test_wandb_offline_runs_hold_the_per_volume_dice(wandb_sweep: Path) -> None:
         assert {"data", "model", "loss", "optimizer"} <= config_keys
         (table,) = run_file.parent.glob("files/media/table/val/dsc_volume_per_patient_*.table.json")
         data = json.loads(table.read_text())
-        assert dict(data["data"]) == pytest.approx(metrics["best"]["per_patient"])
+        assert dict(data["data"]) == pytest.approx(metrics.best.per_patient)
         assert list(run_file.parent.glob("files/media/images/val/overlays_*.png"))
         summary = {
             i.key or "/".join(i.nested_key): json.loads(i.value_json)
@@ -110,10 +112,8 @@ def test_wandb_offline_runs_hold_the_per_volume_dice(wandb_sweep: Path) -> None:
             if r.WhichOneof("record_type") == "summary"
             for i in r.summary.update
         }
-        assert summary["reported/dsc_volume_mean"] == pytest.approx(
-            metrics["selected"]["dsc_volume_mean"]
-        )
-        assert summary["reported/selection"] == "last" and "reported/hd95" in summary
+        assert summary["val/dsc_volume"] == pytest.approx(metrics.selected.scores.dsc_volume_mean)
+        assert summary["reported/selection"] == "last" and "val/hd95" in summary
         assert {"sweep/model", "sweep/loss"} <= config_keys
     (report_run,) = wandb_sweep.glob("wandb/offline-run-*/run-*.wandb")
     run = next(
@@ -155,10 +155,8 @@ def test_kfold_sweep_reports_cv_mean_and_failed_jobs(synthetic_root: Path, tmp_p
         p.name for p in synthetic_root.iterdir() if p.is_dir()
     )
     for row in pooled:  # each patient's score comes from the fold whose validation set held it out
-        metrics = json.loads((sweep / row["job"] / "metrics.json").read_text())
-        assert float(row["dsc"]) == pytest.approx(
-            metrics["selected"]["per_patient"][row["patient"]], abs=1e-9
-        )
+        selected = read_metrics(sweep / row["job"]).selected.scores
+        assert float(row["dsc"]) == pytest.approx(selected.per_patient[row["patient"]], abs=1e-9)
         assert row["fold"] == row["job"] and float(row["hd95"]) >= 0
     pooled_mean = sum(float(r["dsc"]) for r in pooled) / len(pooled)
     # the post-processing decided once, out of fold, on every finished job's validation patients
@@ -174,22 +172,21 @@ def test_kfold_sweep_reports_cv_mean_and_failed_jobs(synthetic_root: Path, tmp_p
 
 
 def test_optuna_search_returns_the_best_trial(synthetic_root: Path, tmp_path: Path) -> None:
+    """With a lower-is-better monitor, Optuna minimises the value train.py returns."""
     sweep = tmp_path / "optuna"
     result = _sweep(
         synthetic_root,
         sweep,
         "hparams_search=optuna",
+        "monitor=val/hd95",
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.params={optimizer.lr: 'tag(log, interval(1e-4, 1e-2))', "
         "loss: 'choice(dice, focal)'}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     best = (sweep / "optimization_results.yaml").read_text()
-    scores = [
-        json.loads((sweep / str(k) / "metrics.json").read_text())["best"]["dsc_volume_mean"]
-        for k in range(2)
-    ]
-    assert f"best_value: {max(scores)}" in best
+    scores = [read_metrics(sweep / str(k)).best.value("val/hd95") for k in range(2)]
+    assert f"best_value: {min(scores)}" in best
 
 
 def test_optuna_failed_trial_says_why_and_the_study_goes_on(
@@ -210,7 +207,7 @@ def test_optuna_failed_trial_says_why_and_the_study_goes_on(
     )
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "float-castable" not in output, output[-3000:]
-    (failed,) = [k for k in range(2) if (sweep / str(k) / "failure.json").exists()]
+    (failed,) = [k for k in range(2) if read_failure(sweep / str(k))]
     assert (
         failed == 1
         and (
@@ -222,9 +219,7 @@ def test_optuna_failed_trial_says_why_and_the_study_goes_on(
     assert (
         "Failed experiment: data.split.kind=reference needs more than data.split.n_val=99" in output
     )  # Optuna's own line
-    ok = json.loads((sweep / str(1 - failed) / "metrics.json").read_text())["best"][
-        "dsc_volume_mean"
-    ]
+    ok = read_metrics(sweep / str(1 - failed)).best.dsc_volume_mean
     assert f"best_value: {ok}" in (sweep / "optimization_results.yaml").read_text()
 
 

@@ -4,7 +4,6 @@ and one-line errors for bad input."""
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import pytest
@@ -12,27 +11,26 @@ import torch
 import yaml
 from helpers import PROJECT, run_cli, tiny_train_overrides
 
+from brainseg.runfiles import read_metrics, read_split
+
 pytestmark = pytest.mark.slow
 
 
 def test_a_redirected_run_prints_one_line_per_epoch_and_draws_curves(tiny_run: Path) -> None:
     console = (tiny_run.parent / "console.txt").read_text()
-    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    metrics = read_metrics(tiny_run)
     for text in (console, (tiny_run / "train.log").read_text()):
         lines = [line for line in text.splitlines() if "| train loss" in line]
         assert [line.split(" | ")[0].split(" - ")[-1] for line in lines] == [
             "epoch 1/2",
             "epoch 2/2",
         ]
-        last = metrics["history"][-1]
+        last, best = metrics.history[-1], metrics.best
         assert (
-            f"val Dice mean {last['dsc_volume_mean']:.4f} median {last['dsc_volume_median']:.4f}"
+            f"val Dice mean {last.dsc_volume_mean:.4f} median {last.dsc_volume_median:.4f}"
             in lines[-1]
         )
-        assert (
-            f"best {metrics['best']['dsc_volume_mean']:.4f} (epoch {metrics['best']['epoch'] + 1})"
-            in lines[-1]
-        )
+        assert f"best val/dsc_volume {best.dsc_volume_mean:.4f} (epoch {best.epoch})" in lines[-1]
         assert "s/epoch | ETA" in lines[0]
     for noise in ("was configured so", "💡 Tip", "Total FLOPs", "LeafSpec", "setup plugin alembic"):
         assert noise not in console, noise
@@ -40,7 +38,7 @@ def test_a_redirected_run_prints_one_line_per_epoch_and_draws_curves(tiny_run: P
         "Lightning lines printed twice"
     )
     assert (tiny_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert all(h["train_loss"] > 0 and h["val_loss"] > 0 for h in metrics["history"])
+    assert all(h.train_loss > 0 and h.value("val/loss") > 0 for h in metrics.history)
 
 
 def test_help_and_cfg_import_neither_torch_nor_lightning(tmp_path: Path) -> None:
@@ -56,25 +54,39 @@ def test_help_and_cfg_import_neither_torch_nor_lightning(tmp_path: Path) -> None
         assert not imported & {"torch", "lightning", "segmentation_models_pytorch", "wandb"}, args
 
 
+def test_console_files_and_checkpoint_name_number_epochs_alike(tiny_run: Path) -> None:
+    """Epochs count from 1 in the per-epoch lines, the final lines, the best checkpoint's name,
+    and metrics.json."""
+    console = (tiny_run.parent / "console.txt").read_text()
+    metrics = read_metrics(tiny_run)
+    best, reported = metrics.best, metrics.reported.scores
+    assert (
+        f"(epoch {best.epoch})" in [ln for ln in console.splitlines() if "| train loss" in ln][-1]
+    )
+    assert f"best val/dsc_volume: {best.dsc_volume_mean:.4f} (epoch {best.epoch}," in console
+    assert f"(epoch {reported.epoch})" in console.split("reported (evaluation.selection")[-1]
+    assert reported.epoch == metrics.epochs == 2  # selection=last: the second and last epoch
+    assert Path(metrics.best_checkpoint).name.startswith(f"best-epoch{best.epoch:03d}-dsc_volume_")
+
+
 def test_run_directory_holds_checkpoints_metrics_split_config(tiny_run: Path) -> None:
     run = tiny_run
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert "last.ckpt" in checkpoints and any(n.startswith("best-epoch") for n in checkpoints)
-    metrics = json.loads((run / "metrics.json").read_text())
-    split = json.loads((run / "split.json").read_text())
-    best = metrics["best"]
-    assert metrics["monitor"] == "val/dsc_volume" and metrics["epochs"] == 2
-    assert sorted(best["per_patient"]) == sorted(split["val"]) and len(split["val"]) == 2
-    values = list(best["per_patient"].values())
-    assert best["dsc_volume_mean"] == pytest.approx(sum(values) / len(values), abs=1e-6)
-    assert best["dsc_volume_mean"] == max(h["dsc_volume_mean"] for h in metrics["history"])
-    assert [h["epoch"] for h in metrics["history"]] == [0, 1]
-    assert Path(metrics["best_checkpoint"]).exists()
+    metrics, split = read_metrics(run), read_split(run)
+    best = metrics.best
+    assert metrics.monitor == "val/dsc_volume" and metrics.epochs == 2
+    assert sorted(best.per_patient) == sorted(split.val) and len(split.val) == 2
+    values = list(best.per_patient.values())
+    assert best.dsc_volume_mean == pytest.approx(sum(values) / len(values), abs=1e-6)
+    assert best.dsc_volume_mean == max(h.dsc_volume_mean for h in metrics.history)
+    assert [h.epoch for h in metrics.history] == [1, 2]
+    assert Path(metrics.best_checkpoint).exists()
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["arch"] == "unet" and config["data"]["root"].endswith("lgg")
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["brainseg"]["preprocess"]["image_size"] == 32
-    assert checkpoint["brainseg"]["split"]["val"] == split["val"]
+    assert checkpoint["brainseg"]["split"]["val"] == split.val
     with open(run / "csv" / "metrics.csv") as fh:
         columns = next(csv.reader(fh))
     assert {"train/loss", "val/dsc_volume", "val/dsc_volume_median", "val/dsc_slice"} <= set(
@@ -92,13 +104,9 @@ def test_resume_from_last_checkpoint(tiny_run: Path, synthetic_root: Path, tmp_p
         "train.py", *overrides, "trainer.max_epochs=3", f"ckpt_path={last}", cwd=PROJECT
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
-    assert metrics["epochs"] == 3
-    assert [h["epoch"] for h in metrics["history"]] == [
-        0,
-        1,
-        2,
-    ]  # the first two come from the checkpoint
+    metrics = read_metrics(tmp_path / "resumed")
+    assert metrics.epochs == 3
+    assert [h.epoch for h in metrics.history] == [1, 2, 3]  # the first two from the checkpoint
     with open(tmp_path / "resumed" / "csv" / "metrics.csv") as fh:
         epochs = {row["epoch"] for row in csv.DictReader(fh) if row.get("train/loss")}
     assert epochs == {"2"}  # only the new epoch was trained
@@ -116,11 +124,7 @@ def test_rerun_in_the_same_directory_resumes(
     result = run_cli("train.py", *overrides, "trainer.max_epochs=3", cwd=PROJECT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from" in result.stdout + result.stderr
-    assert [h["epoch"] for h in json.loads((run / "metrics.json").read_text())["history"]] == [
-        0,
-        1,
-        2,
-    ]
+    assert [h.epoch for h in read_metrics(run).history] == [1, 2, 3]
 
 
 @pytest.mark.parametrize(

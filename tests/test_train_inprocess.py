@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import pytest
@@ -65,9 +64,7 @@ def test_optimizer_scheduler_precision(
         handle.remove()
     bf16 = precision == "bf16-mixed"
     assert seen == ({(torch.bfloat16, torch.bfloat16)} if bf16 else {(None, torch.float32)})
-    assert metrics["best"]["dsc_volume_mean"] == max(
-        h["dsc_volume_mean"] for h in metrics["history"]
-    )
+    assert metrics.best.dsc_volume_mean == max(h.dsc_volume_mean for h in metrics.history)
     lrs = _lr_by_epoch(tmp_path / "run")
     assert len(lrs) == 2 and (lrs[0] != lrs[1]) == lr_changes
 
@@ -77,9 +74,9 @@ def test_returns_the_best_score_and_honours_test_flag(synthetic_root: Path, tmp_
         synthetic_root, tmp_path / "run", tmp_path / "cache", "test=true", "trainer.max_epochs=1"
     )
     metrics = train(cfg)
-    assert metrics["best"]["epoch"] == 0 and len(metrics["history"]) == 1
+    assert metrics.best.epoch == 1 and len(metrics.history) == 1
     # no test_patients: the test set is the validation set, scored with the best checkpoint
-    assert metrics["test"]["per_patient"] == pytest.approx(metrics["best"]["per_patient"])
+    assert metrics.test.per_patient == pytest.approx(metrics.best.per_patient)
 
 
 def test_inner_validation_fold_is_scored_on_its_held_out_patients(
@@ -90,6 +87,7 @@ def test_inner_validation_fold_is_scored_on_its_held_out_patients(
     pools those test scores."""
     from brainseg.data.splits import kfold_split
     from brainseg.reporting.sweep import write_report
+    from brainseg.runfiles import read_split
 
     job = tmp_path / "sweep" / "0"
     overrides = ["data.split.kind=kfold", "data.split.n_folds=2", "data.split.n_inner_val=1"]
@@ -98,17 +96,17 @@ def test_inner_validation_fold_is_scored_on_its_held_out_patients(
     )
     patients = sorted(p.name for p in synthetic_root.iterdir() if p.is_dir())
     fold = kfold_split(patients, 2, 0, seed=42)
-    split = json.loads((job / "split.json").read_text())
-    assert split["test"] == fold.val and split["n_inner_val"] == 1
-    assert len(split["val"]) == 1 and set(split["val"]) < set(fold.train)
-    test = metrics["test"]
-    assert sorted(test["per_patient"]) == fold.val and test["rule"] == "inner_val"
-    assert test["checkpoint"] == metrics["best_checkpoint"] and test["epoch"] == 0
-    assert list(metrics["best"]["per_patient"]) == split["val"]
+    split = read_split(job)
+    assert split.test == fold.val and split.n_inner_val == 1
+    assert len(split.val) == 1 and set(split.val) < set(fold.train)
+    test = metrics.test
+    assert sorted(test.per_patient) == fold.val and test.rule == "inner_val"
+    assert test.checkpoint == metrics.best_checkpoint and test.epoch == 1
+    assert list(metrics.best.per_patient) == split.val
     (job / ".hydra").mkdir(exist_ok=True)
     (job / ".hydra" / "overrides.yaml").write_text("- data.split.fold=0\n")
     rows = write_report(tmp_path / "sweep")["per_patient"]
-    assert {r["patient"]: r["dsc"] for r in rows} == test["per_patient"]
+    assert {r["patient"]: r["dsc"] for r in rows} == test.per_patient
 
 
 def test_reports_the_epoch_its_selection_rule_picks_with_every_volume_metric(
@@ -117,30 +115,60 @@ def test_reports_the_epoch_its_selection_rule_picks_with_every_volume_metric(
     metrics = train(
         compose_run(synthetic_root, tmp_path / "run", tmp_path / "cache")
     )  # 2 epochs, selection=last
-    selected = metrics["selected"]
-    assert metrics["selection"] == selected["rule"] == "last" and selected["epoch"] == 1
-    assert selected["checkpoint"] == metrics["last_checkpoint"] and selected["checkpoint"].endswith(
+    selected, scores = metrics.selected, metrics.selected.scores
+    assert metrics.selection == selected.rule == "last" and scores.epoch == 2
+    assert selected.checkpoint == metrics.last_checkpoint and selected.checkpoint.endswith(
         "last.ckpt"
     )
     # reported as predict.py scores (every slice, original geometry, the decided post-processing);
     # the epoch's training-grid figure is kept beside it
-    assert selected["training_grid"]["dsc_volume_mean"] == metrics["history"][-1]["dsc_volume_mean"]
+    assert selected.training_grid["dsc_volume_mean"] == metrics.history[-1].dsc_volume_mean
     decision = json.loads((tmp_path / "run" / "postprocessing.json").read_text())
-    assert selected["postprocessing"] == decision["postprocessing"]
+    assert selected.postprocessing == decision["postprocessing"]
     chosen = [c["postprocessing"] for c in decision["candidates"]].index(decision["postprocessing"])
-    assert selected["per_patient"] == {p: d[chosen] for p, d in decision["per_patient"].items()}
-    per_patient = selected["per_patient_metrics"]
-    assert sorted(per_patient) == sorted(selected["per_patient"])
-    assert all(
-        per_patient[p]["dsc"] == pytest.approx(selected["per_patient"][p]) for p in per_patient
-    )
-    assert selected["hd95"] == pytest.approx(
+    assert scores.per_patient == {p: d[chosen] for p, d in decision["per_patient"].items()}
+    per_patient = scores.per_patient_metrics
+    assert sorted(per_patient) == sorted(scores.per_patient)
+    assert all(per_patient[p]["dsc"] == pytest.approx(scores.per_patient[p]) for p in per_patient)
+    assert scores.value("val/hd95") == pytest.approx(
         sum(v["hd95"] for v in per_patient.values()) / len(per_patient)
     )
     with open(tmp_path / "run" / "csv" / "metrics.csv") as fh:
         assert {"val/hd95", "val/assd", "val/nsd", "val/lesion_recall"} <= set(
             next(csv.DictReader(fh))
         )
+
+
+def test_a_lower_is_better_monitor_keeps_the_lowest_value_everywhere(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    """monitor=val/hd95: the best epoch, the best checkpoint, the plateau scheduler and the value
+    train.py hands a sweeper all follow the lowest HD95, stored under its own name."""
+    from brainseg.config import _optimisation_direction
+    from brainseg.runfiles import read_metrics
+
+    run = tmp_path / "run"
+    cfg = compose_run(
+        synthetic_root,
+        run,
+        tmp_path / "cache",
+        "monitor=val/hd95",
+        "scheduler=plateau",
+        "trainer.max_epochs=3",
+        "optimizer.lr=1.0",
+        "trainer.limit_train_batches=2",
+    )
+    assert cfg.scheduler.scheduler.mode == "min"
+    assert _optimisation_direction(cfg.monitor) == "minimize"
+    metrics = train(cfg)
+    hd95 = [h.value("val/hd95") for h in metrics.history]
+    best = min(range(len(hd95)), key=hd95.__getitem__)
+    assert len(set(hd95)) > 1 and hd95[best] < max(hd95), "the epochs must differ in HD95"
+    assert metrics.best.epoch == best + 1 and metrics.best.value("val/hd95") == min(hd95)
+    assert not metrics.higher_is_better and read_metrics(run).monitor_field == "hd95"
+    (checkpoint,) = (run / "checkpoints").glob("best-*.ckpt")
+    assert checkpoint.name == f"best-epoch{best + 1:03d}-hd95_{min(hd95):.4f}.ckpt"
+    assert metrics.best_checkpoint == str(checkpoint)
 
 
 @pytest.mark.parametrize(
@@ -218,8 +246,7 @@ def test_multirun_ddp_trap_is_refused(monkeypatch, trainer: dict, env: dict, ref
 
 def test_wandb_run_id_follows_the_run_directory(tmp_path: Path, monkeypatch) -> None:
     """A requeued job (same directory) resumes the same W&B run; another directory gets another."""
-    from brainseg.tracking import wandb_credentials
-    from brainseg.training.loggers import wandb_logger
+    from brainseg.tracking import wandb_credentials, wandb_logger
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

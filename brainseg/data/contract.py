@@ -33,8 +33,8 @@ class SegmentationData(Protocol):
         """Data root, preprocessing settings and split, for predict.py to reproduce the inputs."""
         ...
 
-    def write_split(self, path: Path) -> None:
-        """Write the split (and the data root) as JSON."""
+    def write_split(self, run_dir: Path) -> None:
+        """Write the run's split.json (brainseg.runfiles.write_split)."""
         ...
 
 

@@ -3,7 +3,6 @@ loaders."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from brainseg.data.sampling import SliceSampler, check_sampling
 from brainseg.data.splits import Split, SplitConfig, make_split
 from brainseg.errors import ConfigError
 from brainseg.paths import resolve_path
+from brainseg.runfiles import SplitFile, write_split
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -177,14 +177,16 @@ class LGGDataModule(L.LightningDataModule):
             "split": split,
         }
 
-    def write_split(self, path: Path) -> None:
-        payload = {
-            "kind": self.split_config.kind,
-            "n_inner_val": self.split_config.n_inner_val,  # >= 1: the test set is the held-out fold
-            **self.split.to_dict(),
-            "root": str(self.root),
-        }
-        path.write_text(json.dumps(payload, indent=2))
+    def write_split(self, run_dir: Path) -> None:
+        write_split(
+            run_dir,
+            SplitFile(
+                kind=self.split_config.kind,
+                **self.split.to_dict(),
+                root=str(self.root),
+                n_inner_val=self.split_config.n_inner_val,
+            ),
+        )
 
     def on_after_batch_transfer(
         self, batch: dict[str, torch.Tensor], dataloader_idx: int

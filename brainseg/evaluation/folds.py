@@ -14,13 +14,13 @@ set: they select nothing, and the sweep report pools these test scores.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from brainseg.errors import ConfigError, DataError
+from brainseg.errors import ConfigError
+from brainseg.runfiles import RunMetrics, Selected, read_metrics, read_split
 
 Split = Mapping[str, Sequence[str]]  # {"train": [...], "val": [...], "test": [...]} as recorded
 
@@ -77,38 +77,27 @@ def held_out_by(job_dirs: list[Path]) -> dict[str, list[HeldOut]]:
     """
     patients: dict[str, list[HeldOut]] = {}
     for job in job_dirs:
-        split_file = job / "split.json"
-        if not split_file.is_file():
+        split = read_split(job)
+        if split is None:
             continue
-        try:
-            split = json.loads(split_file.read_text())
-            scored = split["test"] if split.get("n_inner_val") else split["val"]
-        except (ValueError, KeyError) as exc:
-            raise DataError(f"{split_file}: not a split file ({exc})") from None
-        checkpoint, selection = None, None
-        metrics_file = job / "metrics.json"
-        if metrics_file.is_file():
-            selected = reported_scores(json.loads(metrics_file.read_text())) or {}
-            checkpoint = Path(selected["checkpoint"]) if selected.get("checkpoint") else None
-            selection = selected.get("rule")
+        scored = split.test if split.n_inner_val else split.val
+        metrics = read_metrics(job)
+        reported = reported_scores(metrics) if metrics is not None else None
+        checkpoint = Path(reported.checkpoint) if reported and reported.checkpoint else None
         for name in scored:
-            patients.setdefault(name, []).append(HeldOut(job, checkpoint, selection))
+            patients.setdefault(name, []).append(
+                HeldOut(job, checkpoint, reported.rule if reported else None)
+            )
     return patients
 
 
-def selected_scores(metrics: dict[str, Any]) -> dict[str, Any] | None:
-    """The validation scores a run reports under its selection rule (older runs: the best epoch)."""
-    if metrics.get("selected"):
-        return metrics["selected"]
-    best = metrics.get("best")
-    return {**best, "rule": "best_on_val"} if best else None
-
-
-def reported_scores(metrics: dict[str, Any]) -> dict[str, Any] | None:
+def reported_scores(metrics: RunMetrics) -> Selected | None:
     """The scores a run contributes to a sweep: under the inner-validation rule its test scores
     (the held-out patients), otherwise its validation scores under its selection rule."""
-    test = metrics.get("test") or {}
-    return test if test.get("rule") == INNER_VAL else selected_scores(metrics)
+    test = metrics.test
+    if test is not None and test.rule == INNER_VAL:
+        return test.as_selected()
+    return metrics.reported
 
 
 def held_out_members(splits: Sequence[Split], patients: Iterable[str]) -> dict[str, list[int]]:

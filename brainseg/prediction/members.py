@@ -16,6 +16,7 @@ from brainseg.checkpoint import Provenance, load_weights, read_checkpoint
 from brainseg.data.preprocess import PreprocessConfig
 from brainseg.errors import ConfigError, DataError
 from brainseg.models import build_model
+from brainseg.runfiles import read_metrics
 
 ONNX_METADATA_KEY = "brainseg"
 
@@ -113,21 +114,15 @@ def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None =
 def _selected_checkpoint(job: Path) -> tuple[Path, str] | None:
     """The checkpoint a finished job's evaluation.selection rule reports (metrics.json), and the
     rule; found in the job's own folder when the sweep was moved."""
-    path = job / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        metrics = json.loads(path.read_text())
-        selected = metrics.get("selected") or {}
-        recorded = selected.get("checkpoint") or metrics.get("best_checkpoint")
-    except (ValueError, AttributeError) as exc:
-        raise DataError(f"{path}: not a metrics file ({exc})") from None
+    metrics = read_metrics(job)
+    reported = metrics and metrics.reported
+    recorded = reported and (reported.checkpoint or metrics.best_checkpoint)
     if not recorded:
         return None
     checkpoint = Path(recorded)
     if not checkpoint.is_file():
         checkpoint = job / "checkpoints" / checkpoint.name
-    return checkpoint, selected.get("rule") or "best_on_val"
+    return checkpoint, reported.rule
 
 
 def find_sweep_checkpoints(sweep_dir: str | Path) -> list[tuple[Path, str]]:

@@ -37,6 +37,7 @@ from brainseg.reporting.scores import (
     subset_summary,
     write_scores,
 )
+from brainseg.runfiles import PATIENT_COLUMN, SUBSET_COLUMN
 
 log = logging.getLogger("brainseg")
 
@@ -157,7 +158,10 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
         if truth is not None:
             variants = {name: apply(raw, variant) for name, variant in REPORTED_VARIANTS.items()}
             rows.append(
-                {**patient_row(files.name, truth, mask, variants), "subset": subsets[files.name]}
+                {
+                    **patient_row(files.name, truth, mask, variants),
+                    SUBSET_COLUMN: subsets[files.name],
+                }
             )
         if cfg.figures.overlays:
             write_overlays(files.name, files.numbers, volume.image, mask, truth, out / "overlays")
@@ -176,9 +180,9 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     if rows:
         summary["dsc"] = write_scores(rows, out, summary=subset_summary(rows))
         bar_chart(
-            {r["patient"]: r["dsc"] for r in rows},
+            {r[PATIENT_COLUMN]: r["dsc"] for r in rows},
             out / "dsc.png",
-            groups={r["patient"]: r["subset"] for r in rows},
+            groups={r[PATIENT_COLUMN]: r[SUBSET_COLUMN] for r in rows},
             stats_groups=HELD_OUT,
             note=figure_note(members, threshold, steps, cfg.ensemble),
         )

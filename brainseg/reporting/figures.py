@@ -15,6 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from brainseg.runfiles import EpochScores
+
 PREDICTION_RGB = (255, 0, 0)
 TRUTH_RGB = (0, 255, 0)
 FLAIR_CHANNEL = 1
@@ -93,26 +95,25 @@ def bar_chart(
     return _save(fig, path)
 
 
-def training_curves(history: list[dict], path: Path) -> Path:
-    """Losses and validation per-volume Dice per epoch (the best epoch marked), side by side."""
-    epochs = [h["epoch"] + 1 for h in history]
+def training_curves(history: list[EpochScores], best: EpochScores, path: Path) -> Path:
+    """Losses and validation per-volume Dice per epoch (the best epoch by `monitor` marked), side
+    by side."""
+    epochs = [h.epoch for h in history]
     fig, (losses, dice) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
-    for key, label in (("train_loss", "train loss"), ("val_loss", "val loss")):
-        points = [(e, h[key]) for e, h in zip(epochs, history) if h.get(key) is not None]
+    for values, label in (
+        ([h.train_loss for h in history], "train loss"),
+        ([h.value("val/loss") for h in history], "val loss"),
+    ):
+        points = [(e, v) for e, v in zip(epochs, values) if v is not None]
         if points:
             losses.plot(*zip(*points), marker=".", label=label)
     losses.set(xlabel="epoch", ylabel="loss", title="Losses")
-    dice.plot(epochs, [h["dsc_volume_mean"] for h in history], marker=".", label="mean")
-    medians = [
-        (e, h["dsc_volume_median"])
-        for e, h in zip(epochs, history)
-        if h.get("dsc_volume_median") is not None
-    ]
+    dice.plot(epochs, [h.dsc_volume_mean for h in history], marker=".", label="mean")
+    medians = [(h.epoch, h.dsc_volume_median) for h in history if h.dsc_volume_median is not None]
     if medians:
         dice.plot(*zip(*medians), marker=".", label="median")
-    best = max(history, key=lambda h: h["dsc_volume_mean"])
     dice.axvline(
-        best["epoch"] + 1, color="grey", linestyle=":", label=f"best {best['dsc_volume_mean']:.3f}"
+        best.epoch, color="grey", linestyle=":", label=f"best epoch {best.epoch} (by monitor)"
     )
     dice.set(
         xlabel="epoch", ylabel="per-volume Dice", title="Validation per-volume Dice", ylim=(0, 1)

@@ -23,6 +23,7 @@ from brainseg.reporting.scores import (
     subset_summary,
     write_scores,
 )
+from brainseg.runfiles import PATIENT_COLUMN, SPLIT_FILE, SUBSET_COLUMN
 
 
 def mask_files(root: Path) -> dict[str, dict[int, Path]]:
@@ -46,7 +47,7 @@ def read_subsets(source: Path, patients: list[str]) -> dict[str, str]:
     """Each scored patient's subset (train / val / test / unseen) from `source`: a run directory
     (its split.json), a split.json, or a text file listing the held-out patients one per line
     (every other patient is then reported as train)."""
-    path = source / "split.json" if source.is_dir() else source
+    path = source / SPLIT_FILE if source.is_dir() else source
     if not path.is_file():
         raise DataError(f"{path}: split not found (give a run directory, split.json or a list)")
     text = path.read_text()
@@ -139,7 +140,7 @@ def evaluate_folder(
     rows = []
     for name, pred, truth in paired_volumes(pred_root, truth_root):
         row = patient_row(name, truth, apply(pred, steps), tolerance=tolerance)
-        rows.append(row if subsets is None else {**row, "subset": subsets[name]})
+        rows.append(row if subsets is None else {**row, SUBSET_COLUMN: subsets[name]})
     out.mkdir(parents=True, exist_ok=True)
     summary = {
         "predictions": str(pred_root),
@@ -151,9 +152,9 @@ def evaluate_folder(
             rows, out, tolerance, summary=None if subsets is None else subset_summary(rows)
         ),
     }
-    groups = None if subsets is None else {r["patient"]: r["subset"] for r in rows}
+    groups = None if subsets is None else {r[PATIENT_COLUMN]: r[SUBSET_COLUMN] for r in rows}
     bar_chart(
-        {r["patient"]: r["dsc"] for r in rows},
+        {r[PATIENT_COLUMN]: r["dsc"] for r in rows},
         out / "dsc.png",
         groups=groups,
         stats_groups=HELD_OUT if groups else None,

@@ -6,7 +6,6 @@ The metrics and their empty-volume conventions are those of brainseg.metrics.fun
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,9 +15,16 @@ import numpy as np
 
 from brainseg.evaluation.folds import Split
 from brainseg.metrics import COUNTS, METRICS, NSD_TOLERANCE, dice_score, volume_metrics
+from brainseg.runfiles import (
+    PATIENT_COLUMN,
+    SCORES_SUMMARY_FILE,
+    SUBSET_COLUMN,
+    VOLUME_COLUMNS,
+    score_columns,
+    write_scores_table,
+)
 
 METRIC_COLUMNS = [*METRICS, *COUNTS]
-VOLUME_COLUMNS = ["lesion_voxels", "predicted_voxels", "slices"]
 # Which patients a score may be trusted on: the headline is over the held-out ones only.
 SUBSETS = ("train", "val", "test", "unseen")
 HELD_OUT = ("val", "test", "unseen")
@@ -39,12 +45,10 @@ def patient_row(
     """Every metric of one patient's written mask, and the Dice of other masks of it
     (`dsc_<variant>`, e.g. without post-processing); the masks are scored as given."""
     return {
-        "patient": name,
+        PATIENT_COLUMN: name,
         **volume_metrics(written, truth, tolerance),
         **{f"dsc_{variant}": dice_score(mask, truth) for variant, mask in (variants or {}).items()},
-        "lesion_voxels": int(truth.sum()),
-        "predicted_voxels": int(written.sum()),
-        "slices": int(truth.shape[0]),
+        **dict(zip(VOLUME_COLUMNS, (int(truth.sum()), int(written.sum()), int(truth.shape[0])))),
     }
 
 
@@ -75,14 +79,7 @@ def write_scores(
     `dsc_summary.json`: the given summary (e.g. per subset), else mean, median, std of each
     metric."""
     metrics = metric_columns(rows)
-    columns = ["patient", *(["subset"] if "subset" in rows[0] else []), *metrics, *VOLUME_COLUMNS]
-    with open(out_dir / "dsc.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(
-                {k: (f"{row[k]:.6f}" if isinstance(row[k], float) else row[k]) for k in columns}
-            )
+    write_scores_table(out_dir, rows, score_columns(rows, metrics))
     summary = (
         dict(summary)
         if summary is not None
@@ -90,7 +87,7 @@ def write_scores(
     )
     summary["units"] = UNITS
     summary["nsd_tolerance"] = tolerance
-    (out_dir / "dsc_summary.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / SCORES_SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -112,8 +109,8 @@ def subset_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     def scores(selected: list[Mapping[str, Any]]) -> dict[str, Any]:
         return {key: summarize([r[key] for r in selected]) for key in keys} if selected else {}
 
-    held_out = [r for r in rows if r["subset"] in HELD_OUT]
-    by_subset = {s: scores([r for r in rows if r["subset"] == s]) for s in SUBSETS}
+    held_out = [r for r in rows if r[SUBSET_COLUMN] in HELD_OUT]
+    by_subset = {s: scores([r for r in rows if r[SUBSET_COLUMN] == s]) for s in SUBSETS}
     return {
         "patients": "held_out",
         "held_out_subsets": list(HELD_OUT),

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 from collections import defaultdict
@@ -36,12 +35,12 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from brainseg.cli import FAILURE_FILE
 from brainseg.evaluation.folds import CV_RULES, reported_scores
 from brainseg.evaluation.statistics import LEVEL, compare_configurations, minimum_patients
 from brainseg.reporting.figures import heat_map, strip_box_plot
 from brainseg.reporting.scores import METRIC_COLUMNS
-from brainseg.reporting.wandb_sweep import log_sweep_report
+from brainseg.runfiles import CONFIG_FILE, read_failure, read_metrics
+from brainseg.tracking import log_sweep_report
 
 FOLD_KEY = "data.split.fold"
 JOB_COLUMNS = [
@@ -98,25 +97,23 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
             "error": "",
             "per_patient": {},
         }
-        if (job / "metrics.json").exists():
-            metrics = json.loads((job / "metrics.json").read_text())
-            selected = reported_scores(metrics) or {}
+        metrics, failure = read_metrics(job), read_failure(job)
+        if metrics is not None:
+            reported = reported_scores(metrics)
+            scores = reported.scores if reported else None
             row.update(
-                status="ok" if selected else "no validation",
-                selection=selected.get("rule"),
-                epoch=selected.get("epoch"),
-                dsc_volume_mean=selected.get("dsc_volume_mean"),
-                dsc_volume_median=selected.get("dsc_volume_median"),
-                best_on_val_mean=(metrics.get("best") or {}).get("dsc_volume_mean"),
-                train_seconds=metrics.get("train_seconds"),
-                per_patient=selected.get("per_patient_metrics")
-                or {p: {"dsc": d} for p, d in (selected.get("per_patient") or {}).items()},
+                status="ok" if reported else "no validation",
+                selection=reported and reported.rule,
+                epoch=scores and scores.epoch,
+                dsc_volume_mean=scores and scores.dsc_volume_mean,
+                dsc_volume_median=scores and scores.dsc_volume_median,
+                best_on_val_mean=metrics.best and metrics.best.dsc_volume_mean,
+                train_seconds=metrics.train_seconds,
+                per_patient=(scores and scores.per_patient_metrics)
+                or {p: {"dsc": d} for p, d in (scores.per_patient if scores else {}).items()},
             )
-        elif (job / FAILURE_FILE).exists():
-            failure = json.loads((job / FAILURE_FILE).read_text())
-            row.update(
-                status="failed", error=f"{failure['type']}: {failure['error']}".splitlines()[0]
-            )
+        elif failure is not None:
+            row.update(status="failed", error=failure.headline)
         jobs.append(row)
     return jobs
 
@@ -357,6 +354,18 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
     return {"jobs": jobs, "configurations": table, "per_patient": rows}
 
 
+def _wandb_settings(sweep_dir: Path, jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The `logger.wandb` settings of the first job that logged to W&B (None: no job did)."""
+    for job in jobs:
+        config_file = sweep_dir / job["job"] / CONFIG_FILE
+        if config_file.is_file():
+            config = yaml.safe_load(config_file.read_text()) or {}
+            settings = (config.get("logger") or {}).get("wandb")
+            if settings:
+                return settings
+    return None
+
+
 class SweepReport(Callback):
     """Hydra callback: the sweep report, refreshed after each job (so a long or crashed sweep still
     has one) and written at the end of every multirun."""
@@ -369,7 +378,7 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
             report = write_report(sweep_dir)
-            log_sweep_report(sweep_dir, report)
+            log_sweep_report(sweep_dir, report, _wandb_settings(sweep_dir, report["jobs"]))
             print(f"sweep report: {sweep_dir / 'summary.md'} ({len(report['jobs'])} jobs)")
 
 

@@ -25,6 +25,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from brainseg.checkpoint import load_safely, prediction_only, read_checkpoint, save_atomically
+from brainseg.errors import ConfigError
+from brainseg.metrics.monitor import mode as direction
 
 log = logging.getLogger("brainseg")
 LAST_NAME = "last"
@@ -73,12 +75,45 @@ class _FollowsMovedDirectory(ModelCheckpoint):
 
 
 class BestCheckpoint(_FollowsMovedDirectory):
-    """Top-k checkpoints by the monitored metric, holding weights and provenance only."""
+    """Top-k checkpoints by the monitored metric in its direction (`mode` follows `monitor`: the
+    lowest val/hd95, the highest val/dsc_volume), holding weights and provenance only.
 
-    def __init__(self, **kwargs: Any) -> None:
+    Named `best-epoch014-dsc_volume_0.9402.ckpt` by default, the epoch numbered from 1 as in
+    metrics.json and the console."""
+
+    def __init__(
+        self, monitor: str, filename: str | None = None, mode: str | None = None, **kwargs: Any
+    ) -> None:
         if kwargs.get("save_last"):
             raise ValueError("BestCheckpoint does not write last.ckpt; LastCheckpoint does")
-        super().__init__(**kwargs)
+        try:
+            natural = direction(monitor)
+        except ConfigError:
+            if mode is None:  # a key outside the logged metrics needs its mode spelled out
+                raise
+            natural = mode
+        if mode not in (None, natural):
+            raise ConfigError(
+                f"callbacks.model_checkpoint.mode={mode} contradicts monitor={monitor} "
+                f"(best is {natural}); leave the mode out, it follows the monitor"
+            )
+        if filename is None:
+            name = monitor.split("/")[-1]
+            filename = f"best-epoch{{epoch:03d}}-{name}_{{{monitor}:.4f}}"
+        super().__init__(
+            monitor=monitor,
+            filename=filename,
+            mode=natural,
+            auto_insert_metric_name=False,
+            **kwargs,
+        )
+
+    def format_checkpoint_name(
+        self, metrics: dict[str, Any], filename: str | None = None, **kwargs: Any
+    ) -> str:
+        if "epoch" in metrics:  # Lightning counts from 0
+            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+        return super().format_checkpoint_name(metrics, filename, **kwargs)
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)

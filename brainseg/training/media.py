@@ -1,5 +1,5 @@
 """What the experiment trackers (W&B, TensorBoard) show beyond the logged scalars, so that they
-agree with the run report: the best per-volume Dice, the per-patient table and overlays."""
+agree with the run report: the best `monitor` value, the per-patient table and overlays."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from brainseg.metrics.monitor import higher_is_better, improves
 from brainseg.reporting.figures import overlay
-
-LESION = {1: "lesion"}
+from brainseg.runfiles import epoch_shift, numbered_from_one
+from brainseg.tracking import log_best_so_far, log_improvement
 
 
 def _display(image: np.ndarray) -> np.ndarray:
@@ -30,9 +31,8 @@ def _display(image: np.ndarray) -> np.ndarray:
 class TrackerMedia(L.Callback):
     """For the W&B and TensorBoard loggers of a run (rank 0):
 
-    - the best `monitor` value so far (val/dsc_volume), not the last epoch's: W&B's run summary
-      (with its epoch, as `<monitor>_best_epoch`), TensorBoard's `hp_metric`; so runs tables,
-      sorting and parallel coordinates agree with metrics.json and the sweep report;
+    - the best `monitor` value so far in its direction (highest Dice, lowest HD95) and its epoch:
+      in W&B's summary labelled `best_on_val/...` (brainseg.tracking), TensorBoard's `hp_metric`;
     - when the best improves: the per-patient Dice table, and the slice with the largest lesion of
       each of `patients` validation patients (the largest lesions first) with prediction and truth
       (W&B: toggleable masks; TensorBoard: red/green outlines).
@@ -40,6 +40,7 @@ class TrackerMedia(L.Callback):
 
     def __init__(self, monitor: str, patients: int = 4) -> None:
         self.monitor = monitor
+        self.higher = higher_is_better(monitor)
         self.patients = patients
         self.best: float | None = None
         self.best_epoch: int | None = None
@@ -90,18 +91,21 @@ class TrackerMedia(L.Callback):
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After the module logged the epoch's metrics (on_validation_epoch_end is too early).
-        mean = trainer.callback_metrics.get(self.monitor)
-        if trainer.sanity_checking or mean is None or math.isnan(float(mean)):
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None or math.isnan(float(value)):
             return
-        improved = self.best is None or float(mean) > self.best
+        improved = improves(float(value), self.best, self.higher)
         if improved:
-            self.best, self.best_epoch = float(mean), trainer.current_epoch
+            self.best, self.best_epoch = float(value), trainer.current_epoch + 1
         examples = self._examples(trainer) if improved else []
-        scores = pl_module.volume_scores.get("val", {})
+        scores = pl_module.volume_scores.get("val", {}) if improved else {}
         step = trainer.global_step
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                self._to_wandb(logger, improved, scores, examples, step)
+                log_best_so_far(logger, self.monitor, self.best, self.best_epoch)
+                log_improvement(
+                    logger, scores, [{**e, "image": _display(e["image"])} for e in examples], step
+                )
             elif isinstance(logger, TensorBoardLogger):
                 logger.log_metrics({"hp_metric": self.best}, step=step)
                 if examples:
@@ -112,44 +116,10 @@ class TrackerMedia(L.Callback):
                         "val/overlays", pictures, global_step=step, dataformats="NHWC"
                     )
 
-    def _to_wandb(
-        self,
-        logger: WandbLogger,
-        improved: bool,
-        scores: dict[str, float],
-        examples: list[dict[str, Any]],
-        step: int,
-    ) -> None:
-        # Set after Lightning logged this epoch's value, which W&B would otherwise keep as the
-        # summary.
-        logger.experiment.summary.update(
-            {self.monitor: self.best, f"{self.monitor}_best_epoch": self.best_epoch}
-        )
-        if improved and scores:
-            logger.log_table(
-                "val/dsc_volume_per_patient",
-                columns=["patient", "dsc_volume"],
-                data=[[name, value] for name, value in scores.items()],
-                step=step,
-            )
-        if examples:
-            masks = [
-                {
-                    "prediction": {"mask_data": e["pred"].astype(np.uint8), "class_labels": LESION},
-                    "truth": {"mask_data": e["truth"].astype(np.uint8), "class_labels": LESION},
-                }
-                for e in examples
-            ]
-            logger.log_image(
-                "val/overlays",
-                images=[_display(e["image"]) for e in examples],
-                step=step,
-                masks=masks,
-                caption=[e["caption"] for e in examples],
-            )
-
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch}
+        return numbered_from_one({"best": self.best, "best_epoch": self.best_epoch})
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best, self.best_epoch = state_dict.get("best"), state_dict.get("best_epoch")
+        if self.best_epoch is not None:
+            self.best_epoch += epoch_shift(state_dict)  # 1 for runs that counted from 0

@@ -21,9 +21,12 @@ from brainseg.config import instantiate_setting, job_overrides, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
 from brainseg.evaluation.folds import inner_validation
+from brainseg.metrics.monitor import higher_is_better
 from brainseg.postprocessing import StepList, check_steps
 from brainseg.quiet import quiet_libraries
 from brainseg.run_lock import is_first_rank, own_run_directory
+from brainseg.runfiles import RunMetrics, write_metrics
+from brainseg.tracking import finish_run
 from brainseg.training.checkpoints import AtomicCheckpointIO, LastCheckpoint
 from brainseg.training.final_validation import final_validation
 from brainseg.training.media import TrackerMedia
@@ -95,27 +98,9 @@ def _auto_resume(cfg: DictConfig, output_dir: Path, module: SegmentationModule) 
     if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
         raise DataError(f"{path}: holds weights only (a best checkpoint); resume from a last.ckpt")
     load_weights(module, checkpoint["state_dict"], path, dict(module.hparams.model))
-    log.info("resuming from %s (saved in epoch %d)", path, checkpoint.get("epoch", -1))
+    # Lightning counts epochs from 0; a last.ckpt holds the epoch it was saved in.
+    log.info("resuming from %s (saved in epoch %d)", path, checkpoint.get("epoch", -1) + 1)
     return str(path)
-
-
-def _finish_wandb_run(report: RunReport) -> None:
-    """Close this job's W&B run (the next job of a sweep in this process gets its own) and say
-    where an offline run went and how to upload it."""
-    import wandb
-
-    run = wandb.run
-    if run is None:
-        return
-    run.summary.update(report.summary_values())  # runs table, parallel coordinates
-    table = report.reported_table()
-    if table:
-        run.log({"reported/per_patient": wandb.Table(columns=table[0], data=table[1])})
-    folder = Path(run.dir).parent
-    offline = run.offline
-    run.finish()
-    if offline:
-        log.info("W&B run logged offline to %s; upload it with: wandb sync %s", folder, folder)
 
 
 def _names(steps: StepList) -> list[str]:
@@ -154,10 +139,12 @@ def _final_validation(
     report.adopt_final_validation(final)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit (and optionally test) one configuration; returns the content of metrics.json."""
+def train(cfg: DictConfig) -> RunMetrics | None:
+    """Fit (and optionally test) one configuration; returns the content of metrics.json (None on
+    ranks other than 0)."""
     quiet_libraries()
     check_sweep_ranks(cfg.trainer)
+    higher_is_better(cfg.monitor)  # a ConfigError before any work if it is not a logged metric
     check_steps(to_plain(cfg.get("postprocessing")), "postprocessing")
     L.seed_everything(cfg.seed, workers=True)
     candidates = _candidates(cfg)
@@ -173,7 +160,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return _fit(cfg, output_dir, candidates)
 
 
-def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> dict[str, Any]:
+def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMetrics | None:
     """The run itself, in a run directory no other process writes to."""
     datamodule = check_data_module(instantiate_setting("data", cfg.data))
     module = SegmentationModule(
@@ -228,47 +215,45 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> dict[
             _final_validation(cfg, trainer, report, candidates)
     finally:
         if any(isinstance(logger, WandbLogger) for logger in loggers):
-            _finish_wandb_run(report)
-    metrics = {}
-    if trainer.is_global_zero:
-        for callback in trainer.checkpoint_callbacks:
-            if isinstance(callback, LastCheckpoint):
-                callback.job_succeeded()
-        metrics = report.write_metrics(trainer)
-    if metrics.get("best"):
-        best = metrics["best"]
-        median = best["dsc_volume_median"]
+            finish_run(report.run_metrics(trainer))
+    if not trainer.is_global_zero:
+        return None
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, LastCheckpoint):
+            callback.job_succeeded()
+    metrics = report.run_metrics(trainer)
+    write_metrics(output_dir, metrics)
+    if metrics.best is not None and metrics.reported is not None:
+        best, reported = metrics.best, metrics.reported
         log.info(
-            "best %s: mean %.4f, median %s (epoch %d, %d patients); run in %s",
+            "best %s: %.4f (epoch %d, %d patients); run in %s",
             cfg.monitor,
-            best["dsc_volume_mean"],
-            "-" if median is None else f"{median:.4f}",
-            best["epoch"],
-            len(best["per_patient"]),
+            best.value(cfg.monitor),
+            best.epoch,
+            len(best.per_patient),
             output_dir,
         )
-        chosen = metrics["selected"]
+        median = reported.scores.dsc_volume_median
         log.info(
             "reported (evaluation.selection=%s: %s): "
-            "val/dsc_volume mean %.4f, median %.4f, HD95 %.2f px (epoch %d%s)",
-            chosen["rule"],
-            chosen["description"],
-            chosen["dsc_volume_mean"],
-            chosen["dsc_volume_median"],
-            chosen.get("hd95", float("nan")),
-            chosen["epoch"],
-            f"; {chosen['geometry']}, postprocessing={_names(chosen['postprocessing'])}"
-            if "geometry" in chosen
+            "val/dsc_volume mean %.4f, median %s, HD95 %.2f px (epoch %d%s)",
+            reported.rule,
+            reported.description,
+            reported.scores.dsc_volume_mean,
+            "-" if median is None else f"{median:.4f}",
+            reported.scores.value("val/hd95") or float("nan"),
+            reported.scores.epoch,
+            f"; {reported.geometry}, postprocessing={_names(reported.postprocessing)}"
+            if reported.geometry
             else "",
         )
-    if metrics.get("test"):
-        test = metrics["test"]
+    if metrics.test is not None:
         log.info(
             "test (rule %s, the checkpoint best on validation): "
             "dsc_volume mean %.4f, median %.4f (%d patients)",
-            test["rule"],
-            test["dsc_volume_mean"],
-            test["dsc_volume_median"],
-            len(test["per_patient"]),
+            metrics.test.rule,
+            metrics.test.dsc_volume_mean,
+            metrics.test.dsc_volume_median,
+            len(metrics.test.per_patient),
         )
     return metrics

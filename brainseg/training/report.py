@@ -1,11 +1,10 @@
 """Run artifacts: resolved config and split at the start, a progress line and curves.png after
-each validation, best per-volume Dice and the reported validation figures (from the final
-validation, training.final_validation) at the end, and the provenance predict.py needs inside every
+each validation, best per-volume Dice at the end, and the provenance predict.py needs inside every
 checkpoint."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import math
 import sys
@@ -22,22 +21,33 @@ from lightning.pytorch.callbacks import Timer
 from brainseg.checkpoint import Provenance
 from brainseg.data.contract import SegmentationData
 from brainseg.evaluation.folds import INNER_VAL, SELECTION_RULES, check_selection, inner_validation
+from brainseg.metrics import METRICS
+from brainseg.metrics.monitor import higher_is_better, improves
 from brainseg.reporting.figures import training_curves
 from brainseg.reporting.scores import summarize
+from brainseg.runfiles import (
+    CONFIG_FILE,
+    EpochScores,
+    RunMetrics,
+    Selected,
+    TestScores,
+    epoch_shift,
+    metric_field,
+    numbered_from_one,
+)
 from brainseg.training.checkpoints import LastCheckpoint
-from brainseg.training.module import SURFACE_AND_DETECTION
 
 log = logging.getLogger("brainseg")
 
 
-def _seconds_left(trainer: L.Trainer, entry: dict[str, Any], epoch_seconds: float) -> float | None:
+def _seconds_left(trainer: L.Trainer, entry: EpochScores, epoch_seconds: float) -> float | None:
     """Until the first limit that stops the fit: trainer.max_epochs, max_steps or max_time."""
     left = []
     if trainer.max_epochs and trainer.max_epochs > 0:
-        left.append(epoch_seconds * (trainer.max_epochs - entry["epoch"] - 1))
-    if trainer.max_steps and trainer.max_steps > 0 and entry["step"] > 0:
-        steps_per_epoch = entry["step"] / (entry["epoch"] + 1)
-        left.append(epoch_seconds * (trainer.max_steps - entry["step"]) / steps_per_epoch)
+        left.append(epoch_seconds * (trainer.max_epochs - entry.epoch))
+    if trainer.max_steps and trainer.max_steps > 0 and entry.step > 0:
+        steps_per_epoch = entry.step / entry.epoch
+        left.append(epoch_seconds * (trainer.max_steps - entry.step) / steps_per_epoch)
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     if timer is not None and timer.time_remaining() is not None:
         left.append(timer.time_remaining())
@@ -45,8 +55,9 @@ def _seconds_left(trainer: L.Trainer, entry: dict[str, Any], epoch_seconds: floa
 
 
 class RunReport(L.Callback):
-    """Writes `config.yaml`, `split.json`, `curves.png` and `metrics.json` into the run directory;
-    the best epoch is the one with the highest `monitor` (the config's `monitor` key).
+    """Writes `config.yaml`, `split.json` and `curves.png` into the run directory and builds the
+    content of `metrics.json`; the best epoch is the one with the best `monitor` (the config's
+    `monitor` key) in that metric's direction (highest Dice, lowest HD95).
 
     With `progress_lines` (default: when stdout is not a terminal, e.g. a redirected run or a SLURM
     `.out` file, where no progress bar shows), logs one line per validated epoch.
@@ -62,27 +73,26 @@ class RunReport(L.Callback):
         self.output_dir = Path(output_dir)
         self.config = config
         self.monitor = monitor
+        self.higher = higher_is_better(monitor)  # or a ConfigError: not a logged validation metric
         self.progress_lines = not sys.stdout.isatty() if progress_lines is None else progress_lines
         self._epoch_started = time.monotonic()
         self._epoch_seconds: list[float] = []
         self._train_loss: list[torch.Tensor] = []
         self.selection = check_selection((config.get("evaluation") or {}).get("selection", "last"))
-        self.best: dict[str, Any] | None = None
-        self.last: dict[str, Any] | None = None
-        self.final: dict[str, Any] | None = None  # see adopt_final_validation
-        self.history: list[dict[str, Any]] = []
-        self.test: dict[str, Any] | None = None
+        self.best: EpochScores | None = None
+        self.last: EpochScores | None = None
+        self.history: list[EpochScores] = []
+        self.test: TestScores | None = None
+        self.final: Selected | None = None  # see adopt_final_validation
         self._started = time.monotonic()
         self._elapsed_before = 0.0  # training seconds of earlier sessions of a resumed run
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.is_global_zero and stage == "fit":
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(
-                yaml.safe_dump(self.config, sort_keys=False)
-            )
+            (self.output_dir / CONFIG_FILE).write_text(yaml.safe_dump(self.config, sort_keys=False))
             data: SegmentationData = trainer.datamodule
-            data.write_split(self.output_dir / "split.json")
+            data.write_split(self.output_dir)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_started = time.monotonic()
@@ -104,58 +114,61 @@ class RunReport(L.Callback):
         # Not on_validation_epoch_end: callbacks run that hook before the module logs the metric.
         if trainer.sanity_checking:
             return
-        scores = pl_module.volume_scores.get("val", {})
-        mean = trainer.callback_metrics.get(self.monitor)
-        median = trainer.callback_metrics.get(f"{self.monitor}_median")
-        if mean is None or math.isnan(float(mean)):
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None or math.isnan(float(value)):
             return
-        details = pl_module.volume_details.get("val", {})
-        val_loss = trainer.callback_metrics.get("val/loss")
-        entry = {
-            "epoch": trainer.current_epoch,
-            "step": trainer.global_step,
-            "dsc_volume_mean": float(mean),
-            "dsc_volume_median": None if median is None else float(median),
-            "train_loss": float(torch.stack(self._train_loss).mean()) if self._train_loss else None,
-            "val_loss": float(val_loss) if val_loss is not None else None,
-            **{
-                k: float(trainer.callback_metrics[f"val/{k}"])
-                for k in SURFACE_AND_DETECTION
-                if f"val/{k}" in trainer.callback_metrics
+        entry = EpochScores(
+            epoch=trainer.current_epoch + 1,
+            step=trainer.global_step,
+            values={
+                metric_field(name): float(v)
+                for name, v in trainer.callback_metrics.items()
+                if name.startswith("val/") and v.numel() == 1
             },
-        }
+            train_loss=float(torch.stack(self._train_loss).mean()) if self._train_loss else None,
+        )
         self.history.append(entry)
-        self.last = {**entry, "per_patient": dict(scores), "per_patient_metrics": dict(details)}
-        if self.best is None or entry["dsc_volume_mean"] > self.best["dsc_volume_mean"]:
+        self.last = dataclasses.replace(
+            entry,
+            per_patient=dict(pl_module.volume_scores.get("val", {})),
+            per_patient_metrics=dict(pl_module.volume_details.get("val", {})),
+        )
+        if improves(float(value), self.best and self.best.value(self.monitor), self.higher):
             self.best = self.last
         if trainer.is_global_zero:
             self._epoch_seconds.append(time.monotonic() - self._epoch_started)
             if self.progress_lines:
                 log.info(self._progress_line(trainer, entry))
-            training_curves(self.history, self.output_dir / "curves.png")
+            training_curves(self.history, self.best, self.output_dir / "curves.png")
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.test = {
-            "checkpoint": trainer.ckpt_path,
-            "per_patient": dict(pl_module.volume_scores.get("test", {})),
-            "per_patient_metrics": dict(pl_module.volume_details.get("test", {})),
-        }
+        per_patient = dict(pl_module.volume_scores.get("test", {}))
+        if not per_patient:
+            return
+        stats = summarize(list(per_patient.values()))
+        self.test = TestScores(
+            rule=INNER_VAL if inner_validation(self.config) else "best_on_val",
+            epoch=self.best.epoch if self.best else None,
+            dsc_volume_mean=stats["mean"],
+            dsc_volume_median=stats["median"],
+            per_patient=per_patient,
+            per_patient_metrics=dict(pl_module.volume_details.get("test", {})),
+            checkpoint=trainer.ckpt_path,
+        )
 
-    def _progress_line(self, trainer: L.Trainer, entry: dict[str, Any]) -> str:
-        """`epoch 3/20 | train loss 0.41 | val Dice mean 0.61 median 0.65 | best 0.61
-        (epoch 3) | 47 s | ETA 13 min`"""
+    def _progress_line(self, trainer: L.Trainer, entry: EpochScores) -> str:
+        """`epoch 3/20 | train loss 0.41 | val Dice mean 0.61 median 0.65 | best val/dsc_volume
+        0.61 (epoch 3) | 47 s | ETA 13 min`"""
         seconds = sum(self._epoch_seconds) / len(self._epoch_seconds)
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         left = _seconds_left(trainer, entry, seconds)
         eta = "no limit" if left is None else f"ETA {left / 60:.1f} min"
-        loss = f"{entry['train_loss']:.4f}" if entry["train_loss"] is not None else "–"
-        median = (
-            f"{entry['dsc_volume_median']:.4f}" if entry["dsc_volume_median"] is not None else "–"
-        )
+        loss = f"{entry.train_loss:.4f}" if entry.train_loss is not None else "–"
+        median = entry.dsc_volume_median
         return (
-            f"epoch {entry['epoch'] + 1}/{epochs or '∞'} | train loss {loss} | val Dice mean "
-            f"{entry['dsc_volume_mean']:.4f} median {median} | best "
-            f"{self.best['dsc_volume_mean']:.4f} (epoch {self.best['epoch'] + 1}) | "
+            f"epoch {entry.epoch}/{epochs or '∞'} | train loss {loss} | val Dice mean "
+            f"{entry.dsc_volume_mean:.4f} median {'–' if median is None else f'{median:.4f}'} | "
+            f"best {self.monitor} {self.best.value(self.monitor):.4f} (epoch {self.best.epoch}) | "
             f"{seconds:.1f} s/epoch | {eta}"
         )
 
@@ -182,91 +195,60 @@ class RunReport(L.Callback):
         """Report the final validation (training.final_validation: original geometry, the decided
         post-processing) instead of the selected epoch's training-grid figures, which are kept
         under `training_grid`."""
-        epoch = self._reported()
-        if epoch is None or not final["per_patient"]:
-            return
+        epoch = self.last if self.selection == "last" else self.best
         per_patient = final["per_patient"]
+        if epoch is None or not per_patient:
+            return
         dice = summarize([m["dsc"] for m in per_patient.values()])
-        self.final = {
-            **{k: epoch[k] for k in ("epoch", "step", "train_loss", "val_loss")},
-            "dsc_volume_mean": dice["mean"],
-            "dsc_volume_median": dice["median"],
-            **{
-                k: float(np.mean([m[k] for m in per_patient.values()]))
-                for k in SURFACE_AND_DETECTION
-            },
-            "per_patient": {name: m["dsc"] for name, m in per_patient.items()},
-            "per_patient_metrics": per_patient,
-            "geometry": "original (every slice, as predict.py)",
-            "postprocessing": final["postprocessing"],
-            "postprocessing_file": final["decision"],
-            "training_grid": {
-                k: epoch[k]
-                for k in ("dsc_volume_mean", "dsc_volume_median", "per_patient")
-                if k in epoch
-            },
+        values = {
+            **epoch.values,
+            metric_field("val/dsc_volume"): dice["mean"],
+            metric_field("val/dsc_volume_median"): dice["median"],
+            **{k: float(np.mean([m[k] for m in per_patient.values()])) for k in METRICS[1:]},
         }
+        scores = dataclasses.replace(
+            epoch,
+            values=values,
+            per_patient={name: m["dsc"] for name, m in per_patient.items()},
+            per_patient_metrics=per_patient,
+        )
+        self.final = Selected(
+            scores,
+            rule=self.selection,
+            description=SELECTION_RULES[self.selection],
+            geometry="original (every slice, as predict.py)",
+            postprocessing=final["postprocessing"],
+            postprocessing_file=final["decision"],
+            training_grid={
+                metric_field("val/dsc_volume"): epoch.dsc_volume_mean,
+                metric_field("val/dsc_volume_median"): epoch.dsc_volume_median,
+                "per_patient": epoch.per_patient,
+            },
+        )
 
-    def write_metrics(self, trainer: L.Trainer) -> dict[str, Any]:
+    def run_metrics(self, trainer: L.Trainer) -> RunMetrics:
+        """The content of metrics.json (the epochs so far, also after a failed fit)."""
         paths = self.checkpoint_paths(trainer)
-        selected = self._reported()
-        metrics = {
-            "monitor": self.monitor,
-            "selection": self.selection,
-            "selected": selected
-            and {
-                **selected,
-                "rule": self.selection,
-                "description": SELECTION_RULES[self.selection],
-                "checkpoint": self.selected_checkpoint(trainer),
-            },
-            "best": self.best,
-            "best_checkpoint": paths["best"],
-            "last_checkpoint": paths["last"],
-            "epochs": trainer.current_epoch,
-            "train_seconds": round(self._elapsed_before + time.monotonic() - self._started, 1),
-            "history": self.history,
-        }
-        if self.test and self.test["per_patient"]:
-            stats = summarize(list(self.test["per_patient"].values()))
-            metrics["test"] = {
-                "rule": INNER_VAL if inner_validation(self.config) else "best_on_val",
-                "epoch": self.best["epoch"] if self.best else None,
-                "dsc_volume_mean": stats["mean"],
-                "dsc_volume_median": stats["median"],
-                **self.test,
-            }
-        (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        return metrics
-
-    def _reported(self) -> dict[str, Any] | None:
-        """The validation entry the selection rule reports: the final validation once made."""
-        if self.final is not None:
-            return self.final
-        return self.last if self.selection == "last" else self.best
-
-    def summary_values(self) -> dict[str, Any]:
-        """Flat run-summary values for experiment trackers: the reported (selection rule) epoch's
-        patient means and the best epoch's Dice, labelled as selected on validation."""
-        selected = self._reported()
-        if not selected:
-            return {}
-        keys = ["epoch", "dsc_volume_mean", "dsc_volume_median", *SURFACE_AND_DETECTION]
-        values: dict[str, Any] = {f"reported/{k}": selected[k] for k in keys if k in selected}
-        values["reported/selection"] = self.selection
-        values["best_on_val/dsc_volume_mean"] = self.best["dsc_volume_mean"]
-        return values
-
-    def reported_table(self) -> tuple[list[str], list[list[Any]]] | None:
-        """(columns, rows): every per-volume metric per patient at the reported epoch."""
-        selected = self._reported()
-        per_patient = (selected or {}).get("per_patient_metrics") or {}
-        if not per_patient:
-            return None
-        columns = list(next(iter(per_patient.values())))
-        return ["patient", *columns], [
-            [name, *(values[c] for c in columns)] for name, values in per_patient.items()
-        ]
+        reported = self.last if self.selection == "last" else self.best
+        selected = self.final or (
+            reported
+            and Selected(reported, rule=self.selection, description=SELECTION_RULES[self.selection])
+        )
+        if selected is not None:
+            selected = dataclasses.replace(selected, checkpoint=self.selected_checkpoint(trainer))
+        return RunMetrics(
+            monitor=self.monitor,
+            higher_is_better=self.higher,
+            selection=self.selection,
+            selected=selected,
+            best=self.best,
+            best_checkpoint=paths["best"],
+            last_checkpoint=paths["last"],
+            epochs=trainer.current_epoch,
+            train_seconds=round(self._elapsed_before + time.monotonic() - self._started, 1),
+            history=self.history,
+            test=self.test,
+        )
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -276,15 +258,19 @@ class RunReport(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         elapsed = self._elapsed_before + time.monotonic() - self._started
-        return {
-            "best": self.best,
-            "last": self.last,
-            "history": self.history,
-            "train_seconds": elapsed,
-        }
+        return numbered_from_one(
+            {
+                "best": self.best and self.best.to_dict(),
+                "last": self.last and self.last.to_dict(),
+                "history": [entry.to_dict() for entry in self.history],
+                "train_seconds": elapsed,
+            }
+        )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best = state_dict.get("best")
-        self.last = state_dict.get("last")
-        self.history = list(state_dict.get("history", []))
+        shift = epoch_shift(state_dict)  # 1 for checkpoints of runs that counted from 0
+        best, last = state_dict.get("best"), state_dict.get("last")
+        self.best = EpochScores.from_dict(best, shift) if best else None
+        self.last = EpochScores.from_dict(last, shift) if last else None
+        self.history = [EpochScores.from_dict(h, shift) for h in state_dict.get("history", [])]
         self._elapsed_before = float(state_dict.get("train_seconds", 0.0))
