@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -19,6 +20,7 @@ from brainseg.checkpoint import read_checkpoint, save_atomically
 from brainseg.cli import run_task
 from brainseg.data.reader import find_patients
 from brainseg.prediction.pipeline import predict
+from brainseg.runfiles import read_metrics, write_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -224,8 +226,11 @@ def _moved_sweep(ckpt: Path, sweep: Path) -> dict[str, str]:
         folder.mkdir(parents=True)
         shutil.copy(ckpt, folder / name)
         (folder / other).write_text("not the checkpoint the selection rule reports")
-        selected = {"rule": rule, "checkpoint": f"/elsewhere/{job}/checkpoints/{name}"}
-        (sweep / job / "metrics.json").write_text(json.dumps({"selected": selected}))
+        metrics = read_metrics(ckpt.parent.parent)  # the run's own, as each job would write
+        selected = replace(
+            metrics.selected, rule=rule, checkpoint=f"/elsewhere/{job}/checkpoints/{name}"
+        )
+        write_metrics(sweep / job, replace(metrics, selection=rule, selected=selected))
         chosen[str((folder / name).resolve())] = rule
     return chosen
 

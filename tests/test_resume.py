@@ -83,7 +83,7 @@ def test_a_finished_job_can_drop_the_training_state_of_last_ckpt(
     switch = "callbacks.last_checkpoint.keep_training_state=false"
     metrics = train(compose_run(synthetic_root, run, tmp_path / "cache", switch))
     last = run / "checkpoints" / "last.ckpt"
-    assert metrics["selected"]["checkpoint"] == str(last)
+    assert metrics.selected.checkpoint == str(last)
     assert "optimizer_states" not in torch.load(last, weights_only=False)  # before: no such switch
     assert load_checkpoint(last).model["encoder_name"]  # predict.py still reads it
 

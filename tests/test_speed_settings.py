@@ -75,7 +75,14 @@ def test_fit_with_speed_settings_gives_a_checkpoint_predict_loads(
     conv_inputs: set[bool] = set()  # whether each convolution's input was in channels_last order
 
     def record(module: torch.nn.Module, args: tuple) -> None:
-        if isinstance(module, torch.nn.Conv2d) and args[0].shape[-1] > 1:
+        # The trained network's convolutions only (weights in channels_last order): the final
+        # validation after training predicts with a plain network, as predict.py does.
+        if (
+            isinstance(module, torch.nn.Conv2d)
+            and args[0].shape[-1] > 1
+            and module.weight.is_contiguous(memory_format=torch.channels_last)
+            and not module.weight.is_contiguous()
+        ):
             conv_inputs.add(args[0].is_contiguous(memory_format=torch.channels_last))
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(record)

@@ -156,7 +156,7 @@ def test_a_lower_is_better_monitor_keeps_the_lowest_value_everywhere(
         "monitor=val/hd95",
         "scheduler=plateau",
         "trainer.max_epochs=3",
-        "optimizer.lr=1.0",
+        "optimizer.lr=0.01",
         "trainer.limit_train_batches=2",
     )
     assert cfg.scheduler.scheduler.mode == "min"

@@ -236,7 +236,7 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
         median = reported.scores.dsc_volume_median
         log.info(
             "reported (evaluation.selection=%s: %s): "
-            "val/dsc_volume mean %.4f, median %s, HD95 %.2f px (epoch %d%s)",
+            "val/dsc_volume mean %.4f, median %s, HD95 %.2f px (epoch %d)%s",
             reported.rule,
             reported.description,
             reported.scores.dsc_volume_mean,
