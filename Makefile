@@ -14,8 +14,10 @@ install: .venv/.installed
 	.tools/bin/python -m pip install -q uv==$(UV_VERSION)
 
 # uv.lock pins every package; uv's cache (~/.cache/uv) makes a second install take seconds.
+# Bytecode is compiled once at install, so no process start compiles torch, Lightning or MONAI
+# again (where PYTHONDONTWRITEBYTECODE is set, every start would: about 10 s each).
 .venv/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 	touch $@
 
 data/synthetic: | install

@@ -59,7 +59,9 @@ def _reference_epochs(run_dir: Path) -> list[dict]:
         for row in csv.DictReader(fh):
             if not row.get("epoch"):
                 continue
-            epoch = epochs.setdefault(int(row["epoch"]), {"epoch": int(row["epoch"])})
+            # metrics.csv counts from 0 (Lightning's counter); people read epochs from 1
+            number = int(row["epoch"]) + 1
+            epoch = epochs.setdefault(number, {"epoch": number})
             for column, key in (
                 ("speed/epoch_s", "epoch_s"),
                 ("speed/samples_per_s", "samples_per_s"),
