@@ -23,9 +23,7 @@ DEVELOPMENT_PHRASES = [
     r"\blent\b",
     r"\bborrowed\b",
     r"\bagents?\b",
-    r"\bworkplace\b",
     r"\b64 ?MiB\b",
-    r"\bdevice tool\b",
     r"\bissue ?#?\d+",
     r"\bthis project's\b",
 ]
