@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from brainseg.errors import ConfigError, DataError
 
@@ -43,6 +43,25 @@ VOLUME_COLUMNS = ["lesion_voxels", "predicted_voxels", "slices"]
 # Logged validation names whose metrics.json field is not the name itself.
 _FIELD_OF_LOGGED = {"dsc_volume": "dsc_volume_mean", "loss": "val_loss"}
 _VALIDATION_PREFIX = "val/"
+
+
+_Content = TypeVar("_Content")
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(content, indent=2))
+    return path
+
+
+def _read_json(path: Path, what: str, build: Callable[[Any], _Content]) -> _Content | None:
+    """`build(content)` of a JSON run file, None when it does not exist; a DataError naming the
+    file when it cannot be read as one."""
+    if not path.is_file():
+        return None
+    try:
+        return build(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path}: not a {what} file ({exc!r})") from None
 
 
 def metric_field(logged: str) -> str:
@@ -277,20 +296,12 @@ class RunMetrics:
 
 
 def write_metrics(run_dir: Path, metrics: RunMetrics) -> Path:
-    path = Path(run_dir) / METRICS_FILE
-    path.write_text(json.dumps(metrics.to_dict(), indent=2))
-    return path
+    return _write_json(Path(run_dir) / METRICS_FILE, metrics.to_dict())
 
 
 def read_metrics(run_dir: Path) -> RunMetrics | None:
     """The run's metrics.json, None when it has none; DataError naming the file if unreadable."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return None
-    try:
-        return RunMetrics.from_dict(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: not a metrics file ({exc})") from None
+    return _read_json(Path(run_dir) / METRICS_FILE, "metrics", RunMetrics.from_dict)
 
 
 @dataclass
@@ -306,28 +317,23 @@ class SplitFile:
 
 
 def write_split(run_dir: Path, split: SplitFile) -> Path:
-    path = Path(run_dir) / SPLIT_FILE
-    path.write_text(json.dumps(asdict(split), indent=2))
-    return path
+    return _write_json(Path(run_dir) / SPLIT_FILE, asdict(split))
+
+
+def _split_file(data: dict[str, Any]) -> SplitFile:
+    return SplitFile(
+        kind=data.get("kind", "reference"),
+        train=list(data.get("train") or []),
+        val=list(data["val"]),
+        test=list(data.get("test") or []),
+        root=data.get("root"),
+        n_inner_val=int(data.get("n_inner_val") or 0),
+    )
 
 
 def read_split(run_dir: Path) -> SplitFile | None:
     """The run's split.json, None when it has none (a job that failed before training)."""
-    path = Path(run_dir) / SPLIT_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        return SplitFile(
-            kind=data.get("kind", "reference"),
-            train=list(data.get("train") or []),
-            val=list(data["val"]),
-            test=list(data.get("test") or []),
-            root=data.get("root"),
-            n_inner_val=int(data.get("n_inner_val") or 0),
-        )
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise DataError(f"{path}: not a split file ({exc!r})") from None
+    return _read_json(Path(run_dir) / SPLIT_FILE, "split", _split_file)
 
 
 @dataclass
@@ -345,22 +351,17 @@ class Failure:
 
 
 def write_failure(job_dir: Path, failure: Failure) -> Path:
-    path = Path(job_dir) / FAILURE_FILE
-    path.write_text(json.dumps(asdict(failure), indent=2))
-    return path
+    return _write_json(Path(job_dir) / FAILURE_FILE, asdict(failure))
+
+
+def _failure(data: dict[str, Any]) -> Failure:
+    return Failure(
+        error=str(data["error"]), type=str(data["type"]), traceback=data.get("traceback", "")
+    )
 
 
 def read_failure(job_dir: Path) -> Failure | None:
-    path = Path(job_dir) / FAILURE_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        return Failure(
-            error=str(data["error"]), type=str(data["type"]), traceback=data.get("traceback", "")
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: not a failure file ({exc!r})") from None
+    return _read_json(Path(job_dir) / FAILURE_FILE, "failure", _failure)
 
 
 def score_columns(rows: Sequence[dict[str, Any]], metric_columns: Sequence[str]) -> list[str]:
