@@ -1,13 +1,8 @@
 #!/usr/bin/env bash
-# The wheels a GPU machine without internet access lacks, at uv.lock's versions, into .whl/
-# (git-ignored), for scripts/gpu_check.sh to install beside that machine's own Python packages.
-# Such a machine's python3 is expected to have torch, lightning, torchmetrics, timm, tifffile and
-# opencv; those and numpy are never carried, so the machine's own builds stay in charge.
-# Run once, where PyPI is reachable (after `make install`):
-#   scripts/gpu_wheels.sh                      # for the GPU machine's Python 3.12, into .whl/
-#   HAVE=machine.txt scripts/gpu_wheels.sh     # leave out what that machine already has
-#                                              # (machine.txt: `python3 -m pip freeze` there)
-#   PYTHON_VERSION=3.11 WHEELS=dir scripts/gpu_wheels.sh   # another Python, another folder
+# The wheels a GPU machine without internet lacks (it has torch, lightning, torchmetrics, timm,
+# tifffile, opencv, numpy: never carried) at uv.lock's versions into .whl/, for gpu_check.sh.
+# Run where PyPI is reachable, after `make install`. PYTHON_VERSION (the machine's, default 3.12),
+# WHEELS (the folder), HAVE (`python3 -m pip freeze` of the machine: what it has is left out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON_VERSION=${PYTHON_VERSION:-3.12}
@@ -16,7 +11,7 @@ HAVE=${HAVE:-/dev/null}
 # What training, prediction and the check's tests import beyond the machine's packages.
 PACKAGES="hydra-core omegaconf antlr4-python3-runtime segmentation-models-pytorch albumentations
           albucore pydantic pydantic-core annotated-types typing-inspection stringzilla simsimd
-          kornia kornia-rs scipy imageio monai matplotlib contourpy cycler fonttools kiwisolver
+          scipy imageio monai matplotlib contourpy cycler fonttools kiwisolver
           pyparsing python-dateutil tzdata pytest pluggy iniconfig pygments"
 # name==version for each package, the version uv.lock resolves for that Python on Linux x86_64;
 # packages named in $HAVE are left out.

@@ -167,17 +167,15 @@ def _build(group: str, cfg) -> list:
     if group == "data":
         return [instantiate_setting("data", cfg.data)]
     from brainseg.data.datamodule import check_augmentation
-    from brainseg.data.device_augmentation import device_augmentation
 
     spec = check_augmentation(
         instantiate_setting("data.augmentation", cfg.data.augmentation, _convert_="all")
     )
-    return [spec, device_augmentation(spec)] if spec is not None else []
+    return [spec] if spec is not None else []
 
 
 def _kinds(group: str) -> tuple[type, ...]:
     import albumentations
-    import kornia.augmentation
     import lightning as L
     import torch
     from lightning.pytorch.loggers import Logger
@@ -195,7 +193,7 @@ def _kinds(group: str) -> tuple[type, ...]:
         "logger": (Logger,),
         "callbacks": (L.Callback,),
         "data": (L.LightningDataModule,),
-        "data/augmentation": (albumentations.Compose, kornia.augmentation.AugmentationSequential),
+        "data/augmentation": (albumentations.Compose,),
     }[group]
 
 

@@ -94,9 +94,7 @@ def _first_batches(root: Path, cache: Path, seed: int, workers: int) -> list[tor
     import lightning as L
 
     L.seed_everything(seed, workers=True)
-    dm = tiny_datamodule(
-        root, cache, f"seed={seed}", "data.loader=workers", f"data.num_workers={workers}"
-    )
+    dm = tiny_datamodule(root, cache, f"seed={seed}", f"data.num_workers={workers}")
     dm.setup("fit")
     it = iter(dm.train_dataloader())
     return [next(it)["image"] for _ in range(2)]
@@ -114,6 +112,16 @@ def test_seeded_loading_is_reproducible(synthetic_root: Path, tmp_path: Path, wo
 def test_cache_inside_data_root_is_refused(synthetic_root: Path) -> None:
     with pytest.raises(ConfigError, match="data.cache_dir=.* is inside data.root"):
         tiny_datamodule(synthetic_root, synthetic_root / "cache")
+
+
+@pytest.mark.parametrize("loader", ["workers", "device", "auto"])
+def test_the_removed_loader_setting_is_named(
+    synthetic_root: Path, tmp_path: Path, loader: str
+) -> None:
+    """A config from before the one data path (command line or YAML) gets one line, not a
+    TypeError about an unexpected argument."""
+    with pytest.raises(ConfigError, match=rf"^data.loader='{loader}': the setting is gone; "):
+        tiny_datamodule(synthetic_root, tmp_path / "cache", f"data.loader={loader}")
 
 
 def test_an_augmentation_preset_in_the_old_two_version_form_is_named() -> None:

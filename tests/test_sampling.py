@@ -1,5 +1,5 @@
-"""The training sampler of both data paths: the reference's lesion-weighted rule, uniform epochs,
-resuming by epoch and the DDP rank stripes."""
+"""The training sampler: the reference's lesion-weighted rule, uniform epochs, resuming by epoch
+and the DDP ranks' share of an epoch."""
 
 from __future__ import annotations
 
@@ -52,19 +52,22 @@ def test_set_epoch_resumes_the_random_stream(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["lesion_weighted", "uniform"])
-def test_rank_stripes_equal_lightnings_wrapper_of_one_sampler(kind: str) -> None:
-    """Under DDP the workers path gets Lightning's DistributedSamplerWrapper around a one-rank
-    sampler; the device path's per-rank samplers must give each rank the same slices."""
-    areas = [np.arange(7), np.ones(6)]  # 13 slices: rank stripes padded by a repeat
-    for rank in range(2):
-        wrapped = DistributedSamplerWrapper(
-            SliceSampler(kind, areas, seed=5), num_replicas=2, rank=rank, shuffle=False
-        )
-        own = SliceSampler(kind, areas, seed=5, rank=rank, world_size=2)
-        for epoch in (0, 3):
+def test_ddp_ranks_share_out_the_epoch_of_one_sampler(kind: str) -> None:
+    """Under DDP Lightning wraps the sampler in its DistributedSamplerWrapper: rank r takes every
+    second slice of the one-process epoch (padded by a repeat to equal lengths), and the wrapper's
+    set_epoch reaches the sampler, so a resumed DDP run continues the stream too."""
+    areas = [np.arange(7), np.ones(6)]  # 13 slices: rank shares padded by a repeat
+    for epoch in (0, 3):
+        single = SliceSampler(kind, areas, seed=5)
+        single.set_epoch(epoch)
+        padded = list(single)
+        padded.append(padded[0])
+        for rank in range(2):
+            wrapped = DistributedSamplerWrapper(
+                SliceSampler(kind, areas, seed=5), num_replicas=2, rank=rank, shuffle=False
+            )
             wrapped.set_epoch(epoch)
-            own.set_epoch(epoch)
-            assert list(wrapped) == list(own) and len(own) == len(wrapped) == 7
+            assert list(wrapped) == padded[rank::2] and len(wrapped) == 7
 
 
 def test_unknown_sampling_is_named() -> None:

@@ -18,8 +18,6 @@ from torch.utils.data import DataLoader
 from brainseg.data.cache import VolumeCache
 from brainseg.data.contract import DataProvenance
 from brainseg.data.dataset import SliceDataset, normalize_batch
-from brainseg.data.device_augmentation import device_augmentation
-from brainseg.data.device_loader import DeviceEvalLoader, DeviceSlices, DeviceTrainLoader
 from brainseg.data.preprocess import PreprocessConfig, PreprocessedVolume
 from brainseg.data.reader import PatientFiles, find_patients
 from brainseg.data.sampling import SliceSampler, check_sampling
@@ -36,18 +34,6 @@ def _seed_worker(worker_id: int) -> None:
     transform = getattr(info.dataset, "transform", None) if info else None
     if transform is not None and hasattr(transform, "set_random_seed"):
         transform.set_random_seed(int(np.random.randint(2**31)))
-
-
-LOADERS = ("workers", "device", "auto")
-# Device types on which `data.loader=auto` takes the device path. On a CPU the two paths train at
-# the same speed (docs: benchmarks), so the simpler workers path; on a GPU the device path spares
-# it the wait for CPU workers.
-DEVICE_PATH_DEVICES = ("cuda",)
-
-
-def auto_loader(device: torch.device) -> str:
-    """What `data.loader=auto` means on the training device."""
-    return "device" if device.type in DEVICE_PATH_DEVICES else "workers"
 
 
 def check_augmentation(augmentation: Any) -> A.BasicTransform | A.BaseCompose | None:
@@ -76,7 +62,7 @@ class LGGDataModule(L.LightningDataModule):
         split: Mapping[str, Any] | SplitConfig | None = None,
         sampling: str = "lesion_weighted",
         augmentation: A.BasicTransform | A.BaseCompose | None = None,
-        loader: str = "auto",
+        loader: str | None = None,
         batch_size: int = 16,
         val_batch_size: int | None = None,
         num_workers: int = 0,
@@ -98,10 +84,12 @@ class LGGDataModule(L.LightningDataModule):
             split if isinstance(split, SplitConfig) else SplitConfig.from_mapping(split)
         )
         self.sampling = check_sampling(sampling)
-        if loader not in LOADERS:
-            raise ConfigError(f"data.loader={loader!r} is unknown; choose one of {list(LOADERS)}")
+        if loader is not None:  # conf/data/lgg.yaml keeps the key (null) so old configs get this
+            raise ConfigError(
+                f"data.loader={loader!r}: the setting is gone; training data always goes through "
+                "DataLoader workers (data.num_workers)"
+            )
         self.augmentation = check_augmentation(augmentation)
-        self._use_loader(loader)  # `auto` is resolved in setup(), on the training device
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
@@ -109,15 +97,6 @@ class LGGDataModule(L.LightningDataModule):
         self.seed = seed
         self.split: Split | None = None
         self.datasets: dict[str, SliceDataset] = {}
-        self.device_slices: dict[str, DeviceSlices] = {}
-
-    def _use_loader(self, loader: str) -> None:
-        """Settle on a data path; the device path builds its augmentation from the spec (or
-        refuses a transform it lacks) here."""
-        self.loader = loader
-        self.device_augmentation = (
-            device_augmentation(self.augmentation) if loader == "device" else None
-        )
 
     def _patients(self) -> dict[str, PatientFiles]:
         return {p.name: p for p in find_patients(self.root)}
@@ -146,16 +125,13 @@ class LGGDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.split is not None:
             return
-        if self.loader == "auto":
-            self._use_loader(auto_loader(self._ranks()[0]))
         patients = self._patients()
         self.split = self._make_split(patients)
         volumes = self._load_volumes(patients, self.split)
-        workers_augmentation = self.augmentation if self.loader == "workers" else None
-        if workers_augmentation is not None and hasattr(workers_augmentation, "set_random_seed"):
-            workers_augmentation.set_random_seed(self.seed)
+        if hasattr(self.augmentation, "set_random_seed"):
+            self.augmentation.set_random_seed(self.seed)
         self.datasets["train"] = SliceDataset(
-            [volumes[n] for n in self.split.train], workers_augmentation
+            [volumes[n] for n in self.split.train], self.augmentation
         )
         self.datasets["val"] = SliceDataset([volumes[n] for n in self.split.val])
         test = [volumes[n] for n in self.split.test]
@@ -204,41 +180,7 @@ class LGGDataModule(L.LightningDataModule):
             **kwargs,
         )
 
-    def _ranks(self) -> tuple[torch.device, int, int]:
-        """The training device, this process's rank and the number of ranks
-        (CPU, 0, 1 without a trainer)."""
-        trainer = self.trainer
-        if trainer is None:
-            return torch.device("cpu"), 0, 1
-        return trainer.strategy.root_device, trainer.global_rank, trainer.world_size
-
-    def _device_slices(self, subset: str, device: torch.device) -> DeviceSlices:
-        """The subset's slices on the device, copied there once."""
-        if subset not in self.device_slices or self.device_slices[subset].device != device:
-            self.device_slices[subset] = DeviceSlices(self.datasets[subset].volumes, device)
-        return self.device_slices[subset]
-
-    def _device_eval_loader(self, subset: str) -> DeviceEvalLoader:
-        device, rank, world = self._ranks()
-        return DeviceEvalLoader(
-            self._device_slices(subset, device), self.val_batch_size, rank, world
-        )
-
-    def train_dataloader(self) -> DataLoader | DeviceTrainLoader:
-        if self.loader == "device":
-            device, rank, world = self._ranks()
-            augmentation = self.device_augmentation
-            if augmentation is not None:
-                augmentation = augmentation.to(device)
-            return DeviceTrainLoader(
-                self._device_slices("train", device),
-                self.batch_size,
-                self.sampling,
-                self.seed,
-                augmentation,
-                rank,
-                world,
-            )
+    def train_dataloader(self) -> DataLoader:
         train = self.datasets["train"]
         return self._loader(
             "train",
@@ -247,16 +189,8 @@ class LGGDataModule(L.LightningDataModule):
             drop_last=len(train) > self.batch_size,
         )
 
-    def val_dataloader(self) -> DataLoader | DeviceEvalLoader:
-        return (
-            self._device_eval_loader("val")
-            if self.loader == "device"
-            else self._loader("val", self.val_batch_size)
-        )
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.val_batch_size)
 
-    def test_dataloader(self) -> DataLoader | DeviceEvalLoader:
-        return (
-            self._device_eval_loader("test")
-            if self.loader == "device"
-            else self._loader("test", self.val_batch_size)
-        )
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.val_batch_size)

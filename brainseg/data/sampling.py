@@ -1,8 +1,7 @@
-"""The training-slice sampler of both data paths (flat index = offset of volume + slice)."""
+"""The training-slice sampler (flat index = offset of volume + slice)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -15,7 +14,7 @@ SAMPLINGS = ("lesion_weighted", "uniform")
 
 
 def stream_seed(*keys: int) -> int:
-    """A seed for an independent random stream per key tuple (seed, epoch, rank, ...)."""
+    """A seed for an independent random stream per key tuple (seed, epoch)."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
 
 
@@ -38,32 +37,22 @@ def lesion_slice_weights(lesion_areas: np.ndarray) -> np.ndarray:
 
 
 class SliceSampler(Sampler[int]):
-    """One epoch of training slices, the same for `data.loader=workers` and `data.loader=device`.
+    """One epoch of training slices.
 
     `lesion_weighted`: a volume uniformly, then a slice by `lesion_slice_weights`; `uniform`: a
     permutation of all slices. Every epoch draws as many slices as there are, from its own stream
-    (seed, epoch), on the CPU, so a seed gives the same slices on any device and loader. Under DDP
-    rank r takes every world_size-th of them, padded by repeats as DistributedSampler does (the
-    workers path gets this from Lightning's DistributedSamplerWrapper around a one-rank sampler).
+    (seed, epoch), so a seed gives the same slices on any device. Under DDP Lightning wraps it in
+    its DistributedSamplerWrapper, which gives rank r every world-size-th slice of the epoch.
 
     Lightning calls `set_epoch` at the start of every epoch (also after a resume, and through its
     wrapper under DDP), so a resumed run continues the stream; without a trainer (benchmarks,
     tests) each pass is the next epoch.
     """
 
-    def __init__(
-        self,
-        kind: str,
-        lesion_areas: Sequence[np.ndarray],
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
+    def __init__(self, kind: str, lesion_areas: Sequence[np.ndarray], seed: int) -> None:
         self.kind = check_sampling(kind)
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 0
+        self.seed, self.epoch = seed, 0
         self.total = sum(len(a) for a in lesion_areas)
-        self.num_samples = math.ceil(self.total / world_size)
         self.offsets = torch.tensor(np.cumsum([0] + [len(a) for a in lesion_areas])[:-1])
         longest = max(len(a) for a in lesion_areas)
         self.weights = torch.zeros(len(lesion_areas), longest, dtype=torch.float64)
@@ -71,24 +60,21 @@ class SliceSampler(Sampler[int]):
             self.weights[v, : len(areas)] = torch.from_numpy(lesion_slice_weights(areas))
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.total
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def draw(self) -> torch.Tensor:
-        """This rank's slice indices for the current epoch; the next call draws the next epoch
+        """The slice indices of the current epoch; the next call draws the next epoch
         (unless `set_epoch` says otherwise)."""
         generator = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch))
         self.epoch += 1
         if self.kind == "uniform":
-            order = torch.randperm(self.total, generator=generator)
-        else:
-            volumes = torch.randint(len(self.weights), (self.total,), generator=generator)
-            slices = torch.multinomial(self.weights[volumes], 1, generator=generator)[:, 0]
-            order = self.offsets[volumes] + slices
-        padded = order.repeat(math.ceil(self.num_samples * self.world_size / self.total))
-        return padded[: self.num_samples * self.world_size][self.rank :: self.world_size]
+            return torch.randperm(self.total, generator=generator)
+        volumes = torch.randint(len(self.weights), (self.total,), generator=generator)
+        slices = torch.multinomial(self.weights[volumes], 1, generator=generator)[:, 0]
+        return self.offsets[volumes] + slices
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.draw().tolist())
