@@ -32,22 +32,21 @@ test: install
 test-fast: install
 	$(PY) -m pytest -m "not slow"
 
+# The training loader's samples/s and data wait at 128 and 256 px with 0, 2 and 4 workers
+# (docs/benchmarks.md; BENCH_ARGS: e.g. --runs 1).
 bench: install
-	$(PY) bench/data_pipeline.py --root $(DATA)
-	$(PY) bench/inference.py --root $(DATA)
-	$(PY) bench/volume_metrics.py --root $(DATA)
-	$(PY) bench/checkpoint_disk.py
+	$(PY) -m bench.data_pipeline --root $(DATA) $(BENCH_ARGS)
 
-# Training speed per data path, precision, channels_last, torch.compile, batch size (BENCH_ARGS: e.g. --size 64 --steps 4).
+# Training samples/s with channels_last off and on at 128 and 256 px (BENCH_ARGS: e.g. --pairs 1).
 bench-train: install
-	$(PY) bench/train_speed.py --root $(DATA) $(BENCH_ARGS)
+	$(PY) -m bench.train_speed --root $(DATA) $(BENCH_ARGS)
 
 # On a machine with a CUDA GPU, under 10 minutes; exits with one line where there is none (docs/gpu.md: GPU check).
 gpu-check:
 	bash scripts/gpu_check.sh
 
 # Every step of gpu-check on the CPU at tiny sizes, under a fresh Python with only the packages a
-# GPU machine brings plus the carried wheels (needs uv and PyPI or uv's cache; a few minutes).
+# GPU machine brings plus the carried wheels (needs uv and PyPI or uv's cache; under 3 minutes).
 gpu-check-rehearsal: install
 	UV=$(UV) bash scripts/gpu_check.sh --rehearse
 

@@ -1,116 +1,72 @@
-"""Benchmark of the data pipeline: preprocessing cold and warm (cache), peak memory,
-loader throughput.
+"""Data-pipeline benchmark: the training loader's samples/s and data wait per batch at 128 and
+256 px with 0, 2 and 4 DataLoader workers.
 
-    python bench/data_pipeline.py --root ../shared/data/lgg
+    python -m bench.data_pipeline --root ../shared/data/lgg
 
-Prints figures only; nothing is asserted. The cache goes to a fresh temporary folder.
+Each run iterates the training loader as training does (the DataModule composed from conf/,
+batch 16) for `--batches` batches after `--warmup` untimed ones (the workers' start); the data wait
+per batch is what `next()` and the z-score take. Each run goes through every row, so a change in
+the machine's load spreads over all. Prints, as min / median / max of `--runs` runs, the block
+docs/benchmarks.md takes (progress on stderr); nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import resource
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-from torch.utils.data import DataLoader
-
+from bench.common import datamodule, machine, now, parser, show, spread
 from brainseg.cli import exit_status
-from brainseg.data.cache import VolumeCache
-from brainseg.data.datamodule import check_augmentation
-from brainseg.data.dataset import SliceDataset, normalize_batch
-from brainseg.data.preprocess import PreprocessConfig
-from brainseg.data.reader import find_patients
-from brainseg.data.sampling import SliceSampler
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def load_all(
-    root: Path, cache_dir: Path, cfg: PreprocessConfig, workers: int
-) -> tuple[list, float]:
+def run_once(args: argparse.Namespace, size: int, workers: int) -> tuple[float, float]:
+    """samples/s and data wait per batch (ms) of one run."""
+    sizes = [f"data.preprocess.image_size={size}", f"data.batch_size={args.batch}"]
+    _, dm = datamodule(args, *sizes, f"data.num_workers={workers}")
+    loader = dm.train_dataloader()
+    batches = (batch for _ in itertools.count() for batch in loader)  # epoch after epoch
+    for _ in range(args.warmup):
+        dm.on_after_batch_transfer(next(batches), 0)
     start = time.perf_counter()
-    volumes = VolumeCache(cache_dir, cfg).load_many(find_patients(root), workers)
-    return volumes, time.perf_counter() - start
-
-
-def loader_throughput(
-    volumes: list, augmentation: str, workers: int, batches: int, batch_size: int
-) -> float:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"data/augmentation={augmentation}"])
-    dataset = SliceDataset(volumes, check_augmentation(instantiate(cfg.data.augmentation)))
-    sampler = SliceSampler("lesion_weighted", dataset.lesion_areas(), seed=0)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-    )
-    iterator = (batch for _ in itertools.count() for batch in loader)  # epoch after epoch
-    for _ in range(5):  # warm-up: worker start, first page faults
-        normalize_batch(next(iterator))
-    start = time.perf_counter()
-    for _ in range(batches):
-        normalize_batch(next(iterator))  # what the DataModule does after the transfer to the device
-    return batches * batch_size / (time.perf_counter() - start)
+    for _ in range(args.batches):
+        dm.on_after_batch_transfer(next(batches), 0)
+    seconds = time.perf_counter() - start
+    del batches, loader  # the workers stop before the next run starts its own
+    return args.batches * args.batch / seconds, 1000 * seconds / args.batches
 
 
 def run(args: argparse.Namespace) -> None:
-    """Measure and print the figures."""
-    cfg = PreprocessConfig(image_size=args.image_size)
-    baseline = peak_rss_mb()
-    with tempfile.TemporaryDirectory(prefix="brainseg-bench-") as tmp:
-        volumes, cold = load_all(Path(args.root), Path(tmp), cfg, args.preprocess_workers)
-        peak_cold = peak_rss_mb()
-        volumes, warm = load_all(Path(args.root), Path(tmp), cfg, args.preprocess_workers)
-        slices = sum(len(v.image) for v in volumes)
-        print(
-            f"data: {args.root}: {len(volumes)} patients, {slices} slices after preprocessing, "
-            f"{args.image_size} px"
-        )
-        print(
-            "preprocessing cold (read + preprocess + write cache, "
-            f"{args.preprocess_workers} processes): {cold:.2f} s"
-        )
-        print(f"preprocessing warm (memory-mapped cache):             {warm:.3f} s")
-        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(
-            f"peak memory (RSS): main process {peak_cold:.0f} MB "
-            f"({baseline:.0f} MB before loading: Python, torch), "
-            f"largest preprocessing process {children:.0f} MB"
-        )
-        for workers in (0, 2):
-            rate = loader_throughput(
-                volumes, args.augmentation, workers, args.batches, args.batch_size
-            )
-            print(
-                f"train loader, {args.augmentation} augmentation, {workers} workers: "
-                f"{rate:.0f} samples/s"
-            )
+    started, load = now(), machine()
+    rows = [(size, workers) for size in args.sizes for workers in args.workers]
+    figures: dict[tuple[int, int], list[tuple[float, float]]] = {row: [] for row in rows}
+    for number in range(1, args.runs + 1):
+        for size, workers in rows:
+            figures[size, workers].append(run_once(args, size, workers))
+            rate, wait = figures[size, workers][-1]
+            progress = f"{size} px, {workers} workers: {rate:.0f} samples/s, {wait:.1f} ms"
+            print(f"run {number}: {progress}", file=sys.stderr, flush=True)
+    _, dm = datamodule(args, f"data.preprocess.image_size={args.sizes[0]}")
+    data = f"{len(dm.split.train)} training patients, {len(dm.datasets['train'])} slices"
+    setup = f"reference augmentation, batch {args.batch}, {args.batches} timed batches"
+    runs = f"after {args.warmup} per run, {args.runs} runs"
+    table = ["| size | workers | samples/s | data wait per batch (ms) |", "|---|---|---|---|"]
+    for size, workers in rows:
+        rates, waits = zip(*figures[size, workers])
+        table.append(f"| {size} px | {workers} | {spread(rates, 0)} | {spread(waits)} |")
+    show(started, load, [f"data: {args.root}: {data}; {setup} {runs}"], "\n".join(table))
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", required=True, help="data root in the kaggle_3m layout")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument(
-        "--augmentation", default="reference", help="a conf/data/augmentation option"
-    )
-    parser.add_argument("--batches", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--preprocess-workers", type=int, default=2)
-    return exit_status(run, parser.parse_args())
+    options = parser(__doc__)
+    options.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    options.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4])
+    options.add_argument("--runs", type=int, default=3)
+    options.add_argument("--batches", type=int, default=12, help="timed batches per run")
+    options.add_argument("--warmup", type=int, default=2, help="untimed batches per run")
+    options.add_argument("--batch", type=int, default=16)
+    return exit_status(run, options.parse_args())
 
 
 if __name__ == "__main__":

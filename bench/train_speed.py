@@ -1,245 +1,122 @@
-"""Training-speed benchmark: samples/s, data-wait share and peak memory per data path and setting.
+"""Training-speed benchmark: samples/s with channels_last off and on, at 128 and 256 px.
 
-    python bench/train_speed.py --root ../shared/data/lgg --device cuda  # 256 px, reference model
-    python bench/train_speed.py --root ../shared/data/lgg --device cpu --size 64 --steps 4
+    python -m bench.train_speed --root ../shared/data/lgg [--device cuda --precision 16-mixed]
 
-Each row times `--steps` training steps (after `--warmup` untimed ones) of the reference protocol's
-model, loss and optimizer (U-Net/ResNet34, Dice, Adam) with the reference augmentation:
-fetching the batch (and, for loader=device, drawing and augmenting it on the device), the
-z-score, forward, backward and optimizer step. Rows vary one setting at a time from the
-baseline (loader=device, 32-true, no channels_last, no torch.compile), each at every batch size.
-`data ms` is the time per batch spent waiting for data: the model's compute is the same for every
-loader, so it compares the data paths even on a machine whose other load makes samples/s noisy.
-Prints figures only; nothing is asserted.
+Times `--steps` steps after `--warmup` untimed ones of the reference protocol's model, loss and
+optimizer (U-Net/ResNet34, Dice, Adam): z-score, forward, backward, optimizer step. The batches
+come from the training loader (reference augmentation) and are put on the device before the
+clock starts, so the figure is the step's own (bench/data_pipeline.py measures the loader). Per
+size, `--pairs` pairs alternate off, on, off, on, so that a drift in the machine's load hits both
+alike; the ratio on / off is taken per pair. Prints the block docs/benchmarks.md takes (progress
+on stderr); nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
-import os
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-from speed import SpeedMeter, peak_memory_mb, synchronize  # bench/speed.py, next to this script
 
+from bench.common import datamodule, machine, now, parser, show, spread
 from brainseg.cli import exit_status
-from brainseg.config import instantiate_setting, to_plain
+from brainseg.config import to_plain
 from brainseg.data.dataset import normalize_batch
 from brainseg.training.module import SegmentationModule
 from brainseg.training.speed_settings import apply_speed_settings
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
-
-@dataclass(frozen=True)
-class Setting:
-    loader: str = "device"
-    workers: int = 0
-    precision: str = "32-true"
-    channels_last: bool = False
-    compile: bool = False
-    batch_size: int = 16
-
-    def label(self) -> str:
-        loader = f"workers ({self.workers})" if self.loader == "workers" else "device"
-        return (
-            f"{loader:<12} {self.precision:<10} {'on' if self.channels_last else 'off':<13} "
-            f"{'on' if self.compile else 'off':<8} {self.batch_size:>5}"
-        )
-
-
-def settings(
-    batch_sizes: list[int], workers: list[int], precisions: list[str], compile_rows: bool
-) -> list[Setting]:
-    rows = []
-    for batch in batch_sizes:
-        base = Setting(batch_size=batch)
-        rows += [replace(base, loader="workers", workers=w) for w in workers] + [base]
-        rows += [replace(base, precision=p) for p in precisions if p != "32-true"]
-        rows.append(replace(base, channels_last=True))
-        if compile_rows:
-            rows.append(replace(base, compile=True))
-    return rows
-
-
-def compose_config(
-    root: str, size: int, cache_dir: str, setting: Setting, extra: list[str]
-) -> object:
-    overrides = [
-        "experiment=reference",
-        f"data.root={root}",
-        f"data.cache_dir={cache_dir}",
-        f"data.preprocess.image_size={size}",
-        f"data.loader={setting.loader}",
-        f"data.num_workers={setting.workers}",
-        f"data.batch_size={setting.batch_size}",
-        f"channels_last={setting.channels_last}",
-        f"compile={setting.compile}",
-        *extra,
-    ]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    OmegaConf.resolve(cfg.data)
-    return cfg
-
-
-class _Trainer:
-    """What the DataModule reads from a Lightning trainer: the device and the ranks."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.strategy = type("Strategy", (), {"root_device": device})()
-        self.global_rank, self.world_size = 0, 1
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "32-true":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def measure(
-    args: argparse.Namespace, setting: Setting, device: torch.device
-) -> tuple[float, float, float, float]:
-    """samples/s, data-wait fraction, data milliseconds per batch, peak memory (MB) of one
-    setting."""
-    cfg = compose_config(args.root, args.size, args.cache_dir, setting, args.override)
-    datamodule = instantiate_setting("data", cfg.data)
-    datamodule.trainer = _Trainer(device)
-    datamodule.setup("fit")
-    module = SegmentationModule(
-        to_plain(cfg.model), to_plain(cfg.loss), to_plain(cfg.optimizer)
-    ).to(device)
-    module.train()
-    apply_speed_settings(module.net, cfg.channels_last, cfg.compile)
-    optimizer = instantiate_setting(
-        "optimizer", to_plain(cfg.optimizer), params=module.parameters()
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=setting.precision == "16-mixed")
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that the clock reads the steps' own time."""
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    meter, batches = SpeedMeter(), iter(datamodule.train_dataloader())
-    for step in range(args.warmup + args.steps):
+        torch.cuda.synchronize(device)
+
+
+def batches(args: argparse.Namespace, size: int, device: torch.device):
+    """The reference config and `--warmup` + `--steps` training batches on the device."""
+    sizes = [f"data.preprocess.image_size={size}", f"data.batch_size={args.batch}"]
+    cfg, dm = datamodule(args, "experiment=reference", "data.num_workers=0", *sizes)
+    loader = dm.train_dataloader()
+    every = (batch for _ in itertools.count() for batch in loader)  # epoch after epoch
+    drawn = itertools.islice(every, args.warmup + args.steps)
+    return cfg, [{k: v.to(device) for k, v in batch.items()} for batch in drawn]
+
+
+def samples_per_s(cfg, batches: list, channels_last: bool, args: argparse.Namespace) -> float:
+    """One timing: a fresh network (same initial weights every time) trained on the batches."""
+    device = batches[0]["image"].device
+    torch.manual_seed(0)
+    module = SegmentationModule(to_plain(cfg.model), to_plain(cfg.loss), to_plain(cfg.optimizer))
+    module.to(device).train()
+    apply_speed_settings(module.net, channels_last, compile=False)
+    optimizer = module.configure_optimizers()  # the reference's Adam, no scheduler
+    half = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "16-mixed")
+    for step, batch in enumerate(batches):
         if step == args.warmup:
             synchronize(device)
-            meter = SpeedMeter()
-        try:
-            batch = next(batches)
-        except StopIteration:
-            batches = iter(datamodule.train_dataloader())
-            batch = next(batches)
-        batch = normalize_batch({k: v.to(device, non_blocking=True) for k, v in batch.items()})
-        image = batch["image"]
-        synchronize(device)
-        meter.data()
-        with autocast(device, setting.precision):
-            logits = module.net(image)
-        loss = module.loss(logits, batch["mask"])
+            start = time.perf_counter()
+        batch = normalize_batch(dict(batch))
+        autocast = torch.autocast(device.type, dtype=half) if half else contextlib.nullcontext()
+        with autocast:
+            logits = module.net(batch["image"])
+        loss = module.loss(logits.float(), batch["mask"])
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        synchronize(device)
-        meter.step(image.shape[0])
-    return (
-        meter.samples_per_s,
-        meter.data_fraction,
-        1000 * meter.data_s / meter.steps,
-        peak_memory_mb(device),
-    )
+    synchronize(device)
+    return args.steps * args.batch / (time.perf_counter() - start)
+
+
+def table(result: dict) -> str:
+    """The figures as the markdown table docs/benchmarks.md takes."""
+    lines = ["| size | channels_last off | channels_last on | on / off |", "|---|---|---|---|"]
+    for row in result["rows"]:
+        off, on = row["off"], row["on"]
+        ratios = [b / a for a, b in zip(off, on)]
+        lines.append(f"| {row['size']} px | {spread(off)} | {spread(on)} | {spread(ratios, 2)} |")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA GPU is visible")
-    precisions = list(args.precisions)
-    if device.type == "cpu" and "16-mixed" in precisions:
-        precisions.remove("16-mixed")
-        print(
-            "note: 16-mixed skipped on CPU "
-            "(float16 autocast with a gradient scaler is a GPU setting)"
-        )
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU, {os.cpu_count()} cores"
-    )
-    print(f"device: {name}; torch {torch.__version__}; threads {torch.get_num_threads()}")
-    print(
-        f"data: {args.root}, {args.size} px; "
-        f"{args.steps} timed steps after {args.warmup} warm-up steps per row"
-    )
-    print(
-        f"{'loader':<12} {'precision':<10} {'channels_last':<13} {'compile':<8} {'batch':>5} "
-        f"{'samples/s':>10} {'data wait':>10} {'data ms':>8} {'peak MB':>9}"
-    )
-    rows = []
-    for setting in settings(args.batch_sizes, args.workers, precisions, not args.no_compile):
-        start = time.perf_counter()
-        try:
-            rate, wait, data_ms, memory = measure(args, setting, device)
-        except Exception as exc:  # noqa: BLE001 - one setting failing (e.g. compile) must not hide the others
-            error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-            print(f"{setting.label()} failed: {error}")
-            rows.append({**asdict(setting), "error": error})
-        else:
-            print(
-                f"{setting.label()} {rate:>10.1f} {100 * wait:>9.1f}% {data_ms:>8.1f} "
-                f"{memory:>9.0f}   ({time.perf_counter() - start:.0f} s)",
-                flush=True,
-            )
-            figures = {"samples_per_s": rate, "data_wait": wait, "data_ms": data_ms}
-            rows.append({**asdict(setting), **figures, "peak_mb": memory})
-        if args.json:  # after every row: a run stopped midway keeps what it measured
-            header = {"device": name, "torch": torch.__version__, "size": args.size}
-            Path(args.json).write_text(json.dumps({**header, "rows": rows}, indent=2) + "\n")
-    if device.type == "cpu":
-        print(
-            "peak MB on CPU: the process's resident-memory high-water mark so far "
-            "(it only grows down the table)"
-        )
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    result = {"date": now(), "machine": machine(), "device": name, "torch": torch.__version__}
+    result |= {"precision": args.precision, "batch_size": args.batch, "rows": []}
+    for size in args.sizes:
+        cfg, drawn = batches(args, size, device)
+        row = {"size": size, "off": [], "on": []}
+        for pair in range(1, args.pairs + 1):
+            for variant in ("off", "on"):
+                row[variant].append(samples_per_s(cfg, drawn, variant == "on", args))
+                progress = f"channels_last {variant}: {row[variant][-1]:.1f} samples/s"
+                print(f"{size} px, pair {pair}, {progress}", file=sys.stderr, flush=True)
+        result["rows"].append(row)
+    device_line = f"device: {name}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    steps = f"{args.steps} steps after {args.warmup}, {args.pairs} pairs"
+    model = f"U-Net/ResNet34, batch {args.batch}, {args.precision}; samples/s over {steps}"
+    show(result["date"], result["machine"], [device_line, model], table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", required=True, help="data root in the kaggle_3m layout")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--size", type=int, default=256, help="image size (data.preprocess.image_size)"
-    )
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per row")
-    parser.add_argument(
-        "--warmup", type=int, default=3, help="untimed steps per row (compile, allocator, workers)"
-    )
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
-    parser.add_argument(
-        "--workers",
-        type=int,
-        nargs="+",
-        default=sorted({0, 2, os.cpu_count() or 1}),
-        help="DataLoader worker counts for loader=workers",
-    )
-    parser.add_argument("--precisions", nargs="+", default=["32-true", "bf16-mixed", "16-mixed"])
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
-    parser.add_argument(
-        "--cache-dir",
-        default=os.path.join(tempfile.gettempdir(), "brainseg-bench-cache"),
-        help="preprocessed-volume cache (filled on the first row)",
-    )
-    parser.add_argument(
-        "--override", nargs="+", default=[], help="more overrides, e.g. data.split.n_val=1"
-    )
-    parser.add_argument("--json", help="also write the rows to this JSON file")
-    return exit_status(run, parser.parse_args())
+    options = parser(__doc__)
+    options.add_argument("--device", default="cpu", help="cpu | cuda")
+    options.add_argument("--precision", default="32-true", help="32-true | bf16-mixed | 16-mixed")
+    options.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    options.add_argument("--pairs", type=int, default=3)
+    options.add_argument("--steps", type=int, default=3, help="timed steps per timing")
+    options.add_argument("--warmup", type=int, default=1, help="untimed steps per timing")
+    options.add_argument("--batch", type=int, default=16)
+    options.add_argument("--json", help="also write the figures to this JSON file")
+    return exit_status(run, options.parse_args())
 
 
 if __name__ == "__main__":

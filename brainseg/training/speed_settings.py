@@ -1,4 +1,4 @@
-"""The `channels_last` and `compile` settings of conf/train.yaml (bench/speed.py measures them)."""
+"""The `channels_last` and `compile` settings of conf/train.yaml (docs/gpu.md)."""
 
 from __future__ import annotations
 
