@@ -18,7 +18,7 @@ from helpers import PROJECT, run_cli
 
 from brainseg.runfiles import read_metrics
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 STATE = Path(os.environ.get("BRAINSEG_SLURM_DIR", "/tmp/brainseg-slurm"))
 

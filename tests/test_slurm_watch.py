@@ -8,6 +8,8 @@ import pytest
 
 from hydra_plugins.brainseg_launcher import slurm
 
+pytestmark = pytest.mark.slurm
+
 
 @pytest.mark.parametrize(
     ("job_ids", "cancelled"),
