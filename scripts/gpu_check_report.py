@@ -51,7 +51,7 @@ def summary(check_dir: Path, json_path: Path) -> bool:
     print(f"\n== gpu-check: {speed['device']}, {speed['precision']}; also in {json_path}")
     print(", ".join(f"{k} {v}" for k, v in versions.items()) + "\n\n" + table(speed))
     print(
-        f"\nchannels_last={choice} for this GPU: median on / off {ratio:.2f} at "
+        f"\nchannels_last={choice} on this device: median on / off {ratio:.2f} at "
         f"{largest['size']} px ({'above' if choice == 'true' else 'not above'} {GAIN})"
     )
     return True
