@@ -280,3 +280,28 @@ def test_the_monitor_sets_every_direction(monitor: str, mode: str, direction: st
         OmegaConf.to_container(
             compose(["monitor=val/dice", "scheduler=plateau"]).scheduler, resolve=True
         )
+
+
+@pytest.mark.parametrize(
+    ("node", "expected"),
+    [
+        (
+            {"_target_": "torch.optim.SGD", "params": [], "lr": 0.1, "momentm": 0.9},
+            "optimizer: SGD.__init__() got an unexpected keyword argument 'momentm'",
+        ),
+        ({"_target_": "torch.optim.Foo", "lr": 0.1}, "optimizer: cannot import _target_ "),
+    ],
+)
+def test_instantiation_errors_name_the_reason_not_the_config_key(node, expected):
+    """A misspelled key (Hydra's own suggestion `+trainer.max_epoch=3` ends this way) or an
+    unknown target: one line with the reason, not `full_key: optimizer`."""
+    from omegaconf import OmegaConf
+
+    from brainseg.config import instantiate_setting
+    from brainseg.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        instantiate_setting("optimizer", OmegaConf.create(node))
+    message = str(caught.value)
+    assert message.startswith(expected), message
+    assert "full_key" not in message and "\n" not in message
