@@ -8,7 +8,15 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
-from brainseg.reporting.figures import GROUP_COLOURS, ZERO_MARK, bar_chart, overlay, window
+from brainseg.reporting import figures
+from brainseg.reporting.figures import (
+    GROUP_COLOURS,
+    PREDICTION_RGB,
+    TRUTH_RGB,
+    bar_chart,
+    overlay,
+    window,
+)
 
 
 def _has(image: np.ndarray, hex_colour: str, tol: int = 12) -> bool:
@@ -31,11 +39,32 @@ def test_bar_chart_colours_subsets_and_marks_zero_dice(tmp_path: Path) -> None:
     assert all(_has(chart, GROUP_COLOURS[g]) for g in ("train", "val", "test")) and not _has(
         chart, GROUP_COLOURS["unseen"]
     )
-    assert _has(chart, ZERO_MARK)
-    without_zero = iio.imread(
-        bar_chart({**scores, "b": 0.1}, tmp_path / "no_zero.png", groups=groups)
+
+
+def test_zero_dice_marker_keeps_the_patients_subset_colour(tmp_path: Path) -> None:
+    """A zero score has no bar: its cross carries the subset colour (the legend sits on the right,
+    so the colour in the left part of the picture can only be the cross)."""
+    chart = iio.imread(
+        bar_chart({"a": 0.8, "b": 0.0}, tmp_path / "dsc.png", groups={"a": "train", "b": "unseen"})
     )
-    assert not _has(without_zero, ZERO_MARK)
+    plot_side = chart[:, : chart.shape[1] * 6 // 10]
+    assert _has(plot_side, GROUP_COLOURS["unseen"], tol=40)
+    assert _has(chart, "#000000")  # the legend's `Dice 0` cross
+
+
+def test_training_curves_tick_whole_epochs(tmp_path: Path, monkeypatch) -> None:
+    from brainseg.runfiles import EpochScores
+
+    saved = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: saved.append(fig) or path)
+    history = [
+        EpochScores(e, 10 * e, {"dsc_volume_mean": 0.1 * e, "val_loss": 1 / e}, 1 / e)
+        for e in (1, 2, 3)
+    ]
+    figures.training_curves(history, history[-1], tmp_path / "curves.png")
+    for ax in saved[0].axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
 
 
 def test_overlay_names_patient_and_slice() -> None:
@@ -43,8 +72,11 @@ def test_overlay_names_patient_and_slice() -> None:
     plain = overlay(grey, np.zeros_like(grey), None)
     labelled = overlay(grey, np.zeros_like(grey), None, "TCGA_XX_0000\nslice 7")
     written = (labelled != plain).any(axis=-1)
-    assert written[:40].sum() > 50 and not written[60:].any()  # text in the top-left corner only
+    assert written[:40].sum() > 50 and not written[40:110].any()  # label top left, legend bottom
     assert (labelled == 255).all(axis=-1).any()
+    legend = labelled[110:]
+    for colour in (TRUTH_RGB, PREDICTION_RGB):
+        assert (np.abs(legend.astype(int) - colour).max(axis=-1) < 80).any(), colour
 
 
 def test_window_stretches_a_dark_scanner_to_the_full_range() -> None:

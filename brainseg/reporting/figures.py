@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from brainseg.runfiles import EpochScores
 
@@ -23,7 +24,6 @@ FLAIR_CHANNEL = 1
 
 
 GROUP_COLOURS = {"train": "#9e9e9e", "val": "#4c72b0", "test": "#8172b3", "unseen": "#dd8452"}
-ZERO_MARK = "#c44e52"
 # Characters per line of a configuration label in the sweep figures before it wraps.
 LABEL_CHARACTERS = 40
 
@@ -57,17 +57,17 @@ def bar_chart(
         chosen = [i for i, g in enumerate(labels) if g == label]
         ax.barh(ys[chosen], values[chosen], color=palette[label], label=label or None)
     zeros = values <= 0
-    if zeros.any():
+    if zeros.any():  # no bar to colour: a cross in the patient's group colour marks it
         ax.scatter(
             np.full(zeros.sum(), 0.006),
             ys[zeros],
             marker="x",
             s=40,
-            color=ZERO_MARK,
+            color=[palette[labels[i]] for i in np.flatnonzero(zeros)],
             zorder=3,
-            label="Dice 0",
             clip_on=False,
         )
+        ax.scatter([], [], marker="x", s=40, color="black", label="Dice 0")
     stats = values if stats_groups is None else values[[g in stats_groups for g in labels]]
     which = "" if stats_groups is None else "held-out "
     if show_stats and len(stats):
@@ -120,6 +120,7 @@ def training_curves(history: list[EpochScores], best: EpochScores, path: Path) -
     )
     for ax in (losses, dice):
         ax.legend(frameon=False)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     fig.tight_layout()
     return _save(fig, path)
 
@@ -218,7 +219,8 @@ def overlay(
     image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None, label: str | None = None
 ) -> np.ndarray:
     """The FLAIR channel (of an (H, W, 3) slice, or a grey (H, W) one) with the prediction outlined
-    in red and the truth in green; `label` is written in the top-left corner."""
+    in red and the truth in green; `label` is written in the top-left corner, with a legend of the
+    two colours in the bottom-left one."""
     flair = image if image.ndim == 2 else image[..., FLAIR_CHANNEL]
     rgb = np.repeat(flair[..., None], 3, axis=2).copy()
     for mask, colour in ((truth, TRUTH_RGB), (prediction, PREDICTION_RGB)):
@@ -229,7 +231,18 @@ def overlay(
             cv2.drawContours(rgb, contours, -1, colour, 1)
     if label:
         _write_label(rgb, label)
+        _write_legend(rgb)
     return rgb
+
+
+def _write_legend(rgb: np.ndarray) -> None:
+    """`truth` in the truth's colour and `prediction` in the prediction's, bottom left, in place."""
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, min(0.4, rgb.shape[1] / 400)
+    x, y = 3, rgb.shape[0] - 5
+    for word, colour in (("truth", TRUTH_RGB), ("prediction", PREDICTION_RGB)):
+        cv2.putText(rgb, word, (x, y), font, scale, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(rgb, word, (x, y), font, scale, colour, 1, cv2.LINE_AA)
+        x += cv2.getTextSize(word + " ", font, scale, 1)[0][0]
 
 
 def _write_label(rgb: np.ndarray, text: str) -> None:
