@@ -90,3 +90,44 @@ def test_window_stretches_a_dark_scanner_to_the_full_range() -> None:
         and np.percentile(windowed[:, 8:24, 8:24], 50) > 80
     )
     assert (windowed[:, :8] == 0).all() and window(np.zeros((2, 4, 4), np.uint8)).max() == 0
+
+
+def _case_volumes(missed_slice: int, false_slice: int) -> tuple[np.ndarray, ...]:
+    image = np.full((6, 32, 32, 3), 80, np.uint8)
+    truth = np.zeros((6, 32, 32), bool)
+    truth[1:5, 10:20, 10:20] = True
+    prediction = truth.copy()
+    prediction[missed_slice] = False  # the whole lesion of this slice missed
+    prediction[false_slice, 25:30, 25:30] = True  # a false blob
+    return image, truth, prediction
+
+
+def test_failure_case_picks_the_slices_with_most_missed_and_most_false_lesion() -> None:
+    image, truth, prediction = _case_volumes(missed_slice=3, false_slice=0)
+    case = figures.failure_case(
+        "p", image, truth, prediction, 0.7, numbers=(11, 12, 13, 14, 15, 16)
+    )
+    assert case.missed[0] == 14 and case.false[0] == 11
+    assert (case.truth_voxels, case.predicted_voxels) == (400, 325)
+    perfect = figures.failure_case("q", image, truth, truth, 1.0)
+    assert perfect.missed is None and perfect.false is None
+
+
+def test_failure_gallery_shows_the_worst_patients_lowest_first(tmp_path: Path, monkeypatch) -> None:
+    saved = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: saved.append(fig) or path)
+    image, truth, prediction = _case_volumes(missed_slice=2, false_slice=4)
+    empty = np.zeros_like(truth)
+    cases = [
+        figures.failure_case("good", image, truth, truth, 1.0),
+        figures.failure_case("worst", image, truth, empty, 0.0, uncertainty=0.25),
+        figures.failure_case("middle", image, truth, prediction, 0.8),
+        figures.failure_case("no_lesion", image, empty, prediction, 0.0),
+    ]
+    figures.failure_gallery(cases, tmp_path / "failures.png", worst=3)
+    labels = [row.get_ylabel() for row in saved[0].axes[::2]]
+    assert [label.splitlines()[0] for label in labels] == ["worst", "no_lesion", "middle"]
+    assert "empty prediction" in labels[0] and "uncertainty 0.25" in labels[0]
+    assert "empty truth" in labels[1]
+    legend = saved[0].legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["truth", "prediction"]

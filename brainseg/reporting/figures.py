@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import textwrap
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -14,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from brainseg.runfiles import EpochScores
@@ -283,3 +285,105 @@ def write_overlays(
     gif = out_dir / f"{name}.gif"
     iio.imwrite(gif, np.stack(frames), duration=120, loop=0)
     return [*written, gif]
+
+
+@dataclass
+class FailureCase:
+    """What the failure gallery shows of one patient: its scores and two slices (number, windowed
+    FLAIR, truth, prediction) — the one with the most missed lesion and the one with the most false
+    lesion (None where the patient has none of that kind)."""
+
+    name: str
+    dice: float
+    truth_voxels: int
+    predicted_voxels: int
+    uncertainty: float | None
+    missed: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None
+    false: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None
+
+
+def failure_case(
+    name: str,
+    image: np.ndarray,
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    dice: float,
+    numbers: tuple[int, ...] | None = None,
+    uncertainty: float | None = None,
+) -> FailureCase:
+    """The gallery's view of one patient from its (Z, H, W, 3) volume and boolean masks; only the
+    two chosen slices are kept, so a whole dataset can be scanned one patient at a time."""
+    truth, prediction = truth.astype(bool), prediction.astype(bool)
+    flair = window(image[..., FLAIR_CHANNEL])
+    numbers = numbers or tuple(range(1, len(truth) + 1))
+
+    def worst(voxels: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray] | None:
+        per_slice = voxels.sum(axis=(1, 2))
+        z = int(per_slice.argmax())
+        return (numbers[z], flair[z], truth[z], prediction[z]) if per_slice[z] else None
+
+    return FailureCase(
+        name,
+        float(dice),
+        int(truth.sum()),
+        int(prediction.sum()),
+        uncertainty,
+        worst(truth & ~prediction),
+        worst(prediction & ~truth),
+    )
+
+
+def failure_gallery(cases: list[FailureCase], path: Path, worst: int = 6) -> Path:
+    """The `worst` patients by Dice, one row each: the slice with the most missed lesion and the
+    slice with the most false lesion, truth and prediction outlined, the patient's Dice, lesion
+    volumes (truth and predicted voxels) and uncertainty where known; empty truth or prediction
+    said in words."""
+    shown = sorted(cases, key=lambda c: c.dice)[:worst]
+    fig, axes = plt.subplots(
+        len(shown), 2, figsize=(6.4, 3.2 * len(shown) + 0.6), dpi=100, squeeze=False
+    )
+    for row, case in zip(axes, shown):
+        for ax, (kind, chosen) in zip(row, (("missed", case.missed), ("false", case.false))):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if chosen is None:
+                ax.set_facecolor("black")
+                ax.text(
+                    0.5,
+                    0.5,
+                    f"no {kind} lesion",
+                    color="white",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                )
+                continue
+            number, flair, truth, prediction = chosen
+            ax.imshow(overlay(flair, prediction, truth))
+            lost = int(
+                (truth & ~prediction).sum() if kind == "missed" else (prediction & ~truth).sum()
+            )
+            ax.set_title(f"most {kind} lesion: slice {number} ({lost} px)", fontsize=8)
+        empty = [
+            w
+            for w, n in (
+                ("empty truth", case.truth_voxels),
+                ("empty prediction", case.predicted_voxels),
+            )
+            if n == 0
+        ]
+        uncertainty = "" if case.uncertainty is None else f", uncertainty {case.uncertainty:.3g}"
+        row[0].set_ylabel(
+            f"{case.name}\nDice {case.dice:.3f}{uncertainty}\nvoxels: truth {case.truth_voxels},"
+            f" predicted {case.predicted_voxels}" + (f"\n{', '.join(empty)}" if empty else ""),
+            fontsize=8,
+        )
+    handles = [
+        Patch(color=np.array(TRUTH_RGB) / 255, label="truth"),
+        Patch(color=np.array(PREDICTION_RGB) / 255, label="prediction"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=2, frameon=False, fontsize=9)
+    margin = 0.45 / fig.get_size_inches()[1]
+    fig.suptitle(f"The {len(shown)} patients with the lowest Dice", fontsize=10)
+    fig.tight_layout(rect=(0, margin, 1, 1))
+    return _save(fig, path)
