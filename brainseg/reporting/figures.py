@@ -387,3 +387,31 @@ def failure_gallery(cases: list[FailureCase], path: Path, worst: int = 6) -> Pat
     fig.suptitle(f"The {len(shown)} patients with the lowest Dice", fontsize=10)
     fig.tight_layout(rect=(0, margin, 1, 1))
     return _save(fig, path)
+
+
+Bins = tuple[np.ndarray, np.ndarray, np.ndarray]  # mean probability, lesion frequency, pixels
+
+
+def reliability_diagram(
+    before: Bins, after: Bins, ece: tuple[float, float], temperature: float, path: Path
+) -> Path:
+    """Observed lesion frequency against predicted probability per bin, before and after the
+    temperature (a calibrated model lies on the diagonal), with the pixels per bin below."""
+    fig, (curve, counts) = plt.subplots(
+        2, 1, figsize=(5, 6), dpi=100, height_ratios=(3, 1), sharex=True
+    )
+    curve.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for (mean_p, frequency, pixels), label, colour in (
+        (before, f"uncalibrated (ECE {ece[0]:.4f})", "tab:red"),
+        (after, f"temperature {temperature:.2f} (ECE {ece[1]:.4f})", "tab:blue"),
+    ):
+        filled = pixels > 0
+        curve.plot(mean_p[filled], frequency[filled], marker="o", color=colour, label=label)
+    curve.set(ylabel="observed lesion frequency", xlim=(0, 1), ylim=(0, 1))
+    curve.set_title("Reliability of the lesion probability (validation pixels)", fontsize=10)
+    curve.legend(frameon=False, fontsize=8, loc="upper left")
+    edges = np.linspace(0, 1, len(before[2]) + 1)
+    counts.bar(edges[:-1], before[2], width=np.diff(edges), align="edge", color="grey")
+    counts.set(xlabel="predicted lesion probability", ylabel="pixels (uncalibrated)", yscale="log")
+    fig.tight_layout()
+    return _save(fig, path)
