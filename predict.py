@@ -1,6 +1,6 @@
 r"""Turn checkpoints into masks, scores and pictures:
 
-    python predict.py input=<data root> checkpoints=[<run>/checkpoints/last.ckpt] \
+    python predict.py input=<data root> checkpoints=<run>/checkpoints/last.ckpt \
         output_dir=<new folder>
 """
 
@@ -8,11 +8,12 @@ import hydra
 from omegaconf import DictConfig
 
 from brainseg.cli import run_task
-from brainseg.prediction.pipeline import predict
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
+    from brainseg.prediction.pipeline import predict  # torch: not needed for --help or --cfg
+
     run_task(predict, cfg)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,20 @@ def instantiate_setting(setting: str, cfg: Any, **kwargs: Any) -> Any:
             cause = cause.__cause__
         if cause is not None:
             raise cause from None
-        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-        raise ConfigError(f"{setting}: {lines[-1] if lines else type(exc).__name__}") from None
+        raise ConfigError(f"{setting}: {_reason(exc)}") from None
+
+
+def _reason(exc: InstantiationException) -> str:
+    """Why Hydra could not build a setting, in one line: the target that cannot be imported, or
+    the target's own complaint (an unknown keyword, a wrong value), without Hydra's `full_key`
+    and `object_type` lines."""
+    located = re.match(r"Error locating target '([^']+)'", str(exc))
+    if located:
+        return f"cannot import _target_ {located[1]!r}"
+    cause = exc.__cause__
+    text = str(cause) if cause is not None else str(exc)
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(cause or exc).__name__
 
 
 # The override keys a running sweep varies (comma-separated), set for its jobs by SweepGuard.

@@ -46,3 +46,6 @@ def quiet_libraries() -> None:
         logging.getLogger("lightning").handlers.clear()
     # Raised inside Lightning on every run with the pinned torch; nothing a user can change.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # On every start wherever `srun` is on the PATH (every SLURM login node); brainseg's SLURM
+    # jobs are started by srun through hydra/launcher=slurm, where Lightning does not say it.
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")

@@ -278,3 +278,60 @@ def test_the_monitor_sets_every_direction(monitor: str, mode: str, direction: st
         OmegaConf.to_container(
             compose(["monitor=val/dice", "scheduler=plateau"]).scheduler, resolve=True
         )
+
+
+@pytest.mark.parametrize(
+    ("node", "expected"),
+    [
+        (
+            {"_target_": "torch.optim.SGD", "params": [], "lr": 0.1, "momentm": 0.9},
+            "optimizer: SGD.__init__() got an unexpected keyword argument 'momentm'",
+        ),
+        ({"_target_": "torch.optim.Foo", "lr": 0.1}, "optimizer: cannot import _target_ "),
+    ],
+)
+def test_instantiation_errors_name_the_reason_not_the_config_key(node, expected):
+    """A misspelled key (Hydra's own suggestion `+trainer.max_epoch=3` ends this way) or an
+    unknown target: one line with the reason, not `full_key: optimizer`."""
+    from omegaconf import OmegaConf
+
+    from brainseg.config import instantiate_setting
+    from brainseg.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        instantiate_setting("optimizer", OmegaConf.create(node))
+    message = str(caught.value)
+    assert message.startswith(expected), message
+    assert "full_key" not in message and "\n" not in message
+
+
+def test_predict_help_describes_every_setting() -> None:
+    """`python predict.py --help` lists predict's own settings (not train.py's groups)."""
+    cfg = compose([], config_name="predict")
+    template = cfg.hydra.help.template
+    settings = [key for key in cfg if key not in ("hydra", "task_name")]
+    assert settings and all(f"\n  {key} " in template for key in settings if key != "figures")
+    assert "figures.overlays" in template and "$APP_CONFIG_GROUPS" not in template
+
+
+@pytest.mark.parametrize("script", ["train.py", "predict.py"])
+def test_entry_points_start_without_torch(script: str) -> None:
+    """--help and argument errors come before the heavy imports: the entry modules import no
+    torch until their task runs."""
+    import subprocess
+    import sys
+
+    code = (
+        f"import runpy, sys; runpy.run_path({script!r}, run_name='not_main'); "
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "False"

@@ -34,7 +34,7 @@ def predicted(
     result = run_cli(
         "predict.py",
         f"input={synthetic_root}",
-        f"checkpoints=[{tiny_run}/checkpoints/last.ckpt]",
+        f"checkpoints={tiny_run}/checkpoints/last.ckpt",  # one path needs no brackets
         f"output_dir={out}",
         "tta.hflip=true",
         "progress=false",

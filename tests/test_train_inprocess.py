@@ -259,3 +259,22 @@ def test_wandb_run_id_follows_the_run_directory(tmp_path: Path, monkeypatch) -> 
     again = wandb_logger(save_dir=str(tmp_path / "a"), offline=True)
     other = wandb_logger(save_dir=str(tmp_path / "b"), offline=True)
     assert first.version == again.version != other.version
+
+
+def test_weight_averaging_is_what_is_checkpointed_and_predicted(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    """callbacks=ema: the checkpoints' weights (validated, reported, predicted) are the average,
+    last.ckpt keeps the raw weights beside them for a resume."""
+    from brainseg.checkpoint import read_checkpoint
+    from brainseg.prediction.members import load_checkpoint
+
+    run = tmp_path / "run"
+    train(compose_run(synthetic_root, run, tmp_path / "cache", "callbacks=ema"))
+    last = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    averaged, raw = last["state_dict"], last["current_model_state"]
+    assert averaged.keys() == raw.keys()
+    assert any(not torch.equal(averaged[k], raw[k]) for k in averaged)
+    network = load_checkpoint(run / "checkpoints" / "last.ckpt").net.state_dict()
+    for name, value in network.items():
+        assert torch.equal(value, averaged[f"net.{name}"]), name

@@ -74,9 +74,10 @@ def load_members(cfg: DictConfig) -> list[Member]:
     """Members from `onnx`, `sweep_dir` or the `checkpoints` list."""
     if cfg.get("onnx"):
         return [load_onnx(_path(cfg.onnx, "onnx"))]
-    chosen: list[tuple[Path, str | None]] = [
-        (_path(p, "checkpoints"), None) for p in cfg.get("checkpoints") or []
-    ]
+    given = cfg.get("checkpoints") or []
+    if isinstance(given, str):  # checkpoints=run/last.ckpt: one file, not a list of letters
+        given = [given]
+    chosen: list[tuple[Path, str | None]] = [(_path(p, "checkpoints"), None) for p in given]
     if cfg.get("sweep_dir"):
         chosen += find_sweep_checkpoints(_path(cfg.sweep_dir, "sweep_dir"))
     if not chosen:

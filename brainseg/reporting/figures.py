@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import textwrap
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -14,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from brainseg.runfiles import EpochScores
 
@@ -23,7 +26,6 @@ FLAIR_CHANNEL = 1
 
 
 GROUP_COLOURS = {"train": "#9e9e9e", "val": "#4c72b0", "test": "#8172b3", "unseen": "#dd8452"}
-ZERO_MARK = "#c44e52"
 # Characters per line of a configuration label in the sweep figures before it wraps.
 LABEL_CHARACTERS = 40
 
@@ -57,17 +59,17 @@ def bar_chart(
         chosen = [i for i, g in enumerate(labels) if g == label]
         ax.barh(ys[chosen], values[chosen], color=palette[label], label=label or None)
     zeros = values <= 0
-    if zeros.any():
+    if zeros.any():  # no bar to colour: a cross in the patient's group colour marks it
         ax.scatter(
             np.full(zeros.sum(), 0.006),
             ys[zeros],
             marker="x",
             s=40,
-            color=ZERO_MARK,
+            color=[palette[labels[i]] for i in np.flatnonzero(zeros)],
             zorder=3,
-            label="Dice 0",
             clip_on=False,
         )
+        ax.scatter([], [], marker="x", s=40, color="black", label="Dice 0")
     stats = values if stats_groups is None else values[[g in stats_groups for g in labels]]
     which = "" if stats_groups is None else "held-out "
     if show_stats and len(stats):
@@ -120,6 +122,7 @@ def training_curves(history: list[EpochScores], best: EpochScores, path: Path) -
     )
     for ax in (losses, dice):
         ax.legend(frameon=False)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     fig.tight_layout()
     return _save(fig, path)
 
@@ -218,7 +221,8 @@ def overlay(
     image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None, label: str | None = None
 ) -> np.ndarray:
     """The FLAIR channel (of an (H, W, 3) slice, or a grey (H, W) one) with the prediction outlined
-    in red and the truth in green; `label` is written in the top-left corner."""
+    in red and the truth in green; `label` is written in the top-left corner, with a legend of the
+    two colours in the bottom-left one."""
     flair = image if image.ndim == 2 else image[..., FLAIR_CHANNEL]
     rgb = np.repeat(flair[..., None], 3, axis=2).copy()
     for mask, colour in ((truth, TRUTH_RGB), (prediction, PREDICTION_RGB)):
@@ -229,7 +233,18 @@ def overlay(
             cv2.drawContours(rgb, contours, -1, colour, 1)
     if label:
         _write_label(rgb, label)
+        _write_legend(rgb)
     return rgb
+
+
+def _write_legend(rgb: np.ndarray) -> None:
+    """`truth` in the truth's colour and `prediction` in the prediction's, bottom left, in place."""
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, min(0.4, rgb.shape[1] / 400)
+    x, y = 3, rgb.shape[0] - 5
+    for word, colour in (("truth", TRUTH_RGB), ("prediction", PREDICTION_RGB)):
+        cv2.putText(rgb, word, (x, y), font, scale, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(rgb, word, (x, y), font, scale, colour, 1, cv2.LINE_AA)
+        x += cv2.getTextSize(word + " ", font, scale, 1)[0][0]
 
 
 def _write_label(rgb: np.ndarray, text: str) -> None:
@@ -270,3 +285,133 @@ def write_overlays(
     gif = out_dir / f"{name}.gif"
     iio.imwrite(gif, np.stack(frames), duration=120, loop=0)
     return [*written, gif]
+
+
+@dataclass
+class FailureCase:
+    """What the failure gallery shows of one patient: its scores and two slices (number, windowed
+    FLAIR, truth, prediction) — the one with the most missed lesion and the one with the most false
+    lesion (None where the patient has none of that kind)."""
+
+    name: str
+    dice: float
+    truth_voxels: int
+    predicted_voxels: int
+    uncertainty: float | None
+    missed: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None
+    false: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None
+
+
+def failure_case(
+    name: str,
+    image: np.ndarray,
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    dice: float,
+    numbers: tuple[int, ...] | None = None,
+    uncertainty: float | None = None,
+) -> FailureCase:
+    """The gallery's view of one patient from its (Z, H, W, 3) volume and boolean masks; only the
+    two chosen slices are kept, so a whole dataset can be scanned one patient at a time."""
+    truth, prediction = truth.astype(bool), prediction.astype(bool)
+    flair = window(image[..., FLAIR_CHANNEL])
+    numbers = numbers or tuple(range(1, len(truth) + 1))
+
+    def worst(voxels: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray] | None:
+        per_slice = voxels.sum(axis=(1, 2))
+        z = int(per_slice.argmax())
+        return (numbers[z], flair[z], truth[z], prediction[z]) if per_slice[z] else None
+
+    return FailureCase(
+        name,
+        float(dice),
+        int(truth.sum()),
+        int(prediction.sum()),
+        uncertainty,
+        worst(truth & ~prediction),
+        worst(prediction & ~truth),
+    )
+
+
+def failure_gallery(cases: list[FailureCase], path: Path, worst: int = 6) -> Path:
+    """The `worst` patients by Dice, one row each: the slice with the most missed lesion and the
+    slice with the most false lesion, truth and prediction outlined, the patient's Dice, lesion
+    volumes (truth and predicted voxels) and uncertainty where known; empty truth or prediction
+    said in words."""
+    shown = sorted(cases, key=lambda c: c.dice)[:worst]
+    fig, axes = plt.subplots(
+        len(shown), 2, figsize=(6.4, 3.2 * len(shown) + 0.6), dpi=100, squeeze=False
+    )
+    for row, case in zip(axes, shown):
+        for ax, (kind, chosen) in zip(row, (("missed", case.missed), ("false", case.false))):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if chosen is None:
+                ax.set_facecolor("black")
+                ax.text(
+                    0.5,
+                    0.5,
+                    f"no {kind} lesion",
+                    color="white",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                )
+                continue
+            number, flair, truth, prediction = chosen
+            ax.imshow(overlay(flair, prediction, truth))
+            lost = int(
+                (truth & ~prediction).sum() if kind == "missed" else (prediction & ~truth).sum()
+            )
+            ax.set_title(f"most {kind} lesion: slice {number} ({lost} px)", fontsize=8)
+        empty = [
+            w
+            for w, n in (
+                ("empty truth", case.truth_voxels),
+                ("empty prediction", case.predicted_voxels),
+            )
+            if n == 0
+        ]
+        uncertainty = "" if case.uncertainty is None else f", uncertainty {case.uncertainty:.3g}"
+        row[0].set_ylabel(
+            f"{case.name}\nDice {case.dice:.3f}{uncertainty}\nvoxels: truth {case.truth_voxels},"
+            f" predicted {case.predicted_voxels}" + (f"\n{', '.join(empty)}" if empty else ""),
+            fontsize=8,
+        )
+    handles = [
+        Patch(color=np.array(TRUTH_RGB) / 255, label="truth"),
+        Patch(color=np.array(PREDICTION_RGB) / 255, label="prediction"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=2, frameon=False, fontsize=9)
+    margin = 0.45 / fig.get_size_inches()[1]
+    fig.suptitle(f"The {len(shown)} patients with the lowest Dice", fontsize=10)
+    fig.tight_layout(rect=(0, margin, 1, 1))
+    return _save(fig, path)
+
+
+Bins = tuple[np.ndarray, np.ndarray, np.ndarray]  # mean probability, lesion frequency, pixels
+
+
+def reliability_diagram(
+    before: Bins, after: Bins, ece: tuple[float, float], temperature: float, path: Path
+) -> Path:
+    """Observed lesion frequency against predicted probability per bin, before and after the
+    temperature (a calibrated model lies on the diagonal), with the pixels per bin below."""
+    fig, (curve, counts) = plt.subplots(
+        2, 1, figsize=(5, 6), dpi=100, height_ratios=(3, 1), sharex=True
+    )
+    curve.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for (mean_p, frequency, pixels), label, colour in (
+        (before, f"uncalibrated (ECE {ece[0]:.4f})", "tab:red"),
+        (after, f"temperature {temperature:.2f} (ECE {ece[1]:.4f})", "tab:blue"),
+    ):
+        filled = pixels > 0
+        curve.plot(mean_p[filled], frequency[filled], marker="o", color=colour, label=label)
+    curve.set(ylabel="observed lesion frequency", xlim=(0, 1), ylim=(0, 1))
+    curve.set_title("Reliability of the lesion probability (validation pixels)", fontsize=10)
+    curve.legend(frameon=False, fontsize=8, loc="upper left")
+    edges = np.linspace(0, 1, len(before[2]) + 1)
+    counts.bar(edges[:-1], before[2], width=np.diff(edges), align="edge", color="grey")
+    counts.set(xlabel="predicted lesion probability", ylabel="pixels (uncalibrated)", yscale="log")
+    fig.tight_layout()
+    return _save(fig, path)

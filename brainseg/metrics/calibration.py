@@ -1,0 +1,74 @@
+"""Calibration of lesion probabilities: a temperature fitted on validation logits (Guo et al.,
+2017: one scalar, so the ranking of voxels and the masks at threshold 0.5 stay the same), the
+expected calibration error and the reliability bins behind it (MONAI's calibration_binning)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from monai.metrics.calibration import calibration_binning
+
+BINS = 15
+# Pixels drawn uniformly (seeded) from each validation patient to fit and score the temperature:
+# the lesion's share of them is the data's, so the fitted temperature is not tilted by a sample.
+PIXELS_PER_PATIENT = 100_000
+_EPS = 1e-6
+
+
+def logits_of(probs: np.ndarray) -> np.ndarray:
+    """The logits behind (averaged) probabilities, clipped away from 0 and 1."""
+    p = np.clip(np.asarray(probs, np.float64), _EPS, 1 - _EPS)
+    return np.log(p / (1 - p))
+
+
+def calibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities with their logits divided by `temperature`."""
+    return 1 / (1 + np.exp(-logits_of(probs) / temperature))
+
+
+def sample_pixels(
+    probs: np.ndarray, truth: np.ndarray, seed: int, size: int = PIXELS_PER_PATIENT
+) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `size` (probability, truth) pairs of one volume, drawn uniformly without repeats."""
+    flat_p, flat_t = np.ravel(probs), np.ravel(truth)
+    if flat_p.size > size:
+        chosen = np.random.default_rng(seed).choice(flat_p.size, size, replace=False)
+        flat_p, flat_t = flat_p[chosen], flat_t[chosen]
+    return flat_p.astype(np.float32), flat_t.astype(bool)
+
+
+def reliability(
+    probs: np.ndarray, truth: np.ndarray, bins: int = BINS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per probability bin: the mean predicted probability, the observed lesion frequency and the
+    number of pixels (NaN means for empty bins)."""
+    y_pred = torch.as_tensor(np.ravel(probs), dtype=torch.float64).reshape(1, 1, -1)
+    y = torch.as_tensor(np.ravel(truth), dtype=torch.float64).reshape(1, 1, -1)
+    mean_p, frequency, counts = calibration_binning(y_pred, y, num_bins=bins)
+    return mean_p[0, 0].numpy(), frequency[0, 0].numpy(), counts[0, 0].numpy()
+
+
+def expected_calibration_error(probs: np.ndarray, truth: np.ndarray, bins: int = BINS) -> float:
+    """The pixel-weighted mean gap between predicted probability and observed frequency."""
+    mean_p, frequency, counts = reliability(probs, truth, bins)
+    filled = counts > 0
+    gaps = np.abs(mean_p[filled] - frequency[filled])
+    return float((gaps * counts[filled]).sum() / counts[filled].sum())
+
+
+def fit_temperature(probs: np.ndarray, truth: np.ndarray) -> float:
+    """The temperature that minimises the binary cross-entropy of the pixels (L-BFGS on its log, so
+    it stays positive)."""
+    logits = torch.as_tensor(logits_of(probs))
+    target = torch.as_tensor(np.asarray(truth), dtype=torch.float64)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+    def loss() -> torch.Tensor:
+        optimizer.zero_grad()
+        value = torch.nn.functional.binary_cross_entropy_with_logits(logits / log_t.exp(), target)
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    return float(log_t.detach().exp())
