@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import wilcoxon
 
-from brainseg.metrics.functional import dice_score
-from brainseg.postprocessing import StepList, apply
+from brainseg.metrics import NSD_TOLERANCE
+from brainseg.postprocessing import StepList, score
 
 CHANGE_TOLERANCE = 1e-9  # Dice differences below this count as "unchanged"
 ADOPTION_RULE = (
@@ -51,29 +51,26 @@ def compare(candidate: Sequence[float], current: Sequence[float]) -> dict[str, A
     }
 
 
-def score(
-    predictions: Iterable[Prediction], candidates: Sequence[StepList]
-) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Per patient: the Dice of the raw mask, and the Dice after each candidate (one patient in
-    memory at a time)."""
-    raw_dice: dict[str, float] = {}
-    per_patient: dict[str, list[float]] = {}
-    for name, raw, truth in predictions:
-        raw_dice[name] = dice_score(raw, truth)
-        per_patient[name] = [dice_score(apply(raw, steps), truth) for steps in candidates]
-    return raw_dice, per_patient
-
-
-def decide(predictions: Iterable[Prediction], candidates: Sequence[StepList]) -> dict[str, Any]:
+def decide(
+    predictions: Iterable[Prediction],
+    candidates: Sequence[StepList],
+    tolerance: float = NSD_TOLERANCE,
+) -> dict[str, Any]:
     """The chosen step list and everything that led to it: each candidate's mean Dice and erased
-    patients, each comparison of the walk, and the per-patient Dice (one entry per candidate)."""
+    patients, each comparison of the walk, the per-patient Dice (one entry per candidate) and every
+    metric of each patient after the chosen steps (`metrics`), all scored by `score` (one patient in
+    memory at a time)."""
     if not candidates:
         raise ValueError("decide needs at least one candidate step list")
-    raw_dice, per_patient = score(predictions, candidates)
-    if not per_patient:
+    raw_dice: dict[str, float] = {}
+    scores: dict[str, list[dict[str, float]]] = {}
+    for name, raw, truth in predictions:
+        raw_dice[name] = score(raw, truth, [], tolerance)["dsc"]
+        scores[name] = [score(raw, truth, steps, tolerance) for steps in candidates]
+    if not scores:
         raise ValueError("decide needs at least one patient")
-    names = list(per_patient)
-    columns = [[per_patient[n][i] for n in names] for i in range(len(candidates))]
+    names = list(scores)
+    columns = [[scores[n][i]["dsc"] for n in names] for i in range(len(candidates))]
     erased = [
         [n for n, d in zip(names, column) if raw_dice[n] > 0 and d == 0] for column in columns
     ]
@@ -100,7 +97,9 @@ def decide(predictions: Iterable[Prediction], candidates: Sequence[StepList]) ->
         "comparisons": comparisons,
         "patients": names,
         "dsc_raw": raw_dice,
-        "per_patient": per_patient,
+        "per_patient": {n: [column[k] for column in columns] for k, n in enumerate(names)},
+        "nsd_tolerance": tolerance,
+        "metrics": {n: scores[n][best] for n in names},
     }
 
 
