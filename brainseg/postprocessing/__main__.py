@@ -24,17 +24,6 @@ from brainseg.reporting.sweep import collect_jobs, configurations
 from brainseg.run_lock import own_run_directory
 
 
-def _candidates(text: str | None) -> list | None:
-    candidates = None if text is None else parse_yaml(text, "--candidates")
-    if text is not None and not (
-        isinstance(candidates, list) and all(isinstance(c, list) for c in candidates)
-    ):
-        raise ConfigError(
-            "--candidates must be a list of step lists, e.g. '[[], [largest_component]]'"
-        )
-    return candidates
-
-
 def _folds(sweep: Path) -> list[Path]:
     """The jobs of a sweep that saved validation predictions, all of one configuration."""
     jobs = [j for j in collect_jobs(sweep) if (sweep / j["job"] / VALIDATION_DIR).is_dir()]
@@ -48,9 +37,7 @@ def _folds(sweep: Path) -> list[Path]:
     return [sweep / j["job"] for j in jobs]
 
 
-def decide_folder(
-    folder: Path, candidates: list | None = None, overwrite: bool = False
-) -> dict[str, Any]:
+def decide_folder(folder: Path, candidates: Any = None, overwrite: bool = False) -> dict[str, Any]:
     """Decide for a run directory or a k-fold sweep directory (see the module docstring)."""
     if not folder.is_dir():
         raise DataError(f"{folder}: no such run or sweep directory")
@@ -83,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> None:
-        decision = decide_folder(args.folder, _candidates(args.candidates), args.overwrite)
+        candidates = (
+            None if args.candidates is None else parse_yaml(args.candidates, "--candidates")
+        )
+        decision = decide_folder(args.folder, candidates, args.overwrite)
         print(f"{describe(decision)}; recorded in {args.folder / DECISION_FILE}")
 
     return exit_status(run)

@@ -83,7 +83,7 @@ def _recorded_candidates(folder: Path, runs: Sequence[Path]) -> list[StepList]:
 def decide_runs(
     folder: Path,
     runs: Sequence[Path],
-    candidates: Sequence[Any] | None = None,
+    candidates: Any = None,
     tolerance: float = NSD_TOLERANCE,
 ) -> dict[str, Any]:
     """Decide once on the saved validation predictions of `runs` (one run, or the folds of one
@@ -99,9 +99,9 @@ def decide_runs(
         )
     if candidates is None:
         candidates = _recorded_candidates(folder, runs)
+    if not (isinstance(candidates, list | tuple) and candidates):
+        raise ConfigError("candidates: give a list of step lists, e.g. [[], [largest_component]]")
     checked = [check_steps(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
-    if not checked:
-        raise ConfigError("candidates: give at least one step list, e.g. [[]]")
     pooled = [Path(run) for run in runs] != [folder]
     predictions = (
         prediction

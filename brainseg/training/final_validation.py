@@ -41,10 +41,7 @@ def final_validation(
     batch_size: int = 16,
 ) -> dict[str, Any]:
     """Predict, save, decide among `candidates` (none: the training `fallback` steps are the one
-    candidate) and score.
-
-    Returns the steps, the decision file and every per-volume metric per patient, in `patients`
-    order."""
+    candidate); returns the steps, the decision file and the metrics per patient after the steps."""
     member = load_checkpoint(checkpoint)
     predictor = Predictor([member], batch_size=batch_size, device=device)
     available = {p.name: p for p in find_patients(data_root)}
