@@ -37,7 +37,6 @@ __all__ = [
 
 StepList = list[dict[str, Any]]
 _EMPTY = np.zeros((1, 1, 1), dtype=bool)
-EXAMPLE = "[] or [{name: largest_component}]"
 
 
 def check_steps(
@@ -47,7 +46,8 @@ def check_steps(
     a one-line ConfigError naming `setting` for a value that is no list, unknown names, arguments
     or argument values."""
     if steps is not None and not isinstance(steps, list | tuple):
-        raise ConfigError(f"{setting}={steps!r} must be a step list, e.g. {EXAMPLE}")
+        example = "[] or [{name: largest_component}]"
+        raise ConfigError(f"{setting}={steps!r} must be a step list, e.g. {example}")
     checked = []
     for index, item in enumerate(steps or []):
         entry = {"name": item} if isinstance(item, str) else dict(item)

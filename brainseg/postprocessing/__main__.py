@@ -1,11 +1,10 @@
 """`python -m brainseg.postprocessing decide <run or sweep dir>`: decide the post-processing from
-saved validation predictions alone (no model, no data): again for a run, among other candidates;
-or once for a k-fold sweep of one configuration, its folds' validation patients pooled out of fold.
+saved validation predictions alone (no model, no data): again for a run, or once for a k-fold sweep
+of one configuration, its folds pooled out of fold.
 
-Writes `<dir>/postprocessing.json`; one that is there already is kept unless `--overwrite`. Each
-run read is locked as train.py locks it, so a run that a live train.py holds is refused. A sweep
-whose jobs differ in anything but `data.split.fold` is refused, naming the differing overrides: a
-pooled decision is for the folds of one configuration; decide each of its runs instead."""
+Writes `<dir>/postprocessing.json` (an existing one only with `--overwrite`) and, for a run, the
+provenance of its checkpoints, holding each run's lock as train.py does. A sweep whose jobs differ
+in anything but `data.split.fold` is refused, naming the differing overrides."""
 
 from __future__ import annotations
 

@@ -104,27 +104,20 @@ def decide(
 
 
 def describe(decision: dict[str, Any]) -> str:
-    """One line: the choice, the patients whose lesion it erases, and for each comparison both
-    means, the vote and the erased lesions."""
-    parts = [
-        f"{_names(c['candidate'])} vs {_names(c['against'])}: mean Dice "
-        f"{c['dsc']:.4f} vs {c['dsc_current']:.4f}, helps {c['helped']}, hurts {c['hurt']}"
-        + (f", erases {len(c['erased'])}" if c["erased"] else "")
-        + f", Wilcoxon p={c['wilcoxon_p_greater']:.3g}, "
-        f"{'adopted' if c['adopted'] else 'not adopted'}"
+    """One line: the choice, each comparison's means, vote, erased lesions and p-value, and the
+    patients whose lesion the choice erases."""
+    votes = "; ".join(
+        f"{_names(c['candidate'])} vs {_names(c['against'])}: mean Dice {c['dsc']:.4f} vs "
+        f"{c['dsc_current']:.4f}, helps {c['helped']}, hurts {c['hurt']}, erases "
+        f"{len(c['erased'])}, Wilcoxon p={c['wilcoxon_p_greater']:.3g}, "
+        + ("adopted" if c["adopted"] else "not adopted")
         for c in decision["comparisons"]
-    ]
-    erased = decision["erased"]
+    )
+    erased = ", ".join(decision["erased"])
     return (
         f"post-processing chosen: {_names(decision['postprocessing'])} on "
-        f"{len(decision['patients'])} validation patients "
-        f"({'; '.join(parts) or 'one candidate'})"
-        + (
-            f"; it erases the lesion of {len(erased)} (Dice > 0 without it, 0 with it): "
-            + ", ".join(erased)
-            if erased
-            else ""
-        )
+        f"{len(decision['patients'])} validation patients ({votes or 'one candidate'})"
+        + (f"; it erases the lesion (Dice > 0 without it, 0 with it) of {erased}" if erased else "")
     )
 
 

@@ -111,14 +111,11 @@ def evaluate_folder(
     Each row gets its `subset` from `split` (without one: `unseen`) and the summary headlines the
     held-out patients, as predict.py does.
     """
-    pred_root, truth_root, out = (
-        resolve_path(path, setting)
-        for path, setting in (
-            (pred_root, "pred_dir"),
-            (truth_root, "truth_dir"),
-            (output_dir, "--output"),
-        )
+    pred_root, truth_root = (
+        resolve_path(pred_root, "pred_dir"),
+        resolve_path(truth_root, "truth_dir"),
     )
+    out = resolve_path(output_dir, "--output")
     steps = check_steps(postprocessing, setting="--postprocessing")
     for root in (pred_root, truth_root):
         if out == root or out.is_relative_to(root):
