@@ -10,7 +10,7 @@ from pathlib import Path
 
 from brainseg.cli import exit_status
 from brainseg.metrics import NSD_TOLERANCE
-from brainseg.postprocessing import STEPS
+from brainseg.postprocessing import parse_yaml
 from brainseg.reporting.folder import evaluate_folder
 from brainseg.reporting.scores import headline
 
@@ -30,12 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--postprocessing",
-        action="append",
-        choices=sorted(STEPS),
-        default=[],
-        help=(
-            "a brainseg.postprocessing step applied to the predictions before scoring (repeatable)"
-        ),
+        default="[]",
+        help="brainseg.postprocessing steps applied to the predictions before scoring, a step list "
+        "as YAML/JSON, e.g. '[{name: remove_small_components, min_voxels: 10}]' (default: none)",
     )
     parser.add_argument(
         "--nsd-tolerance", type=float, default=NSD_TOLERANCE, help="pixels (default %(default)s)"
@@ -45,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         "--split",
         help=(
             "which patients are held out: a run directory, its split.json, or a text file listing "
-            "held-out patients one per line; adds predict.py's subset column and held-out headline"
+            "held-out patients one per line (default: every patient is unseen, held out)"
         ),
     )
     args = parser.parse_args(argv)
@@ -55,20 +52,12 @@ def main(argv: list[str] | None = None) -> int:
             args.pred_dir,
             args.truth_dir,
             args.output,
-            args.postprocessing,
+            parse_yaml(args.postprocessing, "--postprocessing"),
             args.nsd_tolerance,
             args.overwrite,
             args.split,
         )
-        if args.split:
-            print(headline(summary["scores"], summary["postprocessing"], Path(args.output)))
-            return
-        dsc, hd = summary["scores"]["dsc"], summary["scores"]["hd95"]
-        print(
-            f"{summary['patients']} patients: per-volume DSC mean {dsc['mean']:.4f}, "
-            f"median {dsc['median']:.4f}; "
-            f"HD95 median {hd['median']:.2f} px; {args.output}"
-        )
+        print(headline(summary["scores"], summary["postprocessing"], Path(args.output)))
 
     return exit_status(run)
 

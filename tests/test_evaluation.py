@@ -226,6 +226,34 @@ def test_evaluate_scores_a_folder_and_refuses_mismatches_in_one_line(tmp_path, c
     assert not (tmp_path / "out2").exists()
 
 
+def test_evaluate_takes_a_step_list_with_arguments(tmp_path, capsys) -> None:
+    import json
+
+    from brainseg.evaluate import main as evaluate
+
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    lesion = _cube((4, 24, 24), (1, 4, 4), 6)
+    speck = lesion.copy()
+    speck[0, 20, 20] = True  # a false component of one voxel
+    _write_masks(truth, "A", lesion)
+    _write_masks(pred, "A", speck)
+    arguments = [str(pred), str(truth), "--output", str(tmp_path / "out"), "--postprocessing"]
+    # before: always refused (argparse's choices take step names, never their arguments)
+    assert evaluate([*arguments, "[{name: remove_small_components, min_voxels: 10}]"]) == 0
+    summary = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert summary["postprocessing"] == [{"name": "remove_small_components", "min_voxels": 10}]
+    assert summary["scores"]["dsc"]["mean"] == 1.0  # the speck is gone
+    for steps, message in (
+        ("[remove_small_components]", "--postprocessing[0] (remove_small_components): missing"),
+        ("[{name: lcc}]", "--postprocessing[0]: unknown step 'lcc'"),
+        ("[{name: largest_component", "--postprocessing: not YAML/JSON"),
+        ("largest_component", "--postprocessing='largest_component' must be a step list"),
+    ):
+        assert evaluate([*arguments, steps, "--overwrite"]) == 2
+        line = capsys.readouterr().err.strip()
+        assert line.startswith(f"error: {message}") and "\n" not in line
+
+
 def test_evaluate_reads_masks_as_training_and_predict_do(tmp_path, capsys) -> None:
     from brainseg.evaluate import main as evaluate
 

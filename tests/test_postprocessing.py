@@ -1,5 +1,5 @@
-"""Post-processing steps, the step-list checks, the decision rule on saved predictions, where the
-decision is recorded, and which steps predict.py applies."""
+"""Post-processing steps, the step-list checks, the one scorer, the decision rule on saved
+predictions, where the decision is recorded and who takes it, and which steps predict.py applies."""
 
 from __future__ import annotations
 
@@ -8,18 +8,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
+import yaml
 from helpers import compose, compose_run
 
 from brainseg.checkpoint import Provenance, read_checkpoint
 from brainseg.errors import ConfigError, DataError
 from brainseg.metrics import dice_score
-from brainseg.postprocessing import STEPS, apply, check_steps
+from brainseg.postprocessing import STEPS, apply, check_steps, score
 from brainseg.postprocessing.__main__ import main as postprocessing_cli
 from brainseg.postprocessing.decision import decide
-from brainseg.postprocessing.records import DECISION_FILE, decide_folder, save_prediction
-from brainseg.prediction.members import Member
-from brainseg.prediction.postprocess import resolve_postprocessing
+from brainseg.postprocessing.records import (
+    DECISION_FILE,
+    decide_runs,
+    save_prediction,
+    steps_to_apply,
+)
+from brainseg.run_lock import own_run_directory
 
 LCC = [{"name": "largest_component"}]
 CANDIDATES = [[], LCC]
@@ -148,6 +154,16 @@ def test_the_rule_adopts_a_step_that_helps_most_patients_and_lists_the_lesion_it
     assert alone["postprocessing"] == [] and alone["erased"] == []
 
 
+def _run(folder: Path, predictions: list, overrides: list[str] | None = None) -> Path:
+    """A run directory with saved validation predictions (and, as a sweep's job, its overrides)."""
+    for name, raw, truth in predictions:
+        save_prediction(folder, name, raw, truth)
+    if overrides is not None:
+        (folder / ".hydra").mkdir()
+        (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    return folder
+
+
 def _checkpoint(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = {"state_dict": {}, "hyper_parameters": {"postprocessing": LCC}}
@@ -156,10 +172,8 @@ def _checkpoint(path: Path) -> Path:
     return path
 
 
-def _run(folder: Path, predictions: list) -> Path:
-    for name, raw, truth in predictions:
-        save_prediction(folder, name, raw, truth)
-    return folder
+def _recorded_steps(checkpoint: Path) -> list:
+    return Provenance.read(read_checkpoint(checkpoint), checkpoint).postprocessing["steps"]
 
 
 def test_a_run_decision_is_recorded_in_the_run_and_its_checkpoints(tmp_path: Path) -> None:
@@ -167,71 +181,173 @@ def test_a_run_decision_is_recorded_in_the_run_and_its_checkpoints(tmp_path: Pat
     checkpoints = [
         _checkpoint(run / "checkpoints" / n) for n in ("best-epoch001.ckpt", "last.ckpt")
     ]
-    decision = decide_folder(run, CANDIDATES)
+    decision = decide_runs(run, [run], CANDIDATES)
     assert decision == {
         **decide(sorted(_predictions()), CANDIDATES),
         "scope": "run",
         "folder": str(run.resolve()),
     }
     assert json.loads((run / DECISION_FILE).read_text()) == decision
-    for path in checkpoints:
+    assert decision["metrics"]["p0"] == score(*_predictions()[0][1:], LCC)
+    for path in checkpoints:  # predict.py given the checkpoint alone applies the run's decision
         record = Provenance.read(read_checkpoint(path), path).postprocessing
         assert record["steps"] == LCC and record["erased"] == ["erased"]
         assert record["decision"] == str((run / DECISION_FILE).resolve())
-    # re-decided from the saved files alone, among the recorded candidates
-    assert postprocessing_cli(["decide", str(run), "--candidates", "[[]]"]) == 0
+
+
+def test_decide_keeps_the_previous_decision_and_a_run_in_use(tmp_path: Path, capsys) -> None:
+    run = _run(tmp_path / "run", _predictions())
+    checkpoint = _checkpoint(run / "checkpoints" / "last.ckpt")
+    decide_runs(run, [run], CANDIDATES)
+    first, saved = (run / DECISION_FILE).read_text(), checkpoint.read_bytes()
+    assert postprocessing_cli(["decide", str(run), "--candidates", "[[]]"]) == 2
+    assert "holds a decision already; pass --overwrite" in capsys.readouterr().err
+    with own_run_directory(run):  # as a live train.py holds it
+        assert postprocessing_cli(["decide", str(run), "--candidates", "[[]]", "--overwrite"]) == 2
+    assert f"{run}: run directory in use by pid" in capsys.readouterr().err
+    assert (run / DECISION_FILE).read_text() == first and checkpoint.read_bytes() == saved
+    # re-decided from the saved files alone
+    assert postprocessing_cli(["decide", str(run), "--candidates", "[[]]", "--overwrite"]) == 0
     assert json.loads((run / DECISION_FILE).read_text())["postprocessing"] == []
-    assert Provenance.read(read_checkpoint(checkpoints[0]), "x").postprocessing["steps"] == []
-    assert decide_folder(run)["candidates"][0]["postprocessing"] == []
+    assert _recorded_steps(checkpoint) == []
+    assert postprocessing_cli(["decide", str(run), "--overwrite"]) == 0  # the recorded candidates
+    assert json.loads((run / DECISION_FILE).read_text())["candidates"][0]["postprocessing"] == []
 
 
-def test_a_sweep_decides_once_on_all_jobs_pooled(tmp_path: Path, capsys) -> None:
+def test_a_k_fold_sweep_decides_once_pooled_out_of_fold(tmp_path: Path, capsys) -> None:
     predictions = _predictions()
     sweep = tmp_path / "sweep"
-    for job, part in (("0", predictions[:2]), ("1", predictions[2:])):
-        decide_folder(_run(sweep / job, part), CANDIDATES)
+    for fold, part in enumerate((predictions[:2], predictions[2:])):
+        run = _run(sweep / str(fold), part, [f"data.split.fold={fold}", "loss=dice"])
+        decide_runs(run, [run], CANDIDATES)
     assert postprocessing_cli(["decide", str(sweep)]) == 0
     printed = capsys.readouterr().out
     assert "post-processing chosen: ['largest_component'] on 4 validation patients" in printed
     decision = json.loads((sweep / DECISION_FILE).read_text())
     assert decision["patients"] == ["0/p0", "0/p1", "1/erased", "1/p2"]
     assert decision["erased"] == ["1/erased"] and decision["jobs"] == ["0", "1"]
-    decide_folder(sweep / "1", [[], [{"name": "fill_holes"}]])
-    with pytest.raises(ConfigError, match="were decided among different candidates"):
-        decide_folder(sweep)
+    decide_runs(sweep / "1", [sweep / "1"], [[], [{"name": "fill_holes"}]])
+    assert postprocessing_cli(["decide", str(sweep), "--overwrite"]) == 2
+    assert "its runs were decided among different candidates" in capsys.readouterr().err
     assert postprocessing_cli(["decide", str(tmp_path / "nothing")]) == 2
-    assert "nothing: no saved validation predictions" in capsys.readouterr().err
+    assert "nothing: no such run or sweep directory" in capsys.readouterr().err
 
 
-def _member(path: Path, steps: list, source: str = "decided after training") -> Member:
-    return Member(
-        path=path, preprocess=None, model={}, postprocessing={"steps": steps, "source": source}
-    )
+def test_a_sweep_over_two_configurations_is_never_one_pool(tmp_path: Path, capsys) -> None:
+    """`-m model=unet,unetpp data.split.fold=0,1`: before, one decision over both models."""
+    predictions = _predictions()
+    sweep = tmp_path / "sweep"
+    for job, (model, fold) in enumerate((m, f) for m in ("unet", "unetpp") for f in (0, 1)):
+        part = predictions[2 * fold : 2 * fold + 2]
+        _run(sweep / str(job), part, [f"model={model}", f"data.split.fold={fold}"])
+    candidates = "[[], [largest_component]]"
+    assert postprocessing_cli(["decide", str(sweep), "--candidates", candidates]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "its jobs are 2 configurations (model=unet; model=unetpp)" in line and "\n" not in line
+    assert not (sweep / DECISION_FILE).exists()
+    assert postprocessing_cli(["decide", str(sweep / "3"), "--candidates", "[[]]"]) == 0
+
+
+def _member(path: Path, steps: list, source: str = "decided after training") -> tuple:
+    return path, {"steps": steps, "source": source}
 
 
 def test_predict_applies_the_recorded_steps_unless_a_list_is_given(tmp_path: Path) -> None:
     members = [_member(tmp_path / "a.ckpt", LCC), _member(tmp_path / "b.ckpt", LCC)]
-    assert resolve_postprocessing(None, members) == {
+    assert steps_to_apply(None, members) == {
         "postprocessing": LCC,
         "source": "decided after training",
     }
-    assert resolve_postprocessing([], members) == {"postprocessing": [], "source": "config"}
+    assert steps_to_apply([], members) == {"postprocessing": [], "source": "config"}
     with pytest.raises(ConfigError, match="postprocessing='auto' must be a step list"):
-        resolve_postprocessing("auto", members)
+        steps_to_apply("auto", members)
     members[1] = _member(tmp_path / "b.ckpt", [])
     with pytest.raises(ConfigError, match="a.ckpt and .*b.ckpt record different post-processing"):
-        resolve_postprocessing(None, members)
+        steps_to_apply(None, members)
     sweep = tmp_path / "sweep"
     with pytest.raises(ConfigError, match="python -m brainseg.postprocessing decide"):
-        resolve_postprocessing(None, members, sweep)
+        steps_to_apply(None, members, sweep)
     sweep.mkdir()
     (sweep / DECISION_FILE).write_text(json.dumps({"postprocessing": ["fill_holes"]}))
-    assert resolve_postprocessing(None, members, sweep) == {
+    assert steps_to_apply(None, members, sweep) == {
         "postprocessing": [{"name": "fill_holes"}],
         "source": str(sweep / DECISION_FILE),
     }
     (sweep / DECISION_FILE).write_text(json.dumps({"postprocessing": [{"name": "lcc"}]}))
     with pytest.raises(DataError, match=r"postprocessing.json: postprocessing\[0\]: unknown step"):
-        resolve_postprocessing(None, members, sweep)
+        steps_to_apply(None, members, sweep)
     with pytest.raises(DataError, match=r"a.ckpt: postprocessing\[0\]: unknown step 'lcc'"):
-        resolve_postprocessing(None, [_member(tmp_path / "a.ckpt", [{"name": "lcc"}])])
+        steps_to_apply(None, [_member(tmp_path / "a.ckpt", [{"name": "lcc"}])])
+
+
+def _scored_case() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Two patients: a lesion with a hole, a ragged edge, a false blob and a lone voxel; and an
+    empty truth with two false components."""
+    rng = np.random.default_rng(7)
+    truth = np.zeros((6, 24, 24), bool)
+    truth[1:5, 4:14, 5:15] = True
+    raw = truth.copy()
+    raw[2, 8, 9] = False
+    raw[1:5, 4, 5:15] = rng.random((4, 10)) > 0.3
+    raw[3:5, 18:22, 18:21] = True
+    raw[0, 0, 23] = True
+    empty = np.zeros_like(truth)
+    false = np.zeros_like(truth)
+    false[2:4, 10:12, 3:6] = True
+    false[5, 20, 20] = True
+    return [("a", raw, truth), ("b", false, empty)]
+
+
+SCORED_STEPS = [[], LCC, [{"name": "remove_small_components", "min_voxels": 3}, "fill_holes"]]
+# What the four scoring loops that `score` replaced (the final validation's, the decision's,
+# predict.py's dsc.csv rows, brainseg.evaluate's) computed on `_scored_case`, per step list and
+# patient, in the columns of dsc.csv; and the final validation's nsd at a tolerance of 0.5.
+SCORED_COLUMNS = [
+    *("dsc", "hd95", "assd", "nsd", "volume_difference", "lesions_true", "lesions_predicted"),
+    *("lesions_found", "lesions_hit", "lesion_recall", "lesion_precision", "lesion_voxels"),
+    *("predicted_voxels", "slices"),
+]
+SCORED_BEFORE = {
+    (0, "a"): (0.9506172839506173, 7.911052989959711, 0.4106308084673586, 0.9557522123893806,
+               10, 1, 3, 1, 1, 1.0, 0.3333333333333333, 400, 410, 6),
+    (0, "b"): (0.0, 32.90896534380867, 32.90896534380867, 0.0, 13, 0, 2, 0, 0, 0.0, 0.0, 0, 13, 6),
+    (1, "a"): (0.9808917197452229, 0.44999999999998863, 0.044444444444444446, 1.0,
+               15, 1, 1, 1, 1, 1.0, 1.0, 400, 385, 6),
+    (1, "b"): (0.0, 32.90896534380867, 32.90896534380867, 0.0, 12, 0, 1, 0, 0, 0.0, 0.0, 0, 12, 6),
+    (2, "a"): (0.9530864197530864, 7.8102498054504395, 0.38838445735105676, 0.9570661896243292,
+               10, 1, 2, 1, 1, 1.0, 0.5, 400, 410, 6),
+    (2, "b"): (0.0, 32.90896534380867, 32.90896534380867, 0.0, 12, 0, 1, 0, 0, 0.0, 0.0, 0, 12, 6),
+}  # fmt: skip
+NSD_AT_HALF_A_PIXEL_BEFORE = {0: 0.9132743362831859, 1: 0.9555555555555556, 2: 0.9230769230769231}
+
+
+def test_the_one_scorer_gives_the_figures_of_the_loops_it_replaced(tmp_path: Path) -> None:
+    from brainseg.evaluate import main as evaluate
+
+    case = _scored_case()
+    for index, steps in enumerate(SCORED_STEPS):
+        for name, raw, truth in case:
+            expected = dict(zip(SCORED_COLUMNS, SCORED_BEFORE[index, name]))
+            assert score(raw, truth, steps) == pytest.approx(expected, abs=1e-12)
+        # each candidate of a decision; the final validation: the decision's chosen metrics
+        chosen = decide(case, [steps], tolerance=0.5)["metrics"]
+        assert chosen["a"]["nsd"] == pytest.approx(NSD_AT_HALF_A_PIXEL_BEFORE[index], abs=1e-12)
+        assert chosen["b"] == pytest.approx(dict(zip(SCORED_COLUMNS, SCORED_BEFORE[index, "b"])))
+    per_patient = decide(case, SCORED_STEPS)["per_patient"]
+    assert per_patient == {n: [SCORED_BEFORE[i, n][0] for i in range(3)] for n in ("a", "b")}
+    # brainseg.evaluate on the masks written as TIFFs, as predict.py writes them
+    for folder, index in (("pred", 1), ("truth", 2)):
+        for patient in case:
+            (tmp_path / folder / patient[0]).mkdir(parents=True)
+            for z, mask in enumerate(patient[index], start=1):
+                path = tmp_path / folder / patient[0] / f"{patient[0]}_{z}_mask.tif"
+                tifffile.imwrite(path, mask.astype(np.uint8) * 255)
+    steps = json.dumps(SCORED_STEPS[2])
+    arguments = [str(tmp_path / "pred"), str(tmp_path / "truth"), "--output", str(tmp_path / "o")]
+    assert evaluate([*arguments, "--postprocessing", steps]) == 0
+    rows = (tmp_path / "o" / "dsc.csv").read_text().splitlines()
+    columns = rows[0].split(",")
+    for row in rows[1:]:
+        values = dict(zip(columns, row.split(",")))
+        expected = dict(zip(SCORED_COLUMNS, SCORED_BEFORE[2, values["patient"]]))
+        assert {k: float(values[k]) for k in SCORED_COLUMNS} == pytest.approx(expected, abs=1e-6)

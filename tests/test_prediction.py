@@ -263,8 +263,8 @@ def test_fold_ensemble_predicts_out_of_fold_and_reports_subsets(
 
     from helpers import compose
 
+    from brainseg.postprocessing import score
     from brainseg.prediction.pipeline import run_prediction
-    from brainseg.reporting.scores import patient_row
 
     names, members = _fold_members(synthetic_root, tmp_path)
 
@@ -289,9 +289,7 @@ def test_fold_ensemble_predicts_out_of_fold_and_reports_subsets(
     assert summary["member_plan"] == {n: [i % 3] for i, n in enumerate(names)}
     assert {r["subset"] for r in rows.values()} == {"val"} and summary["dsc"]["n_held_out"] == 6
     volume = _volume(synthetic_root, 4)  # held out by fold 1 only
-    alone = patient_row(
-        volume.name, volume.mask.astype(bool), Predictor([members[1]]).predict(volume) > 0.5
-    )
+    alone = score(Predictor([members[1]]).predict(volume) > 0.5, volume.mask)
     assert float(rows[volume.name]["dsc"]) == pytest.approx(alone["dsc"], abs=1e-6)
     assert (tmp_path / "out_of_fold" / "dsc.png").stat().st_size > 10_000
 

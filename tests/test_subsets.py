@@ -72,7 +72,7 @@ def test_seen_patients_are_named_in_one_warning_line(caplog: pytest.LogCaptureFi
 
 
 def _row(name: str, subset: str, dsc: float) -> dict:
-    return {"patient": name, "subset": subset, "dsc": dsc, "dsc_lcc": dsc, "dsc_no_lcc": dsc}
+    return {"patient": name, "subset": subset, "dsc": dsc}
 
 
 def test_summary_headlines_held_out_patients_and_keeps_every_subset() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import PROJECT, read_wandb_records, run_cli, tiny_train_overrides
 
+from brainseg.postprocessing.__main__ import main as decide_postprocessing
 from brainseg.reporting.sweep import main as rebuild_report
 from brainseg.runfiles import read_failure, read_metrics
 
@@ -160,12 +161,10 @@ def test_kfold_sweep_reports_cv_mean_and_failed_jobs(synthetic_root: Path, tmp_p
         assert row["fold"] == row["job"] and float(row["hd95"]) >= 0
     pooled_mean = sum(float(r["dsc"]) for r in pooled) / len(pooled)
     # the post-processing decided once, out of fold, on every finished job's validation patients
+    assert decide_postprocessing(["decide", str(sweep)]) == 0
     decision = json.loads((sweep / "postprocessing.json").read_text())
     assert decision["jobs"] == ["0", "1", "2"] and decision["scope"] == "sweep"
     assert sorted(decision["patients"]) == sorted(f"{r['job']}/{r['patient']}" for r in pooled)
-    assert f"sweep post-processing chosen: {[s['name'] for s in decision['postprocessing']]}" in (
-        result.stdout
-    )
     assert f"| all folds | last | 3 | 6 | {pooled_mean:.4f} [" in report
     (sweep / "summary.md").unlink()
     assert rebuild_report([str(sweep)]) == 0 and (sweep / "summary.md").read_text() == report

@@ -1,6 +1,7 @@
 """Post-processing as data (the nnU-Net habit): a step list such as
 `[{"name": "largest_component"}, {"name": "remove_small_components", "min_voxels": 10}]`
-is validated, recorded and applied to binary 3-D masks. Add a step in steps.py with `@step`."""
+is validated, recorded and applied to binary 3-D masks, and `score` is the one scoring of a
+patient's mask in the original geometry after a step list. Add a step in steps.py with `@step`."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import yaml
 
 from brainseg.errors import ConfigError
+from brainseg.metrics import NSD_TOLERANCE, volume_metrics
 from brainseg.postprocessing.steps import (
     STEPS,
     fill_holes,
@@ -18,6 +21,7 @@ from brainseg.postprocessing.steps import (
     remove_small_components,
     step,
 )
+from brainseg.runfiles import VOLUME_COLUMNS
 
 __all__ = [
     "STEPS",
@@ -25,7 +29,9 @@ __all__ = [
     "check_steps",
     "fill_holes",
     "largest_component",
+    "parse_yaml",
     "remove_small_components",
+    "score",
     "step",
 ]
 
@@ -37,7 +43,11 @@ def check_steps(
     steps: Sequence[Mapping[str, Any] | str] | None, setting: str = "postprocessing"
 ) -> StepList:
     """The steps as plain `{"name": ..., **arguments}` dicts (a bare name: no arguments);
-    a one-line ConfigError naming `setting` for unknown names, arguments or argument values."""
+    a one-line ConfigError naming `setting` for a value that is no list, unknown names, arguments
+    or argument values."""
+    if steps is not None and not isinstance(steps, list | tuple):
+        example = "[] or [{name: largest_component}]"
+        raise ConfigError(f"{setting}={steps!r} must be a step list, e.g. {example}")
     checked = []
     for index, item in enumerate(steps or []):
         entry = {"name": item} if isinstance(item, str) else dict(item)
@@ -55,6 +65,15 @@ def check_steps(
     return checked
 
 
+def parse_yaml(text: str, setting: str) -> Any:
+    """A command-line value written as YAML/JSON (a step list, a list of step lists); a one-line
+    ConfigError naming `setting` when it does not parse."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{setting}: not YAML/JSON ({str(exc).splitlines()[0]})") from None
+
+
 def apply(mask: np.ndarray, steps: Sequence[Mapping[str, Any] | str] | None) -> np.ndarray:
     """`mask` (boolean) after each step in order; no steps returns it unchanged."""
     result = np.asarray(mask, dtype=bool)
@@ -62,3 +81,19 @@ def apply(mask: np.ndarray, steps: Sequence[Mapping[str, Any] | str] | None) -> 
         arguments = {k: v for k, v in entry.items() if k != "name"}
         result = STEPS[entry["name"]](result, **arguments)
     return result
+
+
+def score(
+    mask: np.ndarray,
+    truth: np.ndarray,
+    steps: Sequence[Mapping[str, Any] | str] | None = None,
+    tolerance: float = NSD_TOLERANCE,
+) -> dict[str, float]:
+    """Every per-volume metric (brainseg.metrics) of one patient's thresholded mask after `steps`,
+    against its truth, both in the original geometry, and the voxel counts of the score tables.
+    The one scoring of the final validation, of each candidate of a decision, of predict.py's
+    dsc.csv and of `python -m brainseg.evaluate`, so that their figures agree."""
+    truth = np.asarray(truth, dtype=bool)
+    scored = apply(mask, steps)
+    counts = (int(truth.sum()), int(scored.sum()), int(truth.shape[0]))
+    return {**volume_metrics(scored, truth, tolerance), **dict(zip(VOLUME_COLUMNS, counts))}

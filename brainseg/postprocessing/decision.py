@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import wilcoxon
 
-from brainseg.metrics.functional import dice_score
-from brainseg.postprocessing import StepList, apply
+from brainseg.metrics import NSD_TOLERANCE
+from brainseg.postprocessing import StepList, score
 
 CHANGE_TOLERANCE = 1e-9  # Dice differences below this count as "unchanged"
 ADOPTION_RULE = (
@@ -51,29 +51,26 @@ def compare(candidate: Sequence[float], current: Sequence[float]) -> dict[str, A
     }
 
 
-def score(
-    predictions: Iterable[Prediction], candidates: Sequence[StepList]
-) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Per patient: the Dice of the raw mask, and the Dice after each candidate (one patient in
-    memory at a time)."""
-    raw_dice: dict[str, float] = {}
-    per_patient: dict[str, list[float]] = {}
-    for name, raw, truth in predictions:
-        raw_dice[name] = dice_score(raw, truth)
-        per_patient[name] = [dice_score(apply(raw, steps), truth) for steps in candidates]
-    return raw_dice, per_patient
-
-
-def decide(predictions: Iterable[Prediction], candidates: Sequence[StepList]) -> dict[str, Any]:
+def decide(
+    predictions: Iterable[Prediction],
+    candidates: Sequence[StepList],
+    tolerance: float = NSD_TOLERANCE,
+) -> dict[str, Any]:
     """The chosen step list and everything that led to it: each candidate's mean Dice and erased
-    patients, each comparison of the walk, and the per-patient Dice (one entry per candidate)."""
+    patients, each comparison of the walk, the per-patient Dice (one entry per candidate) and every
+    metric of each patient after the chosen steps (`metrics`), all scored by `score` (one patient in
+    memory at a time)."""
     if not candidates:
         raise ValueError("decide needs at least one candidate step list")
-    raw_dice, per_patient = score(predictions, candidates)
-    if not per_patient:
+    raw_dice: dict[str, float] = {}
+    scores: dict[str, list[dict[str, float]]] = {}
+    for name, raw, truth in predictions:
+        raw_dice[name] = score(raw, truth, [], tolerance)["dsc"]
+        scores[name] = [score(raw, truth, steps, tolerance) for steps in candidates]
+    if not scores:
         raise ValueError("decide needs at least one patient")
-    names = list(per_patient)
-    columns = [[per_patient[n][i] for n in names] for i in range(len(candidates))]
+    names = list(scores)
+    columns = [[scores[n][i]["dsc"] for n in names] for i in range(len(candidates))]
     erased = [
         [n for n, d in zip(names, column) if raw_dice[n] > 0 and d == 0] for column in columns
     ]
@@ -100,32 +97,27 @@ def decide(predictions: Iterable[Prediction], candidates: Sequence[StepList]) ->
         "comparisons": comparisons,
         "patients": names,
         "dsc_raw": raw_dice,
-        "per_patient": per_patient,
+        "per_patient": {n: [column[k] for column in columns] for k, n in enumerate(names)},
+        "nsd_tolerance": tolerance,
+        "metrics": {n: scores[n][best] for n in names},
     }
 
 
 def describe(decision: dict[str, Any]) -> str:
-    """One line: the choice, the patients whose lesion it erases, and for each comparison both
-    means, the vote and the erased lesions."""
-    parts = [
-        f"{_names(c['candidate'])} vs {_names(c['against'])}: mean Dice "
-        f"{c['dsc']:.4f} vs {c['dsc_current']:.4f}, helps {c['helped']}, hurts {c['hurt']}"
-        + (f", erases {len(c['erased'])}" if c["erased"] else "")
-        + f", Wilcoxon p={c['wilcoxon_p_greater']:.3g}, "
-        f"{'adopted' if c['adopted'] else 'not adopted'}"
+    """One line: the choice, each comparison's means, vote, erased lesions and p-value, and the
+    patients whose lesion the choice erases."""
+    votes = "; ".join(
+        f"{_names(c['candidate'])} vs {_names(c['against'])}: mean Dice {c['dsc']:.4f} vs "
+        f"{c['dsc_current']:.4f}, helps {c['helped']}, hurts {c['hurt']}, erases "
+        f"{len(c['erased'])}, Wilcoxon p={c['wilcoxon_p_greater']:.3g}, "
+        + ("adopted" if c["adopted"] else "not adopted")
         for c in decision["comparisons"]
-    ]
-    erased = decision["erased"]
+    )
+    erased = ", ".join(decision["erased"])
     return (
         f"post-processing chosen: {_names(decision['postprocessing'])} on "
-        f"{len(decision['patients'])} validation patients "
-        f"({'; '.join(parts) or 'one candidate'})"
-        + (
-            f"; it erases the lesion of {len(erased)} (Dice > 0 without it, 0 with it): "
-            + ", ".join(erased)
-            if erased
-            else ""
-        )
+        f"{len(decision['patients'])} validation patients ({votes or 'one candidate'})"
+        + (f"; it erases the lesion (Dice > 0 without it, 0 with it) of {erased}" if erased else "")
     )
 
 

@@ -3,18 +3,18 @@
 - `<run>/validation/<patient>.npz`: what a training run's final validation predicted for each of
   its validation patients, as predict.py would (every slice, original geometry), thresholded but
   not post-processed (`raw`), and the truth (`truth`); compressed booleans.
-- `<run or sweep>/postprocessing.json`: the decision (brainseg.postprocessing.decision) and
-  where it was made; for a sweep, made once on the pooled predictions of all its jobs.
-- the provenance of a run's checkpoints (brainseg.checkpoint), which predict.py reads.
-
-`decide_folder` re-decides from the saved predictions alone: no model, no data.
+- `<run>/postprocessing.json`: the run's decision (brainseg.postprocessing.decision), made by its
+  final validation on its own validation patients, and recorded with it in the provenance of the
+  run's checkpoints (brainseg.checkpoint), so that predict.py given a checkpoint alone applies it.
+- `<sweep>/postprocessing.json`: one decision for the k folds of one configuration, pooled out of
+  fold (`python -m brainseg.postprocessing decide <sweep>`), which `predict.py sweep_dir=` applies.
 """
 
 from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,49 +22,35 @@ import numpy as np
 
 from brainseg.checkpoint import record_postprocessing
 from brainseg.errors import ConfigError, DataError
+from brainseg.metrics import NSD_TOLERANCE
 from brainseg.postprocessing import StepList, check_steps
 from brainseg.postprocessing.decision import Prediction, decide
 
 VALIDATION_DIR = "validation"
 DECISION_FILE = "postprocessing.json"
-
-
-def prediction_path(run_dir: Path, name: str) -> Path:
-    return Path(run_dir) / VALIDATION_DIR / f"{name}.npz"
+SETTING = "postprocessing"  # predict.py's setting that overrides every recorded decision
 
 
 def save_prediction(run_dir: Path, name: str, raw: np.ndarray, truth: np.ndarray) -> Path:
     """Write one patient's thresholded prediction and truth under `<run_dir>/validation/`."""
-    path = prediction_path(run_dir, name)
+    path = Path(run_dir) / VALIDATION_DIR / f"{name}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, raw=np.asarray(raw, bool), truth=np.asarray(truth, bool))
     return path
 
 
-def read_prediction(path: Path) -> Prediction:
-    """(patient, raw, truth) from a saved file; a one-line DataError naming it otherwise."""
-    try:
-        with np.load(path) as data:
-            raw, truth = data["raw"].astype(bool), data["truth"].astype(bool)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a saved validation prediction ({exc})") from None
-    if raw.shape != truth.shape:
-        raise DataError(f"{path}: prediction {raw.shape} and truth {truth.shape} differ in shape")
-    return path.stem, raw, truth
-
-
 def run_predictions(run_dir: Path, prefix: str = "") -> Iterator[Prediction]:
-    """A run's saved validation predictions, patients in name order, one at a time; `prefix` is
-    put before each patient name (a sweep's `<job>/`)."""
+    """A run's saved validation predictions (patient, raw, truth), patients in name order, one at
+    a time, each name after `prefix` (a sweep's `<job>/`); a one-line DataError names a bad file."""
     for path in sorted((Path(run_dir) / VALIDATION_DIR).glob("*.npz")):
-        name, raw, truth = read_prediction(path)
-        yield prefix + name, raw, truth
-
-
-def sweep_jobs(sweep_dir: Path) -> list[Path]:
-    """The job folders of a sweep that saved validation predictions, in job order."""
-    jobs = [p for p in Path(sweep_dir).iterdir() if (p / VALIDATION_DIR).is_dir()]
-    return sorted(jobs, key=lambda p: (len(p.name), p.name))
+        try:
+            with np.load(path) as data:
+                raw, truth = data["raw"].astype(bool), data["truth"].astype(bool)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{path}: not a saved validation prediction ({exc})") from None
+        if raw.shape != truth.shape:
+            raise DataError(f"{path}: prediction {raw.shape} and truth {truth.shape} differ")
+        yield prefix + path.stem, raw, truth
 
 
 def read_decision(path: Path) -> dict[str, Any]:
@@ -81,63 +67,57 @@ def read_decision(path: Path) -> dict[str, Any]:
     return decision
 
 
-def _recorded_candidates(runs: Sequence[Path]) -> list[StepList]:
+def _recorded_candidates(folder: Path, runs: Sequence[Path]) -> list[StepList]:
     """The candidates the runs' own decisions were made among (they must agree)."""
-    found: dict[str, list[StepList]] = {}
-    for run in runs:
-        path = run / DECISION_FILE
-        if path.is_file():
-            found[str(path)] = [c["postprocessing"] for c in read_decision(path)["candidates"]]
-    if not found:
-        raise ConfigError(
-            f"{runs[0] if len(runs) == 1 else runs[0].parent}: no recorded {DECISION_FILE} "
-            "to take the candidates from; give them with --candidates"
-        )
-    (first, candidates), *others = found.items()
-    for path, other in others:
-        if other != candidates:
-            raise ConfigError(
-                f"{path} and {first} were decided among different candidates; "
-                "give the candidates with --candidates"
-            )
-    return candidates
+    found = {
+        json.dumps([c["postprocessing"] for c in read_decision(path)["candidates"]])
+        for path in (Path(run) / DECISION_FILE for run in runs)
+        if path.is_file()
+    }
+    if len(found) != 1:
+        reason = "its runs were decided among different candidates" if found else "no decision"
+        raise ConfigError(f"{folder}: {reason} to take the candidates from; give --candidates")
+    return json.loads(found.pop())
 
 
-def decide_folder(folder: Path, candidates: Sequence[Any] | None = None) -> dict[str, Any]:
-    """Decide for a run directory (its own validation patients; the decision also goes into its
-    checkpoints) or a sweep directory (all jobs' validation patients pooled, each named
-    `<job>/<patient>`), write `<folder>/postprocessing.json` and return the decision.
+def decide_runs(
+    folder: Path,
+    runs: Sequence[Path],
+    candidates: Any = None,
+    tolerance: float = NSD_TOLERANCE,
+) -> dict[str, Any]:
+    """Decide once on the saved validation predictions of `runs` (one run, or the folds of one
+    configuration pooled, each patient named `<job>/<patient>`), write
+    `<folder>/postprocessing.json` and return the decision.
 
-    `candidates` default to those the run (or every job of the sweep) was decided among."""
+    `candidates` default to those the runs were decided among."""
     folder = Path(folder)
-    sweep = not (folder / VALIDATION_DIR).is_dir()
-    runs = sweep_jobs(folder) if sweep and folder.is_dir() else [folder]
-    if not any(any((run / VALIDATION_DIR).glob("*.npz")) for run in runs):
+    if not any(any((Path(run) / VALIDATION_DIR).glob("*.npz")) for run in runs):
         raise DataError(
             f"{folder}: no saved validation predictions ({VALIDATION_DIR}/*.npz in the run "
             "directory or in the job folders of a sweep)"
         )
     if candidates is None:
-        candidates = _recorded_candidates(runs)
+        candidates = _recorded_candidates(folder, runs)
+    if not (isinstance(candidates, list | tuple) and candidates):
+        raise ConfigError("candidates: give a list of step lists, e.g. [[], [largest_component]]")
     checked = [check_steps(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
-    if not checked:
-        raise ConfigError("candidates: give at least one step list, e.g. [[]]")
+    pooled = [Path(run) for run in runs] != [folder]
     predictions = (
         prediction
         for run in runs
-        for prediction in run_predictions(run, f"{run.name}/" if sweep else "")
+        for prediction in run_predictions(run, f"{Path(run).name}/" if pooled else "")
     )
     decision = {
-        **decide(predictions, checked),
-        "scope": "sweep" if sweep else "run",
+        **decide(predictions, checked, tolerance),
+        "scope": "sweep" if pooled else "run",
         "folder": str(folder.resolve()),
-        **({"jobs": [run.name for run in runs]} if sweep else {}),
+        **({"jobs": [Path(run).name for run in runs]} if pooled else {}),
     }
     path = folder / DECISION_FILE
     path.write_text(json.dumps(decision, indent=2))
-    if not sweep:
-        for checkpoint in sorted((folder / "checkpoints").glob("*.ckpt")):
-            record_postprocessing(checkpoint, provenance_record(decision, path))
+    for checkpoint in [] if pooled else sorted((folder / "checkpoints").glob("*.ckpt")):
+        record_postprocessing(checkpoint, provenance_record(decision, path))
     return decision
 
 
@@ -151,3 +131,35 @@ def provenance_record(decision: dict[str, Any], path: Path) -> dict[str, Any]:
         "erased": decision["erased"],
         "rule": decision["rule"],
     }
+
+
+def steps_to_apply(
+    setting: Any,
+    recorded: Sequence[tuple[Path, Mapping[str, Any]]],
+    sweep_dir: Path | None = None,
+) -> dict[str, Any]:
+    """{"postprocessing": steps, "source": where they come from} for predict.py: the `setting`
+    when given; else a sweep's own decision; else the one decision every model records."""
+    if setting is not None:
+        return {"postprocessing": check_steps(setting, SETTING), "source": "config"}
+    if sweep_dir is not None and (sweep_dir / DECISION_FILE).is_file():
+        path = sweep_dir / DECISION_FILE
+        return {"postprocessing": read_decision(path)["postprocessing"], "source": str(path)}
+    (first, record), *others = recorded
+    for path, other in others:
+        if other["steps"] != record["steps"]:
+            raise ConfigError(
+                f"{first} and {path} record different post-processing "
+                f"({record['steps']} vs {other['steps']}); set {SETTING}"
+                + (
+                    f", or for the folds of one configuration decide once: python -m "
+                    f"brainseg.postprocessing decide {sweep_dir}"
+                    if sweep_dir is not None
+                    else ""
+                )
+            )
+    try:
+        steps = check_steps(record["steps"], f"{first}: {SETTING}")
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
+    return {"postprocessing": steps, "source": record["source"]}

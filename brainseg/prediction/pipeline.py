@@ -18,7 +18,8 @@ from brainseg.config import to_plain
 from brainseg.data.reader import find_patients, read_patient
 from brainseg.errors import ConfigError
 from brainseg.paths import resolve_path
-from brainseg.postprocessing import apply, check_steps
+from brainseg.postprocessing import apply, check_steps, score
+from brainseg.postprocessing.records import steps_to_apply
 from brainseg.prediction.inference import Predictor, tta_views
 from brainseg.prediction.members import (
     Member,
@@ -27,22 +28,12 @@ from brainseg.prediction.members import (
     load_checkpoint,
     load_onnx,
 )
-from brainseg.prediction.postprocess import resolve_postprocessing
 from brainseg.prediction.subsets import member_plan, subsets_for, warn_seen_in_training
-from brainseg.reporting.figures import bar_chart, write_overlays
-from brainseg.reporting.scores import (
-    HELD_OUT,
-    headline,
-    patient_row,
-    subset_summary,
-    write_scores,
-)
+from brainseg.reporting.figures import write_overlays
+from brainseg.reporting.scores import headline, write_scores
 from brainseg.runfiles import PATIENT_COLUMN, SUBSET_COLUMN
 
 log = logging.getLogger("brainseg")
-
-# Scored next to the written masks in dsc.csv (dsc_lcc, dsc_no_lcc), whatever steps were applied.
-REPORTED_VARIANTS = {"lcc": [{"name": "largest_component"}], "no_lcc": []}
 
 
 def _path(value: str | None, setting: str) -> Path | None:
@@ -99,9 +90,7 @@ def _device(name: str) -> str:
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Run inference (or `export=onnx`); returns the run summary written to prediction.json."""
-    setting = to_plain(cfg.get("postprocessing"))
-    if isinstance(setting, list):  # checked before any work (recorded steps: when read)
-        check_steps(setting, "postprocessing")
+    check_steps(to_plain(cfg.get("postprocessing")), "postprocessing")  # before any work
     members = load_members(cfg)
     if cfg.get("export"):
         if cfg.export != "onnx":
@@ -139,16 +128,17 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     threshold = float(cfg.threshold if cfg.get("threshold") is not None else members[0].threshold)
     subsets = subsets_for(plan, splits)
     warn_seen_in_training({p.name: subsets[p.name] for p in patients if p.masks is not None})
-    chosen = resolve_postprocessing(
-        to_plain(cfg.get("postprocessing")), members, _path(cfg.get("sweep_dir"), "sweep_dir")
+    chosen = steps_to_apply(
+        to_plain(cfg.get("postprocessing")),
+        [(m.path, m.postprocessing) for m in members],
+        _path(cfg.get("sweep_dir"), "sweep_dir"),
     )
     steps = chosen["postprocessing"]
     rows = []
     for files in tqdm(patients, desc="patients", unit="patient", disable=_no_bars(cfg)):
         volume = read_patient(files)
         probs = predictor.predict(volume, plan[files.name])
-        raw = probs > threshold
-        mask = apply(raw, steps)
+        mask = apply(probs > threshold, steps)
         folder = out / files.name
         folder.mkdir(exist_ok=True)
         for z, image_path in enumerate(
@@ -156,11 +146,11 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
         ):  # named after the image, whatever the folder is called
             tifffile.imwrite(folder / f"{image_path.stem}_mask.tif", mask[z].astype("uint8") * 255)
         truth = volume.mask.astype(bool) if volume.mask is not None else None
-        if truth is not None:
-            variants = {name: apply(raw, variant) for name, variant in REPORTED_VARIANTS.items()}
+        if truth is not None:  # the written mask, scored as brainseg.evaluate scores it
             rows.append(
                 {
-                    **patient_row(files.name, truth, mask, variants),
+                    PATIENT_COLUMN: files.name,
+                    **score(mask, truth),
                     SUBSET_COLUMN: subsets[files.name],
                 }
             )
@@ -179,14 +169,8 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
         "subsets": subsets,
     }
     if rows:
-        summary["dsc"] = write_scores(rows, out, summary=subset_summary(rows))
-        bar_chart(
-            {r[PATIENT_COLUMN]: r["dsc"] for r in rows},
-            out / "dsc.png",
-            groups={r[PATIENT_COLUMN]: r[SUBSET_COLUMN] for r in rows},
-            stats_groups=HELD_OUT,
-            note=figure_note(members, threshold, steps, cfg.ensemble),
-        )
+        note = figure_note(members, threshold, steps, cfg.ensemble)
+        summary["dsc"] = write_scores(rows, out, note=note)
         log.info(headline(summary["dsc"], steps, out, _selection_caveat(members)))
     (out / "prediction.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -14,15 +14,8 @@ from brainseg.data.reader import read_mask, scan_masks
 from brainseg.errors import ConfigError, DataError
 from brainseg.metrics import NSD_TOLERANCE
 from brainseg.paths import resolve_path
-from brainseg.postprocessing import apply, check_steps
-from brainseg.reporting.figures import bar_chart
-from brainseg.reporting.scores import (
-    HELD_OUT,
-    patient_row,
-    patient_subset,
-    subset_summary,
-    write_scores,
-)
+from brainseg.postprocessing import check_steps, score
+from brainseg.reporting.scores import patient_subset, write_scores
 from brainseg.runfiles import PATIENT_COLUMN, SPLIT_FILE, SUBSET_COLUMN
 
 
@@ -108,24 +101,21 @@ def evaluate_folder(
     pred_root: str | Path,
     truth_root: str | Path,
     output_dir: str | Path,
-    postprocessing: list[str] | None = None,
+    postprocessing: list[dict[str, Any]] | None = None,
     tolerance: float = NSD_TOLERANCE,
     overwrite: bool = False,
     split: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write `dsc.csv`, `dsc_summary.json`, `dsc.png` and `evaluation.json` into output_dir.
 
-    With a `split`, each row gets its `subset` and the summary headlines the held-out patients,
-    as predict.py does.
+    Each row gets its `subset` from `split` (without one: `unseen`) and the summary headlines the
+    held-out patients, as predict.py does.
     """
-    pred_root, truth_root, out = (
-        resolve_path(path, setting)
-        for path, setting in (
-            (pred_root, "pred_dir"),
-            (truth_root, "truth_dir"),
-            (output_dir, "--output"),
-        )
+    pred_root, truth_root = (
+        resolve_path(pred_root, "pred_dir"),
+        resolve_path(truth_root, "truth_dir"),
     )
+    out = resolve_path(output_dir, "--output")
     steps = check_steps(postprocessing, setting="--postprocessing")
     for root in (pred_root, truth_root):
         if out == root or out.is_relative_to(root):
@@ -134,13 +124,16 @@ def evaluate_folder(
         raise ConfigError(
             f"--output {out} is not an empty folder; choose another or pass --overwrite"
         )
-    subsets = None
-    if split is not None:
-        subsets = read_subsets(resolve_path(split, "--split"), sorted(mask_files(truth_root)))
-    rows = []
-    for name, pred, truth in paired_volumes(pred_root, truth_root):
-        row = patient_row(name, truth, apply(pred, steps), tolerance=tolerance)
-        rows.append(row if subsets is None else {**row, SUBSET_COLUMN: subsets[name]})
+    names = sorted(mask_files(truth_root))
+    subsets = (
+        dict.fromkeys(names, "unseen")  # no split known: every patient in the headline
+        if split is None
+        else read_subsets(resolve_path(split, "--split"), names)
+    )
+    rows = [
+        {PATIENT_COLUMN: name, SUBSET_COLUMN: subsets[name], **score(pred, truth, steps, tolerance)}
+        for name, pred, truth in paired_volumes(pred_root, truth_root)
+    ]
     out.mkdir(parents=True, exist_ok=True)
     summary = {
         "predictions": str(pred_root),
@@ -148,16 +141,7 @@ def evaluate_folder(
         "postprocessing": steps,
         "patients": len(rows),
         "split": None if split is None else str(Path(split).resolve()),
-        "scores": write_scores(
-            rows, out, tolerance, summary=None if subsets is None else subset_summary(rows)
-        ),
+        "scores": write_scores(rows, out, tolerance),
     }
-    groups = None if subsets is None else {r[PATIENT_COLUMN]: r[SUBSET_COLUMN] for r in rows}
-    bar_chart(
-        {r[PATIENT_COLUMN]: r["dsc"] for r in rows},
-        out / "dsc.png",
-        groups=groups,
-        stats_groups=HELD_OUT if groups else None,
-    )
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 
 from brainseg.evaluation.folds import Split
-from brainseg.metrics import COUNTS, METRICS, NSD_TOLERANCE, dice_score, volume_metrics
+from brainseg.metrics import COUNTS, METRICS, NSD_TOLERANCE
+from brainseg.reporting.figures import bar_chart
 from brainseg.runfiles import (
     PATIENT_COLUMN,
     SCORES_SUMMARY_FILE,
     SUBSET_COLUMN,
-    VOLUME_COLUMNS,
     score_columns,
     write_scores_table,
 )
@@ -35,23 +35,6 @@ UNITS = (
 )
 
 
-def patient_row(
-    name: str,
-    truth: np.ndarray,
-    written: np.ndarray,
-    variants: Mapping[str, np.ndarray] | None = None,
-    tolerance: float = NSD_TOLERANCE,
-) -> dict[str, Any]:
-    """Every metric of one patient's written mask, and the Dice of other masks of it
-    (`dsc_<variant>`, e.g. without post-processing); the masks are scored as given."""
-    return {
-        PATIENT_COLUMN: name,
-        **volume_metrics(written, truth, tolerance),
-        **{f"dsc_{variant}": dice_score(mask, truth) for variant, mask in (variants or {}).items()},
-        **dict(zip(VOLUME_COLUMNS, (int(truth.sum()), int(written.sum()), int(truth.shape[0])))),
-    }
-
-
 def summarize(values: list[float]) -> dict[str, float]:
     array = np.asarray(values, dtype=np.float64)
     return {
@@ -63,31 +46,29 @@ def summarize(values: list[float]) -> dict[str, float]:
 
 
 def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
-    """The score columns these rows hold: Dice, its variants (`dsc_<variant>`),
-    then the other metrics."""
-    variants = [c for c in rows[0] if c.startswith("dsc_")]
-    return [c for c in (METRIC_COLUMNS[0], *variants, *METRIC_COLUMNS[1:]) if c in rows[0]]
+    """The score columns these rows hold, in table order."""
+    return [c for c in METRIC_COLUMNS if c in rows[0]]
 
 
 def write_scores(
     rows: list[dict[str, Any]],
     out_dir: Path,
     tolerance: float = NSD_TOLERANCE,
-    summary: dict[str, Any] | None = None,
+    note: str | None = None,
 ) -> dict[str, Any]:
-    """`dsc.csv` (one row per patient, every metric, and its `subset` where known) and
-    `dsc_summary.json`: the given summary (e.g. per subset), else mean, median, std of each
-    metric."""
-    metrics = metric_columns(rows)
-    write_scores_table(out_dir, rows, score_columns(rows, metrics))
-    summary = (
-        dict(summary)
-        if summary is not None
-        else {key: summarize([r[key] for r in rows]) for key in metrics}
-    )
-    summary["units"] = UNITS
-    summary["nsd_tolerance"] = tolerance
+    """`dsc.csv` (one row per patient: its `subset`, every metric), `dsc_summary.json`
+    (`subset_summary`: the held-out patients headline) and `dsc.png` (the per-patient Dice by
+    subset, `note` under the title); returns the summary."""
+    write_scores_table(out_dir, rows, score_columns(rows, metric_columns(rows)))
+    summary = {**subset_summary(rows), "units": UNITS, "nsd_tolerance": tolerance}
     (out_dir / SCORES_SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    bar_chart(
+        {r[PATIENT_COLUMN]: r["dsc"] for r in rows},
+        out_dir / "dsc.png",
+        groups={r[PATIENT_COLUMN]: r[SUBSET_COLUMN] for r in rows},
+        stats_groups=HELD_OUT,
+        note=note,
+    )
     return summary
 
 

@@ -161,11 +161,18 @@ def _labels(
     return labels
 
 
-def pooled_per_patient(jobs: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
-    """One row per (configuration, patient) of every finished job: jobs that differ only in
-    data.split.fold are one configuration, each patient scored by the fold that held it out."""
+def configurations(jobs: list[dict[str, Any]]) -> dict[str, str]:
+    """Job name -> its configuration: the overrides that vary across the jobs, but the fold (jobs
+    that differ only in data.split.fold are one configuration, its cross-validation)."""
+    keys = _varying(jobs)
     config_keys = [k for k in keys if k != FOLD_KEY]
-    labels = _labels(jobs, config_keys, "all folds" if FOLD_KEY in keys else None)
+    return _labels(jobs, config_keys, "all folds" if FOLD_KEY in keys else None)
+
+
+def pooled_per_patient(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (configuration, patient) of every finished job, each patient scored by the fold
+    that held it out."""
+    labels = configurations(jobs)
     rows = []
     for job in jobs:
         if job["status"] != "ok":
@@ -319,7 +326,7 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
     sweep_dir = Path(sweep_dir)
     jobs = collect_jobs(sweep_dir)
     keys = _varying(jobs)
-    rows = pooled_per_patient(jobs, keys)
+    rows = pooled_per_patient(jobs)
     table = compare(rows)
     labels = _labels(jobs, keys)
     _write_csv(
