@@ -134,6 +134,9 @@ def _gpus_per_node(accelerator: str, devices: Any) -> int | None:
 
 
 OmegaConf.register_new_resolver("brainseg.run_group", _run_group, replace=True)
+OmegaConf.register_new_resolver(  # 3 channels per slice of the input stack
+    "brainseg.input_channels", lambda context: 3 * (2 * int(context) + 1), replace=True
+)
 OmegaConf.register_new_resolver("brainseg.job_name", _job_name, replace=True)
 OmegaConf.register_new_resolver("brainseg.shared_overrides", _shared_overrides, replace=True)
 OmegaConf.register_new_resolver("brainseg.mode", _mode, replace=True)

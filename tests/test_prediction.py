@@ -331,3 +331,48 @@ def test_provenance_round_trips_through_a_checkpoint_dict(tmp_path: Path) -> Non
     assert Provenance.read(checkpoint, tmp_path / "x.ckpt") == record
     with pytest.raises(DataError, match="x.ckpt: not a brainseg checkpoint"):
         Provenance.read({"state_dict": {}}, tmp_path / "x.ckpt")
+
+
+def test_context_stacks_repeat_the_end_slices() -> None:
+    from brainseg.data.dataset import context_indices
+
+    assert context_indices(4, 1).tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 3]]
+    assert context_indices(3, 0).tolist() == [[0], [1], [2]]
+    with pytest.raises(DataError, match="TCGA_X: 2 slices cannot give 2 neighbours"):
+        context_indices(2, 2, "TCGA_X")
+
+
+def test_training_and_prediction_stack_the_same_neighbours(synthetic_root: Path) -> None:
+    """data.preprocess.context_slices=1: 9 channels, the slice itself in the middle, in training
+    samples and in predict.py's network input alike."""
+    from brainseg.data.dataset import SliceDataset, zscore_channels_first
+
+    stacked = PreprocessConfig(image_size=32, context_slices=1)
+    volume = _volume(synthetic_root)
+    pre = preprocess(volume, stacked, every_slice=True)
+    item = SliceDataset([pre], None, context_slices=1)[0]
+    assert item["image"].shape == (32, 32, 9) and item["mean"].shape == (9,)
+    assert torch.equal(item["image"][..., 0:3], item["image"][..., 3:6])  # slice 0 repeats
+    assert torch.equal(item["image"][..., 6:9], SliceDataset([pre])[1]["image"])
+    member = _member(
+        5,
+        build_model(
+            "unet",
+            encoder_name="resnet18",
+            encoder_depth=3,
+            decoder_channels=[32, 16, 8],
+            in_channels=9,
+        ),
+    )
+    member.preprocess, member.model = stacked, {"arch": "unet", "in_channels": 9}
+    _, images = Predictor([member]).preprocessed(volume)
+    network_input = zscore_channels_first(item["image"][None], item["mean"], item["std"])
+    assert torch.allclose(images[0], network_input[0], atol=1e-5)
+    assert Predictor([member]).predict(volume).shape == volume.mask.shape
+
+
+def test_a_network_that_does_not_fit_its_recorded_stack_is_refused() -> None:
+    member = _member(6)  # 3 input channels
+    member.preprocess = PreprocessConfig(image_size=32, context_slices=2)
+    with pytest.raises(DataError, match="takes 3 input channels, but its record stacks 2"):
+        Predictor([member])

@@ -278,3 +278,26 @@ def test_weight_averaging_is_what_is_checkpointed_and_predicted(
     network = load_checkpoint(run / "checkpoints" / "last.ckpt").net.state_dict()
     for name, value in network.items():
         assert torch.equal(value, averaged[f"net.{name}"]), name
+
+
+def test_context_slices_train_predict_and_export(synthetic_root: Path, tmp_path: Path) -> None:
+    """2.5-D input end to end: the stack is recorded with the model, predict.py and the ONNX
+    export read it from there."""
+    import numpy as np
+
+    from brainseg.data.reader import find_patients, read_patient
+    from brainseg.prediction.inference import Predictor
+    from brainseg.prediction.members import export_onnx, load_checkpoint, load_onnx
+
+    run = tmp_path / "run"
+    metrics = train(
+        compose_run(synthetic_root, run, tmp_path / "cache", "data.preprocess.context_slices=1")
+    )
+    assert metrics.history
+    member = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert member.preprocess.context_slices == 1 and member.input_channels == 9
+    onnx_member = load_onnx(export_onnx(member, tmp_path / "model.onnx", 32))
+    assert onnx_member.input_channels == 9
+    volume = read_patient(find_patients(synthetic_root)[0])
+    torch_probs = Predictor([member]).predict(volume)
+    assert np.abs(torch_probs - Predictor([onnx_member]).predict(volume)).max() <= 1e-4

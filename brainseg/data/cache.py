@@ -32,7 +32,8 @@ def cache_key(files: PatientFiles, cfg: PreprocessConfig) -> str:
     for path in files.images + (files.masks or ()):
         st = path.stat()
         stats.append((path.name, st.st_size, st.st_mtime_ns))
-    payload = json.dumps({"format": CACHE_FORMAT, "config": cfg.to_dict(), "files": stats})
+    config = {**cfg.to_dict(), "context_slices": 0}  # stacking happens after the cache
+    payload = json.dumps({"format": CACHE_FORMAT, "config": config, "files": stats})
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

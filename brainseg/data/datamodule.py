@@ -130,12 +130,13 @@ class LGGDataModule(L.LightningDataModule):
         volumes = self._load_volumes(patients, self.split)
         if hasattr(self.augmentation, "set_random_seed"):
             self.augmentation.set_random_seed(self.seed)
+        context = self.preprocess_cfg.context_slices
         self.datasets["train"] = SliceDataset(
-            [volumes[n] for n in self.split.train], self.augmentation
+            [volumes[n] for n in self.split.train], self.augmentation, context
         )
-        self.datasets["val"] = SliceDataset([volumes[n] for n in self.split.val])
+        self.datasets["val"] = SliceDataset([volumes[n] for n in self.split.val], None, context)
         test = [volumes[n] for n in self.split.test]
-        self.datasets["test"] = SliceDataset(test) if test else self.datasets["val"]
+        self.datasets["test"] = SliceDataset(test, None, context) if test else self.datasets["val"]
 
     def subset_volumes(self, subset: str) -> list[PreprocessedVolume]:
         return self.datasets[subset].volumes

@@ -9,11 +9,25 @@ import torch
 from torch.utils.data import Dataset
 
 from brainseg.data.preprocess import PreprocessedVolume
+from brainseg.errors import DataError
+
+
+def context_indices(count: int, context: int, name: str = "") -> np.ndarray:
+    """(count, 2 * context + 1): for each slice, the slices of its stack in order, the ends
+    repeating their last neighbour; a volume thinner than a stack is refused."""
+    if context and count <= context:
+        raise DataError(
+            f"{name}: {count} slices cannot give {context} neighbours on each side "
+            "(data.preprocess.context_slices)"
+        )
+    offsets = np.arange(-context, context + 1)
+    return np.clip(np.arange(count)[:, None] + offsets, 0, count - 1)
 
 
 class SliceDataset(Dataset):
-    """Every slice of the given volumes; items are dicts with `image` (S, S, 3) float32 in [0, 1],
-    `mask` (1, S, S) float32, the volume's z-score `mean`/`std` (3,), and the `patient`/`slice`
+    """Every slice of the given volumes; items are dicts with `image` (S, S, C) float32 in [0, 1]
+    (C = 3, or 3 per slice of a 2.5-D stack: `context_slices`), `mask` (1, S, S) float32, the
+    volume's z-score `mean`/`std` (C,), and the `patient`/`slice`
     indices the volume metric groups by.
 
     `transform` is an albumentations pipeline on the [0, 1] image, so intensity transforms see
@@ -22,13 +36,18 @@ class SliceDataset(Dataset):
     """
 
     def __init__(
-        self, volumes: Sequence[PreprocessedVolume], transform: Callable | None = None
+        self,
+        volumes: Sequence[PreprocessedVolume],
+        transform: Callable | None = None,
+        context_slices: int = 0,
     ) -> None:
         self.volumes = list(volumes)
         self.transform = transform
         self.index = [(v, z) for v, vol in enumerate(self.volumes) for z in range(len(vol.image))]
-        self._mean = [torch.tensor(v.channel_mean, dtype=torch.float32) for v in self.volumes]
-        self._std = [torch.tensor(v.channel_std, dtype=torch.float32) for v in self.volumes]
+        self.stacks = [context_indices(len(v.image), context_slices, v.name) for v in self.volumes]
+        repeat = 2 * context_slices + 1
+        self._mean = [torch.tensor(v.channel_mean * repeat, dtype=torch.float32) for v in volumes]
+        self._std = [torch.tensor(v.channel_std * repeat, dtype=torch.float32) for v in volumes]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -40,7 +59,7 @@ class SliceDataset(Dataset):
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
         v, z = self.index[idx]
         volume = self.volumes[v]
-        image = volume.slice_image(z)
+        image = np.concatenate([volume.slice_image(j) for j in self.stacks[v][z]], axis=-1)
         mask = (
             np.asarray(volume.mask[z])
             if volume.mask is not None
@@ -62,8 +81,9 @@ class SliceDataset(Dataset):
 def zscore_channels_first(
     image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
 ) -> torch.Tensor:
-    """(N, S, S, 3) [0, 1] images -> (N, 3, S, S) z-scored; mean/std are (N, 3) or (3,)."""
-    mean, std = mean.reshape(-1, 3, 1, 1), std.reshape(-1, 3, 1, 1)
+    """(N, S, S, C) [0, 1] images -> (N, C, S, S) z-scored; mean/std are (N, C) or (C,)."""
+    channels = image.shape[-1]
+    mean, std = mean.reshape(-1, channels, 1, 1), std.reshape(-1, channels, 1, 1)
     return ((image.permute(0, 3, 1, 2) - mean) / std).contiguous()
 
 

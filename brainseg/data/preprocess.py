@@ -40,12 +40,21 @@ class PreprocessConfig:
     interpolation: str = "cubic"
     rescale_percentiles: tuple[float, float] | None = (10.0, 99.0)
     zscore: bool = True
+    # 2.5-D input: each slice with k neighbours on each side as extra channels, 3 * (2k + 1) in
+    # all (the ends repeat their last neighbour). Not a preprocessing step: it is recorded here,
+    # with the protocol, so that predict.py and ONNX exports stack slices as training did.
+    context_slices: int = 0
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
             raise ConfigError(
                 f"data.preprocess.interpolation={self.interpolation!r} is unknown; "
                 f"choose one of {sorted(INTERPOLATIONS)}"
+            )
+        if not isinstance(self.context_slices, int) or not 0 <= self.context_slices <= 8:
+            raise ConfigError(
+                f"data.preprocess.context_slices={self.context_slices!r} must be an integer "
+                "from 0 to 8"
             )
         if self.image_size is not None and self.image_size < 8:
             raise ConfigError(f"data.preprocess.image_size={self.image_size} must be >= 8 or null")
@@ -64,6 +73,11 @@ class PreprocessConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def input_channels(self) -> int:
+        """The network's input channels: three per slice of the stack."""
+        return 3 * (2 * self.context_slices + 1)
 
 
 @dataclass

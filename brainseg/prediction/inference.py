@@ -11,10 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from brainseg.data.dataset import zscore_channels_first
+from brainseg.data.dataset import context_indices, zscore_channels_first
 from brainseg.data.preprocess import PreprocessedVolume, preprocess, restore_geometry
 from brainseg.data.reader import PatientVolume
-from brainseg.errors import ConfigError
+from brainseg.errors import ConfigError, DataError
 from brainseg.prediction.members import Member
 
 
@@ -84,6 +84,13 @@ class Predictor:
                     f"{other.path} preprocesses differently from {first.path}; "
                     "they cannot be ensembled"
                 )
+        for member in members:
+            if member.input_channels != member.preprocess.input_channels:
+                raise DataError(
+                    f"{member.path}: the network takes {member.input_channels} input channels, "
+                    f"but its record stacks {member.preprocess.context_slices} neighbours on each "
+                    f"side ({member.preprocess.input_channels} channels)"
+                )
         self.device = torch.device(device)
         self.members = [m.to(self.device) for m in members]
         self.views = list(views)
@@ -103,11 +110,14 @@ class Predictor:
         return out
 
     def preprocessed(self, volume: PatientVolume) -> tuple[PreprocessedVolume, torch.Tensor]:
-        """Every slice preprocessed as in training and its z-scored (Z, 3, S, S) network input."""
+        """Every slice preprocessed as in training and its z-scored (Z, C, S, S) network input
+        (C = 3, or 3 per slice of the stack the checkpoint was trained on)."""
         pre = preprocess(volume, self.preprocess_cfg, every_slice=True)
         mean = torch.tensor(pre.channel_mean, dtype=torch.float32)
         std = torch.tensor(pre.channel_std, dtype=torch.float32)
-        return pre, zscore_channels_first(torch.from_numpy(pre.image), mean, std)
+        images = zscore_channels_first(torch.from_numpy(pre.image), mean, std)
+        stacks = context_indices(len(images), self.preprocess_cfg.context_slices, volume.name)
+        return pre, images[torch.from_numpy(stacks)].flatten(1, 2)
 
     def predict(self, volume: PatientVolume, members: Sequence[int] | None = None) -> np.ndarray:
         """Probabilities (Z, H, W) in the volume's original geometry, averaged over all members or

@@ -23,7 +23,8 @@ ONNX_METADATA_KEY = "brainseg"
 
 @dataclass
 class Member:
-    """A callable (B, 3, S, S) z-scored images -> (B, 1, S, S) logits, with its provenance."""
+    """A callable (B, C, S, S) z-scored images -> (B, 1, S, S) logits, with its provenance (C: 3
+    per slice of the input stack, `preprocess.input_channels`)."""
 
     path: Path
     preprocess: PreprocessConfig
@@ -46,6 +47,13 @@ class Member:
             )
             return torch.from_numpy(logits).to(images.device)
         return self.net(images)
+
+    @property
+    def input_channels(self) -> int:
+        """The channels the network takes (an ONNX model's input shape says it itself)."""
+        if self.session is not None:
+            return int(self.session.get_inputs()[0].shape[1])
+        return int(self.model.get("in_channels", 3))
 
     def to(self, device: torch.device) -> Member:
         if self.net is not None:
@@ -151,7 +159,7 @@ def export_onnx(member: Member, path: Path, image_size: int) -> Path:
 
     quiet_libraries()
     path.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.randn(2, 3, image_size, image_size)
+    dummy = torch.randn(2, member.preprocess.input_channels, image_size, image_size)
     torch.onnx.export(
         member.net.cpu().eval(),
         (dummy,),
