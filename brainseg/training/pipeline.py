@@ -189,7 +189,7 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
             {**report.config, **sweep_keys}
         )  # the resolved config + the swept keys on top
     if any(isinstance(logger, (WandbLogger, TensorBoardLogger)) for logger in loggers):
-        callbacks.append(TrackerMedia(cfg.monitor))
+        callbacks.append(TrackerMedia(report))
     # A progress bar on a terminal; in a log file, RunReport's one line per epoch instead.
     progress_bar = cfg.trainer.get("enable_progress_bar", sys.stdout.isatty())
     trainer: L.Trainer = instantiate_setting(
@@ -223,8 +223,8 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
             callback.job_succeeded()
     metrics = report.run_metrics(trainer)
     write_metrics(output_dir, metrics)
-    if metrics.best is not None and metrics.reported is not None:
-        best, reported = metrics.best, metrics.reported
+    if metrics.best is not None and metrics.selected is not None:
+        best, reported = metrics.best, metrics.selected
         log.info(
             "best %s: %.4f (epoch %d, %d patients); run in %s",
             cfg.monitor,
