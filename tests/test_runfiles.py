@@ -136,6 +136,17 @@ def test_the_score_table_reads_back_with_its_columns_in_order(tmp_path: Path) ->
     assert "subset" not in runfiles.score_columns(without_subset, ["dsc"])
 
 
+def test_a_failed_write_leaves_the_previous_file_whole(tmp_path: Path) -> None:
+    rows = [{"patient": "A", "dsc": 0.5, **dict.fromkeys(runfiles.VOLUME_COLUMNS, 1)}]
+    columns = runfiles.score_columns(rows, ["dsc"])
+    runfiles.write_scores_table(tmp_path, rows, columns)
+    before = (tmp_path / runfiles.SCORES_FILE).read_text()
+    with pytest.raises(KeyError):  # the second row lacks a column: the table is left unfinished
+        runfiles.write_scores_table(tmp_path, [{**rows[0], "dsc": 0.9}, {"patient": "B"}], columns)
+    assert (tmp_path / runfiles.SCORES_FILE).read_text() == before  # before: a mix of both
+    assert sorted(p.name for p in tmp_path.iterdir()) == [runfiles.SCORES_FILE]
+
+
 @pytest.mark.parametrize(
     ("name", "content"),
     [

@@ -3,7 +3,6 @@ or an ONNX export."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from brainseg.reporting.scores import (
     subset_summary,
     write_scores,
 )
-from brainseg.runfiles import PATIENT_COLUMN, SUBSET_COLUMN
+from brainseg.runfiles import PATIENT_COLUMN, SUBSET_COLUMN, write_json
 
 log = logging.getLogger("brainseg")
 
@@ -187,7 +186,7 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
             note=figure_note(members, threshold, steps, cfg.ensemble),
         )
         log.info(headline(summary["dsc"], steps, out, _selection_caveat(members)))
-    (out / "prediction.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "prediction.json", summary)
     return summary
 
 

@@ -23,7 +23,7 @@ from brainseg.reporting.scores import (
     subset_summary,
     write_scores,
 )
-from brainseg.runfiles import PATIENT_COLUMN, SPLIT_FILE, SUBSET_COLUMN
+from brainseg.runfiles import PATIENT_COLUMN, SPLIT_FILE, SUBSET_COLUMN, write_json
 
 
 def mask_files(root: Path) -> dict[str, dict[int, Path]]:
@@ -159,5 +159,5 @@ def evaluate_folder(
         groups=groups,
         stats_groups=HELD_OUT if groups else None,
     )
-    (out / "evaluation.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "evaluation.json", summary)
     return summary

@@ -6,7 +6,6 @@ The metrics and their empty-volume conventions are those of brainseg.metrics.fun
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from brainseg.runfiles import (
     SUBSET_COLUMN,
     VOLUME_COLUMNS,
     score_columns,
+    write_json,
     write_scores_table,
 )
 
@@ -87,7 +87,7 @@ def write_scores(
     )
     summary["units"] = UNITS
     summary["nsd_tolerance"] = tolerance
-    (out_dir / SCORES_SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    write_json(out_dir / SCORES_SUMMARY_FILE, summary)
     return summary
 
 

@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 import yaml
@@ -37,6 +34,7 @@ from omegaconf import DictConfig
 
 from brainseg.evaluation.folds import CV_RULES, reported_scores
 from brainseg.evaluation.statistics import LEVEL, compare_configurations, minimum_patients
+from brainseg.paths import atomic_writer
 from brainseg.reporting.figures import heat_map, strip_box_plot
 from brainseg.reporting.scores import METRIC_COLUMNS
 from brainseg.runfiles import CONFIG_FILE, read_failure, read_metrics
@@ -203,16 +201,6 @@ def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
-@contextmanager
-def _atomic(path: Path) -> Iterator[TextIO]:
-    """Write to a temporary file and rename it over `path`:
-    parallel jobs never see half a report."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        yield fh
-    os.replace(tmp, path)
-
-
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "–"
@@ -224,7 +212,7 @@ def _interval(low: float | None, high: float | None) -> str:
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
-    with _atomic(path) as fh:
+    with atomic_writer(path) as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -334,7 +322,7 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
         ["configuration", "patient", "fold", "job", "selection", *metric_columns],
         rows,
     )
-    with _atomic(sweep_dir / "summary.md") as fh:
+    with atomic_writer(sweep_dir / "summary.md") as fh:
         fh.write("\n".join(_markdown(sweep_dir, jobs, keys, table)) + "\n")
     if table:
         scores = {
