@@ -1,6 +1,7 @@
-"""Hydra callbacks of train.py and predict.py: a run or sweep directory inside data.root, or a run
-directory a live train.py holds, is refused before Hydra writes there; a mistake every sweep job
-shares stops the sweep before its first job, and a sweep with failed jobs exits non-zero."""
+"""Every Hydra callback of train.py and predict.py (conf/hydra/default.yaml lists them): a run or
+sweep directory inside data.root, or a run directory a live train.py holds, is refused before Hydra
+writes there; a mistake every sweep job shares stops the sweep before its first job; the sweep
+report is refreshed after each job; a sweep with failed jobs exits non-zero."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from brainseg.cli import check_output_outside_data
 from brainseg.config import SWEPT_KEYS_ENV, instantiate_setting, swept_keys, to_plain
 from brainseg.errors import BrainsegError, ConfigError
 from brainseg.run_lock import check_run_directory_free, is_first_rank
+from brainseg.runfiles import CONFIG_FILE
 
 
 class RefuseOutputInsideData(Callback):
@@ -123,6 +127,39 @@ def preflight(config: DictConfig, swept: list[str]) -> None:
     for group in ("callbacks", "logger"):
         if shared(group):
             _check_targets(group, config[group])
+
+
+def _wandb_settings(sweep_dir: Path, jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The `logger.wandb` settings of the first job that logged to W&B (None: no job did)."""
+    for job in jobs:
+        config_file = sweep_dir / job["job"] / CONFIG_FILE
+        if config_file.is_file():
+            config = yaml.safe_load(config_file.read_text()) or {}
+            settings = (config.get("logger") or {}).get("wandb")
+            if settings:
+                return settings
+    return None
+
+
+class SweepReport(Callback):
+    """Hydra callback: the sweep report, refreshed after each job (so a long or crashed sweep still
+    has one) and written at the end of every multirun."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from brainseg.reporting.sweep import write_report
+
+        if config.hydra.mode == RunMode.MULTIRUN and Path(config.hydra.sweep.dir).is_dir():
+            write_report(config.hydra.sweep.dir)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from brainseg.reporting.sweep import write_report
+        from brainseg.tracking import log_sweep_report
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir():
+            report = write_report(sweep_dir)
+            log_sweep_report(sweep_dir, report, _wandb_settings(sweep_dir, report["jobs"]))
+            print(f"sweep report: {sweep_dir / 'summary.md'} ({len(report['jobs'])} jobs)")
 
 
 class SweepGuard(Callback):

@@ -13,8 +13,8 @@
 - `summary.png` (per-patient strip/box plot per configuration) and `heatmap.png` (configurations x
   patients).
 
-Written by a Hydra callback after every job and at the end of every multirun, and rebuilt any time
-with `python -m brainseg.reporting.sweep <sweep dir>`.
+Written by a Hydra callback (brainseg.hydra_callbacks.SweepReport) after every job and at the end
+of every multirun, and rebuilt any time with `python -m brainseg.reporting.sweep <sweep dir>`.
 """
 
 from __future__ import annotations
@@ -28,17 +28,13 @@ from typing import Any
 
 import numpy as np
 import yaml
-from hydra.experimental.callback import Callback
-from hydra.types import RunMode
-from omegaconf import DictConfig
 
 from brainseg.evaluation.folds import CV_RULES, reported_scores
 from brainseg.evaluation.statistics import LEVEL, compare_configurations, minimum_patients
 from brainseg.paths import atomic_writer
 from brainseg.reporting.figures import heat_map, strip_box_plot
 from brainseg.reporting.scores import METRIC_COLUMNS
-from brainseg.runfiles import CONFIG_FILE, read_failure, read_metrics
-from brainseg.tracking import log_sweep_report
+from brainseg.runfiles import read_failure, read_metrics
 
 FOLD_KEY = "data.split.fold"
 JOB_COLUMNS = [
@@ -340,34 +336,6 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
         )
         heat_map(scores, sweep_dir / "heatmap.png", "Per-volume Dice: configurations x patients")
     return {"jobs": jobs, "configurations": table, "per_patient": rows}
-
-
-def _wandb_settings(sweep_dir: Path, jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The `logger.wandb` settings of the first job that logged to W&B (None: no job did)."""
-    for job in jobs:
-        config_file = sweep_dir / job["job"] / CONFIG_FILE
-        if config_file.is_file():
-            config = yaml.safe_load(config_file.read_text()) or {}
-            settings = (config.get("logger") or {}).get("wandb")
-            if settings:
-                return settings
-    return None
-
-
-class SweepReport(Callback):
-    """Hydra callback: the sweep report, refreshed after each job (so a long or crashed sweep still
-    has one) and written at the end of every multirun."""
-
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if config.hydra.mode == RunMode.MULTIRUN and Path(config.hydra.sweep.dir).is_dir():
-            write_report(config.hydra.sweep.dir)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir():
-            report = write_report(sweep_dir)
-            log_sweep_report(sweep_dir, report, _wandb_settings(sweep_dir, report["jobs"]))
-            print(f"sweep report: {sweep_dir / 'summary.md'} ({len(report['jobs'])} jobs)")
 
 
 def main(argv: list[str] | None = None) -> int:
