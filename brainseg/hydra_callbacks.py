@@ -17,9 +17,9 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from brainseg.cli import check_output_outside_data
 from brainseg.config import SWEPT_KEYS_ENV, instantiate_setting, swept_keys, to_plain
 from brainseg.errors import BrainsegError, ConfigError
+from brainseg.paths import check_outside_inputs
 from brainseg.run_lock import check_run_directory_free, is_first_rank
 from brainseg.runfiles import CONFIG_FILE
 
@@ -40,8 +40,10 @@ class RefuseOutputInsideData(Callback):
         if root is None:
             return
         try:
-            check_output_outside_data(
-                Path.cwd() / str(OmegaConf.select(config, key)), Path.cwd() / str(root), key
+            check_outside_inputs(
+                Path.cwd() / str(OmegaConf.select(config, key)),
+                key,
+                {"data.root": Path.cwd() / str(root)},
             )
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)

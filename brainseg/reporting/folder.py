@@ -11,7 +11,7 @@ import numpy as np
 import tifffile
 
 from brainseg.data.reader import read_mask, scan_masks
-from brainseg.errors import ConfigError, DataError
+from brainseg.errors import DataError
 from brainseg.metrics import NSD_TOLERANCE
 from brainseg.paths import resolve_path
 from brainseg.postprocessing import apply, check_steps
@@ -23,6 +23,7 @@ from brainseg.reporting.scores import (
     subset_summary,
     write_scores,
 )
+from brainseg.run_lock import claim_output_dir
 from brainseg.runfiles import PATIENT_COLUMN, SPLIT_FILE, SUBSET_COLUMN, write_json
 
 
@@ -127,13 +128,6 @@ def evaluate_folder(
         )
     )
     steps = check_steps(postprocessing, setting="--postprocessing")
-    for root in (pred_root, truth_root):
-        if out == root or out.is_relative_to(root):
-            raise ConfigError(f"--output {out} is inside the input {root}; choose another folder")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
-        raise ConfigError(
-            f"--output {out} is not an empty folder; choose another or pass --overwrite"
-        )
     subsets = None
     if split is not None:
         subsets = read_subsets(resolve_path(split, "--split"), sorted(mask_files(truth_root)))
@@ -141,7 +135,7 @@ def evaluate_folder(
     for name, pred, truth in paired_volumes(pred_root, truth_root):
         row = patient_row(name, truth, apply(pred, steps), tolerance=tolerance)
         rows.append(row if subsets is None else {**row, SUBSET_COLUMN: subsets[name]})
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(out, "--output", {"pred_dir": pred_root, "truth_dir": truth_root}, overwrite)
     summary = {
         "predictions": str(pred_root),
         "truth": str(truth_root),
