@@ -6,7 +6,7 @@ folder would leave one's masks beside the other's scores.
 process: the OS releases it when the owner exits or dies, so a lock file left by a killed run is
 stale and simply taken over, on any host that shares the folder.
 
-train.py takes the lock before its first write; a Hydra callback (RefuseBusyRunDirectory) checks
+train.py takes the lock before its first write; a Hydra callback (RefuseOutputDirectory) checks
 it even earlier, before Hydra writes the run's `.hydra/` files and log, so a refused start leaves
 the running one's files untouched. predict.py and `brainseg.evaluate` claim their output folder
 (`claim_output_dir`) the same way, for the rest of the process.
@@ -116,28 +116,16 @@ def claim_output_dir(
     folder = check_outside_inputs(output, setting, inputs)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{setting}={str(folder)!r} is a file; choose a folder")
-    _refuse_files(folder, setting, overwrite)
     folder.mkdir(parents=True, exist_ok=True)
     if folder not in _CLAIMED:
-        fd = _open_locked(folder / LOCK_NAME, "output folder", setting)
-        _sign(fd)
-        _CLAIMED[folder] = fd
-        try:
-            _refuse_files(folder, setting, overwrite)  # written by a run that ended meanwhile
-        except ConfigError:
-            _release(folder / LOCK_NAME, _CLAIMED.pop(folder))
-            raise
-    return folder
-
-
-def _refuse_files(folder: Path, setting: str, overwrite: bool) -> None:
-    if overwrite or not folder.is_dir():
-        return
-    if any(entry.name != LOCK_NAME for entry in folder.iterdir()):
+        _CLAIMED[folder] = _open_locked(folder / LOCK_NAME, "output folder", setting)
+        _sign(_CLAIMED[folder])
+    if not overwrite and any(entry.name != LOCK_NAME for entry in folder.iterdir()):
         allow = "--overwrite" if setting.startswith("--") else "overwrite=true"
         raise ConfigError(
             f"{setting}={str(folder)!r} is not empty; choose another folder or set {allow}"
         )
+    return folder
 
 
 def check_run_directory_free(run_dir: Path) -> None:

@@ -101,15 +101,15 @@ def test_ddp_ranks_work_in_the_directory_rank_0_holds(
 ) -> None:
     from omegaconf import OmegaConf
 
-    from brainseg.hydra_callbacks import RefuseBusyRunDirectory
+    from brainseg.hydra_callbacks import RefuseOutputDirectory
 
     run, _ = held_run
     config = OmegaConf.create({"hydra": {"run": {"dir": str(run)}}})
     with pytest.raises(SystemExit):
-        RefuseBusyRunDirectory().on_run_start(config)
+        RefuseOutputDirectory().on_run_start(config)
     monkeypatch.setenv("LOCAL_RANK", "1")  # a rank Lightning's DDP launcher started
     assert not is_first_rank()
-    RefuseBusyRunDirectory().on_run_start(config)
+    RefuseOutputDirectory().on_run_start(config)
 
 
 CLAIM = """

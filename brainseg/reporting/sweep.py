@@ -103,8 +103,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
                 dsc_volume_median=scores and scores.dsc_volume_median,
                 best_on_val_mean=metrics.best and metrics.best.dsc_volume_mean,
                 train_seconds=metrics.train_seconds,
-                per_patient=(scores and scores.per_patient_metrics)
-                or {p: {"dsc": d} for p, d in (scores.per_patient if scores else {}).items()},
+                per_patient=scores.per_patient_metrics if scores else {},
             )
         elif failure is not None:
             row.update(status="failed", error=failure.headline)

@@ -28,8 +28,6 @@ from brainseg.reporting.figures import training_curves
 from brainseg.reporting.scores import summarize
 from brainseg.runfiles import (
     CONFIG_FILE,
-    TEST_DSC,
-    TEST_DSC_MEDIAN,
     VAL_DSC,
     VAL_DSC_MEDIAN,
     EpochScores,
@@ -154,15 +152,10 @@ class RunReport(L.Callback):
         per_patient = dict(pl_module.volume_scores.get("test", {}))
         if not per_patient:
             return
-        stats = summarize(list(per_patient.values()))
         self.test = TestScores(
             rule=INNER_VAL if inner_validation(self.config) else "best_on_val",
             epoch=self.best.epoch if self.best else None,
-            values={
-                **_scalars(trainer, "test/"),
-                TEST_DSC: stats["mean"],
-                TEST_DSC_MEDIAN: stats["median"],
-            },
+            values=_scalars(trainer, "test/"),
             per_patient=per_patient,
             per_patient_metrics=dict(pl_module.volume_details.get("test", {})),
             checkpoint=trainer.ckpt_path,
