@@ -1,6 +1,6 @@
 """Every Hydra callback of train.py and predict.py (conf/hydra/default.yaml lists them): a run or
-sweep directory inside data.root, or a run directory a live train.py holds, is refused before Hydra
-writes there; a mistake every sweep job shares stops the sweep before its first job; the sweep
+sweep directory overlapping data.root, or a run directory a live train.py holds, is refused before
+Hydra writes there; a mistake every sweep job shares stops the sweep before its first job; the sweep
 report is refreshed after each job; a sweep with failed jobs exits non-zero."""
 
 from __future__ import annotations
