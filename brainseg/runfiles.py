@@ -261,12 +261,3 @@ def write_scores_table(out_dir: Path, rows: Sequence[dict[str, Any]], columns: l
                 {k: (f"{row[k]:.6f}" if isinstance(row[k], float) else row[k]) for k in columns}
             )
     return path
-
-
-def read_scores_table(out_dir: Path) -> list[dict[str, Any]]:
-    """dsc.csv's rows, numbers as floats (patient and subset as text)."""
-    text = (PATIENT_COLUMN, SUBSET_COLUMN)
-    with open(Path(out_dir) / SCORES_FILE, newline="") as fh:
-        return [
-            {k: v if k in text else float(v) for k, v in row.items()} for row in csv.DictReader(fh)
-        ]

@@ -4,6 +4,7 @@ brainseg.runfiles, and no reader asking for a field the owner does not define.""
 from __future__ import annotations
 
 import ast
+import csv
 import dataclasses
 import json
 import re
@@ -131,7 +132,10 @@ def test_the_score_table_reads_back_with_its_columns_in_order(tmp_path: Path) ->
     columns = runfiles.score_columns(rows, ["dsc", "hd95"])
     assert columns == ["patient", "subset", "dsc", "hd95", *runfiles.VOLUME_COLUMNS]
     runfiles.write_scores_table(tmp_path, rows, columns)
-    assert runfiles.read_scores_table(tmp_path) == rows
+    with open(tmp_path / runfiles.SCORES_FILE, newline="") as fh:
+        back = list(csv.DictReader(fh))
+    assert [list(row) for row in back] == [columns, columns]
+    assert [float(row["hd95"]) for row in back] == [3.25, 0.0] and back[1]["subset"] == "train"
     without_subset = [{k: v for k, v in r.items() if k != "subset"} for r in rows]
     assert "subset" not in runfiles.score_columns(without_subset, ["dsc"])
 
