@@ -16,8 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from brainseg.config import job_overrides  # also registers the resolvers conf/ uses
-from brainseg.errors import BrainsegError, ConfigError
-from brainseg.paths import resolve_path
+from brainseg.errors import BrainsegError
 from brainseg.runfiles import Failure, write_failure
 
 log = logging.getLogger("brainseg")
@@ -78,13 +77,3 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             # reason.
             raise
         return None
-
-
-def check_output_outside_data(output_dir: str | Path, data_root: str | Path, setting: str) -> None:
-    """The README promises that nothing is ever written under data.root."""
-    output, root = resolve_path(output_dir, setting), resolve_path(data_root, "data.root")
-    if output.is_relative_to(root):
-        raise ConfigError(
-            f"{setting}={str(output)!r} is inside data.root={str(root)!r}; "
-            "nothing may be written there"
-        )

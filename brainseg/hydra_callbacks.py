@@ -1,61 +1,59 @@
-"""Hydra callbacks of train.py and predict.py: a run or sweep directory inside data.root, or a run
-directory a live train.py holds, is refused before Hydra writes there; a mistake every sweep job
-shares stops the sweep before its first job, and a sweep with failed jobs exits non-zero."""
+"""Every Hydra callback of train.py and predict.py (conf/hydra/default.yaml lists them): a run or
+sweep directory overlapping data.root, or a run directory a live train.py holds, is refused before
+Hydra writes there; a mistake every sweep job shares stops the sweep before its first job; the sweep
+report is refreshed after each job; a sweep with failed jobs exits non-zero."""
 
 from __future__ import annotations
 
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from brainseg.cli import check_output_outside_data
 from brainseg.config import SWEPT_KEYS_ENV, instantiate_setting, swept_keys, to_plain
 from brainseg.errors import BrainsegError, ConfigError
+from brainseg.paths import check_outside_inputs
 from brainseg.run_lock import check_run_directory_free, is_first_rank
+from brainseg.runfiles import CONFIG_FILE
 
 
-class RefuseOutputInsideData(Callback):
-    """Refuse a run or sweep directory inside data.root before Hydra creates it (and writes its
-    .hydra/ files and log there)."""
+def _refuse(check: Callable[[], None]) -> None:
+    """Run a check before Hydra writes; a ConfigError becomes `error: ...` and exit status 2."""
+    try:
+        check()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+class RefuseOutputDirectory(Callback):
+    """Refuse a run or sweep directory that overlaps data.root, or a run directory a live train.py
+    holds, before Hydra creates it (and writes its .hydra/ files and log there)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config, "hydra.run.dir")
+        run_dir = self._outside_data(config, "hydra.run.dir")
+        if is_first_rank():  # DDP ranks run in rank 0's directory
+            _refuse(lambda: check_run_directory_free(run_dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config, "hydra.sweep.dir")
+        self._outside_data(config, "hydra.sweep.dir")
 
     @staticmethod
-    def _check(config: DictConfig, key: str) -> None:
+    def _outside_data(config: DictConfig, key: str) -> Path:
+        folder = Path.cwd() / str(OmegaConf.select(config, key))
         root = OmegaConf.select(config, "data.root")
-        if root is None:
-            return
-        try:
-            check_output_outside_data(
-                Path.cwd() / str(OmegaConf.select(config, key)), Path.cwd() / str(root), key
-            )
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
-
-
-class RefuseBusyRunDirectory(Callback):
-    """Refuse a run directory held by a live train.py before Hydra writes its .hydra/ files and
-    log into it."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not is_first_rank():  # DDP ranks run in rank 0's directory
-            return
-        try:
-            check_run_directory_free(Path.cwd() / str(OmegaConf.select(config, "hydra.run.dir")))
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
+        if root is not None:
+            inputs = {"data.root": Path.cwd() / str(root)}
+            _refuse(lambda: check_outside_inputs(folder, key, inputs))
+        return folder
 
 
 def _touches(keys: list[str], group: str) -> bool:
@@ -125,9 +123,22 @@ def preflight(config: DictConfig, swept: list[str]) -> None:
             _check_targets(group, config[group])
 
 
+def _wandb_settings(sweep_dir: Path, jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The `logger.wandb` settings of the first job that logged to W&B (None: no job did)."""
+    for job in jobs:
+        config_file = sweep_dir / job["job"] / CONFIG_FILE
+        if config_file.is_file():
+            config = yaml.safe_load(config_file.read_text()) or {}
+            settings = (config.get("logger") or {}).get("wandb")
+            if settings:
+                return settings
+    return None
+
+
 class SweepGuard(Callback):
-    """Hydra callback around a multirun: pre-flight checks before the first job; at the end (after
-    the sweep report), exit non-zero with `N of M jobs failed: see <sweep>/summary.md`."""
+    """Hydra callback around a multirun: pre-flight checks before the first job; the sweep report
+    refreshed after each job (so a long or crashed sweep still has one); at the end the report
+    (and its W&B run), then exit non-zero with `N of M jobs failed: see <sweep>/summary.md`."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from brainseg.quiet import quiet_libraries
@@ -145,11 +156,23 @@ class SweepGuard(Callback):
             )
             raise SystemExit(2) from None
 
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from brainseg.reporting.sweep import write_report
+
+        if config.hydra.mode == RunMode.MULTIRUN and Path(config.hydra.sweep.dir).is_dir():
+            write_report(config.hydra.sweep.dir)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from brainseg.reporting.sweep import collect_jobs
+        from brainseg.reporting.sweep import write_report
+        from brainseg.tracking import log_sweep_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = collect_jobs(sweep_dir) if sweep_dir.is_dir() else []
+        if not sweep_dir.is_dir():
+            return
+        report = write_report(sweep_dir)
+        jobs = report["jobs"]
+        log_sweep_report(sweep_dir, report, _wandb_settings(sweep_dir, jobs))
+        print(f"sweep report: {sweep_dir / 'summary.md'} ({len(jobs)} jobs)")
         failed = [j for j in jobs if j["status"] in ("failed", "incomplete")]
         if failed:
             print(

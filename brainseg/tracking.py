@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from brainseg.runfiles import RunMetrics, logged_name
+from brainseg.runfiles import EpochScores, RunMetrics
 
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import WandbLogger
@@ -95,11 +95,17 @@ def wandb_logger(
     return logger
 
 
-def log_best_so_far(logger: WandbLogger, monitor: str, value: float, epoch: int) -> None:
-    """The best `monitor` value so far and its epoch, labelled as selected on validation."""
-    logger.experiment.summary.update(
-        {f"best_on_val/{monitor.removeprefix('val/')}": value, "best_on_val/epoch": epoch}
-    )
+def _best_on_val(monitor: str, best: EpochScores) -> dict[str, Any]:
+    """The best epoch's `monitor` value and its number, labelled as selected on validation."""
+    return {
+        f"best_on_val/{monitor.removeprefix('val/')}": best.value(monitor),
+        "best_on_val/epoch": best.epoch,
+    }
+
+
+def log_best_so_far(logger: WandbLogger, monitor: str, best: EpochScores) -> None:
+    """The run summary's best epoch while training (the run report's best so far)."""
+    logger.experiment.summary.update(_best_on_val(monitor, best))
 
 
 def log_improvement(
@@ -136,21 +142,19 @@ def summary_values(metrics: RunMetrics) -> dict[str, Any]:
     """The run summary: the reported epoch's validation values under their logged names, its
     epoch, mean train loss and rule; the best epoch by `monitor` labelled as selected on
     validation."""
-    reported = metrics.reported
+    reported = metrics.selected
     if reported is None:
         return {}
     scores = reported.scores
     values: dict[str, Any] = {
-        logged_name(name): value for name, value in scores.values.items() if value is not None
+        **scores.values,
+        "epoch": scores.epoch,
+        "reported/selection": reported.rule,
     }
-    values.update({"epoch": scores.epoch, "reported/selection": reported.rule})
     if scores.train_loss is not None:
         values["train/loss"] = scores.train_loss
     if metrics.best is not None:
-        values[f"best_on_val/{metrics.monitor.removeprefix('val/')}"] = metrics.best.value(
-            metrics.monitor
-        )
-        values["best_on_val/epoch"] = metrics.best.epoch
+        values.update(_best_on_val(metrics.monitor, metrics.best))
     return values
 
 
@@ -163,7 +167,7 @@ def finish_run(metrics: RunMetrics) -> None:
     if run is None:
         return
     run.summary.update(summary_values(metrics))
-    per_patient = metrics.reported.scores.per_patient_metrics if metrics.reported else {}
+    per_patient = metrics.selected.scores.per_patient_metrics if metrics.selected else {}
     if per_patient:
         columns = list(next(iter(per_patient.values())))
         rows = [[name, *(values[c] for c in columns)] for name, values in per_patient.items()]

@@ -13,8 +13,9 @@ from helpers import PROJECT
 # Lowest first. A part is a top-level module or folder of brainseg/; entry points stand on top.
 LAYERS: list[set[str]] = [
     {"", "errors"},  # "" = brainseg/__init__.py
-    # stdlib helpers (user paths, run-directory lock); metrics: their names and directions
-    {"quiet", "metrics", "paths", "run_lock"},
+    # stdlib helpers (user paths, atomic text files); metrics: their names and directions
+    {"quiet", "metrics", "paths"},
+    {"run_lock"},  # one live process per run directory or output folder
     {"config"},  # Hydra helpers: instantiation, resolvers, a job's swept keys
     {"models", "losses", "checkpoint"},
     {"runfiles"},  # the formats of the files a run writes (may name the metrics' columns)
@@ -175,6 +176,6 @@ def test_the_rules_catch_an_upward_import_and_a_loop(tmp_path: Path) -> None:
         "brainseg.reporting.scores": 5,
     }
     assert upward_imports(graph) == [
-        "brainseg.evaluation.folds (layer 9), line 5, imports brainseg.reporting.scores (layer 10)"
+        "brainseg.evaluation.folds (layer 10), line 5, imports brainseg.reporting.scores (layer 11)"
     ]
     assert cycles(graph) == [["brainseg.evaluation.folds", "brainseg.reporting.scores"]]

@@ -110,7 +110,7 @@ def test_seeded_loading_is_reproducible(synthetic_root: Path, tmp_path: Path, wo
 
 
 def test_cache_inside_data_root_is_refused(synthetic_root: Path) -> None:
-    with pytest.raises(ConfigError, match="data.cache_dir=.* is inside data.root"):
+    with pytest.raises(ConfigError, match="data.cache_dir=.* overlaps the input data.root="):
         tiny_datamodule(synthetic_root, synthetic_root / "cache")
 
 

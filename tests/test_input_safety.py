@@ -173,14 +173,14 @@ def test_run_directory_inside_data_root_is_refused(synthetic_root: Path, tmp_pat
     assert (
         result.returncode == 2
         and last.startswith("error: hydra.run.dir=")
-        and "is inside data.root" in last
+        and "overlaps the input data.root=" in last
     )
     assert (
         snapshot(synthetic_root) == before
     )  # before: .hydra/, checkpoints and logs under the data root
     from brainseg.training.pipeline import train
 
-    with pytest.raises(ConfigError, match="paths.output_dir=.* is inside data.root"):
+    with pytest.raises(ConfigError, match="paths.output_dir=.* overlaps the input data.root="):
         train(compose_run(synthetic_root, synthetic_root / "run", tmp_path / "cache"))
     assert snapshot(synthetic_root) == before
 

@@ -140,13 +140,13 @@ def test_reported_validation_scores_are_predicts_without_the_training_data(
     """A machine with the checkpoint only: the data root it records is gone, the model folder is
     left untouched, and predict.py scores the run's validation patients exactly as the run
     reported them."""
-    selected = json.loads((tiny_run / "metrics.json").read_text())["selected"]
-    checkpoint = read_checkpoint(selected["checkpoint"])
+    selected = read_metrics(tiny_run).selected
+    checkpoint = read_checkpoint(selected.checkpoint)
     checkpoint["brainseg"]["data_root"] = str(tmp_path / "moved-away")
     model = tmp_path / "model" / "last.ckpt"
     save_atomically(checkpoint, model)
     inputs = tmp_path / "input"
-    for name in selected["per_patient"]:
+    for name in selected.scores.per_patient:
         shutil.copytree(synthetic_root / name, inputs / name)
     before = snapshot(model.parent)
     _predict_inprocess(
@@ -158,8 +158,8 @@ def test_reported_validation_scores_are_predicts_without_the_training_data(
     assert snapshot(model.parent) == before
     with open(tmp_path / "out" / "dsc.csv") as fh:
         rows = {r["patient"]: r for r in csv.DictReader(fh)}
-    assert sorted(rows) == sorted(selected["per_patient_metrics"])
-    for name, reported in selected["per_patient_metrics"].items():
+    assert sorted(rows) == sorted(selected.scores.per_patient_metrics)
+    for name, reported in selected.scores.per_patient_metrics.items():
         for metric, value in reported.items():
             assert float(rows[name][metric]) == pytest.approx(value, abs=1e-6), (name, metric)
 

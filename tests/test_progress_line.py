@@ -8,14 +8,14 @@ from types import SimpleNamespace
 import pytest
 from lightning.pytorch.callbacks import Timer
 
-from brainseg.runfiles import EpochScores, metric_field
+from brainseg.runfiles import EpochScores
 from brainseg.training.report import RunReport
 
 # The first epoch (numbered from 1) after 10 steps.
 ENTRY = EpochScores(
     epoch=1,
     step=10,
-    values={metric_field("val/dsc_volume"): 0.5, metric_field("val/dsc_volume_median"): 0.5},
+    values={"val/dsc_volume": 0.5, "val/dsc_volume_median": 0.5},
     train_loss=1.0,
 )
 

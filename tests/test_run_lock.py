@@ -1,5 +1,6 @@
-"""A run directory is owned by one live train.py: a second start is refused naming the owner, a
-lock left by a dead process is taken over."""
+"""A run directory is owned by one live train.py, an output folder by one live predict.py or
+`brainseg.evaluate`: a second start is refused naming the owner, a lock left by a dead process is
+taken over."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from brainseg.errors import ConfigError
 from brainseg.run_lock import (
     LOCK_NAME,
     check_run_directory_free,
+    claim_output_dir,
     is_first_rank,
     own_run_directory,
 )
@@ -99,12 +101,71 @@ def test_ddp_ranks_work_in_the_directory_rank_0_holds(
 ) -> None:
     from omegaconf import OmegaConf
 
-    from brainseg.hydra_callbacks import RefuseBusyRunDirectory
+    from brainseg.hydra_callbacks import RefuseOutputDirectory
 
     run, _ = held_run
     config = OmegaConf.create({"hydra": {"run": {"dir": str(run)}}})
     with pytest.raises(SystemExit):
-        RefuseBusyRunDirectory().on_run_start(config)
+        RefuseOutputDirectory().on_run_start(config)
     monkeypatch.setenv("LOCAL_RANK", "1")  # a rank Lightning's DDP launcher started
     assert not is_first_rank()
-    RefuseBusyRunDirectory().on_run_start(config)
+    RefuseOutputDirectory().on_run_start(config)
+
+
+CLAIM = """
+import sys, time
+from brainseg.run_lock import claim_output_dir
+claim_output_dir(sys.argv[1], "output_dir", {})
+print("claimed", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_run_into_a_claimed_output_folder_is_refused(
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Two predict.py or `brainseg.evaluate` runs started into one empty folder: the second is
+    refused in one line naming the first, instead of both writing there and reporting success."""
+    from brainseg.evaluate import main as evaluate
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", CLAIM, str(out)], cwd=PROJECT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        owner = f"pid {holder.pid} on host {socket.gethostname()}"
+        for overwrite in (False, True):
+            with pytest.raises(ConfigError, match=f"output folder in use by {owner}") as raised:
+                claim_output_dir(out, "output_dir", {}, overwrite)
+            assert "\n" not in str(raised.value)
+        assert evaluate([str(synthetic_root), str(synthetic_root), "--output", str(out)]) == 2
+        assert f"output folder in use by {owner}" in capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert claim_output_dir(out, "output_dir", {}) == out  # the killed holder's claim is over
+
+
+def test_an_output_folder_is_claimed_only_outside_the_inputs_and_empty(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "patient").mkdir(parents=True)
+    for output in (data, data / "patient" / "out", tmp_path):  # inside, equal, containing
+        with pytest.raises(ConfigError, match=f"overlaps the input input={str(data)!r}"):
+            claim_output_dir(output, "output_dir", {"input": data}, overwrite=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        claim_output_dir(tmp_path / "file", "output_dir", {})
+    with pytest.raises(ConfigError, match="--output=.* is not empty; .* set --overwrite"):
+        claim_output_dir(data / "patient" / "..", "--output", {})
+    out = claim_output_dir(tmp_path / "new" / "out", "output_dir", {"input": data})
+    assert out.is_dir() and [p.name for p in out.iterdir()] == [LOCK_NAME]
+    # this process holds it: it may claim it again, e.g. a second in-process prediction
+    assert claim_output_dir(out, "output_dir", {"input": data}) == out
+    (out / "mask.tif").write_text("x")
+    with pytest.raises(ConfigError, match="is not empty; choose another folder or set overwrite"):
+        claim_output_dir(out, "output_dir", {})
+    assert claim_output_dir(out, "output_dir", {}, overwrite=True) == out
+    with pytest.raises(ConfigError, match="output_dir is required"):
+        claim_output_dir(None, "output_dir", {})

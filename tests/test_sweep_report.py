@@ -42,13 +42,13 @@ def _job(
         epoch=5,
         step=50,
         values={
-            "dsc_volume_mean": float(np.mean([dice[p] for p in val])),
-            "dsc_volume_median": 0.0,
+            "val/dsc_volume": float(np.mean([dice[p] for p in val])),
+            "val/dsc_volume_median": 0.0,
         },
         per_patient={p: dice[p] for p in val},
         per_patient_metrics={p: {"dsc": dice[p], "hd95": 10 * (1 - dice[p])} for p in val},
     )
-    best = EpochScores(epoch=3, step=30, values={"dsc_volume_mean": selected.dsc_volume_mean + 0.1})
+    best = EpochScores(epoch=3, step=30, values={"val/dsc_volume": selected.dsc_volume_mean + 0.1})
     write_metrics(
         job,
         RunMetrics(
@@ -240,8 +240,10 @@ def test_inner_validation_folds_pool_the_held_out_test_scores(tmp_path: Path) ->
         metrics.test = TestScores(
             rule="inner_val",
             epoch=3,
-            dsc_volume_mean=float(np.mean([truth[p] for p in held_out])),
-            dsc_volume_median=0.0,
+            values={
+                "test/dsc_volume": float(np.mean([truth[p] for p in held_out])),
+                "test/dsc_volume_median": 0.0,
+            },
             per_patient={p: truth[p] for p in held_out},
             per_patient_metrics={p: {"dsc": truth[p], "hd95": 1.0} for p in held_out},
             checkpoint=str(job / "checkpoints" / "best.ckpt"),

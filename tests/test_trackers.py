@@ -63,7 +63,7 @@ def test_wandb_summary_is_the_reported_epoch_with_the_best_labelled_apart(tracke
     run_dir, metrics = tracked_run
     (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     summary = _final_summary(run_file)
-    reported, best = metrics.reported.scores, metrics.best
+    reported, best = metrics.selected.scores, metrics.best
     assert metrics.selection == "last" and reported.epoch == 3 != best.epoch
     # every val/ key is the reported epoch's, not the best epoch's mean beside the last's median
     for name in ("val/dsc_volume", "val/dsc_volume_median", "val/hd95", "val/nsd", "val/loss"):

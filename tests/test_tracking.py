@@ -9,8 +9,10 @@ from brainseg.tracking import summary_values, wandb_logger
 
 
 def _metrics(selection: str) -> RunMetrics:
-    best = EpochScores(2, 20, {"dsc_volume_mean": 0.8, "dsc_volume_median": 0.85, "hd95": 3.0})
-    last = EpochScores(3, 30, {"dsc_volume_mean": 0.7, "dsc_volume_median": 0.9, "hd95": 5.0}, 0.2)
+    best = EpochScores(2, 20, {"val/dsc_volume": 0.8, "val/dsc_volume_median": 0.85, "val/hd95": 3})
+    last = EpochScores(
+        3, 30, {"val/dsc_volume": 0.7, "val/dsc_volume_median": 0.9, "val/hd95": 5}, 0.2
+    )
     reported = last if selection == "last" else best
     return RunMetrics(
         monitor="val/dsc_volume",
@@ -29,7 +31,7 @@ def _metrics(selection: str) -> RunMetrics:
 def test_the_summary_describes_one_epoch_and_labels_the_best_apart() -> None:
     for selection, epoch in (("last", 3), ("best_on_val", 2)):
         metrics = _metrics(selection)
-        scores = metrics.reported.scores
+        scores = metrics.selected.scores
         summary = summary_values(metrics)
         assert {k: v for k, v in summary.items() if k.startswith("val/")} == {
             "val/dsc_volume": scores.dsc_volume_mean,

@@ -59,7 +59,7 @@ def test_console_files_and_checkpoint_name_number_epochs_alike(tiny_run: Path) -
     and metrics.json."""
     console = (tiny_run.parent / "console.txt").read_text()
     metrics = read_metrics(tiny_run)
-    best, reported = metrics.best, metrics.reported.scores
+    best, reported = metrics.best, metrics.selected.scores
     assert (
         f"(epoch {best.epoch})" in [ln for ln in console.splitlines() if "| train loss" in ln][-1]
     )

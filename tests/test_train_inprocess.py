@@ -123,7 +123,7 @@ def test_reports_the_epoch_its_selection_rule_picks_with_every_volume_metric(
     )
     # reported as predict.py scores (every slice, original geometry, the decided post-processing);
     # the epoch's training-grid figure is kept beside it
-    assert selected.training_grid["dsc_volume_mean"] == metrics.history[-1].dsc_volume_mean
+    assert selected.training_grid.values == metrics.history[-1].values
     decision = json.loads((tmp_path / "run" / "postprocessing.json").read_text())
     assert selected.postprocessing == decision["postprocessing"]
     chosen = [c["postprocessing"] for c in decision["candidates"]].index(decision["postprocessing"])
@@ -166,7 +166,7 @@ def test_a_lower_is_better_monitor_keeps_the_lowest_value_everywhere(
     best = min(range(len(hd95)), key=hd95.__getitem__)
     assert len(set(hd95)) > 1 and hd95[best] < max(hd95), "the epochs must differ in HD95"
     assert metrics.best.epoch == best + 1 and metrics.best.value("val/hd95") == min(hd95)
-    assert not metrics.higher_is_better and read_metrics(run).monitor_field == "hd95"
+    assert not metrics.higher_is_better and read_metrics(run) == metrics
     (checkpoint,) = (run / "checkpoints").glob("best-*.ckpt")
     assert checkpoint.name == f"best-epoch{best + 1:03d}-hd95_{min(hd95):.4f}.ckpt"
     assert metrics.best_checkpoint == str(checkpoint)

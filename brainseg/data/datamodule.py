@@ -23,7 +23,7 @@ from brainseg.data.reader import PatientFiles, find_patients
 from brainseg.data.sampling import SliceSampler, check_sampling
 from brainseg.data.splits import Split, SplitConfig, make_split
 from brainseg.errors import ConfigError
-from brainseg.paths import resolve_path
+from brainseg.paths import check_outside_inputs, resolve_path
 from brainseg.runfiles import SplitFile, write_split
 
 
@@ -72,11 +72,7 @@ class LGGDataModule(L.LightningDataModule):
         super().__init__()
         self.root = resolve_path(to_absolute_path(str(root)), "data.root")
         self.cache_dir = Path(to_absolute_path(str(cache_dir)))
-        if resolve_path(self.cache_dir, "data.cache_dir").is_relative_to(self.root):
-            raise ConfigError(
-                f"data.cache_dir={str(cache_dir)!r} is inside data.root; "
-                "nothing may be written there"
-            )
+        check_outside_inputs(self.cache_dir, "data.cache_dir", {"data.root": self.root})
         self.preprocess_cfg = PreprocessConfig(**dict(preprocess or {}))
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be at least 1")

@@ -97,7 +97,7 @@ def reported_scores(metrics: RunMetrics) -> Selected | None:
     test = metrics.test
     if test is not None and test.rule == INNER_VAL:
         return test.as_selected()
-    return metrics.reported
+    return metrics.selected
 
 
 def held_out_members(splits: Sequence[Split], patients: Iterable[str]) -> dict[str, list[int]]:

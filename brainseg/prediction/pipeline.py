@@ -3,7 +3,6 @@ or an ONNX export."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -31,34 +30,14 @@ from brainseg.prediction.members import (
 from brainseg.prediction.subsets import member_plan, subsets_for, warn_seen_in_training
 from brainseg.reporting.figures import write_overlays
 from brainseg.reporting.scores import headline, write_scores
-from brainseg.runfiles import PATIENT_COLUMN, SUBSET_COLUMN
+from brainseg.run_lock import claim_output_dir
+from brainseg.runfiles import PATIENT_COLUMN, SUBSET_COLUMN, write_json
 
 log = logging.getLogger("brainseg")
 
 
 def _path(value: str | None, setting: str) -> Path | None:
     return resolve_path(to_absolute_path(str(value)), setting) if value else None
-
-
-def _prepare_output(output_dir: Path | None, input_root: Path | None, overwrite: bool) -> Path:
-    if output_dir is None:
-        raise ConfigError("output_dir is required (a new or empty folder)")
-    if input_root is not None and (
-        output_dir.is_relative_to(input_root) or input_root.is_relative_to(output_dir)
-    ):
-        raise ConfigError(  # whatever overwrite says: predictions must never replace input files
-            f"output_dir={str(output_dir)!r} overlaps the input {str(input_root)!r}; "
-            "choose a folder outside it"
-        )
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConfigError(f"output_dir={str(output_dir)!r} is a file; choose a folder")
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise ConfigError(
-            f"output_dir={str(output_dir)!r} is not empty; "
-            "choose another folder or set overwrite=true"
-        )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return output_dir
 
 
 def load_members(cfg: DictConfig) -> list[Member]:
@@ -95,7 +74,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("export"):
         if cfg.export != "onnx":
             raise ConfigError(f"export={cfg.export!r} is unknown; choose onnx")
-        out = _prepare_output(_path(cfg.get("output_dir"), "output_dir"), None, cfg.overwrite)
+        out = claim_output_dir(
+            _path(cfg.get("output_dir"), "output_dir"), "output_dir", {}, cfg.overwrite
+        )
         size = members[0].preprocess.image_size or 256
         path = export_onnx(members[0], out / "model.onnx", size)
         log.info("exported %s to %s", members[0].path, path)
@@ -122,7 +103,12 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
         )  # every unreadable or inconsistent slice is named before anything is written
     splits = [m.split for m in members]
     plan = member_plan(splits, [p.name for p in patients], cfg.ensemble)
-    out = _prepare_output(_path(cfg.get("output_dir"), "output_dir"), input_root, cfg.overwrite)
+    out = claim_output_dir(
+        _path(cfg.get("output_dir"), "output_dir"),
+        "output_dir",
+        {"input": input_root},
+        cfg.overwrite,
+    )
     views = tta_views(cfg.tta.hflip, list(cfg.tta.rotations or []), list(cfg.tta.scales or []))
     predictor = Predictor(members, views, cfg.batch_size, _device(cfg.device))
     threshold = float(cfg.threshold if cfg.get("threshold") is not None else members[0].threshold)
@@ -172,7 +158,7 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
         note = figure_note(members, threshold, steps, cfg.ensemble)
         summary["dsc"] = write_scores(rows, out, note=note)
         log.info(headline(summary["dsc"], steps, out, _selection_caveat(members)))
-    (out / "prediction.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "prediction.json", summary)
     return summary
 
 

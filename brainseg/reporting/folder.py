@@ -11,12 +11,13 @@ import numpy as np
 import tifffile
 
 from brainseg.data.reader import read_mask, scan_masks
-from brainseg.errors import ConfigError, DataError
+from brainseg.errors import DataError
 from brainseg.metrics import NSD_TOLERANCE
 from brainseg.paths import resolve_path
 from brainseg.postprocessing import check_steps, score
 from brainseg.reporting.scores import patient_subset, write_scores
-from brainseg.runfiles import PATIENT_COLUMN, SPLIT_FILE, SUBSET_COLUMN
+from brainseg.run_lock import claim_output_dir
+from brainseg.runfiles import PATIENT_COLUMN, SPLIT_FILE, SUBSET_COLUMN, write_json
 
 
 def mask_files(root: Path) -> dict[str, dict[int, Path]]:
@@ -117,13 +118,6 @@ def evaluate_folder(
     )
     out = resolve_path(output_dir, "--output")
     steps = check_steps(postprocessing, setting="--postprocessing")
-    for root in (pred_root, truth_root):
-        if out == root or out.is_relative_to(root):
-            raise ConfigError(f"--output {out} is inside the input {root}; choose another folder")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
-        raise ConfigError(
-            f"--output {out} is not an empty folder; choose another or pass --overwrite"
-        )
     names = sorted(mask_files(truth_root))
     subsets = (
         dict.fromkeys(names, "unseen")  # no split known: every patient in the headline
@@ -134,7 +128,7 @@ def evaluate_folder(
         {PATIENT_COLUMN: name, SUBSET_COLUMN: subsets[name], **score(pred, truth, steps, tolerance)}
         for name, pred, truth in paired_volumes(pred_root, truth_root)
     ]
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(out, "--output", {"pred_dir": pred_root, "truth_dir": truth_root}, overwrite)
     summary = {
         "predictions": str(pred_root),
         "truth": str(truth_root),
@@ -143,5 +137,5 @@ def evaluate_folder(
         "split": None if split is None else str(Path(split).resolve()),
         "scores": write_scores(rows, out, tolerance),
     }
-    (out / "evaluation.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "evaluation.json", summary)
     return summary

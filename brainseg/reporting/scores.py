@@ -6,7 +6,6 @@ The metrics and their empty-volume conventions are those of brainseg.metrics.fun
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from brainseg.runfiles import (
     SCORES_SUMMARY_FILE,
     SUBSET_COLUMN,
     score_columns,
+    write_json,
     write_scores_table,
 )
 
@@ -61,7 +61,7 @@ def write_scores(
     subset, `note` under the title); returns the summary."""
     write_scores_table(out_dir, rows, score_columns(rows, metric_columns(rows)))
     summary = {**subset_summary(rows), "units": UNITS, "nsd_tolerance": tolerance}
-    (out_dir / SCORES_SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    write_json(out_dir / SCORES_SUMMARY_FILE, summary)
     bar_chart(
         {r[PATIENT_COLUMN]: r["dsc"] for r in rows},
         out_dir / "dsc.png",

@@ -13,34 +13,28 @@
 - `summary.png` (per-patient strip/box plot per configuration) and `heatmap.png` (configurations x
   patients).
 
-Written by a Hydra callback after every job and at the end of every multirun, and rebuilt any time
-with `python -m brainseg.reporting.sweep <sweep dir>`.
+Written by a Hydra callback (brainseg.hydra_callbacks.SweepReport) after every job and at the end
+of every multirun, and rebuilt any time with `python -m brainseg.reporting.sweep <sweep dir>`.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 import yaml
-from hydra.experimental.callback import Callback
-from hydra.types import RunMode
-from omegaconf import DictConfig
 
 from brainseg.evaluation.folds import CV_RULES, reported_scores
 from brainseg.evaluation.statistics import LEVEL, compare_configurations, minimum_patients
+from brainseg.paths import atomic_writer
 from brainseg.reporting.figures import heat_map, strip_box_plot
 from brainseg.reporting.scores import METRIC_COLUMNS
-from brainseg.runfiles import CONFIG_FILE, read_failure, read_metrics
-from brainseg.tracking import log_sweep_report
+from brainseg.runfiles import read_failure, read_metrics
 
 FOLD_KEY = "data.split.fold"
 JOB_COLUMNS = [
@@ -109,8 +103,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
                 dsc_volume_median=scores and scores.dsc_volume_median,
                 best_on_val_mean=metrics.best and metrics.best.dsc_volume_mean,
                 train_seconds=metrics.train_seconds,
-                per_patient=(scores and scores.per_patient_metrics)
-                or {p: {"dsc": d} for p, d in (scores.per_patient if scores else {}).items()},
+                per_patient=scores.per_patient_metrics if scores else {},
             )
         elif failure is not None:
             row.update(status="failed", error=failure.headline)
@@ -210,16 +203,6 @@ def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
-@contextmanager
-def _atomic(path: Path) -> Iterator[TextIO]:
-    """Write to a temporary file and rename it over `path`:
-    parallel jobs never see half a report."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        yield fh
-    os.replace(tmp, path)
-
-
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "–"
@@ -231,7 +214,7 @@ def _interval(low: float | None, high: float | None) -> str:
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
-    with _atomic(path) as fh:
+    with atomic_writer(path) as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -341,7 +324,7 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
         ["configuration", "patient", "fold", "job", "selection", *metric_columns],
         rows,
     )
-    with _atomic(sweep_dir / "summary.md") as fh:
+    with atomic_writer(sweep_dir / "summary.md") as fh:
         fh.write("\n".join(_markdown(sweep_dir, jobs, keys, table)) + "\n")
     if table:
         scores = {
@@ -359,34 +342,6 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
         )
         heat_map(scores, sweep_dir / "heatmap.png", "Per-volume Dice: configurations x patients")
     return {"jobs": jobs, "configurations": table, "per_patient": rows}
-
-
-def _wandb_settings(sweep_dir: Path, jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The `logger.wandb` settings of the first job that logged to W&B (None: no job did)."""
-    for job in jobs:
-        config_file = sweep_dir / job["job"] / CONFIG_FILE
-        if config_file.is_file():
-            config = yaml.safe_load(config_file.read_text()) or {}
-            settings = (config.get("logger") or {}).get("wandb")
-            if settings:
-                return settings
-    return None
-
-
-class SweepReport(Callback):
-    """Hydra callback: the sweep report, refreshed after each job (so a long or crashed sweep still
-    has one) and written at the end of every multirun."""
-
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if config.hydra.mode == RunMode.MULTIRUN and Path(config.hydra.sweep.dir).is_dir():
-            write_report(config.hydra.sweep.dir)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir():
-            report = write_report(sweep_dir)
-            log_sweep_report(sweep_dir, report, _wandb_settings(sweep_dir, report["jobs"]))
-            print(f"sweep report: {sweep_dir / 'summary.md'} ({len(report['jobs'])} jobs)")
 
 
 def main(argv: list[str] | None = None) -> int:

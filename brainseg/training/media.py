@@ -1,9 +1,9 @@
-"""What the experiment trackers (W&B, TensorBoard) show beyond the logged scalars, so that they
-agree with the run report: the best `monitor` value, the per-patient table and overlays."""
+"""What the experiment trackers (W&B, TensorBoard) show beyond the logged scalars, read from the
+run report so that they agree with it: the best `monitor` value, the per-patient table and
+overlays."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
@@ -12,10 +12,9 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from brainseg.metrics.monitor import higher_is_better, improves
 from brainseg.reporting.figures import overlay
-from brainseg.runfiles import epoch_shift, numbered_from_one
 from brainseg.tracking import log_best_so_far, log_improvement
+from brainseg.training.report import RunReport
 
 
 def _display(image: np.ndarray) -> np.ndarray:
@@ -29,21 +28,19 @@ def _display(image: np.ndarray) -> np.ndarray:
 
 
 class TrackerMedia(L.Callback):
-    """For the W&B and TensorBoard loggers of a run (rank 0):
+    """For the W&B and TensorBoard loggers of a run (rank 0), listed after its RunReport, whose
+    best epoch by `monitor` it shows:
 
-    - the best `monitor` value so far in its direction (highest Dice, lowest HD95) and its epoch:
-      in W&B's summary labelled `best_on_val/...` (brainseg.tracking), TensorBoard's `hp_metric`;
+    - the best `monitor` value so far and its epoch: in W&B's summary labelled `best_on_val/...`
+      (brainseg.tracking), TensorBoard's `hp_metric`;
     - when the best improves: the per-patient Dice table, and the slice with the largest lesion of
       each of `patients` validation patients (the largest lesions first) with prediction and truth
       (W&B: toggleable masks; TensorBoard: red/green outlines).
     """
 
-    def __init__(self, monitor: str, patients: int = 4) -> None:
-        self.monitor = monitor
-        self.higher = higher_is_better(monitor)
+    def __init__(self, report: RunReport, patients: int = 4) -> None:
+        self.report = report
         self.patients = patients
-        self.best: float | None = None
-        self.best_epoch: int | None = None
         self._slices: dict[int, dict[str, Any]] = {}  # patient index -> its largest-lesion slice
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -90,24 +87,22 @@ class TrackerMedia(L.Callback):
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # After the module logged the epoch's metrics (on_validation_epoch_end is too early).
-        value = trainer.callback_metrics.get(self.monitor)
-        if trainer.sanity_checking or value is None or math.isnan(float(value)):
+        # After the run report took the epoch's metrics (on_validation_epoch_end is too early).
+        best, monitor = self.report.best, self.report.monitor
+        if trainer.sanity_checking or best is None:
             return
-        improved = improves(float(value), self.best, self.higher)
-        if improved:
-            self.best, self.best_epoch = float(value), trainer.current_epoch + 1
+        improved = best.epoch == trainer.current_epoch + 1
         examples = self._examples(trainer) if improved else []
-        scores = pl_module.volume_scores.get("val", {}) if improved else {}
+        scores = best.per_patient if improved else {}
         step = trainer.global_step
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                log_best_so_far(logger, self.monitor, self.best, self.best_epoch)
+                log_best_so_far(logger, monitor, best)
                 log_improvement(
                     logger, scores, [{**e, "image": _display(e["image"])} for e in examples], step
                 )
             elif isinstance(logger, TensorBoardLogger):
-                logger.log_metrics({"hp_metric": self.best}, step=step)
+                logger.log_metrics({"hp_metric": best.value(monitor)}, step=step)
                 if examples:
                     pictures = np.stack(
                         [overlay(_display(e["image"]), e["pred"], e["truth"]) for e in examples]
@@ -115,11 +110,3 @@ class TrackerMedia(L.Callback):
                     logger.experiment.add_images(
                         "val/overlays", pictures, global_step=step, dataformats="NHWC"
                     )
-
-    def state_dict(self) -> dict[str, Any]:
-        return numbered_from_one({"best": self.best, "best_epoch": self.best_epoch})
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best, self.best_epoch = state_dict.get("best"), state_dict.get("best_epoch")
-        if self.best_epoch is not None:
-            self.best_epoch += epoch_shift(state_dict)  # 1 for runs that counted from 0

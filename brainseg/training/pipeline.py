@@ -16,12 +16,12 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, ListConfig
 
 from brainseg.checkpoint import load_weights, read_checkpoint, remove_temporary_files
-from brainseg.cli import check_output_outside_data
 from brainseg.config import instantiate_setting, job_overrides, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
 from brainseg.evaluation.folds import inner_validation
 from brainseg.metrics.monitor import higher_is_better
+from brainseg.paths import check_outside_inputs
 from brainseg.postprocessing import StepList, check_steps
 from brainseg.quiet import quiet_libraries
 from brainseg.run_lock import is_first_rank, own_run_directory
@@ -150,8 +150,8 @@ def train(cfg: DictConfig) -> RunMetrics | None:
     candidates = _candidates(cfg)
     output_dir = Path(cfg.paths.output_dir)
     if cfg.data.get("root"):
-        check_output_outside_data(
-            output_dir, to_absolute_path(str(cfg.data.root)), "paths.output_dir"
+        check_outside_inputs(
+            output_dir, "paths.output_dir", {"data.root": to_absolute_path(str(cfg.data.root))}
         )
     if not is_first_rank():
         return _fit(cfg, output_dir, candidates)
@@ -189,7 +189,7 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
             {**report.config, **sweep_keys}
         )  # the resolved config + the swept keys on top
     if any(isinstance(logger, (WandbLogger, TensorBoardLogger)) for logger in loggers):
-        callbacks.append(TrackerMedia(cfg.monitor))
+        callbacks.append(TrackerMedia(report))
     # A progress bar on a terminal; in a log file, RunReport's one line per epoch instead.
     progress_bar = cfg.trainer.get("enable_progress_bar", sys.stdout.isatty())
     trainer: L.Trainer = instantiate_setting(
@@ -223,8 +223,8 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
             callback.job_succeeded()
     metrics = report.run_metrics(trainer)
     write_metrics(output_dir, metrics)
-    if metrics.best is not None and metrics.reported is not None:
-        best, reported = metrics.best, metrics.reported
+    if metrics.best is not None and metrics.selected is not None:
+        best, reported = metrics.best, metrics.selected
         log.info(
             "best %s: %.4f (epoch %d, %d patients); run in %s",
             cfg.monitor,

@@ -23,17 +23,17 @@ from brainseg.data.contract import SegmentationData
 from brainseg.evaluation.folds import INNER_VAL, SELECTION_RULES, check_selection, inner_validation
 from brainseg.metrics import METRICS
 from brainseg.metrics.monitor import higher_is_better, improves
+from brainseg.paths import atomic_writer
 from brainseg.reporting.figures import training_curves
 from brainseg.reporting.scores import summarize
 from brainseg.runfiles import (
     CONFIG_FILE,
+    VAL_DSC,
+    VAL_DSC_MEDIAN,
     EpochScores,
     RunMetrics,
     Selected,
     TestScores,
-    epoch_shift,
-    metric_field,
-    numbered_from_one,
 )
 from brainseg.training.checkpoints import LastCheckpoint
 
@@ -54,10 +54,20 @@ def _seconds_left(trainer: L.Trainer, entry: EpochScores, epoch_seconds: float) 
     return max(min(left), 0.0) if left else None
 
 
+def _scalars(trainer: L.Trainer, prefix: str) -> dict[str, float]:
+    """The logged scalars of a stage (`val/`, `test/`) by their logged names."""
+    return {
+        name: float(value)
+        for name, value in trainer.callback_metrics.items()
+        if name.startswith(prefix) and value.numel() == 1
+    }
+
+
 class RunReport(L.Callback):
     """Writes `config.yaml`, `split.json` and `curves.png` into the run directory and builds the
     content of `metrics.json`; the best epoch is the one with the best `monitor` (the config's
-    `monitor` key) in that metric's direction (highest Dice, lowest HD95).
+    `monitor` key) in that metric's direction (highest Dice, lowest HD95). `best` is the run's one
+    best-so-far record: the progress line, metrics.json and the trackers (TrackerMedia) read it.
 
     With `progress_lines` (default: when stdout is not a terminal, e.g. a redirected run or a SLURM
     `.out` file, where no progress bar shows), logs one line per validated epoch.
@@ -90,7 +100,8 @@ class RunReport(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.is_global_zero and stage == "fit":
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / CONFIG_FILE).write_text(yaml.safe_dump(self.config, sort_keys=False))
+            with atomic_writer(self.output_dir / CONFIG_FILE) as fh:
+                yaml.safe_dump(self.config, fh, sort_keys=False)
             data: SegmentationData = trainer.datamodule
             data.write_split(self.output_dir)
 
@@ -120,11 +131,7 @@ class RunReport(L.Callback):
         entry = EpochScores(
             epoch=trainer.current_epoch + 1,
             step=trainer.global_step,
-            values={
-                metric_field(name): float(v)
-                for name, v in trainer.callback_metrics.items()
-                if name.startswith("val/") and v.numel() == 1
-            },
+            values=_scalars(trainer, "val/"),
             train_loss=float(torch.stack(self._train_loss).mean()) if self._train_loss else None,
         )
         self.history.append(entry)
@@ -145,12 +152,10 @@ class RunReport(L.Callback):
         per_patient = dict(pl_module.volume_scores.get("test", {}))
         if not per_patient:
             return
-        stats = summarize(list(per_patient.values()))
         self.test = TestScores(
             rule=INNER_VAL if inner_validation(self.config) else "best_on_val",
             epoch=self.best.epoch if self.best else None,
-            dsc_volume_mean=stats["mean"],
-            dsc_volume_median=stats["median"],
+            values=_scalars(trainer, "test/"),
             per_patient=per_patient,
             per_patient_metrics=dict(pl_module.volume_details.get("test", {})),
             checkpoint=trainer.ckpt_path,
@@ -202,9 +207,12 @@ class RunReport(L.Callback):
         dice = summarize([m["dsc"] for m in per_patient.values()])
         values = {
             **epoch.values,
-            metric_field("val/dsc_volume"): dice["mean"],
-            metric_field("val/dsc_volume_median"): dice["median"],
-            **{k: float(np.mean([m[k] for m in per_patient.values()])) for k in METRICS[1:]},
+            VAL_DSC: dice["mean"],
+            VAL_DSC_MEDIAN: dice["median"],
+            **{
+                f"val/{k}": float(np.mean([m[k] for m in per_patient.values()]))
+                for k in METRICS[1:]
+            },
         }
         scores = dataclasses.replace(
             epoch,
@@ -219,11 +227,7 @@ class RunReport(L.Callback):
             geometry="original (every slice, as predict.py)",
             postprocessing=final["postprocessing"],
             postprocessing_file=final["decision"],
-            training_grid={
-                metric_field("val/dsc_volume"): epoch.dsc_volume_mean,
-                metric_field("val/dsc_volume_median"): epoch.dsc_volume_median,
-                "per_patient": epoch.per_patient,
-            },
+            training_grid=epoch,
         )
 
     def run_metrics(self, trainer: L.Trainer) -> RunMetrics:
@@ -258,19 +262,16 @@ class RunReport(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         elapsed = self._elapsed_before + time.monotonic() - self._started
-        return numbered_from_one(
-            {
-                "best": self.best and self.best.to_dict(),
-                "last": self.last and self.last.to_dict(),
-                "history": [entry.to_dict() for entry in self.history],
-                "train_seconds": elapsed,
-            }
-        )
+        return {
+            "best": self.best and dataclasses.asdict(self.best),
+            "last": self.last and dataclasses.asdict(self.last),
+            "history": [dataclasses.asdict(entry) for entry in self.history],
+            "train_seconds": elapsed,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        shift = epoch_shift(state_dict)  # 1 for checkpoints of runs that counted from 0
-        best, last = state_dict.get("best"), state_dict.get("last")
-        self.best = EpochScores.from_dict(best, shift) if best else None
-        self.last = EpochScores.from_dict(last, shift) if last else None
-        self.history = [EpochScores.from_dict(h, shift) for h in state_dict.get("history", [])]
-        self._elapsed_before = float(state_dict.get("train_seconds", 0.0))
+        best, last = state_dict["best"], state_dict["last"]
+        self.best = best and EpochScores.from_dict(best)
+        self.last = last and EpochScores.from_dict(last)
+        self.history = [EpochScores.from_dict(entry) for entry in state_dict["history"]]
+        self._elapsed_before = float(state_dict["train_seconds"])
