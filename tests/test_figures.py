@@ -53,12 +53,12 @@ def test_zero_dice_marker_keeps_the_patients_subset_colour(tmp_path: Path) -> No
 
 
 def test_training_curves_tick_whole_epochs(tmp_path: Path, monkeypatch) -> None:
-    from brainseg.runfiles import EpochScores
+    from brainseg.runfiles import VAL_DSC, EpochScores
 
     saved = []
     monkeypatch.setattr(figures, "_save", lambda fig, path: saved.append(fig) or path)
     history = [
-        EpochScores(e, 10 * e, {"dsc_volume_mean": 0.1 * e, "val_loss": 1 / e}, 1 / e)
+        EpochScores(e, 10 * e, {VAL_DSC: 0.1 * e, "val/loss": 1 / e}, 1 / e)
         for e in (1, 2, 3)
     ]
     figures.training_curves(history, history[-1], tmp_path / "curves.png")
