@@ -37,6 +37,7 @@ def predicted(
         f"checkpoints={tiny_run}/checkpoints/last.ckpt",  # one path needs no brackets
         f"output_dir={out}",
         "tta.hflip=true",
+        "probability_maps=true",
         "progress=false",
         cwd=PROJECT,
     )
@@ -348,10 +349,13 @@ def test_evaluate_on_the_written_masks_reproduces_the_scores(
     assert {"hd95", "assd", "nsd", "lesion_recall", "volume_difference"} <= set(by_evaluate[0])
     assert {r["subset"] for r in by_evaluate} == {"unseen"}  # no split given: all in the headline
 
-    def scores(rows: list[dict]) -> list[dict]:
-        return [{k: v for k, v in row.items() if k != "subset"} for row in rows]
+    def scores(rows: list[dict]) -> list[dict]:  # predict.py alone knows the probabilities
+        return [
+            {k: v for k, v in row.items() if k not in ("subset", "uncertainty")} for row in rows
+        ]
 
     assert scores(by_evaluate) == scores(by_predict)
+    assert (tmp_path / "eval" / "failures.png").stat().st_size > 1000  # the truth root's images
 
 
 def test_evaluate_given_the_split_gives_predicts_held_out_headline(
@@ -372,3 +376,24 @@ def test_evaluate_given_the_split_gives_predicts_held_out_headline(
         assert {r["patient"]: r["subset"] for r in csv.DictReader(fh)} == subsets
     mean = by_predict["dsc"]["mean"]
     assert f"per-volume DSC over 2 held-out patients: mean {mean:.4f}" in capsys.readouterr().out
+
+
+def test_uncertainty_is_scored_against_failures_and_the_worst_are_drawn(
+    predicted: Path, synthetic_root: Path
+) -> None:
+    with open(predicted / "dsc.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    prediction = json.loads((predicted / "prediction.json").read_text())
+    assert {r["patient"]: float(r["uncertainty"]) for r in rows} == pytest.approx(
+        prediction["uncertainty"], abs=1e-6
+    )
+    flags = json.loads((predicted / "dsc_summary.json").read_text())["uncertainty_flags_failures"]
+    held_out = [r for r in rows if r["subset"] != "train"]
+    assert flags["n"] == len(held_out) == 2
+    assert flags["failures"] == sum(float(r["dsc"]) < 0.5 for r in held_out)
+    assert (predicted / "failures.png").stat().st_size > 1000
+    patient = find_patients(synthetic_root)[0]
+    probs = np.load(predicted / patient.name / "probabilities.npy")
+    entropy = np.load(predicted / patient.name / "entropy.npy")
+    assert probs.shape == entropy.shape == (len(patient.images), 64, 64)
+    assert probs.dtype == np.float16 and 0 <= probs.min() and probs.max() <= 1

@@ -124,3 +124,14 @@ def test_an_offline_wandb_run_starts_without_warnings(
         logger.experiment.finish()
     output = capfd.readouterr()
     assert "anonymous" not in output.out + output.err  # before: a deprecation warning per job
+
+
+def test_the_failure_gallery_reaches_both_trackers(tracked_run) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = tracked_run
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert events.Images("val/failures")
+    (files,) = run_dir.glob("wandb/offline-run-*/files")
+    assert list(files.glob("media/images/val/failures_*.png"))

@@ -301,3 +301,16 @@ def test_context_slices_train_predict_and_export(synthetic_root: Path, tmp_path:
     volume = read_patient(find_patients(synthetic_root)[0])
     torch_probs = Predictor([member]).predict(volume)
     assert np.abs(torch_probs - Predictor([onnx_member]).predict(volume)).max() <= 1e-4
+
+
+def test_final_validation_calibrates_and_draws_the_worst_patients(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    train(compose_run(synthetic_root, run, tmp_path / "cache", "trainer.max_epochs=1"))
+    record = json.loads((run / "calibration.json").read_text())
+    assert record["temperature"] > 0 and record["pixels"] > 0
+    assert set(record["ece_per_patient"]) == set(record["patients"]) and len(record["patients"])
+    assert 0 <= record["ece"]["after"] <= 1 and 0 <= record["ece"]["before"] <= 1
+    for picture in ("calibration.png", "failures.png"):
+        assert (run / picture).stat().st_size > 1000

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tifffile
 import torch
 from hydra.utils import to_absolute_path
@@ -16,6 +17,7 @@ from tqdm import tqdm
 from brainseg.config import to_plain
 from brainseg.data.reader import find_patients, read_patient
 from brainseg.errors import ConfigError
+from brainseg.metrics.uncertainty import entropy_map, lesion_entropy
 from brainseg.paths import resolve_path
 from brainseg.postprocessing import apply, check_steps, score
 from brainseg.postprocessing.records import steps_to_apply
@@ -28,8 +30,8 @@ from brainseg.prediction.members import (
     load_onnx,
 )
 from brainseg.prediction.subsets import member_plan, subsets_for, warn_seen_in_training
-from brainseg.reporting.figures import write_overlays
-from brainseg.reporting.scores import headline, write_scores
+from brainseg.reporting.figures import failure_case, write_overlays
+from brainseg.reporting.scores import UNCERTAINTY_COLUMN, headline, write_scores
 from brainseg.run_lock import claim_output_dir
 from brainseg.runfiles import PATIENT_COLUMN, SUBSET_COLUMN, write_json
 
@@ -120,7 +122,7 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
         _path(cfg.get("sweep_dir"), "sweep_dir"),
     )
     steps = chosen["postprocessing"]
-    rows = []
+    rows, cases, uncertainty = [], [], {}
     for files in tqdm(patients, desc="patients", unit="patient", disable=_no_bars(cfg)):
         volume = read_patient(files)
         probs = predictor.predict(volume, plan[files.name])
@@ -131,14 +133,28 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
             files.images
         ):  # named after the image, whatever the folder is called
             tifffile.imwrite(folder / f"{image_path.stem}_mask.tif", mask[z].astype("uint8") * 255)
+        uncertainty[files.name] = lesion_entropy(probs, threshold)
+        if cfg.probability_maps:
+            np.save(folder / "probabilities.npy", probs.astype(np.float16))
+            np.save(folder / "entropy.npy", entropy_map(probs).astype(np.float16))
         truth = volume.mask.astype(bool) if volume.mask is not None else None
         if truth is not None:  # the written mask, scored as brainseg.evaluate scores it
-            rows.append(
-                {
-                    PATIENT_COLUMN: files.name,
-                    **score(mask, truth),
-                    SUBSET_COLUMN: subsets[files.name],
-                }
+            row = {
+                PATIENT_COLUMN: files.name,
+                **score(mask, truth),
+                SUBSET_COLUMN: subsets[files.name],
+            }
+            rows.append({**row, UNCERTAINTY_COLUMN: uncertainty[files.name]})
+            cases.append(
+                failure_case(
+                    files.name,
+                    volume.image,
+                    truth,
+                    mask,
+                    row["dsc"],
+                    files.numbers,
+                    uncertainty[files.name],
+                )
             )
         if cfg.figures.overlays:
             write_overlays(files.name, files.numbers, volume.image, mask, truth, out / "overlays")
@@ -153,10 +169,11 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
         "ensemble": cfg.ensemble,
         "member_plan": plan,  # patient -> indices into members
         "subsets": subsets,
+        "uncertainty": uncertainty,  # per patient: brainseg.metrics.uncertainty.lesion_entropy
     }
     if rows:
         note = figure_note(members, threshold, steps, cfg.ensemble)
-        summary["dsc"] = write_scores(rows, out, note=note)
+        summary["dsc"] = write_scores(rows, out, note=note, cases=cases)
         log.info(headline(summary["dsc"], steps, out, _selection_caveat(members)))
     write_json(out / "prediction.json", summary)
     return summary

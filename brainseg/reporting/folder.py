@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from brainseg.data.reader import read_mask, scan_masks
+from brainseg.data.reader import read_mask, read_patient, scan_masks, scan_patient
 from brainseg.errors import DataError
 from brainseg.metrics import NSD_TOLERANCE
 from brainseg.paths import resolve_path
-from brainseg.postprocessing import check_steps, score
+from brainseg.postprocessing import apply, check_steps, score
+from brainseg.reporting.figures import failure_case
 from brainseg.reporting.scores import patient_subset, write_scores
 from brainseg.run_lock import claim_output_dir
 from brainseg.runfiles import PATIENT_COLUMN, SPLIT_FILE, SUBSET_COLUMN, write_json
@@ -98,6 +99,15 @@ def paired_volumes(pred_root: Path, truth_root: Path):
         yield name, pred, truth
 
 
+def _images(folder: Path) -> np.ndarray | None:
+    """The patient's image volume where the truth folder holds the images too (kaggle_3m), for
+    the failure gallery; None for a folder of masks only."""
+    try:
+        return read_patient(scan_patient(folder)).image
+    except DataError:
+        return None
+
+
 def evaluate_folder(
     pred_root: str | Path,
     truth_root: str | Path,
@@ -124,10 +134,19 @@ def evaluate_folder(
         if split is None
         else read_subsets(resolve_path(split, "--split"), names)
     )
-    rows = [
-        {PATIENT_COLUMN: name, SUBSET_COLUMN: subsets[name], **score(pred, truth, steps, tolerance)}
-        for name, pred, truth in paired_volumes(pred_root, truth_root)
-    ]
+    rows, cases = [], []
+    for name, pred, truth in paired_volumes(pred_root, truth_root):
+        mask = apply(pred, steps)
+        rows.append(
+            {
+                PATIENT_COLUMN: name,
+                SUBSET_COLUMN: subsets[name],
+                **score(mask, truth, None, tolerance),
+            }
+        )
+        image = _images(truth_root / name)
+        if image is not None and image.shape[:3] == truth.shape:
+            cases.append(failure_case(name, image, truth, mask, rows[-1]["dsc"]))
     claim_output_dir(out, "--output", {"pred_dir": pred_root, "truth_dir": truth_root}, overwrite)
     summary = {
         "predictions": str(pred_root),
@@ -135,7 +154,7 @@ def evaluate_folder(
         "postprocessing": steps,
         "patients": len(rows),
         "split": None if split is None else str(Path(split).resolve()),
-        "scores": write_scores(rows, out, tolerance),
+        "scores": write_scores(rows, out, tolerance, cases=cases),
     }
     write_json(out / "evaluation.json", summary)
     return summary

@@ -14,7 +14,8 @@ import numpy as np
 
 from brainseg.evaluation.folds import Split
 from brainseg.metrics import COUNTS, METRICS, NSD_TOLERANCE
-from brainseg.reporting.figures import bar_chart
+from brainseg.metrics.uncertainty import flags_failures
+from brainseg.reporting.figures import FailureCase, bar_chart, failure_gallery
 from brainseg.runfiles import (
     PATIENT_COLUMN,
     SCORES_SUMMARY_FILE,
@@ -24,7 +25,10 @@ from brainseg.runfiles import (
     write_scores_table,
 )
 
-METRIC_COLUMNS = [*METRICS, *COUNTS]
+# Where the probabilities are known (predict.py), each patient's uncertainty score
+# (brainseg.metrics.uncertainty) is a column too.
+UNCERTAINTY_COLUMN = "uncertainty"
+METRIC_COLUMNS = [*METRICS, *COUNTS, UNCERTAINTY_COLUMN]
 # Which patients a score may be trusted on: the headline is over the held-out ones only.
 SUBSETS = ("train", "val", "test", "unseen")
 HELD_OUT = ("val", "test", "unseen")
@@ -55,12 +59,21 @@ def write_scores(
     out_dir: Path,
     tolerance: float = NSD_TOLERANCE,
     note: str | None = None,
+    cases: Sequence[FailureCase] = (),
 ) -> dict[str, Any]:
     """`dsc.csv` (one row per patient: its `subset`, every metric), `dsc_summary.json`
-    (`subset_summary`: the held-out patients headline) and `dsc.png` (the per-patient Dice by
-    subset, `note` under the title); returns the summary."""
+    (`subset_summary`: the held-out patients headline; with an uncertainty column, how well it
+    flags the held-out failures), `dsc.png` (the per-patient Dice by subset, `note` under the
+    title) and, given the patients' `cases`, `failures.png`; returns the summary."""
     write_scores_table(out_dir, rows, score_columns(rows, metric_columns(rows)))
     summary = {**subset_summary(rows), "units": UNITS, "nsd_tolerance": tolerance}
+    held_out = [r for r in rows if r[SUBSET_COLUMN] in HELD_OUT]
+    if held_out and UNCERTAINTY_COLUMN in held_out[0]:
+        summary["uncertainty_flags_failures"] = flags_failures(
+            [r[UNCERTAINTY_COLUMN] for r in held_out], [r["dsc"] for r in held_out]
+        )
+    if cases:
+        failure_gallery(list(cases), out_dir / "failures.png")
     write_json(out_dir / SCORES_SUMMARY_FILE, summary)
     bar_chart(
         {r[PATIENT_COLUMN]: r["dsc"] for r in rows},
@@ -117,5 +130,23 @@ def headline(
         f"per-volume DSC over {scores['n_held_out']} held-out patients: "
         f"mean {scores['dsc']['mean']:.4f}, median {scores['dsc']['median']:.4f} "
         f"(postprocessing={[s['name'] for s in steps]}){left_out}"
-        f"{f'; {caveat}' if caveat else ''}; {out}"
+        f"{f'; {caveat}' if caveat else ''}{_flags(scores)}; {out}"
+    )
+
+
+def _flags(scores: dict[str, Any]) -> str:
+    """How well the uncertainty score flagged the failures, said as it is, however weak."""
+    flags = scores.get("uncertainty_flags_failures")
+    if not flags:
+        return ""
+    if flags["auroc_for_failure"] is None:
+        return (
+            f"; uncertainty not judged: {flags['failures']} of {flags['n']} patients below "
+            f"Dice {flags['failure_dice_below']}"
+        )
+    rho = flags["spearman_with_dice"]
+    return (
+        f"; uncertainty flags Dice < {flags['failure_dice_below']} with AUROC "
+        f"{flags['auroc_for_failure']:.2f} ({flags['failures']} of {flags['n']} patients; "
+        f"Spearman with Dice {'-' if rho is None else f'{rho:.2f}'})"
     )

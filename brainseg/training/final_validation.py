@@ -3,7 +3,8 @@ reports predicts every slice of each validation patient (brainseg.prediction), r
 original geometry. The thresholded masks are saved in the run directory and the post-processing is
 decided once on them, into `<run>/postprocessing.json` (brainseg.postprocessing), which scores each
 candidate: the run's reported figures are those of the chosen steps, equal to predict.py's on the
-same patients."""
+same patients. The same pass fits the temperature that calibrates the lesion probabilities
+(`calibration.json`, `calibration.png`) and draws the worst patients (`failures.png`)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from brainseg.data.reader import find_patients, read_patient
 from brainseg.errors import DataError
-from brainseg.postprocessing import StepList
+from brainseg.metrics.calibration import (
+    calibrated,
+    expected_calibration_error,
+    fit_temperature,
+    reliability,
+    sample_pixels,
+)
+from brainseg.postprocessing import StepList, apply
 from brainseg.postprocessing.decision import describe
 from brainseg.postprocessing.records import (
     DECISION_FILE,
@@ -25,8 +35,12 @@ from brainseg.postprocessing.records import (
 )
 from brainseg.prediction.inference import Predictor
 from brainseg.prediction.members import load_checkpoint
+from brainseg.reporting.figures import failure_case, failure_gallery, reliability_diagram
+from brainseg.runfiles import write_json
 
 log = logging.getLogger("brainseg")
+CALIBRATION_FILE = "calibration.json"
+FAILURES_FILE = "failures.png"
 
 
 def final_validation(
@@ -49,9 +63,13 @@ def final_validation(
     if missing:
         raise DataError(f"{data_root}: validation patient {missing[0]} not found")
     shutil.rmtree(Path(run_dir) / VALIDATION_DIR, ignore_errors=True)  # an earlier attempt's
-    for name in patients:
+    pixels = {}
+    for seed, name in enumerate(patients):
         volume = read_patient(available[name])
-        save_prediction(run_dir, name, predictor.predict(volume) > member.threshold, volume.mask)
+        probs = predictor.predict(volume)
+        save_prediction(run_dir, name, probs > member.threshold, volume.mask)
+        pixels[name] = sample_pixels(probs, volume.mask, seed)
+    calibration = calibrate(Path(run_dir), pixels)
     decision = decide_runs(run_dir, [run_dir], list(candidates) or [fallback], nsd_tolerance)
     decision_file = str(Path(run_dir) / DECISION_FILE)
     log.log(
@@ -60,8 +78,58 @@ def final_validation(
         describe(decision),
         decision_file,
     )
+    per_patient = {name: decision["metrics"][name] for name in patients}
+    cases = []
+    for name in patients:  # the masks predict.py would write: the saved ones after the steps
+        volume = read_patient(available[name])
+        with np.load(Path(run_dir) / VALIDATION_DIR / f"{name}.npz") as saved:
+            mask = apply(saved["raw"], decision["postprocessing"])
+        cases.append(failure_case(name, volume.image, volume.mask, mask, per_patient[name]["dsc"]))
+    failure_gallery(cases, Path(run_dir) / FAILURES_FILE)
     return {
         "postprocessing": decision["postprocessing"],
         "decision": decision_file,
-        "per_patient": {name: decision["metrics"][name] for name in patients},
+        "per_patient": per_patient,
+        "calibration": calibration,
     }
+
+
+def calibrate(run_dir: Path, pixels: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """Fit the temperature on the validation patients' sampled pixels; write the record (ECE
+    before and after, pooled and per patient) to `calibration.json` and the reliability diagram
+    to `calibration.png`."""
+    probs = np.concatenate([p for p, _ in pixels.values()])
+    truth = np.concatenate([t for _, t in pixels.values()])
+    temperature = fit_temperature(probs, truth)
+
+    def ece(p: np.ndarray, t: np.ndarray) -> dict[str, float]:
+        return {
+            "before": expected_calibration_error(p, t),
+            "after": expected_calibration_error(calibrated(p, temperature), t),
+        }
+
+    record = {
+        "temperature": temperature,
+        "ece": ece(probs, truth),
+        "ece_per_patient": {name: ece(p, t) for name, (p, t) in pixels.items()},
+        "pixels": len(probs),
+        "patients": list(pixels),
+        "method": "temperature scaling of the lesion logit; pixels drawn uniformly per patient",
+    }
+    write_json(run_dir / CALIBRATION_FILE, record)
+    reliability_diagram(
+        reliability(probs, truth),
+        reliability(calibrated(probs, temperature), truth),
+        (record["ece"]["before"], record["ece"]["after"]),
+        temperature,
+        run_dir / "calibration.png",
+    )
+    log.info(
+        "calibration: temperature %.3f, ECE %.4f -> %.4f on %d validation pixels; %s",
+        temperature,
+        record["ece"]["before"],
+        record["ece"]["after"],
+        len(probs),
+        run_dir / CALIBRATION_FILE,
+    )
+    return record

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import imageio.v3 as iio
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -28,7 +29,7 @@ from brainseg.run_lock import is_first_rank, own_run_directory
 from brainseg.runfiles import RunMetrics, write_metrics
 from brainseg.tracking import finish_run
 from brainseg.training.checkpoints import AtomicCheckpointIO, LastCheckpoint
-from brainseg.training.final_validation import final_validation
+from brainseg.training.final_validation import FAILURES_FILE, final_validation
 from brainseg.training.media import TrackerMedia
 from brainseg.training.module import SegmentationModule
 from brainseg.training.report import RunReport
@@ -137,6 +138,17 @@ def _final_validation(
         int(cfg.data.get("val_batch_size") or cfg.data.get("batch_size") or 16),
     )
     report.adopt_final_validation(final)
+    _log_picture(trainer, "val/failures", Path(cfg.paths.output_dir) / FAILURES_FILE)
+
+
+def _log_picture(trainer: L.Trainer, key: str, path: Path) -> None:
+    """A picture of the run to the W&B and TensorBoard loggers that are on."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key, images=[str(path)])
+        elif isinstance(logger, TensorBoardLogger):
+            image = iio.imread(path)[..., :3]
+            logger.experiment.add_image(key, image, trainer.global_step, dataformats="HWC")
 
 
 def train(cfg: DictConfig) -> RunMetrics | None:
