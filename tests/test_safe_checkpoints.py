@@ -5,6 +5,7 @@ are atomic: a full disk or a kill mid-write keeps the previous file and leaves n
 from __future__ import annotations
 
 import errno
+import io
 import os
 import subprocess
 import sys
@@ -40,6 +41,29 @@ def _assert_refused_unrun(message: str, path: Path, marker: Path) -> None:
     assert not marker.exists(), "the payload ran"
     assert message.startswith(f"{path}: refused") and "exec" in message, message
     assert "\n" not in message
+
+
+def test_load_from_checkpoint_instantiates_nothing_a_file_names(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    """Plain values can name code too: Lightning's `load_from_checkpoint` passes the file's
+    hyper-parameters to `__init__`, which would build a loss term from any `_target_`."""
+    from brainseg.training.module import SegmentationModule
+
+    marker, pickled = tmp_path / "marker", io.BytesIO()
+    torch.save(_Payload(marker), pickled)
+    checkpoint = read_checkpoint(tiny_run / "checkpoints" / "last.ckpt")
+    payload = {
+        "_target_": "torch.load",
+        "weights_only": False,
+        "f": {"_target_": "io.BytesIO", "initial_bytes": pickled.getvalue()},
+    }
+    checkpoint["hyper_parameters"]["loss"] = {"terms": {"dice": 1.0, "extra": payload}}
+    path = tmp_path / "shared.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(NotImplementedError, match="members.load_checkpoint"):
+        SegmentationModule.load_from_checkpoint(path)  # before: the payload ran
+    assert not marker.exists(), "the payload ran"
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path: Path) -> None:
