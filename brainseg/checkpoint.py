@@ -38,6 +38,16 @@ PREDICTION_KEYS = (
 )
 
 
+# Each field of the provenance record: the type a file must hold there.
+RECORD_FIELDS: dict[str, tuple[Any, str]] = {
+    "config": (dict, "a mapping"),
+    "data_root": (str | None, "a path or null"),
+    "preprocess": (dict, "a mapping"),
+    "split": (dict, "a mapping"),
+    "postprocessing": (dict | None, "a mapping or null"),
+}
+
+
 @dataclass(frozen=True)
 class Provenance:
     """What a checkpoint was trained on: resolved config, data root, preprocessing, split; and,
@@ -60,13 +70,11 @@ class Provenance:
         info = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, Mapping) else None
         if not isinstance(info, Mapping) or "preprocess" not in info:
             raise DataError(f"{path}: not a brainseg checkpoint (made by train.py)")
-        return cls(
-            config=dict(info.get("config") or {}),
-            data_root=info.get("data_root"),
-            preprocess=dict(info["preprocess"]),
-            split=dict(info.get("split") or {}),
-            postprocessing=info.get("postprocessing"),
-        )
+        fields = {"config": {}, "data_root": None, "split": {}, "postprocessing": None, **info}
+        for key, (kind, described) in RECORD_FIELDS.items():
+            if not isinstance(fields[key], kind):
+                raise DataError(f"{path}: provenance {key} is not {described}")
+        return cls(**{key: fields[key] for key in RECORD_FIELDS})
 
 
 def _refused_global(exc: pickle.UnpicklingError) -> str | None:
@@ -105,7 +113,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: checkpoint not found")
     checkpoint = load_safely(path)
     Provenance.read(checkpoint, path)
-    if "hyper_parameters" not in checkpoint:
+    if not all(isinstance(checkpoint.get(k), Mapping) for k in ("hyper_parameters", "state_dict")):
         raise DataError(f"{path}: not a brainseg checkpoint (made by train.py)")
     return checkpoint
 

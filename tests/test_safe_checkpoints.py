@@ -5,10 +5,14 @@ are atomic: a full disk or a kill mid-write keeps the previous file and leaves n
 from __future__ import annotations
 
 import errno
+import http.server
 import io
 import os
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -18,6 +22,8 @@ from helpers import PROJECT, compose_run, run_cli
 
 from brainseg.checkpoint import read_checkpoint, remove_temporary_files, save_atomically
 from brainseg.errors import DataError
+from brainseg.models import build_model
+from brainseg.prediction.members import load_checkpoint
 from brainseg.run_lock import own_run_directory
 from brainseg.training.checkpoints import AtomicCheckpointIO
 
@@ -182,3 +188,103 @@ def test_a_kill_during_a_checkpoint_write_keeps_the_previous_file(tmp_path: Path
     with own_run_directory(run):  # what train.py does first
         remove_temporary_files(path.parent)
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def _checkpoint(path: Path, model: dict | None = None, **provenance) -> Path:
+    """A brainseg checkpoint of a small untrained network, its records as given."""
+    settings = {"arch": "unet", "encoder_name": "resnet18", "encoder_depth": 3}
+    settings["decoder_channels"] = [16, 8, 8]
+    net = build_model(**settings)
+    record = {"config": {}, "data_root": None, "preprocess": {"image_size": 32}, **provenance}
+    checkpoint = {
+        "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+        "hyper_parameters": {"model": {**settings, **(model or {})}, "metric": {}},
+        "brainseg": record,
+    }
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_opening_a_checkpoint_sends_no_request(tmp_path: Path) -> None:
+    requests: list[str] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            self.send_error(404)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Recorder)
+    server.timeout = 60  # bounds a request that never completes
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/weights.pth"
+    overlay = {"url": url, "hf_hub_id": None}  # timm's download of the encoder's weights
+    model = {"encoder_name": "tu-test_resnet", "encoder_weights": "imagenet"}
+    path = _checkpoint(tmp_path / "shared.ckpt", {**model, "pretrained_cfg_overlay": overlay})
+    try:
+        with pytest.raises(DataError) as raised:  # before: an HTTPError from the request
+            load_checkpoint(path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert requests == []  # before: ['/weights.pth']
+    assert str(raised.value).startswith(f"{path}: model.pretrained_cfg_overlay=")
+
+
+def test_an_imagenet_encoder_checkpoint_opens_offline(tmp_path: Path, monkeypatch) -> None:
+    attempts: list[tuple] = []
+
+    def offline(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    monkeypatch.setattr(socket.socket, "connect", offline)
+    path = _checkpoint(tmp_path / "imagenet.ckpt", {"encoder_weights": "imagenet"})
+    member = load_checkpoint(path)  # before: downloaded ImageNet weights, then overwrote them
+    assert attempts == []
+    assert member.model["encoder_weights"] == "imagenet"  # recorded as trained
+    assert member(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+
+
+def _set(where: str, key: str, value) -> Callable[[dict], None]:
+    """Sets `key` in the checkpoint's provenance ("brainseg"), hyper-parameters or model."""
+
+    def change(checkpoint: dict) -> None:
+        hparams = checkpoint["hyper_parameters"]
+        {"brainseg": checkpoint["brainseg"], "hparams": hparams, "model": hparams["model"]}[where][
+            key
+        ] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (_set("hparams", "metric", {"threshold": "0.5"}), "threshold='0.5' must be a probability"),
+        (_set("hparams", "metric", {"threshold": 1.5}), "threshold=1.5 must be a probability"),
+        (_set("brainseg", "preprocess", {"image_size": 10**6}), "image_size=1000000 is not in"),
+        (_set("brainseg", "preprocess", {"resample": "mm"}), "preprocess holds foreign settings"),
+        (_set("brainseg", "preprocess", "all"), "provenance preprocess is not a mapping"),
+        (_set("brainseg", "split", {"val": "TCGA_1"}), "split is not lists of patient names"),
+        (_set("brainseg", "data_root", 3), "provenance data_root is not a path"),
+        (_set("brainseg", "postprocessing", "all"), "provenance postprocessing is not"),
+        (_set("model", "decoder_channels", [2**40]), "decoder_channels=[1099511627776] is no"),
+        (_set("model", "encoder_depth", "5"), "model.encoder_depth='5' is no brainseg model"),
+        (_set("hparams", "model", ["unet"]), "model settings are not a mapping"),
+        (_set("hparams", "postprocessing", "largest"), "postprocessing is not a step list"),
+        (lambda c: c.update(hyper_parameters=[]), "not a brainseg checkpoint"),
+    ],
+)
+def test_every_recorded_value_is_checked(tmp_path: Path, change, field: str) -> None:
+    path = _checkpoint(tmp_path / "shared.ckpt")
+    checkpoint = torch.load(path, weights_only=True)
+    change(checkpoint)
+    torch.save(checkpoint, path)
+    with pytest.raises(DataError) as raised:  # before: bare tracebacks, or masks at any size
+        load_checkpoint(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: ") and field in message and "\n" not in message, message
