@@ -33,8 +33,7 @@ log = logging.getLogger("brainseg")
 LAST_NAME = "last"
 # The signal submitit asks SLURM to send before the time limit (sbatch --signal), and its override.
 PREEMPT_SIGNAL = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
-# The paths a ModelCheckpoint's state records besides its best_k_models.
-PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
+PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")  # and best_k_models
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -71,33 +70,25 @@ class _OwnFilesOnly(ModelCheckpoint):
         )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        dropped: list[str] = []
-
-        def own(path: Any) -> str:
-            rebased = Path(self.dirpath) / Path(str(path)).name
-            if path and self._own_file(rebased):
-                return str(rebased)
-            if path:
-                dropped.append(str(path))
-            return ""
-
         models = state_dict.get("best_k_models")
-        state_dict = {
-            **state_dict,
-            "dirpath": self.dirpath,
-            **{key: own(state_dict.get(key)) for key in PATH_KEYS},
-            "best_k_models": {
-                own(k): v for k, v in (models if isinstance(models, dict) else {}).items()
-            },
-        }
-        state_dict["best_k_models"].pop("", None)
-        if dropped:
+        models = {str(p): v for p, v in (models if isinstance(models, dict) else {}).items()}
+        recorded = {str(state_dict.get(key) or "") for key in PATH_KEYS} - {""} | set(models)
+        rebased = {p: str(Path(self.dirpath) / Path(p).name) for p in recorded}
+        kept = {p: new for p, new in rebased.items() if self._own_file(new)}
+        if recorded - set(kept):
             log.warning(
                 "%s: resumed state names %s, not checkpoint files of this run; forgotten",
                 self.dirpath,
-                ", ".join(map(repr, dict.fromkeys(dropped))),
+                sorted(recorded - set(kept)),
             )
-        super().load_state_dict(state_dict)
+        super().load_state_dict(
+            {
+                **state_dict,
+                "dirpath": self.dirpath,
+                **{key: kept.get(str(state_dict.get(key)), "") for key in PATH_KEYS},
+                "best_k_models": {kept[p]: v for p, v in models.items() if p in kept},
+            }
+        )
 
     def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         if trainer.is_global_zero and self._own_file(filepath):
