@@ -26,6 +26,7 @@ from brainseg.prediction.members import (
     find_sweep_checkpoints,
     load_checkpoint,
     load_onnx,
+    probability_threshold,
 )
 from brainseg.prediction.postprocess import resolve_postprocessing
 from brainseg.prediction.subsets import member_plan, subsets_for, warn_seen_in_training
@@ -101,6 +102,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     setting = to_plain(cfg.get("postprocessing"))
     if isinstance(setting, list):  # checked before any work (recorded steps: when read)
         check_steps(setting, "postprocessing")
+    if cfg.get("threshold") is not None:
+        probability_threshold(cfg.threshold, "threshold")
     members = load_members(cfg)
     if cfg.get("export"):
         if cfg.export != "onnx":
