@@ -25,7 +25,7 @@ from brainseg.errors import DataError
 from brainseg.models import build_model
 from brainseg.prediction.members import load_checkpoint
 from brainseg.run_lock import own_run_directory
-from brainseg.training.checkpoints import AtomicCheckpointIO
+from brainseg.training.checkpoints import AtomicCheckpointIO, BestCheckpoint
 
 
 class _Payload:
@@ -305,3 +305,36 @@ def test_every_recorded_value_is_checked(tmp_path: Path, change, field: str) -> 
         load_checkpoint(path)
     message = str(raised.value)
     assert message.startswith(f"{path}: ") and field in message and "\n" not in message, message
+
+
+def test_a_resumed_callback_state_keeps_only_checkpoint_files_of_the_run(
+    tmp_path: Path, caplog
+) -> None:
+    folder = tmp_path / "run" / "checkpoints"
+    (folder / "x.ckpt").mkdir(parents=True)  # a folder with a checkpoint's name
+    (folder / "best.ckpt").write_bytes(b"weights")
+    (folder / "other.ckpt").write_bytes(b"weights")
+    sent, score = "/elsewhere/run/checkpoints", torch.tensor(0.5)
+    callback = BestCheckpoint(monitor="val/dsc_volume", dirpath=str(folder))
+    callback.load_state_dict(
+        {
+            "dirpath": sent,
+            "best_model_path": f"{sent}/best.ckpt",  # the run was moved: followed
+            "kth_best_model_path": f"{folder}/..",
+            "last_model_path": f"{folder}/x.ckpt",
+            "best_k_models": {
+                f"{sent}/best.ckpt": score,
+                f"{folder}/../../victim": score,
+                "/elsewhere/victim.ckpt": score,
+                f"{folder}/x.ckpt": score,
+                f"{folder}/other.ckpt": "0.9",  # a score that is no number
+            },
+            "best_model_score": score,
+        }
+    )
+    # before: the run's parent, ../victim and x.ckpt/ were kept, to be removed recursively
+    assert callback.best_k_models == {str(folder / "best.ckpt"): score}
+    assert callback.best_model_path == str(folder / "best.ckpt")
+    assert callback.kth_best_model_path == callback.last_model_path == ""
+    (line,) = [r.getMessage() for r in caplog.records if "forgotten" in r.getMessage()]
+    assert "victim" in line and "x.ckpt" in line

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -72,6 +73,7 @@ class _OwnFilesOnly(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         models = state_dict.get("best_k_models")
         models = {str(p): v for p, v in (models if isinstance(models, dict) else {}).items()}
+        models = {p: score for p, score in models.items() if isinstance(score, torch.Tensor)}
         recorded = {str(state_dict.get(key) or "") for key in PATH_KEYS} - {""} | set(models)
         rebased = {p: str(Path(self.dirpath) / Path(p).name) for p in recorded}
         kept = {p: new for p, new in rebased.items() if self._own_file(new)}
