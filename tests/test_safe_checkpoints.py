@@ -283,7 +283,7 @@ def _set(where: str, key: str, value) -> Callable[[dict], None]:
     [
         (_set("hparams", "metric", {"threshold": "0.5"}), "threshold='0.5' must be a probability"),
         (_set("hparams", "metric", {"threshold": 1.5}), "threshold=1.5 must be a probability"),
-        (_set("brainseg", "preprocess", {"image_size": 10**6}), "image_size=1000000 is not in"),
+        (_set("brainseg", "preprocess", {"image_size": 10**6}), "image_size=1000000 is over 4096"),
         (_set("brainseg", "preprocess", {"resample": "mm"}), "preprocess holds foreign settings"),
         (_set("brainseg", "preprocess", "all"), "provenance preprocess is not a mapping"),
         (_set("brainseg", "split", {"val": "TCGA_1"}), "split is not lists of patient names"),

@@ -83,7 +83,7 @@ def _checked(path: Path, record: Mapping[str, Any]) -> dict[str, Any]:
         raise DataError(f"{path}: preprocess holds foreign settings ({exc})") from None
     size = preprocess.image_size
     if size is not None and not (isinstance(size, int) and size <= MAX_IMAGE_SIZE):
-        raise DataError(f"{path}: preprocess.image_size={size!r:.80} is not in [8, 4096] px")
+        raise DataError(f"{path}: preprocess.image_size={size!r:.80} is over {MAX_IMAGE_SIZE} px")
     split, post = record.get("split") or {}, record["postprocessing"]
     if not isinstance(record.get("data_root"), str | None):
         raise DataError(f"{path}: data_root is not a path")
