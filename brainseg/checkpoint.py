@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 import pickle
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +35,16 @@ PREDICTION_KEYS = (
     "global_step",
     "pytorch-lightning_version",
 )
+
+
+# Each field of the provenance record: the type a file must hold there.
+RECORD_FIELDS: dict[str, tuple[Any, str]] = {
+    "config": (dict, "a mapping"),
+    "data_root": (str | None, "a path or null"),
+    "preprocess": (dict, "a mapping"),
+    "split": (dict, "a mapping"),
+    "postprocessing": (dict | None, "a mapping or null"),
+}
 
 
 @dataclass(frozen=True)
@@ -60,20 +69,20 @@ class Provenance:
         info = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, Mapping) else None
         if not isinstance(info, Mapping) or "preprocess" not in info:
             raise DataError(f"{path}: not a brainseg checkpoint (made by train.py)")
-        return cls(
-            config=dict(info.get("config") or {}),
-            data_root=info.get("data_root"),
-            preprocess=dict(info["preprocess"]),
-            split=dict(info.get("split") or {}),
-            postprocessing=info.get("postprocessing"),
-        )
+        fields = {"config": {}, "data_root": None, "split": {}, "postprocessing": None, **info}
+        for key, (kind, described) in RECORD_FIELDS.items():
+            if not isinstance(fields[key], kind):
+                raise DataError(f"{path}: provenance {key} is not {described}")
+        return cls(**{key: fields[key] for key in RECORD_FIELDS})
 
 
-def _refused_global(exc: pickle.UnpicklingError) -> str | None:
-    """The class or function a weights-only load refused (`exec`, `posix.system`), if that was
-    the reason, from torch's message."""
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-    return found.group(1) if found else None
+def _refused_global(path: str | Path) -> str | None:
+    """The first class or function the file needs beyond tensors and plain values
+    (`builtins.exec`, `posix.system`), found by torch without running anything."""
+    try:
+        return next(iter(torch.serialization.get_unsafe_globals_in_checkpoint(path)), None)
+    except Exception:  # noqa: BLE001 - a pickle torch cannot parse names no global
+        return None
 
 
 def load_safely(path: str | Path, map_location: Any = "cpu") -> Any:
@@ -81,8 +90,8 @@ def load_safely(path: str | Path, map_location: Any = "cpu") -> Any:
     would run code) or is no PyTorch file is a DataError naming it."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        needed = _refused_global(exc)
+    except pickle.UnpicklingError:
+        needed = _refused_global(path)
         if needed is None:
             raise DataError(
                 f"{path}: not a readable PyTorch checkpoint (UnpicklingError)"
@@ -105,7 +114,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: checkpoint not found")
     checkpoint = load_safely(path)
     Provenance.read(checkpoint, path)
-    if "hyper_parameters" not in checkpoint:
+    if not all(isinstance(checkpoint.get(k), Mapping) for k in ("hyper_parameters", "state_dict")):
         raise DataError(f"{path}: not a brainseg checkpoint (made by train.py)")
     return checkpoint
 
@@ -135,13 +144,14 @@ def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
     try:
-        # Through a Python file object, a full disk is an OSError(ENOSPC), not a C++ stream error.
         with open(temporary, "wb") as fh:
             torch.save(checkpoint, fh)
         os.replace(temporary, path)
     except BaseException as exc:
         temporary.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        # torch's archive writer reports a write the disk refused as a C++ enforce failure.
+        torn = isinstance(exc, RuntimeError) and "inline_container.cc" in str(exc)
+        if torn or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
             raise DataError(f"no space left on device writing {path}") from None
         raise
 

@@ -130,6 +130,21 @@ def test_predict_refuses_an_output_that_contains_the_input(
     assert snapshot(copied_root) == before
 
 
+@pytest.mark.parametrize("threshold", ["2", "0", "'0.5'"])
+def test_predict_refuses_a_threshold_outside_0_1(
+    synthetic_root: Path, tmp_path: Path, threshold: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:  # before: every mask empty (2), exit status 0
+        _predict(
+            f"input={synthetic_root}",
+            f"checkpoints=[{tmp_path / 'absent.ckpt'}]",  # refused before any file is read
+            f"output_dir={tmp_path / 'out'}",
+            f"threshold={threshold}",
+        )
+    assert str(raised.value).startswith(f"threshold={threshold} must be a probability threshold")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_predict_checks_every_input_before_writing(
     tiny_run: Path, copied_root: Path, tmp_path: Path

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import PROJECT, compose
+from omegaconf import OmegaConf
 
-from brainseg.errors import ConfigError
+from brainseg.errors import ConfigError, DataError
 from brainseg.models import build_model
+from brainseg.models.factory import RECORDED_SETTINGS, recorded_model
+
+
+def load(path) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(path))
+
 
 # The smp class each config name must build (an alias mapped to the wrong network fails here).
 REQUIRED = {
@@ -59,3 +67,18 @@ def test_other_encoders_by_name() -> None:
 def test_unknown_names_list_the_valid_ones(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_model(**kwargs)
+
+
+def test_a_file_may_record_the_model_settings_conf_model_offers() -> None:
+    """The settings a checkpoint's model is rebuilt with are those train.py composes for each
+    conf/model/*.yaml (in_channels follows data.preprocess.context_slices)."""
+    offered = {
+        key
+        for path in (PROJECT / "conf" / "model").glob("*.yaml")
+        for key in compose([f"model={path.stem}"], hydra_node=False).model
+    }
+    assert set(RECORDED_SETTINGS) == offered
+    for path in (PROJECT / "conf" / "model").glob("*.yaml"):
+        assert recorded_model(load(path), path) == load(path)
+    with pytest.raises(DataError, match=r"^x.ckpt: model.encoder_params=\{\} is no brainseg"):
+        recorded_model({"arch": "unet", "encoder_params": {}}, "x.ckpt")

@@ -161,9 +161,18 @@ def test_a_tampered_onnx_file_is_named_with_what_is_missing(tmp_path: Path) -> N
         "no preprocess": (json.dumps({"model": {}}), "metadata lacks preprocess, threshold"),
         "foreign preprocess": (
             json.dumps({**good, "preprocess": {"resample": "mm"}}),
-            "metadata has foreign settings",
+            "preprocess holds foreign settings",
         ),
         "foreign input": (json.dumps(good), "model inputs are ['x'], a brainseg export has"),
+        "foreign model setting": (
+            json.dumps({**good, "model": {"pretrained_cfg_overlay": {"url": "http://x"}}}),
+            "model.pretrained_cfg_overlay={'url': 'http://x'} is no brainseg model setting",
+        ),
+        "threshold text": (json.dumps({**good, "threshold": "high"}), "threshold='high' must"),
+        "huge slices": (
+            json.dumps({**good, "preprocess": {"image_size": 10**7}}),
+            "preprocess.image_size=10000000 is over 4096 px",
+        ),
     }
     for case, (metadata, expected) in cases.items():  # before: bare tracebacks (json, KeyError)
         path = tmp_path / f"{case.replace(' ', '_')}.onnx"

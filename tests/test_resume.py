@@ -239,3 +239,68 @@ def test_kill_9_resumes_from_the_last_completed_epoch(synthetic_root: Path, tmp_
     assert all(
         epochs.count(e) == 1 for e in range(saved + 1)
     )  # only the epoch in progress may repeat
+
+
+def _crafted_last(good: Path, path: Path, dirpath: Path, last: str, best: str) -> Path:
+    """`good` with the callbacks' recorded paths replaced: LastCheckpoint removes its recorded
+    `best_model_path` at its next save, BestCheckpoint its `kth_best_model_path` at a new best."""
+    checkpoint = torch.load(good, weights_only=True)
+    for key, state in checkpoint["callbacks"].items():
+        worst = torch.tensor(-1.0)
+        crafted = last if key == "LastCheckpoint" else best
+        state.update(dirpath=str(dirpath), best_model_path=crafted, kth_best_model_path=crafted)
+        state.update(best_k_models={crafted: worst}, kth_value=worst, best_model_score=worst)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize("how", ["auto_resume", "ckpt_path"])
+def test_a_resume_removes_no_file_its_state_names_outside_the_run(
+    tiny_run: Path, synthetic_root: Path, tmp_path: Path, how: str, caplog
+) -> None:
+    run, canary = tmp_path / "run", tmp_path / "victim"
+    folder = run / "checkpoints" / "x.ckpt"  # a directory with a checkpoint's name
+    for keep in (canary, folder, run):
+        keep.mkdir(parents=True, exist_ok=True)
+        (keep / "keep.txt").write_text("mine")
+    good = tiny_run / "checkpoints" / "last.ckpt"
+    if how == "auto_resume":  # a last.ckpt whose paths climb out of the run directory
+        climbs = f"{run}/checkpoints/../../{canary.name}"
+        _crafted_last(good, run / "checkpoints" / "last.ckpt", run / "checkpoints", climbs, climbs)
+        overrides = []
+    else:  # a run directory received from elsewhere: its state names the sender's directory
+        sent = tiny_run / "checkpoints"
+        path = _crafted_last(good, tmp_path / "sent.ckpt", sent, f"{sent}/..", f"{sent}/x.ckpt")
+        overrides = [f"ckpt_path={path}"]
+    no_decision = "postprocessing_candidates=[]"  # (it would open x.ckpt/ as a checkpoint)
+    train(
+        compose_run(
+            synthetic_root, run, tmp_path / "cache", "trainer.max_epochs=3", no_decision, *overrides
+        )
+    )
+    # before: the canary (auto-resume) or the whole run directory and x.ckpt/ (ckpt_path) removed
+    for keep in (canary, folder, run):
+        assert (keep / "keep.txt").read_text() == "mine", keep
+    assert "not checkpoint files of this run; forgotten" in caplog.text
+
+
+def test_the_best_checkpoint_is_written_once_without_training_state(
+    synthetic_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from brainseg.training import checkpoints
+
+    writes: list[str] = []
+
+    def counted(checkpoint: dict, path) -> None:
+        writes.append(Path(path).name)
+        save_atomically(checkpoint, path)
+
+    monkeypatch.setattr(checkpoints, "save_atomically", counted)
+    run = tmp_path / "run"
+    train(compose_run(synthetic_root, run, tmp_path / "cache", *BEST_AT_FIRST_EPOCH))
+    (best,) = (run / "checkpoints").glob("best-*.ckpt")
+    assert writes.count(best.name) == 1, writes  # before: 2, a full dump then its slim rewrite
+    content = torch.load(best, weights_only=True)
+    assert "optimizer_states" not in content and "callbacks" not in content
+    assert content["state_dict"] and content["brainseg"]["preprocess"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,11 @@ from torch import nn
 from brainseg.checkpoint import Provenance, load_weights, read_checkpoint
 from brainseg.data.preprocess import PreprocessConfig
 from brainseg.errors import ConfigError, DataError
-from brainseg.models import build_model
+from brainseg.models.factory import build_model, recorded_model
 from brainseg.runfiles import read_metrics
 
 ONNX_METADATA_KEY = "brainseg"
+MAX_IMAGE_SIZE = 4096  # px: a file's preprocessing may ask for no larger slices
 
 
 @dataclass
@@ -73,6 +74,45 @@ class Member:
         }
 
 
+def probability_threshold(value: Any, source: str, error: type[Exception] = ConfigError) -> float:
+    """A threshold in (0, 1), else a one-line `error` naming `source`: outside, every mask would
+    be empty or full."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise error(f"{source}={value!r:.80} must be a probability threshold in (0, 1)")
+    return float(value)
+
+
+def _checked(path: Path, record: Mapping[str, Any]) -> dict[str, Any]:
+    """A member's fields from the record a file holds (a checkpoint's, an ONNX export's), each
+    value checked; anything else is a DataError naming the file and the field."""
+    try:
+        preprocess = PreprocessConfig(**record["preprocess"])
+    except (TypeError, ValueError, ConfigError) as exc:
+        raise DataError(f"{path}: preprocess holds foreign settings ({exc})") from None
+    size = preprocess.image_size
+    if size is not None and not (isinstance(size, int) and size <= MAX_IMAGE_SIZE):
+        raise DataError(f"{path}: preprocess.image_size={size!r:.80} is over {MAX_IMAGE_SIZE} px")
+    split, post = record.get("split") or {}, record["postprocessing"]
+    if not isinstance(record.get("data_root"), str | None):
+        raise DataError(f"{path}: data_root is not a path")
+    if not isinstance(split, dict) or not all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(n, str) for n in v)
+        for k, v in split.items()
+    ):
+        raise DataError(f"{path}: split is not lists of patient names")
+    if not (isinstance(post, dict) and isinstance(post.get("steps"), list)):
+        raise DataError(f"{path}: postprocessing is not a step list")
+    return {
+        "path": path,
+        "preprocess": preprocess,
+        "model": recorded_model(record["model"], path),
+        "threshold": probability_threshold(record["threshold"], f"{path}: threshold", DataError),
+        "data_root": record.get("data_root"),
+        "split": split,
+        "postprocessing": {**post, "source": str(post.get("source"))},
+    }
+
+
 def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None = None) -> Member:
     """Rebuild the network of a brainseg training checkpoint (no Hydra needed).
 
@@ -82,41 +122,43 @@ def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None =
     path = Path(path)
     checkpoint = read_checkpoint(path)
     hparams, info = checkpoint["hyper_parameters"], Provenance.read(checkpoint, path)
-    model_cfg = dict(hparams["model"])
+    metric = hparams.get("metric")
+    fields = _checked(
+        path,
+        {
+            **asdict(info),
+            "model": hparams.get("model"),
+            "threshold": (metric if isinstance(metric, dict) else {}).get("threshold", 0.5),
+            "postprocessing": {
+                **info.postprocessing,
+                "source": f"decided after training ({info.postprocessing.get('decision')})",
+            }
+            if info.postprocessing
+            else {
+                "steps": hparams.get("postprocessing") or [],
+                "source": f"the training setting postprocessing of {path.name} "
+                "(no decision recorded)",
+            },
+        },
+    )
+    model_cfg = fields["model"]
     for key, value in (expected_model or {}).items():
         if key not in model_cfg or model_cfg[key] != value:
             raise ConfigError(
                 f"model.{key}={value!r} does not match {path.name}, trained with "
                 f"model.{key}={model_cfg.get(key)!r}"
             )
-    net = build_model(**model_cfg)
+    try:  # no download: the weights are the checkpoint's
+        net = build_model(**{**model_cfg, "encoder_weights": None})
+    except ConfigError as exc:
+        raise DataError(f"{path}: {exc}") from None
     weights = {
         k.removeprefix("net."): v
         for k, v in checkpoint["state_dict"].items()
         if k.startswith("net.")
     }
     load_weights(net, weights, path, model_cfg)
-    postprocessing = (
-        {
-            **info.postprocessing,
-            "source": f"decided after training ({info.postprocessing['decision']})",
-        }
-        if info.postprocessing
-        else {
-            "steps": list(hparams.get("postprocessing") or []),
-            "source": f"the training setting postprocessing of {path.name} (no decision recorded)",
-        }
-    )
-    return Member(
-        path=path,
-        preprocess=PreprocessConfig(**info.preprocess),
-        model=model_cfg,
-        threshold=float((hparams.get("metric") or {}).get("threshold", 0.5)),
-        data_root=info.data_root,
-        split=info.split,
-        postprocessing=postprocessing,
-        net=net.eval(),
-    )
+    return Member(**fields, net=net.eval())
 
 
 def _selected_checkpoint(job: Path) -> tuple[Path, str] | None:
@@ -192,23 +234,7 @@ def load_onnx(path: str | Path) -> Member:
     inputs = [i.name for i in session.get_inputs()]
     if inputs != ["image"]:
         raise DataError(f"{path}: model inputs are {inputs}, a brainseg export has ['image']")
-    info = _onnx_provenance(path, session.get_modelmeta().custom_metadata_map)
-    return Member(
-        path=path,
-        preprocess=info["preprocess"],
-        model=info["model"],
-        threshold=info["threshold"],
-        data_root=info.get("data_root"),
-        split=info.get("split") or {},
-        postprocessing=info.get("postprocessing") or {"steps": [], "source": "none recorded"},
-        session=session,
-    )
-
-
-def _onnx_provenance(path: Path, metadata: Mapping[str, str]) -> dict[str, Any]:
-    """The record export_onnx stores, checked: a missing or foreign record is a DataError naming
-    the file and what is missing."""
-    key = ONNX_METADATA_KEY
+    key, metadata = ONNX_METADATA_KEY, session.get_modelmeta().custom_metadata_map
     if key not in metadata:
         raise DataError(f"{path}: not a brainseg ONNX export (no '{key}' metadata)")
     try:
@@ -220,11 +246,5 @@ def _onnx_provenance(path: Path, metadata: Mapping[str, str]) -> dict[str, Any]:
     missing = [k for k in ("preprocess", "model", "threshold") if k not in info]
     if missing:
         raise DataError(f"{path}: '{key}' metadata lacks {', '.join(missing)}")
-    try:
-        preprocess = PreprocessConfig(**info["preprocess"])
-        threshold = float(info["threshold"])
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"{path}: '{key}' metadata has foreign settings ({exc})") from None
-    if not isinstance(info["model"], dict):
-        raise DataError(f"{path}: '{key}' metadata has no model settings")
-    return {**info, "preprocess": preprocess, "threshold": threshold}
+    info["postprocessing"] = info.get("postprocessing") or {"steps": [], "source": "none recorded"}
+    return Member(**_checked(path, info), session=session)

@@ -28,6 +28,7 @@ from brainseg.prediction.members import (
     find_sweep_checkpoints,
     load_checkpoint,
     load_onnx,
+    probability_threshold,
 )
 from brainseg.prediction.subsets import member_plan, subsets_for, warn_seen_in_training
 from brainseg.reporting.figures import failure_case, write_overlays
@@ -72,6 +73,8 @@ def _device(name: str) -> str:
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Run inference (or `export=onnx`); returns the run summary written to prediction.json."""
     check_steps(to_plain(cfg.get("postprocessing")), "postprocessing")  # before any work
+    if cfg.get("threshold") is not None:
+        probability_threshold(cfg.threshold, "threshold")
     members = load_members(cfg)
     if cfg.get("export"):
         if cfg.export != "onnx":

@@ -3,11 +3,12 @@
 - `last.ckpt` is written after every epoch (Lightning's `save_last` only writes it when a top-k
   checkpoint was saved, so with `save_top_k: 1` it is a copy of the best, not the last epoch);
 - the best checkpoint keeps only what predict.py needs (weights and provenance), a third of the
-  size;
+  size, written once;
 - every file is written under a temporary name and renamed (a crash mid-write leaves the old file);
 - every file Lightning reads back (resume, `trainer.test(ckpt_path=...)`) is loaded with
   `weights_only=True`, as predict.py does: a checkpoint cannot run code;
-- a run directory that was moved or copied keeps tracking its own files (no `last-v1.ckpt`);
+- a run directory that was moved or copied keeps tracking its own files (no `last-v1.ckpt`), and
+  only its own `*.ckpt` files are ever removed, whatever paths a resumed state names;
 - on the signal SLURM/submitit sends before a time limit or preemption, `last.ckpt` is saved at the
   next batch boundary before submitit requeues the job.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -32,6 +34,7 @@ log = logging.getLogger("brainseg")
 LAST_NAME = "last"
 # The signal submitit asks SLURM to send before the time limit (sbatch --signal), and its override.
 PREEMPT_SIGNAL = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")  # and best_k_models
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -49,32 +52,52 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_safely(path, map_location=map_location or "cpu")
 
 
-class _FollowsMovedDirectory(ModelCheckpoint):
-    """After a run directory is moved or copied, the paths in the resumed state are re-based onto
-    the new directory (Lightning would forget them, then write `last-v1.ckpt` or a second best
-    file)."""
+class _OwnFilesOnly(ModelCheckpoint):
+    """Tracks and removes checkpoint files of this run only.
+
+    The paths in a resumed state are data from a file: each is re-based onto this run's
+    `dirpath` (a run directory moved or copied keeps tracking its own files, no `last-v1.ckpt`)
+    and kept only if it names a `*.ckpt` file there, else dropped. Removal unlinks only such a
+    file (Lightning's removes recursively anything under a path that merely starts with
+    `dirpath`, e.g. `checkpoints/..`)."""
+
+    def _own_file(self, path: str | Path) -> bool:
+        path = Path(path)
+        return (
+            path.suffix == self.FILE_EXTENSION
+            and path.is_file()
+            and not path.is_symlink()
+            and path.resolve().parent == Path(self.dirpath).resolve()
+        )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        old, new = state_dict.get("dirpath"), self.dirpath
-        if old and new and old != new:
-
-            def rebase(path: str) -> str:
-                return str(Path(new) / Path(path).name) if path else path
-
-            state_dict = {
+        models = state_dict.get("best_k_models")
+        models = {str(p): v for p, v in (models if isinstance(models, dict) else {}).items()}
+        models = {p: score for p, score in models.items() if isinstance(score, torch.Tensor)}
+        recorded = {str(state_dict.get(key) or "") for key in PATH_KEYS} - {""} | set(models)
+        rebased = {p: str(Path(self.dirpath) / Path(p).name) for p in recorded}
+        kept = {p: new for p, new in rebased.items() if self._own_file(new)}
+        if recorded - set(kept):
+            log.warning(
+                "%s: resumed state names %s, not checkpoint files of this run; forgotten",
+                self.dirpath,
+                sorted(recorded - set(kept)),
+            )
+        super().load_state_dict(
+            {
                 **state_dict,
-                "dirpath": new,
-                "best_model_path": rebase(state_dict.get("best_model_path", "")),
-                "kth_best_model_path": rebase(state_dict.get("kth_best_model_path", "")),
-                "last_model_path": rebase(state_dict.get("last_model_path", "")),
-                "best_k_models": {
-                    rebase(k): v for k, v in (state_dict.get("best_k_models") or {}).items()
-                },
+                "dirpath": self.dirpath,
+                **{key: kept.get(str(state_dict.get(key)), "") for key in PATH_KEYS},
+                "best_k_models": {kept[p]: v for p, v in models.items() if p in kept},
             }
-        super().load_state_dict(state_dict)
+        )
+
+    def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        if trainer.is_global_zero and self._own_file(filepath):
+            Path(filepath).unlink()
 
 
-class BestCheckpoint(_FollowsMovedDirectory):
+class BestCheckpoint(_OwnFilesOnly):
     """Top-k checkpoints by the monitored metric in its direction (`mode` follows `monitor`: the
     lowest val/hd95, the highest val/dsc_volume), holding weights and provenance only.
 
@@ -107,6 +130,7 @@ class BestCheckpoint(_FollowsMovedDirectory):
             auto_insert_metric_name=False,
             **kwargs,
         )
+        self._saving = False
 
     def format_checkpoint_name(
         self, metrics: dict[str, Any], filename: str | None = None, **kwargs: Any
@@ -116,15 +140,23 @@ class BestCheckpoint(_FollowsMovedDirectory):
         return super().format_checkpoint_name(metrics, filename, **kwargs)
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        super()._save_checkpoint(trainer, filepath)
-        if (
-            trainer.is_global_zero
-        ):  # the callbacks' provenance is only in full dumps, hence the rewrite
-            save_atomically(prediction_only(read_checkpoint(filepath)), filepath)
-        trainer.strategy.barrier()
+        self._saving = True  # a full dump (only those hold the provenance), slimmed below
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        finally:
+            self._saving = False
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Drops the training state from this callback's own dump before its one write."""
+        if self._saving:
+            kept = prediction_only(checkpoint)
+            checkpoint.clear()
+            checkpoint.update(kept)
 
 
-class LastCheckpoint(_FollowsMovedDirectory):
+class LastCheckpoint(_OwnFilesOnly):
     """`<dirpath>/last.ckpt` with the full training state,
     after every epoch and on the preemption signal.
 

@@ -24,7 +24,7 @@ SURFACE_AND_DETECTION = METRICS[1:]  # all but the Dice, logged as dsc_volume (m
 
 class SegmentationModule(L.LightningModule):
     """Binary lesion segmentation; all arguments are plain config dicts, saved with the checkpoint
-    so that `load_from_checkpoint(path)` rebuilds the network without Hydra."""
+    (brainseg.prediction.members.load_checkpoint rebuilds the network from them without Hydra)."""
 
     def __init__(
         self,
@@ -53,6 +53,15 @@ class SegmentationModule(L.LightningModule):
         self.volume_details: dict[
             str, dict[str, dict[str, float]]
         ] = {}  # stage -> patient -> every metric
+
+    @classmethod
+    def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> SegmentationModule:
+        """Refused: it would pass a file's hyper-parameters to `__init__`, which instantiates
+        any `_target_` they name (a loss term)."""
+        raise NotImplementedError(
+            "SegmentationModule.load_from_checkpoint would run code a checkpoint names; "
+            "use brainseg.prediction.members.load_checkpoint (network and provenance)"
+        )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         logits = self.net(image)
