@@ -44,6 +44,7 @@ RECORD_FIELDS: dict[str, tuple[Any, str]] = {
     "preprocess": (dict, "a mapping"),
     "split": (dict, "a mapping"),
     "postprocessing": (dict | None, "a mapping or null"),
+    "calibration": (dict | None, "a mapping or null"),
 }
 
 
@@ -51,13 +52,15 @@ RECORD_FIELDS: dict[str, tuple[Any, str]] = {
 class Provenance:
     """What a checkpoint was trained on: resolved config, data root, preprocessing, split; and,
     once decided after training, the post-processing steps to apply to its predictions
-    (brainseg.postprocessing.records.provenance_record)."""
+    (brainseg.postprocessing.records.provenance_record) and the temperature that calibrates its
+    probabilities (brainseg.training.final_validation.calibrate)."""
 
     config: dict[str, Any]
     data_root: str | None
     preprocess: dict[str, Any]
     split: dict[str, list[str]] = field(default_factory=dict)
     postprocessing: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
 
     def store(self, checkpoint: dict[str, Any]) -> None:
         """Add the record to a checkpoint dict (Lightning's `on_save_checkpoint`)."""
@@ -69,7 +72,14 @@ class Provenance:
         info = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, Mapping) else None
         if not isinstance(info, Mapping) or "preprocess" not in info:
             raise DataError(f"{path}: not a brainseg checkpoint (made by train.py)")
-        fields = {"config": {}, "data_root": None, "split": {}, "postprocessing": None, **info}
+        fields = {
+            "config": {},
+            "data_root": None,
+            "split": {},
+            "postprocessing": None,
+            "calibration": None,
+            **info,
+        }
         for key, (kind, described) in RECORD_FIELDS.items():
             if not isinstance(fields[key], kind):
                 raise DataError(f"{path}: provenance {key} is not {described}")
@@ -163,11 +173,11 @@ def remove_temporary_files(folder: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def record_postprocessing(path: str | Path, record: dict[str, Any]) -> None:
-    """Store a post-processing decision in the provenance of a checkpoint file (rewritten
-    atomically)."""
+def record_decisions(path: str | Path, records: dict[str, Any]) -> None:
+    """Store the decisions made after training (`postprocessing`, `calibration`) in the
+    provenance of a checkpoint file, in one atomic rewrite."""
     checkpoint = read_checkpoint(path)
-    checkpoint[CHECKPOINT_KEY] = {**checkpoint[CHECKPOINT_KEY], "postprocessing": record}
+    checkpoint[CHECKPOINT_KEY] = {**checkpoint[CHECKPOINT_KEY], **records}
     save_atomically(checkpoint, path)
 
 

@@ -58,8 +58,7 @@ def test_training_curves_tick_whole_epochs(tmp_path: Path, monkeypatch) -> None:
     saved = []
     monkeypatch.setattr(figures, "_save", lambda fig, path: saved.append(fig) or path)
     history = [
-        EpochScores(e, 10 * e, {VAL_DSC: 0.1 * e, "val/loss": 1 / e}, 1 / e)
-        for e in (1, 2, 3)
+        EpochScores(e, 10 * e, {VAL_DSC: 0.1 * e, "val/loss": 1 / e}, 1 / e) for e in (1, 2, 3)
     ]
     figures.training_curves(history, history[-1], tmp_path / "curves.png")
     for ax in saved[0].axes:

@@ -19,6 +19,7 @@ from helpers import PROJECT, compose, run_cli, snapshot
 from brainseg.checkpoint import read_checkpoint, save_atomically
 from brainseg.cli import run_task
 from brainseg.data.reader import find_patients
+from brainseg.prediction.members import load_checkpoint
 from brainseg.prediction.pipeline import predict
 from brainseg.runfiles import read_metrics, write_metrics
 
@@ -397,3 +398,15 @@ def test_uncertainty_is_scored_against_failures_and_the_worst_are_drawn(
     entropy = np.load(predicted / patient.name / "entropy.npy")
     assert probs.shape == entropy.shape == (len(patient.images), 64, 64)
     assert probs.dtype == np.float16 and 0 <= probs.min() and probs.max() <= 1
+
+
+def test_the_fitted_temperature_goes_with_the_model_to_the_probabilities(
+    predicted: Path, tiny_run: Path
+) -> None:
+    recorded = json.loads((tiny_run / "calibration.json").read_text())["temperature"]
+    for name in ("last.ckpt", *[p.name for p in (tiny_run / "checkpoints").glob("best-*.ckpt")]):
+        member = load_checkpoint(tiny_run / "checkpoints" / name)
+        assert member.temperature == pytest.approx(recorded), name
+    assert json.loads((predicted / "prediction.json").read_text())["temperature"] == (
+        pytest.approx(recorded)
+    )

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from brainseg.checkpoint import record_postprocessing
+from brainseg.checkpoint import record_decisions
 from brainseg.errors import ConfigError, DataError
 from brainseg.metrics import NSD_TOLERANCE
 from brainseg.postprocessing import StepList, check_steps
@@ -85,12 +85,14 @@ def decide_runs(
     runs: Sequence[Path],
     candidates: Any = None,
     tolerance: float = NSD_TOLERANCE,
+    also: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Decide once on the saved validation predictions of `runs` (one run, or the folds of one
     configuration pooled, each patient named `<job>/<patient>`), write
     `<folder>/postprocessing.json` and return the decision.
 
-    `candidates` default to those the runs were decided among."""
+    `candidates` default to those the runs were decided among; a run's checkpoints record the
+    decision, with the other decisions of its final validation (`also`) in the same rewrite."""
     folder = Path(folder)
     if not any(any((Path(run) / VALIDATION_DIR).glob("*.npz")) for run in runs):
         raise DataError(
@@ -117,7 +119,9 @@ def decide_runs(
     path = folder / DECISION_FILE
     path.write_text(json.dumps(decision, indent=2))
     for checkpoint in [] if pooled else sorted((folder / "checkpoints").glob("*.ckpt")):
-        record_postprocessing(checkpoint, provenance_record(decision, path))
+        record_decisions(
+            checkpoint, {"postprocessing": provenance_record(decision, path), **(also or {})}
+        )
     return decision
 
 

@@ -37,6 +37,8 @@ class Member:
     postprocessing: dict[str, Any] = field(
         default_factory=lambda: {"steps": [], "source": "none recorded"}
     )
+    # The temperature that calibrates its probabilities, fitted after training (None: not fitted).
+    temperature: float | None = None
     selection: str | None = None  # the evaluation.selection rule that picked it (sweep_dir)
     net: nn.Module | None = None
     session: Any = None  # onnxruntime.InferenceSession for ONNX members
@@ -71,6 +73,7 @@ class Member:
             "data_root": self.data_root,
             "split": self.split,
             "postprocessing": self.postprocessing,
+            "calibration": None if self.temperature is None else {"temperature": self.temperature},
         }
 
 
@@ -102,6 +105,13 @@ def _checked(path: Path, record: Mapping[str, Any]) -> dict[str, Any]:
         raise DataError(f"{path}: split is not lists of patient names")
     if not (isinstance(post, dict) and isinstance(post.get("steps"), list)):
         raise DataError(f"{path}: postprocessing is not a step list")
+    temperature = (record.get("calibration") or {}).get("temperature")
+    if temperature is not None and not (
+        isinstance(temperature, float) and 0.01 <= temperature <= 100
+    ):
+        raise DataError(
+            f"{path}: calibration temperature={temperature!r:.80} is not in [0.01, 100]"
+        )
     return {
         "path": path,
         "preprocess": preprocess,
@@ -110,6 +120,7 @@ def _checked(path: Path, record: Mapping[str, Any]) -> dict[str, Any]:
         "data_root": record.get("data_root"),
         "split": split,
         "postprocessing": {**post, "source": str(post.get("source"))},
+        "temperature": temperature,
     }
 
 

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from brainseg.config import to_plain
 from brainseg.data.reader import find_patients, read_patient
 from brainseg.errors import ConfigError
+from brainseg.metrics.calibration import calibrated
 from brainseg.metrics.uncertainty import entropy_map, lesion_entropy
 from brainseg.paths import resolve_path
 from brainseg.postprocessing import apply, check_steps, score
@@ -89,6 +90,16 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     return run_prediction(cfg, members)
 
 
+def _temperature(members: list[Member]) -> float | None:
+    """The temperature that calibrates the members' averaged probabilities: the mean of theirs
+    (one member: its own); None, said once, where a member has none recorded."""
+    missing = [m.path for m in members if m.temperature is None]
+    if missing:
+        log.info("%s: no calibration temperature recorded; probabilities uncalibrated", missing[0])
+        return None
+    return float(np.mean([m.temperature for m in members]))
+
+
 def _no_bars(cfg: DictConfig) -> bool | None:
     """tqdm's `disable` for `progress`: null leaves it to tqdm (bars only on a terminal)."""
     return None if cfg.get("progress") is None else not cfg.progress
@@ -117,6 +128,10 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     views = tta_views(cfg.tta.hflip, list(cfg.tta.rotations or []), list(cfg.tta.scales or []))
     predictor = Predictor(members, views, cfg.batch_size, _device(cfg.device))
     threshold = float(cfg.threshold if cfg.get("threshold") is not None else members[0].threshold)
+    temperature = _temperature(members)
+    lesion_threshold = (
+        threshold if temperature is None else float(calibrated(threshold, temperature))
+    )
     subsets = subsets_for(plan, splits)
     warn_seen_in_training({p.name: subsets[p.name] for p in patients if p.masks is not None})
     chosen = steps_to_apply(
@@ -136,7 +151,9 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
             files.images
         ):  # named after the image, whatever the folder is called
             tifffile.imwrite(folder / f"{image_path.stem}_mask.tif", mask[z].astype("uint8") * 255)
-        uncertainty[files.name] = lesion_entropy(probs, threshold)
+        if temperature is not None:  # the masks above stay those of the uncalibrated threshold
+            probs = calibrated(probs, temperature)
+        uncertainty[files.name] = lesion_entropy(probs, lesion_threshold)
         if cfg.probability_maps:
             np.save(folder / "probabilities.npy", probs.astype(np.float16))
             np.save(folder / "entropy.npy", entropy_map(probs).astype(np.float16))
@@ -167,6 +184,7 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
         "members": [str(m.path) for m in members],
         "tta": [repr(v) for v in views],
         "threshold": threshold,
+        "temperature": temperature,  # that calibrated the probabilities (None: uncalibrated)
         "postprocessing": chosen,
         "selection": {str(m.path): m.selection for m in members if m.selection},
         "ensemble": cfg.ensemble,

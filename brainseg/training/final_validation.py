@@ -70,7 +70,13 @@ def final_validation(
         save_prediction(run_dir, name, probs > member.threshold, volume.mask)
         pixels[name] = sample_pixels(probs, volume.mask, seed)
     calibration = calibrate(Path(run_dir), pixels)
-    decision = decide_runs(run_dir, [run_dir], list(candidates) or [fallback], nsd_tolerance)
+    decision = decide_runs(
+        run_dir,
+        [run_dir],
+        list(candidates) or [fallback],
+        nsd_tolerance,
+        {"calibration": {"temperature": calibration["temperature"], "ece": calibration["ece"]}},
+    )
     decision_file = str(Path(run_dir) / DECISION_FILE)
     log.log(
         logging.WARNING if decision["erased"] else logging.INFO,
@@ -97,7 +103,7 @@ def final_validation(
 def calibrate(run_dir: Path, pixels: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
     """Fit the temperature on the validation patients' sampled pixels; write the record (ECE
     before and after, pooled and per patient) to `calibration.json` and the reliability diagram
-    to `calibration.png`."""
+    to `calibration.png` (the checkpoints record the temperature with the post-processing)."""
     probs = np.concatenate([p for p, _ in pixels.values()])
     truth = np.concatenate([t for _, t in pixels.values()])
     temperature = fit_temperature(probs, truth)
