@@ -150,7 +150,7 @@ class SweepGuard(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = collect_jobs(sweep_dir) if sweep_dir.is_dir() else []
-        failed = [j for j in jobs if j["status"] in ("failed", "incomplete")]
+        failed = [j for j in jobs if j["status"] in ("failed", "interrupted")]
         if failed:
             print(
                 f"{len(failed)} of {len(jobs)} jobs failed: see {sweep_dir / 'summary.md'}",

@@ -65,14 +65,14 @@ def test_every_combination_runs_and_the_report_lists_it(wandb_sweep: Path) -> No
     )
     for row in rows:
         metrics = read_metrics(wandb_sweep / row["job"])
-        assert row["status"] == "ok" and float(row["dsc_volume_mean"]) == pytest.approx(
+        assert row["status"] == "done" and float(row["dsc_volume_mean"]) == pytest.approx(
             metrics.selected.scores.dsc_volume_mean
         )
         assert (
             row["epoch"] == "1" and row["selection"] == "last" and float(row["train_seconds"]) > 0
         )
     report = (wandb_sweep / "summary.md").read_text()
-    assert "4 jobs, 4 ok, 0 failed" in report and "| loss=bce_dice model=unetpp |" in report
+    assert "4 jobs: 4 done." in report and "| loss=bce_dice model=unetpp |" in report
     assert report.count("| reference |") == 1 and "## Configurations" in report
     assert (wandb_sweep / "summary.png").stat().st_size > 5000 and (
         wandb_sweep / "heatmap.png"
@@ -146,7 +146,7 @@ def test_kfold_sweep_reports_cv_mean_and_failed_jobs(synthetic_root: Path, tmp_p
     )
     report = (sweep / "summary.md").read_text()
     assert (
-        "4 jobs, 3 ok, 1 failed" in report
+        "4 jobs: 3 done, 1 failed." in report
         and "cross-validation: every patient scored by the fold that held it out" in report
     )
     with open(sweep / "per_patient.csv") as fh:
@@ -255,5 +255,5 @@ def test_local_launcher_runs_jobs_in_parallel_processes(
         "loss=dice,bce_dice",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 jobs, 2 ok, 0 failed" in (sweep / "summary.md").read_text()
+    assert "2 jobs: 2 done." in (sweep / "summary.md").read_text()
     assert len(list((sweep / ".submitit").glob("*/*_log.out"))) == 2
