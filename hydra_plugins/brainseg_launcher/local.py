@@ -33,7 +33,8 @@ ConfigStore.instance().store(
 )
 
 
-def _stop(message: str) -> None:
+def stop_sweep(message: str) -> None:
+    """Stop the sweep with one `error: ...` line and exit status 2."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(2)
 
@@ -60,7 +61,7 @@ def reused_return(job_config: DictConfig) -> JobReturn | None:
     changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
     if changed:
         key = changed[0]
-        _stop(
+        stop_sweep(
             f"{job_dir}: job {job_config.hydra.job.num} was run with {key}={old.get(key)!r}, "
             f"this command gives {key}={new.get(key)!r}; resume a sweep with its own command, "
             "or choose a new hydra.sweep.dir"
@@ -119,7 +120,7 @@ class RefuseForeignSweepDir(Callback):
             return
         recorded = sweep / "multirun.yaml"
         if not recorded.is_file():
-            _stop(
+            stop_sweep(
                 f"hydra.sweep.dir={sweep}: not a sweep directory (no multirun.yaml); give an "
                 "existing sweep to resume it, or a new directory"
             )
@@ -127,7 +128,7 @@ class RefuseForeignSweepDir(Callback):
         for key in ("job.name", "sweeper._target_"):
             before, now = OmegaConf.select(old, key), OmegaConf.select(config.hydra, key)
             if before != now:
-                _stop(
+                stop_sweep(
                     f"hydra.sweep.dir={sweep}: a sweep with hydra.{key}={before}, not {now}; "
                     "resume a sweep with its own command, or choose a new directory"
                 )
