@@ -179,18 +179,16 @@ class OptunaSweeper(Sweeper):
         _write_results(study, sweep_dir)
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any, job_dir: Path) -> None:
+        if read_pruned(job_dir) is not None:
+            study.tell(trial, state=TrialState.PRUNED)
+            return
         try:
             value = float(ret.return_value)
         except Exception as exc:  # noqa: BLE001 - the trial failed: its reason is logged
             log.warning("Failed experiment: %s", exc)
             study.tell(trial, state=TrialState.FAIL)
             return
-        if read_pruned(job_dir) is not None:
-            study.tell(trial, state=TrialState.PRUNED)
-        elif math.isnan(value):
-            study.tell(trial, state=TrialState.FAIL)
-        else:
-            study.tell(trial, value)
+        study.tell(trial, value, state=TrialState.FAIL if math.isnan(value) else None)
 
     def _check_failures(self, study: optuna.Study) -> None:
         trials = [t for t in study.trials if t.state.is_finished()]
