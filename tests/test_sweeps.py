@@ -243,17 +243,29 @@ def test_a_mistake_every_job_shares_stops_the_sweep_before_its_first_job(
     assert not (sweep / "0").exists()
 
 
-def test_local_launcher_runs_jobs_in_parallel_processes(
+def test_local_launcher_runs_one_job_per_gpu_of_its_pool(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
+    """4 jobs on a pool of 2 GPUs (forced: the jobs train on the CPU) run 2 at a time, each job
+    in its own process seeing its own GPU."""
     sweep = tmp_path / "local"
     result = _sweep(
         synthetic_root,
         sweep,
         "hydra/launcher=local",
-        "hydra.launcher.cpus_per_task=1",
-        "loss=dice,bce_dice",
+        "hydra.launcher.gpus=[0,1]",
+        "optimizer.lr=0.001,0.002,0.003,0.004",
+        "+callbacks.probe._target_=tests.job_probe.JobProbe",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 jobs: 2 done." in (sweep / "summary.md").read_text()
-    assert len(list((sweep / ".submitit").glob("*/*_log.out"))) == 2
+    assert "4 jobs: 4 done." in (sweep / "summary.md").read_text()
+    probes = [json.loads((sweep / str(k) / "probe.json").read_text()) for k in range(4)]
+    assert len({p["pid"] for p in probes}) == 4
+    assert sorted(p["cuda_visible_devices"] for p in probes) == ["0", "0", "1", "1"]
+    for probe in probes:  # at most 2 processes at once, never 2 on one GPU
+        overlapping = [p for p in probes if p["start"] < probe["end"] and probe["start"] < p["end"]]
+        assert len(overlapping) <= 2
+        assert [p["cuda_visible_devices"] for p in overlapping].count(
+            probe["cuda_visible_devices"]
+        ) == 1
+    assert max(p["start"] for p in probes[:2]) < min(p["end"] for p in probes[:2])  # 2 at once

@@ -1,19 +1,33 @@
-"""`hydra/launcher=brainseg_basic` (the default): Hydra's basic launcher, one job after another in
-this process, that resumes a sweep: re-running its command with `hydra.sweep.dir=<the sweep>`
+"""Local launchers that resume a sweep: re-running its command with `hydra.sweep.dir=<the sweep>`
 reuses the jobs whose record is complete (metrics.json with a reported epoch) and whose config is
 the recorded one, runs the others (an interrupted job continues from its last.ckpt, train.py's
-auto_resume) and refuses a job whose config differs, naming the setting."""
+auto_resume) and refuses a job whose config differs, naming the setting.
+
+- `hydra/launcher=brainseg_basic` (the default): Hydra's basic launcher, one job after another in
+  this process.
+- `hydra/launcher=local`: each job a process of its own, as many at once as the GPU pool has room
+  for (`gpus`, default every visible GPU; `gpus_per_job` each, through CUDA_VISIBLE_DEVICES), the
+  others queued; without GPUs, `n_jobs` CPU jobs at once.
+"""
 
 import logging
+import os
+import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from queue import Queue
 from typing import Any
 
+import cloudpickle
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.config_store import ConfigStore
-from hydra.core.utils import JobReturn, JobStatus, setup_globals
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -28,8 +42,19 @@ class BasicConf:
     _target_: str = "hydra_plugins.brainseg_launcher.local.ResumingLauncher"
 
 
+@dataclass
+class PoolConf:
+    _target_: str = "hydra_plugins.brainseg_launcher.local.PoolLauncher"
+    gpus: list[int] | None = None  # the GPU pool; null: every visible GPU
+    gpus_per_job: int = 1
+    n_jobs: int = 2  # CPU jobs at once where the pool has no GPU
+
+
 ConfigStore.instance().store(
     group="hydra/launcher", name="brainseg_basic", node=BasicConf(), provider="brainseg"
+)
+ConfigStore.instance().store(
+    group="hydra/launcher", name="brainseg_local", node=PoolConf(), provider="brainseg"
 )
 
 
@@ -104,9 +129,84 @@ class ResumingLauncher(BasicLauncher):
                 pending.append((idx, overrides))
             else:
                 returns[idx] = reused
-        for idx, overrides in pending:
-            (returns[idx],) = super().launch([overrides], initial_job_idx=idx)
+        returns.update(self.run(pending))
         return [returns[idx] for idx in sorted(returns)]
+
+    def run(self, jobs: list[tuple[int, Sequence[str]]]) -> dict[int, JobReturn]:
+        """Job number -> its return, the jobs run one after another in this process."""
+        launch = super().launch
+        return {idx: launch([overrides], idx)[0] for idx, overrides in jobs}
+
+
+def _job(context: Any, task: Any, config: DictConfig, singletons: Any) -> JobReturn:
+    """One sweep job inside its own process."""
+    Singleton.set_state(singletons)
+    setup_globals()
+    return run_job(
+        hydra_context=context,
+        task_function=task,
+        config=config,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
+
+
+# The job process: runs the pickled call, pickles its JobReturn.
+_CHILD = (
+    "import sys, cloudpickle\n"
+    "job = cloudpickle.load(open(sys.argv[1], 'rb'))\n"
+    "cloudpickle.dump(job(), open(sys.argv[2], 'wb'))\n"
+)
+
+
+class PoolLauncher(ResumingLauncher):
+    """Each job in a process of its own, as many at once as the pool has slots."""
+
+    def __init__(self, gpus: Sequence[int] | None, gpus_per_job: int, n_jobs: int) -> None:
+        super().__init__()
+        if gpus is None:
+            import torch
+
+            gpus = range(torch.cuda.device_count())
+        pool, k = [str(g) for g in gpus], gpus_per_job
+        groups = [",".join(pool[i : i + k]) for i in range(0, len(pool) - k + 1, k)]
+        self.slots: list[str | None] = list(groups) if pool else [None] * n_jobs
+
+    def run(self, jobs: list[tuple[int, Sequence[str]]]) -> dict[int, JobReturn]:
+        free: Queue[str | None] = Queue()
+        for slot in self.slots:
+            free.put(slot)
+        with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(len(self.slots)) as pool:
+            returns = pool.map(lambda job: self._process(job, free, Path(tmp)), jobs)
+            return dict(zip((idx for idx, _ in jobs), returns, strict=True))
+
+    def _process(
+        self, job: tuple[int, Sequence[str]], free: "Queue[str | None]", tmp: Path
+    ) -> JobReturn:
+        idx, overrides = job
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(config):
+            config.hydra.job.id = config.hydra.job.num = idx
+        call, result = tmp / f"{idx}.call", tmp / f"{idx}.return"
+        call.write_bytes(
+            cloudpickle.dumps(
+                partial(_job, self.hydra_context, self.task_function, config, Singleton.get_state())
+            )
+        )
+        slot = free.get()
+        env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": slot} if slot is not None else {})}
+        log.info("job %d (%s) started on %s", idx, " ".join(overrides), slot or "the CPU")
+        try:
+            subprocess.run([sys.executable, "-c", _CHILD, call, result], env=env, check=False)
+        finally:
+            free.put(slot)
+        if not result.is_file():
+            return JobReturn(
+                overrides=list(overrides),
+                status=JobStatus.FAILED,
+                _return_value=RuntimeError(f"job {idx}: its process died"),
+            )
+        return cloudpickle.loads(result.read_bytes())
 
 
 class RefuseForeignSweepDir(Callback):
