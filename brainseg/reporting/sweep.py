@@ -119,7 +119,8 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     status and the scores its rule reports (`brainseg.evaluation.folds.reported_scores`)."""
     jobs = []
     folders = [p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").exists()]
-    started = (sweep_dir / "multirun.yaml").stat().st_mtime if folders else 0.0
+    start = sweep_dir / "multirun.yaml"  # rewritten by every start of the sweep
+    started = start.stat().st_mtime if start.is_file() else 0.0
     for job in sorted(folders, key=lambda p: (len(p.name), p.name)):
         row: dict[str, Any] = {
             "job": job.name,

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
 from brainseg.runfiles import Pruned, write_pruned
-from hydra_plugins.brainseg_sweeper.optuna_sweeper import open_storage
+from hydra_plugins.brainseg_sweeper._study import open_storage
 
 log = logging.getLogger("brainseg")
 
@@ -36,8 +36,10 @@ class OptunaPruning(L.Callback):
             storage=open_storage(settings.storage, sweep_dir),
             pruner=instantiate(settings.pruner),
         )
-        self.trial = optuna.Trial(study, study.trials[int(hydra.sweep.subdir)]._trial_id)
-        self.job_dir = Path(hydra.runtime.output_dir)
+        self.job_dir = Path(hydra.runtime.output_dir).resolve()
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        (trial,) = [t for t in running if t.user_attrs.get("job_dir") == str(self.job_dir)]
+        self.trial = optuna.Trial(study, trial._trial_id)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         value = trainer.callback_metrics.get(self.monitor)
