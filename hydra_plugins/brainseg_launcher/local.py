@@ -35,6 +35,7 @@ from brainseg.errors import DataError
 from brainseg.runfiles import read_metrics
 
 log = logging.getLogger("brainseg")
+Job = tuple[int, Sequence[str], DictConfig]  # number, overrides, config
 
 
 @dataclass
@@ -98,14 +99,13 @@ def reused_return(job_config: DictConfig) -> JobReturn | None:
     if metrics is None or metrics.reported is None:
         return None
     log.info("job %s: finished before, reused (%s)", job_config.hydra.job.num, job_dir)
+    value = metrics.best.value(metrics.monitor) if metrics.best else None
     return JobReturn(
-        overrides=list(job_config.hydra.overrides.task),
-        cfg=task,
-        hydra_cfg=job_config,
-        working_dir=str(job_dir),
-        task_name=str(job_config.hydra.job.name),
+        list(job_config.hydra.overrides.task),
+        task,
         status=JobStatus.COMPLETED,
-        _return_value=metrics.best.value(metrics.monitor) if metrics.best else None,
+        working_dir=str(job_dir),
+        _return_value=value,
     )
 
 
@@ -117,25 +117,25 @@ class ResumingLauncher(BasicLauncher):
     ) -> Sequence[JobReturn]:
         setup_globals()
         returns: dict[int, JobReturn] = {}
-        pending: list[tuple[int, Sequence[str]]] = []
+        pending: list[Job] = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            job_config = self.hydra_context.config_loader.load_sweep_config(
+            config = self.hydra_context.config_loader.load_sweep_config(
                 self.config, list(overrides)
             )
-            with open_dict(job_config):
-                job_config.hydra.job.id = job_config.hydra.job.num = idx
-            reused = reused_return(job_config)
+            with open_dict(config):
+                config.hydra.job.id = config.hydra.job.num = idx
+            reused = reused_return(config)
             if reused is None:
-                pending.append((idx, overrides))
+                pending.append((idx, overrides, config))
             else:
                 returns[idx] = reused
         returns.update(self.run(pending))
         return [returns[idx] for idx in sorted(returns)]
 
-    def run(self, jobs: list[tuple[int, Sequence[str]]]) -> dict[int, JobReturn]:
+    def run(self, jobs: list[Job]) -> dict[int, JobReturn]:
         """Job number -> its return, the jobs run one after another in this process."""
         launch = super().launch
-        return {idx: launch([overrides], idx)[0] for idx, overrides in jobs}
+        return {idx: launch([overrides], idx)[0] for idx, overrides, _ in jobs}
 
 
 def _job(context: Any, task: Any, config: DictConfig, singletons: Any) -> JobReturn:
@@ -172,21 +172,16 @@ class PoolLauncher(ResumingLauncher):
         groups = [",".join(pool[i : i + k]) for i in range(0, len(pool) - k + 1, k)]
         self.slots: list[str | None] = list(groups) if pool else [None] * n_jobs
 
-    def run(self, jobs: list[tuple[int, Sequence[str]]]) -> dict[int, JobReturn]:
+    def run(self, jobs: list[Job]) -> dict[int, JobReturn]:
         free: Queue[str | None] = Queue()
         for slot in self.slots:
             free.put(slot)
         with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(len(self.slots)) as pool:
             returns = pool.map(lambda job: self._process(job, free, Path(tmp)), jobs)
-            return dict(zip((idx for idx, _ in jobs), returns, strict=True))
+            return dict(zip((idx for idx, _, _ in jobs), returns, strict=True))
 
-    def _process(
-        self, job: tuple[int, Sequence[str]], free: "Queue[str | None]", tmp: Path
-    ) -> JobReturn:
-        idx, overrides = job
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(config):
-            config.hydra.job.id = config.hydra.job.num = idx
+    def _process(self, job: Job, free: "Queue[str | None]", tmp: Path) -> JobReturn:
+        idx, overrides, config = job
         call, result = tmp / f"{idx}.call", tmp / f"{idx}.return"
         call.write_bytes(
             cloudpickle.dumps(

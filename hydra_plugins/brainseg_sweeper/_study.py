@@ -1,15 +1,7 @@
-"""The Optuna sweeper (`hydra/sweeper=optuna`, configured in optuna_sweeper.py): a hyper-parameter
-search on Optuna's ask-and-tell API.
-
-The search space is written as Hydra sweeps (`tag(log, interval(1e-5, 1e-2))`, `choice(...)`,
-`range(...)`) in `hydra.sweeper.params` or on the command line. The study lives with the sweep (an
-Optuna journal file, `optuna.journal`, in the sweep directory), so re-running the command with
-`hydra.sweep.dir=<the sweep>` continues it: finished trials are kept, a trial left running by a
-killed sweep is marked failed and retried in its job directory (from its last.ckpt).
-`hydra.sweeper.storage=<database URL>` shares one study between several sweeper processes, each
-with its own sweep directory; `hydra.sweeper.n_trials` is the study's total. A trial's job
-directory is named by its trial number (its `job_dir` user attribute in the study).
-"""
+"""The Optuna sweeper's work (configured in optuna_sweeper.py): ask the study for trials, launch
+them as jobs, tell it their results. The study lives in the sweep's journal file, or in a database
+that several sweeper processes share; `n_trials` is the study's total. A trial's job directory is
+its `job_dir` user attribute, named by its trial number."""
 
 import logging
 import math
