@@ -4,7 +4,6 @@ that several sweeper processes share; `n_trials` is the study's total. A trial's
 its `job_dir` user attribute, named by its trial number."""
 
 import logging
-import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -155,7 +154,7 @@ class StudySweeper(Sweeper):
             log.warning("Failed experiment: %s", exc)
             study.tell(trial, state=TrialState.FAIL)
             return
-        study.tell(trial, value, state=TrialState.FAIL if math.isnan(value) else None)
+        study.tell(trial, value)  # NaN: Optuna records the trial as failed
 
     def _check_failures(self, study: optuna.Study) -> None:
         trials = [t for t in study.trials if t.state.is_finished()]
