@@ -173,7 +173,7 @@ class SweepGuard(Callback):
         jobs = report["jobs"]
         log_sweep_report(sweep_dir, report, _wandb_settings(sweep_dir, jobs))
         print(f"sweep report: {sweep_dir / 'summary.md'} ({len(jobs)} jobs)")
-        failed = [j for j in jobs if j["status"] in ("failed", "incomplete")]
+        failed = [j for j in jobs if j["status"] in ("failed", "interrupted")]
         if failed:
             print(
                 f"{len(failed)} of {len(jobs)} jobs failed: see {sweep_dir / 'summary.md'}",

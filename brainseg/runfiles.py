@@ -8,6 +8,7 @@ field is one edit here and a reader cannot ask for a field the writer never writ
   rule reports. Epochs are numbered from 1, as everywhere a person reads them.
 - `split.json`: the patients of each subset of a run.
 - `failure.json`: why a sweep job failed.
+- `pruned.json`: the epoch at which a hyper-parameter search's pruner stopped a trial.
 - `dsc.csv`: one row per patient and metric column, written by predict.py and `brainseg.evaluate`.
 
 A file that is not a record of this shape (a missing or unknown field, another layout) is a
@@ -30,6 +31,7 @@ CONFIG_FILE = "config.yaml"  # the run's resolved configuration (YAML)
 METRICS_FILE = "metrics.json"
 SPLIT_FILE = "split.json"
 FAILURE_FILE = "failure.json"
+PRUNED_FILE = "pruned.json"
 SCORES_FILE = "dsc.csv"
 SCORES_SUMMARY_FILE = "dsc_summary.json"
 
@@ -242,6 +244,22 @@ def write_failure(job_dir: Path, failure: Failure) -> Path:
 
 def read_failure(job_dir: Path) -> Failure | None:
     return _read_json(Path(job_dir) / FAILURE_FILE, "failure", lambda data: Failure(**data))
+
+
+@dataclass
+class Pruned:
+    """Content of pruned.json: the epoch (from 1) whose `monitor` value made the pruner stop."""
+
+    epoch: int
+    value: float
+
+
+def write_pruned(job_dir: Path, pruned: Pruned) -> Path:
+    return write_json(Path(job_dir) / PRUNED_FILE, asdict(pruned))
+
+
+def read_pruned(job_dir: Path) -> Pruned | None:
+    return _read_json(Path(job_dir) / PRUNED_FILE, "pruned", lambda d: Pruned(**d))
 
 
 def score_columns(rows: Sequence[dict[str, Any]], metric_columns: Sequence[str]) -> list[str]:

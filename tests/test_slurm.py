@@ -77,7 +77,7 @@ def test_two_job_sweep_through_slurm(slurm_env, synthetic_root: Path, tmp_path: 
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Submitit 'slurm' sweep output dir" in result.stdout + result.stderr
     report = (sweep / "summary.md").read_text()
-    assert "2 jobs, 2 ok, 0 failed" in report and "| loss=bce_dice |" in report
+    assert "2 jobs: 2 done." in report and "| loss=bce_dice |" in report
     assert len(list((sweep / ".submitit").glob("*/*_log.out"))) == 2  # the jobs ran as SLURM jobs
 
 
@@ -96,7 +96,7 @@ def test_two_task_cpu_ddp_job_under_srun(slurm_env, synthetic_root: Path, tmp_pa
     # Lightning's lines go through Hydra's log handlers (stdout) since brainseg.quiet drops its own.
     logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.*"))
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in logs and "GLOBAL_RANK: 1, MEMBER: 2/2" in logs
-    assert "1 jobs, 1 ok, 0 failed" in (sweep / "summary.md").read_text()
+    assert "1 jobs: 1 done." in (sweep / "summary.md").read_text()
     assert len(read_metrics(sweep / "0").best.per_patient) == 2
 
 

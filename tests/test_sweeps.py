@@ -66,14 +66,14 @@ def test_every_combination_runs_and_the_report_lists_it(wandb_sweep: Path) -> No
     )
     for row in rows:
         metrics = read_metrics(wandb_sweep / row["job"])
-        assert row["status"] == "ok" and float(row["dsc_volume_mean"]) == pytest.approx(
+        assert row["status"] == "done" and float(row["dsc_volume_mean"]) == pytest.approx(
             metrics.selected.scores.dsc_volume_mean
         )
         assert (
             row["epoch"] == "1" and row["selection"] == "last" and float(row["train_seconds"]) > 0
         )
     report = (wandb_sweep / "summary.md").read_text()
-    assert "4 jobs, 4 ok, 0 failed" in report and "| loss=bce_dice model=unetpp |" in report
+    assert "4 jobs: 4 done." in report and "| loss=bce_dice model=unetpp |" in report
     assert report.count("| reference |") == 1 and "## Configurations" in report
     assert (wandb_sweep / "summary.png").stat().st_size > 5000 and (
         wandb_sweep / "heatmap.png"
@@ -147,7 +147,7 @@ def test_kfold_sweep_reports_cv_mean_and_failed_jobs(synthetic_root: Path, tmp_p
     )
     report = (sweep / "summary.md").read_text()
     assert (
-        "4 jobs, 3 ok, 1 failed" in report
+        "4 jobs: 3 done, 1 failed." in report
         and "cross-validation: every patient scored by the fold that held it out" in report
     )
     with open(sweep / "per_patient.csv") as fh:
@@ -242,17 +242,29 @@ def test_a_mistake_every_job_shares_stops_the_sweep_before_its_first_job(
     assert not (sweep / "0").exists()
 
 
-def test_local_launcher_runs_jobs_in_parallel_processes(
+def test_local_launcher_runs_one_job_per_gpu_of_its_pool(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
+    """4 jobs on a pool of 2 GPUs (forced: the jobs train on the CPU) run 2 at a time, each job
+    in its own process seeing its own GPU."""
     sweep = tmp_path / "local"
     result = _sweep(
         synthetic_root,
         sweep,
         "hydra/launcher=local",
-        "hydra.launcher.cpus_per_task=1",
-        "loss=dice,bce_dice",
+        "hydra.launcher.gpus=[0,1]",
+        "optimizer.lr=0.001,0.002,0.003,0.004",
+        "+callbacks.probe._target_=tests.job_probe.JobProbe",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 jobs, 2 ok, 0 failed" in (sweep / "summary.md").read_text()
-    assert len(list((sweep / ".submitit").glob("*/*_log.out"))) == 2
+    assert "4 jobs: 4 done." in (sweep / "summary.md").read_text()
+    probes = [json.loads((sweep / str(k) / "probe.json").read_text()) for k in range(4)]
+    assert len({p["pid"] for p in probes}) == 4
+    assert sorted(p["cuda_visible_devices"] for p in probes) == ["0", "0", "1", "1"]
+    for probe in probes:  # at most 2 processes at once, never 2 on one GPU
+        overlapping = [p for p in probes if p["start"] < probe["end"] and probe["start"] < p["end"]]
+        assert len(overlapping) <= 2
+        assert [p["cuda_visible_devices"] for p in overlapping].count(
+            probe["cuda_visible_devices"]
+        ) == 1
+    assert max(p["start"] for p in probes[:2]) < min(p["end"] for p in probes[:2])  # 2 at once

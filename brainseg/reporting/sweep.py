@@ -13,7 +13,7 @@
 - `summary.png` (per-patient strip/box plot per configuration) and `heatmap.png` (configurations x
   patients).
 
-Written by a Hydra callback (brainseg.hydra_callbacks.SweepReport) after every job and at the end
+Written by the sweep guard (brainseg.hydra_callbacks.SweepGuard) after every job and at the end
 of every multirun, and rebuilt any time with `python -m brainseg.reporting.sweep <sweep dir>`.
 """
 
@@ -22,19 +22,27 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
+from brainseg.errors import ConfigError
 from brainseg.evaluation.folds import CV_RULES, reported_scores
 from brainseg.evaluation.statistics import LEVEL, compare_configurations, minimum_patients
 from brainseg.paths import atomic_writer
 from brainseg.reporting.figures import heat_map, strip_box_plot
 from brainseg.reporting.scores import METRIC_COLUMNS
-from brainseg.runfiles import read_failure, read_metrics
+from brainseg.run_lock import check_run_directory_free
+from brainseg.runfiles import (
+    METRICS_FILE,
+    RunMetrics,
+    read_failure,
+    read_metrics,
+    read_pruned,
+)
 
 FOLD_KEY = "data.split.fold"
 JOB_COLUMNS = [
@@ -72,16 +80,45 @@ def _overrides(job: Path) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items if "=" in item)
 
 
+# A job's status: finished in this start of the sweep (done; resumed from its last.ckpt), in an
+# earlier one (reused), stopped by the sweeper's pruner (pruned, never compared), failed,
+# running (its run directory locked), or interrupted (killed: a resumed sweep continues it).
+FINISHED = ("done", "resumed", "reused")
+STATUSES = (*FINISHED, "pruned", "no validation", "failed", "running", "interrupted")
+
+
+def _status(job: Path, metrics: RunMetrics, started: float) -> str:
+    """The status of a job with a metrics.json (see FINISHED)."""
+    if read_pruned(job) is not None:
+        return "pruned"
+    if reported_scores(metrics) is None:
+        return "no validation"
+    if (job / METRICS_FILE).stat().st_mtime < started:
+        return "reused"
+    logs = job.glob("*.log")
+    return "resumed" if any("resuming from" in log.read_text() for log in logs) else "done"
+
+
+def _running(job: Path) -> bool:
+    try:
+        check_run_directory_free(job)
+    except ConfigError:
+        return True
+    return False
+
+
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Every job folder (holding .hydra/overrides.yaml) of the sweep, in job order, with the
-    scores its rule reports (`brainseg.evaluation.folds.reported_scores`)."""
+    """Every job folder (holding .hydra/overrides.yaml) of the sweep, in job order, with its
+    status and the scores its rule reports (`brainseg.evaluation.folds.reported_scores`)."""
     jobs = []
     folders = [p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").exists()]
+    start = sweep_dir / "multirun.yaml"  # rewritten by every start of the sweep
+    started = start.stat().st_mtime if start.is_file() else 0.0
     for job in sorted(folders, key=lambda p: (len(p.name), p.name)):
         row: dict[str, Any] = {
             "job": job.name,
             "overrides": _overrides(job),
-            "status": "incomplete",
+            "status": "running" if _running(job) else "interrupted",
             "selection": None,
             "epoch": None,
             "dsc_volume_mean": None,
@@ -96,7 +133,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
             reported = reported_scores(metrics)
             scores = reported.scores if reported else None
             row.update(
-                status="ok" if reported else "no validation",
+                status=_status(job, metrics, started),
                 selection=reported and reported.rule,
                 epoch=scores and scores.epoch,
                 dsc_volume_mean=scores and scores.dsc_volume_mean,
@@ -105,7 +142,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
                 train_seconds=metrics.train_seconds,
                 per_patient=scores.per_patient_metrics if scores else {},
             )
-        elif failure is not None:
+        elif failure is not None and row["status"] != "running":
             row.update(status="failed", error=failure.headline)
         jobs.append(row)
     return jobs
@@ -168,7 +205,7 @@ def pooled_per_patient(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     labels = configurations(jobs)
     rows = []
     for job in jobs:
-        if job["status"] != "ok":
+        if job["status"] not in FINISHED:
             continue
         for patient, scores in job["per_patient"].items():
             rows.append(
@@ -223,12 +260,14 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> No
 def _markdown(
     sweep_dir: Path, jobs: list[dict[str, Any]], keys: list[str], table: list[dict[str, Any]]
 ) -> list[str]:
+    statuses = sorted((j["status"] for j in jobs), key=list(STATUSES).index)
     lines = [
         f"# Sweep report: {sweep_dir.name}",
         "",
         (
-            f"{len(jobs)} jobs, {sum(j['status'] == 'ok' for j in jobs)} ok, "
-            f"{sum(j['status'] == 'failed' for j in jobs)} failed. Per-volume Dice on each job's "
+            f"{len(jobs)} jobs: "
+            + ", ".join(f"{n} {status}" for status, n in Counter(statuses).items())
+            + ". Per-volume Dice on each job's "
             "validation patients at the epoch its `evaluation.selection` rule reports (rule "
             "`inner_val`: on its held-out test patients, with the checkpoint its inner validation "
             "patients chose)."

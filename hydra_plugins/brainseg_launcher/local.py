@@ -1,0 +1,229 @@
+"""Local launchers that resume a sweep: re-running its command with `hydra.sweep.dir=<the sweep>`
+reuses the jobs whose record is complete (metrics.json with a reported epoch) and whose config is
+the recorded one, runs the others (an interrupted job continues from its last.ckpt, train.py's
+auto_resume) and refuses a job whose config differs, naming the setting.
+
+- `hydra/launcher=brainseg_basic` (the default): Hydra's basic launcher, one job after another in
+  this process.
+- `hydra/launcher=local`: each job a process of its own, as many at once as the GPU pool has room
+  for (`gpus`, default every visible GPU; `gpus_per_job` each, through CUDA_VISIBLE_DEVICES), the
+  others queued; without GPUs, `n_jobs` CPU jobs at once.
+"""
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from queue import Queue
+from typing import Any
+
+import cloudpickle
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+from hydra.core.config_store import ConfigStore
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from brainseg.errors import DataError
+from brainseg.runfiles import read_metrics
+
+log = logging.getLogger("brainseg")
+Job = tuple[int, Sequence[str], DictConfig]  # number, overrides, config
+
+
+@dataclass
+class BasicConf:
+    _target_: str = "hydra_plugins.brainseg_launcher.local.ResumingLauncher"
+
+
+@dataclass
+class PoolConf:
+    _target_: str = "hydra_plugins.brainseg_launcher.local.PoolLauncher"
+    gpus: list[int] | None = None  # the GPU pool; null: every visible GPU
+    gpus_per_job: int = 1
+    n_jobs: int = 2  # CPU jobs at once where the pool has no GPU
+
+
+ConfigStore.instance().store(
+    group="hydra/launcher", name="brainseg_basic", node=BasicConf(), provider="brainseg"
+)
+ConfigStore.instance().store(
+    group="hydra/launcher", name="brainseg_local", node=PoolConf(), provider="brainseg"
+)
+
+
+def stop_sweep(message: str) -> None:
+    """Stop the sweep with one `error: ...` line and exit status 2."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: value} of a plain config tree."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    items = [_flat(v, f"{prefix}.{k}" if prefix else str(k)) for k, v in node.items()]
+    return {k: v for item in items for k, v in item.items()}
+
+
+def reused_return(job_config: DictConfig) -> JobReturn | None:
+    """The finished job's JobReturn (its best `monitor` value, as train.py returns it) when its
+    directory holds a complete record; None when it must run. A job recorded with another config
+    stops the sweep with one line naming the first setting that differs."""
+    job_dir = Path(str(job_config.hydra.sweep.dir)) / str(job_config.hydra.sweep.subdir)
+    recorded = job_dir / ".hydra" / "config.yaml"
+    if not recorded.is_file():
+        return None
+    task = OmegaConf.masked_copy(job_config, [k for k in job_config if k != "hydra"])
+    old = _flat(OmegaConf.to_container(OmegaConf.load(recorded)))
+    new = _flat(OmegaConf.to_container(task))
+    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    if changed:
+        key = changed[0]
+        stop_sweep(
+            f"{job_dir}: job {job_config.hydra.job.num} was run with {key}={old.get(key)!r}, "
+            f"this command gives {key}={new.get(key)!r}; resume a sweep with its own command, "
+            "or choose a new hydra.sweep.dir"
+        )
+    try:
+        metrics = read_metrics(job_dir)
+    except DataError:  # torn by a kill: the job runs again
+        return None
+    if metrics is None or metrics.reported is None:
+        return None
+    log.info("job %s: finished before, reused (%s)", job_config.hydra.job.num, job_dir)
+    value = metrics.best.value(metrics.monitor) if metrics.best else None
+    return JobReturn(
+        list(job_config.hydra.overrides.task),
+        task,
+        status=JobStatus.COMPLETED,
+        working_dir=str(job_dir),
+        _return_value=value,
+    )
+
+
+class ResumingLauncher(BasicLauncher):
+    """Hydra's basic launcher, reusing the jobs a resumed sweep already finished."""
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        setup_globals()
+        returns: dict[int, JobReturn] = {}
+        pending: list[Job] = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            config = self.hydra_context.config_loader.load_sweep_config(
+                self.config, list(overrides)
+            )
+            with open_dict(config):
+                config.hydra.job.id = config.hydra.job.num = idx
+            reused = reused_return(config)
+            if reused is None:
+                pending.append((idx, overrides, config))
+            else:
+                returns[idx] = reused
+        returns.update(self.run(pending))
+        return [returns[idx] for idx in sorted(returns)]
+
+    def run(self, jobs: list[Job]) -> dict[int, JobReturn]:
+        """Job number -> its return, the jobs run one after another in this process."""
+        launch = super().launch
+        return {idx: launch([overrides], idx)[0] for idx, overrides, _ in jobs}
+
+
+def _job(context: Any, task: Any, config: DictConfig, singletons: Any) -> JobReturn:
+    """One sweep job inside its own process."""
+    Singleton.set_state(singletons)
+    setup_globals()
+    return run_job(
+        hydra_context=context,
+        task_function=task,
+        config=config,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
+
+
+# The job process: runs the pickled call, pickles its JobReturn.
+_CHILD = (
+    "import sys, cloudpickle\n"
+    "job = cloudpickle.load(open(sys.argv[1], 'rb'))\n"
+    "cloudpickle.dump(job(), open(sys.argv[2], 'wb'))\n"
+)
+
+
+class PoolLauncher(ResumingLauncher):
+    """Each job in a process of its own, as many at once as the pool has slots."""
+
+    def __init__(self, gpus: Sequence[int] | None, gpus_per_job: int, n_jobs: int) -> None:
+        super().__init__()
+        if gpus is None:
+            import torch
+
+            gpus = range(torch.cuda.device_count())
+        pool, k = [str(g) for g in gpus], gpus_per_job
+        groups = [",".join(pool[i : i + k]) for i in range(0, len(pool) - k + 1, k)]
+        self.slots: list[str | None] = list(groups) if pool else [None] * n_jobs
+
+    def run(self, jobs: list[Job]) -> dict[int, JobReturn]:
+        free: Queue[str | None] = Queue()
+        for slot in self.slots:
+            free.put(slot)
+        with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(len(self.slots)) as pool:
+            returns = pool.map(lambda job: self._process(job, free, Path(tmp)), jobs)
+            return dict(zip((idx for idx, _, _ in jobs), returns, strict=True))
+
+    def _process(self, job: Job, free: "Queue[str | None]", tmp: Path) -> JobReturn:
+        idx, overrides, config = job
+        call, result = tmp / f"{idx}.call", tmp / f"{idx}.return"
+        call.write_bytes(
+            cloudpickle.dumps(
+                partial(_job, self.hydra_context, self.task_function, config, Singleton.get_state())
+            )
+        )
+        slot = free.get()
+        env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": slot} if slot is not None else {})}
+        log.info("job %d (%s) started on %s", idx, " ".join(overrides), slot or "the CPU")
+        try:
+            subprocess.run([sys.executable, "-c", _CHILD, call, result], env=env, check=False)
+        finally:
+            free.put(slot)
+        if not result.is_file():
+            return JobReturn(
+                overrides=list(overrides),
+                status=JobStatus.FAILED,
+                _return_value=RuntimeError(f"job {idx}: its process died"),
+            )
+        return cloudpickle.loads(result.read_bytes())
+
+
+class RefuseForeignSweepDir(Callback):
+    """An existing `hydra.sweep.dir` with content must be a sweep of the same entry point and
+    sweeper (its multirun.yaml says so): resuming it; anything else is refused in one line before
+    Hydra writes there."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(str(config.hydra.sweep.dir))
+        if not sweep.is_dir() or not any(sweep.iterdir()):
+            return
+        recorded = sweep / "multirun.yaml"
+        if not recorded.is_file():
+            stop_sweep(
+                f"hydra.sweep.dir={sweep}: not a sweep directory (no multirun.yaml); give an "
+                "existing sweep to resume it, or a new directory"
+            )
+        old = OmegaConf.load(recorded).hydra
+        for key in ("job.name", "sweeper._target_"):
+            before, now = OmegaConf.select(old, key), OmegaConf.select(config.hydra, key)
+            if before != now:
+                stop_sweep(
+                    f"hydra.sweep.dir={sweep}: a sweep with hydra.{key}={before}, not {now}; "
+                    "resume a sweep with its own command, or choose a new directory"
+                )

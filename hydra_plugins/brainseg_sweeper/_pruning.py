@@ -1,0 +1,59 @@
+"""A Lightning callback for the trials of `hparams_search=optuna`: reports each validated epoch's
+`monitor` value to the job's Optuna trial, and when the study's pruner (`hydra.sweeper.pruner`)
+says so, ends the training cleanly after that epoch: the job exits 0 with its checkpoints and
+record, and `pruned.json` tells the sweeper and the sweep report that it was pruned."""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import optuna
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+
+from brainseg.runfiles import Pruned, write_pruned
+from hydra_plugins.brainseg_sweeper._study import open_storage
+
+log = logging.getLogger("brainseg")
+
+
+class OptunaPruning(L.Callback):
+    """Inactive outside an Optuna sweep with a pruner."""
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self.trial: optuna.Trial | None = None
+        self.job_dir = Path()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        hydra = HydraConfig.get() if HydraConfig.initialized() else None
+        if hydra is None or not hydra.sweeper.get("pruner") or not trainer.is_global_zero:
+            return
+        settings, sweep_dir = hydra.sweeper, Path(hydra.sweep.dir)
+        study = optuna.load_study(
+            study_name=settings.study_name,
+            storage=open_storage(settings.storage, sweep_dir),
+            pruner=instantiate(settings.pruner),
+        )
+        self.job_dir = Path(hydra.runtime.output_dir).resolve()
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        (trial,) = [t for t in running if t.user_attrs.get("job_dir") == str(self.job_dir)]
+        self.trial = optuna.Trial(study, trial._trial_id)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if self.trial is None or trainer.sanity_checking or value is None:
+            return
+        epoch = trainer.current_epoch + 1
+        self.trial.report(float(value), epoch)
+        if self.trial.should_prune():
+            log.info(
+                "trial %d pruned after epoch %d (%s %.4f)",
+                self.trial.number,
+                epoch,
+                self.monitor,
+                float(value),
+            )
+            write_pruned(self.job_dir, Pruned(epoch, float(value)))
+            trainer.should_stop = True

@@ -1,0 +1,201 @@
+"""The Optuna search end to end: pruning, resuming a study, a study shared through PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from helpers import PROJECT, run_cli, tiny_train_overrides
+from omegaconf import OmegaConf
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+
+from brainseg.runfiles import read_metrics, read_pruned
+from hydra_plugins.brainseg_sweeper._study import StudySweeper
+
+
+def _search(root: Path, sweep: Path, *overrides: str) -> list[str]:
+    base = [
+        o for o in tiny_train_overrides(root, sweep, sweep.parent / "cache") if "run.dir" not in o
+    ]
+    return ["train.py", *base, "hparams_search=optuna", f"hydra.sweep.dir={sweep}", *overrides]
+
+
+@pytest.mark.slow
+def test_a_median_pruner_stops_a_diverging_trial_after_its_first_epoch(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "pruned"
+    # The seeded sampler draws lr=0.001 first (a full run, the median's reference), then lr=100.
+    result = run_cli(
+        *_search(
+            synthetic_root,
+            sweep,
+            "monitor=val/loss",
+            "trainer.max_epochs=3",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.seed=15",
+            "hydra.sweeper.params={optimizer.lr: 'choice(0.001, 100.0)'}",
+            "hydra.sweeper.pruner={_target_: optuna.pruners.MedianPruner, n_startup_trials: 1}",
+        ),
+        cwd=PROJECT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    epochs = {k: read_metrics(sweep / str(k)).epochs for k in range(2)}
+    assert epochs == {0: 3, 1: 1}  # stopped early, its record and checkpoints kept
+    assert read_pruned(sweep / "0") is None and read_pruned(sweep / "1").epoch == 1
+    assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file()
+    with open(sweep / "summary.csv") as fh:
+        assert [row["status"] for row in csv.DictReader(fh)] == ["done", "pruned"]
+    with open(sweep / "comparison.csv") as fh:
+        assert [row["jobs"] for row in csv.DictReader(fh)] == ["1"]  # the pruned trial: no result
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert results.trials == {"complete": 1, "pruned": 1} and results.best_trial == 0
+
+
+def _launch(command: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen(
+        [sys.executable, *command],
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _trials(storage: optuna.storages.BaseStorage, name: str = "brainseg") -> list:
+    return optuna.load_study(study_name=name, storage=storage).trials
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_to_its_number_of_trials(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "study"
+    command = _search(
+        synthetic_root,
+        sweep,
+        "trainer.max_epochs=1",
+        "hydra.sweeper.n_trials=8",
+        "hydra.sweeper.params={optimizer.lr: 'tag(log, interval(1e-4, 1e-2))', "
+        "loss: 'choice(dice)', model.arch: 'choice(unet)'}",
+    )
+    search = _launch(command)
+    deadline = time.monotonic() + 600
+    while len(list(sweep.glob("*/metrics.json"))) < 4:
+        assert search.poll() is None and time.monotonic() < deadline, "the study did not get far"
+        time.sleep(0.1)
+    search.kill()  # SIGKILL: the running trial stays RUNNING in the journal
+    search.wait(60)
+    kept = {p.parent.name: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.json")}
+
+    result = run_cli(*command, cwd=PROJECT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(sweep / "optuna.journal"))
+    )
+    trials = _trials(journal)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 8 and len({t.user_attrs["job_dir"] for t in complete}) == 8
+    interrupted = [t for t in trials if t.user_attrs.get("interrupted")]
+    assert len(interrupted) <= 1 and len(trials) == 8 + len(interrupted)
+    assert all(t.state == TrialState.FAIL for t in interrupted)
+    assert {p: sweep.joinpath(p, "metrics.json").stat().st_mtime_ns for p in kept} == kept
+    assert len(list(sweep.glob("*/metrics.json"))) == 8
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("BRAINSEG_TEST_POSTGRES"),
+    reason="no PostgreSQL server: start one with scripts/postgres_local.sh start, then its env",
+)
+def test_two_sweepers_share_one_study_on_postgresql(synthetic_root: Path, tmp_path: Path) -> None:
+    url, study = os.environ["BRAINSEG_TEST_POSTGRES"], f"shared-{time.time_ns()}"
+    searches = [
+        _launch(
+            _search(
+                synthetic_root,
+                tmp_path / str(k) / "sweep",
+                "trainer.max_epochs=1",
+                "hydra.sweeper.n_trials=8",
+                f"hydra.sweeper.storage={url}",
+                f"hydra.sweeper.study_name={study}",
+                "hydra.sweeper.params={optimizer.lr: 'tag(log, interval(1e-4, 1e-2))', "
+                "loss: 'choice(dice)', model.arch: 'choice(unet)'}",
+            )
+        )
+        for k in range(2)
+    ]
+    for search in searches:
+        _, stderr = search.communicate(timeout=900)
+        assert search.returncode == 0, stderr[-3000:]
+    trials = _trials(optuna.storages.RDBStorage(url), study)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
+    jobs = [
+        p.parent for k in range(2) for p in (tmp_path / str(k) / "sweep").glob("*/metrics.json")
+    ]
+    assert sorted(t.user_attrs["job_dir"] for t in trials) == sorted(map(str, jobs))
+    assert len({t.params["optimizer.lr"] for t in trials}) == 8
+
+
+@pytest.mark.slow
+def test_a_storage_that_cannot_be_reached_is_one_line_without_its_password(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    result = run_cli(
+        *_search(
+            synthetic_root,
+            tmp_path / "sweep",
+            "hydra.sweeper.storage=postgresql://brainseg:secret@127.0.0.1:9/nowhere",
+        ),
+        cwd=PROJECT,
+    )
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]
+    assert errors[0].startswith(
+        "error: hydra.sweeper.storage=postgresql://brainseg:***@127.0.0.1:9/nowhere: "
+        "cannot open the study's database: "
+    )
+    assert "secret" not in result.stdout + result.stderr and not (tmp_path / "sweep" / "0").exists()
+
+
+def _study(tmp_path: Path, **settings: object) -> optuna.Study:
+    space = settings.pop("space", {"optimizer.lr": FloatDistribution(1e-5, 1e-2, log=True)})
+    defaults = {"direction": "maximize", "study_name": "s", "storage": None, "sampler": None}
+    return StudySweeper(**{**defaults, "pruner": None, **settings})._study(space, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {"direction": "minimize"},
+            "error: hydra.sweeper.direction=minimize: study 's' was created to maximize;",
+        ),
+        (
+            {"space": {"optimizer.lr": FloatDistribution(1e-4, 1e-2, log=True)}},
+            "error: hydra.sweeper.params.optimizer.lr: study 's' searches another space",
+        ),
+        (
+            {"pruner": optuna.samplers.RandomSampler()},
+            "error: hydra.sweeper.pruner: RandomSampler is not an Optuna pruner",
+        ),
+    ],
+)
+def test_a_study_that_does_not_fit_the_command_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, change: dict, expected: str
+) -> None:
+    _study(tmp_path)  # the study of the first start
+    assert (tmp_path / "optuna.journal").is_file()
+    with pytest.raises(SystemExit) as stopped:
+        _study(tmp_path, **change)
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and error.startswith(expected) and error.count("\n") == 1

@@ -1,0 +1,104 @@
+"""Resuming a sweep: the same command with `hydra.sweep.dir=<the sweep>` runs what is missing."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import PROJECT, compose, run_cli, tiny_train_overrides
+from omegaconf import OmegaConf, open_dict
+
+from hydra_plugins.brainseg_launcher.local import RefuseForeignSweepDir
+
+
+def _command(root: Path, sweep: Path, *overrides: str) -> list[str]:
+    base = [
+        o for o in tiny_train_overrides(root, sweep, sweep.parent / "cache") if "run.dir" not in o
+    ]
+    lrs = ",".join(f"{k}e-3" for k in range(1, 7))
+    return ["train.py", "-m", *base, f"hydra.sweep.dir={sweep}", f"optimizer.lr={lrs}", *overrides]
+
+
+def _finished(sweep: Path) -> dict[str, int]:
+    """Job -> mtime of its metrics.json, for the jobs that have one."""
+    files = sweep.glob("*/metrics.json")
+    return {p.parent.name: p.stat().st_mtime_ns for p in files}
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_with_only_its_missing_jobs(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep"
+    command = _command(synthetic_root, sweep, "trainer.max_epochs=1")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    launcher = subprocess.Popen(
+        [sys.executable, *command],
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 600
+    while len(_finished(sweep)) < 3:
+        assert launcher.poll() is None and time.monotonic() < deadline, "the sweep did not get far"
+        time.sleep(0.1)
+    launcher.kill()  # SIGKILL: no handler runs, as when a node dies
+    launcher.wait(60)
+    before = _finished(sweep)
+    assert len(before) == 3, before
+
+    result = run_cli(*command, cwd=PROJECT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = _finished(sweep)
+    assert sorted(after) == [str(k) for k in range(6)]
+    assert {job: after[job] for job in before} == before  # the finished jobs did not run again
+    with open(sweep / "summary.csv") as fh:
+        status = {row["job"]: row["status"] for row in csv.DictReader(fh)}
+    assert {job for job, s in status.items() if s == "reused"} == set(before)
+    assert {s for job, s in status.items() if job not in before} <= {"done", "resumed"}
+    assert "6 jobs: " in (sweep / "summary.md").read_text()
+
+    changed = run_cli(*_command(synthetic_root, sweep, "trainer.max_epochs=2"), cwd=PROJECT)
+    errors = [line for line in changed.stderr.splitlines() if line.startswith("error:")]
+    assert changed.returncode == 2 and errors == [
+        (
+            f"error: {sweep / '0'}: job 0 was run with trainer.max_epochs=1, this command gives "
+            "trainer.max_epochs=2; resume a sweep with its own command, or choose a new "
+            "hydra.sweep.dir"
+        )
+    ]
+    assert _finished(sweep) == after
+
+
+def _multirun_config(sweep: Path):
+    config = compose([f"hydra.sweep.dir={sweep}"])
+    with open_dict(config):
+        config.hydra.job.name = "train"
+    return config
+
+
+def test_an_existing_directory_must_be_a_sweep_of_the_same_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    RefuseForeignSweepDir().on_multirun_start(_multirun_config(folder))  # empty: a new sweep
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as stopped:
+        RefuseForeignSweepDir().on_multirun_start(_multirun_config(folder))
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        f"error: hydra.sweep.dir={folder}: not a sweep directory (no multirun.yaml); give an "
+        "existing sweep to resume it, or a new directory\n"
+    )
+    predict = _multirun_config(folder)
+    predict.hydra.job.name = "predict"
+    OmegaConf.save(predict, folder / "multirun.yaml")
+    with pytest.raises(SystemExit):
+        RefuseForeignSweepDir().on_multirun_start(_multirun_config(folder))
+    assert "a sweep with hydra.job.name=predict, not train" in capsys.readouterr().err
