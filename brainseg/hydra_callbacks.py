@@ -1,6 +1,7 @@
-"""Hydra callbacks of train.py and predict.py: a run or sweep directory inside data.root, or a run
-directory a live train.py holds, is refused before Hydra writes there; a mistake every sweep job
-shares stops the sweep before its first job, and a sweep with failed jobs exits non-zero."""
+"""Hydra callbacks of train.py and predict.py: a run or sweep directory inside data.root, one a
+live process holds, or a finished run that is not resumed, is refused before Hydra writes there; a
+mistake every sweep job shares stops the sweep before its first job, and a sweep with failed or
+stopped jobs exits non-zero."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from brainseg.cli import check_output_outside_data
+from brainseg.cli import Stopped, check_output_outside_data
 from brainseg.config import SWEPT_KEYS_ENV, instantiate_setting, swept_keys, to_plain
 from brainseg.errors import BrainsegError, ConfigError
-from brainseg.run_lock import check_run_directory_free, is_first_rank
+from brainseg.run_lock import claim_run_directory, is_first_rank
+from brainseg.runfiles import METRICS_FILE
 
 
 class RefuseOutputInsideData(Callback):
@@ -45,17 +47,40 @@ class RefuseOutputInsideData(Callback):
 
 
 class RefuseBusyRunDirectory(Callback):
-    """Refuse a run directory held by a live train.py before Hydra writes its .hydra/ files and
-    log into it."""
+    """Claim the run directory for this process before Hydra writes its .hydra/ files and log into
+    it: refused when a live process holds it, or when it holds a run that this start does not
+    resume (training into it would replace that run's checkpoints, metrics and config)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not is_first_rank():  # DDP ranks run in rank 0's directory
             return
+        run_dir = Path.cwd() / str(OmegaConf.select(config, "hydra.run.dir"))
         try:
-            check_run_directory_free(Path.cwd() / str(OmegaConf.select(config, "hydra.run.dir")))
+            claim_run_directory(run_dir)
+            if "auto_resume" in config:  # train.py
+                _check_resumed(config, run_dir)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+
+
+def _check_resumed(config: DictConfig, run_dir: Path) -> None:
+    """A run directory holding a run (metrics.json, checkpoints) is trained into only by resuming
+    that run from its own last.ckpt."""
+    from brainseg.training.pipeline import last_checkpoint
+
+    last = last_checkpoint(run_dir)
+    if config.get("ckpt_path"):
+        resumed = (Path.cwd() / str(config.ckpt_path)).resolve() == last.resolve()
+    else:
+        resumed = bool(config.get("auto_resume")) and last.is_file()
+    found = [run_dir / METRICS_FILE, *sorted(last.parent.glob("*.ckpt"))]
+    run = next((path for path in found if path.is_file()), None)
+    if run is not None and not resumed:
+        raise ConfigError(
+            f"{run_dir}: holds a run ({run}); resume it (auto_resume=true, or "
+            f"ckpt_path={last}) or choose another hydra.run.dir"
+        )
 
 
 def _touches(keys: list[str], group: str) -> bool:
@@ -136,6 +161,7 @@ class SweepGuard(Callback):
         swept = swept_keys(config)
         os.environ[SWEPT_KEYS_ENV] = ",".join(swept)
         try:
+            claim_run_directory(Path.cwd() / str(config.hydra.sweep.dir))
             preflight(config, swept)
         except BrainsegError as exc:
             print(
@@ -144,6 +170,19 @@ class SweepGuard(Callback):
                 flush=True,
             )
             raise SystemExit(2) from None
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        """A job stopped by SIGTERM or SIGINT stops the sweep, after its report (written by
+        SweepReport's on_job_end, which runs before this one)."""
+        stop = job_return._return_value  # the public property re-raises a failed job's error
+        if isinstance(stop, Stopped):
+            summary = Path(config.hydra.sweep.dir) / "summary.md"
+            print(
+                f"error: job {config.hydra.job.num} {stop}; the jobs run so far: {summary}",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(stop.exit_status)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from brainseg.reporting.sweep import collect_jobs

@@ -5,13 +5,15 @@ CSV rows and logs.
 process: the OS releases it when the owner exits or dies, so a lock file left by a killed run is
 stale and simply taken over, on any host that shares the folder.
 
-train.py takes the lock before its first write; a Hydra callback (RefuseBusyRunDirectory) checks
-it even earlier, before Hydra writes the run's `.hydra/` files and log, so a refused start leaves
-the running one's files untouched.
+A Hydra callback (RefuseBusyRunDirectory, SweepGuard) claims the run or sweep directory before
+Hydra writes its `.hydra/` files and log, and holds it until the process exits, so a refused start
+leaves the running one's files untouched; train.py's own claim then reuses the one this process
+holds (a second flock of the same file in one process would refuse it).
 """
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import logging
@@ -25,6 +27,7 @@ from brainseg.errors import ConfigError
 
 log = logging.getLogger("brainseg")
 LOCK_NAME = ".lock"
+_held: dict[Path, int] = {}  # the directories this process holds -> their lock's descriptor
 
 
 def is_first_rank() -> bool:
@@ -60,25 +63,37 @@ def _open_locked(path: Path) -> int:
         os.close(fd)
 
 
-@contextmanager
-def own_run_directory(run_dir: Path) -> Iterator[None]:
-    """Hold the run directory for this process; refuse it when another live process holds it."""
+def claim_run_directory(run_dir: Path) -> bool:
+    """Hold `run_dir` until `release_run_directory` or the process's exit; refuse it when another
+    live process holds it. False when this process holds it already."""
+    if run_dir.resolve() in _held:
+        return False
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
     fd = _open_locked(path)
     if os.fstat(fd).st_size:
         log.info("%s: taking over the lock of %s, which is no longer running", path, _owner(path))
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
-        yield
-    finally:
-        path.unlink(missing_ok=True)
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+    _held[run_dir.resolve()] = fd
+    atexit.register(release_run_directory, run_dir)
+    return True
+
+
+def release_run_directory(run_dir: Path) -> None:
+    """Give up a directory this process holds (nothing if it holds none)."""
+    fd = _held.pop(run_dir.resolve(), None)
+    if fd is not None:
+        (run_dir / LOCK_NAME).unlink(missing_ok=True)
         os.close(fd)
 
 
-def check_run_directory_free(run_dir: Path) -> None:
-    """A ConfigError naming the owner if a live process holds `run_dir` (nothing is created)."""
-    path = run_dir / LOCK_NAME
-    if path.is_file():
-        os.close(_open_locked(path))
+@contextmanager
+def own_run_directory(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory for this process (or go on holding the one it holds already)."""
+    claimed = claim_run_directory(run_dir)
+    try:
+        yield
+    finally:
+        if claimed:
+            release_run_directory(run_dir)

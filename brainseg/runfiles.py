@@ -49,7 +49,8 @@ _Content = TypeVar("_Content")
 
 
 def _write_json(path: Path, content: dict[str, Any]) -> Path:
-    path.write_text(json.dumps(content, indent=2))
+    plain = json.loads(json.dumps(content), parse_constant=lambda _: None)  # nan, inf: null
+    path.write_text(json.dumps(plain, indent=2, allow_nan=False))
     return path
 
 

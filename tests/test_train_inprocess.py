@@ -259,3 +259,49 @@ def test_wandb_run_id_follows_the_run_directory(tmp_path: Path, monkeypatch) -> 
     again = wandb_logger(save_dir=str(tmp_path / "a"), offline=True)
     other = wandb_logger(save_dir=str(tmp_path / "b"), offline=True)
     assert first.version == again.version != other.version
+
+
+def test_a_nan_loss_stops_the_run_keeping_the_last_finite_checkpoint(
+    synthetic_root: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """The loss turns nan in epoch 2 (as with optimizer=sgd optimizer.lr=1e6): the run stops there,
+    last.ckpt and the best checkpoint stay those of epoch 1, metrics.json stays valid JSON."""
+    step = SegmentationModule.training_step
+
+    def diverging(self, batch, batch_idx):
+        loss = step(self, batch, batch_idx)
+        return loss * float("nan") if self.current_epoch >= 1 else loss
+
+    monkeypatch.setattr(SegmentationModule, "training_step", diverging)
+    run = tmp_path / "run"
+    cfg = compose_run(synthetic_root, run, tmp_path / "cache", "trainer.max_epochs=3")
+    with pytest.raises(SystemExit) as info:  # before: all 3 epochs ran, exit status 0
+        run_task(train, cfg)
+    assert info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: train loss is nan at epoch 2, step "), line
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 0  # Lightning counts from 0: the first epoch
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+    assert [p.name.startswith("best-epoch001") for p in run.glob("checkpoints/best*")] == [True]
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} in metrics.json")
+
+    metrics = json.loads((run / "metrics.json").read_text(), parse_constant=refuse)
+    assert [entry["epoch"] for entry in metrics["history"]] == [1]
+
+
+def test_sigint_exits_130_with_one_line(capsys) -> None:
+    import os
+    import signal
+    import time
+
+    def interrupted(cfg) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(60)
+
+    with pytest.raises(SystemExit) as info:  # before: a KeyboardInterrupt traceback
+        run_task(interrupted, None)
+    assert info.value.code == 130
+    assert capsys.readouterr().err.splitlines() == ["error: stopped by SIGINT"]

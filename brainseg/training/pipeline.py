@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig
 
 from brainseg.checkpoint import load_weights, read_checkpoint, remove_temporary_files
-from brainseg.cli import check_output_outside_data
+from brainseg.cli import Stopped, check_output_outside_data, multirun_dir
 from brainseg.config import instantiate_setting, job_overrides, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
@@ -27,7 +30,7 @@ from brainseg.quiet import quiet_libraries
 from brainseg.run_lock import is_first_rank, own_run_directory
 from brainseg.runfiles import RunMetrics, write_metrics
 from brainseg.tracking import finish_run
-from brainseg.training.checkpoints import AtomicCheckpointIO, LastCheckpoint
+from brainseg.training.checkpoints import LAST_NAME, AtomicCheckpointIO, LastCheckpoint
 from brainseg.training.final_validation import final_validation
 from brainseg.training.media import TrackerMedia
 from brainseg.training.module import SegmentationModule
@@ -80,6 +83,34 @@ def _plugins() -> list[Any]:
     return plugins
 
 
+def last_checkpoint(output_dir: Path) -> Path:
+    """The run directory's own last.ckpt, which auto_resume resumes from."""
+    return output_dir / "checkpoints" / f"{LAST_NAME}.ckpt"
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """A nan or inf training loss stops the run at once: the weights it leaves are not saved, so
+    last.ckpt keeps the last finite epoch and no such epoch becomes the best."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, *args: Any) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None and not math.isfinite(float(loss)):
+            raise ConfigError(
+                f"train loss is {float(loss)} at epoch {trainer.current_epoch + 1}, step "
+                f"{trainer.global_step}: training stopped, its weights not saved "
+                "(a lower optimizer.lr?)"
+            )
+
+
+def _resume_hint(cfg: DictConfig, output_dir: Path) -> str:
+    last = last_checkpoint(output_dir)
+    if not last.is_file():
+        return "no checkpoint was saved yet"
+    if cfg.get("auto_resume", True) and multirun_dir() is None:
+        return f"run the same command again to resume from {last} (auto_resume)"
+    return f"resume with ckpt_path={last}"
+
+
 def _auto_resume(cfg: DictConfig, output_dir: Path, module: SegmentationModule) -> str | None:
     """An explicit ckpt_path, else the run directory's own last.ckpt (a requeued job resumes).
 
@@ -91,7 +122,7 @@ def _auto_resume(cfg: DictConfig, output_dir: Path, module: SegmentationModule) 
         if not path.is_file():
             raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file")
     else:
-        path = output_dir / "checkpoints" / "last.ckpt"
+        path = last_checkpoint(output_dir)
         if not (cfg.get("auto_resume", True) and path.is_file()):
             return None
     checkpoint = read_checkpoint(path)
@@ -157,7 +188,11 @@ def train(cfg: DictConfig) -> RunMetrics | None:
         return _fit(cfg, output_dir, candidates)
     with own_run_directory(output_dir):
         remove_temporary_files(output_dir / "checkpoints")
-        return _fit(cfg, output_dir, candidates)
+        try:
+            return _fit(cfg, output_dir, candidates)
+        except (Stopped, SIGTERMException) as stop:  # Lightning's own when submitit owns SIGTERM
+            signum = getattr(stop, "signum", signal.SIGTERM)
+            raise Stopped(signum, _resume_hint(cfg, output_dir)) from None
 
 
 def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMetrics | None:
@@ -180,7 +215,8 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
     )
     apply_speed_settings(module.net, cfg.get("channels_last", False), cfg.get("compile", False))
     report = RunReport(output_dir, to_plain(cfg), cfg.monitor)
-    callbacks = _instantiate_group("callbacks", cfg.get("callbacks")) + [report]
+    callbacks = _instantiate_group("callbacks", cfg.get("callbacks"))
+    callbacks += [StopOnNonFiniteLoss(), report]
     loggers = _instantiate_group("logger", cfg.get("logger"))
     swept, _ = job_overrides()
     sweep_keys = {f"sweep/{o.split('=', 1)[0].lstrip('+~')}": o.split("=", 1)[1] for o in swept}
@@ -201,7 +237,14 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
         enable_progress_bar=progress_bar,
     )
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=_auto_resume(cfg, output_dir, module))
+        try:
+            trainer.fit(
+                module, datamodule=datamodule, ckpt_path=_auto_resume(cfg, output_dir, module)
+            )
+        except BaseException:
+            if trainer.is_global_zero and report.history:  # the epochs so far
+                write_metrics(output_dir, report.run_metrics(trainer))
+            raise
         # the inner-validation rule scores each fold's held-out patients as its test set
         if (
             (cfg.get("test") or inner_validation(report.config))
