@@ -148,7 +148,7 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
         probs = predictor.predict(volume, plan[files.name])
         raw = probs > threshold
         mask = apply(raw, steps)
-        folder = out / files.name
+        folder = out / files.folder.name  # as the input folder is called
         folder.mkdir(exist_ok=True)
         for z, image_path in enumerate(
             files.images
