@@ -26,8 +26,7 @@ log = logging.getLogger("brainseg")
 
 
 class Stopped(Exception):
-    """The task was stopped by SIGTERM or SIGINT; the process exits 128 + the signal's number
-    (143, 130), never 0, saying how to resume."""
+    """Stopped by SIGTERM or SIGINT: the process exits 128 + the signal's number (143, 130)."""
 
     def __init__(self, signum: int, resume: str = "") -> None:
         self.signum, self.exit_status = signum, 128 + signum
@@ -76,10 +75,8 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     Inside a multirun, any failure is logged with the job's number and overrides and written to
     `<job dir>/failure.json`; None is returned so that Hydra's sweeper runs the other jobs and the
     sweep report lists this one as failed. Sweepers with a `max_failure_rate` (Optuna) get the
-    exception instead: they mark the trial failed with its real reason and go on.
-
-    SIGTERM or SIGINT: one line saying how to resume, exit 143 or 130; in a sweep the job is
-    recorded as failed and SweepGuard ends the sweep after its report.
+    exception instead: they mark the trial failed with its real reason and go on. SIGTERM or
+    SIGINT: exit 143 or 130 with one line; in a sweep, SweepGuard ends it after the job's report.
     """
     job_dir = multirun_dir()
     try:

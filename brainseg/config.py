@@ -36,8 +36,10 @@ def instantiate_setting(setting: str, cfg: Any, **kwargs: Any) -> Any:
             cause = cause.__cause__
         if cause is not None:
             raise cause from None
-        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-        raise ConfigError(f"{setting}: {lines[-1] if lines else type(exc).__name__}") from None
+        text = f"{str(exc).split(', set env var')[0]}\n{exc.__cause__ or ''}"  # target, reason
+        lines = [x.strip(" :") for x in text.splitlines() if x.strip() and "full_key:" not in x]
+        reason = "; ".join(dict.fromkeys(lines[:1] + lines[-1:])) or type(exc).__name__
+        raise ConfigError(f"{setting}: {reason}") from None
 
 
 # The override keys a running sweep varies (comma-separated), set for its jobs by SweepGuard.

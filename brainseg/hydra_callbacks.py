@@ -1,7 +1,6 @@
 """Hydra callbacks of train.py and predict.py: a run or sweep directory inside data.root, one a
-live process holds, or a finished run that is not resumed, is refused before Hydra writes there; a
-mistake every sweep job shares stops the sweep before its first job, and a sweep with failed or
-stopped jobs exits non-zero."""
+live process holds, or a finished run not resumed, is refused before Hydra writes there; a mistake
+every sweep job shares stops the sweep before its first job; failed or stopped jobs: non-zero."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -20,6 +19,11 @@ from brainseg.config import SWEPT_KEYS_ENV, instantiate_setting, swept_keys, to_
 from brainseg.errors import BrainsegError, ConfigError
 from brainseg.run_lock import claim_run_directory, is_first_rank
 from brainseg.runfiles import METRICS_FILE
+
+
+def _exit(line: str, status: int = 2) -> NoReturn:
+    print(line, file=sys.stderr, flush=True)
+    raise SystemExit(status) from None
 
 
 class RefuseOutputInsideData(Callback):
@@ -42,8 +46,7 @@ class RefuseOutputInsideData(Callback):
                 Path.cwd() / str(OmegaConf.select(config, key)), Path.cwd() / str(root), key
             )
         except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
+            _exit(f"error: {exc}")
 
 
 class RefuseBusyRunDirectory(Callback):
@@ -60,23 +63,17 @@ class RefuseBusyRunDirectory(Callback):
             if "auto_resume" in config:  # train.py
                 _check_resumed(config, run_dir)
         except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
+            _exit(f"error: {exc}")
 
 
 def _check_resumed(config: DictConfig, run_dir: Path) -> None:
-    """A run directory holding a run (metrics.json, checkpoints) is trained into only by resuming
-    that run from its own last.ckpt."""
+    """A run directory holding a run is trained into only by resuming it from its last.ckpt."""
     from brainseg.training.pipeline import last_checkpoint
 
-    last = last_checkpoint(run_dir)
-    if config.get("ckpt_path"):
-        resumed = (Path.cwd() / str(config.ckpt_path)).resolve() == last.resolve()
-    else:
-        resumed = bool(config.get("auto_resume")) and last.is_file()
-    found = [run_dir / METRICS_FILE, *sorted(last.parent.glob("*.ckpt"))]
-    run = next((path for path in found if path.is_file()), None)
-    if run is not None and not resumed:
+    last, ckpt = last_checkpoint(run_dir), config.get("ckpt_path")
+    resumed = (Path.cwd() / ckpt).resolve() == last.resolve() if ckpt else config.auto_resume
+    run = next((p for p in [run_dir / METRICS_FILE, *last.parent.glob("*.ckpt")] if p.is_file()), 0)
+    if run and not (resumed and last.is_file()):
         raise ConfigError(
             f"{run_dir}: holds a run ({run}); resume it (auto_resume=true, or "
             f"ckpt_path={last}) or choose another hydra.run.dir"
@@ -114,26 +111,31 @@ def _scheduler(config: DictConfig, optimizer: Any) -> None:
 
 def preflight(config: DictConfig, swept: list[str]) -> None:
     """Build what every job shares once, as the first job would (data root and split, model, loss,
-    optimizer, scheduler, post-processing steps, the callbacks' and loggers' targets), so a shared
-    mistake stops the sweep once instead of failing every job. Groups that the sweep varies are
-    left to the jobs."""
+    optimizer, scheduler, post-processing steps, the callbacks' and loggers' targets, monitor,
+    ckpt_path), so a shared mistake stops the sweep once instead of failing every job. Groups that
+    the sweep varies are left to the jobs."""
     import torch  # here, after SweepGuard has quieted the libraries
 
     from brainseg.losses import build_loss
+    from brainseg.metrics.monitor import higher_is_better
     from brainseg.models import build_model
     from brainseg.postprocessing import check_steps
+    from brainseg.training.pipeline import checkpoint_file
 
     def shared(group: str) -> bool:
         return group in config and config[group] is not None and not _touches(swept, group)
 
-    HydraConfig.instance().set_config(
-        config
-    )  # for ${hydra:...} in the checked settings, as in a job
+    # for ${hydra:...} in the checked settings, as in a job
+    HydraConfig.instance().set_config(config)
     if shared("data"):
         instantiate_setting("data", config.data).validate()
     model = build_model(**to_plain(config.model)) if shared("model") else None
     if "trainer" not in config:  # predict.py: its data and model are all that jobs share
         return
+    if shared("monitor"):
+        higher_is_better(config.monitor)
+    if shared("ckpt_path"):
+        checkpoint_file(config)
     if shared("loss"):
         build_loss(**to_plain(config.loss))
     if shared("postprocessing"):
@@ -164,12 +166,7 @@ class SweepGuard(Callback):
             claim_run_directory(Path.cwd() / str(config.hydra.sweep.dir))
             preflight(config, swept)
         except BrainsegError as exc:
-            print(
-                f"error: {exc} (checked before the sweep started; no job was run)",
-                file=sys.stderr,
-                flush=True,
-            )
-            raise SystemExit(2) from None
+            _exit(f"error: {exc} (checked before the sweep started; no job was run)")
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         """A job stopped by SIGTERM or SIGINT stops the sweep, after its report (written by
@@ -177,12 +174,10 @@ class SweepGuard(Callback):
         stop = job_return._return_value  # the public property re-raises a failed job's error
         if isinstance(stop, Stopped):
             summary = Path(config.hydra.sweep.dir) / "summary.md"
-            print(
+            _exit(
                 f"error: job {config.hydra.job.num} {stop}; the jobs run so far: {summary}",
-                file=sys.stderr,
-                flush=True,
+                stop.exit_status,
             )
-            raise SystemExit(stop.exit_status)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from brainseg.reporting.sweep import collect_jobs
@@ -191,9 +186,4 @@ class SweepGuard(Callback):
         jobs = collect_jobs(sweep_dir) if sweep_dir.is_dir() else []
         failed = [j for j in jobs if j["status"] in ("failed", "incomplete")]
         if failed:
-            print(
-                f"{len(failed)} of {len(jobs)} jobs failed: see {sweep_dir / 'summary.md'}",
-                file=sys.stderr,
-                flush=True,
-            )
-            raise SystemExit(1)
+            _exit(f"{len(failed)} of {len(jobs)} jobs failed: see {sweep_dir / 'summary.md'}", 1)

@@ -6,9 +6,9 @@ process: the OS releases it when the owner exits or dies, so a lock file left by
 stale and simply taken over, on any host that shares the folder.
 
 A Hydra callback (RefuseBusyRunDirectory, SweepGuard) claims the run or sweep directory before
-Hydra writes its `.hydra/` files and log, and holds it until the process exits, so a refused start
-leaves the running one's files untouched; train.py's own claim then reuses the one this process
-holds (a second flock of the same file in one process would refuse it).
+Hydra writes its `.hydra/` files and log, held until the process exits, so a refused start leaves
+the running one's files untouched; train.py's claim finds it held already (a second flock of the
+same file in one process would refuse it).
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from brainseg.errors import ConfigError
@@ -68,9 +66,12 @@ def claim_run_directory(run_dir: Path) -> bool:
     live process holds it. False when this process holds it already."""
     if run_dir.resolve() in _held:
         return False
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
-    fd = _open_locked(path)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = _open_locked(path)
+    except OSError as exc:  # read-only, or a file in the way
+        raise ConfigError(f"{run_dir}: cannot write there ({exc.strerror})") from None
     if os.fstat(fd).st_size:
         log.info("%s: taking over the lock of %s, which is no longer running", path, _owner(path))
     os.ftruncate(fd, 0)
@@ -86,14 +87,3 @@ def release_run_directory(run_dir: Path) -> None:
     if fd is not None:
         (run_dir / LOCK_NAME).unlink(missing_ok=True)
         os.close(fd)
-
-
-@contextmanager
-def own_run_directory(run_dir: Path) -> Iterator[None]:
-    """Hold the run directory for this process (or go on holding the one it holds already)."""
-    claimed = claim_run_directory(run_dir)
-    try:
-        yield
-    finally:
-        if claimed:
-            release_run_directory(run_dir)

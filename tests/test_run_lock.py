@@ -19,17 +19,16 @@ from brainseg.run_lock import (
     LOCK_NAME,
     claim_run_directory,
     is_first_rank,
-    own_run_directory,
     release_run_directory,
 )
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from brainseg.run_lock import own_run_directory
-with own_run_directory(Path(sys.argv[1])):
-    print("held", flush=True)
-    time.sleep(600)
+from brainseg.run_lock import claim_run_directory
+claim_run_directory(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(600)
 """
 
 
@@ -55,9 +54,8 @@ def test_a_run_directory_held_by_a_live_process_is_refused(
 
     run, pid = held_run
     owner = f"pid {pid} on host {socket.gethostname()}"
-    for attempt in (lambda: claim_run_directory(run), own_run_directory(run).__enter__):
-        with pytest.raises(ConfigError, match=f"in use by {owner}"):
-            attempt()
+    with pytest.raises(ConfigError, match=f"in use by {owner}"):
+        claim_run_directory(run)
     before = sorted(p.name for p in run.iterdir())
     with pytest.raises(ConfigError) as raised:  # before: both runs wrote into one folder
         train(compose_run(synthetic_root, run, tmp_path / "cache"))
@@ -76,10 +74,11 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     run.mkdir()
     stale = {"pid": int(dead.stdout), "host": socket.gethostname()}
     (run / LOCK_NAME).write_text(json.dumps(stale))
-    with own_run_directory(run):
-        owner = json.loads((run / LOCK_NAME).read_text())
-        assert owner["pid"] != stale["pid"] and owner["host"] == stale["host"]
-    assert not (run / LOCK_NAME).exists()  # released on exit
+    assert claim_run_directory(run)
+    owner = json.loads((run / LOCK_NAME).read_text())
+    assert owner["pid"] != stale["pid"] and owner["host"] == stale["host"]
+    release_run_directory(run)
+    assert not (run / LOCK_NAME).exists()
 
 
 @pytest.mark.slow
@@ -134,8 +133,7 @@ def test_the_hydra_callback_holds_the_run_directory_that_train_then_reuses(tmp_p
             timeout=120,
         )
         assert f"run directory in use by pid {os.getpid()}" in second.stderr
-        with own_run_directory(run):  # train.py's claim: the same process, the same lock
-            pass
+        assert not claim_run_directory(run)  # train.py's claim: held already by this process
         assert json.loads((run / LOCK_NAME).read_text())["pid"] == os.getpid()  # still held
     finally:
         release_run_directory(run)
@@ -189,3 +187,20 @@ def test_a_finished_run_directory_is_only_trained_into_by_resuming_it(
     finally:
         release_run_directory(tiny_run)
     assert snapshot(tiny_run) == before
+
+
+def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path: Path, capsys) -> None:
+    from omegaconf import OmegaConf
+
+    from brainseg.hydra_callbacks import RefuseBusyRunDirectory
+
+    (tmp_path / "file").write_text("")
+    run = tmp_path / "file" / "run"  # as unwritable as a read-only folder, also for root
+    with pytest.raises(SystemExit) as info:  # before: a traceback
+        RefuseBusyRunDirectory().on_run_start(
+            OmegaConf.create({"hydra": {"run": {"dir": str(run)}}})
+        )
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {run}: cannot write there (Not a directory)"
+    ]

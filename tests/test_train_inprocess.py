@@ -194,7 +194,19 @@ def test_a_lower_is_better_monitor_keeps_the_lowest_value_everywhere(
             ["data.preprocess.interpolation=bicubic"],
             "data.preprocess.interpolation='bicubic' is unknown",
         ),
-        (["optimizer._target_=torch.optim.Adamm"], "optimizer: "),
+        (  # before: "optimizer: full_key: optimizer"
+            ["optimizer._target_=torch.optim.Adamm"],
+            "optimizer: Error locating target 'torch.optim.Adamm'; Are you sure that 'Adamm' is",
+        ),
+        pytest.param(
+            ["trainer.accelerator=gpu"],
+            "; No supported gpu backend found!",  # before: "trainer: full_key: trainer"
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is available"),
+        ),
+        # before: a traceback, and a string read letter by letter as step names
+        (["postprocessing=[5]"], "postprocessing[0]: 5 is not a step (a name or a mapping)"),
+        (["postprocessing=[null]"], "postprocessing[0]: None is not a step"),
+        (["postprocessing=largest_component"], "postprocessing: a list of steps, not 'largest_"),
     ],
 )
 def test_bad_settings_print_one_error_line(
@@ -305,3 +317,53 @@ def test_sigint_exits_130_with_one_line(capsys) -> None:
         run_task(interrupted, None)
     assert info.value.code == 130
     assert capsys.readouterr().err.splitlines() == ["error: stopped by SIGINT"]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("ckpt_path=missing.ckpt", "ckpt_path='missing.ckpt': no such checkpoint file"),
+        ("monitor=val/dice", "val/dice"),
+    ],
+)
+def test_sweep_preflight_checks_ckpt_path_and_monitor(override: str, expected: str) -> None:
+    from helpers import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    from brainseg.errors import ConfigError
+    from brainseg.hydra_callbacks import preflight
+
+    config = compose(["debug=tiny", override])
+    try:
+        with pytest.raises(ConfigError, match=expected):  # before: every job failed alike
+            preflight(config, ["data"])  # a sweep over data: checked by the jobs
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def test_a_cuda_device_without_a_gpu_is_one_line(monkeypatch) -> None:
+    from brainseg.errors import ConfigError
+    from brainseg.prediction.pipeline import _device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device=cuda: no CUDA GPU here"):
+        _device("cuda")  # before: torch's traceback at the first tensor moved there
+    assert _device("auto") == "cpu"
+
+
+def test_a_resumed_csv_log_drops_the_rows_of_the_epoch_it_trains_again(tmp_path: Path) -> None:
+    from brainseg.training.loggers import ResumableCSVLogger
+
+    def logger() -> ResumableCSVLogger:
+        return ResumableCSVLogger(save_dir=tmp_path, name="csv", version="")
+
+    first = logger()
+    for step, epoch in enumerate([0, 0, 1, 1, 2]):  # killed during epoch 2, saved after epoch 1
+        first.log_metrics({"train/loss": 1.0, "epoch": epoch}, step=step)
+    first.save()
+    resumed = logger()
+    resumed.log_metrics({"train/loss": 0.5, "epoch": 2}, step=4)
+    resumed.save()
+    with open(tmp_path / "csv" / "metrics.csv") as fh:
+        rows = [(row["epoch"], row["train/loss"]) for row in csv.DictReader(fh)]
+    assert rows == [("0", "1.0"), ("0", "1.0"), ("1", "1.0"), ("1", "1.0"), ("2", "0.5")]

@@ -14,9 +14,7 @@ import tifffile
 
 from brainseg.errors import DataError
 
-_SLICE_RE = re.compile(
-    r"^(?P<patient>.+)_(?P<n>\d+)(?P<mask>_mask)?(?P<ext>\.tiff?)$", re.IGNORECASE
-)
+_SLICE_RE = re.compile(r"(?i)^(?P<patient>.+)_(?P<n>\d+)(?P<mask>_mask)?(?P<ext>\.tiff?)$")
 IMAGE_NAME = r"\g<patient>_\g<n>\g<ext>"  # the image of a mask file
 MASK_VALUES = ({0, 255}, {0, 1})  # kaggle_3m masks, or already binary ones
 log = logging.getLogger("brainseg")

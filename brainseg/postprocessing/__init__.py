@@ -39,7 +39,11 @@ def check_steps(
     """The steps as plain `{"name": ..., **arguments}` dicts (a bare name: no arguments);
     a one-line ConfigError naming `setting` for unknown names, arguments or argument values."""
     checked = []
+    if isinstance(steps, (str, Mapping)):  # would be read letter by letter, or key by key
+        raise ConfigError(f"{setting}: a list of steps, not {steps!r}")
     for index, item in enumerate(steps or []):
+        if not isinstance(item, (str, Mapping)):
+            raise ConfigError(f"{setting}[{index}]: {item!r} is not a step (a name or a mapping)")
         entry = {"name": item} if isinstance(item, str) else dict(item)
         name = entry.pop("name", None)
         if name not in STEPS:

@@ -93,6 +93,8 @@ def load_members(cfg: DictConfig) -> list[Member]:
 def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name}: no CUDA GPU here; use device=auto or device=cpu")
     return name
 
 

@@ -27,7 +27,7 @@ from brainseg.evaluation.folds import inner_validation
 from brainseg.metrics.monitor import higher_is_better
 from brainseg.postprocessing import StepList, check_steps
 from brainseg.quiet import quiet_libraries
-from brainseg.run_lock import is_first_rank, own_run_directory
+from brainseg.run_lock import claim_run_directory, is_first_rank
 from brainseg.runfiles import RunMetrics, write_metrics
 from brainseg.tracking import finish_run
 from brainseg.training.checkpoints import LAST_NAME, AtomicCheckpointIO, LastCheckpoint
@@ -111,6 +111,14 @@ def _resume_hint(cfg: DictConfig, output_dir: Path) -> str:
     return f"resume with ckpt_path={last}"
 
 
+def checkpoint_file(cfg: DictConfig) -> Path:
+    """`ckpt_path`, resolved against the launch directory; a ConfigError if no such file."""
+    path = Path(to_absolute_path(str(cfg.ckpt_path)))
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file")
+    return path
+
+
 def _auto_resume(cfg: DictConfig, output_dir: Path, module: SegmentationModule) -> str | None:
     """An explicit ckpt_path, else the run directory's own last.ckpt (a requeued job resumes).
 
@@ -118,9 +126,7 @@ def _auto_resume(cfg: DictConfig, output_dir: Path, module: SegmentationModule) 
     line.
     """
     if cfg.get("ckpt_path"):
-        path = Path(to_absolute_path(str(cfg.ckpt_path)))
-        if not path.is_file():
-            raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file")
+        path = checkpoint_file(cfg)
     else:
         path = last_checkpoint(output_dir)
         if not (cfg.get("auto_resume", True) and path.is_file()):
@@ -132,10 +138,6 @@ def _auto_resume(cfg: DictConfig, output_dir: Path, module: SegmentationModule) 
     # Lightning counts epochs from 0; a last.ckpt holds the epoch it was saved in.
     log.info("resuming from %s (saved in epoch %d)", path, checkpoint.get("epoch", -1) + 1)
     return str(path)
-
-
-def _names(steps: StepList) -> list[str]:
-    return [s["name"] for s in steps]
 
 
 def _candidates(cfg: DictConfig) -> list[StepList]:
@@ -186,13 +188,12 @@ def train(cfg: DictConfig) -> RunMetrics | None:
         )
     if not is_first_rank():
         return _fit(cfg, output_dir, candidates)
-    with own_run_directory(output_dir):
-        remove_temporary_files(output_dir / "checkpoints")
-        try:
-            return _fit(cfg, output_dir, candidates)
-        except (Stopped, SIGTERMException) as stop:  # Lightning's own when submitit owns SIGTERM
-            signum = getattr(stop, "signum", signal.SIGTERM)
-            raise Stopped(signum, _resume_hint(cfg, output_dir)) from None
+    claim_run_directory(output_dir)  # held until the process exits
+    remove_temporary_files(output_dir / "checkpoints")
+    try:
+        return _fit(cfg, output_dir, candidates)
+    except (Stopped, SIGTERMException) as stop:  # Lightning's own when submitit owns SIGTERM
+        raise Stopped(getattr(stop, "signum", signal.SIGTERM), _resume_hint(cfg, output_dir))
 
 
 def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMetrics | None:
@@ -221,9 +222,8 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
     swept, _ = job_overrides()
     sweep_keys = {f"sweep/{o.split('=', 1)[0].lstrip('+~')}": o.split("=", 1)[1] for o in swept}
     for logger in loggers:
-        logger.log_hyperparams(
-            {**report.config, **sweep_keys}
-        )  # the resolved config + the swept keys on top
+        # the resolved config + the swept keys on top
+        logger.log_hyperparams({**report.config, **sweep_keys})
     if any(isinstance(logger, (WandbLogger, TensorBoardLogger)) for logger in loggers):
         callbacks.append(TrackerMedia(cfg.monitor))
     # A progress bar on a terminal; in a log file, RunReport's one line per epoch instead.
@@ -286,7 +286,7 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
             "-" if median is None else f"{median:.4f}",
             reported.scores.value("val/hd95") or float("nan"),
             reported.scores.epoch,
-            f"; {reported.geometry}, postprocessing={_names(reported.postprocessing)}"
+            f"; {reported.geometry}, postprocessing={[s['name'] for s in reported.postprocessing]}"
             if reported.geometry
             else "",
         )
