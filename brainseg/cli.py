@@ -33,7 +33,7 @@ class Stopped(Exception):
         super().__init__(f"stopped by {signal.Signals(signum).name}" + (resume and f"; {resume}"))
 
 
-def _raise_stopped(signum: int, frame: Any) -> None:
+def _stop(signum: int, frame: Any) -> None:
     raise Stopped(signum)
 
 
@@ -41,9 +41,7 @@ def _raise_stopped(signum: int, frame: Any) -> None:
 def _stop_on_signals() -> Iterator[None]:
     """SIGTERM and SIGINT raise Stopped, unless a launcher (submitit) handles them itself."""
     defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
-    previous = {
-        s: signal.signal(s, _raise_stopped) for s, h in defaults.items() if signal.getsignal(s) is h
-    }
+    previous = {s: signal.signal(s, _stop) for s, h in defaults.items() if signal.getsignal(s) is h}
     try:
         yield
     finally:

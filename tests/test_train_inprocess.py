@@ -367,3 +367,15 @@ def test_a_resumed_csv_log_drops_the_rows_of_the_epoch_it_trains_again(tmp_path:
     with open(tmp_path / "csv" / "metrics.csv") as fh:
         rows = [(row["epoch"], row["train/loss"]) for row in csv.DictReader(fh)]
     assert rows == [("0", "1.0"), ("0", "1.0"), ("1", "1.0"), ("1", "1.0"), ("2", "0.5")]
+
+
+def test_metrics_json_is_strict_json_with_nan_written_as_null(tmp_path: Path) -> None:
+    from brainseg.runfiles import EpochScores, RunMetrics, read_metrics, write_metrics
+
+    nan = float("nan")
+    entry = EpochScores(epoch=1, step=3, values={"hd95": nan}, train_loss=float("inf"))
+    metrics = RunMetrics("val/dsc_volume", True, "last", None, None, None, None, 1, nan, [entry])
+    path = write_metrics(tmp_path, metrics)
+    content = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(c))  # before: NaN
+    assert content["train_seconds"] is None and content["history"][0]["train_loss"] is None
+    assert read_metrics(tmp_path).history[0].values["hd95"] is None

@@ -22,9 +22,8 @@ log = logging.getLogger("brainseg")
 
 @dataclass(frozen=True)
 class PatientFiles:
-    """The slice files of one patient, in slice order;
-    `masks` is None for inference-only folders. `name` is the patient id the files carry, which
-    the splits and subsets follow even in a renamed folder."""
+    """The slice files of one patient, in slice order; `masks` is None for inference-only folders.
+    `name` is the patient id the files carry (splits follow it, even in a renamed folder)."""
 
     name: str
     folder: Path

@@ -192,7 +192,12 @@ def train(cfg: DictConfig) -> RunMetrics | None:
     remove_temporary_files(output_dir / "checkpoints")
     try:
         return _fit(cfg, output_dir, candidates)
-    except (Stopped, SIGTERMException) as stop:  # Lightning's own when submitit owns SIGTERM
+    except BaseException as exc:  # Lightning's SIGTERMException when submitit owns SIGTERM
+        stop: BaseException | None = exc  # or replaced by a data-loader worker's death
+        while stop is not None and not isinstance(stop, (Stopped, SIGTERMException)):
+            stop = stop.__context__
+        if stop is None:
+            raise
         raise Stopped(getattr(stop, "signum", signal.SIGTERM), _resume_hint(cfg, output_dir))
 
 
