@@ -169,8 +169,7 @@ class SweepGuard(Callback):
             _exit(f"error: {exc} (checked before the sweep started; no job was run)")
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        """A job stopped by SIGTERM or SIGINT stops the sweep, after its report (written by
-        SweepReport's on_job_end, which runs before this one)."""
+        """A job stopped by SIGTERM or SIGINT stops the sweep, after SweepReport's on_job_end."""
         stop = job_return._return_value  # the public property re-raises a failed job's error
         if isinstance(stop, Stopped):
             summary = Path(config.hydra.sweep.dir) / "summary.md"

@@ -118,10 +118,9 @@ def find_patients(root: str | Path, require_masks: bool = True) -> list[PatientF
     holding both, or two folders of one patient (a copy), is refused.
     """
     root = Path(root)
-    if not root.exists():
-        raise DataError(f"{root}: data root does not exist")
     if not root.is_dir():
-        raise DataError(f"{root}: data root is not a directory")
+        problem = "is not a directory" if root.exists() else "does not exist"
+        raise DataError(f"{root}: data root {problem}")
     slices = [p for p in sorted(root.iterdir()) if _SLICE_RE.match(p.name)]
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     folders = [f for f in folders if any(_SLICE_RE.match(p.name) for p in f.iterdir())]

@@ -27,7 +27,7 @@ from brainseg.evaluation.folds import inner_validation
 from brainseg.metrics.monitor import higher_is_better
 from brainseg.postprocessing import StepList, check_steps
 from brainseg.quiet import quiet_libraries
-from brainseg.run_lock import claim_run_directory, is_first_rank
+from brainseg.run_lock import claim_run_directory, is_first_rank, release_run_directory
 from brainseg.runfiles import RunMetrics, write_metrics
 from brainseg.tracking import finish_run
 from brainseg.training.checkpoints import LAST_NAME, AtomicCheckpointIO, LastCheckpoint
@@ -97,8 +97,7 @@ class StopOnNonFiniteLoss(L.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             raise ConfigError(
                 f"train loss is {float(loss)} at epoch {trainer.current_epoch + 1}, step "
-                f"{trainer.global_step}: training stopped, its weights not saved "
-                "(a lower optimizer.lr?)"
+                f"{trainer.global_step}: training stopped, weights unsaved (lower optimizer.lr?)"
             )
 
 
@@ -188,7 +187,7 @@ def train(cfg: DictConfig) -> RunMetrics | None:
         )
     if not is_first_rank():
         return _fit(cfg, output_dir, candidates)
-    claim_run_directory(output_dir)  # held until the process exits
+    claimed = claim_run_directory(output_dir)  # False: held already, from before Hydra wrote
     remove_temporary_files(output_dir / "checkpoints")
     try:
         return _fit(cfg, output_dir, candidates)
@@ -199,6 +198,9 @@ def train(cfg: DictConfig) -> RunMetrics | None:
         if stop is None:
             raise
         raise Stopped(getattr(stop, "signum", signal.SIGTERM), _resume_hint(cfg, output_dir))
+    finally:
+        if claimed:
+            release_run_directory(output_dir)
 
 
 def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMetrics | None:
