@@ -5,9 +5,11 @@ share a mistake, and makes one with failed jobs exit non-zero)."""
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,31 @@ from brainseg.runfiles import Failure, write_failure
 log = logging.getLogger("brainseg")
 
 
-def _multirun_dir() -> Path | None:
+class Stopped(Exception):
+    """Stopped by SIGTERM or SIGINT: the process exits 128 + the signal's number (143, 130)."""
+
+    def __init__(self, signum: int, resume: str = "") -> None:
+        self.signum, self.exit_status = signum, 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}" + (resume and f"; {resume}"))
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise Stopped(signum)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise Stopped, unless a launcher (submitit) handles them itself."""
+    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+    previous = {s: signal.signal(s, _stop) for s, h in defaults.items() if signal.getsignal(s) is h}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def multirun_dir() -> Path | None:
     """The job's output directory when running inside a Hydra multirun, else None."""
     if not HydraConfig.initialized():
         return None
@@ -46,11 +72,19 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     Inside a multirun, any failure is logged with the job's number and overrides and written to
     `<job dir>/failure.json`; None is returned so that Hydra's sweeper runs the other jobs and the
     sweep report lists this one as failed. Sweepers with a `max_failure_rate` (Optuna) get the
-    exception instead: they mark the trial failed with its real reason and go on.
+    exception instead: they mark the trial failed with its real reason and go on. SIGTERM or
+    SIGINT: exit 143 or 130 with one line; in a sweep, SweepGuard ends it after the job's report.
     """
-    job_dir = _multirun_dir()
+    job_dir = multirun_dir()
     try:
-        return task(cfg)
+        with _stop_on_signals():
+            return task(cfg)
+    except Stopped as stop:
+        if job_dir is None:
+            print(f"error: {stop}", file=sys.stderr, flush=True)
+            raise SystemExit(stop.exit_status) from None
+        write_failure(job_dir, Failure(str(stop), type(stop).__name__, ""))
+        raise  # Hydra records the job as failed, then SweepGuard.on_job_end stops the sweep
     except Exception as exc:
         user_error = isinstance(exc, BrainsegError)
         if user_error:

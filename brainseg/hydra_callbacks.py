@@ -1,7 +1,7 @@
 """Every Hydra callback of train.py and predict.py (conf/hydra/default.yaml lists them): a run or
-sweep directory overlapping data.root, or a run directory a live train.py holds, is refused before
-Hydra writes there; a mistake every sweep job shares stops the sweep before its first job; the sweep
-report is refreshed after each job; a sweep with failed jobs exits non-zero."""
+sweep directory overlapping data.root, one a live process holds, or a finished run not resumed, is
+refused before Hydra writes there; a mistake every sweep job shares stops the sweep before its
+first job; the sweep report is refreshed after each job; failed or stopped jobs: non-zero."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from hydra.core.hydra_config import HydraConfig
@@ -18,11 +18,17 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from brainseg.cli import Stopped
 from brainseg.config import SWEPT_KEYS_ENV, instantiate_setting, swept_keys, to_plain
 from brainseg.errors import BrainsegError, ConfigError
 from brainseg.paths import check_outside_inputs
-from brainseg.run_lock import check_run_directory_free, is_first_rank
-from brainseg.runfiles import CONFIG_FILE
+from brainseg.run_lock import claim_run_directory, is_first_rank
+from brainseg.runfiles import CONFIG_FILE, METRICS_FILE
+
+
+def _exit(line: str, status: int = 2) -> NoReturn:
+    print(line, file=sys.stderr, flush=True)
+    raise SystemExit(status) from None
 
 
 def _refuse(check: Callable[[], None]) -> None:
@@ -30,18 +36,21 @@ def _refuse(check: Callable[[], None]) -> None:
     try:
         check()
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        _exit(f"error: {exc}")
 
 
 class RefuseOutputDirectory(Callback):
-    """Refuse a run or sweep directory that overlaps data.root, or a run directory a live train.py
-    holds, before Hydra creates it (and writes its .hydra/ files and log there)."""
+    """Refuse a run or sweep directory that overlaps data.root before Hydra creates it (and writes
+    its .hydra/ files and log there); claim the run directory for this process, refused when a
+    live process holds it or when it holds a run that this start does not resume (training into
+    it would replace that run's checkpoints, metrics and config)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run_dir = self._outside_data(config, "hydra.run.dir")
         if is_first_rank():  # DDP ranks run in rank 0's directory
-            _refuse(lambda: check_run_directory_free(run_dir))
+            _refuse(lambda: claim_run_directory(run_dir))
+            if "auto_resume" in config:  # train.py
+                _refuse(lambda: _check_resumed(config, run_dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._outside_data(config, "hydra.sweep.dir")
@@ -54,6 +63,20 @@ class RefuseOutputDirectory(Callback):
             inputs = {"data.root": Path.cwd() / str(root)}
             _refuse(lambda: check_outside_inputs(folder, key, inputs))
         return folder
+
+
+def _check_resumed(config: DictConfig, run_dir: Path) -> None:
+    """A run directory holding a run is trained into only by resuming it from its last.ckpt."""
+    from brainseg.training.pipeline import last_checkpoint
+
+    last, ckpt = last_checkpoint(run_dir), config.get("ckpt_path")
+    resumed = (Path.cwd() / ckpt).resolve() == last.resolve() if ckpt else config.auto_resume
+    run = next((p for p in [run_dir / METRICS_FILE, *last.parent.glob("*.ckpt")] if p.is_file()), 0)
+    if run and not (resumed and last.is_file()):
+        raise ConfigError(
+            f"{run_dir}: holds a run ({run}); resume it (auto_resume=true, or "
+            f"ckpt_path={last}) or choose another hydra.run.dir"
+        )
 
 
 def _touches(keys: list[str], group: str) -> bool:
@@ -87,26 +110,31 @@ def _scheduler(config: DictConfig, optimizer: Any) -> None:
 
 def preflight(config: DictConfig, swept: list[str]) -> None:
     """Build what every job shares once, as the first job would (data root and split, model, loss,
-    optimizer, scheduler, post-processing steps, the callbacks' and loggers' targets), so a shared
-    mistake stops the sweep once instead of failing every job. Groups that the sweep varies are
-    left to the jobs."""
+    optimizer, scheduler, post-processing steps, the callbacks' and loggers' targets, monitor,
+    ckpt_path), so a shared mistake stops the sweep once instead of failing every job. Groups that
+    the sweep varies are left to the jobs."""
     import torch  # here, after SweepGuard has quieted the libraries
 
     from brainseg.losses import build_loss
+    from brainseg.metrics.monitor import higher_is_better
     from brainseg.models import build_model
     from brainseg.postprocessing import check_steps
+    from brainseg.training.pipeline import checkpoint_file
 
     def shared(group: str) -> bool:
         return group in config and config[group] is not None and not _touches(swept, group)
 
-    HydraConfig.instance().set_config(
-        config
-    )  # for ${hydra:...} in the checked settings, as in a job
+    # for ${hydra:...} in the checked settings, as in a job
+    HydraConfig.instance().set_config(config)
     if shared("data"):
         instantiate_setting("data", config.data).validate()
     model = build_model(**to_plain(config.model)) if shared("model") else None
     if "trainer" not in config:  # predict.py: its data and model are all that jobs share
         return
+    if shared("monitor"):
+        higher_is_better(config.monitor)
+    if shared("ckpt_path"):
+        checkpoint_file(config)
     if shared("loss"):
         build_loss(**to_plain(config.loss))
     if shared("postprocessing"):
@@ -147,20 +175,24 @@ class SweepGuard(Callback):
         swept = swept_keys(config)
         os.environ[SWEPT_KEYS_ENV] = ",".join(swept)
         try:
+            claim_run_directory(Path.cwd() / str(config.hydra.sweep.dir))
             preflight(config, swept)
         except BrainsegError as exc:
-            print(
-                f"error: {exc} (checked before the sweep started; no job was run)",
-                file=sys.stderr,
-                flush=True,
-            )
-            raise SystemExit(2) from None
+            _exit(f"error: {exc} (checked before the sweep started; no job was run)")
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        """The report refreshed; a job stopped by SIGTERM or SIGINT then stops the sweep."""
         from brainseg.reporting.sweep import write_report
 
         if config.hydra.mode == RunMode.MULTIRUN and Path(config.hydra.sweep.dir).is_dir():
             write_report(config.hydra.sweep.dir)
+        stop = job_return._return_value  # the public property re-raises a failed job's error
+        if isinstance(stop, Stopped):
+            summary = Path(config.hydra.sweep.dir) / "summary.md"
+            _exit(
+                f"error: job {config.hydra.job.num} {stop}; the jobs run so far: {summary}",
+                stop.exit_status,
+            )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from brainseg.reporting.sweep import write_report
@@ -175,9 +207,4 @@ class SweepGuard(Callback):
         print(f"sweep report: {sweep_dir / 'summary.md'} ({len(jobs)} jobs)")
         failed = [j for j in jobs if j["status"] in ("failed", "interrupted")]
         if failed:
-            print(
-                f"{len(failed)} of {len(jobs)} jobs failed: see {sweep_dir / 'summary.md'}",
-                file=sys.stderr,
-                flush=True,
-            )
-            raise SystemExit(1)
+            _exit(f"{len(failed)} of {len(jobs)} jobs failed: see {sweep_dir / 'summary.md'}", 1)

@@ -2,14 +2,14 @@
 their checkpoints, CSV rows and logs; two predict.py (or `brainseg.evaluate`) runs into one output
 folder would leave one's masks beside the other's scores.
 
-`<run dir>/.lock` holds the owner's pid and host and an OS lock (flock) held for the life of the
-process: the OS releases it when the owner exits or dies, so a lock file left by a killed run is
-stale and simply taken over, on any host that shares the folder.
+`<folder>/.lock` holds the owner's pid and host and an OS lock (flock) held until the owner
+releases it or exits: the OS releases it when the owner dies, so a lock file left by a killed run
+is stale and simply taken over, on any host that shares the folder.
 
-train.py takes the lock before its first write; a Hydra callback (RefuseOutputDirectory) checks
-it even earlier, before Hydra writes the run's `.hydra/` files and log, so a refused start leaves
-the running one's files untouched. predict.py and `brainseg.evaluate` claim their output folder
-(`claim_output_dir`) the same way, for the rest of the process.
+A Hydra callback (RefuseOutputDirectory, SweepGuard) claims the run or sweep directory before
+Hydra writes its `.hydra/` files and log, so a refused start leaves the running one's files
+untouched; train.py's claim finds it held already (a second flock of the same file in one process
+would refuse it). predict.py and `brainseg.evaluate` claim their output folder the same way.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 
 from brainseg.errors import ConfigError
@@ -29,6 +28,7 @@ from brainseg.paths import check_outside_inputs
 
 log = logging.getLogger("brainseg")
 LOCK_NAME = ".lock"
+_held: dict[Path, int] = {}  # the folders this process holds -> their lock's descriptor
 
 
 def is_first_rank() -> bool:
@@ -46,7 +46,7 @@ def _owner(path: Path) -> str:
         return "another process"
 
 
-def _open_locked(path: Path, what: str = "run directory", hint: str = "hydra.run.dir") -> int:
+def _open_locked(path: Path, what: str, hint: str) -> int:
     """An open descriptor of `path` holding its OS lock, or a ConfigError naming the owner (`what`
     the folder is, `hint` the setting that chooses another)."""
     while True:
@@ -65,40 +65,43 @@ def _open_locked(path: Path, what: str = "run directory", hint: str = "hydra.run
         os.close(fd)
 
 
-@contextmanager
-def own_run_directory(run_dir: Path) -> Iterator[None]:
-    """Hold the run directory for this process; refuse it when another live process holds it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_NAME
-    fd = _open_locked(path)
+def _claim(folder: Path, what: str, hint: str) -> bool:
+    """Hold `folder` until `release` or the process's exit; refuse it when another live process
+    holds it. False when this process holds it already."""
+    folder = folder.resolve()
+    if folder in _held:
+        return False
+    path = folder / LOCK_NAME
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = _open_locked(path, what, hint)
+    except OSError as exc:  # read-only, or a file in the way
+        raise ConfigError(f"{folder}: cannot write there ({exc.strerror})") from None
     if os.fstat(fd).st_size:
         log.info("%s: taking over the lock of %s, which is no longer running", path, _owner(path))
-    try:
-        _sign(fd)
-        yield
-    finally:
-        _release(path, fd)
-
-
-def _sign(fd: int) -> None:
-    """Write this process's pid and host into a held lock file (named in refusals)."""
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+    _held[folder] = fd
+    return True
 
 
-def _release(path: Path, fd: int) -> None:
-    path.unlink(missing_ok=True)
-    os.close(fd)
-
-
-_CLAIMED: dict[Path, int] = {}  # output folder -> the held descriptor of its lock file
+def release_run_directory(folder: Path) -> None:
+    """Give up a folder this process holds (nothing if it holds none)."""
+    fd = _held.pop(Path(folder).resolve(), None)
+    if fd is not None:
+        (Path(folder) / LOCK_NAME).unlink(missing_ok=True)
+        os.close(fd)
 
 
 @atexit.register
-def _release_claims() -> None:
-    while _CLAIMED:
-        folder, fd = _CLAIMED.popitem()
-        _release(folder / LOCK_NAME, fd)
+def _release_all() -> None:
+    for folder in list(_held):
+        release_run_directory(folder)
+
+
+def claim_run_directory(run_dir: Path, hint: str = "hydra.run.dir") -> bool:
+    """Hold a run or sweep directory (see `_claim`)."""
+    return _claim(Path(run_dir), "run directory", hint)
 
 
 def claim_output_dir(
@@ -116,10 +119,7 @@ def claim_output_dir(
     folder = check_outside_inputs(output, setting, inputs)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{setting}={str(folder)!r} is a file; choose a folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    if folder not in _CLAIMED:
-        _CLAIMED[folder] = _open_locked(folder / LOCK_NAME, "output folder", setting)
-        _sign(_CLAIMED[folder])
+    _claim(folder, "output folder", setting)
     if not overwrite and any(entry.name != LOCK_NAME for entry in folder.iterdir()):
         allow = "--overwrite" if setting.startswith("--") else "overwrite=true"
         raise ConfigError(
@@ -129,7 +129,7 @@ def claim_output_dir(
 
 
 def check_run_directory_free(run_dir: Path) -> None:
-    """A ConfigError naming the owner if a live process holds `run_dir` (nothing is created)."""
-    path = run_dir / LOCK_NAME
-    if path.is_file():
-        os.close(_open_locked(path))
+    """A ConfigError naming the owner if another live process holds `run_dir` (nothing created)."""
+    path = Path(run_dir) / LOCK_NAME
+    if path.is_file() and Path(run_dir).resolve() not in _held:
+        os.close(_open_locked(path, "run directory", "hydra.run.dir"))

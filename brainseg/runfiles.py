@@ -49,9 +49,11 @@ _Content = TypeVar("_Content")
 
 
 def write_json(path: Path, content: Any) -> Path:
-    """A JSON file, written atomically (readers never see half of it)."""
+    """A JSON file, written atomically (readers never see half of it); NaN and infinities are
+    written as null, so that it stays valid JSON."""
+    plain = json.loads(json.dumps(content), parse_constant=lambda _: None)
     with atomic_writer(path) as fh:
-        fh.write(json.dumps(content, indent=2))
+        fh.write(json.dumps(plain, indent=2, allow_nan=False))
     return path
 
 

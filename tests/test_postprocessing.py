@@ -3,7 +3,9 @@ predictions, where the decision is recorded and who takes it, and which steps pr
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ from brainseg.postprocessing.records import (
     save_prediction,
     steps_to_apply,
 )
-from brainseg.run_lock import own_run_directory
+from brainseg.run_lock import LOCK_NAME
 
 LCC = [{"name": "largest_component"}]
 CANDIDATES = [[], LCC]
@@ -202,8 +204,13 @@ def test_decide_keeps_the_previous_decision_and_a_run_in_use(tmp_path: Path, cap
     first, saved = (run / DECISION_FILE).read_text(), checkpoint.read_bytes()
     assert postprocessing_cli(["decide", str(run), "--candidates", "[[]]"]) == 2
     assert "holds a decision already; pass --overwrite" in capsys.readouterr().err
-    with own_run_directory(run):  # as a live train.py holds it
+    held = os.open(run / LOCK_NAME, os.O_RDWR | os.O_CREAT)  # as a live train.py holds it
+    os.write(held, json.dumps({"pid": 1, "host": "elsewhere"}).encode())
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
         assert postprocessing_cli(["decide", str(run), "--candidates", "[[]]", "--overwrite"]) == 2
+    finally:
+        os.close(held)
     assert f"{run}: run directory in use by pid" in capsys.readouterr().err
     assert (run / DECISION_FILE).read_text() == first and checkpoint.read_bytes() == saved
     # re-decided from the saved files alone

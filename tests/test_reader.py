@@ -137,3 +137,53 @@ def test_synthetic_generator_never_overwrites(tmp_path: Path) -> None:
     (tmp_path / "file.txt").write_text("mine")
     assert main(["--out", str(tmp_path / "file.txt")]) == 2
     assert (tmp_path / "file.txt").read_text() == "mine"
+
+
+def test_a_slice_file_beside_patient_folders_is_refused(tmp_path: Path) -> None:
+    _patient(tmp_path, "TCGA_AA_0001_20000101", n=3)
+    _patient(tmp_path, "TCGA_BB_0002_20000101", n=3)
+    stray = tmp_path / "TCGA_AA_0001_20000101_5.tif"
+    stray.write_bytes(
+        (tmp_path / "TCGA_AA_0001_20000101" / stray.name.replace("_5", "_1")).read_bytes()
+    )
+    with pytest.raises(DataError) as info:  # before: the root was read as one patient, no word
+        find_patients(tmp_path, require_masks=False)  # as predict.py reads its input
+    assert str(info.value).startswith(f"{stray}: a slice file beside the patient folders")
+
+
+def test_tiff_and_upper_case_slices_are_read_like_tif(tmp_path: Path) -> None:
+    folder = _patient(tmp_path, n=4)
+    for name, suffix in [
+        ("_1", ".tiff"),
+        ("_1_mask", ".TIF"),
+        ("_2", ".TIFF"),
+        ("_2_mask", ".Tif"),
+    ]:
+        (folder / f"{folder.name}{name}.tif").rename(folder / f"{folder.name}{name}{suffix}")
+    (files,) = find_patients(tmp_path)  # before: those slices were skipped, a gap was refused
+    assert files.numbers == (1, 2, 3, 4) and {p.suffix for p in files.images} > {".tif"}
+    assert read_patient(files).image[:, 0, 0, 0].tolist() == [1, 2, 3, 4]
+    (folder / f"{folder.name}_4.tif").unlink()
+    with pytest.raises(DataError, match=f"{folder.name}_4_mask.tif: mask has no image"):
+        scan_patient(folder)
+
+
+def test_a_copied_patient_folder_is_refused_naming_both(tmp_path: Path) -> None:
+    import shutil
+
+    original = _patient(tmp_path, n=3)
+    copy = tmp_path / f"{original.name} (copy)"
+    shutil.copytree(original, copy)
+    with pytest.raises(DataError) as info:  # before: a second patient, a leak across the split
+        find_patients(tmp_path)
+    assert str(info.value).startswith(f"{original} and {copy}: two folders of patient")
+
+
+def test_a_renamed_folder_is_its_files_patient_with_one_warning(tmp_path: Path, caplog) -> None:
+    original = _patient(tmp_path, n=3)
+    renamed = original.rename(tmp_path / "renamed")
+    (files,) = find_patients(tmp_path)
+    assert files.name == original.name and files.folder == renamed  # before: "renamed"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{renamed}: its files name patient {original.name}, who it is taken for"
+    ]

@@ -5,6 +5,7 @@ taken over."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -17,19 +18,19 @@ from helpers import PROJECT, compose_run, run_cli, tiny_train_overrides
 from brainseg.errors import ConfigError
 from brainseg.run_lock import (
     LOCK_NAME,
-    check_run_directory_free,
     claim_output_dir,
+    claim_run_directory,
     is_first_rank,
-    own_run_directory,
+    release_run_directory,
 )
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from brainseg.run_lock import own_run_directory
-with own_run_directory(Path(sys.argv[1])):
-    print("held", flush=True)
-    time.sleep(600)
+from brainseg.run_lock import claim_run_directory
+claim_run_directory(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(600)
 """
 
 
@@ -55,9 +56,8 @@ def test_a_run_directory_held_by_a_live_process_is_refused(
 
     run, pid = held_run
     owner = f"pid {pid} on host {socket.gethostname()}"
-    for attempt in (lambda: check_run_directory_free(run), own_run_directory(run).__enter__):
-        with pytest.raises(ConfigError, match=f"in use by {owner}"):
-            attempt()
+    with pytest.raises(ConfigError, match=f"in use by {owner}"):
+        claim_run_directory(run)
     before = sorted(p.name for p in run.iterdir())
     with pytest.raises(ConfigError) as raised:  # before: both runs wrote into one folder
         train(compose_run(synthetic_root, run, tmp_path / "cache"))
@@ -76,10 +76,11 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     run.mkdir()
     stale = {"pid": int(dead.stdout), "host": socket.gethostname()}
     (run / LOCK_NAME).write_text(json.dumps(stale))
-    with own_run_directory(run):
-        owner = json.loads((run / LOCK_NAME).read_text())
-        assert owner["pid"] != stale["pid"] and owner["host"] == stale["host"]
-    assert not (run / LOCK_NAME).exists()  # released on exit
+    assert claim_run_directory(run)
+    owner = json.loads((run / LOCK_NAME).read_text())
+    assert owner["pid"] != stale["pid"] and owner["host"] == stale["host"]
+    release_run_directory(run)
+    assert not (run / LOCK_NAME).exists()
 
 
 @pytest.mark.slow
@@ -169,3 +170,98 @@ def test_an_output_folder_is_claimed_only_outside_the_inputs_and_empty(tmp_path:
     assert claim_output_dir(out, "output_dir", {}, overwrite=True) == out
     with pytest.raises(ConfigError, match="output_dir is required"):
         claim_output_dir(None, "output_dir", {})
+
+
+def test_the_hydra_callback_holds_the_run_directory_that_train_then_reuses(tmp_path: Path) -> None:
+    """The lock is taken before Hydra writes .hydra/ and held for the process: a second start in
+    between is refused (before, the callback only checked it, and the second start wrote its
+    .hydra/config.yaml into the first one's run)."""
+    from omegaconf import OmegaConf
+
+    from brainseg.hydra_callbacks import RefuseOutputDirectory
+
+    run = tmp_path / "run"
+    RefuseOutputDirectory().on_run_start(OmegaConf.create({"hydra": {"run": {"dir": str(run)}}}))
+    try:
+        claim = "import sys; from pathlib import Path; from brainseg.run_lock import *; "
+        claim += "claim_run_directory(Path(sys.argv[1]))"
+        second = subprocess.run(
+            [sys.executable, "-c", claim, str(run)],
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert f"run directory in use by pid {os.getpid()}" in second.stderr
+        assert not claim_run_directory(run)  # train.py's claim: held already by this process
+        assert json.loads((run / LOCK_NAME).read_text())["pid"] == os.getpid()  # still held
+    finally:
+        release_run_directory(run)
+    assert not (run / LOCK_NAME).exists()
+
+
+def test_a_sweep_directory_held_by_a_live_process_is_refused_before_writing(
+    held_run: tuple[Path, int], capsys
+) -> None:
+    from helpers import compose
+
+    from brainseg.hydra_callbacks import SweepGuard
+
+    sweep, pid = held_run
+    config = compose([f"hydra.sweep.dir={sweep}"])
+    with pytest.raises(SystemExit) as info:  # before: the second sweep ran into the first one
+        SweepGuard().on_multirun_start(config)
+    assert info.value.code == 2
+    assert f"run directory in use by pid {pid}" in capsys.readouterr().err
+    assert sorted(p.name for p in sweep.iterdir()) == [LOCK_NAME]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "refused"),
+    [
+        (["auto_resume=false"], True),
+        (["ckpt_path=elsewhere/last.ckpt"], True),
+        (["auto_resume=true"], False),
+        (["auto_resume=false", "ckpt_path={run}/checkpoints/last.ckpt"], False),
+    ],
+)
+def test_a_finished_run_directory_is_only_trained_into_by_resuming_it(
+    tiny_run: Path, capsys, overrides: list[str], refused: bool
+) -> None:
+    from helpers import compose, snapshot
+
+    from brainseg.hydra_callbacks import RefuseOutputDirectory
+
+    before = snapshot(tiny_run)
+    overrides = [o.format(run=tiny_run) for o in overrides]
+    config = compose([f"hydra.run.dir={tiny_run}", *overrides])
+    try:
+        if refused:  # before: a second run replaced its checkpoints, metrics and config
+            with pytest.raises(SystemExit) as info:
+                RefuseOutputDirectory().on_run_start(config)
+            assert info.value.code == 2
+            (line,) = capsys.readouterr().err.splitlines()
+            assert line.startswith(f"error: {tiny_run}: holds a run ("), line
+        else:
+            RefuseOutputDirectory().on_run_start(config)
+    finally:
+        release_run_directory(tiny_run)
+    assert snapshot(tiny_run) == before
+
+
+def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path: Path, capsys) -> None:
+    from omegaconf import OmegaConf
+
+    from brainseg.hydra_callbacks import RefuseOutputDirectory
+
+    (tmp_path / "file").write_text("")
+    run = tmp_path / "file" / "run"  # as unwritable as a read-only folder, also for root
+    with pytest.raises(SystemExit) as info:  # before: a traceback
+        RefuseOutputDirectory().on_run_start(
+            OmegaConf.create({"hydra": {"run": {"dir": str(run)}}})
+        )
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {run}: cannot write there (Not a directory)"
+    ]

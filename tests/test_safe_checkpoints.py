@@ -24,7 +24,7 @@ from brainseg.checkpoint import read_checkpoint, remove_temporary_files, save_at
 from brainseg.errors import DataError
 from brainseg.models import build_model
 from brainseg.prediction.members import load_checkpoint
-from brainseg.run_lock import own_run_directory
+from brainseg.run_lock import claim_run_directory, release_run_directory
 from brainseg.training.checkpoints import AtomicCheckpointIO, BestCheckpoint
 
 
@@ -202,8 +202,9 @@ def test_a_kill_during_a_checkpoint_write_keeps_the_previous_file(tmp_path: Path
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     (partial,) = [p for p in path.parent.iterdir() if p.name != "last.ckpt"]
     assert str(writer.pid) in partial.name  # each process writes its own temporary file
-    with own_run_directory(run):  # what train.py does first
-        remove_temporary_files(path.parent)
+    claim_run_directory(run)  # what train.py does first
+    remove_temporary_files(path.parent)
+    release_run_directory(run)
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
 
 

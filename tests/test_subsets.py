@@ -114,3 +114,17 @@ def test_a_gain_on_most_patients_is_adopted_and_unchanged_patients_do_not_vote()
     ) == (2, 1, 2)
     assert 0 < decision["wilcoxon_p_greater"] < 1
     assert compare([0.5, 0.4], [0.5, 0.4])["adopted"] is False  # no change: keep the simpler
+
+
+def test_a_training_patient_in_a_renamed_folder_stays_a_training_patient(tmp_path) -> None:
+    import numpy as np
+    import tifffile
+
+    from brainseg.data.reader import find_patients
+
+    folder = tmp_path / "c_renamed"
+    folder.mkdir()
+    tifffile.imwrite(folder / "c_1.tif", np.zeros((4, 4, 3), np.uint8), photometric="rgb")
+    names = [p.name for p in find_patients(tmp_path, require_masks=False)]
+    plan = member_plan(FOLDS[:1], names, "out_of_fold")
+    assert subsets_for(plan, FOLDS[:1]) == {"c": "train"}  # before: {"c_renamed": "unseen"}

@@ -153,3 +153,70 @@ def test_unknown_config_group_option_lists_the_valid_ones(tmp_path: Path) -> Non
     result = run_cli("train.py", "loss=dise", f"hydra.run.dir={tmp_path}", cwd=PROJECT)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "Could not find 'loss/dise'" in result.stderr and "bce_dice" in result.stderr
+
+
+def _stop_at_first_epoch(args: list[str], last: Path, stderr: Path) -> tuple[int, list[str]]:
+    """Start train.py, send SIGTERM once it has logged its first epoch and saved `last`; its exit
+    status and the `error:` lines it printed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with open(stderr, "w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "train.py", *args],
+            cwd=PROJECT,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
+        deadline = time.monotonic() + 300  # only bounds a failure
+        try:
+            for line in process.stdout:
+                if "epoch 1/" in line or time.monotonic() > deadline:
+                    break
+            while not last.is_file() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=300)
+        finally:
+            process.kill()
+    return process.returncode, [x for x in stderr.read_text().splitlines() if "error:" in x]
+
+
+def test_sigterm_stops_a_run_non_zero_saying_how_to_resume(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    args = tiny_train_overrides(synthetic_root, run, tmp_path / "cache")
+    last = run / "checkpoints" / "last.ckpt"
+    status, errors = _stop_at_first_epoch([*args, "trainer.max_epochs=50"], last, tmp_path / "err")
+    assert status == 143, errors  # before: 0, as if the run had finished
+    assert errors == [
+        f"error: stopped by SIGTERM; run the same command again to resume from {last} (auto_resume)"
+    ]
+    assert 1 <= read_metrics(run).epochs < 50  # the epochs so far
+
+
+def test_sigterm_stops_a_sweep_after_its_report(synthetic_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    args = [
+        o
+        for o in tiny_train_overrides(synthetic_root, tmp_path / "run", tmp_path / "cache")
+        if not o.startswith("hydra.run.dir")
+    ]
+    last = sweep / "0" / "checkpoints" / "last.ckpt"
+    status, errors = _stop_at_first_epoch(
+        ["-m", *args, f"hydra.sweep.dir={sweep}", "trainer.max_epochs=50", "seed=1,2"],
+        last,
+        tmp_path / "err",
+    )
+    assert status == 143, errors  # before: 0, and the sweep went on with job 1
+    resume = f"resume with ckpt_path={last}"
+    assert errors == [
+        f"error: job 0 stopped by SIGTERM; {resume}; the jobs run so far: {sweep / 'summary.md'}"
+    ]
+    assert (sweep / "summary.md").is_file() and not (sweep / "1").exists()

@@ -194,7 +194,19 @@ def test_a_lower_is_better_monitor_keeps_the_lowest_value_everywhere(
             ["data.preprocess.interpolation=bicubic"],
             "data.preprocess.interpolation='bicubic' is unknown",
         ),
-        (["optimizer._target_=torch.optim.Adamm"], "optimizer: "),
+        (  # before: "optimizer: full_key: optimizer"
+            ["optimizer._target_=torch.optim.Adamm"],
+            "optimizer: Error locating target 'torch.optim.Adamm'; Are you sure that 'Adamm' is",
+        ),
+        pytest.param(
+            ["trainer.accelerator=gpu"],
+            "; No supported gpu backend found!",  # before: "trainer: full_key: trainer"
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is available"),
+        ),
+        # before: a traceback, and a string read letter by letter as step names
+        (["postprocessing=[5]"], "postprocessing[0]: 5 is not a step (a name or a mapping)"),
+        (["postprocessing=[null]"], "postprocessing[0]: None is not a step"),
+        (["postprocessing=largest_component"], "postprocessing: a list of steps, not 'largest_"),
     ],
 )
 def test_bad_settings_print_one_error_line(
@@ -314,3 +326,111 @@ def test_final_validation_calibrates_and_draws_the_worst_patients(
     assert 0 <= record["ece"]["after"] <= 1 and 0 <= record["ece"]["before"] <= 1
     for picture in ("calibration.png", "failures.png"):
         assert (run / picture).stat().st_size > 1000
+
+
+def test_a_nan_loss_stops_the_run_keeping_the_last_finite_checkpoint(
+    synthetic_root: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """The loss turns nan in epoch 2 (as with optimizer=sgd optimizer.lr=1e6): the run stops there,
+    last.ckpt and the best checkpoint stay those of epoch 1, metrics.json stays valid JSON."""
+    step = SegmentationModule.training_step
+
+    def diverging(self, batch, batch_idx):
+        loss = step(self, batch, batch_idx)
+        return loss * float("nan") if self.current_epoch >= 1 else loss
+
+    monkeypatch.setattr(SegmentationModule, "training_step", diverging)
+    run = tmp_path / "run"
+    cfg = compose_run(synthetic_root, run, tmp_path / "cache", "trainer.max_epochs=3")
+    with pytest.raises(SystemExit) as info:  # before: all 3 epochs ran, exit status 0
+        run_task(train, cfg)
+    assert info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: train loss is nan at epoch 2, step "), line
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 0  # Lightning counts from 0: the first epoch
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+    assert [p.name.startswith("best-epoch001") for p in run.glob("checkpoints/best*")] == [True]
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} in metrics.json")
+
+    metrics = json.loads((run / "metrics.json").read_text(), parse_constant=refuse)
+    assert [entry["epoch"] for entry in metrics["history"]] == [1]
+
+
+def test_sigint_exits_130_with_one_line(capsys) -> None:
+    import os
+    import signal
+    import time
+
+    def interrupted(cfg) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(60)
+
+    with pytest.raises(SystemExit) as info:  # before: a KeyboardInterrupt traceback
+        run_task(interrupted, None)
+    assert info.value.code == 130
+    assert capsys.readouterr().err.splitlines() == ["error: stopped by SIGINT"]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("ckpt_path=missing.ckpt", "ckpt_path='missing.ckpt': no such checkpoint file"),
+        ("monitor=val/dice", "val/dice"),
+    ],
+)
+def test_sweep_preflight_checks_ckpt_path_and_monitor(override: str, expected: str) -> None:
+    from helpers import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    from brainseg.errors import ConfigError
+    from brainseg.hydra_callbacks import preflight
+
+    config = compose(["debug=tiny", override])
+    try:
+        with pytest.raises(ConfigError, match=expected):  # before: every job failed alike
+            preflight(config, ["data"])  # a sweep over data: checked by the jobs
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def test_a_cuda_device_without_a_gpu_is_one_line(monkeypatch) -> None:
+    from brainseg.errors import ConfigError
+    from brainseg.prediction.pipeline import _device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device=cuda: no CUDA GPU here"):
+        _device("cuda")  # before: torch's traceback at the first tensor moved there
+    assert _device("auto") == "cpu"
+
+
+def test_a_resumed_csv_log_drops_the_rows_of_the_epoch_it_trains_again(tmp_path: Path) -> None:
+    from brainseg.training.loggers import ResumableCSVLogger
+
+    def logger() -> ResumableCSVLogger:
+        return ResumableCSVLogger(save_dir=tmp_path, name="csv", version="")
+
+    first = logger()
+    for step, epoch in enumerate([0, 0, 1, 1, 2]):  # killed during epoch 2, saved after epoch 1
+        first.log_metrics({"train/loss": 1.0, "epoch": epoch}, step=step)
+    first.save()
+    resumed = logger()
+    resumed.log_metrics({"train/loss": 0.5, "epoch": 2}, step=4)
+    resumed.save()
+    with open(tmp_path / "csv" / "metrics.csv") as fh:
+        rows = [(row["epoch"], row["train/loss"]) for row in csv.DictReader(fh)]
+    assert rows == [("0", "1.0"), ("0", "1.0"), ("1", "1.0"), ("1", "1.0"), ("2", "0.5")]
+
+
+def test_metrics_json_is_strict_json_with_nan_written_as_null(tmp_path: Path) -> None:
+    from brainseg.runfiles import EpochScores, RunMetrics, read_metrics, write_metrics
+
+    nan = float("nan")
+    entry = EpochScores(epoch=1, step=3, values={"hd95": nan}, train_loss=float("inf"))
+    metrics = RunMetrics("val/dsc_volume", True, "last", None, None, None, None, 1, nan, [entry])
+    path = write_metrics(tmp_path, metrics)
+    content = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(c))  # before: NaN
+    assert content["train_seconds"] is None and content["history"][0]["train_loss"] is None
+    assert read_metrics(tmp_path).history[0].values["hd95"] is None

@@ -1,5 +1,5 @@
 """Reading the kaggle_3m layout: one folder per patient,
-`<patient>_<n>.tif` slices and `_mask.tif` masks."""
+`<patient>_<n>.tif` slices and `_mask.tif` masks (`.tif` or `.tiff`, in any case)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,16 @@ import tifffile
 
 from brainseg.errors import DataError
 
-_SLICE_RE = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)(?P<mask>_mask)?\.tif$")
+_SLICE_RE = re.compile(r"(?i)^(?P<patient>.+)_(?P<n>\d+)(?P<mask>_mask)?(?P<ext>\.tiff?)$")
+IMAGE_NAME = r"\g<patient>_\g<n>\g<ext>"  # the image of a mask file
 MASK_VALUES = ({0, 255}, {0, 1})  # kaggle_3m masks, or already binary ones
 log = logging.getLogger("brainseg")
 
 
 @dataclass(frozen=True)
 class PatientFiles:
-    """The slice files of one patient, in slice order;
-    `masks` is None for inference-only folders."""
+    """The slice files of one patient, in slice order; `masks` is None for inference-only folders.
+    `name` is the patient id the files carry (splits follow it, even in a renamed folder)."""
 
     name: str
     folder: Path
@@ -41,7 +42,7 @@ class PatientVolume:
     mask: np.ndarray | None
 
 
-def _slice_files(folder: Path) -> tuple[dict[int, Path], dict[int, Path]]:
+def _slice_files(folder: Path) -> tuple[dict[int, Path], dict[int, Path], str]:
     """Slice number -> image file and -> mask file of one patient folder, whatever prefix the
     files carry; two files for one slice number, or a slice of another patient, are named."""
     images: dict[int, Path] = {}
@@ -57,8 +58,7 @@ def _slice_files(folder: Path) -> tuple[dict[int, Path], dict[int, Path]]:
             raise DataError(f"{found[number]} and {path.name}: two files for slice {number}")
         found[number] = path
         prefixes[path] = match["patient"]
-    _check_one_patient(folder, prefixes)
-    return images, masks
+    return images, masks, _check_one_patient(folder, prefixes)
 
 
 def scan_masks(folder: Path) -> dict[int, Path]:
@@ -70,24 +70,26 @@ def scan_masks(folder: Path) -> dict[int, Path]:
 def scan_patient(folder: Path, require_masks: bool = True) -> PatientFiles:
     """List a patient folder's slices in numeric order (2 before 10),
     checking image/mask pairing and gaps."""
-    images, masks = _slice_files(folder)
+    images, masks, patient = _slice_files(folder)
     if not images and not masks:
         raise DataError(f"{folder}: no slice files (<patient>_<n>.tif) in patient folder")
     for n in sorted(set(masks) - set(images)):
-        raise DataError(
-            f"{masks[n]}: mask has no image {masks[n].name.replace('_mask.tif', '.tif')}"
-        )
+        raise DataError(f"{masks[n]}: mask has no image {_SLICE_RE.sub(IMAGE_NAME, masks[n].name)}")
     has_masks = bool(masks)
     if require_masks or has_masks:
         for n in sorted(set(images) - set(masks)):
-            raise DataError(f"{images[n]}: image has no mask {images[n].stem}_mask.tif")
+            raise DataError(
+                f"{images[n]}: image has no mask {images[n].stem}_mask{images[n].suffix}"
+            )
     numbers = sorted(images)
     expected = list(range(numbers[0], numbers[0] + len(numbers)))
     if numbers != expected:
         missing = min(set(expected) - set(numbers))
         raise DataError(f"{folder}: slice {missing} is missing (slice numbers must be consecutive)")
+    if patient != folder.name:
+        log.warning("%s: its files name patient %s, who it is taken for", folder, patient)
     return PatientFiles(
-        name=folder.name,
+        name=patient,
         folder=folder,
         numbers=tuple(numbers),
         images=tuple(images[n] for n in numbers),
@@ -95,13 +97,13 @@ def scan_patient(folder: Path, require_masks: bool = True) -> PatientFiles:
     )
 
 
-def _check_one_patient(folder: Path, prefixes: dict[Path, str]) -> None:
-    """All slices of a folder belong to one patient: the folder's name, or (renamed folder) the
+def _check_one_patient(folder: Path, prefixes: dict[Path, str]) -> str:
+    """The patient all slices of a folder belong to: the folder's name, or (renamed folder) the
     prefix most files carry; a stray slice of another patient is named."""
     counts = Counter(prefixes.values())
+    patient = folder.name if folder.name in counts or not counts else counts.most_common(1)[0][0]
     if len(counts) < 2:
-        return
-    patient = folder.name if folder.name in counts else counts.most_common(1)[0][0]
+        return patient
     stray = next(path for path, prefix in prefixes.items() if prefix != patient)
     raise DataError(
         f"{stray}: slice of patient {prefixes[stray]}, not of {patient} "
@@ -112,21 +114,33 @@ def _check_one_patient(folder: Path, prefixes: dict[Path, str]) -> None:
 def find_patients(root: str | Path, require_masks: bool = True) -> list[PatientFiles]:
     """All patient folders under a data root (kaggle_3m layout), sorted by name.
 
-    A root that is itself a patient folder (it holds slice files) yields that one patient.
+    A root that is itself a patient folder (it holds slice files) yields that one patient; a root
+    holding both, or two folders of one patient (a copy), is refused.
     """
     root = Path(root)
-    if not root.exists():
-        raise DataError(f"{root}: data root does not exist")
     if not root.is_dir():
-        raise DataError(f"{root}: data root is not a directory")
-    if any(_SLICE_RE.match(p.name) for p in root.iterdir()):
-        return [scan_patient(root, require_masks)]
+        problem = "is not a directory" if root.exists() else "does not exist"
+        raise DataError(f"{root}: data root {problem}")
+    slices = [p for p in sorted(root.iterdir()) if _SLICE_RE.match(p.name)]
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    patients = [scan_patient(f, require_masks) for f in folders if any(f.glob("*.tif"))]
+    folders = [f for f in folders if any(_SLICE_RE.match(p.name) for p in f.iterdir())]
+    if slices and folders:
+        raise DataError(
+            f"{slices[0]}: a slice file beside the patient folders ({folders[0].name}, "
+            "...) of the data root; move it into its patient's folder"
+        )
+    patients = [scan_patient(f, require_masks) for f in folders or [root] * bool(slices)]
     if not patients:
         raise DataError(
             f"{root}: no patient folders with .tif slices (expected the kaggle_3m layout)"
         )
+    seen: dict[str, Path] = {}
+    for files in patients:
+        if seen.setdefault(files.name, files.folder) != files.folder:
+            raise DataError(
+                f"{seen[files.name]} and {files.folder}: two folders of patient "
+                f"{files.name} (a copy?); keep one"
+            )
     return patients
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from brainseg.postprocessing import parse_yaml
 from brainseg.postprocessing.decision import describe
 from brainseg.postprocessing.records import DECISION_FILE, VALIDATION_DIR, decide_runs
 from brainseg.reporting.sweep import collect_jobs, configurations
-from brainseg.run_lock import own_run_directory
+from brainseg.run_lock import claim_run_directory, release_run_directory
 
 
 def _folds(sweep: Path) -> list[Path]:
@@ -45,10 +44,12 @@ def decide_folder(folder: Path, candidates: Any = None, overwrite: bool = False)
             f"{folder / DECISION_FILE} holds a decision already; pass --overwrite to replace it"
         )
     runs = [folder] if (folder / VALIDATION_DIR).is_dir() else _folds(folder)
-    with ExitStack() as locks:
-        for run in runs:
-            locks.enter_context(own_run_directory(run))
+    claimed = [run for run in runs if claim_run_directory(run)]  # no live train.py rewrites them
+    try:
         return decide_runs(folder, runs, candidates)
+    finally:
+        for run in claimed:
+            release_run_directory(run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,6 +68,8 @@ def load_members(cfg: DictConfig) -> list[Member]:
 def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name}: no CUDA GPU here; use device=auto or device=cpu")
     return name
 
 
@@ -145,7 +147,7 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
         volume = read_patient(files)
         probs = predictor.predict(volume, plan[files.name])
         mask = apply(probs > threshold, steps)
-        folder = out / files.name
+        folder = out / files.folder.name  # as the input folder is called
         folder.mkdir(exist_ok=True)
         for z, image_path in enumerate(
             files.images

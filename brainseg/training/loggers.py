@@ -4,14 +4,30 @@ from __future__ import annotations
 
 import csv
 import os
+from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities import rank_zero_only
 
 
 class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer deletes an existing metrics.csv;
-    a resumed run appends to it instead."""
+    """Lightning's CSV writer deletes an existing metrics.csv; a resumed run appends to it instead,
+    once the rows of the epochs it trains again (one interrupted midway) are dropped."""
+
+    _first = True
+
+    def log_metrics(self, metrics_dict: dict[str, Any], step: int | None = None) -> None:
+        if self._first and "epoch" in metrics_dict and os.path.isfile(self.metrics_file_path):
+            epoch = int(metrics_dict["epoch"])
+            with open(self.metrics_file_path, newline="") as file:
+                rows = [r for r in csv.DictReader(file) if float(r.get("epoch") or 0) < epoch]
+            with open(self.metrics_file_path, "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
+                writer.writeheader()
+                writer.writerows(rows)
+        self._first = False
+        super().log_metrics(metrics_dict, step)
 
     def _check_log_dir_exists(self) -> None:
         if os.path.isfile(self.metrics_file_path):
@@ -24,13 +40,7 @@ class ResumableCSVLogger(CSVLogger):
 
     @property
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is None and self._is_rank_zero():
+        if self._experiment is None and rank_zero_only.rank == 0:
             os.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return super().experiment
-
-    @staticmethod
-    def _is_rank_zero() -> bool:
-        from lightning.pytorch.utilities import rank_zero_only
-
-        return rank_zero_only.rank == 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig
 
 from brainseg.checkpoint import load_weights, read_checkpoint, remove_temporary_files
+from brainseg.cli import Stopped, multirun_dir
 from brainseg.config import instantiate_setting, job_overrides, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
@@ -25,10 +29,10 @@ from brainseg.metrics.monitor import higher_is_better
 from brainseg.paths import check_outside_inputs
 from brainseg.postprocessing import StepList, check_steps
 from brainseg.quiet import quiet_libraries
-from brainseg.run_lock import is_first_rank, own_run_directory
+from brainseg.run_lock import claim_run_directory, is_first_rank, release_run_directory
 from brainseg.runfiles import RunMetrics, write_metrics
 from brainseg.tracking import finish_run
-from brainseg.training.checkpoints import AtomicCheckpointIO, LastCheckpoint
+from brainseg.training.checkpoints import LAST_NAME, AtomicCheckpointIO, LastCheckpoint
 from brainseg.training.final_validation import FAILURES_FILE, final_validation
 from brainseg.training.media import TrackerMedia
 from brainseg.training.module import SegmentationModule
@@ -81,6 +85,41 @@ def _plugins() -> list[Any]:
     return plugins
 
 
+def last_checkpoint(output_dir: Path) -> Path:
+    """The run directory's own last.ckpt, which auto_resume resumes from."""
+    return output_dir / "checkpoints" / f"{LAST_NAME}.ckpt"
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """A nan or inf training loss stops the run at once: the weights it leaves are not saved, so
+    last.ckpt keeps the last finite epoch and no such epoch becomes the best."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, *args: Any) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None and not math.isfinite(float(loss)):
+            raise ConfigError(
+                f"train loss is {float(loss)} at epoch {trainer.current_epoch + 1}, step "
+                f"{trainer.global_step}: training stopped, weights unsaved (lower optimizer.lr?)"
+            )
+
+
+def _resume_hint(cfg: DictConfig, output_dir: Path) -> str:
+    last = last_checkpoint(output_dir)
+    if not last.is_file():
+        return "no checkpoint was saved yet"
+    if cfg.get("auto_resume", True) and multirun_dir() is None:
+        return f"run the same command again to resume from {last} (auto_resume)"
+    return f"resume with ckpt_path={last}"
+
+
+def checkpoint_file(cfg: DictConfig) -> Path:
+    """`ckpt_path`, resolved against the launch directory; a ConfigError if no such file."""
+    path = Path(to_absolute_path(str(cfg.ckpt_path)))
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file")
+    return path
+
+
 def _auto_resume(cfg: DictConfig, output_dir: Path, module: SegmentationModule) -> str | None:
     """An explicit ckpt_path, else the run directory's own last.ckpt (a requeued job resumes).
 
@@ -88,11 +127,9 @@ def _auto_resume(cfg: DictConfig, output_dir: Path, module: SegmentationModule) 
     line.
     """
     if cfg.get("ckpt_path"):
-        path = Path(to_absolute_path(str(cfg.ckpt_path)))
-        if not path.is_file():
-            raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file")
+        path = checkpoint_file(cfg)
     else:
-        path = output_dir / "checkpoints" / "last.ckpt"
+        path = last_checkpoint(output_dir)
         if not (cfg.get("auto_resume", True) and path.is_file()):
             return None
     checkpoint = read_checkpoint(path)
@@ -102,10 +139,6 @@ def _auto_resume(cfg: DictConfig, output_dir: Path, module: SegmentationModule) 
     # Lightning counts epochs from 0; a last.ckpt holds the epoch it was saved in.
     log.info("resuming from %s (saved in epoch %d)", path, checkpoint.get("epoch", -1) + 1)
     return str(path)
-
-
-def _names(steps: StepList) -> list[str]:
-    return [s["name"] for s in steps]
 
 
 def _candidates(cfg: DictConfig) -> list[StepList]:
@@ -167,9 +200,20 @@ def train(cfg: DictConfig) -> RunMetrics | None:
         )
     if not is_first_rank():
         return _fit(cfg, output_dir, candidates)
-    with own_run_directory(output_dir):
-        remove_temporary_files(output_dir / "checkpoints")
+    claimed = claim_run_directory(output_dir)  # False: held already, from before Hydra wrote
+    remove_temporary_files(output_dir / "checkpoints")
+    try:
         return _fit(cfg, output_dir, candidates)
+    except BaseException as exc:  # Lightning's SIGTERMException when submitit owns SIGTERM
+        stop: BaseException | None = exc  # or replaced by a data-loader worker's death
+        while stop is not None and not isinstance(stop, (Stopped, SIGTERMException)):
+            stop = stop.__context__
+        if stop is None:
+            raise
+        raise Stopped(getattr(stop, "signum", signal.SIGTERM), _resume_hint(cfg, output_dir))
+    finally:
+        if claimed:
+            release_run_directory(output_dir)
 
 
 def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMetrics | None:
@@ -192,14 +236,14 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
     )
     apply_speed_settings(module.net, cfg.get("channels_last", False), cfg.get("compile", False))
     report = RunReport(output_dir, to_plain(cfg), cfg.monitor)
-    callbacks = _instantiate_group("callbacks", cfg.get("callbacks")) + [report]
+    callbacks = _instantiate_group("callbacks", cfg.get("callbacks"))
+    callbacks += [StopOnNonFiniteLoss(), report]
     loggers = _instantiate_group("logger", cfg.get("logger"))
     swept, _ = job_overrides()
     sweep_keys = {f"sweep/{o.split('=', 1)[0].lstrip('+~')}": o.split("=", 1)[1] for o in swept}
     for logger in loggers:
-        logger.log_hyperparams(
-            {**report.config, **sweep_keys}
-        )  # the resolved config + the swept keys on top
+        # the resolved config + the swept keys on top
+        logger.log_hyperparams({**report.config, **sweep_keys})
     if any(isinstance(logger, (WandbLogger, TensorBoardLogger)) for logger in loggers):
         callbacks.append(TrackerMedia(report))
     # A progress bar on a terminal; in a log file, RunReport's one line per epoch instead.
@@ -213,7 +257,14 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
         enable_progress_bar=progress_bar,
     )
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=_auto_resume(cfg, output_dir, module))
+        try:
+            trainer.fit(
+                module, datamodule=datamodule, ckpt_path=_auto_resume(cfg, output_dir, module)
+            )
+        except BaseException:
+            if trainer.is_global_zero and report.history:  # the epochs so far
+                write_metrics(output_dir, report.run_metrics(trainer))
+            raise
         # the inner-validation rule scores each fold's held-out patients as its test set
         if (
             (cfg.get("test") or inner_validation(report.config))
@@ -255,7 +306,7 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
             "-" if median is None else f"{median:.4f}",
             reported.scores.value("val/hd95") or float("nan"),
             reported.scores.epoch,
-            f"; {reported.geometry}, postprocessing={_names(reported.postprocessing)}"
+            f"; {reported.geometry}, postprocessing={[s['name'] for s in reported.postprocessing]}"
             if reported.geometry
             else "",
         )
