@@ -22,7 +22,7 @@ from brainseg.cli import Stopped
 from brainseg.config import SWEPT_KEYS_ENV, instantiate_setting, swept_keys, to_plain
 from brainseg.errors import BrainsegError, ConfigError
 from brainseg.paths import check_outside_inputs
-from brainseg.run_lock import claim_run_directory, is_first_rank
+from brainseg.run_lock import LOCK_NAME, claim_run_directory, is_first_rank
 from brainseg.runfiles import CONFIG_FILE, METRICS_FILE
 
 
@@ -163,6 +163,29 @@ def _wandb_settings(sweep_dir: Path, jobs: list[dict[str, Any]]) -> dict[str, An
     return None
 
 
+def check_sweep_directory(config: DictConfig) -> None:
+    """An existing `hydra.sweep.dir` with content must be a sweep of the same entry point and
+    sweeper (its multirun.yaml says so): it is resumed; anything else is a ConfigError, before
+    Hydra writes there."""
+    sweep = Path(str(config.hydra.sweep.dir))
+    if not sweep.is_dir() or not any(p.name != LOCK_NAME for p in sweep.iterdir()):
+        return
+    recorded = sweep / "multirun.yaml"
+    if not recorded.is_file():
+        raise ConfigError(
+            f"hydra.sweep.dir={sweep}: not a sweep directory (no multirun.yaml); give an "
+            "existing sweep to resume it, or a new directory"
+        )
+    old = OmegaConf.load(recorded).hydra
+    for key in ("job.name", "sweeper._target_"):
+        before, now = OmegaConf.select(old, key), OmegaConf.select(config.hydra, key)
+        if before != now:
+            raise ConfigError(
+                f"hydra.sweep.dir={sweep}: a sweep with hydra.{key}={before}, not {now}; "
+                "resume a sweep with its own command, or choose a new directory"
+            )
+
+
 class SweepGuard(Callback):
     """Hydra callback around a multirun: pre-flight checks before the first job; the sweep report
     refreshed after each job (so a long or crashed sweep still has one); at the end the report
@@ -175,7 +198,8 @@ class SweepGuard(Callback):
         swept = swept_keys(config)
         os.environ[SWEPT_KEYS_ENV] = ",".join(swept)
         try:
-            claim_run_directory(Path.cwd() / str(config.hydra.sweep.dir))
+            check_sweep_directory(config)
+            claim_run_directory(Path.cwd() / str(config.hydra.sweep.dir), "hydra.sweep.dir")
             preflight(config, swept)
         except BrainsegError as exc:
             _exit(f"error: {exc} (checked before the sweep started; no job was run)")

@@ -13,7 +13,8 @@ import pytest
 from helpers import PROJECT, compose, run_cli, tiny_train_overrides
 from omegaconf import OmegaConf, open_dict
 
-from hydra_plugins.brainseg_launcher.local import RefuseForeignSweepDir
+from brainseg.errors import ConfigError
+from brainseg.hydra_callbacks import check_sweep_directory
 
 
 def _command(root: Path, sweep: Path, *overrides: str) -> list[str]:
@@ -84,21 +85,20 @@ def _multirun_config(sweep: Path):
 
 
 def test_an_existing_directory_must_be_a_sweep_of_the_same_command(
-    tmp_path: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path,
 ) -> None:
     folder = tmp_path / "folder"
     folder.mkdir()
-    RefuseForeignSweepDir().on_multirun_start(_multirun_config(folder))  # empty: a new sweep
+    check_sweep_directory(_multirun_config(folder))  # empty: a new sweep
     (folder / "notes.txt").write_text("mine")
-    with pytest.raises(SystemExit) as stopped:
-        RefuseForeignSweepDir().on_multirun_start(_multirun_config(folder))
-    assert stopped.value.code == 2 and capsys.readouterr().err == (
-        f"error: hydra.sweep.dir={folder}: not a sweep directory (no multirun.yaml); give an "
-        "existing sweep to resume it, or a new directory\n"
+    with pytest.raises(ConfigError) as refused:
+        check_sweep_directory(_multirun_config(folder))
+    assert str(refused.value) == (
+        f"hydra.sweep.dir={folder}: not a sweep directory (no multirun.yaml); give an "
+        "existing sweep to resume it, or a new directory"
     )
     predict = _multirun_config(folder)
     predict.hydra.job.name = "predict"
     OmegaConf.save(predict, folder / "multirun.yaml")
-    with pytest.raises(SystemExit):
-        RefuseForeignSweepDir().on_multirun_start(_multirun_config(folder))
-    assert "a sweep with hydra.job.name=predict, not train" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="a sweep with hydra.job.name=predict, not train"):
+        check_sweep_directory(_multirun_config(folder))

@@ -49,8 +49,6 @@ def check_steps(
         example = "[] or [{name: largest_component}]"
         raise ConfigError(f"{setting}={steps!r} must be a step list, e.g. {example}")
     checked = []
-    if isinstance(steps, (str, Mapping)):  # would be read letter by letter, or key by key
-        raise ConfigError(f"{setting}: a list of steps, not {steps!r}")
     for index, item in enumerate(steps or []):
         if not isinstance(item, (str, Mapping)):
             raise ConfigError(f"{setting}[{index}]: {item!r} is not a step (a name or a mapping)")

@@ -118,7 +118,8 @@ def decide_runs(
     }
     path = folder / DECISION_FILE
     path.write_text(json.dumps(decision, indent=2))
-    for checkpoint in [] if pooled else sorted((folder / "checkpoints").glob("*.ckpt")):
+    checkpoints = [] if pooled else sorted((folder / "checkpoints").glob("*.ckpt"))
+    for checkpoint in (path for path in checkpoints if path.is_file()):
         record_decisions(
             checkpoint, {"postprocessing": provenance_record(decision, path), **(also or {})}
         )

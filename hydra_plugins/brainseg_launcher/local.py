@@ -28,7 +28,6 @@ from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from brainseg.errors import DataError
@@ -202,28 +201,3 @@ class PoolLauncher(ResumingLauncher):
                 _return_value=RuntimeError(f"job {idx}: its process died"),
             )
         return cloudpickle.loads(result.read_bytes())
-
-
-class RefuseForeignSweepDir(Callback):
-    """An existing `hydra.sweep.dir` with content must be a sweep of the same entry point and
-    sweeper (its multirun.yaml says so): resuming it; anything else is refused in one line before
-    Hydra writes there."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep = Path(str(config.hydra.sweep.dir))
-        if not sweep.is_dir() or not any(sweep.iterdir()):
-            return
-        recorded = sweep / "multirun.yaml"
-        if not recorded.is_file():
-            stop_sweep(
-                f"hydra.sweep.dir={sweep}: not a sweep directory (no multirun.yaml); give an "
-                "existing sweep to resume it, or a new directory"
-            )
-        old = OmegaConf.load(recorded).hydra
-        for key in ("job.name", "sweeper._target_"):
-            before, now = OmegaConf.select(old, key), OmegaConf.select(config.hydra, key)
-            if before != now:
-                stop_sweep(
-                    f"hydra.sweep.dir={sweep}: a sweep with hydra.{key}={before}, not {now}; "
-                    "resume a sweep with its own command, or choose a new directory"
-                )
