@@ -181,6 +181,9 @@ class RunMetrics:
     train_seconds: float | None
     history: list[EpochScores]
     test: TestScores | None = None
+    # True once the run ended (final validation included); the epochs of a stopped or failed run
+    # are written too, without it.
+    finished: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunMetrics:

@@ -62,6 +62,7 @@ def _job(
             epochs=5,
             train_seconds=1.0,
             history=[best, selected],
+            finished=True,
         ),
     )
     return job

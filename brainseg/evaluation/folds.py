@@ -82,7 +82,7 @@ def held_out_by(job_dirs: list[Path]) -> dict[str, list[HeldOut]]:
             continue
         scored = split.test if split.n_inner_val else split.val
         metrics = read_metrics(job)
-        reported = reported_scores(metrics) if metrics is not None else None
+        reported = reported_scores(metrics) if metrics is not None and metrics.finished else None
         checkpoint = Path(reported.checkpoint) if reported and reported.checkpoint else None
         for name in scored:
             patients.setdefault(name, []).append(

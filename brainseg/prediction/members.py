@@ -176,7 +176,7 @@ def _selected_checkpoint(job: Path) -> tuple[Path, str] | None:
     """The checkpoint a finished job's evaluation.selection rule reports (metrics.json), and the
     rule; found in the job's own folder when the sweep was moved."""
     metrics = read_metrics(job)
-    reported = metrics and metrics.selected
+    reported = metrics and metrics.finished and metrics.selected
     recorded = reported and (reported.checkpoint or metrics.best_checkpoint)
     if not recorded:
         return None

@@ -129,7 +129,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
             "per_patient": {},
         }
         metrics, failure = read_metrics(job), read_failure(job)
-        if metrics is not None:
+        if metrics is not None and metrics.finished:
             reported = reported_scores(metrics)
             scores = reported.scores if reported else None
             row.update(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -284,7 +285,7 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, LastCheckpoint):
             callback.job_succeeded()
-    metrics = report.run_metrics(trainer)
+    metrics = dataclasses.replace(report.run_metrics(trainer), finished=True)
     write_metrics(output_dir, metrics)
     if metrics.best is not None and metrics.selected is not None:
         best, reported = metrics.best, metrics.selected

@@ -95,7 +95,7 @@ def reused_return(job_config: DictConfig) -> JobReturn | None:
         metrics = read_metrics(job_dir)
     except DataError:  # torn by a kill: the job runs again
         return None
-    if metrics is None or metrics.reported is None:
+    if metrics is None or not metrics.finished:
         return None
     log.info("job %s: finished before, reused (%s)", job_config.hydra.job.num, job_dir)
     value = metrics.best.value(metrics.monitor) if metrics.best else None
