@@ -141,14 +141,6 @@ def _auto_resume(cfg: DictConfig, output_dir: Path, module: SegmentationModule) 
     return str(path)
 
 
-def _candidates(cfg: DictConfig) -> list[StepList]:
-    """The step lists the post-processing is chosen among after training (checked up front)."""
-    return [
-        check_steps(c, f"postprocessing_candidates[{i}]")
-        for i, c in enumerate(to_plain(cfg.get("postprocessing_candidates")) or [])
-    ]
-
-
 def _final_validation(
     cfg: DictConfig, trainer: L.Trainer, report: RunReport, candidates: list[StepList]
 ) -> None:
@@ -171,17 +163,15 @@ def _final_validation(
         int(cfg.data.get("val_batch_size") or cfg.data.get("batch_size") or 16),
     )
     report.adopt_final_validation(final)
-    _log_picture(trainer, "val/failures", Path(cfg.paths.output_dir) / FAILURES_FILE)
-
-
-def _log_picture(trainer: L.Trainer, key: str, path: Path) -> None:
-    """A picture of the run to the W&B and TensorBoard loggers that are on."""
+    failures = Path(cfg.paths.output_dir) / FAILURES_FILE  # to the W&B and TensorBoard loggers
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
-            logger.log_image(key, images=[str(path)])
+            logger.log_image("val/failures", images=[str(failures)])
         elif isinstance(logger, TensorBoardLogger):
-            image = iio.imread(path)[..., :3]
-            logger.experiment.add_image(key, image, trainer.global_step, dataformats="HWC")
+            image = iio.imread(failures)[..., :3]
+            logger.experiment.add_image(
+                "val/failures", image, trainer.global_step, dataformats="HWC"
+            )
 
 
 def train(cfg: DictConfig) -> RunMetrics | None:
@@ -192,7 +182,10 @@ def train(cfg: DictConfig) -> RunMetrics | None:
     higher_is_better(cfg.monitor)  # a ConfigError before any work if it is not a logged metric
     check_steps(to_plain(cfg.get("postprocessing")), "postprocessing")
     L.seed_everything(cfg.seed, workers=True)
-    candidates = _candidates(cfg)
+    candidates = [  # the step lists the post-processing is chosen among after training
+        check_steps(c, f"postprocessing_candidates[{i}]")
+        for i, c in enumerate(to_plain(cfg.get("postprocessing_candidates")) or [])
+    ]
     output_dir = Path(cfg.paths.output_dir)
     if cfg.data.get("root"):
         check_outside_inputs(
@@ -227,12 +220,12 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
         metric=to_plain(cfg.metric),
         postprocessing=to_plain(cfg.postprocessing),
     )
-    model = cfg.model
+    parameters = sum(p.numel() for p in module.parameters()) / 1e6
     log.info(
         "model: %s, encoder %s, %.1f M parameters",
-        model.arch,
-        model.encoder_name,
-        sum(p.numel() for p in module.parameters()) / 1e6,
+        cfg.model.arch,
+        cfg.model.encoder_name,
+        parameters,
     )
     apply_speed_settings(module.net, cfg.get("channels_last", False), cfg.get("compile", False))
     report = RunReport(output_dir, to_plain(cfg), cfg.monitor)
