@@ -109,14 +109,7 @@ class RunReport(L.Callback):
         self._epoch_started = time.monotonic()
         self._train_loss = []
 
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, *args: Any) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             self._train_loss.append(loss.detach())  # stays on the device: no sync per step
@@ -179,17 +172,10 @@ class RunReport(L.Callback):
 
     def checkpoint_paths(self, trainer: L.Trainer) -> dict[str, str | None]:
         """The run's best and last checkpoint files (None where there is none)."""
-        checkpoint = trainer.checkpoint_callback
+        last = [c.path for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)]
         return {
-            "best": getattr(checkpoint, "best_model_path", None) or None,
-            "last": next(
-                (
-                    str(c.path)
-                    for c in trainer.checkpoint_callbacks
-                    if isinstance(c, LastCheckpoint) and c.path.is_file()
-                ),
-                None,
-            ),
+            "best": getattr(trainer.checkpoint_callback, "best_model_path", None) or None,
+            "last": next((str(path) for path in last if path.is_file()), None),
         }
 
     def selected_checkpoint(self, trainer: L.Trainer) -> str | None:
