@@ -355,14 +355,9 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
     with atomic_writer(sweep_dir / "summary.md") as fh:
         fh.write("\n".join(_markdown(sweep_dir, jobs, keys, table)) + "\n")
     if table:
-        scores = {
-            r["configuration"]: {
-                row["patient"]: row["dsc"]
-                for row in rows
-                if row["configuration"] == r["configuration"]
-            }
-            for r in table
-        }
+        scores: dict[str, dict[str, float]] = {r["configuration"]: {} for r in table}
+        for row in rows:
+            scores[row["configuration"]][row["patient"]] = row["dsc"]
         strip_box_plot(
             scores,
             sweep_dir / "summary.png",
