@@ -74,17 +74,6 @@ def check_sweep_ranks(trainer_cfg: DictConfig) -> None:
         )
 
 
-def _plugins() -> list[Any]:
-    """Atomic checkpoint writes; under SLURM the job's launcher (submitit) owns requeueing, so
-    Lightning's own is switched off."""
-    plugins: list[Any] = [AtomicCheckpointIO()]
-    if "SLURM_JOB_ID" in os.environ:
-        from lightning.pytorch.plugins.environments import SLURMEnvironment
-
-        plugins.append(SLURMEnvironment(auto_requeue=False))
-    return plugins
-
-
 def last_checkpoint(output_dir: Path) -> Path:
     """The run directory's own last.ckpt, which auto_resume resumes from."""
     return output_dir / "checkpoints" / f"{LAST_NAME}.ckpt"
@@ -212,14 +201,8 @@ def train(cfg: DictConfig) -> RunMetrics | None:
 def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMetrics | None:
     """The run itself, in a run directory no other process writes to."""
     datamodule = check_data_module(instantiate_setting("data", cfg.data))
-    module = SegmentationModule(
-        model=to_plain(cfg.model),
-        loss=to_plain(cfg.loss),
-        optimizer=to_plain(cfg.optimizer),
-        scheduler=to_plain(cfg.scheduler),
-        metric=to_plain(cfg.metric),
-        postprocessing=to_plain(cfg.postprocessing),
-    )
+    parts = ("model", "loss", "optimizer", "scheduler", "metric", "postprocessing")
+    module = SegmentationModule(**{part: to_plain(cfg[part]) for part in parts})
     parameters = sum(p.numel() for p in module.parameters()) / 1e6
     log.info(
         "model: %s, encoder %s, %.1f M parameters",
@@ -239,6 +222,11 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
         logger.log_hyperparams({**report.config, **sweep_keys})
     if any(isinstance(logger, (WandbLogger, TensorBoardLogger)) for logger in loggers):
         callbacks.append(TrackerMedia(report))
+    plugins: list[Any] = [AtomicCheckpointIO()]  # atomic checkpoint writes
+    if "SLURM_JOB_ID" in os.environ:  # the job's launcher (submitit) owns requeueing, not Lightning
+        from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     # A progress bar on a terminal; in a log file, RunReport's one line per epoch instead.
     progress_bar = cfg.trainer.get("enable_progress_bar", sys.stdout.isatty())
     trainer: L.Trainer = instantiate_setting(
@@ -246,7 +234,7 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
         cfg.trainer,
         callbacks=callbacks,
         logger=loggers or False,
-        plugins=_plugins(),
+        plugins=plugins,
         enable_progress_bar=progress_bar,
     )
     try:
