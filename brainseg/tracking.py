@@ -199,10 +199,8 @@ def log_sweep_report(
         reinit="create_new",
         id=_run_id(sweep_dir, ":report"),
     )
-    table = report["configurations"]
-    columns = list(table[0])
-    per_patient = report["per_patient"]
-    patient_columns = list(per_patient[0]) if per_patient else []
+    table, per_patient = report["configurations"], report["per_patient"]
+    columns, patient_columns = list(table[0]), list(per_patient[0] if per_patient else [])
     run.log(
         {
             "sweep/comparison": wandb.Table(
