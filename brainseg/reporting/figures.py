@@ -210,9 +210,8 @@ def window(channel: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.5)) 
     if foreground.size == 0:
         return np.zeros(channel.shape, np.uint8)
     low, high = np.percentile(foreground, percentiles)
-    return (np.clip((channel.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1) * 255).astype(
-        np.uint8
-    )
+    scaled = np.clip((channel.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1) * 255
+    return scaled.astype(np.uint8)
 
 
 def overlay(

@@ -20,11 +20,8 @@ from brainseg.training.report import RunReport
 def _display(image: np.ndarray) -> np.ndarray:
     """A z-scored (3, H, W) slice as (H, W, 3) uint8 for pictures."""
     low, high = np.percentile(image, [1, 99])
-    return (
-        (np.clip((image - low) / max(high - low, 1e-6), 0, 1) * 255)
-        .astype(np.uint8)
-        .transpose(1, 2, 0)
-    )
+    scaled = np.clip((image - low) / max(high - low, 1e-6), 0, 1) * 255
+    return scaled.astype(np.uint8).transpose(1, 2, 0)
 
 
 class TrackerMedia(L.Callback):
