@@ -142,18 +142,6 @@ def preflight(config: DictConfig, swept: list[str]) -> None:
             _check_targets(group, config[group])
 
 
-def _wandb_settings(sweep_dir: Path, jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The `logger.wandb` settings of the first job that logged to W&B (None: no job did)."""
-    for job in jobs:
-        config_file = sweep_dir / job["job"] / CONFIG_FILE
-        if config_file.is_file():
-            config = yaml.safe_load(config_file.read_text()) or {}
-            settings = (config.get("logger") or {}).get("wandb")
-            if settings:
-                return settings
-    return None
-
-
 class SweepGuard(Callback):
     """Hydra callback around a multirun: pre-flight checks before the first job; the sweep report
     refreshed after each job (so a long or crashed sweep still has one); at the end the report
@@ -194,7 +182,14 @@ class SweepGuard(Callback):
             return
         report = write_report(sweep_dir)
         jobs = report["jobs"]
-        log_sweep_report(sweep_dir, report, _wandb_settings(sweep_dir, jobs))
+        files = (sweep_dir / job["job"] / CONFIG_FILE for job in jobs)
+        logged = (
+            ((yaml.safe_load(f.read_text()) or {}).get("logger") or {}).get("wandb")
+            for f in files
+            if f.is_file()
+        )
+        # the `logger.wandb` settings of the first job that logged to W&B (None: no job did)
+        log_sweep_report(sweep_dir, report, next(filter(None, logged), None))
         print(f"sweep report: {sweep_dir / 'summary.md'} ({len(jobs)} jobs)")
         failed = [j for j in jobs if j["status"] in ("failed", "interrupted")]
         if failed:
