@@ -19,7 +19,6 @@ import yaml
 from lightning.pytorch.callbacks import Timer
 
 from brainseg.checkpoint import Provenance
-from brainseg.data.contract import SegmentationData
 from brainseg.evaluation.folds import INNER_VAL, SELECTION_RULES, check_selection, inner_validation
 from brainseg.metrics import METRICS
 from brainseg.metrics.monitor import higher_is_better, improves
@@ -102,8 +101,7 @@ class RunReport(L.Callback):
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with atomic_writer(self.output_dir / CONFIG_FILE) as fh:
                 yaml.safe_dump(self.config, fh, sort_keys=False)
-            data: SegmentationData = trainer.datamodule
-            data.write_split(self.output_dir)
+            trainer.datamodule.write_split(self.output_dir)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_started = time.monotonic()
@@ -243,8 +241,7 @@ class RunReport(L.Callback):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        data: SegmentationData = trainer.datamodule
-        Provenance(config=self.config, **data.provenance()).store(checkpoint)
+        Provenance(config=self.config, **trainer.datamodule.provenance()).store(checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
         elapsed = self._elapsed_before + time.monotonic() - self._started
