@@ -165,14 +165,8 @@ def strip_box_plot(scores: dict[str, dict[str, float]], path: Path, title: str) 
     ax.boxplot(rows, positions=positions, orientation="horizontal", widths=0.5, showfliers=False)
     jitter = np.random.default_rng(0)
     for y, values in zip(positions, rows):
-        ax.scatter(
-            values,
-            y + jitter.uniform(-0.15, 0.15, len(values)),
-            s=12,
-            color="#4c72b0",
-            alpha=0.7,
-            zorder=3,
-        )
+        spread = y + jitter.uniform(-0.15, 0.15, len(values))
+        ax.scatter(values, spread, s=12, color="#4c72b0", alpha=0.7, zorder=3)
         ax.scatter([values.mean()], [y], marker="D", color="tab:red", zorder=4)
     ax.set_yticks(positions, names, fontsize=8)
     ax.set_xlim(0, 1)
