@@ -79,10 +79,6 @@ def _check_resumed(config: DictConfig, run_dir: Path) -> None:
         )
 
 
-def _touches(keys: list[str], group: str) -> bool:
-    return any(k == group or k.startswith((f"{group}.", f"{group}/")) for k in keys)
-
-
 def _check_targets(group: str, entries: Any) -> None:
     """Each entry's `_target_` of a dict-shaped group (callbacks, logger) can be imported; the
     entries themselves are built by the jobs (they name the job's own directory)."""
@@ -99,15 +95,6 @@ def _check_targets(group: str, entries: Any) -> None:
             raise ConfigError(f"{group}.{name}._target_: cannot import {target!r}")
 
 
-def _scheduler(config: DictConfig, optimizer: Any) -> None:
-    factory = to_plain(config.scheduler).get("scheduler") if config.scheduler else None
-    if not factory:
-        return
-    if "total_steps" in factory and factory["total_steps"] is None:  # the trainer fills it in
-        factory["total_steps"] = 1
-    instantiate_setting("scheduler", factory, optimizer=optimizer)
-
-
 def preflight(config: DictConfig, swept: list[str]) -> None:
     """Build what every job shares once, as the first job would (data root and split, model, loss,
     optimizer, scheduler, post-processing steps, the callbacks' and loggers' targets, monitor,
@@ -122,7 +109,8 @@ def preflight(config: DictConfig, swept: list[str]) -> None:
     from brainseg.training.pipeline import checkpoint_file
 
     def shared(group: str) -> bool:
-        return group in config and config[group] is not None and not _touches(swept, group)
+        touched = any(k == group or k.startswith((f"{group}.", f"{group}/")) for k in swept)
+        return group in config and config[group] is not None and not touched
 
     # for ${hydra:...} in the checked settings, as in a job
     HydraConfig.instance().set_config(config)
@@ -144,23 +132,14 @@ def preflight(config: DictConfig, swept: list[str]) -> None:
         optimizer = instantiate_setting("optimizer", config.optimizer, params=params)
     else:  # the scheduler is checked on a stand-in for the optimizers the jobs build
         optimizer = torch.optim.SGD(params, lr=0.1)
-    if shared("scheduler"):
-        _scheduler(config, optimizer)
+    factory = shared("scheduler") and to_plain(config.scheduler).get("scheduler")
+    if factory:
+        if "total_steps" in factory and factory["total_steps"] is None:  # the trainer fills it in
+            factory["total_steps"] = 1
+        instantiate_setting("scheduler", factory, optimizer=optimizer)
     for group in ("callbacks", "logger"):
         if shared(group):
             _check_targets(group, config[group])
-
-
-def _wandb_settings(sweep_dir: Path, jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The `logger.wandb` settings of the first job that logged to W&B (None: no job did)."""
-    for job in jobs:
-        config_file = sweep_dir / job["job"] / CONFIG_FILE
-        if config_file.is_file():
-            config = yaml.safe_load(config_file.read_text()) or {}
-            settings = (config.get("logger") or {}).get("wandb")
-            if settings:
-                return settings
-    return None
 
 
 def check_sweep_directory(config: DictConfig) -> None:
@@ -227,7 +206,14 @@ class SweepGuard(Callback):
             return
         report = write_report(sweep_dir)
         jobs = report["jobs"]
-        log_sweep_report(sweep_dir, report, _wandb_settings(sweep_dir, jobs))
+        files = (sweep_dir / job["job"] / CONFIG_FILE for job in jobs)
+        logged = (
+            ((yaml.safe_load(f.read_text()) or {}).get("logger") or {}).get("wandb")
+            for f in files
+            if f.is_file()
+        )
+        # the `logger.wandb` settings of the first job that logged to W&B (None: no job did)
+        log_sweep_report(sweep_dir, report, next(filter(None, logged), None))
         print(f"sweep report: {sweep_dir / 'summary.md'} ({len(jobs)} jobs)")
         failed = [j for j in jobs if j["status"] in ("failed", "interrupted")]
         if failed:

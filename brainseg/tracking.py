@@ -95,17 +95,13 @@ def wandb_logger(
     return logger
 
 
-def _best_on_val(monitor: str, best: EpochScores) -> dict[str, Any]:
-    """The best epoch's `monitor` value and its number, labelled as selected on validation."""
+def best_on_val(monitor: str, best: EpochScores) -> dict[str, Any]:
+    """The best epoch's `monitor` value and its number, labelled as selected on validation (the
+    run summary's best epoch, also while training)."""
     return {
         f"best_on_val/{monitor.removeprefix('val/')}": best.value(monitor),
         "best_on_val/epoch": best.epoch,
     }
-
-
-def log_best_so_far(logger: WandbLogger, monitor: str, best: EpochScores) -> None:
-    """The run summary's best epoch while training (the run report's best so far)."""
-    logger.experiment.summary.update(_best_on_val(monitor, best))
 
 
 def log_improvement(
@@ -154,7 +150,7 @@ def summary_values(metrics: RunMetrics) -> dict[str, Any]:
     if scores.train_loss is not None:
         values["train/loss"] = scores.train_loss
     if metrics.best is not None:
-        values.update(_best_on_val(metrics.monitor, metrics.best))
+        values.update(best_on_val(metrics.monitor, metrics.best))
     return values
 
 
@@ -203,10 +199,8 @@ def log_sweep_report(
         reinit="create_new",
         id=_run_id(sweep_dir, ":report"),
     )
-    table = report["configurations"]
-    columns = list(table[0])
-    per_patient = report["per_patient"]
-    patient_columns = list(per_patient[0]) if per_patient else []
+    table, per_patient = report["configurations"], report["per_patient"]
+    columns, patient_columns = list(table[0]), list(per_patient[0] if per_patient else [])
     run.log(
         {
             "sweep/comparison": wandb.Table(

@@ -23,7 +23,9 @@ from brainseg.runfiles import EpochScores
 PREDICTION_RGB = (255, 0, 0)
 TRUTH_RGB = (0, 255, 0)
 FLAIR_CHANNEL = 1
-
+Rgb = tuple[int, int, int]
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+LEGEND = (("truth", TRUTH_RGB), ("prediction", PREDICTION_RGB))
 
 GROUP_COLOURS = {"train": "#9e9e9e", "val": "#4c72b0", "test": "#8172b3", "unseen": "#dd8452"}
 # Characters per line of a configuration label in the sweep figures before it wraps.
@@ -73,15 +75,11 @@ def bar_chart(
     stats = values if stats_groups is None else values[[g in stats_groups for g in labels]]
     which = "" if stats_groups is None else "held-out "
     if show_stats and len(stats):
-        ax.axvline(
-            stats.mean(), color="tab:red", linestyle="--", label=f"{which}mean {stats.mean():.3f}"
-        )
-        ax.axvline(
-            np.median(stats),
-            color="tab:green",
-            linestyle="-",
-            label=f"{which}median {np.median(stats):.3f}",
-        )
+        for name, value, colour, style in (
+            ("mean", stats.mean(), "tab:red", "--"),
+            ("median", np.median(stats), "tab:green", "-"),
+        ):
+            ax.axvline(value, color=colour, linestyle=style, label=f"{which}{name} {value:.3f}")
     elif not show_stats:
         for y, v in enumerate(values):
             ax.text(min(v, 1.0), y, f" {v:.3f}", va="center", fontsize=8)
@@ -167,14 +165,8 @@ def strip_box_plot(scores: dict[str, dict[str, float]], path: Path, title: str) 
     ax.boxplot(rows, positions=positions, orientation="horizontal", widths=0.5, showfliers=False)
     jitter = np.random.default_rng(0)
     for y, values in zip(positions, rows):
-        ax.scatter(
-            values,
-            y + jitter.uniform(-0.15, 0.15, len(values)),
-            s=12,
-            color="#4c72b0",
-            alpha=0.7,
-            zorder=3,
-        )
+        spread = y + jitter.uniform(-0.15, 0.15, len(values))
+        ax.scatter(values, spread, s=12, color="#4c72b0", alpha=0.7, zorder=3)
         ax.scatter([values.mean()], [y], marker="D", color="tab:red", zorder=4)
     ax.set_yticks(positions, names, fontsize=8)
     ax.set_xlim(0, 1)
@@ -212,9 +204,8 @@ def window(channel: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.5)) 
     if foreground.size == 0:
         return np.zeros(channel.shape, np.uint8)
     low, high = np.percentile(foreground, percentiles)
-    return (np.clip((channel.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1) * 255).astype(
-        np.uint8
-    )
+    scaled = np.clip((channel.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1) * 255
+    return scaled.astype(np.uint8)
 
 
 def overlay(
@@ -237,26 +228,31 @@ def overlay(
     return rgb
 
 
+def _put_text(
+    rgb: np.ndarray, text: str, origin: tuple[int, int], scale: float, colour: Rgb
+) -> None:
+    """Text in `colour` with a black outline (readable on any FLAIR), in place."""
+    for fill, thickness in (((0, 0, 0), 3), (colour, 1)):
+        cv2.putText(rgb, text, origin, FONT, scale, fill, thickness, cv2.LINE_AA)
+
+
 def _write_legend(rgb: np.ndarray) -> None:
     """`truth` in the truth's colour and `prediction` in the prediction's, bottom left, in place."""
-    font, scale = cv2.FONT_HERSHEY_SIMPLEX, min(0.4, rgb.shape[1] / 400)
+    scale = min(0.4, rgb.shape[1] / 400)
     x, y = 3, rgb.shape[0] - 5
-    for word, colour in (("truth", TRUTH_RGB), ("prediction", PREDICTION_RGB)):
-        cv2.putText(rgb, word, (x, y), font, scale, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(rgb, word, (x, y), font, scale, colour, 1, cv2.LINE_AA)
-        x += cv2.getTextSize(word + " ", font, scale, 1)[0][0]
+    for word, colour in LEGEND:
+        _put_text(rgb, word, (x, y), scale, colour)
+        x += cv2.getTextSize(word + " ", FONT, scale, 1)[0][0]
 
 
 def _write_label(rgb: np.ndarray, text: str) -> None:
-    """White lines of text with a black outline, scaled to fit the width, in place."""
-    font, lines = cv2.FONT_HERSHEY_SIMPLEX, text.splitlines()
-    widest = max(cv2.getTextSize(line, font, 1.0, 1)[0][0] for line in lines)
+    """White lines of text, scaled to fit the width, in place."""
+    lines = text.splitlines()
+    widest = max(cv2.getTextSize(line, FONT, 1.0, 1)[0][0] for line in lines)
     scale = min(0.45, (rgb.shape[1] - 6) / widest)
     step = int(np.ceil(30 * scale)) + 2
     for i, line in enumerate(lines):
-        origin = (3, 3 + step * (i + 1) - 2)
-        cv2.putText(rgb, line, origin, font, scale, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(rgb, line, origin, font, scale, (255, 255, 255), 1, cv2.LINE_AA)
+        _put_text(rgb, line, (3, 3 + step * (i + 1) - 2), scale, (255, 255, 255))
 
 
 def write_overlays(
@@ -348,40 +344,22 @@ def failure_gallery(cases: list[FailureCase], path: Path, worst: int = 6) -> Pat
             ax.set_yticks([])
             if chosen is None:
                 ax.set_facecolor("black")
-                ax.text(
-                    0.5,
-                    0.5,
-                    f"no {kind} lesion",
-                    color="white",
-                    ha="center",
-                    va="center",
-                    transform=ax.transAxes,
-                )
+                centre = {"ha": "center", "va": "center", "transform": ax.transAxes}
+                ax.text(0.5, 0.5, f"no {kind} lesion", color="white", **centre)
                 continue
             number, flair, truth, prediction = chosen
             ax.imshow(overlay(flair, prediction, truth))
-            lost = int(
-                (truth & ~prediction).sum() if kind == "missed" else (prediction & ~truth).sum()
-            )
+            lost = int(((truth & ~prediction) if kind == "missed" else (prediction & ~truth)).sum())
             ax.set_title(f"most {kind} lesion: slice {number} ({lost} px)", fontsize=8)
-        empty = [
-            w
-            for w, n in (
-                ("empty truth", case.truth_voxels),
-                ("empty prediction", case.predicted_voxels),
-            )
-            if n == 0
-        ]
+        voxels = {"truth": case.truth_voxels, "prediction": case.predicted_voxels}
+        empty = [f"empty {w}" for w, n in voxels.items() if n == 0]
         uncertainty = "" if case.uncertainty is None else f", uncertainty {case.uncertainty:.3g}"
         row[0].set_ylabel(
             f"{case.name}\nDice {case.dice:.3f}{uncertainty}\nvoxels: truth {case.truth_voxels},"
             f" predicted {case.predicted_voxels}" + (f"\n{', '.join(empty)}" if empty else ""),
             fontsize=8,
         )
-    handles = [
-        Patch(color=np.array(TRUTH_RGB) / 255, label="truth"),
-        Patch(color=np.array(PREDICTION_RGB) / 255, label="prediction"),
-    ]
+    handles = [Patch(color=np.array(c) / 255, label=w) for w, c in LEGEND]
     fig.legend(handles=handles, loc="lower center", ncol=2, frameon=False, fontsize=9)
     margin = 0.45 / fig.get_size_inches()[1]
     fig.suptitle(f"The {len(shown)} patients with the lowest Dice", fontsize=10)

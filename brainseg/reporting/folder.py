@@ -87,11 +87,8 @@ def paired_volumes(pred_root: Path, truth_root: Path):
                 f"{pred_root / name}: patient {name} has no truth masks in {truth_root}"
             )
         for number in sorted(set(truths[name]) ^ set(predicted[name])):
-            present, missing_in = (
-                (truths[name][number], pred_root)
-                if number in truths[name]
-                else (predicted[name][number], truth_root)
-            )
+            missing_in = pred_root if number in truths[name] else truth_root
+            present = {**predicted[name], **truths[name]}[number]
             raise DataError(f"{missing_in / name / present.name}: slice {number} is missing")
     for name in sorted(truths):
         truth = _read_volume(truths[name])

@@ -121,6 +121,20 @@ def headline(
     (e.g. how the checkpoints were selected) follows the figures."""
     trained = scores["by_subset"].get("train", {}).get("dsc", {}).get("n", 0)
     left_out = f"; {trained} training patient(s) left out (see dsc_summary.json)" if trained else ""
+    flags = scores.get("uncertainty_flags_failures")  # said as it is, however weak
+    flagged = ""
+    if flags and flags["auroc_for_failure"] is None:
+        flagged = (
+            f"; uncertainty not judged: {flags['failures']} of {flags['n']} patients below "
+            f"Dice {flags['failure_dice_below']}"
+        )
+    elif flags:
+        rho = flags["spearman_with_dice"]
+        flagged = (
+            f"; uncertainty flags Dice < {flags['failure_dice_below']} with AUROC "
+            f"{flags['auroc_for_failure']:.2f} ({flags['failures']} of {flags['n']} patients; "
+            f"Spearman with Dice {'-' if rho is None else f'{rho:.2f}'})"
+        )
     if not scores["n_held_out"]:
         return (
             f"no held-out patients to score: all {trained} were seen in training "
@@ -130,23 +144,5 @@ def headline(
         f"per-volume DSC over {scores['n_held_out']} held-out patients: "
         f"mean {scores['dsc']['mean']:.4f}, median {scores['dsc']['median']:.4f} "
         f"(postprocessing={[s['name'] for s in steps]}){left_out}"
-        f"{f'; {caveat}' if caveat else ''}{_flags(scores)}; {out}"
-    )
-
-
-def _flags(scores: dict[str, Any]) -> str:
-    """How well the uncertainty score flagged the failures, said as it is, however weak."""
-    flags = scores.get("uncertainty_flags_failures")
-    if not flags:
-        return ""
-    if flags["auroc_for_failure"] is None:
-        return (
-            f"; uncertainty not judged: {flags['failures']} of {flags['n']} patients below "
-            f"Dice {flags['failure_dice_below']}"
-        )
-    rho = flags["spearman_with_dice"]
-    return (
-        f"; uncertainty flags Dice < {flags['failure_dice_below']} with AUROC "
-        f"{flags['auroc_for_failure']:.2f} ({flags['failures']} of {flags['n']} patients; "
-        f"Spearman with Dice {'-' if rho is None else f'{rho:.2f}'})"
+        f"{f'; {caveat}' if caveat else ''}{flagged}; {out}"
     )

@@ -34,7 +34,7 @@ from brainseg.evaluation.folds import CV_RULES, reported_scores
 from brainseg.evaluation.statistics import LEVEL, compare_configurations, minimum_patients
 from brainseg.paths import atomic_writer
 from brainseg.reporting.figures import heat_map, strip_box_plot
-from brainseg.reporting.scores import METRIC_COLUMNS
+from brainseg.reporting.scores import metric_columns
 from brainseg.run_lock import check_run_directory_free
 from brainseg.runfiles import (
     METRICS_FILE,
@@ -116,15 +116,10 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     started = start.stat().st_mtime if start.is_file() else 0.0
     for job in sorted(folders, key=lambda p: (len(p.name), p.name)):
         row: dict[str, Any] = {
+            **dict.fromkeys(JOB_COLUMNS),
             "job": job.name,
             "overrides": _overrides(job),
             "status": "running" if _running(job) else "interrupted",
-            "selection": None,
-            "epoch": None,
-            "dsc_volume_mean": None,
-            "dsc_volume_median": None,
-            "best_on_val_mean": None,
-            "train_seconds": None,
             "error": "",
             "per_patient": {},
         }
@@ -290,15 +285,10 @@ def _markdown(
         )
     if not table:
         return lines
-    pooled = FOLD_KEY in keys
+    pooled = " (cross-validation: every patient scored by the fold that held it out, pooled)"
     lines += [
         "",
-        "## Configurations"
-        + (
-            " (cross-validation: every patient scored by the fold that held it out, pooled)"
-            if pooled
-            else ""
-        ),
+        "## Configurations" + (pooled if FOLD_KEY in keys else ""),
         "",
         (
             "Mean per-volume Dice over patients with its 95% bootstrap CI; against the best "
@@ -357,23 +347,17 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
         [{**job, "overrides": labels[job["job"]]} for job in jobs],
     )
     _write_csv(sweep_dir / "comparison.csv", COMPARISON_COLUMNS, table)
-    metric_columns = [c for c in METRIC_COLUMNS if rows and c in rows[0]]
     _write_csv(
         sweep_dir / "per_patient.csv",
-        ["configuration", "patient", "fold", "job", "selection", *metric_columns],
+        ["configuration", "patient", "fold", "job", "selection", *(rows and metric_columns(rows))],
         rows,
     )
     with atomic_writer(sweep_dir / "summary.md") as fh:
         fh.write("\n".join(_markdown(sweep_dir, jobs, keys, table)) + "\n")
     if table:
-        scores = {
-            r["configuration"]: {
-                row["patient"]: row["dsc"]
-                for row in rows
-                if row["configuration"] == r["configuration"]
-            }
-            for r in table
-        }
+        scores: dict[str, dict[str, float]] = {r["configuration"]: {} for r in table}
+        for row in rows:
+            scores[row["configuration"]][row["patient"]] = row["dsc"]
         strip_box_plot(
             scores,
             sweep_dir / "summary.png",

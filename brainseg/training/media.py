@@ -13,18 +13,15 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from brainseg.reporting.figures import overlay
-from brainseg.tracking import log_best_so_far, log_improvement
+from brainseg.tracking import best_on_val, log_improvement
 from brainseg.training.report import RunReport
 
 
 def _display(image: np.ndarray) -> np.ndarray:
     """A z-scored (3, H, W) slice as (H, W, 3) uint8 for pictures."""
     low, high = np.percentile(image, [1, 99])
-    return (
-        (np.clip((image - low) / max(high - low, 1e-6), 0, 1) * 255)
-        .astype(np.uint8)
-        .transpose(1, 2, 0)
-    )
+    scaled = np.clip((image - low) / max(high - low, 1e-6), 0, 1) * 255
+    return scaled.astype(np.uint8).transpose(1, 2, 0)
 
 
 class TrackerMedia(L.Callback):
@@ -47,13 +44,7 @@ class TrackerMedia(L.Callback):
         self._slices = {}
 
     def on_validation_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: dict[str, torch.Tensor],
-        batch_idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: dict[str, Any], *args: Any
     ) -> None:
         if (
             trainer.sanity_checking
@@ -76,15 +67,6 @@ class TrackerMedia(L.Callback):
                     > pl_module.volume_metrics["val"].threshold,
                 }
 
-    def _examples(self, trainer: L.Trainer) -> list[dict[str, Any]]:
-        datamodule = getattr(trainer, "datamodule", None)
-        names = datamodule.patient_names("val") if datamodule is not None else None
-        chosen = sorted(self._slices.items(), key=lambda item: -item[1]["area"])[: self.patients]
-        return [
-            {**example, "caption": f"{names[p] if names else p} slice {example['slice']}"}
-            for p, example in chosen
-        ]
-
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After the run report took the epoch's metrics (on_validation_epoch_end is too early).
@@ -92,12 +74,18 @@ class TrackerMedia(L.Callback):
         if trainer.sanity_checking or best is None:
             return
         improved = best.epoch == trainer.current_epoch + 1
-        examples = self._examples(trainer) if improved else []
+        datamodule = getattr(trainer, "datamodule", None)
+        names = datamodule.patient_names("val") if datamodule is not None else None
+        chosen = sorted(self._slices.items(), key=lambda item: -item[1]["area"])[: self.patients]
+        examples = [
+            {**example, "caption": f"{names[p] if names else p} slice {example['slice']}"}
+            for p, example in (chosen if improved else [])
+        ]
         scores = best.per_patient if improved else {}
         step = trainer.global_step
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                log_best_so_far(logger, monitor, best)
+                logger.experiment.summary.update(best_on_val(monitor, best))
                 log_improvement(
                     logger, scores, [{**e, "image": _display(e["image"])} for e in examples], step
                 )

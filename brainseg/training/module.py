@@ -50,9 +50,8 @@ class SegmentationModule(L.LightningModule):
             {s: slice_metrics(threshold) for s in ("val", "test")}
         )
         self.volume_scores: dict[str, dict[str, float]] = {}  # stage -> patient name -> Dice
-        self.volume_details: dict[
-            str, dict[str, dict[str, float]]
-        ] = {}  # stage -> patient -> every metric
+        # stage -> patient -> every metric
+        self.volume_details: dict[str, dict[str, dict[str, float]]] = {}
 
     @classmethod
     def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> SegmentationModule:
@@ -114,15 +113,10 @@ class SegmentationModule(L.LightningModule):
         self.volume_scores[stage] = {
             name: float(metrics["dsc"]) for name, metrics in self.volume_details[stage].items()
         }
-        if self.volume_details[stage]:
-            self.log_dict(
-                {
-                    f"{stage}/{k}": float(
-                        np.mean([d[k] for d in self.volume_details[stage].values()])
-                    )
-                    for k in SURFACE_AND_DETECTION
-                }
-            )
+        details = self.volume_details[stage].values()
+        if details:
+            means = {k: float(np.mean([d[k] for d in details])) for k in SURFACE_AND_DETECTION}
+            self.log_dict({f"{stage}/{k}": v for k, v in means.items()})
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._evaluate(batch, "val")

@@ -75,17 +75,6 @@ def check_sweep_ranks(trainer_cfg: DictConfig) -> None:
         )
 
 
-def _plugins() -> list[Any]:
-    """Atomic checkpoint writes; under SLURM the job's launcher (submitit) owns requeueing, so
-    Lightning's own is switched off."""
-    plugins: list[Any] = [AtomicCheckpointIO()]
-    if "SLURM_JOB_ID" in os.environ:
-        from lightning.pytorch.plugins.environments import SLURMEnvironment
-
-        plugins.append(SLURMEnvironment(auto_requeue=False))
-    return plugins
-
-
 def last_checkpoint(output_dir: Path) -> Path:
     """The run directory's own last.ckpt, which auto_resume resumes from."""
     return output_dir / "checkpoints" / f"{LAST_NAME}.ckpt"
@@ -142,14 +131,6 @@ def _auto_resume(cfg: DictConfig, output_dir: Path, module: SegmentationModule) 
     return str(path)
 
 
-def _candidates(cfg: DictConfig) -> list[StepList]:
-    """The step lists the post-processing is chosen among after training (checked up front)."""
-    return [
-        check_steps(c, f"postprocessing_candidates[{i}]")
-        for i, c in enumerate(to_plain(cfg.get("postprocessing_candidates")) or [])
-    ]
-
-
 def _final_validation(
     cfg: DictConfig, trainer: L.Trainer, report: RunReport, candidates: list[StepList]
 ) -> None:
@@ -172,17 +153,15 @@ def _final_validation(
         int(cfg.data.get("val_batch_size") or cfg.data.get("batch_size") or 16),
     )
     report.adopt_final_validation(final)
-    _log_picture(trainer, "val/failures", Path(cfg.paths.output_dir) / FAILURES_FILE)
-
-
-def _log_picture(trainer: L.Trainer, key: str, path: Path) -> None:
-    """A picture of the run to the W&B and TensorBoard loggers that are on."""
+    failures = Path(cfg.paths.output_dir) / FAILURES_FILE  # to the W&B and TensorBoard loggers
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
-            logger.log_image(key, images=[str(path)])
+            logger.log_image("val/failures", images=[str(failures)])
         elif isinstance(logger, TensorBoardLogger):
-            image = iio.imread(path)[..., :3]
-            logger.experiment.add_image(key, image, trainer.global_step, dataformats="HWC")
+            image = iio.imread(failures)[..., :3]
+            logger.experiment.add_image(
+                "val/failures", image, trainer.global_step, dataformats="HWC"
+            )
 
 
 def train(cfg: DictConfig) -> RunMetrics | None:
@@ -193,7 +172,10 @@ def train(cfg: DictConfig) -> RunMetrics | None:
     higher_is_better(cfg.monitor)  # a ConfigError before any work if it is not a logged metric
     check_steps(to_plain(cfg.get("postprocessing")), "postprocessing")
     L.seed_everything(cfg.seed, workers=True)
-    candidates = _candidates(cfg)
+    candidates = [  # the step lists the post-processing is chosen among after training
+        check_steps(c, f"postprocessing_candidates[{i}]")
+        for i, c in enumerate(to_plain(cfg.get("postprocessing_candidates")) or [])
+    ]
     output_dir = Path(cfg.paths.output_dir)
     if cfg.data.get("root"):
         check_outside_inputs(
@@ -220,20 +202,14 @@ def train(cfg: DictConfig) -> RunMetrics | None:
 def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMetrics | None:
     """The run itself, in a run directory no other process writes to."""
     datamodule = check_data_module(instantiate_setting("data", cfg.data))
-    module = SegmentationModule(
-        model=to_plain(cfg.model),
-        loss=to_plain(cfg.loss),
-        optimizer=to_plain(cfg.optimizer),
-        scheduler=to_plain(cfg.scheduler),
-        metric=to_plain(cfg.metric),
-        postprocessing=to_plain(cfg.postprocessing),
-    )
-    model = cfg.model
+    parts = ("model", "loss", "optimizer", "scheduler", "metric", "postprocessing")
+    module = SegmentationModule(**{part: to_plain(cfg[part]) for part in parts})
+    parameters = sum(p.numel() for p in module.parameters()) / 1e6
     log.info(
         "model: %s, encoder %s, %.1f M parameters",
-        model.arch,
-        model.encoder_name,
-        sum(p.numel() for p in module.parameters()) / 1e6,
+        cfg.model.arch,
+        cfg.model.encoder_name,
+        parameters,
     )
     apply_speed_settings(module.net, cfg.get("channels_last", False), cfg.get("compile", False))
     report = RunReport(output_dir, to_plain(cfg), cfg.monitor)
@@ -247,6 +223,11 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
         logger.log_hyperparams({**report.config, **sweep_keys})
     if any(isinstance(logger, (WandbLogger, TensorBoardLogger)) for logger in loggers):
         callbacks.append(TrackerMedia(report))
+    plugins: list[Any] = [AtomicCheckpointIO()]  # atomic checkpoint writes
+    if "SLURM_JOB_ID" in os.environ:  # the job's launcher (submitit) owns requeueing, not Lightning
+        from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     # A progress bar on a terminal; in a log file, RunReport's one line per epoch instead.
     progress_bar = cfg.trainer.get("enable_progress_bar", sys.stdout.isatty())
     trainer: L.Trainer = instantiate_setting(
@@ -254,7 +235,7 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
         cfg.trainer,
         callbacks=callbacks,
         logger=loggers or False,
-        plugins=_plugins(),
+        plugins=plugins,
         enable_progress_bar=progress_bar,
     )
     try:

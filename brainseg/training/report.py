@@ -19,7 +19,6 @@ import yaml
 from lightning.pytorch.callbacks import Timer
 
 from brainseg.checkpoint import Provenance
-from brainseg.data.contract import SegmentationData
 from brainseg.evaluation.folds import INNER_VAL, SELECTION_RULES, check_selection, inner_validation
 from brainseg.metrics import METRICS
 from brainseg.metrics.monitor import higher_is_better, improves
@@ -102,21 +101,13 @@ class RunReport(L.Callback):
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with atomic_writer(self.output_dir / CONFIG_FILE) as fh:
                 yaml.safe_dump(self.config, fh, sort_keys=False)
-            data: SegmentationData = trainer.datamodule
-            data.write_split(self.output_dir)
+            trainer.datamodule.write_split(self.output_dir)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_started = time.monotonic()
         self._train_loss = []
 
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, *args: Any) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             self._train_loss.append(loss.detach())  # stays on the device: no sync per step
@@ -179,17 +170,10 @@ class RunReport(L.Callback):
 
     def checkpoint_paths(self, trainer: L.Trainer) -> dict[str, str | None]:
         """The run's best and last checkpoint files (None where there is none)."""
-        checkpoint = trainer.checkpoint_callback
+        last = [c.path for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)]
         return {
-            "best": getattr(checkpoint, "best_model_path", None) or None,
-            "last": next(
-                (
-                    str(c.path)
-                    for c in trainer.checkpoint_callbacks
-                    if isinstance(c, LastCheckpoint) and c.path.is_file()
-                ),
-                None,
-            ),
+            "best": getattr(trainer.checkpoint_callback, "best_model_path", None) or None,
+            "last": next((str(path) for path in last if path.is_file()), None),
         }
 
     def selected_checkpoint(self, trainer: L.Trainer) -> str | None:
@@ -257,8 +241,7 @@ class RunReport(L.Callback):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        data: SegmentationData = trainer.datamodule
-        Provenance(config=self.config, **data.provenance()).store(checkpoint)
+        Provenance(config=self.config, **trainer.datamodule.provenance()).store(checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
         elapsed = self._elapsed_before + time.monotonic() - self._started
