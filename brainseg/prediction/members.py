@@ -204,8 +204,7 @@ def find_sweep_checkpoints(sweep_dir: str | Path) -> list[tuple[Path, str]]:
 
 
 def export_onnx(member: Member, path: Path, image_size: int) -> Path:
-    """Write the member's network as ONNX (dynamic batch),
-    its preprocessing in the model's metadata."""
+    """Write the member's network as ONNX (dynamic batch), its preprocessing in the metadata."""
     import onnx
 
     from brainseg.quiet import quiet_libraries

@@ -1,5 +1,4 @@
-"""`predict(cfg)`: masks in the original geometry, per-patient scores and pictures,
-or an ONNX export."""
+"""`predict(cfg)`: masks in the original geometry, per-patient scores and pictures, or ONNX."""
 
 from __future__ import annotations
 
