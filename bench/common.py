@@ -21,13 +21,15 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
-    """The options every benchmark takes: the data root and a cache kept between runs."""
+    """The options every benchmark takes: data root, a cache kept between runs, sizes, batch."""
     options = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     options.add_argument("--root", required=True, help="data root in the kaggle_3m layout")
     options.add_argument(
         "--cache-dir", default=os.path.join(tempfile.gettempdir(), "brainseg-bench-cache")
     )
     options.add_argument("--set", nargs="+", default=[], help="more overrides: data.split.n_val=1")
+    options.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    options.add_argument("--batch", type=int, default=16)
     return options
 
 
@@ -38,7 +40,6 @@ def datamodule(args: argparse.Namespace, *overrides: str) -> tuple[DictConfig, o
         cfg = compose(config_name="train", overrides=[*overrides, *paths, *args.set])
     OmegaConf.resolve(cfg.data)
     dm = instantiate_setting("data", cfg.data)
-    dm.prepare_data()
     dm.setup("fit")
     return cfg, dm
 

@@ -3,11 +3,10 @@
 
     python -m bench.data_pipeline --root ../shared/data/lgg
 
-Each run iterates the training loader as training does (the DataModule composed from conf/,
-batch 16) for `--batches` batches after `--warmup` untimed ones (the workers' start); the data wait
-per batch is what `next()` and the z-score take. Each run goes through every row, so a change in
-the machine's load spreads over all. Prints, as min / median / max of `--runs` runs, the block
-docs/benchmarks.md takes (progress on stderr); nothing is asserted.
+Each run iterates the training loader (the DataModule composed from conf/) for `--batches` batches
+after `--warmup` untimed ones; the data wait per batch is what `next()` and the z-score take. Each
+run goes through every row, so a change in the machine's load spreads over all. Prints min / median
+/ max over `--runs` runs, as docs/benchmarks.md takes them.
 """
 
 from __future__ import annotations
@@ -60,12 +59,10 @@ def run(args: argparse.Namespace) -> None:
 
 def main() -> int:
     options = parser(__doc__)
-    options.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     options.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4])
     options.add_argument("--runs", type=int, default=3)
     options.add_argument("--batches", type=int, default=12, help="timed batches per run")
     options.add_argument("--warmup", type=int, default=2, help="untimed batches per run")
-    options.add_argument("--batch", type=int, default=16)
     return exit_status(run, options.parse_args())
 
 

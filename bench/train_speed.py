@@ -2,13 +2,10 @@
 
     python -m bench.train_speed --root ../shared/data/lgg [--device cuda --precision 16-mixed]
 
-Times `--steps` steps after `--warmup` untimed ones of the reference protocol's model, loss and
-optimizer (U-Net/ResNet34, Dice, Adam): z-score, forward, backward, optimizer step. The batches
-come from the training loader (reference augmentation) and are put on the device before the
-clock starts, so the figure is the step's own (bench/data_pipeline.py measures the loader). Per
-size, `--pairs` pairs alternate off, on, off, on, so that a drift in the machine's load hits both
-alike; the ratio on / off is taken per pair. Prints the block docs/benchmarks.md takes (progress
-on stderr); nothing is asserted.
+Times `--steps` steps after `--warmup` untimed ones of the reference model, loss and optimizer
+(U-Net/ResNet34, Dice, Adam) on training batches put on the device before the clock starts (the
+loader is bench/data_pipeline.py's). Per size, `--pairs` pairs alternate off, on, so that a drift
+in the machine's load hits both alike; on / off is taken per pair.
 """
 
 from __future__ import annotations
@@ -31,12 +28,6 @@ from brainseg.training.module import SegmentationModule
 from brainseg.training.speed_settings import apply_speed_settings
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work, so that the clock reads the steps' own time."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def batches(args: argparse.Namespace, size: int, device: torch.device):
     """The reference config and `--warmup` + `--steps` training batches on the device."""
     sizes = [f"data.preprocess.image_size={size}", f"data.batch_size={args.batch}"]
@@ -50,6 +41,10 @@ def batches(args: argparse.Namespace, size: int, device: torch.device):
 def samples_per_s(cfg, batches: list, channels_last: bool, args: argparse.Namespace) -> float:
     """One timing: a fresh network (same initial weights every time) trained on the batches."""
     device = batches[0]["image"].device
+    # Queued GPU work is waited for, so that the clock reads the steps' own time.
+    synchronize = (
+        (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else lambda: None
+    )
     torch.manual_seed(0)
     module = SegmentationModule(to_plain(cfg.model), to_plain(cfg.loss), to_plain(cfg.optimizer))
     module.to(device).train()
@@ -59,7 +54,7 @@ def samples_per_s(cfg, batches: list, channels_last: bool, args: argparse.Namesp
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "16-mixed")
     for step, batch in enumerate(batches):
         if step == args.warmup:
-            synchronize(device)
+            synchronize()
             start = time.perf_counter()
         batch = normalize_batch(dict(batch))
         autocast = torch.autocast(device.type, dtype=half) if half else contextlib.nullcontext()
@@ -70,7 +65,7 @@ def samples_per_s(cfg, batches: list, channels_last: bool, args: argparse.Namesp
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-    synchronize(device)
+    synchronize()
     return args.steps * args.batch / (time.perf_counter() - start)
 
 
@@ -110,11 +105,9 @@ def main() -> int:
     options = parser(__doc__)
     options.add_argument("--device", default="cpu", help="cpu | cuda")
     options.add_argument("--precision", default="32-true", help="32-true | bf16-mixed | 16-mixed")
-    options.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     options.add_argument("--pairs", type=int, default=3)
     options.add_argument("--steps", type=int, default=3, help="timed steps per timing")
     options.add_argument("--warmup", type=int, default=1, help="untimed steps per timing")
-    options.add_argument("--batch", type=int, default=16)
     options.add_argument("--json", help="also write the figures to this JSON file")
     return exit_status(run, options.parse_args())
 

@@ -72,18 +72,12 @@ class Provenance:
         info = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, Mapping) else None
         if not isinstance(info, Mapping) or "preprocess" not in info:
             raise DataError(f"{path}: not a brainseg checkpoint (made by train.py)")
-        fields = {
-            "config": {},
-            "data_root": None,
-            "split": {},
-            "postprocessing": None,
-            "calibration": None,
-            **info,
-        }
+        defaults = {"config": {}, "split": {}}
+        fields = {key: info.get(key, defaults.get(key)) for key in RECORD_FIELDS}
         for key, (kind, described) in RECORD_FIELDS.items():
             if not isinstance(fields[key], kind):
                 raise DataError(f"{path}: provenance {key} is not {described}")
-        return cls(**{key: fields[key] for key in RECORD_FIELDS})
+        return cls(**fields)
 
 
 def _refused_global(path: str | Path) -> str | None:
@@ -100,20 +94,15 @@ def load_safely(path: str | Path, map_location: Any = "cpu") -> Any:
     would run code) or is no PyTorch file is a DataError naming it."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        needed = _refused_global(path)
-        if needed is None:
-            raise DataError(
-                f"{path}: not a readable PyTorch checkpoint (UnpicklingError)"
-            ) from None
-        raise DataError(
-            f"{path}: refused: loading it needs {needed}, which could run code "
-            "(a checkpoint may hold only tensors and plain values)"
-        ) from None
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types for foreign files
-        raise DataError(
-            f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__})"
-        ) from None
+        needed = _refused_global(path) if isinstance(exc, pickle.UnpicklingError) else None
+        if needed is not None:
+            raise DataError(
+                f"{path}: refused: loading it needs {needed}, which could run code "
+                "(a checkpoint may hold only tensors and plain values)"
+            ) from None
+        error = type(exc).__name__
+        raise DataError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -19,8 +19,7 @@ from brainseg.errors import BrainsegError, ConfigError
 
 
 def to_plain(cfg: Any) -> Any:
-    """A resolved, plain-Python copy of a config node (mapping or list);
-    other values as they are."""
+    """A resolved, plain-Python copy of a config node (mapping or list); other values as is."""
     if OmegaConf.is_config(cfg):
         return OmegaConf.to_container(cfg, resolve=True)
     return dict(cfg) if isinstance(cfg, Mapping) else cfg

@@ -23,11 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "truth_dir", help="truth masks (a kaggle_3m data root): the same names and shapes"
     )
-    parser.add_argument(
-        "--output",
-        required=True,
-        help="a new or empty folder for dsc.csv, dsc_summary.json, dsc.png",
-    )
+    written = "dsc.csv, dsc_summary.json, dsc.png"
+    parser.add_argument("--output", required=True, help=f"a new or empty folder for {written}")
     parser.add_argument(
         "--postprocessing",
         default="[]",
@@ -40,23 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
     parser.add_argument(
         "--split",
-        help=(
-            "which patients are held out: a run directory, its split.json, or a text file listing "
-            "held-out patients one per line (default: every patient is unseen, held out)"
-        ),
+        help="which patients are held out: a run directory, its split.json, or a text file listing "
+        "held-out patients one per line (default: every patient is unseen, held out)",
     )
     args = parser.parse_args(argv)
 
     def run() -> None:
-        summary = evaluate_folder(
-            args.pred_dir,
-            args.truth_dir,
-            args.output,
-            parse_yaml(args.postprocessing, "--postprocessing"),
-            args.nsd_tolerance,
-            args.overwrite,
-            args.split,
-        )
+        folders = (args.pred_dir, args.truth_dir, args.output)
+        steps = parse_yaml(args.postprocessing, "--postprocessing")
+        summary = evaluate_folder(*folders, steps, args.nsd_tolerance, args.overwrite, args.split)
         print(headline(summary["scores"], summary["postprocessing"], Path(args.output)))
 
     return exit_status(run)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU check (make gpu-check; docs/gpu.md): the GPU-marked tests, then training samples/s with
-# channels_last off and on, ending with one table (also as JSON: $1, default <logs>/gpu_check.json).
-#   --pack      the wheels a GPU machine without internet lacks into .whl/, DATA into .gpudata/
-#   --rehearse  every step on the CPU at tiny sizes under a bare Python (make gpu-check-rehearsal)
+# channels_last off and on, in one table (also as JSON: $1, default <logs>/gpu_check.json).
+# --pack: the wheels a GPU machine without internet lacks into .whl/, DATA into .gpudata/;
+# --rehearse: every step on the CPU at tiny sizes under a bare Python (make gpu-check-rehearsal).
 # Environment: DATA (kaggle_3m-layout folder or .tar.xz of one), PY, GPU_CHECK_DIR (the logs),
 # PATIENTS (--pack: the first N), PINS (--rehearse: other versions, e.g. "lightning==2.5.0").
 set -euo pipefail
@@ -54,10 +54,8 @@ if [ "$MODE" = rehearse ]; then  # the GPU machine's situation, built here
 else
     PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
     WHEELS=.whl DEVICE=cuda OUT=${GPU_CHECK_DIR:-outputs/gpu-check/$(date +%Y%m%d-%H%M%S)}
-    if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-        echo "gpu-check: no CUDA GPU visible to $PY (torch.cuda.is_available() is False); nothing was run" >&2
-        exit 1
-    fi
+    "$PY" -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null || {
+        echo "gpu-check: no CUDA GPU visible to $PY (torch.cuda.is_available() is False); nothing was run" >&2; exit 1; }
     TESTS_ENV=()
     SPEED_ARGS=(--precision 16-mixed --steps 20 --warmup 5)  # trainer=gpu's precision
 fi
@@ -65,16 +63,10 @@ JSON=${1:-$OUT/gpu_check.json}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-# Carried wheels go into a folder ahead on PYTHONPATH; the machine's torch, torchvision,
-# lightning, torchmetrics, timm and numpy are never replaced, whatever was carried.
+# Carried wheels go into a folder ahead on PYTHONPATH; the machine's own torch & co. stay.
 if [ "$PY" != .venv/bin/python ] && [ -d "$WHEELS" ]; then
-    wheels=()
-    for wheel in "$WHEELS"/*.whl; do
-        case "$(basename "$wheel")" in
-            torch-* | torchvision-* | lightning-* | pytorch_lightning-* | torchmetrics-* | timm-* | numpy-*) ;;
-            *) wheels+=("$wheel") ;;
-        esac
-    done
+    mapfile -t wheels < <(ls "$WHEELS"/*.whl | grep -Ev \
+        '/(torch|torchvision|lightning|pytorch_lightning|torchmetrics|timm|numpy)-[^/]*$')
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$OUT/site" "${wheels[@]}"
     export PYTHONPATH="$PWD/$OUT/site:$PYTHONPATH"
@@ -96,8 +88,5 @@ timeout 300 "$PY" -m bench.train_speed --root "$DATA" --device "$DEVICE" "${SPEE
     --cache-dir "$OUT/cache" --json "$OUT/train_speed.json" 2>&1 | tee "$OUT/train_speed.txt" \
     || FAILED+=("the training speed (train_speed.txt)")
 "$PY" scripts/gpu_check_report.py summary "$OUT" "$JSON" || FAILED+=("the summary")
-if [ ${#FAILED[@]} -gt 0 ]; then
-    printf 'gpu-check: failed: %s; logs in %s\n' "${FAILED[*]}" "$OUT" >&2
-    exit 1
-fi
+[ ${#FAILED[@]} -eq 0 ] || { echo "gpu-check: failed: ${FAILED[*]}; logs in $OUT" >&2; exit 1; }
 echo "gpu-check: done; logs in $OUT"

@@ -1,10 +1,6 @@
-"""The report of scripts/gpu_check.sh: the versions it runs with (before its steps) and its one
-table at the end, training samples/s with channels_last off and on (bench/train_speed.py), with
-the setting that the figures choose for this GPU; the whole also written as JSON.
-
-    python scripts/gpu_check_report.py versions <check dir>
-    python scripts/gpu_check_report.py summary <check dir> <json path>
-"""
+"""The report of scripts/gpu_check.sh (`versions <check dir>` before its steps, `summary <check
+dir> <json path>` at the end): the versions, and training samples/s with channels_last off and on
+(bench/train_speed.py) with the setting the figures choose for this GPU; also written as JSON."""
 
 from __future__ import annotations
 

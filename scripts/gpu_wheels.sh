@@ -12,9 +12,8 @@ HAVE=${HAVE:-/dev/null}
 PACKAGES="hydra-core omegaconf antlr4-python3-runtime segmentation-models-pytorch albumentations
           albucore pydantic pydantic-core annotated-types typing-inspection stringzilla simsimd
           scipy imageio monai matplotlib contourpy cycler fonttools kiwisolver
-          pyparsing python-dateutil tzdata pytest pluggy iniconfig pygments"
-# name==version for each package, the version uv.lock resolves for that Python on Linux x86_64;
-# packages named in $HAVE are left out.
+          pyparsing python-dateutil tzdata pytest pluggy iniconfig pygments cloudpickle"
+# name==version as uv.lock resolves it for that Python on Linux x86_64, but for those in $HAVE.
 mkdir -p "$WHEELS"
 .venv/bin/python - "$PYTHON_VERSION" "$HAVE" $PACKAGES > "$WHEELS/requirements.txt" <<'EOF'
 import re, sys, tomllib

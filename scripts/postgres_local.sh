@@ -1,11 +1,7 @@
 #!/usr/bin/env bash
-# A PostgreSQL server on localhost (Debian's postgresql), for the tests of an Optuna study shared
-# between sweeper processes.
-#   scripts/postgres_local.sh start   install if needed, create a cluster under $BRAINSEG_POSTGRES_DIR
-#                                     as the postgres user, start it on 127.0.0.1 only, create the database
-#   scripts/postgres_local.sh env     print the export that points the tests at it (BRAINSEG_TEST_POSTGRES)
-#   scripts/postgres_local.sh stop    stop the server
-# Trust authentication: reachable from this machine only. Every wait is bounded.
+# A PostgreSQL server on 127.0.0.1 only (Debian's postgresql, trust authentication) for the tests
+# of an Optuna study shared between sweeper processes: start (install if needed, a cluster under
+# $BRAINSEG_POSTGRES_DIR, the database), stop, env (BRAINSEG_TEST_POSTGRES). Waits are bounded.
 set -euo pipefail
 STATE=${BRAINSEG_POSTGRES_DIR:-/tmp/brainseg-postgres}
 PORT=${BRAINSEG_POSTGRES_PORT:-54329}
@@ -13,17 +9,11 @@ DATABASE=brainseg
 
 bindir() { find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1; }
 
-install_packages() {
-  [ -n "$(bindir)" ] && return
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends postgresql >/dev/null
-}
-
 as_postgres() { runuser -u postgres -- "$@"; }
 
 start() {
-  install_packages
+  [ -n "$(bindir)" ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
   local bin; bin=$(bindir)
   mkdir -p "$STATE" && chown postgres "$STATE"
   [ -f "$STATE/data/PG_VERSION" ] || as_postgres "$bin/initdb" -D "$STATE/data" -U postgres -A trust >/dev/null
@@ -43,8 +33,7 @@ stop() {
 }
 
 case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
+  start | stop) "$1" ;;
   env) echo "export BRAINSEG_TEST_POSTGRES=postgresql://postgres@127.0.0.1:$PORT/$DATABASE" ;;
   *) echo "usage: $0 start|env|stop" >&2; exit 2 ;;
 esac

@@ -1,43 +1,25 @@
 #!/usr/bin/env bash
-# A single-node SLURM cluster on localhost (Debian's slurm 22.05), for the SLURM tests in CI.
-#   scripts/slurm_local.sh start   install if needed, configure under $BRAINSEG_SLURM_DIR, start munged/slurmctld/slurmd
-#   scripts/slurm_local.sh stop    cancel jobs, stop the daemons by their pid files
-#   scripts/slurm_local.sh env     print the exports that point clients at it (SLURM_CONF, PATH with the sacct stand-in)
-# Every wait is bounded. Nothing outside $BRAINSEG_SLURM_DIR is written except /run/munge and,
-# if the node name does not resolve, one line in /etc/hosts.
+# A single-node SLURM cluster on localhost (Debian's slurm 22.05) for the SLURM tests in CI:
+# start (install if needed, configure under $BRAINSEG_SLURM_DIR, start the daemons), stop, env (the
+# exports for clients). Every wait is bounded; outside $BRAINSEG_SLURM_DIR only /run/munge and, if
+# the node name does not resolve, one line of /etc/hosts are written.
 set -euo pipefail
 STATE=${BRAINSEG_SLURM_DIR:-/tmp/brainseg-slurm}
 CONF=$STATE/slurm.conf
 HOST=$(hostname -s)
 
-print_env() {
-  echo "export SLURM_CONF=$CONF"
-  echo "export PATH=$STATE/bin:\$PATH"
-}
-
 wait_for() {  # wait_for SECONDS COMMAND...: poll until the command succeeds
   local deadline=$((SECONDS + $1)); shift
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -lt $deadline ] || return 1
-    sleep 0.5
-  done
-}
-
-install_packages() {
-  command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null && command -v sinfo >/dev/null && return
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends munge slurmctld slurmd slurm-client >/dev/null
+  until "$@" >/dev/null 2>&1; do [ $SECONDS -lt $deadline ] || return 1; sleep 0.5; done
 }
 
 write_config() {
   mkdir -p "$STATE"/{state,spool,bin}
   getent hosts "$HOST" >/dev/null || echo "127.0.0.1 $HOST" >>/etc/hosts
-  local hw cpus realmem
+  local hw cpus realmem topology
   hw=$(slurmd -C | head -n 1)
   cpus=$(sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' <<<"$hw")
   realmem=$(( $(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$hw") * 9 / 10 ))
-  local topology
   topology=$(grep -o 'Boards=[0-9]* SocketsPerBoard=[0-9]* CoresPerSocket=[0-9]* ThreadsPerCore=[0-9]*' <<<"$hw")
   cat >"$CONF" <<CONF
 ClusterName=brainseg
@@ -65,11 +47,9 @@ DefMemPerCPU=$(( realmem / cpus / 2 ))
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$cpus $topology RealMemory=$realmem State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
-  # No accounting daemon here: submitit polls sacct, so answer it from squeue (finished jobs stay
-  # listed for MinJobAge seconds).
   cat >"$STATE/bin/sacct" <<'SACCT'
 #!/bin/sh
-# sacct stand-in for submitit on a cluster without accounting: JobID|State|NodeList from squeue.
+# sacct for submitit without accounting: JobID|State|NodeList from squeue (for MinJobAge seconds).
 ids=""
 while [ $# -gt 0 ]; do
   case "$1" in -j) ids="$ids,$2"; shift 2 ;; *) shift ;; esac
@@ -82,7 +62,8 @@ SACCT
 }
 
 start() {
-  install_packages
+  type -P slurmctld slurmd munged sinfo >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends munge slurmctld slurmd slurm-client >/dev/null; }
   write_config
   export SLURM_CONF=$CONF
   mkdir -p /run/munge && chown munge:munge /run/munge && chmod 0755 /run/munge
@@ -91,9 +72,10 @@ start() {
   [ -f "$STATE/slurmctld.pid" ] && kill -0 "$(cat "$STATE/slurmctld.pid")" 2>/dev/null || slurmctld -f "$CONF"
   wait_for 20 scontrol ping
   [ -f "$STATE/slurmd.pid" ] && kill -0 "$(cat "$STATE/slurmd.pid")" 2>/dev/null || slurmd -f "$CONF"
-  wait_for 30 sh -c "sinfo -h -o %T | grep -Eq '^(idle|mixed|allocated)'" || {
+  local up="sinfo -h -o %T | grep -Eq '^(idle|mixed|allocated)'"
+  wait_for 30 sh -c "$up" || {
     scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true
-    wait_for 15 sh -c "sinfo -h -o %T | grep -Eq '^(idle|mixed|allocated)'"
+    wait_for 15 sh -c "$up"
   }
   sinfo
 }
@@ -110,8 +92,7 @@ stop() {
 }
 
 case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
-  env) print_env ;;
+  start | stop) "$1" ;;
+  env) echo "export SLURM_CONF=$CONF PATH=$STATE/bin:\$PATH" ;;
   *) echo "usage: $0 start|stop|env" >&2; exit 2 ;;
 esac

@@ -46,7 +46,7 @@ def test_batches_splits_and_data_root_untouched(synthetic_root: Path, tmp_path: 
         1.0,
     }
     assert len(dm.split.val) == 2 and not set(dm.split.val) & set(dm.split.train)
-    val_slices = sum(len(v.image) for v in dm.subset_volumes("val"))
+    val_slices = sum(len(v.image) for v in dm.datasets["val"].volumes)
     seen = [(int(p), int(s)) for b in dm.val_dataloader() for p, s in zip(b["patient"], b["slice"])]
     assert len(seen) == val_slices == len(set(seen))
     # z-scored per volume: near zero mean, unit variance over a whole validation volume

@@ -17,13 +17,7 @@ from brainseg.evaluation.statistics import (
     minimum_patients,
     too_few_patients,
 )
-from brainseg.metrics.functional import (
-    assd,
-    hd95,
-    lesion_detection,
-    surface_dice,
-    volume_metrics,
-)
+from brainseg.metrics.functional import lesion_detection, volume_metrics
 
 
 def _cube(shape: tuple[int, int, int], corner: tuple[int, int, int], side: int) -> np.ndarray:
@@ -37,7 +31,7 @@ def _cube(shape: tuple[int, int, int], corner: tuple[int, int, int], side: int) 
 def test_hd95_of_two_cubes_offset_by_k_pixels_is_k(k: int, axis: int) -> None:
     truth = _cube((40, 48, 48), (10, 10, 10), 12)
     pred = np.roll(truth, k, axis=axis)
-    assert hd95(pred, truth) == pytest.approx(k)
+    assert volume_metrics(pred, truth)["hd95"] == pytest.approx(k)
 
 
 @pytest.mark.parametrize("k", [1, 4])
@@ -45,9 +39,9 @@ def test_sheets_k_apart_have_assd_k_and_surface_dice_by_tolerance(k: int) -> Non
     truth = np.zeros((6, 20, 20), bool)
     truth[:, :, 5] = True
     pred = np.roll(truth, k, axis=2)
-    assert assd(pred, truth) == pytest.approx(k)
-    assert surface_dice(pred, truth, tolerance=k) == 1.0
-    assert surface_dice(pred, truth, tolerance=k - 0.5) == 0.0
+    assert volume_metrics(pred, truth)["assd"] == pytest.approx(k)
+    assert volume_metrics(pred, truth, tolerance=k)["nsd"] == 1.0
+    assert volume_metrics(pred, truth, tolerance=k - 0.5)["nsd"] == 0.0
 
 
 def test_a_perfect_prediction_scores_perfectly() -> None:

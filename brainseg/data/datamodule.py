@@ -19,7 +19,7 @@ from brainseg.data.cache import VolumeCache
 from brainseg.data.contract import DataProvenance
 from brainseg.data.dataset import SliceDataset, normalize_batch
 from brainseg.data.preprocess import PreprocessConfig, PreprocessedVolume
-from brainseg.data.reader import PatientFiles, find_patients
+from brainseg.data.reader import find_patients
 from brainseg.data.sampling import SliceSampler, check_sampling
 from brainseg.data.splits import Split, SplitConfig, make_split
 from brainseg.errors import ConfigError
@@ -94,36 +94,28 @@ class LGGDataModule(L.LightningDataModule):
         self.split: Split | None = None
         self.datasets: dict[str, SliceDataset] = {}
 
-    def _patients(self) -> dict[str, PatientFiles]:
-        return {p.name: p for p in find_patients(self.root)}
-
     def validate(self) -> None:
         """The checks setup() starts with (data root, split), without reading any volume."""
-        self._make_split(self._patients())
+        make_split(self.split_config, [p.name for p in find_patients(self.root)])
 
-    def _make_split(self, patients: dict[str, PatientFiles]) -> Split:
-        return make_split(self.split_config, list(patients))
-
-    def _load_volumes(
-        self, patients: dict[str, PatientFiles], split: Split
-    ) -> dict[str, PreprocessedVolume]:
+    def _load(self) -> tuple[Split, dict[str, PreprocessedVolume]]:
+        """The split and its patients' volumes, preprocessed into the cache where missing."""
+        patients = {p.name: p for p in find_patients(self.root)}
+        split = make_split(self.split_config, list(patients))
         names = split.train + split.val + split.test
         volumes = VolumeCache(self.cache_dir, self.preprocess_cfg).load_many(
             [patients[n] for n in names], self.preprocess_workers
         )
-        return dict(zip(names, volumes))
+        return split, dict(zip(names, volumes))
 
     def prepare_data(self) -> None:
         """Fill the cache once (rank 0) before every rank loads it memory-mapped."""
-        patients = self._patients()
-        self._load_volumes(patients, self._make_split(patients))
+        self._load()
 
     def setup(self, stage: str | None = None) -> None:
         if self.split is not None:
             return
-        patients = self._patients()
-        self.split = self._make_split(patients)
-        volumes = self._load_volumes(patients, self.split)
+        self.split, volumes = self._load()
         if hasattr(self.augmentation, "set_random_seed"):
             self.augmentation.set_random_seed(self.seed)
         context = self.preprocess_cfg.context_slices
@@ -133,9 +125,6 @@ class LGGDataModule(L.LightningDataModule):
         self.datasets["val"] = SliceDataset([volumes[n] for n in self.split.val], None, context)
         test = [volumes[n] for n in self.split.test]
         self.datasets["test"] = SliceDataset(test, None, context) if test else self.datasets["val"]
-
-    def subset_volumes(self, subset: str) -> list[PreprocessedVolume]:
-        return self.datasets[subset].volumes
 
     def patient_names(self, subset: str) -> list[str]:
         """Names in the order of the `patient` index that the subset's samples carry."""

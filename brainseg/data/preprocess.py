@@ -125,8 +125,7 @@ class PreprocessedVolume:
 
 
 def _brain_box(image: np.ndarray, threshold: float) -> tuple[float, tuple[int, ...]]:
-    """The cut-off under which voxels are zeroed
-    (threshold x max) and the 3-D bounding box of the rest."""
+    """The cut-off under which voxels are zeroed (threshold x max) and the 3-D box of the rest."""
     # uint8 v < t  <=>  v <= ceil(t) - 1: THRESH_TOZERO keeps values above that
     cutoff = float(np.ceil(image.max() * threshold)) - 1
     _zero_below(image, cutoff)
@@ -219,9 +218,8 @@ def preprocess(
         np.clip(image, 0.0, 1.0, out=image)
     mean, std = [0.0] * 3, [1.0] * 3
     if cfg.zscore:
-        m, s = cv2.meanStdDev(
-            image[fitted].reshape(-1, image.shape[2], 3)
-        )  # float64 accumulation, fast
+        # float64 accumulation, fast
+        m, s = cv2.meanStdDev(image[fitted].reshape(-1, image.shape[2], 3))
         mean = m.ravel().tolist()
         std = [v if v > 1e-8 else 1.0 for v in s.ravel().tolist()]
     geometry = Geometry(

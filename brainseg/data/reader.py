@@ -1,5 +1,5 @@
-"""Reading the kaggle_3m layout: one folder per patient,
-`<patient>_<n>.tif` slices and `_mask.tif` masks (`.tif` or `.tiff`, in any case)."""
+"""Reading the kaggle_3m layout: one folder per patient, `<patient>_<n>.tif` slices and
+`_mask.tif` masks (`.tif` or `.tiff`, in any case)."""
 
 from __future__ import annotations
 
@@ -68,8 +68,7 @@ def scan_masks(folder: Path) -> dict[int, Path]:
 
 
 def scan_patient(folder: Path, require_masks: bool = True) -> PatientFiles:
-    """List a patient folder's slices in numeric order (2 before 10),
-    checking image/mask pairing and gaps."""
+    """A patient folder's slices in numeric order (2 before 10), checking pairing and gaps."""
     images, masks, patient = _slice_files(folder)
     if not images and not masks:
         raise DataError(f"{folder}: no slice files (<patient>_<n>.tif) in patient folder")

@@ -28,8 +28,7 @@ class SplitConfig:
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any] | None) -> SplitConfig:
-        """From the `data.split` mapping;
-        unknown keys raise a ConfigError listing the valid ones."""
+        """From the `data.split` mapping; an unknown key is a ConfigError listing the valid ones."""
         settings = dict(settings or {})
         valid = [f.name for f in fields(cls)]
         unknown = sorted(set(settings) - set(valid))
@@ -63,8 +62,7 @@ class Split:
 
 
 def reference_split(patients: list[str], n_val: int = 10, seed: int = 42) -> Split:
-    """The reference program's split:
-    `random.seed(seed); random.sample(sorted(patients), n_val)`."""
+    """The reference program's split: `random.Random(seed).sample(sorted(patients), n_val)`."""
     names = sorted(patients)
     if n_val < 1:
         raise ConfigError(
@@ -147,9 +145,8 @@ def make_split(config: SplitConfig, patients: list[str]) -> Split:
     elif config.kind == "kfold":
         split = kfold_split(patients, config.n_folds, config.fold, config.seed, config.n_inner_val)
     elif config.kind == "explicit":
-        return explicit_split(
-            patients, list(config.val_patients or []), test, config.train_patients
-        )
+        val = list(config.val_patients or [])
+        return explicit_split(patients, val, test, config.train_patients)
     else:
         raise ConfigError(
             f"data.split.kind={config.kind!r} is unknown; choose one of {list(SPLIT_KINDS)}"

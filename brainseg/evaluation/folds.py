@@ -1,6 +1,6 @@
 """Honest cross-validation: which epoch a run reports, and which job or ensemble member held out
-which patient (the sweep report pools the folds' scores with `held_out_by`; predict.py scores each
-patient only with the members that never trained on it, via `held_out_members`).
+which patient (predict.py scores each patient only with the members that never trained on it,
+via `held_out_members`).
 
 A k-fold sweep scores every patient once, with the model of the fold that held it out; the CV
 figure is the mean (and median) over all those per-patient scores, not a mean of fold means. The
@@ -15,12 +15,10 @@ set: they select nothing, and the sweep report pools these test scores.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from brainseg.errors import ConfigError
-from brainseg.runfiles import RunMetrics, Selected, read_metrics, read_split
+from brainseg.runfiles import RunMetrics, Selected
 
 Split = Mapping[str, Sequence[str]]  # {"train": [...], "val": [...], "test": [...]} as recorded
 
@@ -55,40 +53,6 @@ def check_selection(rule: str) -> str:
             f"evaluation.selection={rule!r} is unknown; choose one of {list(SELECTION_RULES)}"
         )
     return rule
-
-
-@dataclass(frozen=True)
-class HeldOut:
-    """One job that held a patient out: its directory, the checkpoint its selection rule names
-    (None if the run has not finished), and the rule."""
-
-    job_dir: Path
-    checkpoint: Path | None
-    selection: str | None
-
-
-def held_out_by(job_dirs: list[Path]) -> dict[str, list[HeldOut]]:
-    """patient -> the job(s) whose validation set (under the inner-validation rule: test set) held
-    it out, from each job's `split.json` and `metrics.json`; jobs without a split.json (failed
-    before training) are skipped.
-
-    For the folds of one configuration every patient maps to exactly one job; a patient held out
-    by several jobs (several configurations, or repeated folds) maps to all of them, in job order.
-    """
-    patients: dict[str, list[HeldOut]] = {}
-    for job in job_dirs:
-        split = read_split(job)
-        if split is None:
-            continue
-        scored = split.test if split.n_inner_val else split.val
-        metrics = read_metrics(job)
-        reported = reported_scores(metrics) if metrics is not None and metrics.finished else None
-        checkpoint = Path(reported.checkpoint) if reported and reported.checkpoint else None
-        for name in scored:
-            patients.setdefault(name, []).append(
-                HeldOut(job, checkpoint, reported.rule if reported else None)
-            )
-    return patients
 
 
 def reported_scores(metrics: RunMetrics) -> Selected | None:

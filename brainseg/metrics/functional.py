@@ -100,22 +100,6 @@ def _surface(pred: np.ndarray, truth: np.ndarray, tolerance: float) -> dict[str,
     }
 
 
-def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
-    """95th-percentile symmetric Hausdorff distance in pixels."""
-    return _surface(pred.astype(bool), truth.astype(bool), NSD_TOLERANCE)["hd95"]
-
-
-def assd(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Average symmetric surface distance in pixels."""
-    return _surface(pred.astype(bool), truth.astype(bool), NSD_TOLERANCE)["assd"]
-
-
-def surface_dice(pred: np.ndarray, truth: np.ndarray, tolerance: float = NSD_TOLERANCE) -> float:
-    """Normalised surface Dice: the fraction of both boundaries within `tolerance` pixels of the
-    other."""
-    return _surface(pred.astype(bool), truth.astype(bool), tolerance)["nsd"]
-
-
 def volume_difference(pred: np.ndarray, truth: np.ndarray) -> int:
     """Absolute difference of the lesion voxel counts."""
     return abs(int(np.count_nonzero(pred)) - int(np.count_nonzero(truth)))

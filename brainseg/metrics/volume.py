@@ -56,22 +56,16 @@ class VolumeMetrics(Metric):
         slice_index: torch.Tensor,
     ) -> None:
         """probs, target: (B, [1,] H, W); patient, slice_index: (B,) integer ids."""
-        batch = probs.shape[0]
-        self.pred.append(
-            (probs.detach() > self.threshold).reshape(batch, *probs.shape[-2:]).to(torch.uint8)
-        )
-        self.target.append(
-            (target.detach() > 0.5).reshape(batch, *target.shape[-2:]).to(torch.uint8)
-        )
+        batch, shape = probs.shape[0], (probs.shape[0], *probs.shape[-2:])
+        self.pred.append((probs.detach() > self.threshold).reshape(shape).to(torch.uint8))
+        self.target.append((target.detach() > 0.5).reshape(shape).to(torch.uint8))
         self.patient.append(patient.detach().reshape(batch).long())
         self.slice.append(slice_index.detach().reshape(batch).long())
 
     def volumes(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """(binarised prediction after `postprocess`; truth) per patient id, in increasing id
         order, slices in slice order."""
-        if (
-            isinstance(self.patient, list) and not self.patient
-        ):  # after a DDP sync the states are tensors
+        if isinstance(self.patient, list) and not self.patient:  # after a DDP sync: tensors
             return {}
         pred = dim_zero_cat(self.pred).cpu().numpy().astype(bool)
         target = dim_zero_cat(self.target).cpu().numpy().astype(bool)

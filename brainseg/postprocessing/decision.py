@@ -77,14 +77,8 @@ def decide(
     best, comparisons = 0, []
     for i in range(1, len(candidates)):
         result = compare(columns[i], columns[best])
-        comparisons.append(
-            {
-                "candidate": list(candidates[i]),
-                "against": list(candidates[best]),
-                **result,
-                "erased": erased[i],
-            }
-        )
+        pair = {"candidate": list(candidates[i]), "against": list(candidates[best])}
+        comparisons.append({**pair, **result, "erased": erased[i]})
         best = i if result["adopted"] else best
     return {
         "postprocessing": list(candidates[best]),

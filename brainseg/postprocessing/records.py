@@ -139,9 +139,7 @@ def provenance_record(decision: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def steps_to_apply(
-    setting: Any,
-    recorded: Sequence[tuple[Path, Mapping[str, Any]]],
-    sweep_dir: Path | None = None,
+    setting: Any, recorded: Sequence[tuple[Path, Mapping[str, Any]]], sweep_dir: Path | None = None
 ) -> dict[str, Any]:
     """{"postprocessing": steps, "source": where they come from} for predict.py: the `setting`
     when given; else a sweep's own decision; else the one decision every model records."""

@@ -106,9 +106,7 @@ def _checked(path: Path, record: Mapping[str, Any]) -> dict[str, Any]:
     if not (isinstance(post, dict) and isinstance(post.get("steps"), list)):
         raise DataError(f"{path}: postprocessing is not a step list")
     temperature = (record.get("calibration") or {}).get("temperature")
-    if temperature is not None and not (
-        isinstance(temperature, float) and 0.01 <= temperature <= 100
-    ):
+    if not (temperature is None or isinstance(temperature, float) and 0.01 <= temperature <= 100):
         raise DataError(
             f"{path}: calibration temperature={temperature!r:.80} is not in [0.01, 100]"
         )
@@ -204,8 +202,7 @@ def find_sweep_checkpoints(sweep_dir: str | Path) -> list[tuple[Path, str]]:
 
 
 def export_onnx(member: Member, path: Path, image_size: int) -> Path:
-    """Write the member's network as ONNX (dynamic batch),
-    its preprocessing in the model's metadata."""
+    """Write the member's network as ONNX (dynamic batch), its preprocessing in the metadata."""
     import onnx
 
     from brainseg.quiet import quiet_libraries

@@ -1,5 +1,4 @@
-"""`predict(cfg)`: masks in the original geometry, per-patient scores and pictures,
-or an ONNX export."""
+"""`predict(cfg)`: masks in the original geometry, per-patient scores and pictures, or ONNX."""
 
 from __future__ import annotations
 
@@ -115,18 +114,13 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
             "input is required: a data root in the kaggle_3m layout or one patient folder"
         )
     patients = find_patients(input_root, require_masks=False)
+    # Every unreadable or inconsistent slice is named before anything is written.
     for files in tqdm(patients, desc="checking inputs", unit="patient", disable=_no_bars(cfg)):
-        read_patient(
-            files
-        )  # every unreadable or inconsistent slice is named before anything is written
+        read_patient(files)
     splits = [m.split for m in members]
     plan = member_plan(splits, [p.name for p in patients], cfg.ensemble)
-    out = claim_output_dir(
-        _path(cfg.get("output_dir"), "output_dir"),
-        "output_dir",
-        {"input": input_root},
-        cfg.overwrite,
-    )
+    output = _path(cfg.get("output_dir"), "output_dir")
+    out = claim_output_dir(output, "output_dir", {"input": input_root}, cfg.overwrite)
     views = tta_views(cfg.tta.hflip, list(cfg.tta.rotations or []), list(cfg.tta.scales or []))
     predictor = Predictor(members, views, cfg.batch_size, _device(cfg.device))
     threshold = float(cfg.threshold if cfg.get("threshold") is not None else members[0].threshold)
@@ -149,9 +143,7 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
         mask = apply(probs > threshold, steps)
         folder = out / files.folder.name  # as the input folder is called
         folder.mkdir(exist_ok=True)
-        for z, image_path in enumerate(
-            files.images
-        ):  # named after the image, whatever the folder is called
+        for z, image_path in enumerate(files.images):  # named after the image, not the folder
             tifffile.imwrite(folder / f"{image_path.stem}_mask.tif", mask[z].astype("uint8") * 255)
         if temperature is not None:  # the masks above stay those of the uncalibrated threshold
             probs = calibrated(probs, temperature)
@@ -167,17 +159,8 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
                 SUBSET_COLUMN: subsets[files.name],
             }
             rows.append({**row, UNCERTAINTY_COLUMN: uncertainty[files.name]})
-            cases.append(
-                failure_case(
-                    files.name,
-                    volume.image,
-                    truth,
-                    mask,
-                    row["dsc"],
-                    files.numbers,
-                    uncertainty[files.name],
-                )
-            )
+            case = (volume.image, truth, mask, row["dsc"], files.numbers, uncertainty[files.name])
+            cases.append(failure_case(files.name, *case))
         if cfg.figures.overlays:
             write_overlays(files.name, files.numbers, volume.image, mask, truth, out / "overlays")
     summary: dict[str, Any] = {
