@@ -57,6 +57,10 @@ def test_last_is_the_last_epoch_best_is_slim_and_resume_continues(
     # The run directory is moved, then restarted with more epochs (auto-resume from its last.ckpt).
     moved = tmp_path / "moved"
     shutil.move(run, moved)
+    # a best file an interrupted session wrote after the epoch its last.ckpt holds
+    shutil.copy(
+        moved / "checkpoints" / best_path.name, moved / "checkpoints" / "best-epoch004.ckpt"
+    )
     metrics = train(
         compose_run(
             synthetic_root, moved, tmp_path / "cache", *BEST_AT_FIRST_EPOCH, "trainer.max_epochs=5"
@@ -71,7 +75,8 @@ def test_last_is_the_last_epoch_best_is_slim_and_resume_continues(
         4,
     ]  # before: the restart deleted the rows of epochs 0-2
     names = sorted(p.name for p in (moved / "checkpoints").iterdir())
-    assert names == [best_path.name, "last.ckpt"]  # before: last-v1.ckpt beside the stale last.ckpt
+    # before: last-v1.ckpt beside the stale last.ckpt, and the stray best-epoch004.ckpt kept
+    assert names == [best_path.name, "last.ckpt"]
     assert metrics.best_checkpoint == str(moved / "checkpoints" / best_path.name)
     assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 4
 

@@ -246,3 +246,16 @@ def test_inner_validation_folds_pool_the_held_out_test_scores(tmp_path: Path) ->
     summary = (tmp_path / "summary.md").read_text()
     assert "| all folds | inner_val | 3 | 9 |" in summary
     assert "`inner_val` = checkpoint with the best Dice on data.split.n_inner_val" in summary
+
+
+def test_a_tag_in_a_jobs_overrides_is_one_line_and_never_run(tmp_path: Path, capsys) -> None:
+    from brainseg.reporting.sweep import main
+
+    marker = tmp_path / "ran"
+    hydra = tmp_path / "0" / ".hydra"
+    hydra.mkdir(parents=True)
+    (hydra / "overrides.yaml").write_text(f"- !!python/object/apply:os.system ['touch {marker}']\n")
+    assert main([str(tmp_path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {hydra / 'overrides.yaml'}: not a list of overrides")
+    assert not marker.exists()

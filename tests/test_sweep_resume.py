@@ -102,3 +102,36 @@ def test_an_existing_directory_must_be_a_sweep_of_the_same_command(
     OmegaConf.save(predict, folder / "multirun.yaml")
     with pytest.raises(ConfigError, match="a sweep with hydra.job.name=predict, not train"):
         check_sweep_directory(_multirun_config(folder))
+
+
+def test_a_job_directory_a_live_process_holds_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    """Before, a second sweep into a live one wrote its job's failure.json and .hydra/ into the
+    first sweep's running job."""
+    import fcntl
+
+    from hydra.core.utils import JobStatus
+
+    from brainseg.run_lock import LOCK_NAME
+    from hydra_plugins.brainseg_launcher.local import holding_its_directory
+
+    config = _multirun_config(tmp_path / "sweep")
+    with open_dict(config):
+        config.hydra.job.num = 0
+        config.hydra.overrides.task = ["seed=1"]
+    job_dir = tmp_path / "sweep" / "0"
+    job_dir.mkdir(parents=True)
+    held = os.open(job_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT)  # as another live process does
+    fcntl.flock(held, fcntl.LOCK_EX)
+    ran = []
+    try:
+        refused = holding_its_directory(config, lambda: ran.append(1))
+    finally:
+        os.close(held)
+    assert refused.status == JobStatus.FAILED and "run directory in use" in str(
+        refused._return_value
+    )
+    assert not ran and sorted(p.name for p in job_dir.iterdir()) == [LOCK_NAME]
+    assert holding_its_directory(config, lambda: "ran") == "ran"
+    assert not (job_dir / LOCK_NAME).exists()  # released after the job

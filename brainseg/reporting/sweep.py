@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from brainseg.errors import ConfigError
+from brainseg.errors import ConfigError, DataError
 from brainseg.evaluation.folds import CV_RULES, reported_scores
 from brainseg.evaluation.statistics import LEVEL, compare_configurations, minimum_patients
 from brainseg.paths import atomic_writer
@@ -76,7 +76,13 @@ COMPARISON_COLUMNS = [
 
 
 def _overrides(job: Path) -> dict[str, str]:
-    items = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+    path = job / ".hydra" / "overrides.yaml"
+    try:  # plain YAML only: a tag that would build an object is an error, never run
+        items = yaml.safe_load(path.read_text()) or []
+    except yaml.YAMLError as exc:
+        raise DataError(f"{path}: not a list of overrides ({str(exc).splitlines()[0]})") from None
+    if not (isinstance(items, list) and all(isinstance(item, str) for item in items)):
+        raise DataError(f"{path}: not a list of overrides")
     return dict(item.split("=", 1) for item in items if "=" in item)
 
 
@@ -377,7 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     if not sweep_dir.is_dir():
         print(f"error: {sweep_dir}: sweep directory not found", file=sys.stderr)
         return 2
-    report = write_report(sweep_dir)
+    try:
+        report = write_report(sweep_dir)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print((sweep_dir / "summary.md").read_text())
     return 0 if report["jobs"] else 1
 

@@ -132,6 +132,18 @@ class BestCheckpoint(_OwnFilesOnly):
         )
         self._saving = False
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """On resume, best files of this run that the resumed state does not track were written
+        by the interrupted session after the resumed epoch, which is trained again: removed, so
+        that no stale best file stands beside the new one."""
+        super().load_state_dict(state_dict)
+        prefix = (self.filename or "").split("{")[0]
+        tracked = {Path(p).resolve() for p in self.best_k_models}
+        for path in Path(self.dirpath).glob(f"{prefix}*{self.FILE_EXTENSION}") if prefix else []:
+            if self._own_file(path) and path.resolve() not in tracked:
+                log.info("%s: written after the resumed epoch; removed", path)
+                path.unlink()
+
     def format_checkpoint_name(
         self, metrics: dict[str, Any], filename: str | None = None, **kwargs: Any
     ) -> str:

@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -30,7 +30,8 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from brainseg.errors import DataError
+from brainseg.errors import ConfigError, DataError
+from brainseg.run_lock import claim_run_directory, release_run_directory
 from brainseg.runfiles import read_metrics
 
 log = logging.getLogger("brainseg")
@@ -134,19 +135,46 @@ class ResumingLauncher(BasicLauncher):
     def run(self, jobs: list[Job]) -> dict[int, JobReturn]:
         """Job number -> its return, the jobs run one after another in this process."""
         launch = super().launch
-        return {idx: launch([overrides], idx)[0] for idx, overrides, _ in jobs}
+        return {
+            idx: holding_its_directory(
+                config, partial(lambda o, i: launch([o], i)[0], overrides, idx)
+            )
+            for idx, overrides, config in jobs
+        }
+
+
+def holding_its_directory(config: DictConfig, run: Callable[[], JobReturn]) -> JobReturn:
+    """Run a job holding its directory, claimed before Hydra writes its .hydra/ files there: a job
+    directory a live process holds (an earlier start of the sweep, a train.py into it) is refused
+    in one line and nothing is written into it."""
+    job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+    try:
+        claimed = claim_run_directory(job_dir, "hydra.sweep.dir")
+    except ConfigError as exc:
+        log.error("job %s refused: %s", config.hydra.job.num, exc)
+        return JobReturn(
+            overrides=list(config.hydra.overrides.task), status=JobStatus.FAILED, _return_value=exc
+        )
+    try:
+        return run()
+    finally:
+        if claimed:
+            release_run_directory(job_dir)
 
 
 def _job(context: Any, task: Any, config: DictConfig, singletons: Any) -> JobReturn:
     """One sweep job inside its own process."""
     Singleton.set_state(singletons)
     setup_globals()
-    return run_job(
-        hydra_context=context,
-        task_function=task,
-        config=config,
-        job_dir_key="hydra.sweep.dir",
-        job_subdir_key="hydra.sweep.subdir",
+    return holding_its_directory(
+        config,
+        lambda: run_job(
+            hydra_context=context,
+            task_function=task,
+            config=config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        ),
     )
 
 
