@@ -31,7 +31,7 @@ from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from brainseg.errors import ConfigError, DataError
-from brainseg.run_lock import claim_run_directory, release_run_directory
+from brainseg.run_lock import claim_run_directory, is_first_rank, release_run_directory
 from brainseg.runfiles import read_metrics
 
 log = logging.getLogger("brainseg")
@@ -147,6 +147,8 @@ def holding_its_directory(config: DictConfig, run: Callable[[], JobReturn]) -> J
     """Run a job holding its directory, claimed before Hydra writes its .hydra/ files there: a job
     directory a live process holds (an earlier start of the sweep, a train.py into it) is refused
     in one line and nothing is written into it."""
+    if not is_first_rank():  # the other DDP ranks of a SLURM job run in rank 0's directory
+        return run()
     job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
     try:
         claimed = claim_run_directory(job_dir, "hydra.sweep.dir")

@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+from omegaconf import open_dict
+
+from hydra_plugins.brainseg_launcher.local import holding_its_directory
 
 log = logging.getLogger("brainseg")
 
@@ -85,6 +89,24 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             else set()
         )
         return {i for i in ids if i.isdigit()}  # not submitit's temporary `.submission` folder
+
+    def __call__(
+        self,
+        sweep_overrides: list[str],
+        job_dir_key: str,
+        job_num: int,
+        job_id: str,
+        singleton_state: dict,
+    ) -> JobReturn:
+        """The job on its node, holding its directory from before Hydra writes there."""
+        Singleton.set_state(singleton_state)
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, sweep_overrides)
+        with open_dict(config):
+            config.hydra.job.num = job_num
+        call = super().__call__
+        return holding_its_directory(
+            config, lambda: call(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
+        )
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
