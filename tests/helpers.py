@@ -22,7 +22,7 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def run_cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 600
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 1800
 ) -> subprocess.CompletedProcess:
     """Run one of the project's entry points as a user would."""
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}

@@ -36,7 +36,7 @@ def test_lock_matches_pyproject() -> None:
         cwd=PROJECT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=600,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -209,7 +209,7 @@ def test_kill_9_resumes_from_the_last_completed_epoch(synthetic_root: Path, tmp_
         stderr=subprocess.DEVNULL,
     )
     last = run / "checkpoints" / "last.ckpt"
-    deadline, seen = time.monotonic() + 120, None
+    deadline, seen = time.monotonic() + 600, None  # only bounds a failure
     try:
         while time.monotonic() < deadline:
             stamp = last.stat().st_mtime_ns if last.is_file() else None
@@ -231,7 +231,7 @@ def test_kill_9_resumes_from_the_last_completed_epoch(synthetic_root: Path, tmp_
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -191,7 +191,7 @@ def test_the_hydra_callback_holds_the_run_directory_that_train_then_reuses(tmp_p
             capture_output=True,
             text=True,
             check=False,
-            timeout=120,
+            timeout=600,
         )
         assert f"run directory in use by pid {os.getpid()}" in second.stderr
         assert not claim_run_directory(run)  # train.py's claim: held already by this process
