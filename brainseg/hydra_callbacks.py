@@ -40,10 +40,10 @@ def _refuse(check: Callable[[], None]) -> None:
 
 
 class RefuseOutputDirectory(Callback):
-    """Refuse a run or sweep directory that overlaps data.root before Hydra creates it (and writes
-    its .hydra/ files and log there); claim the run directory for this process, refused when a
-    live process holds it or when it holds a run that this start does not resume (training into
-    it would replace that run's checkpoints, metrics and config)."""
+    """Refuse a run directory (the sweep guard: a sweep directory) that overlaps data.root before
+    Hydra creates it (and writes its .hydra/ files and log there); claim it for this process,
+    refused when a live process holds it or when it holds a run that this start does not resume
+    (training into it would replace that run's checkpoints, metrics and config)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run_dir = self._outside_data(config, "hydra.run.dir")
@@ -51,9 +51,6 @@ class RefuseOutputDirectory(Callback):
             _refuse(lambda: claim_run_directory(run_dir))
             if "auto_resume" in config:  # train.py
                 _refuse(lambda: _check_resumed(config, run_dir))
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._outside_data(config, "hydra.sweep.dir")
 
     @staticmethod
     def _outside_data(config: DictConfig, key: str) -> Path:
@@ -176,6 +173,7 @@ class SweepGuard(Callback):
         quiet_libraries()
         swept = swept_keys(config)
         os.environ[SWEPT_KEYS_ENV] = ",".join(swept)
+        RefuseOutputDirectory._outside_data(config, "hydra.sweep.dir")  # before the claim writes
         try:
             check_sweep_directory(config)
             claim_run_directory(Path.cwd() / str(config.hydra.sweep.dir), "hydra.sweep.dir")

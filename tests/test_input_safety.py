@@ -250,3 +250,16 @@ def test_a_symlink_loop_is_named_in_one_line(synthetic_root: Path, tmp_path: Pat
         assert str(raised.value) == refused(setting)
     assert evaluate([str(loop), str(synthetic_root), "--output", str(tmp_path / "eval")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {refused('pred_dir')}"
+
+
+def test_a_sweep_directory_inside_data_root_is_refused_before_anything_is_written(
+    copied_root: Path,
+) -> None:
+    from brainseg.hydra_callbacks import SweepGuard
+
+    before = snapshot(copied_root)
+    config = compose([f"data.root={copied_root}", f"hydra.sweep.dir={copied_root}/sweep"])
+    with pytest.raises(SystemExit) as stopped:
+        SweepGuard().on_multirun_start(config)
+    assert stopped.value.code == 2
+    assert snapshot(copied_root) == before  # before: the sweep's lock folder under the data root
