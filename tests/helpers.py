@@ -71,18 +71,30 @@ def compose_run(root: Path, run_dir: Path, cache: Path, *overrides: str):
     return compose([*base, *paths, *overrides], hydra_node=False)
 
 
-def read_wandb_records(path: Path) -> list:
-    """The records of a W&B `.wandb` run file (offline runs), decoded with wandb's own protobufs.
-
-    The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of records, each with a
-    7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last).
+def read_wandb_records(path: Path, deadline: float = 120.0) -> list:
+    """The records of a finished W&B `.wandb` run file (offline runs), decoded with wandb's own
+    protobufs. wandb's service process may still be writing when `run.finish()` returns, so this
+    waits for the closing `exit` record; the deadline only bounds a failure.
     """
+    import time
+
+    give_up = time.monotonic() + deadline
+    while True:
+        records = _wandb_records(path.read_bytes(), path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        assert time.monotonic() < give_up, f"{path} has no exit record after {deadline:.0f} s"
+        time.sleep(0.1)
+
+
+def _wandb_records(data: bytes, path: Path) -> list:
+    """The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of records, each with
+    a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last)."""
     import struct
 
     from wandb.proto import wandb_internal_pb2
 
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    assert data[:4] == b":W&B"[: len(data)], f"{path} is not a W&B run file"
     pos, block, chunks, pending = 7, 32768, [], b""
     while pos + 7 <= len(data):
         if block - pos % block < 7:
@@ -91,7 +103,7 @@ def read_wandb_records(path: Path) -> list:
         _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
-        if kind == 0:
+        if kind == 0 or pos > len(data):  # padding, or a record still being written
             break
         if kind == 1:
             chunks.append(chunk)
