@@ -63,22 +63,33 @@ def _slurm_sweep(
     )
 
 
-def test_two_job_sweep_through_slurm(slurm_env, synthetic_root: Path, tmp_path: Path) -> None:
+def test_two_job_sweep_through_slurm_resumed_submits_only_the_unfinished_job(
+    slurm_env, synthetic_root: Path, tmp_path: Path
+) -> None:
     sweep = tmp_path / "sweep"
-    result = _slurm_sweep(
-        synthetic_root,
-        sweep,
-        slurm_env,
+    overrides = [
         "model.encoder_depth=3",
         "model.decoder_channels=[32,16,8]",
         "data.batch_size=8",
         "loss=dice,bce_dice",
-    )
+    ]
+    result = _slurm_sweep(synthetic_root, sweep, slurm_env, *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Submitit 'slurm' sweep output dir" in result.stdout + result.stderr
     report = (sweep / "summary.md").read_text()
     assert "2 jobs: 2 done." in report and "| loss=bce_dice |" in report
     assert len(list((sweep / ".submitit").glob("*/*_log.out"))) == 2  # the jobs ran as SLURM jobs
+
+    (sweep / "1" / "metrics.json").unlink()  # job 1 unfinished, as when its node died
+    finished = (sweep / "0" / "metrics.json").stat().st_mtime_ns
+    resumed = _slurm_sweep(synthetic_root, sweep, slurm_env, *overrides)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # before: both jobs were submitted again (4 SLURM jobs in all)
+    assert len(list((sweep / ".submitit").glob("*/*_log.out"))) == 3
+    assert (sweep / "0" / "metrics.json").stat().st_mtime_ns == finished
+    with open(sweep / "summary.csv") as fh:
+        status = {row["job"]: row["status"] for row in csv.DictReader(fh)}
+    assert status["0"] == "reused" and status["1"] in ("done", "resumed")
 
 
 def test_two_task_cpu_ddp_job_under_srun(slurm_env, synthetic_root: Path, tmp_path: Path) -> None:

@@ -109,8 +109,12 @@ def reused_return(job_config: DictConfig) -> JobReturn | None:
     )
 
 
-class ResumingLauncher(BasicLauncher):
-    """Hydra's basic launcher, reusing the jobs a resumed sweep already finished."""
+class Resuming:
+    """The launch every brainseg launcher shares: the jobs a resumed sweep finished are reused
+    (`reused_return`), the others are handed to the launcher's `run`."""
+
+    config: DictConfig
+    hydra_context: Any
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
@@ -129,15 +133,22 @@ class ResumingLauncher(BasicLauncher):
                 pending.append((idx, overrides, config))
             else:
                 returns[idx] = reused
-        returns.update(self.run(pending))
+        returns.update(self.run(pending) if pending else {})
         return [returns[idx] for idx in sorted(returns)]
 
     def run(self, jobs: list[Job]) -> dict[int, JobReturn]:
-        """Job number -> its return, the jobs run one after another in this process."""
-        launch = super().launch
+        """Job number -> its return, for the jobs that must run."""
+        raise NotImplementedError
+
+
+class ResumingLauncher(Resuming, BasicLauncher):
+    """Hydra's basic launcher, reusing the jobs a resumed sweep already finished."""
+
+    def run(self, jobs: list[Job]) -> dict[int, JobReturn]:
+        """The jobs one after another in this process."""
         return {
             idx: holding_its_directory(
-                config, partial(lambda o, i: launch([o], i)[0], overrides, idx)
+                config, partial(lambda o, i: BasicLauncher.launch(self, [o], i)[0], overrides, idx)
             )
             for idx, overrides, config in jobs
         }

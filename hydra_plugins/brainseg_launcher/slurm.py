@@ -18,7 +18,7 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 from omegaconf import open_dict
 
-from hydra_plugins.brainseg_launcher.local import holding_its_directory
+from hydra_plugins.brainseg_launcher.local import Job, Resuming, holding_its_directory
 
 log = logging.getLogger("brainseg")
 
@@ -72,13 +72,15 @@ def queue_states(job_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
     return {job: (state, reason) for job, state, reason in rows}
 
 
-class SlurmLauncher(submitit_launcher.SlurmLauncher):
-    """Submits like hydra-submitit-launcher; waits for the results in a thread while the calling
-    thread watches the queue every `pending_report_s` seconds."""
+class SlurmLauncher(Resuming, submitit_launcher.SlurmLauncher):
+    """Submits like hydra-submitit-launcher the jobs a resumed sweep has not finished; waits for
+    the results in a thread while the calling thread watches the queue every `pending_report_s`
+    seconds."""
 
     def __init__(self, pending_report_s: int = 60, **params: Any) -> None:
         super().__init__(**params)
         self.pending_report_s = pending_report_s
+        self.job_numbers: list[int] = []  # the submitted jobs' numbers, in submission order
 
     def _submitted(self) -> set[str]:
         """SLURM job ids of the sweep so far, from submitit's per-job folders (`<id>_<task>`)."""
@@ -98,8 +100,10 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         job_id: str,
         singleton_state: dict,
     ) -> JobReturn:
-        """The job on its node, holding its directory from before Hydra writes there."""
+        """The job on its node (`job_num`: its place among the submitted jobs), holding its
+        directory from before Hydra writes there."""
         Singleton.set_state(singleton_state)
+        job_num = self.job_numbers[job_num]
         config = self.hydra_context.config_loader.load_sweep_config(self.config, sweep_overrides)
         with open_dict(config):
             config.hydra.job.num = job_num
@@ -108,16 +112,15 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             config, lambda: call(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
         )
 
-    def launch(
-        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
-    ) -> Sequence[JobReturn]:
+    def run(self, jobs: list[Job]) -> dict[int, JobReturn]:
+        self.job_numbers = [idx for idx, _, _ in jobs]
         before = self._submitted()
         outcome: dict[str, Any] = {}
 
         def wait() -> None:
             try:
                 outcome["returns"] = submitit_launcher.SlurmLauncher.launch(
-                    self, job_overrides, initial_job_idx
+                    self, [overrides for _, overrides, _ in jobs], 0
                 )
             except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
                 outcome["error"] = exc
@@ -130,7 +133,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             worker.join(self.pending_report_s)
         if "error" in outcome:
             raise outcome["error"]
-        return outcome["returns"]
+        return dict(zip(self.job_numbers, outcome["returns"], strict=True))
 
     def _watch(self, job_ids: list[str]) -> None:
         """Log the pending jobs with their reasons;
