@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import PROJECT, run_cli, tiny_train_overrides
+from helpers import PROJECT, compose, run_cli, tiny_train_overrides
 
 from brainseg.runfiles import read_metrics, read_split
 
@@ -52,6 +52,19 @@ def test_help_and_cfg_import_neither_torch_nor_lightning(tmp_path: Path) -> None
             if line.startswith("import time:")
         }
         assert not imported & {"torch", "lightning", "segmentation_models_pytorch", "wandb"}, args
+
+
+def test_help_lists_the_launchers_with_the_config_groups() -> None:
+    """`--help` lists hydra/launcher beside the app's groups (Hydra's template leaves it out)."""
+    result = run_cli("train.py", "--help", cwd=PROJECT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    groups = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    (line,) = [ln for ln in groups.splitlines() if ln.startswith("hydra/launcher: ")]
+    listed = line.removeprefix("hydra/launcher: ").split(" (")[0].split(", ")
+    on_disk = {p.stem for p in (PROJECT / "conf" / "hydra" / "launcher").glob("*.yaml")}
+    assert on_disk <= set(listed) and "brainseg_basic" in listed
+    for launcher in listed:  # each one a launcher a sweep can be given
+        assert compose([f"hydra/launcher={launcher}"]).hydra.launcher._target_
 
 
 def test_console_files_and_checkpoint_name_number_epochs_alike(tiny_run: Path) -> None:
