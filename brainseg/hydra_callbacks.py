@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from brainseg.cli import Stopped
 from brainseg.config import SWEPT_KEYS_ENV, instantiate_setting, swept_keys, to_plain
+from brainseg.data.reader import find_patients
 from brainseg.errors import BrainsegError, ConfigError
 from brainseg.paths import check_outside_inputs
 from brainseg.run_lock import LOCK_NAME, claim_run_directory, is_first_rank
@@ -31,22 +32,24 @@ def _exit(line: str, status: int = 2) -> NoReturn:
     raise SystemExit(status) from None
 
 
-def _refuse(check: Callable[[], None]) -> None:
-    """Run a check before Hydra writes; a ConfigError becomes `error: ...` and exit status 2."""
+def _refuse(check: Callable[[], object]) -> None:
+    """Run a check before Hydra writes; a BrainsegError becomes `error: ...` and exit status 2."""
     try:
         check()
-    except ConfigError as exc:
+    except BrainsegError as exc:
         _exit(f"error: {exc}")
 
 
 class RefuseOutputDirectory(Callback):
-    """Refuse a run directory (the sweep guard: a sweep directory) that overlaps data.root before
-    Hydra creates it (and writes its .hydra/ files and log there); claim it for this process,
-    refused when a live process holds it or when it holds a run that this start does not resume
-    (training into it would replace that run's checkpoints, metrics and config)."""
+    """Before Hydra creates a run directory (and writes .hydra/ and a log there), refuse one that
+    overlaps data.root (the sweep guard: a sweep directory), or a data.root without patients; claim
+    it for this process, refused when a live process holds it or when it holds a run that this start
+    does not resume (training into it would replace that run's checkpoints, metrics and config)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run_dir = self._outside_data(config, "hydra.run.dir")
+        if "data" in config:  # train.py: before the model is built; a failed start leaves nothing
+            _refuse(lambda: find_patients(Path.cwd() / str(config.data.root)))
         if is_first_rank():  # DDP ranks run in rank 0's directory
             _refuse(lambda: claim_run_directory(run_dir))
             if "auto_resume" in config:  # train.py
@@ -81,11 +84,9 @@ def _check_targets(group: str, entries: Any) -> None:
     entries themselves are built by the jobs (they name the job's own directory)."""
     for name, node in (entries or {}).items():
         target = node.get("_target_") if isinstance(node, DictConfig) else None
-        if target is None:
-            continue
         module, _, attribute = str(target).rpartition(".")
         try:
-            found = hasattr(importlib.import_module(module), attribute)
+            found = target is None or hasattr(importlib.import_module(module), attribute)
         except (ImportError, ValueError):  # ValueError: an empty module name
             found = False
         if not found:
@@ -109,8 +110,7 @@ def preflight(config: DictConfig, swept: list[str]) -> None:
         touched = any(k == group or k.startswith((f"{group}.", f"{group}/")) for k in swept)
         return group in config and config[group] is not None and not touched
 
-    # for ${hydra:...} in the checked settings, as in a job
-    HydraConfig.instance().set_config(config)
+    HydraConfig.instance().set_config(config)  # for ${hydra:...} in the settings, as in a job
     if shared("data"):
         instantiate_setting("data", config.data).validate()
     model = build_model(**to_plain(config.model)) if shared("model") else None

@@ -227,7 +227,7 @@ def test_a_sweep_directory_held_by_a_live_process_is_refused_before_writing(
     ],
 )
 def test_a_finished_run_directory_is_only_trained_into_by_resuming_it(
-    tiny_run: Path, capsys, overrides: list[str], refused: bool
+    tiny_run: Path, synthetic_root: Path, capsys, overrides: list[str], refused: bool
 ) -> None:
     from helpers import compose, snapshot
 
@@ -235,7 +235,7 @@ def test_a_finished_run_directory_is_only_trained_into_by_resuming_it(
 
     before = snapshot(tiny_run)
     overrides = [o.format(run=tiny_run) for o in overrides]
-    config = compose([f"hydra.run.dir={tiny_run}", *overrides])
+    config = compose([f"hydra.run.dir={tiny_run}", f"data.root={synthetic_root}", *overrides])
     try:
         if refused:  # before: a second run replaced its checkpoints, metrics and config
             with pytest.raises(SystemExit) as info:

@@ -162,6 +162,27 @@ def test_bad_settings_give_one_line_errors(
     assert last.startswith("error: ") and expected in last
 
 
+def test_a_data_root_without_patients_stops_a_run_before_its_directory_is_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Before, train.py noticed only after building the model, leaving a run directory behind
+    that looked like a real run."""
+    from brainseg.hydra_callbacks import RefuseOutputDirectory
+
+    run, empty = tmp_path / "run", tmp_path / "empty"
+    empty.mkdir()
+    for root, problem in [
+        (tmp_path / "missing", "data root does not exist"),
+        (empty, "no patient folders with .tif slices (expected the kaggle_3m layout)"),
+    ]:
+        config = compose(tiny_train_overrides(root, run, tmp_path / "cache"))
+        with pytest.raises(SystemExit) as stopped:
+            RefuseOutputDirectory().on_run_start(config)
+        assert stopped.value.code == 2
+        assert capsys.readouterr().err == f"error: {root}: {problem}\n"
+    assert not run.exists()
+
+
 def test_unknown_config_group_option_lists_the_valid_ones(tmp_path: Path) -> None:
     result = run_cli("train.py", "loss=dise", f"hydra.run.dir={tmp_path}", cwd=PROJECT)
     assert result.returncode != 0 and "Traceback" not in result.stderr
