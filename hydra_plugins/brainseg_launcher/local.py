@@ -1,13 +1,9 @@
-"""Local launchers that resume a sweep: re-running its command with `hydra.sweep.dir=<the sweep>`
+"""brainseg's launchers resume a sweep: re-running its command with `hydra.sweep.dir=<the sweep>`
 reuses the jobs whose record is complete (metrics.json with a reported epoch) and whose config is
 the recorded one, runs the others (an interrupted job continues from its last.ckpt, train.py's
-auto_resume) and refuses a job whose config differs, naming the setting.
-
-- `hydra/launcher=brainseg_basic` (the default): Hydra's basic launcher, one job after another in
-  this process.
-- `hydra/launcher=local`: each job a process of its own, as many at once as the GPU pool has room
-  for (`gpus`, default every visible GPU; `gpus_per_job` each, through CUDA_VISIBLE_DEVICES), the
-  others queued; without GPUs, `n_jobs` CPU jobs at once.
+auto_resume) and refuses a job whose config differs, naming the setting. Here the local ones
+(conf/hydra/launcher/): `brainseg_basic`, Hydra's basic launcher (one job after another in this
+process), and `local`, a pool of processes (one job per GPU); slurm.py: SLURM.
 """
 
 import logging
@@ -17,7 +13,6 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from queue import Queue
@@ -25,7 +20,6 @@ from typing import Any
 
 import cloudpickle
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
-from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -36,27 +30,6 @@ from brainseg.runfiles import read_metrics
 
 log = logging.getLogger("brainseg")
 Job = tuple[int, Sequence[str], DictConfig]  # number, overrides, config
-
-
-@dataclass
-class BasicConf:
-    _target_: str = "hydra_plugins.brainseg_launcher.local.ResumingLauncher"
-
-
-@dataclass
-class PoolConf:
-    _target_: str = "hydra_plugins.brainseg_launcher.local.PoolLauncher"
-    gpus: list[int] | None = None  # the GPU pool; null: every visible GPU
-    gpus_per_job: int = 1
-    n_jobs: int = 2  # CPU jobs at once where the pool has no GPU
-
-
-ConfigStore.instance().store(
-    group="hydra/launcher", name="brainseg_basic", node=BasicConf(), provider="brainseg"
-)
-ConfigStore.instance().store(
-    group="hydra/launcher", name="brainseg_local", node=PoolConf(), provider="brainseg"
-)
 
 
 def stop_sweep(message: str) -> None:
