@@ -85,12 +85,7 @@ class SlurmLauncher(Resuming, submitit_launcher.SlurmLauncher):
     def _submitted(self) -> set[str]:
         """SLURM job ids of the sweep so far, from submitit's per-job folders (`<id>_<task>`)."""
         folder = Path(str(self.params["submitit_folder"])).parent
-        ids = (
-            {p.name.split("_")[0] for p in folder.iterdir() if p.is_dir()}
-            if folder.is_dir()
-            else set()
-        )
-        return {i for i in ids if i.isdigit()}  # not submitit's temporary `.submission` folder
+        return {p.name.split("_")[0] for p in folder.glob("[0-9]*") if p.is_dir()}
 
     def __call__(
         self,
