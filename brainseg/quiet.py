@@ -7,19 +7,8 @@ import logging
 import warnings
 
 # Logger name -> beginnings of the messages dropped from it.
-NOISE: dict[str, tuple[str, ...]] = {
-    "lightning.pytorch.utilities.rank_zero": ("💡 Tip:",),
-    # Optuna sweeper's set-up lines (its `Best value` / `Best parameters` lines stay).
-    "hydra_plugins.hydra_optuna_sweeper._impl": (
-        "Study name:",
-        "Storage:",
-        "Sampler:",
-        "Directions:",
-    ),
-    "optuna.storages._in_memory": ("A new study created",),
-}
-# Libraries whose INFO lines flood the log: onnxscript's optimizer and onnx_ir's passes during
-# ONNX export. (alembic's plugin set-up, imported before any job: conf/hydra/default.yaml.)
+NOISE: dict[str, tuple[str, ...]] = {"lightning.pytorch.utilities.rank_zero": ("💡 Tip:",)}
+# Libraries whose INFO lines flood the log during ONNX export.
 WARNINGS_ONLY = ("onnxscript", "onnx_ir")
 
 
