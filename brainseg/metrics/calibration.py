@@ -1,6 +1,5 @@
-"""Calibration of lesion probabilities: a temperature fitted on validation logits (Guo et al.,
-2017: one scalar, so the ranking of voxels and the masks at threshold 0.5 stay the same), the
-expected calibration error and the reliability bins behind it (MONAI's calibration_binning)."""
+"""Calibration of lesion probabilities: one temperature (Guo et al., 2017), so the ranking of
+voxels and the masks at threshold 0.5 stay the same; the reliability bins are MONAI's."""
 
 from __future__ import annotations
 
@@ -9,8 +8,7 @@ import torch
 from monai.metrics.calibration import calibration_binning
 
 BINS = 15
-# Pixels drawn uniformly (seeded) from each validation patient to fit and score the temperature:
-# the lesion's share of them is the data's, so the fitted temperature is not tilted by a sample.
+# Drawn uniformly from each validation patient, so the lesion's share of them is the data's.
 PIXELS_PER_PATIENT = 100_000
 _EPS = 1e-6
 
@@ -40,8 +38,7 @@ def sample_pixels(
 def reliability(
     probs: np.ndarray, truth: np.ndarray, bins: int = BINS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per probability bin: the mean predicted probability, the observed lesion frequency and the
-    number of pixels (NaN means for empty bins)."""
+    """Per bin: mean probability, observed lesion frequency, pixel count (NaN means when empty)."""
     y_pred = torch.as_tensor(np.ravel(probs), dtype=torch.float64).reshape(1, 1, -1)
     y = torch.as_tensor(np.ravel(truth), dtype=torch.float64).reshape(1, 1, -1)
     mean_p, frequency, counts = calibration_binning(y_pred, y, num_bins=bins)
@@ -57,8 +54,7 @@ def expected_calibration_error(probs: np.ndarray, truth: np.ndarray, bins: int =
 
 
 def fit_temperature(probs: np.ndarray, truth: np.ndarray) -> float:
-    """The temperature that minimises the binary cross-entropy of the pixels (L-BFGS on its log, so
-    it stays positive)."""
+    """The temperature minimising the pixels' cross-entropy (fitted on its log: stays positive)."""
     logits = torch.as_tensor(logits_of(probs))
     target = torch.as_tensor(np.asarray(truth), dtype=torch.float64)
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
