@@ -1,12 +1,6 @@
-"""The reference preprocessing protocol, one switchable step at a time, with a record to undo
-the geometry.
-
-Order (as in the reference program): drop the first and last slice, zero voxels under
-`crop_threshold` x volume max and crop to the 3-D bounding box of the rest, zero-pad to square,
-resize every slice to `image_size`, rescale intensities from the volume's p10..p99 to [0, 1].
-The per-channel z-score over the volume is computed here but applied at load time, so that
-intensity augmentations work on [0, 1] images.
-"""
+"""The reference preprocessing protocol (docs/configuration.md), one switchable step at a time,
+with a record to undo the geometry. The z-score statistics are computed here but applied at load
+time, so that intensity augmentations work on [0, 1] images."""
 
 from __future__ import annotations
 
@@ -14,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from brainseg.data.reader import PatientVolume
 from brainseg.errors import ConfigError
@@ -130,14 +125,8 @@ def _brain_box(image: np.ndarray, threshold: float) -> tuple[float, tuple[int, .
     cutoff = float(np.ceil(image.max() * threshold)) - 1
     _zero_below(image, cutoff)
     nonzero = np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2]) > 0
-    if not nonzero.any():
-        return cutoff, (0, image.shape[0], 0, image.shape[1], 0, image.shape[2])
-    bounds = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        idx = np.flatnonzero(nonzero.any(axis=other))
-        bounds += [int(idx[0]), int(idx[-1]) + 1]
-    return cutoff, tuple(bounds)
+    box = ndimage.find_objects(nonzero.view(np.uint8)) or [[slice(0, n) for n in nonzero.shape]]
+    return cutoff, tuple(end for axis in box[0] for end in (axis.start, axis.stop))
 
 
 def _zero_below(image: np.ndarray, cutoff: float) -> None:
@@ -166,10 +155,8 @@ def preprocess(
 ) -> PreprocessedVolume:
     """Apply the protocol to one patient volume.
 
-    `every_slice=True` (inference) keeps all slices, including those the protocol drops, but fits
-    everything on the slices the protocol keeps (intensity cut-off, brain box, percentile window,
-    z-score statistics): the kept slices come out exactly as in training and the others go
-    through the same in-plane and intensity transform, so the network can predict them too.
+    `every_slice=True` (inference) keeps the slices the protocol drops too, but fits everything on
+    the kept ones: those come out exactly as in training, and the network can predict the others.
     """
     image, mask = volume.image, volume.mask
     z_count, height, width = image.shape[:3]
@@ -234,11 +221,8 @@ def preprocess(
 
 
 def restore_geometry(probs: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Map (Zk, S, S) probabilities of the kept slices back onto the original (Z, H, W) grid.
-
-    Undoes resize (bilinear), padding and crop; slices the protocol dropped, and voxels outside
-    the brain box, get probability 0.
-    """
+    """Map (Zk, S, S) probabilities of the kept slices back onto the original (Z, H, W) grid;
+    dropped slices and voxels outside the brain box get 0."""
     out = np.zeros(geometry.original_shape, np.float32)
     if not geometry.slice_indices:
         return out
