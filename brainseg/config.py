@@ -74,26 +74,27 @@ def job_overrides() -> tuple[list[str], list[str]]:
     return chosen, [o for o in overrides if o not in chosen]
 
 
-def _multirun() -> bool:
+def in_multirun() -> bool:
+    """Whether this is a job of a Hydra multirun (a sweep)."""
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _run_group() -> str | None:
     """`sweep-<sweep dir name>` for the jobs of a multirun; single runs are not grouped."""
-    return f"sweep-{Path(HydraConfig.get().sweep.dir).name}" if _multirun() else None
+    return f"sweep-{Path(HydraConfig.get().sweep.dir).name}" if in_multirun() else None
 
 
 def _job_name() -> str:
     """What tells this job from the others of its sweep (`loss=dice,model=unet`); for a single run
     all its overrides."""
-    if HydraConfig.initialized() and not _multirun():
+    if HydraConfig.initialized() and not in_multirun():
         return HydraConfig.get().job.override_dirname or "default"
     return ",".join(job_overrides()[0]) or "default"
 
 
 def _shared_overrides() -> list[str]:
     """The overrides every job of this multirun shares (W&B tags)."""
-    return job_overrides()[1] if _multirun() else []
+    return job_overrides()[1] if in_multirun() else []
 
 
 def _mode(monitor: str) -> str:
