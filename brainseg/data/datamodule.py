@@ -19,7 +19,7 @@ from brainseg.data.cache import VolumeCache
 from brainseg.data.contract import DataProvenance
 from brainseg.data.dataset import SliceDataset, normalize_batch
 from brainseg.data.preprocess import PreprocessConfig, PreprocessedVolume
-from brainseg.data.reader import find_patients
+from brainseg.data.reader import PatientFiles, find_patients
 from brainseg.data.sampling import SliceSampler, check_sampling
 from brainseg.data.splits import Split, SplitConfig, make_split
 from brainseg.errors import ConfigError
@@ -50,9 +50,8 @@ def check_augmentation(augmentation: Any) -> A.BasicTransform | A.BaseCompose | 
 
 
 class LGGDataModule(L.LightningDataModule):
-    """Patient-wise train/val/test loaders over preprocessed, cached LGG volumes.
-
-    Satisfies brainseg.data.contract.SegmentationData (what training and reporting read)."""
+    """Patient-wise train/val/test loaders over preprocessed, cached LGG volumes
+    (brainseg.data.contract.SegmentationData)."""
 
     def __init__(
         self,
@@ -80,7 +79,7 @@ class LGGDataModule(L.LightningDataModule):
             split if isinstance(split, SplitConfig) else SplitConfig.from_mapping(split)
         )
         self.sampling = check_sampling(sampling)
-        if loader is not None:  # conf/data/lgg.yaml keeps the key (null) so old configs get this
+        if loader is not None:  # kept (null) in conf/data/lgg.yaml so that old configs get this
             raise ConfigError(
                 f"data.loader={loader!r}: the setting is gone; training data always goes through "
                 "DataLoader workers (data.num_workers)"
@@ -94,14 +93,14 @@ class LGGDataModule(L.LightningDataModule):
         self.split: Split | None = None
         self.datasets: dict[str, SliceDataset] = {}
 
-    def validate(self) -> None:
-        """The checks setup() starts with (data root, split), without reading any volume."""
-        make_split(self.split_config, [p.name for p in find_patients(self.root)])
+    def validate(self) -> tuple[Split, dict[str, PatientFiles]]:
+        """The split and the patients' files: setup()'s checks, without reading any volume."""
+        patients = {p.name: p for p in find_patients(self.root)}
+        return make_split(self.split_config, list(patients)), patients
 
     def _load(self) -> tuple[Split, dict[str, PreprocessedVolume]]:
         """The split and its patients' volumes, preprocessed into the cache where missing."""
-        patients = {p.name: p for p in find_patients(self.root)}
-        split = make_split(self.split_config, list(patients))
+        split, patients = self.validate()
         names = split.train + split.val + split.test
         volumes = VolumeCache(self.cache_dir, self.preprocess_cfg).load_many(
             [patients[n] for n in names], self.preprocess_workers
