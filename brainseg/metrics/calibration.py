@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from monai.metrics.calibration import calibration_binning
+from scipy.optimize import minimize_scalar
 
 BINS = 15
 # Drawn uniformly from each validation patient, so the lesion's share of them is the data's.
@@ -54,17 +55,12 @@ def expected_calibration_error(probs: np.ndarray, truth: np.ndarray, bins: int =
 
 
 def fit_temperature(probs: np.ndarray, truth: np.ndarray) -> float:
-    """The temperature minimising the pixels' cross-entropy (fitted on its log: stays positive)."""
-    logits = torch.as_tensor(logits_of(probs))
-    target = torch.as_tensor(np.asarray(truth), dtype=torch.float64)
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+    """The temperature minimising the pixels' cross-entropy, searched on its log (it stays positive)
+    between 1/148 and 148."""
+    logits, target = logits_of(probs), np.asarray(truth, np.float64)
 
-    def loss() -> torch.Tensor:
-        optimizer.zero_grad()
-        value = torch.nn.functional.binary_cross_entropy_with_logits(logits / log_t.exp(), target)
-        value.backward()
-        return value
+    def cross_entropy(log_t: float) -> float:
+        scaled = logits / np.exp(log_t)
+        return float(np.mean(np.logaddexp(0, scaled) - target * scaled))
 
-    optimizer.step(loss)
-    return float(log_t.detach().exp())
+    return float(np.exp(minimize_scalar(cross_entropy, bounds=(-5, 5), method="bounded").x))
