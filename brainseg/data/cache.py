@@ -19,7 +19,7 @@ from brainseg.data.preprocess import Geometry, PreprocessConfig, PreprocessedVol
 from brainseg.data.reader import PatientFiles, read_patient
 from brainseg.errors import ConfigError
 
-CACHE_FORMAT = 2  # bump when the stored layout or the preprocessing code changes meaning
+CACHE_FORMAT = 3  # bump when the stored layout or the preprocessing code changes meaning
 
 
 def cache_key(files: PatientFiles, cfg: PreprocessConfig) -> str:

@@ -83,10 +83,9 @@ class Geometry:
     slice_indices: list[int]  # original slice indices (0-based) that were kept, in order
     box: tuple[int, int, int, int]  # y0, y1, x0, x1 of the in-plane crop
     pad: tuple[int, int, int, int]  # top, bottom, left, right zero padding after the crop
-    output_size: tuple[int, int]  # in-plane size after resizing
 
     def __post_init__(self) -> None:  # JSON gives lists back
-        for name in ("original_shape", "box", "pad", "output_size"):
+        for name in ("original_shape", "box", "pad"):
             setattr(self, name, tuple(int(v) for v in getattr(self, name)))
         self.slice_indices = [int(v) for v in self.slice_indices]
 
@@ -214,7 +213,6 @@ def preprocess(
         slice_indices=indices.tolist(),
         box=box,
         pad=pad,
-        output_size=image.shape[1:3],
     )
     numbers = [volume.numbers[i] for i in indices]
     return PreprocessedVolume(volume.name, numbers, image, mask, mean, std, geometry)
