@@ -4,6 +4,7 @@ loaders."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ class LGGDataModule(L.LightningDataModule):
         root: str,
         cache_dir: str,
         preprocess: Mapping[str, Any] | None = None,
-        split: Mapping[str, Any] | SplitConfig | None = None,
+        split: Mapping[str, Any] | None = None,
         sampling: str = "lesion_weighted",
         augmentation: A.BasicTransform | A.BaseCompose | None = None,
         loader: str | None = None,
@@ -75,9 +76,7 @@ class LGGDataModule(L.LightningDataModule):
         self.preprocess_cfg = PreprocessConfig(**dict(preprocess or {}))
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
-        self.split_config = (
-            split if isinstance(split, SplitConfig) else SplitConfig.from_mapping(split)
-        )
+        self.split_config = SplitConfig.from_mapping(split)
         self.sampling = check_sampling(sampling)
         if loader is not None:  # kept (null) in conf/data/lgg.yaml so that old configs get this
             raise ConfigError(
@@ -131,7 +130,7 @@ class LGGDataModule(L.LightningDataModule):
 
     def provenance(self) -> DataProvenance:
         """The data part of a checkpoint's Provenance: root, preprocessing, split."""
-        split = self.split.to_dict() if self.split is not None else {}
+        split = asdict(self.split) if self.split is not None else {}
         return {
             "data_root": str(self.root),
             "preprocess": self.preprocess_cfg.to_dict(),
@@ -143,7 +142,7 @@ class LGGDataModule(L.LightningDataModule):
             run_dir,
             SplitFile(
                 kind=self.split_config.kind,
-                **self.split.to_dict(),
+                **asdict(self.split),
                 root=str(self.root),
                 n_inner_val=self.split_config.n_inner_val,
             ),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from brainseg.errors import ConfigError
@@ -56,9 +56,6 @@ class Split:
                         f"data.split: patient {name} is in both {seen[name]} and {subset}"
                     )
                 seen[name] = subset
-
-    def to_dict(self) -> dict[str, list[str]]:
-        return asdict(self)
 
 
 def reference_split(patients: list[str], n_val: int = 10, seed: int = 42) -> Split:
