@@ -24,7 +24,7 @@ def context_indices(count: int, context: int, name: str = "") -> np.ndarray:
 
 
 class SliceDataset(Dataset):
-    """Every slice of the given volumes: `image` (S, S, C) in [0, 1] (3 channels per slice of the
+    """Every slice of the given (masked) volumes: `image` (S, S, C) in [0, 1] (3 channels per slice of the
     stack), `mask` (1, S, S), the volume's z-score `mean`/`std` and the `patient`/`slice` indices
     the volume metric groups by. The z-score is applied by `normalize_batch` to a whole batch on
     the device, several times cheaper than per sample, after the [0, 1] augmentations."""
@@ -54,11 +54,7 @@ class SliceDataset(Dataset):
         v, z = self.index[idx]
         volume = self.volumes[v]
         image = np.concatenate([volume.slice_image(j) for j in self.stacks[v][z]], axis=-1)
-        mask = (
-            np.asarray(volume.mask[z])
-            if volume.mask is not None
-            else np.zeros(image.shape[:2], np.uint8)
-        )
+        mask = np.asarray(volume.mask[z])
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]

@@ -177,10 +177,7 @@ def read_patient(files: PatientFiles) -> PatientVolume:
     """Read every slice of a patient into one volume."""
     first = read_image(files.images[0])
     shape = first.shape[:2]
-    image = np.empty((len(files.images), *first.shape), np.uint8)
-    image[0] = first
-    for i, path in enumerate(files.images[1:], start=1):
-        image[i] = read_image(path, shape)
+    image = np.stack([first, *(read_image(path, shape) for path in files.images[1:])])
     mask = None
     if files.masks is not None:
         mask = np.stack([read_mask(p, shape) for p in files.masks])
