@@ -24,10 +24,10 @@ def context_indices(count: int, context: int, name: str = "") -> np.ndarray:
 
 
 class SliceDataset(Dataset):
-    """Every slice of the given (masked) volumes: `image` (S, S, C) in [0, 1] (3 channels per slice of the
-    stack), `mask` (1, S, S), the volume's z-score `mean`/`std` and the `patient`/`slice` indices
-    the volume metric groups by. The z-score is applied by `normalize_batch` to a whole batch on
-    the device, several times cheaper than per sample, after the [0, 1] augmentations."""
+    """Every slice of the given (masked) volumes: `image` (S, S, 3 per slice of the stack) in
+    [0, 1], `mask` (1, S, S), the volume's z-score `mean`/`std` and the `patient`/`slice` indices
+    the volume metric groups by. `normalize_batch` z-scores whole batches on the device, several
+    times cheaper than per sample, after the [0, 1] augmentations."""
 
     def __init__(
         self,

@@ -98,10 +98,8 @@ class Geometry:
 
 @dataclass
 class PreprocessedVolume:
-    """Images (Z, S, S, 3) in [0, 1], masks (Z, S, S) uint8, z-score statistics, geometry.
-
-    `image` is float32 fresh from `preprocess`, or uint16 (value x 65535) when read from the cache.
-    """
+    """Images (Z, S, S, 3) in [0, 1]: float32 from `preprocess`, uint16 (x 65535) from the cache;
+    masks (Z, S, S) uint8, z-score statistics, geometry."""
 
     name: str
     numbers: list[int]  # slice numbers (from the file names) of the kept slices
@@ -152,11 +150,8 @@ def resize_slices(volume: np.ndarray, size: tuple[int, int], interpolation: int)
 def preprocess(
     volume: PatientVolume, cfg: PreprocessConfig, every_slice: bool = False
 ) -> PreprocessedVolume:
-    """Apply the protocol to one patient volume.
-
-    `every_slice=True` (inference) keeps the slices the protocol drops too, but fits everything on
-    the kept ones: those come out exactly as in training, and the network can predict the others.
-    """
+    """Apply the protocol to one patient volume. `every_slice=True` (inference) keeps the slices
+    the protocol drops too, but fits everything on the kept ones, which come out as in training."""
     image, mask = volume.image, volume.mask
     z_count, height, width = image.shape[:3]
     kept = np.arange(z_count)
