@@ -4,7 +4,6 @@ torchmetrics (slice_metrics.py). A new per-volume metric goes into functional.py
 
 from brainseg.metrics.functional import (
     COUNTS,
-    HIGHER_IS_BETTER,
     METRICS,
     NSD_TOLERANCE,
     dice_score,
@@ -15,7 +14,6 @@ from brainseg.metrics.volume import VolumeMetrics
 
 __all__ = [
     "COUNTS",
-    "HIGHER_IS_BETTER",
     "METRICS",
     "NSD_TOLERANCE",
     "VolumeMetrics",

@@ -21,8 +21,6 @@ class VolumeMetrics(Metric):
     pads the last batch with repeated samples that must count once."""
 
     full_state_update = False
-    higher_is_better = None  # per metric: functional.HIGHER_IS_BETTER
-    is_differentiable = False
 
     def __init__(
         self,
