@@ -116,13 +116,12 @@ class LGGDataModule(L.LightningDataModule):
         self.split, volumes = self._load()
         if hasattr(self.augmentation, "set_random_seed"):
             self.augmentation.set_random_seed(self.seed)
-        context = self.preprocess_cfg.context_slices
-        self.datasets["train"] = SliceDataset(
-            [volumes[n] for n in self.split.train], self.augmentation, context
-        )
-        self.datasets["val"] = SliceDataset([volumes[n] for n in self.split.val], None, context)
-        test = [volumes[n] for n in self.split.test]
-        self.datasets["test"] = SliceDataset(test, None, context) if test else self.datasets["val"]
+        for subset in ("train", "val", "test"):
+            names = getattr(self.split, subset) or self.split.val  # no test set: the validation
+            transform = self.augmentation if subset == "train" else None
+            self.datasets[subset] = SliceDataset(
+                [volumes[n] for n in names], transform, self.preprocess_cfg.context_slices
+            )
 
     def patient_names(self, subset: str) -> list[str]:
         """Names in the order of the `patient` index that the subset's samples carry."""
@@ -130,11 +129,10 @@ class LGGDataModule(L.LightningDataModule):
 
     def provenance(self) -> DataProvenance:
         """The data part of a checkpoint's Provenance: root, preprocessing, split."""
-        split = asdict(self.split) if self.split is not None else {}
         return {
             "data_root": str(self.root),
             "preprocess": self.preprocess_cfg.to_dict(),
-            "split": split,
+            "split": asdict(self.split) if self.split is not None else {},
         }
 
     def write_split(self, run_dir: Path) -> None:
