@@ -87,11 +87,10 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
                 raise SystemExit(2) from None
             raise
         job = HydraConfig.get().job
-        swept, _ = job_overrides()
         log.error(
             "job %s (%s) failed: %s: %s",
             job.num,
-            " ".join(swept) or job.override_dirname or "no overrides",
+            " ".join(job_overrides()[0]) or job.override_dirname or "no overrides",
             type(exc).__name__,
             str(exc).splitlines()[0] if str(exc) else "",
         )
