@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from monai.metrics.calibration import calibration_binning
 from scipy.optimize import minimize_scalar
+from scipy.special import expit, logit
 
 BINS = 15
 # Drawn uniformly from each validation patient, so the lesion's share of them is the data's.
@@ -16,13 +17,12 @@ _EPS = 1e-6
 
 def logits_of(probs: np.ndarray) -> np.ndarray:
     """The logits behind (averaged) probabilities, clipped away from 0 and 1."""
-    p = np.clip(np.asarray(probs, np.float64), _EPS, 1 - _EPS)
-    return np.log(p / (1 - p))
+    return logit(np.clip(np.asarray(probs, np.float64), _EPS, 1 - _EPS))
 
 
 def calibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
     """Probabilities with their logits divided by `temperature`."""
-    return 1 / (1 + np.exp(-logits_of(probs) / temperature))
+    return expit(logits_of(probs) / temperature)
 
 
 def sample_pixels(

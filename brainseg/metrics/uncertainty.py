@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+from scipy.special import entr
 from scipy.stats import mannwhitneyu, spearmanr
 
 BORDER = 2  # pixels around the predicted lesion, in-plane
@@ -13,8 +14,8 @@ FAILURE_DICE = 0.5  # a patient below this Dice counts as a failure
 
 def entropy_map(probs: np.ndarray) -> np.ndarray:
     """Binary entropy in bits of each probability (0: certain, 1: p = 0.5)."""
-    p = np.clip(np.asarray(probs, np.float64), 1e-12, 1 - 1e-12)
-    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    p = np.asarray(probs, np.float64)
+    return (entr(p) + entr(1 - p)) / np.log(2)
 
 
 def lesion_entropy(probs: np.ndarray, threshold: float = 0.5) -> float:
