@@ -31,9 +31,8 @@ from brainseg.runfiles import SplitFile, write_split
 def _seed_worker(worker_id: int) -> None:
     """Lightning's per-worker seeding, plus albumentations' own generators (not covered by it)."""
     pl_worker_init_function(worker_id)
-    info = torch.utils.data.get_worker_info()
-    transform = getattr(info.dataset, "transform", None) if info else None
-    if transform is not None and hasattr(transform, "set_random_seed"):
+    transform = getattr(torch.utils.data.get_worker_info().dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
         transform.set_random_seed(int(np.random.randint(2**31)))
 
 
