@@ -1,6 +1,5 @@
 """Entry-point plumbing: user errors become one line on stderr; in a sweep, a failing job is
-recorded in its directory and the sweep goes on (brainseg.hydra_callbacks stops a sweep whose jobs
-share a mistake, and makes one with failed jobs exit non-zero)."""
+recorded in its directory and the sweep goes on."""
 
 from __future__ import annotations
 
@@ -14,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from brainseg.config import job_overrides  # also registers the resolvers conf/ uses
+from brainseg.config import in_multirun, job_overrides  # also registers conf/'s resolvers
 from brainseg.errors import BrainsegError
 from brainseg.runfiles import Failure, write_failure
 
@@ -50,10 +48,7 @@ def _stop_on_signals() -> Iterator[None]:
 
 def multirun_dir() -> Path | None:
     """The job's output directory when running inside a Hydra multirun, else None."""
-    if not HydraConfig.initialized():
-        return None
-    config = HydraConfig.get()
-    return Path(config.runtime.output_dir) if config.mode == RunMode.MULTIRUN else None
+    return Path(HydraConfig.get().runtime.output_dir) if in_multirun() else None
 
 
 def exit_status(entry: Callable[..., Any], *args: Any) -> int:
@@ -69,11 +64,9 @@ def exit_status(entry: Callable[..., Any], *args: Any) -> int:
 def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run a Hydra task; a BrainsegError is printed as `error: <message>` instead of a traceback.
 
-    Inside a multirun, any failure is logged with the job's number and overrides and written to
-    `<job dir>/failure.json`; None is returned so that Hydra's sweeper runs the other jobs and the
-    sweep report lists this one as failed. Sweepers with a `max_failure_rate` (Optuna) get the
-    exception instead: they mark the trial failed with its real reason and go on. SIGTERM or
-    SIGINT: exit 143 or 130 with one line; in a sweep, SweepGuard ends it after the job's report.
+    In a multirun a failure is logged and written to `<job dir>/failure.json`, and None lets the
+    sweeper run the other jobs; a sweeper with a `max_failure_rate` (Optuna) gets the exception, to
+    record the trial's reason. SIGTERM/SIGINT: exit 143/130; a sweep ends after the job's report.
     """
     job_dir = multirun_dir()
     try:
@@ -94,11 +87,10 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
                 raise SystemExit(2) from None
             raise
         job = HydraConfig.get().job
-        swept, _ = job_overrides()
         log.error(
             "job %s (%s) failed: %s: %s",
             job.num,
-            " ".join(swept) or job.override_dirname or "no overrides",
+            " ".join(job_overrides()[0]) or job.override_dirname or "no overrides",
             type(exc).__name__,
             str(exc).splitlines()[0] if str(exc) else "",
         )
@@ -107,7 +99,5 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         job_dir.mkdir(parents=True, exist_ok=True)
         write_failure(job_dir, Failure(str(exc), type(exc).__name__, traceback.format_exc()))
         if "max_failure_rate" in HydraConfig.get().sweeper:
-            # A sweeper that tolerates failures (Optuna) records this trial as failed, with this
-            # reason.
             raise
         return None

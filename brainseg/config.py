@@ -1,4 +1,5 @@
-"""Hydra helpers shared by the entry points: instantiation with one-line errors."""
+"""Hydra helpers shared by the entry points: instantiation with one-line errors, the resolvers
+conf/ uses, a job's swept keys."""
 
 from __future__ import annotations
 
@@ -40,9 +41,7 @@ def instantiate_setting(setting: str, cfg: Any, **kwargs: Any) -> Any:
 
 
 def _reason(exc: InstantiationException) -> str:
-    """Why Hydra could not build a setting, in one line: the target that cannot be imported, or
-    the target's own complaint (an unknown keyword, a wrong value), without Hydra's `full_key`
-    and `object_type` lines."""
+    """Why Hydra could not build a setting, in one line, without its `full_key` lines."""
     located = re.match(r"Error locating target '([^']+)'", str(exc))
     if located:
         return f"cannot import _target_ {located[1]!r}"
@@ -75,46 +74,43 @@ def job_overrides() -> tuple[list[str], list[str]]:
     return chosen, [o for o in overrides if o not in chosen]
 
 
+def in_multirun() -> bool:
+    """Whether this is a job of a Hydra multirun (a sweep)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def _run_group() -> str | None:
     """`sweep-<sweep dir name>` for the jobs of a multirun; single runs are not grouped."""
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return f"sweep-{Path(HydraConfig.get().sweep.dir).name}"
-    return None
+    return f"sweep-{Path(HydraConfig.get().sweep.dir).name}" if in_multirun() else None
 
 
 def _job_name() -> str:
-    """The overrides that tell this job from the others of its sweep (`loss=dice,model=unet`);
-    for a single run all its overrides; `default` without any."""
-    if HydraConfig.initialized() and HydraConfig.get().mode != RunMode.MULTIRUN:
+    """What tells this job from the others of its sweep (`loss=dice,model=unet`); for a single run
+    all its overrides."""
+    if HydraConfig.initialized() and not in_multirun():
         return HydraConfig.get().job.override_dirname or "default"
-    swept, _ = job_overrides()
-    return ",".join(swept) or "default"
+    return ",".join(job_overrides()[0]) or "default"
 
 
 def _shared_overrides() -> list[str]:
-    """The overrides every job of this multirun shares (W&B tags); none for a single run, whose
-    name already lists its overrides."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return []
-    return job_overrides()[1]
+    """The overrides every job of this multirun shares (W&B tags)."""
+    return job_overrides()[1] if in_multirun() else []
 
 
 def _mode(monitor: str) -> str:
-    """`max` or `min`: the direction of `monitor`, for ReduceLROnPlateau."""
+    """`max` or `min`: the direction of `monitor` (imported late: no torch for predict --help)."""
     from brainseg.metrics.monitor import mode
 
     return mode(monitor)
 
 
 def _optimisation_direction(monitor: str) -> str:
-    """`maximize` or `minimize`: the direction of `monitor`, for a hyper-parameter search."""
     return {"max": "maximize", "min": "minimize"}[_mode(monitor)]
 
 
 def _fresh_dir(path: str) -> str:
-    """`path`, or `path-2`, `path-3`, ... when it exists: claimed by creating it, so two sweeps
-    started in the same second get different directories. Cached like Hydra's `now`, so every
-    job of the sweep resolves the same directory."""
+    """`path`, or `path-2`, ... when it exists: claimed by creating it, so two sweeps started in
+    the same second differ. Cached like Hydra's `now`, so every job resolves the same one."""
     base, suffix = Path(path), 1
     while True:
         candidate = base if suffix == 1 else base.with_name(f"{base.name}-{suffix}")
@@ -126,9 +122,7 @@ def _fresh_dir(path: str) -> str:
 
 
 def _gpus_per_node(accelerator: str, devices: Any) -> int | None:
-    """SLURM GPUs for a trainer: its device count with accelerator gpu/cuda
-    (trainer=gpu, trainer=ddp), none otherwise (`auto` must not queue a CPU job for GPUs that a
-    CPU cluster never has)."""
+    """SLURM GPUs for a trainer; none for `auto`, which must not queue a CPU job for GPUs."""
     return int(devices) if accelerator in ("gpu", "cuda") else None
 
 

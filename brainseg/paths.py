@@ -28,9 +28,8 @@ def resolve_path(path: str | Path, setting: str) -> Path:
 def check_outside_inputs(
     output: str | Path, setting: str, inputs: Mapping[str, str | Path | None]
 ) -> Path:
-    """The resolved output folder; a ConfigError when it overlaps one of `inputs` (setting ->
-    path; None: not given) in either direction, whatever `overwrite` says: nothing is ever
-    written into the user's inputs, and no input lies inside a folder that is written."""
+    """The resolved output folder; a ConfigError when it overlaps one of `inputs` (setting -> path
+    or None) either way, whatever `overwrite` says: nothing is written into the user's inputs."""
     out = resolve_path(output, setting)
     for name, given in inputs.items():
         if given is None:

@@ -6,38 +6,20 @@ from __future__ import annotations
 import logging
 import warnings
 
-# Logger name -> beginnings of the messages dropped from it.
-NOISE: dict[str, tuple[str, ...]] = {
-    "lightning.pytorch.utilities.rank_zero": ("💡 Tip:",),
-    # Optuna sweeper's set-up lines (its `Best value` / `Best parameters` lines stay).
-    "hydra_plugins.hydra_optuna_sweeper._impl": (
-        "Study name:",
-        "Storage:",
-        "Sampler:",
-        "Directions:",
-    ),
-    "optuna.storages._in_memory": ("A new study created",),
-}
-# Libraries whose INFO lines flood the log: onnxscript's optimizer and onnx_ir's passes during
-# ONNX export. (alembic's plugin set-up, imported before any job: conf/hydra/default.yaml.)
+# Libraries whose INFO lines flood the log during ONNX export.
 WARNINGS_ONLY = ("onnxscript", "onnx_ir")
 
 
-class _DropLines(logging.Filter):
-    def __init__(self, prefixes: tuple[str, ...]) -> None:
-        super().__init__()
-        self.prefixes = prefixes
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefixes)
+def _no_tip(record: logging.LogRecord) -> bool:
+    """Lightning's advertisements of its cloud services."""
+    return not record.getMessage().startswith("💡 Tip:")
 
 
 def quiet_libraries() -> None:
     """Install the filters (idempotent). Call once the log handlers are configured (Hydra's)."""
-    for name, prefixes in NOISE.items():
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropLines) for f in logger.filters):
-            logger.addFilter(_DropLines(prefixes))
+    tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _no_tip not in tips.filters:
+        tips.addFilter(_no_tip)
     for name in WARNINGS_ONLY:
         logging.getLogger(name).setLevel(logging.WARNING)
     # `lightning` adds its own console handler on import; under Hydra's handlers every Lightning

@@ -1,16 +1,6 @@
-"""One live process per folder it writes: two train.py runs writing one run directory would mix
-their checkpoints, CSV rows and logs; two predict.py (or `brainseg.evaluate`) runs into one output
-folder would leave one's masks beside the other's scores.
-
-`<folder>/.lock` holds the owner's pid and host and an OS lock (flock) held until the owner
-releases it or exits: the OS releases it when the owner dies, so a lock file left by a killed run
-is stale and simply taken over, on any host that shares the folder.
-
-A Hydra callback (RefuseOutputDirectory, SweepGuard) claims the run or sweep directory before
-Hydra writes its `.hydra/` files and log, so a refused start leaves the running one's files
-untouched; train.py's claim finds it held already (a second flock of the same file in one process
-would refuse it). predict.py and `brainseg.evaluate` claim their output folder the same way.
-"""
+"""One live process per folder it writes (docs/safety.md): two runs writing one folder would mix
+their files. `<folder>/.lock` holds the owner's pid and host and an OS lock (flock), which the OS
+releases when the owner dies: a lock file left by a killed run is simply taken over."""
 
 from __future__ import annotations
 
@@ -32,8 +22,7 @@ _held: dict[Path, int] = {}  # the folders this process holds -> their lock's de
 
 
 def is_first_rank() -> bool:
-    """Not a DDP rank started for a run by Lightning, torchrun or srun: those share the run
-    directory of rank 0, which owns it."""
+    """Not a DDP rank other than 0 (Lightning, torchrun, srun): those share rank 0's run folder."""
     ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
     return all(os.environ.get(name, "0") == "0" for name in ranks)
 
@@ -47,8 +36,8 @@ def _owner(path: Path) -> str:
 
 
 def _open_locked(path: Path, what: str, hint: str) -> int:
-    """An open descriptor of `path` holding its OS lock, or a ConfigError naming the owner (`what`
-    the folder is, `hint` the setting that chooses another)."""
+    """An open descriptor of `path` holding its OS lock, or a ConfigError naming the owner and
+    `hint`, the setting that chooses another folder."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -65,10 +54,13 @@ def _open_locked(path: Path, what: str, hint: str) -> int:
         os.close(fd)
 
 
-def _claim(folder: Path, what: str, hint: str) -> bool:
-    """Hold `folder` until `release` or the process's exit; refuse it when another live process
-    holds it. False when this process holds it already."""
-    folder = folder.resolve()
+def claim_run_directory(
+    run_dir: Path, hint: str = "hydra.run.dir", what: str = "run directory"
+) -> bool:
+    """Hold a folder until `release_run_directory` or the process's exit; refuse it when another
+    live process holds it. False when this process holds it already (claimed by a Hydra callback
+    before Hydra wrote its files: a second flock in one process would refuse it)."""
+    folder = Path(run_dir).resolve()
     if folder in _held:
         return False
     path = folder / LOCK_NAME
@@ -99,27 +91,20 @@ def _release_all() -> None:
         release_run_directory(folder)
 
 
-def claim_run_directory(run_dir: Path, hint: str = "hydra.run.dir") -> bool:
-    """Hold a run or sweep directory (see `_claim`)."""
-    return _claim(Path(run_dir), "run directory", hint)
-
-
 def claim_output_dir(
     output: str | Path | None,
     setting: str,
     inputs: Mapping[str, str | Path | None],
     overwrite: bool = False,
 ) -> Path:
-    """The output folder, created and held by this process until it exits; a ConfigError for a
-    folder that overlaps one of `inputs` (brainseg.paths.check_outside_inputs), a file, a folder
-    with files in it unless `overwrite`, or a folder another live process holds. The OS lock makes
-    the claim atomic: of two runs started into one folder, one is refused."""
+    """The output folder, created and held by this process until it exits; a ConfigError for one
+    that overlaps an input, is a file, holds files (unless `overwrite`) or is held by another."""
     if output is None:
         raise ConfigError(f"{setting} is required (a new or empty folder)")
     folder = check_outside_inputs(output, setting, inputs)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{setting}={str(folder)!r} is a file; choose a folder")
-    _claim(folder, "output folder", setting)
+    claim_run_directory(folder, setting, "output folder")
     if not overwrite and any(entry.name != LOCK_NAME for entry in folder.iterdir()):
         allow = "--overwrite" if setting.startswith("--") else "overwrite=true"
         raise ConfigError(

@@ -1,10 +1,6 @@
-"""On-disk cache of preprocessed volumes, keyed by source files and preprocessing settings.
-
-Each patient is stored in `<cache_dir>/<patient>-<key>/` as `image.npy` (uint16, [0, 1] x 65535),
-`mask.npy` (uint8) and `meta.json`, written to a temporary folder and renamed into place, and
-loaded memory-mapped so a second start reads nothing but headers. A changed file (size or
-modification time) or setting gives a new key, hence a fresh entry.
-"""
+"""On-disk cache of preprocessed volumes, keyed by the source files' sizes and times and the
+settings: `<cache_dir>/<patient>-<key>/` is written whole (renamed into place) and loaded
+memory-mapped, so a second start reads nothing but headers."""
 
 from __future__ import annotations
 
@@ -23,7 +19,7 @@ from brainseg.data.preprocess import Geometry, PreprocessConfig, PreprocessedVol
 from brainseg.data.reader import PatientFiles, read_patient
 from brainseg.errors import ConfigError
 
-CACHE_FORMAT = 2  # bump when the stored layout or the preprocessing code changes meaning
+CACHE_FORMAT = 3  # bump when the stored layout or the preprocessing code changes meaning
 
 
 def cache_key(files: PatientFiles, cfg: PreprocessConfig) -> str:

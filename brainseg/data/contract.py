@@ -27,15 +27,12 @@ class SegmentationData(Protocol):
 
     def patient_names(self, subset: str) -> list[str]:
         """Patient names of `subset` ("train", "val", "test"), indexed by the batches' `patient`."""
-        ...
 
     def provenance(self) -> DataProvenance:
         """Data root, preprocessing settings and split, for predict.py to reproduce the inputs."""
-        ...
 
     def write_split(self, run_dir: Path) -> None:
         """Write the run's split.json (brainseg.runfiles.write_split)."""
-        ...
 
 
 CONTRACT_MEMBERS = (

@@ -4,6 +4,7 @@ loaders."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from brainseg.data.cache import VolumeCache
 from brainseg.data.contract import DataProvenance
 from brainseg.data.dataset import SliceDataset, normalize_batch
 from brainseg.data.preprocess import PreprocessConfig, PreprocessedVolume
-from brainseg.data.reader import find_patients
+from brainseg.data.reader import PatientFiles, find_patients
 from brainseg.data.sampling import SliceSampler, check_sampling
 from brainseg.data.splits import Split, SplitConfig, make_split
 from brainseg.errors import ConfigError
@@ -30,9 +31,8 @@ from brainseg.runfiles import SplitFile, write_split
 def _seed_worker(worker_id: int) -> None:
     """Lightning's per-worker seeding, plus albumentations' own generators (not covered by it)."""
     pl_worker_init_function(worker_id)
-    info = torch.utils.data.get_worker_info()
-    transform = getattr(info.dataset, "transform", None) if info else None
-    if transform is not None and hasattr(transform, "set_random_seed"):
+    transform = getattr(torch.utils.data.get_worker_info().dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
         transform.set_random_seed(int(np.random.randint(2**31)))
 
 
@@ -50,16 +50,15 @@ def check_augmentation(augmentation: Any) -> A.BasicTransform | A.BaseCompose | 
 
 
 class LGGDataModule(L.LightningDataModule):
-    """Patient-wise train/val/test loaders over preprocessed, cached LGG volumes.
-
-    Satisfies brainseg.data.contract.SegmentationData (what training and reporting read)."""
+    """Patient-wise train/val/test loaders over preprocessed, cached LGG volumes
+    (brainseg.data.contract.SegmentationData)."""
 
     def __init__(
         self,
         root: str,
         cache_dir: str,
         preprocess: Mapping[str, Any] | None = None,
-        split: Mapping[str, Any] | SplitConfig | None = None,
+        split: Mapping[str, Any] | None = None,
         sampling: str = "lesion_weighted",
         augmentation: A.BasicTransform | A.BaseCompose | None = None,
         loader: str | None = None,
@@ -76,11 +75,9 @@ class LGGDataModule(L.LightningDataModule):
         self.preprocess_cfg = PreprocessConfig(**dict(preprocess or {}))
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be at least 1")
-        self.split_config = (
-            split if isinstance(split, SplitConfig) else SplitConfig.from_mapping(split)
-        )
+        self.split_config = SplitConfig.from_mapping(split)
         self.sampling = check_sampling(sampling)
-        if loader is not None:  # conf/data/lgg.yaml keeps the key (null) so old configs get this
+        if loader is not None:  # kept (null) in conf/data/lgg.yaml so that old configs get this
             raise ConfigError(
                 f"data.loader={loader!r}: the setting is gone; training data always goes through "
                 "DataLoader workers (data.num_workers)"
@@ -94,14 +91,14 @@ class LGGDataModule(L.LightningDataModule):
         self.split: Split | None = None
         self.datasets: dict[str, SliceDataset] = {}
 
-    def validate(self) -> None:
-        """The checks setup() starts with (data root, split), without reading any volume."""
-        make_split(self.split_config, [p.name for p in find_patients(self.root)])
+    def validate(self) -> tuple[Split, dict[str, PatientFiles]]:
+        """The split and the patients' files: setup()'s checks, without reading any volume."""
+        patients = {p.name: p for p in find_patients(self.root)}
+        return make_split(self.split_config, list(patients)), patients
 
     def _load(self) -> tuple[Split, dict[str, PreprocessedVolume]]:
         """The split and its patients' volumes, preprocessed into the cache where missing."""
-        patients = {p.name: p for p in find_patients(self.root)}
-        split = make_split(self.split_config, list(patients))
+        split, patients = self.validate()
         names = split.train + split.val + split.test
         volumes = VolumeCache(self.cache_dir, self.preprocess_cfg).load_many(
             [patients[n] for n in names], self.preprocess_workers
@@ -118,13 +115,12 @@ class LGGDataModule(L.LightningDataModule):
         self.split, volumes = self._load()
         if hasattr(self.augmentation, "set_random_seed"):
             self.augmentation.set_random_seed(self.seed)
-        context = self.preprocess_cfg.context_slices
-        self.datasets["train"] = SliceDataset(
-            [volumes[n] for n in self.split.train], self.augmentation, context
-        )
-        self.datasets["val"] = SliceDataset([volumes[n] for n in self.split.val], None, context)
-        test = [volumes[n] for n in self.split.test]
-        self.datasets["test"] = SliceDataset(test, None, context) if test else self.datasets["val"]
+        for subset in ("train", "val", "test"):
+            names = getattr(self.split, subset) or self.split.val  # no test set: the validation
+            transform = self.augmentation if subset == "train" else None
+            self.datasets[subset] = SliceDataset(
+                [volumes[n] for n in names], transform, self.preprocess_cfg.context_slices
+            )
 
     def patient_names(self, subset: str) -> list[str]:
         """Names in the order of the `patient` index that the subset's samples carry."""
@@ -132,11 +128,10 @@ class LGGDataModule(L.LightningDataModule):
 
     def provenance(self) -> DataProvenance:
         """The data part of a checkpoint's Provenance: root, preprocessing, split."""
-        split = self.split.to_dict() if self.split is not None else {}
         return {
             "data_root": str(self.root),
             "preprocess": self.preprocess_cfg.to_dict(),
-            "split": split,
+            "split": asdict(self.split) if self.split is not None else {},
         }
 
     def write_split(self, run_dir: Path) -> None:
@@ -144,7 +139,7 @@ class LGGDataModule(L.LightningDataModule):
             run_dir,
             SplitFile(
                 kind=self.split_config.kind,
-                **self.split.to_dict(),
+                **asdict(self.split),
                 root=str(self.root),
                 n_inner_val=self.split_config.n_inner_val,
             ),

@@ -13,8 +13,7 @@ from brainseg.errors import DataError
 
 
 def context_indices(count: int, context: int, name: str = "") -> np.ndarray:
-    """(count, 2 * context + 1): for each slice, the slices of its stack in order, the ends
-    repeating their last neighbour; a volume thinner than a stack is refused."""
+    """(count, 2 * context + 1): each slice's stack, the ends repeating their last neighbour."""
     if context and count <= context:
         raise DataError(
             f"{name}: {count} slices cannot give {context} neighbours on each side "
@@ -25,15 +24,10 @@ def context_indices(count: int, context: int, name: str = "") -> np.ndarray:
 
 
 class SliceDataset(Dataset):
-    """Every slice of the given volumes; items are dicts with `image` (S, S, C) float32 in [0, 1]
-    (C = 3, or 3 per slice of a 2.5-D stack: `context_slices`), `mask` (1, S, S) float32, the
-    volume's z-score `mean`/`std` (C,), and the `patient`/`slice`
-    indices the volume metric groups by.
-
-    `transform` is an albumentations pipeline on the [0, 1] image, so intensity transforms see
-    their usual range; `normalize_batch` then applies the z-score and channel-first layout to a
-    whole batch at once (on the training device), which is several times cheaper than per sample.
-    """
+    """Every slice of the given (masked) volumes: `image` (S, S, 3 per slice of the stack) in
+    [0, 1], `mask` (1, S, S), the volume's z-score `mean`/`std` and the `patient`/`slice` indices
+    the volume metric groups by. `normalize_batch` z-scores whole batches on the device, several
+    times cheaper than per sample, after the [0, 1] augmentations."""
 
     def __init__(
         self,
@@ -60,11 +54,7 @@ class SliceDataset(Dataset):
         v, z = self.index[idx]
         volume = self.volumes[v]
         image = np.concatenate([volume.slice_image(j) for j in self.stacks[v][z]], axis=-1)
-        mask = (
-            np.asarray(volume.mask[z])
-            if volume.mask is not None
-            else np.zeros(image.shape[:2], np.uint8)
-        )
+        mask = np.asarray(volume.mask[z])
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]

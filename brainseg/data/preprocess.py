@@ -1,12 +1,6 @@
-"""The reference preprocessing protocol, one switchable step at a time, with a record to undo
-the geometry.
-
-Order (as in the reference program): drop the first and last slice, zero voxels under
-`crop_threshold` x volume max and crop to the 3-D bounding box of the rest, zero-pad to square,
-resize every slice to `image_size`, rescale intensities from the volume's p10..p99 to [0, 1].
-The per-channel z-score over the volume is computed here but applied at load time, so that
-intensity augmentations work on [0, 1] images.
-"""
+"""The reference preprocessing protocol (docs/configuration.md), one switchable step at a time,
+with a record to undo the geometry. The z-score statistics are computed here but applied at load
+time, so that intensity augmentations work on [0, 1] images."""
 
 from __future__ import annotations
 
@@ -14,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from brainseg.data.reader import PatientVolume
 from brainseg.errors import ConfigError
@@ -88,10 +83,9 @@ class Geometry:
     slice_indices: list[int]  # original slice indices (0-based) that were kept, in order
     box: tuple[int, int, int, int]  # y0, y1, x0, x1 of the in-plane crop
     pad: tuple[int, int, int, int]  # top, bottom, left, right zero padding after the crop
-    output_size: tuple[int, int]  # in-plane size after resizing
 
     def __post_init__(self) -> None:  # JSON gives lists back
-        for name in ("original_shape", "box", "pad", "output_size"):
+        for name in ("original_shape", "box", "pad"):
             setattr(self, name, tuple(int(v) for v in getattr(self, name)))
         self.slice_indices = [int(v) for v in self.slice_indices]
 
@@ -104,10 +98,8 @@ class Geometry:
 
 @dataclass
 class PreprocessedVolume:
-    """Images (Z, S, S, 3) in [0, 1], masks (Z, S, S) uint8, z-score statistics, geometry.
-
-    `image` is float32 fresh from `preprocess`, or uint16 (value x 65535) when read from the cache.
-    """
+    """Images (Z, S, S, 3) in [0, 1]: float32 from `preprocess`, uint16 (x 65535) from the cache;
+    masks (Z, S, S) uint8, z-score statistics, geometry."""
 
     name: str
     numbers: list[int]  # slice numbers (from the file names) of the kept slices
@@ -130,14 +122,8 @@ def _brain_box(image: np.ndarray, threshold: float) -> tuple[float, tuple[int, .
     cutoff = float(np.ceil(image.max() * threshold)) - 1
     _zero_below(image, cutoff)
     nonzero = np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2]) > 0
-    if not nonzero.any():
-        return cutoff, (0, image.shape[0], 0, image.shape[1], 0, image.shape[2])
-    bounds = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        idx = np.flatnonzero(nonzero.any(axis=other))
-        bounds += [int(idx[0]), int(idx[-1]) + 1]
-    return cutoff, tuple(bounds)
+    box = ndimage.find_objects(nonzero.view(np.uint8)) or [[slice(0, n) for n in nonzero.shape]]
+    return cutoff, tuple(end for axis in box[0] for end in (axis.start, axis.stop))
 
 
 def _zero_below(image: np.ndarray, cutoff: float) -> None:
@@ -164,13 +150,8 @@ def resize_slices(volume: np.ndarray, size: tuple[int, int], interpolation: int)
 def preprocess(
     volume: PatientVolume, cfg: PreprocessConfig, every_slice: bool = False
 ) -> PreprocessedVolume:
-    """Apply the protocol to one patient volume.
-
-    `every_slice=True` (inference) keeps all slices, including those the protocol drops, but fits
-    everything on the slices the protocol keeps (intensity cut-off, brain box, percentile window,
-    z-score statistics): the kept slices come out exactly as in training and the others go
-    through the same in-plane and intensity transform, so the network can predict them too.
-    """
+    """Apply the protocol to one patient volume. `every_slice=True` (inference) keeps the slices
+    the protocol drops too, but fits everything on the kept ones, which come out as in training."""
     image, mask = volume.image, volume.mask
     z_count, height, width = image.shape[:3]
     kept = np.arange(z_count)
@@ -227,18 +208,14 @@ def preprocess(
         slice_indices=indices.tolist(),
         box=box,
         pad=pad,
-        output_size=image.shape[1:3],
     )
     numbers = [volume.numbers[i] for i in indices]
     return PreprocessedVolume(volume.name, numbers, image, mask, mean, std, geometry)
 
 
 def restore_geometry(probs: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Map (Zk, S, S) probabilities of the kept slices back onto the original (Z, H, W) grid.
-
-    Undoes resize (bilinear), padding and crop; slices the protocol dropped, and voxels outside
-    the brain box, get probability 0.
-    """
+    """Map (Zk, S, S) probabilities of the kept slices back onto the original (Z, H, W) grid;
+    dropped slices and voxels outside the brain box get 0."""
     out = np.zeros(geometry.original_shape, np.float32)
     if not geometry.slice_indices:
         return out

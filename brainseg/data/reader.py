@@ -22,8 +22,8 @@ log = logging.getLogger("brainseg")
 
 @dataclass(frozen=True)
 class PatientFiles:
-    """The slice files of one patient, in slice order; `masks` is None for inference-only folders.
-    `name` is the patient id the files carry (splits follow it, even in a renamed folder)."""
+    """One patient's slice files in order (`masks` None: inference only); `name` is the id the
+    files carry, so that splits follow a patient into a renamed folder."""
 
     name: str
     folder: Path
@@ -43,8 +43,7 @@ class PatientVolume:
 
 
 def _slice_files(folder: Path) -> tuple[dict[int, Path], dict[int, Path], str]:
-    """Slice number -> image file and -> mask file of one patient folder, whatever prefix the
-    files carry; two files for one slice number, or a slice of another patient, are named."""
+    """Slice number -> image file and -> mask file of one patient folder, and its patient."""
     images: dict[int, Path] = {}
     masks: dict[int, Path] = {}
     prefixes: dict[Path, str] = {}
@@ -62,8 +61,7 @@ def _slice_files(folder: Path) -> tuple[dict[int, Path], dict[int, Path], str]:
 
 
 def scan_masks(folder: Path) -> dict[int, Path]:
-    """Slice number -> mask file of a folder of masks only (predicted masks), checked as
-    `scan_patient` checks a data folder; empty if it holds no `<patient>_<n>_mask.tif`."""
+    """Slice number -> mask file of a folder of predicted masks, checked as a data folder."""
     return _slice_files(folder)[1]
 
 
@@ -97,8 +95,7 @@ def scan_patient(folder: Path, require_masks: bool = True) -> PatientFiles:
 
 
 def _check_one_patient(folder: Path, prefixes: dict[Path, str]) -> str:
-    """The patient all slices of a folder belong to: the folder's name, or (renamed folder) the
-    prefix most files carry; a stray slice of another patient is named."""
+    """The patient of a folder's slices: its name, or (renamed) the prefix most files carry."""
     counts = Counter(prefixes.values())
     patient = folder.name if folder.name in counts or not counts else counts.most_common(1)[0][0]
     if len(counts) < 2:
@@ -111,11 +108,8 @@ def _check_one_patient(folder: Path, prefixes: dict[Path, str]) -> str:
 
 
 def find_patients(root: str | Path, require_masks: bool = True) -> list[PatientFiles]:
-    """All patient folders under a data root (kaggle_3m layout), sorted by name.
-
-    A root that is itself a patient folder (it holds slice files) yields that one patient; a root
-    holding both, or two folders of one patient (a copy), is refused.
-    """
+    """All patient folders under a data root, sorted; a root holding slice files is one patient.
+    A root holding both, or two folders of one patient (a copy), is refused."""
     root = Path(root)
     if not root.is_dir():
         problem = "is not a directory" if root.exists() else "does not exist"
@@ -183,10 +177,7 @@ def read_patient(files: PatientFiles) -> PatientVolume:
     """Read every slice of a patient into one volume."""
     first = read_image(files.images[0])
     shape = first.shape[:2]
-    image = np.empty((len(files.images), *first.shape), np.uint8)
-    image[0] = first
-    for i, path in enumerate(files.images[1:], start=1):
-        image[i] = read_image(path, shape)
+    image = np.stack([first, *(read_image(path, shape) for path in files.images[1:])])
     mask = None
     if files.masks is not None:
         mask = np.stack([read_mask(p, shape) for p in files.masks])

@@ -13,11 +13,6 @@ from brainseg.errors import ConfigError
 SAMPLINGS = ("lesion_weighted", "uniform")
 
 
-def stream_seed(*keys: int) -> int:
-    """A seed for an independent random stream per key tuple (seed, epoch)."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
-
-
 def check_sampling(kind: str) -> str:
     """`data.sampling`, or a ConfigError naming the valid ones."""
     if kind not in SAMPLINGS:
@@ -26,10 +21,8 @@ def check_sampling(kind: str) -> str:
 
 
 def lesion_slice_weights(lesion_areas: np.ndarray) -> np.ndarray:
-    """Reference rule: p(slice) proportional to its lesion area plus 10% of the volume's mean area.
-
-    A volume without any lesion is sampled uniformly (the reference divides by zero there).
-    """
+    """Reference rule: p(slice) proportional to its lesion area plus 10% of the volume's mean area;
+    uniform in a volume without lesion (where the reference divides by zero)."""
     areas = lesion_areas.astype(np.float64)
     weights = areas + areas.mean() * 0.1
     total = weights.sum()
@@ -37,17 +30,11 @@ def lesion_slice_weights(lesion_areas: np.ndarray) -> np.ndarray:
 
 
 class SliceSampler(Sampler[int]):
-    """One epoch of training slices.
-
-    `lesion_weighted`: a volume uniformly, then a slice by `lesion_slice_weights`; `uniform`: a
-    permutation of all slices. Every epoch draws as many slices as there are, from its own stream
-    (seed, epoch), so a seed gives the same slices on any device. Under DDP Lightning wraps it in
-    its DistributedSamplerWrapper, which gives rank r every world-size-th slice of the epoch.
-
-    Lightning calls `set_epoch` at the start of every epoch (also after a resume, and through its
-    wrapper under DDP), so a resumed run continues the stream; without a trainer (benchmarks,
-    tests) each pass is the next epoch.
-    """
+    """One epoch of training slices: `lesion_weighted` draws a volume uniformly, then a slice by
+    `lesion_slice_weights`; `uniform` permutes all slices. Each epoch has its own stream (seed,
+    epoch), so a seed gives the same slices on any device and a resumed run (Lightning calls
+    `set_epoch`, also through its DDP wrapper) continues it; without a trainer each pass is the
+    next epoch."""
 
     def __init__(self, kind: str, lesion_areas: Sequence[np.ndarray], seed: int) -> None:
         self.kind = check_sampling(kind)
@@ -66,9 +53,9 @@ class SliceSampler(Sampler[int]):
         self.epoch = epoch
 
     def draw(self) -> torch.Tensor:
-        """The slice indices of the current epoch; the next call draws the next epoch
-        (unless `set_epoch` says otherwise)."""
-        generator = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch))
+        """The slice indices of the current epoch; the next call draws the next one."""
+        stream = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0]
+        generator = torch.Generator().manual_seed(int(stream >> 1))
         self.epoch += 1
         if self.kind == "uniform":
             return torch.randperm(self.total, generator=generator)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from brainseg.errors import ConfigError
@@ -57,9 +57,6 @@ class Split:
                     )
                 seen[name] = subset
 
-    def to_dict(self) -> dict[str, list[str]]:
-        return asdict(self)
-
 
 def reference_split(patients: list[str], n_val: int = 10, seed: int = 42) -> Split:
     """The reference program's split: `random.Random(seed).sample(sorted(patients), n_val)`."""
@@ -82,12 +79,9 @@ def reference_split(patients: list[str], n_val: int = 10, seed: int = 42) -> Spl
 def kfold_split(
     patients: list[str], n_folds: int, fold: int, seed: int = 42, n_inner_val: int = 0
 ) -> Split:
-    """Fold `fold` of a seeded shuffle of the patients cut into `n_folds` near-equal parts.
-
-    The fold's held-out part is its validation set; with `n_inner_val` >= 1 it is its test set
-    instead, and `n_inner_val` patients drawn (seeded per fold) from its training patients
-    validate, so that the held-out patients select nothing (inner-validation rule).
-    """
+    """Fold `fold` of a seeded shuffle cut into `n_folds` near-equal parts, held out to validate;
+    with `n_inner_val` >= 1 held out as test, and `n_inner_val` of its training patients validate,
+    so that the held-out patients select nothing."""
     if n_folds < 2:
         raise ConfigError(f"data.split.n_folds={n_folds} must be at least 2")
     if not 0 <= fold < n_folds:

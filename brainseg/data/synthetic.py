@@ -80,11 +80,8 @@ def generate(
     size: int = 256,
     slices: tuple[int, int] = (20, 28),
 ) -> list[str]:
-    """Write the dataset to `out` (created); returns the patient folder names.
-
-    Refuses a non-empty folder that it did not generate with the same settings, and leaves an
-    existing identical one as it is.
-    """
+    """Write the dataset to `out` (created); returns the patient folder names. An identical one is
+    left as it is; any other non-empty folder is refused."""
     out = Path(out)
     params = {"n_patients": n_patients, "seed": seed, "size": size, "slices": list(slices)}
     marker = out / MARKER

@@ -28,10 +28,10 @@ ALIASES: dict[str, dict[str, Any]] = {
 class CombinedLoss(nn.Module):
     """Weighted sum of named losses, always evaluated in fp32 (also under autocast)."""
 
-    def __init__(self, terms: Mapping[str, nn.Module], weights: Mapping[str, float]) -> None:
+    def __init__(self, terms: Mapping[str, tuple[nn.Module, float]]) -> None:
         super().__init__()
-        self.terms = nn.ModuleDict(dict(terms))
-        self.weights = {name: float(weights[name]) for name in terms}
+        self.terms = nn.ModuleDict({name: module for name, (module, _) in terms.items()})
+        self.weights = {name: float(weight) for name, (_, weight) in terms.items()}
 
     def components(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each unweighted term, for logging."""
@@ -50,23 +50,20 @@ class CombinedLoss(nn.Module):
 def _term(
     name: str, spec: float | Mapping[str, Any], options: Mapping[str, Any]
 ) -> tuple[nn.Module, float]:
-    """One term's module and weight, from `name: weight` (an alias)
-    or `name: {_target_, weight, ...}`."""
+    """One term's module and weight, from `name: weight` (a short name, with its `options`) or
+    `name: {_target_, weight, ...}`."""
     if isinstance(spec, Mapping):
-        spec = dict(spec)
-        weight = float(spec.pop("weight", 1.0))
-        if "_target_" not in spec and name not in ALIASES:
-            raise ConfigError(
-                f"loss.terms.{name}: give a _target_ or use a short name, one of {sorted(ALIASES)}"
-            )
-        target = spec if "_target_" in spec else {**ALIASES[name], **spec}
+        settings = dict(spec)
+        weight = float(settings.pop("weight", 1.0))
     else:
+        settings, weight = dict(options.get(name) or {}), float(spec)
+    if "_target_" not in settings:
         if name not in ALIASES:
             raise ConfigError(
                 f"loss {name!r} is unknown; choose from {sorted(ALIASES)} or give a _target_"
             )
-        weight, target = float(spec), {**ALIASES[name], **dict(options.get(name) or {})}
-    return instantiate_setting(f"loss.terms.{name}", target), weight
+        settings = {**ALIASES[name], **settings}
+    return instantiate_setting(f"loss.terms.{name}", settings), weight
 
 
 def build_loss(
@@ -74,8 +71,7 @@ def build_loss(
     options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> CombinedLoss:
     """`terms` maps names to weights (e.g. {bce: 0.5, dice: 0.5}) or to `_target_` configs with a
-    `weight`; `options` holds keyword arguments of short-named terms
-    (e.g. {tversky: {alpha: 0.3}})."""
+    `weight`; `options` holds keyword arguments of short-named terms ({tversky: {alpha: 0.3}})."""
     options = dict(options or {})
     if not terms:
         raise ConfigError(
@@ -84,7 +80,4 @@ def build_loss(
     unknown = sorted(set(options) - set(terms))
     if unknown:
         raise ConfigError(f"loss.options.{unknown[0]}: no such term in loss.terms {sorted(terms)}")
-    built = {name: _term(name, spec, options) for name, spec in terms.items()}
-    return CombinedLoss(
-        {n: m for n, (m, _) in built.items()}, {n: w for n, (_, w) in built.items()}
-    )
+    return CombinedLoss({name: _term(name, spec, options) for name, spec in terms.items()})

@@ -2,20 +2,12 @@
 DDP-exact Metric that returns them per patient from one pass (volume.py) and per-slice/pixel
 torchmetrics (slice_metrics.py). A new per-volume metric goes into functional.py only."""
 
-from brainseg.metrics.functional import (
-    COUNTS,
-    HIGHER_IS_BETTER,
-    METRICS,
-    NSD_TOLERANCE,
-    dice_score,
-    volume_metrics,
-)
+from brainseg.metrics.functional import COUNTS, METRICS, NSD_TOLERANCE, dice_score, volume_metrics
 from brainseg.metrics.slice_metrics import slice_metrics
 from brainseg.metrics.volume import VolumeMetrics
 
 __all__ = [
     "COUNTS",
-    "HIGHER_IS_BETTER",
     "METRICS",
     "NSD_TOLERANCE",
     "VolumeMetrics",

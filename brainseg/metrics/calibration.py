@@ -1,29 +1,28 @@
-"""Calibration of lesion probabilities: a temperature fitted on validation logits (Guo et al.,
-2017: one scalar, so the ranking of voxels and the masks at threshold 0.5 stay the same), the
-expected calibration error and the reliability bins behind it (MONAI's calibration_binning)."""
+"""Calibration of lesion probabilities: one temperature (Guo et al., 2017), so the ranking of
+voxels and the masks at threshold 0.5 stay the same; the reliability bins are MONAI's."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from monai.metrics.calibration import calibration_binning
+from scipy.optimize import minimize_scalar
+from scipy.special import expit, logit
 
 BINS = 15
-# Pixels drawn uniformly (seeded) from each validation patient to fit and score the temperature:
-# the lesion's share of them is the data's, so the fitted temperature is not tilted by a sample.
+# Drawn uniformly from each validation patient, so the lesion's share of them is the data's.
 PIXELS_PER_PATIENT = 100_000
 _EPS = 1e-6
 
 
 def logits_of(probs: np.ndarray) -> np.ndarray:
     """The logits behind (averaged) probabilities, clipped away from 0 and 1."""
-    p = np.clip(np.asarray(probs, np.float64), _EPS, 1 - _EPS)
-    return np.log(p / (1 - p))
+    return logit(np.clip(np.asarray(probs, np.float64), _EPS, 1 - _EPS))
 
 
 def calibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
     """Probabilities with their logits divided by `temperature`."""
-    return 1 / (1 + np.exp(-logits_of(probs) / temperature))
+    return expit(logits_of(probs) / temperature)
 
 
 def sample_pixels(
@@ -40,8 +39,7 @@ def sample_pixels(
 def reliability(
     probs: np.ndarray, truth: np.ndarray, bins: int = BINS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per probability bin: the mean predicted probability, the observed lesion frequency and the
-    number of pixels (NaN means for empty bins)."""
+    """Per bin: mean probability, observed lesion frequency, pixel count (NaN means when empty)."""
     y_pred = torch.as_tensor(np.ravel(probs), dtype=torch.float64).reshape(1, 1, -1)
     y = torch.as_tensor(np.ravel(truth), dtype=torch.float64).reshape(1, 1, -1)
     mean_p, frequency, counts = calibration_binning(y_pred, y, num_bins=bins)
@@ -57,18 +55,12 @@ def expected_calibration_error(probs: np.ndarray, truth: np.ndarray, bins: int =
 
 
 def fit_temperature(probs: np.ndarray, truth: np.ndarray) -> float:
-    """The temperature that minimises the binary cross-entropy of the pixels (L-BFGS on its log, so
-    it stays positive)."""
-    logits = torch.as_tensor(logits_of(probs))
-    target = torch.as_tensor(np.asarray(truth), dtype=torch.float64)
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+    """The temperature minimising the pixels' cross-entropy, searched on its log (it stays positive)
+    between 1/148 and 148."""
+    logits, target = logits_of(probs), np.asarray(truth, np.float64)
 
-    def loss() -> torch.Tensor:
-        optimizer.zero_grad()
-        value = torch.nn.functional.binary_cross_entropy_with_logits(logits / log_t.exp(), target)
-        value.backward()
-        return value
+    def cross_entropy(log_t: float) -> float:
+        scaled = logits / np.exp(log_t)
+        return float(np.mean(np.logaddexp(0, scaled) - target * scaled))
 
-    optimizer.step(loss)
-    return float(log_t.detach().exp())
+    return float(np.exp(minimize_scalar(cross_entropy, bounds=(-5, 5), method="bounded").x))

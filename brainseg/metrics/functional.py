@@ -1,27 +1,6 @@
-"""Per-volume segmentation metrics on boolean (slices, rows, columns) arrays.
-
-Units: the LGG data carries no voxel spacing, so distances are in **pixels** with slices as the
-first axis and a spacing of 1 on every axis. On masks in the original geometry (predict.py,
-`python -m brainseg.evaluate`) a pixel is one pixel of the original 256x256 grid; during training
-volumes are in the preprocessed grid (cropped, resized to `data.preprocess.image_size`).
-
-Empty volumes (no lesion voxel), consistent with Dice (both empty: perfect; one empty: worst):
-
-| metric | both empty | exactly one empty |
-|---|---|---|
-| `dsc` | 1 | 0 |
-| `hd95`, `assd` | 0 | the diagonal of the volume's grid (the largest distance it can hold) |
-| `nsd` (normalised surface Dice at `tolerance` pixels) | 1 | 0 |
-| `volume_difference` (abs. difference of voxel counts) | 0 | the other mask's voxel count |
-| `lesion_recall` (truth components touched by the prediction) | 1 | 0 |
-| `lesion_precision` (predicted components touching the truth) | 1 | 0 |
-
-Surface distances are MONAI's (boundary voxels and Euclidean distances from
-`monai.metrics.utils.get_edge_surface_distance`, computed once per volume for the three metrics,
-which match `compute_hausdorff_distance`, `compute_average_surface_distance` and
-`compute_surface_dice`); components are face-connected (scipy.ndimage.label's default,
-as for the largest-component step).
-"""
+"""Per-volume segmentation metrics on boolean (slices, rows, columns) arrays, in pixels (the data
+carries no spacing); the empty-volume conventions (docs/metrics.md) score "one empty" as the worst
+value, so that predicting nothing never raises a mean. Surface distances are MONAI's."""
 
 from __future__ import annotations
 
@@ -34,9 +13,8 @@ from monai.metrics.utils import get_edge_surface_distance
 from scipy import ndimage
 
 NSD_TOLERANCE = 2.0  # pixels; the boundary deviation that normalised surface Dice accepts
-# Every per-volume metric, in table order, and whether higher is better. A new metric: a function
-# here, an entry below and a key in volume_metrics; the module, run report, score tables and sweep
-# report take their columns from METRICS.
+# Every per-volume metric, in table order, and whether higher is better: every table takes its
+# columns from METRICS.
 HIGHER_IS_BETTER = {
     "dsc": True,
     "hd95": False,
@@ -60,17 +38,9 @@ def dice_score(pred: np.ndarray, target: np.ndarray) -> float:
     return 2.0 * int(np.logical_and(pred, target).sum()) / denominator
 
 
-def _grid_diagonal(shape: tuple[int, ...]) -> float:
-    return float(math.sqrt(sum((n - 1) ** 2 for n in shape)))
-
-
 def surface_distances(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Euclidean distances from each boundary voxel of `pred` to the boundary of `truth`, and back
-    (MONAI's get_edge_surface_distance), both masks non-empty.
-
-    The masks are first cut to their joint bounding box plus one background voxel: the distances
-    are the same, and MONAI no longer scans the whole volume.
-    """
+    """Distances from each boundary voxel of `pred` to the boundary of `truth`, and back, both
+    non-empty; cut to their joint box first, so that MONAI does not scan the whole volume."""
     box = ndimage.find_objects((pred | truth).astype(np.uint8))[0]
     box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
     pad = [(1, 1)] * pred.ndim
@@ -82,14 +52,12 @@ def surface_distances(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, 
 
 
 def _surface(pred: np.ndarray, truth: np.ndarray, tolerance: float) -> dict[str, float]:
-    """HD95, ASSD and NSD from one pair of distance sets, as MONAI's compute_hausdorff_distance
-    (percentile=95), compute_average_surface_distance (symmetric) and compute_surface_dice define
-    them (tested against those functions), with this module's empty-volume convention."""
+    """HD95, ASSD and NSD as MONAI defines them, from one pair of distance sets."""
     has_pred, has_truth = bool(pred.any()), bool(truth.any())
     if not has_pred and not has_truth:
         return {"hd95": 0.0, "assd": 0.0, "nsd": 1.0}
     if has_pred != has_truth:
-        worst = _grid_diagonal(truth.shape)
+        worst = math.dist(truth.shape, (1,) * truth.ndim)  # the grid's diagonal
         return {"hd95": worst, "assd": worst, "nsd": 0.0}
     forward, backward = surface_distances(pred, truth)
     both = np.concatenate([forward, backward])
@@ -100,14 +68,9 @@ def _surface(pred: np.ndarray, truth: np.ndarray, tolerance: float) -> dict[str,
     }
 
 
-def volume_difference(pred: np.ndarray, truth: np.ndarray) -> int:
-    """Absolute difference of the lesion voxel counts."""
-    return abs(int(np.count_nonzero(pred)) - int(np.count_nonzero(truth)))
-
-
 def lesion_detection(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Lesion-wise detection over face-connected components: a truth component is found, and a
-    predicted component hits, when it shares at least one voxel with the other mask."""
+    """Face-connected components: a truth one is found, a predicted one hits, when it shares a voxel
+    with the other mask."""
     pred, truth = pred.astype(bool), truth.astype(bool)
     truth_labels, n_truth = ndimage.label(truth)
     pred_labels, n_pred = ndimage.label(pred)
@@ -138,6 +101,6 @@ def volume_metrics(
     return {
         "dsc": dice_score(pred, truth),
         **_surface(pred, truth, tolerance),
-        "volume_difference": volume_difference(pred, truth),
+        "volume_difference": abs(int(np.count_nonzero(pred)) - int(np.count_nonzero(truth))),
         **lesion_detection(pred, truth),
     }

@@ -1,6 +1,5 @@
 """Which way a logged validation metric improves, for everything that keeps a best epoch by the
-config's `monitor`: the best checkpoint, ReduceLROnPlateau, the run report, the trackers' summary
-and an Optuna search (`hydra.sweeper.direction`)."""
+config's `monitor` (checkpoint, scheduler, run report, trackers, an Optuna search)."""
 
 from __future__ import annotations
 
@@ -13,8 +12,7 @@ _OWN = {"dsc_volume": True, "dsc_volume_median": True, "loss": False}
 
 
 def higher_is_better(logged: str) -> bool:
-    """Direction of a logged validation metric (`val/hd95` -> False); ConfigError naming the known
-    ones."""
+    """Direction of a logged validation metric (`val/hd95` -> False), or a ConfigError."""
     directions = {**_OWN, **dict.fromkeys(slice_metrics(), True), **HIGHER_IS_BETTER}
     directions.pop("dsc")  # per-volume Dice is logged as dsc_volume
     stage, _, name = logged.partition("/")

@@ -1,16 +1,11 @@
-"""One uncertainty score per patient, and how well it flags the patients a model fails.
-
-The score is the mean binary entropy (bits) of the predicted lesion probability over the
-predicted lesion and its in-plane border (`BORDER` pixels): where a model that is unsure of a
-lesion's extent disagrees with itself (over TTA views or ensemble members the probability is
-their mean). A patient with nothing predicted scores 0: a missed lesion the model is sure is
-absent is a failure this score cannot flag, and the summary says how many there were.
-"""
+"""One uncertainty score per patient (docs/metrics.md), and how well it flags the patients a model
+fails: entropy is high where TTA views or ensemble members disagree about a lesion's extent."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+from scipy.special import entr
 from scipy.stats import mannwhitneyu, spearmanr
 
 BORDER = 2  # pixels around the predicted lesion, in-plane
@@ -19,8 +14,8 @@ FAILURE_DICE = 0.5  # a patient below this Dice counts as a failure
 
 def entropy_map(probs: np.ndarray) -> np.ndarray:
     """Binary entropy in bits of each probability (0: certain, 1: p = 0.5)."""
-    p = np.clip(np.asarray(probs, np.float64), 1e-12, 1 - 1e-12)
-    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    p = np.asarray(probs, np.float64)
+    return (entr(p) + entr(1 - p)) / np.log(2)
 
 
 def lesion_entropy(probs: np.ndarray, threshold: float = 0.5) -> float:
@@ -28,8 +23,7 @@ def lesion_entropy(probs: np.ndarray, threshold: float = 0.5) -> float:
     lesion = np.asarray(probs) > threshold
     if not lesion.any():
         return 0.0
-    in_plane = np.zeros((1, 3, 3), bool)
-    in_plane[0] = ndimage.generate_binary_structure(2, 1)
+    in_plane = ndimage.generate_binary_structure(2, 1)[None]  # (1, 3, 3): within each slice
     region = ndimage.binary_dilation(lesion, in_plane, iterations=BORDER)
     return float(entropy_map(np.asarray(probs)[region]).mean())
 
@@ -37,9 +31,8 @@ def lesion_entropy(probs: np.ndarray, threshold: float = 0.5) -> float:
 def flags_failures(
     scores: list[float], dice: list[float], cutoff: float = FAILURE_DICE
 ) -> dict[str, float | int | None]:
-    """Spearman's correlation of the score with Dice, and the AUROC of the score for `Dice <
-    cutoff` (the chance that a failed patient scores higher than a good one; None without both
-    kinds of patient), with the number of patients and of failures."""
+    """Spearman's correlation of the score with Dice, and its AUROC for `Dice < cutoff` (None
+    without both kinds of patient)."""
     scores_a, dice_a = np.asarray(scores, np.float64), np.asarray(dice, np.float64)
     failed = dice_a < cutoff
     auroc = None

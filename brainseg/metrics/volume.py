@@ -1,10 +1,6 @@
-"""Every per-volume metric (brainseg.metrics.functional) from one pass over the evaluated slices.
-
-A prediction is `probability > threshold`, assembled into patient volumes and post-processed by
-the `postprocess` callable (the training module passes the configured step list, by default the
-reference's largest 3-D connected component); each patient volume is then scored once with every
-metric of functional.py, under its empty-volume conventions.
-"""
+"""Every per-volume metric from one pass over the evaluated slices: `probability > threshold`,
+assembled into patient volumes, post-processed by a callable (metrics never import
+postprocessing), each volume scored once."""
 
 from __future__ import annotations
 
@@ -21,16 +17,10 @@ Postprocess = Callable[[np.ndarray], np.ndarray]
 
 
 class VolumeMetrics(Metric):
-    """Accumulates binarised slices keyed by (patient, slice); `compute` assembles volumes and
-    returns, per patient id (in increasing order), every per-volume metric.
-
-    Keying by slice makes the result exact under DDP: a DistributedSampler pads the last batch
-    with repeated samples, and a repeated (patient, slice) is counted once.
-    """
+    """Binarised slices keyed by (patient, slice): exact under DDP, where a DistributedSampler
+    pads the last batch with repeated samples that must count once."""
 
     full_state_update = False
-    higher_is_better = None  # per metric: functional.HIGHER_IS_BETTER
-    is_differentiable = False
 
     def __init__(
         self,
@@ -63,8 +53,7 @@ class VolumeMetrics(Metric):
         self.slice.append(slice_index.detach().reshape(batch).long())
 
     def volumes(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """(binarised prediction after `postprocess`; truth) per patient id, in increasing id
-        order, slices in slice order."""
+        """(post-processed prediction, truth) per patient id, in increasing order."""
         if isinstance(self.patient, list) and not self.patient:  # after a DDP sync: tensors
             return {}
         pred = dim_zero_cat(self.pred).cpu().numpy().astype(bool)

@@ -1,5 +1,4 @@
-"""One factory for every smp encoder-decoder: 3 input channels, 1 logit channel,
-no downloads by default."""
+"""One factory for every smp encoder-decoder: 1 logit channel, no downloads by default."""
 
 from __future__ import annotations
 
@@ -14,10 +13,7 @@ from brainseg.errors import ConfigError, DataError
 
 # model.arch values: smp's own architecture names, plus short aliases used in conf/model/*.yaml.
 ALIASES = {"unetpp": "unetplusplus"}
-ARCHITECTURES: dict[str, str] = {
-    **{name: name for name in smp.MODEL_ARCHITECTURES_MAPPING},
-    **ALIASES,
-}
+ARCHITECTURES: dict[str, str] = {name: name for name in smp.MODEL_ARCHITECTURES_MAPPING} | ALIASES
 
 
 def _whole(low: int, high: int) -> Callable[[Any], bool]:
@@ -39,9 +35,8 @@ RECORDED_SETTINGS: dict[str, Callable[[Any], bool]] = {
 
 
 def recorded_model(settings: Any, source: str | Path) -> dict[str, Any]:
-    """The model settings a file records, checked (build the network with
-    `encoder_weights=None`: its weights come from the file). Anything else is a DataError naming
-    the file and the setting."""
+    """The model settings a file records, checked: anything else is a DataError naming the file and
+    the setting (build with `encoder_weights=None`: the weights come from the file)."""
     if not isinstance(settings, Mapping):
         raise DataError(f"{source}: model settings are not a mapping")
     for key, value in settings.items():
@@ -69,8 +64,7 @@ def build_model(
     if not encoder_name.startswith("tu-") and encoder_name not in encoder_names():
         raise ConfigError(
             f"model.encoder_name={encoder_name!r} is unknown; choose one of "
-            f"{', '.join(encoder_names())} "
-            "or a timm encoder as tu-<name>"
+            f"{', '.join(encoder_names())} or a timm encoder as tu-<name>"
         )
     try:
         return smp.create_model(
