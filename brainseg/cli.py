@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from brainseg.config import in_multirun, job_overrides  # also registers conf/'s resolvers
 from brainseg.errors import BrainsegError
-from brainseg.runfiles import Failure, write_failure
+from brainseg.runfiles import FAILURE_FILE, Failure, write_failure
 
 log = logging.getLogger("brainseg")
 
@@ -64,24 +64,29 @@ def exit_status(entry: Callable[..., Any], *args: Any) -> int:
 def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run a Hydra task; a BrainsegError is printed as `error: <message>` instead of a traceback.
 
-    In a multirun a failure is logged and written to `<job dir>/failure.json`, and None lets the
-    sweeper run the other jobs; a sweeper with a `max_failure_rate` (Optuna) gets the exception, to
-    record the trial's reason. SIGTERM/SIGINT: exit 143/130; a sweep ends after the job's report.
+    A run or job that fails after its directory exists is marked by `<dir>/failure.json` (removed
+    when a later attempt there succeeds), so a failed start never looks like a run. In a multirun
+    the failure is logged and None lets the sweeper run the other jobs; a sweeper with a
+    `max_failure_rate` (Optuna) gets the exception, to record the trial's reason. SIGTERM/SIGINT:
+    exit 143/130; a sweep ends after the job's report.
     """
+    output_dir = OmegaConf.select(cfg, "paths.output_dir") if cfg is not None else None
+    run_dir = Path(output_dir) if output_dir else None  # predict.py has no run directory
     job_dir = multirun_dir()
     try:
         with _stop_on_signals():
-            return task(cfg)
+            result = task(cfg)
     except Stopped as stop:
+        _mark_failed(run_dir, stop)
         if job_dir is None:
             print(f"error: {stop}", file=sys.stderr, flush=True)
             raise SystemExit(stop.exit_status) from None
-        write_failure(job_dir, Failure(str(stop), type(stop).__name__, ""))
         raise  # Hydra records the job as failed, then SweepGuard.on_job_end stops the sweep
     except Exception as exc:
         user_error = isinstance(exc, BrainsegError)
         if user_error:
             print(f"error: {exc}", file=sys.stderr, flush=True)
+        _mark_failed(run_dir, exc)
         if job_dir is None:
             if user_error:
                 raise SystemExit(2) from None
@@ -96,8 +101,16 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         )
         if not user_error:
             log.error("traceback of job %s:\n%s", job.num, traceback.format_exc())
-        job_dir.mkdir(parents=True, exist_ok=True)
-        write_failure(job_dir, Failure(str(exc), type(exc).__name__, traceback.format_exc()))
         if "max_failure_rate" in HydraConfig.get().sweeper:
             raise
         return None
+    if run_dir is not None:
+        (run_dir / FAILURE_FILE).unlink(missing_ok=True)
+    return result
+
+
+def _mark_failed(run_dir: Path | None, exc: BaseException) -> None:
+    """failure.json in a run directory that exists (a start refused before it was made leaves
+    nothing)."""
+    if run_dir is not None and run_dir.is_dir():
+        write_failure(run_dir, Failure(str(exc), type(exc).__name__, traceback.format_exc()))

@@ -438,3 +438,19 @@ def test_metrics_json_is_strict_json_with_nan_written_as_null(tmp_path: Path) ->
     content = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(c))  # before: NaN
     assert content["train_seconds"] is None and content["history"][0]["train_loss"] is None
     assert read_metrics(tmp_path).history[0].values["val/hd95"] is None
+
+
+def test_a_failed_start_is_marked_and_a_later_success_clears_the_mark(
+    synthetic_root: Path, tmp_path: Path, capsys
+) -> None:
+    from brainseg.runfiles import read_failure
+
+    run = tmp_path / "run"
+    run.mkdir()  # as Hydra makes it before the task starts
+    bad = compose_run(synthetic_root, run, tmp_path / "cache", "model.encoder_name=resnet_nope")
+    with pytest.raises(SystemExit):
+        run_task(train, bad)
+    failure = read_failure(run)  # before: nothing told this directory from a real run
+    assert failure is not None and failure.type == "ConfigError" and "resnet_nope" in failure.error
+    run_task(train, compose_run(synthetic_root, run, tmp_path / "cache"))
+    assert read_failure(run) is None and (run / "metrics.json").exists()
