@@ -35,62 +35,41 @@ LABEL_CHARACTERS = 40
 def bar_chart(
     scores: Mapping[str, float],
     path: Path,
-    title: str = "Per-volume Dice",
-    show_stats: bool = True,
-    groups: Mapping[str, str] | None = None,
-    stats_groups: Collection[str] | None = None,
+    groups: Mapping[str, str],
+    stats_groups: Collection[str],
     note: str | None = None,
 ) -> Path:
-    """Horizontal bars (sorted), with mean and median lines, as in the reference's per-patient
-    figure.
-
-    `groups` colours each bar by its group (e.g. the patient's subset) with a legend; the mean and
-    median lines are then over the names in `stats_groups` only. `note` is printed under the title
-    (e.g. checkpoints, threshold, post-processing). A zero score, which has no bar, gets a marker.
-    """
+    """Per-patient Dice bars, sorted and coloured by each patient's group (its subset), with the
+    mean and median over the `stats_groups` only; `note` says under the title what produced the
+    scores. A zero score, which has no bar, gets a cross in its group's colour."""
     names = sorted(scores, key=scores.get)
     values = np.array([scores[n] for n in names])
-    labels = [groups[n] for n in names] if groups else ["" for _ in names]
-    palette = dict(GROUP_COLOURS)
-    for label in dict.fromkeys(labels):
-        palette.setdefault(label, "#4c72b0")
-    width = (8 if show_stats else 10) + (2 if groups else 0)
-    fig, ax = plt.subplots(figsize=(width, max(3.0, 0.32 * len(names) + 1.6)), dpi=100)
+    labels = [groups[n] for n in names]
+    colours = [GROUP_COLOURS.get(label, "#4c72b0") for label in labels]
+    fig, ax = plt.subplots(figsize=(10, max(3.0, 0.32 * len(names) + 1.6)), dpi=100)
     ys = np.arange(len(names))
     for label in dict.fromkeys(labels):
         chosen = [i for i, g in enumerate(labels) if g == label]
-        ax.barh(ys[chosen], values[chosen], color=palette[label], label=label or None)
-    zeros = values <= 0
-    if zeros.any():  # no bar to colour: a cross in the patient's group colour marks it
+        ax.barh(ys[chosen], values[chosen], color=colours[chosen[0]], label=label)
+    zeros = np.flatnonzero(values <= 0)
+    if zeros.size:
+        crosses = {"marker": "x", "s": 40, "zorder": 3, "clip_on": False}
         ax.scatter(
-            np.full(zeros.sum(), 0.006),
-            ys[zeros],
-            marker="x",
-            s=40,
-            color=[palette[labels[i]] for i in np.flatnonzero(zeros)],
-            zorder=3,
-            clip_on=False,
+            np.full(zeros.size, 0.006), ys[zeros], color=[colours[i] for i in zeros], **crosses
         )
-        ax.scatter([], [], marker="x", s=40, color="black", label="Dice 0")
-    stats = values if stats_groups is None else values[[g in stats_groups for g in labels]]
-    which = "" if stats_groups is None else "held-out "
-    if show_stats and len(stats):
+        ax.scatter([], [], color="black", label="Dice 0", **crosses)
+    stats = values[[g in stats_groups for g in labels]]
+    if stats.size:
         for name, value, colour, style in (
             ("mean", stats.mean(), "tab:red", "--"),
             ("median", np.median(stats), "tab:green", "-"),
         ):
-            ax.axvline(value, color=colour, linestyle=style, label=f"{which}{name} {value:.3f}")
-    elif not show_stats:
-        for y, v in enumerate(values):
-            ax.text(min(v, 1.0), y, f" {v:.3f}", va="center", fontsize=8)
+            ax.axvline(value, color=colour, linestyle=style, label=f"held-out {name} {value:.3f}")
     ax.set_yticks(ys, names, fontsize=8)
     ax.set_xlim(0, 1)
     ax.set_xlabel("Dice similarity coefficient")
-    ax.set_title(title if note is None else f"{title}\n{note}", fontsize=10 if note else None)
-    if groups:
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
-    elif show_stats:
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
+    ax.set_title("Per-volume Dice" + (f"\n{note}" if note else ""), fontsize=10 if note else None)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -222,10 +201,21 @@ def overlay(
                 mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
             )
             cv2.drawContours(rgb, contours, -1, colour, 1)
-    if label:
-        _write_label(rgb, label)
-        _write_legend(rgb)
+    if label:  # white lines scaled to the width, top left; the legend bottom left
+        lines = label.splitlines()
+        scale = min(0.45, (rgb.shape[1] - 6) / max(_text_width(line, 1.0) for line in lines))
+        step = int(np.ceil(30 * scale)) + 2
+        for i, line in enumerate(lines, 1):
+            _put_text(rgb, line, (3, step * i + 1), scale, (255, 255, 255))
+        scale, x = min(0.4, rgb.shape[1] / 400), 3
+        for word, colour in LEGEND:
+            _put_text(rgb, word, (x, rgb.shape[0] - 5), scale, colour)
+            x += _text_width(word + " ", scale)
     return rgb
+
+
+def _text_width(text: str, scale: float) -> int:
+    return cv2.getTextSize(text, FONT, scale, 1)[0][0]
 
 
 def _put_text(
@@ -234,25 +224,6 @@ def _put_text(
     """Text in `colour` with a black outline (readable on any FLAIR), in place."""
     for fill, thickness in (((0, 0, 0), 3), (colour, 1)):
         cv2.putText(rgb, text, origin, FONT, scale, fill, thickness, cv2.LINE_AA)
-
-
-def _write_legend(rgb: np.ndarray) -> None:
-    """`truth` in the truth's colour and `prediction` in the prediction's, bottom left, in place."""
-    scale = min(0.4, rgb.shape[1] / 400)
-    x, y = 3, rgb.shape[0] - 5
-    for word, colour in LEGEND:
-        _put_text(rgb, word, (x, y), scale, colour)
-        x += cv2.getTextSize(word + " ", FONT, scale, 1)[0][0]
-
-
-def _write_label(rgb: np.ndarray, text: str) -> None:
-    """White lines of text, scaled to fit the width, in place."""
-    lines = text.splitlines()
-    widest = max(cv2.getTextSize(line, FONT, 1.0, 1)[0][0] for line in lines)
-    scale = min(0.45, (rgb.shape[1] - 6) / widest)
-    step = int(np.ceil(30 * scale)) + 2
-    for i, line in enumerate(lines):
-        _put_text(rgb, line, (3, 3 + step * (i + 1) - 2), scale, (255, 255, 255))
 
 
 def write_overlays(
