@@ -1,7 +1,6 @@
 """Post-processing as data (the nnU-Net habit): a step list such as
-`[{"name": "largest_component"}, {"name": "remove_small_components", "min_voxels": 10}]`
-is validated, recorded and applied to binary 3-D masks, and `score` is the one scoring of a
-patient's mask in the original geometry after a step list. Add a step in steps.py with `@step`."""
+`[{"name": "largest_component"}, {"name": "remove_small_components", "min_voxels": 10}]` is
+validated, recorded and applied to binary 3-D masks; `score` is the one scoring of a patient."""
 
 from __future__ import annotations
 
@@ -14,26 +13,8 @@ import yaml
 
 from brainseg.errors import ConfigError
 from brainseg.metrics import NSD_TOLERANCE, volume_metrics
-from brainseg.postprocessing.steps import (
-    STEPS,
-    fill_holes,
-    largest_component,
-    remove_small_components,
-    step,
-)
+from brainseg.postprocessing.steps import STEPS
 from brainseg.runfiles import VOLUME_COLUMNS
-
-__all__ = [
-    "STEPS",
-    "apply",
-    "check_steps",
-    "fill_holes",
-    "largest_component",
-    "parse_yaml",
-    "remove_small_components",
-    "score",
-    "step",
-]
 
 StepList = list[dict[str, Any]]
 _EMPTY = np.zeros((1, 1, 1), dtype=bool)
@@ -91,10 +72,8 @@ def score(
     steps: Sequence[Mapping[str, Any] | str] | None = None,
     tolerance: float = NSD_TOLERANCE,
 ) -> dict[str, float]:
-    """Every per-volume metric (brainseg.metrics) of one patient's thresholded mask after `steps`,
-    against its truth, both in the original geometry, and the voxel counts of the score tables.
-    The one scoring of the final validation, of each candidate of a decision, of predict.py's
-    dsc.csv and of `python -m brainseg.evaluate`, so that their figures agree."""
+    """Every per-volume metric and the voxel counts of one patient's mask after `steps` against its
+    truth (original geometry): the one scoring of every figure, so that all of them agree."""
     truth = np.asarray(truth, dtype=bool)
     scored = apply(mask, steps)
     counts = (int(truth.sum()), int(scored.sum()), int(truth.shape[0]))

@@ -1,15 +1,6 @@
 """Which post-processing steps a trained model keeps (the nnU-Net habit): decided once, after
 training, on thresholded validation predictions in their original geometry, by a rule that one
-noisy patient cannot flip.
-
-The candidates are step lists, simplest first. Walking them in order, a later candidate replaces
-the current choice only if it raises the mean per-volume Dice AND helps more patients than it hurts
-(a one-sided paired Wilcoxon p-value is recorded for information, not used). A patient whose lesion
-a candidate erases (Dice > 0 without post-processing, 0 with it) counts like any other hurt patient:
-once in the vote, with its whole Dice loss in the mean; no candidate is refused for it alone, but
-every candidate's erased patients are listed in the decision (and logged) so that a user can see
-the cost and override the choice.
-"""
+noisy patient cannot flip; erased lesions are listed, never silent (docs/prediction.md)."""
 
 from __future__ import annotations
 
