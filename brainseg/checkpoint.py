@@ -1,13 +1,6 @@
-"""Checkpoint files: the provenance record train.py stores in every checkpoint and predict.py reads
-back, reading a file with a one-line error naming it, loading its weights, and atomic writes.
-
-A neutral home (no Lightning, no training code) so that prediction can load checkpoints without
-importing the trainer, and train.py's resume checks use the same code.
-
-Safe to open: every read unpickles with `weights_only=True`, so a checkpoint can hold tensors and
-plain values (dicts, lists, strings, numbers) only. A file that needs anything else to load (a
-class, a function: what a pickle payload uses to run code) is refused without running it.
-"""
+"""Checkpoint files without Lightning (so that prediction never imports the trainer): the
+provenance record, safe reads (`weights_only=True`: a file that needs a class or function to load,
+what a pickle payload runs code with, is refused unrun), weights and atomic writes."""
 
 from __future__ import annotations
 
@@ -25,8 +18,7 @@ from torch import nn
 from brainseg.errors import DataError
 
 CHECKPOINT_KEY = "brainseg"
-# What predict.py needs from a best checkpoint; everything else (optimizer, loops, callbacks) is
-# resume state.
+# What predict.py needs from a best checkpoint; the rest (optimizer, loops) is resume state.
 PREDICTION_KEYS = (
     "state_dict",
     "hyper_parameters",
@@ -35,8 +27,6 @@ PREDICTION_KEYS = (
     "global_step",
     "pytorch-lightning_version",
 )
-
-
 # Each field of the provenance record: the type a file must hold there.
 RECORD_FIELDS: dict[str, tuple[Any, str]] = {
     "config": (dict, "a mapping"),
@@ -50,10 +40,8 @@ RECORD_FIELDS: dict[str, tuple[Any, str]] = {
 
 @dataclass(frozen=True)
 class Provenance:
-    """What a checkpoint was trained on: resolved config, data root, preprocessing, split; and,
-    once decided after training, the post-processing steps to apply to its predictions
-    (brainseg.postprocessing.records.decide_runs) and the temperature that calibrates its
-    probabilities (brainseg.training.final_validation.calibrate)."""
+    """What a checkpoint was trained on, and what was decided after training: the post-processing
+    steps (brainseg.postprocessing.records) and the calibration temperature."""
 
     config: dict[str, Any]
     data_root: str | None
