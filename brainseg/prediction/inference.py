@@ -3,13 +3,12 @@ map back to the original geometry."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 
 from brainseg.data.dataset import context_indices, zscore_channels_first
 from brainseg.data.preprocess import PreprocessedVolume, preprocess, restore_geometry
@@ -26,28 +25,18 @@ class View:
     angle: float = 0.0
     scale: float = 1.0
 
-    def _matrix(self, batch: int, device: torch.device, inverse: bool) -> torch.Tensor:
-        theta = math.radians(self.angle)
-        cos, sin = math.cos(theta) / self.scale, math.sin(theta) / self.scale
-        m = torch.tensor([[cos, -sin], [sin, cos]], dtype=torch.float32)
-        if inverse:
-            m = torch.linalg.inv(m)
-        return torch.cat([m, torch.zeros(2, 1)], dim=1).expand(batch, 2, 3).to(device)
-
-    def _warp(self, x: torch.Tensor, inverse: bool) -> torch.Tensor:
+    def _warp(self, x: torch.Tensor, angle: float, scale: float) -> torch.Tensor:
         if self.angle == 0 and self.scale == 1:
             return x
-        grid = F.affine_grid(
-            self._matrix(x.shape[0], x.device, inverse), list(x.shape), align_corners=False
-        )
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        bilinear = TF.InterpolationMode.BILINEAR
+        return TF.affine(x, angle, [0, 0], scale, [0.0, 0.0], interpolation=bilinear)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         images = images.flip(-1) if self.hflip else images
-        return self._warp(images, inverse=False)
+        return self._warp(images, self.angle, self.scale)
 
     def backward(self, probs: torch.Tensor) -> torch.Tensor:
-        probs = self._warp(probs, inverse=True)
+        probs = self._warp(probs, -self.angle, 1 / self.scale)  # rotation and scale commute
         return probs.flip(-1) if self.hflip else probs
 
 
@@ -75,8 +64,6 @@ class Predictor:
         batch_size: int = 16,
         device: str | torch.device = "cpu",
     ) -> None:
-        if not members:
-            raise ConfigError("checkpoints: give at least one checkpoint (or sweep_dir / onnx)")
         first = members[0]
         for other in members[1:]:
             if other.preprocess != first.preprocess:
