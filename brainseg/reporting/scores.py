@@ -1,8 +1,5 @@
-"""Per-patient score tables (CSV) and their JSON summary, shared by predict.py and
-`brainseg.evaluate`.
-
-The metrics and their empty-volume conventions are those of brainseg.metrics.functional.
-"""
+"""Per-patient score tables (CSV), their JSON summary and headline, shared by predict.py and
+`brainseg.evaluate` (metrics and empty-volume conventions: brainseg.metrics.functional)."""
 
 from __future__ import annotations
 
@@ -33,9 +30,8 @@ METRIC_COLUMNS = [*METRICS, *COUNTS, UNCERTAINTY_COLUMN]
 SUBSETS = ("train", "val", "test", "unseen")
 HELD_OUT = ("val", "test", "unseen")
 UNITS = (
-    "distances (hd95, assd, nsd tolerance) in pixels of the mask grid "
-    "with slices as an axis of spacing 1: "
-    "the data carries no voxel spacing"
+    "distances (hd95, assd, nsd tolerance) in pixels of the mask grid with slices as an axis of "
+    "spacing 1: the data carries no voxel spacing"
 )
 
 
@@ -97,7 +93,6 @@ def patient_subset(patient: str, splits: Sequence[Split]) -> str:
 def subset_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Mean/median/std of each metric over the held-out patients (top level, the headline), and
     per subset plus over all patients under `by_subset`."""
-
     keys = metric_columns(list(rows)) if rows else []
 
     def scores(selected: list[Mapping[str, Any]]) -> dict[str, Any]:
