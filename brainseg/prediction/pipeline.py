@@ -101,11 +101,6 @@ def _temperature(members: list[Member]) -> float | None:
     return float(np.mean([m.temperature for m in members]))
 
 
-def _no_bars(cfg: DictConfig) -> bool | None:
-    """tqdm's `disable` for `progress`: null leaves it to tqdm (bars only on a terminal)."""
-    return None if cfg.get("progress") is None else not cfg.progress
-
-
 def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     """Predict every patient under `cfg.input` with the given members (see predict)."""
     input_root = _path(cfg.get("input"), "input")
@@ -114,8 +109,9 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
             "input is required: a data root in the kaggle_3m layout or one patient folder"
         )
     patients = find_patients(input_root, require_masks=False)
+    no_bars = None if cfg.get("progress") is None else not cfg.progress  # null: on a terminal
     # Every unreadable or inconsistent slice is named before anything is written.
-    for files in tqdm(patients, desc="checking inputs", unit="patient", disable=_no_bars(cfg)):
+    for files in tqdm(patients, desc="checking inputs", unit="patient", disable=no_bars):
         read_patient(files)
     splits = [m.split for m in members]
     plan = member_plan(splits, [p.name for p in patients], cfg.ensemble)
@@ -137,9 +133,10 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     )
     steps = chosen["postprocessing"]
     rows, cases, uncertainty = [], [], {}
-    for files in tqdm(patients, desc="patients", unit="patient", disable=_no_bars(cfg)):
+    for files in tqdm(patients, desc="patients", unit="patient", disable=no_bars):
+        name = files.name
         volume = read_patient(files)
-        probs = predictor.predict(volume, plan[files.name])
+        probs = predictor.predict(volume, plan[name])
         mask = apply(probs > threshold, steps)
         folder = out / files.folder.name  # as the input folder is called
         folder.mkdir(exist_ok=True)
@@ -147,22 +144,18 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
             tifffile.imwrite(folder / f"{image_path.stem}_mask.tif", mask[z].astype("uint8") * 255)
         if temperature is not None:  # the masks above stay those of the uncalibrated threshold
             probs = calibrated(probs, temperature)
-        uncertainty[files.name] = lesion_entropy(probs, lesion_threshold)
+        uncertainty[name] = lesion_entropy(probs, lesion_threshold)
         if cfg.probability_maps:
             np.save(folder / "probabilities.npy", probs.astype(np.float16))
             np.save(folder / "entropy.npy", entropy_map(probs).astype(np.float16))
         truth = volume.mask.astype(bool) if volume.mask is not None else None
         if truth is not None:  # the written mask, scored as brainseg.evaluate scores it
-            row = {
-                PATIENT_COLUMN: files.name,
-                **score(mask, truth),
-                SUBSET_COLUMN: subsets[files.name],
-            }
-            rows.append({**row, UNCERTAINTY_COLUMN: uncertainty[files.name]})
-            case = (volume.image, truth, mask, row["dsc"], files.numbers, uncertainty[files.name])
-            cases.append(failure_case(files.name, *case))
+            row = {PATIENT_COLUMN: name, SUBSET_COLUMN: subsets[name], **score(mask, truth)}
+            rows.append({**row, UNCERTAINTY_COLUMN: uncertainty[name]})
+            case = (volume.image, truth, mask, row["dsc"], files.numbers, uncertainty[name])
+            cases.append(failure_case(name, *case))
         if cfg.figures.overlays:
-            write_overlays(files.name, files.numbers, volume.image, mask, truth, out / "overlays")
+            write_overlays(name, files.numbers, volume.image, mask, truth, out / "overlays")
     summary: dict[str, Any] = {
         "input": str(input_root),
         "patients": len(patients),
@@ -180,7 +173,13 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     if rows:
         note = figure_note(members, threshold, steps, cfg.ensemble)
         summary["dsc"] = write_scores(rows, out, note=note, cases=cases)
-        log.info(headline(summary["dsc"], steps, out, _selection_caveat(members)))
+        caveat = ""
+        if any(m.selection == "best_on_val" for m in members):
+            caveat = (
+                "checkpoints selected on their validation patients "
+                "(evaluation.selection=best_on_val: optimistic)"
+            )
+        log.info(headline(summary["dsc"], steps, out, caveat))
     write_json(out / "prediction.json", summary)
     return summary
 
@@ -199,13 +198,3 @@ def figure_note(
     models = shown if len(members) == 1 else f"{len(members)} members ({ensemble}): {shown}"
     postprocessing = ", ".join(s["name"] for s in steps) or "none"
     return f"{models}\nthreshold {threshold:g}, post-processing: {postprocessing}"
-
-
-def _selection_caveat(members: list[Member]) -> str:
-    """The label of checkpoints chosen as their run's best epoch on its validation patients."""
-    if any(m.selection == "best_on_val" for m in members):
-        return (
-            "checkpoints selected on their validation patients "
-            "(evaluation.selection=best_on_val: optimistic)"
-        )
-    return ""
