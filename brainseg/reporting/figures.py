@@ -75,22 +75,19 @@ def bar_chart(
 
 
 def training_curves(history: list[EpochScores], best: EpochScores, path: Path) -> Path:
-    """Losses and validation per-volume Dice per epoch (the best epoch by `monitor` marked), side
-    by side."""
+    """Losses and validation per-volume Dice per epoch side by side, the best epoch marked."""
     epochs = [h.epoch for h in history]
     fig, (losses, dice) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
-    for values, label in (
-        ([h.train_loss for h in history], "train loss"),
-        ([h.value("val/loss") for h in history], "val loss"),
+    for ax, values, label in (
+        (losses, [h.train_loss for h in history], "train loss"),
+        (losses, [h.value("val/loss") for h in history], "val loss"),
+        (dice, [h.dsc_volume_mean for h in history], "mean"),
+        (dice, [h.dsc_volume_median for h in history], "median"),
     ):
         points = [(e, v) for e, v in zip(epochs, values) if v is not None]
-        if points:
-            losses.plot(*zip(*points), marker=".", label=label)
+        if points:  # an epoch without the value is left out
+            ax.plot(*zip(*points), marker=".", label=label)
     losses.set(xlabel="epoch", ylabel="loss", title="Losses")
-    dice.plot(epochs, [h.dsc_volume_mean for h in history], marker=".", label="mean")
-    medians = [(h.epoch, h.dsc_volume_median) for h in history if h.dsc_volume_median is not None]
-    if medians:
-        dice.plot(*zip(*medians), marker=".", label="median")
     dice.axvline(
         best.epoch, color="grey", linestyle=":", label=f"best epoch {best.epoch} (by monitor)"
     )
@@ -114,17 +111,15 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def _wrap_label(label: str, width: int = LABEL_CHARACTERS) -> str:
-    """A configuration label on lines of at most `width` characters, broken at spaces only (between
-    overrides), so that every character of the label is still shown."""
+    """A configuration label on lines of `width` characters, broken between overrides only."""
     return textwrap.fill(label, width, break_long_words=False, break_on_hyphens=False)
 
 
 def _fit_to_labels(
     fig: plt.Figure, ax: plt.Axes, plot: tuple[float, float], margins: tuple[float, float]
 ) -> None:
-    """Size the figure to a plot area of `plot` inches plus its tick labels (the widest y label, the
-    tallest x label) and `margins` (title, axis labels, colour bar), so that the constrained layout
-    never clips or squeezes a configuration or patient name."""
+    """Size the figure to `plot` inches plus its tick labels and `margins` (title, axis labels,
+    colour bar), so that no configuration or patient name is clipped or squeezed."""
     fig.draw_without_rendering()
     widest = max((t.get_window_extent().width for t in ax.get_yticklabels()), default=0.0)
     tallest = max((t.get_window_extent().height for t in ax.get_xticklabels()), default=0.0)
@@ -234,8 +229,8 @@ def write_overlays(
     truth: np.ndarray | None,
     out_dir: Path,
 ) -> list[Path]:
-    """PNGs of the slices with a lesion or a prediction, and one GIF through all slices, each
-    picture labelled with the patient and slice number and windowed over the patient's FLAIR."""
+    """PNGs of the slices with a lesion or a prediction and a GIF through all slices, labelled with
+    the patient and slice number, windowed over the patient's FLAIR."""
     folder = out_dir / name
     folder.mkdir(parents=True, exist_ok=True)
     flair = window(image[..., FLAIR_CHANNEL])
@@ -256,9 +251,8 @@ def write_overlays(
 
 @dataclass
 class FailureCase:
-    """What the failure gallery shows of one patient: its scores and two slices (number, windowed
-    FLAIR, truth, prediction) — the one with the most missed lesion and the one with the most false
-    lesion (None where the patient has none of that kind)."""
+    """What the failure gallery shows of one patient: its scores and the slices (number, windowed
+    FLAIR, truth, prediction) with the most missed and the most false lesion (None: none)."""
 
     name: str
     dice: float
@@ -301,10 +295,8 @@ def failure_case(
 
 
 def failure_gallery(cases: list[FailureCase], path: Path, worst: int = 6) -> Path:
-    """The `worst` patients by Dice, one row each: the slice with the most missed lesion and the
-    slice with the most false lesion, truth and prediction outlined, the patient's Dice, lesion
-    volumes (truth and predicted voxels) and uncertainty where known; empty truth or prediction
-    said in words."""
+    """The `worst` patients by Dice, one row each: their most-missed and most-false slices, Dice,
+    voxel counts and uncertainty where known; an empty truth or prediction said in words."""
     shown = sorted(cases, key=lambda c: c.dice)[:worst]
     fig, axes = plt.subplots(
         len(shown), 2, figsize=(6.4, 3.2 * len(shown) + 0.6), dpi=100, squeeze=False
