@@ -78,8 +78,7 @@ def _refused_global(path: str | Path) -> str | None:
 
 
 def load_safely(path: str | Path, map_location: Any = "cpu") -> Any:
-    """`torch.load` restricted to tensors and plain values; a file that needs more (a pickle that
-    would run code) or is no PyTorch file is a DataError naming it."""
+    """`torch.load` restricted to tensors and plain values, else a DataError naming the file."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types for foreign files
@@ -94,8 +93,7 @@ def load_safely(path: str | Path, map_location: Any = "cpu") -> Any:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A brainseg training checkpoint as a dict; a missing, truncated, foreign or text file, or
-    one that could run code, is a DataError."""
+    """A brainseg training checkpoint as a dict, else a DataError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint not found")
@@ -151,14 +149,12 @@ def remove_temporary_files(folder: Path) -> None:
 
 
 def record_decisions(path: str | Path, records: dict[str, Any]) -> None:
-    """Store the decisions made after training (`postprocessing`, `calibration`) in the
-    provenance of a checkpoint file, in one atomic rewrite."""
+    """Store the decisions made after training in a checkpoint's provenance, in one rewrite."""
     checkpoint = read_checkpoint(path)
     checkpoint[CHECKPOINT_KEY] = {**checkpoint[CHECKPOINT_KEY], **records}
     save_atomically(checkpoint, path)
 
 
 def prediction_only(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The part of a training checkpoint that predict.py uses (weights and provenance,
-    no optimizer state)."""
+    """The part of a training checkpoint that predict.py uses (no optimizer state)."""
     return {key: checkpoint[key] for key in PREDICTION_KEYS if key in checkpoint}

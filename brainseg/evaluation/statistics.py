@@ -30,8 +30,7 @@ def too_few_patients(level: float = LEVEL) -> str:
 
 
 def bootstrap_ci(values: np.ndarray, level: float = LEVEL, seed: int = 0) -> tuple[float, float]:
-    """The (1 - level) bootstrap interval of the mean (BCa);
-    constant samples give (value, value), n < 2 NaN."""
+    """The (1 - level) bootstrap interval of the mean (BCa); constant samples: (value, value)."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) < 2:
         return (float("nan"), float("nan"))

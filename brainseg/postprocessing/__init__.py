@@ -23,9 +23,7 @@ _EMPTY = np.zeros((1, 1, 1), dtype=bool)
 def check_steps(
     steps: Sequence[Mapping[str, Any] | str] | None, setting: str = "postprocessing"
 ) -> StepList:
-    """The steps as plain `{"name": ..., **arguments}` dicts (a bare name: no arguments);
-    a one-line ConfigError naming `setting` for a value that is no list, unknown names, arguments
-    or argument values."""
+    """The steps as plain `{"name": ..., **arguments}` dicts, or a ConfigError naming `setting`."""
     if steps is not None and not isinstance(steps, list | tuple):
         example = "[] or [{name: largest_component}]"
         raise ConfigError(f"{setting}={steps!r} must be a step list, e.g. {example}")
@@ -49,8 +47,7 @@ def check_steps(
 
 
 def parse_yaml(text: str, setting: str) -> Any:
-    """A command-line value written as YAML/JSON (a step list, a list of step lists); a one-line
-    ConfigError naming `setting` when it does not parse."""
+    """A command-line value written as YAML/JSON, or a ConfigError naming `setting`."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

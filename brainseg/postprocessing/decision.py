@@ -47,10 +47,8 @@ def decide(
     candidates: Sequence[StepList],
     tolerance: float = NSD_TOLERANCE,
 ) -> dict[str, Any]:
-    """The chosen step list and everything that led to it: each candidate's mean Dice and erased
-    patients, each comparison of the walk, the per-patient Dice (one entry per candidate) and every
-    metric of each patient after the chosen steps (`metrics`), all scored by `score` (one patient in
-    memory at a time)."""
+    """The chosen step list and everything that led to it, every patient scored by `score` (one
+    in memory at a time)."""
     if not candidates:
         raise ValueError("decide needs at least one candidate step list")
     raw_dice: dict[str, float] = {}
@@ -89,8 +87,7 @@ def decide(
 
 
 def describe(decision: dict[str, Any]) -> str:
-    """One line: the choice, each comparison's means, vote, erased lesions and p-value, and the
-    patients whose lesion the choice erases."""
+    """The decision in one log line."""
     votes = "; ".join(
         f"{_names(c['candidate'])} vs {_names(c['against'])}: mean Dice {c['dsc']:.4f} vs "
         f"{c['dsc_current']:.4f}, helps {c['helped']}, hurts {c['hurt']}, erases "

@@ -32,8 +32,7 @@ def save_prediction(run_dir: Path, name: str, raw: np.ndarray, truth: np.ndarray
 
 
 def run_predictions(run_dir: Path, prefix: str = "") -> Iterator[Prediction]:
-    """A run's saved validation predictions (patient, raw, truth), patients in name order, one at
-    a time, each name after `prefix` (a sweep's `<job>/`); a one-line DataError names a bad file."""
+    """A run's saved validation predictions (patient, raw, truth), one at a time, in name order."""
     for path in sorted((Path(run_dir) / VALIDATION_DIR).glob("*.npz")):
         try:
             with np.load(path) as data:
@@ -80,11 +79,8 @@ def decide_runs(
     also: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Decide once on the saved validation predictions of `runs` (one run, or the folds of one
-    configuration pooled, each patient named `<job>/<patient>`), write
-    `<folder>/postprocessing.json` and return the decision.
-
-    `candidates` default to those the runs were decided among; a run's checkpoints record the
-    decision, with the other decisions of its final validation (`also`) in the same rewrite."""
+    configuration pooled) and write `<folder>/postprocessing.json`; a run's checkpoints record it
+    with its final validation's other decisions (`also`) in one rewrite."""
     folder = Path(folder)
     if not any(any((Path(run) / VALIDATION_DIR).glob("*.npz")) for run in runs):
         raise DataError(
@@ -139,7 +135,8 @@ def steps_to_apply(
             pooled = f", or decide once: python -m brainseg.postprocessing decide {sweep_dir}"
             raise ConfigError(
                 f"{first} and {path} record different post-processing "
-                f"({record['steps']} vs {other['steps']}); set {SETTING}{pooled if sweep_dir else ''}"
+                f"({record['steps']} vs {other['steps']}); set {SETTING}"
+                + (pooled if sweep_dir else "")
             )
     try:
         steps = check_steps(record["steps"], f"{first}: {SETTING}")

@@ -97,8 +97,7 @@ class Predictor:
         return out
 
     def preprocessed(self, volume: PatientVolume) -> tuple[PreprocessedVolume, torch.Tensor]:
-        """Every slice preprocessed as in training and its z-scored (Z, C, S, S) network input
-        (C = 3, or 3 per slice of the stack the checkpoint was trained on)."""
+        """Every slice preprocessed as in training and its z-scored (Z, C, S, S) network input."""
         pre = preprocess(volume, self.preprocess_cfg, every_slice=True)
         mean = torch.tensor(pre.channel_mean, dtype=torch.float32)
         std = torch.tensor(pre.channel_std, dtype=torch.float32)
@@ -107,8 +106,7 @@ class Predictor:
         return pre, images[torch.from_numpy(stacks)].flatten(1, 2)
 
     def predict(self, volume: PatientVolume, members: Sequence[int] | None = None) -> np.ndarray:
-        """Probabilities (Z, H, W) in the volume's original geometry, averaged over all members or
-        the given member indices (e.g. the folds that held this patient out)."""
+        """Probabilities (Z, H, W) in the original geometry, averaged over the given members."""
         chosen = [self.members[i] for i in members] if members is not None else self.members
         if not chosen:
             raise ConfigError(f"{volume.name}: no ensemble member selected to predict it")

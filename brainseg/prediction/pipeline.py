@@ -92,8 +92,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _temperature(members: list[Member]) -> float | None:
-    """The temperature that calibrates the members' averaged probabilities: the mean of theirs
-    (one member: its own); None, said once, where a member has none recorded."""
+    """The mean of the members' temperatures; None, said once, where one has none recorded."""
     missing = [m.path for m in members if m.temperature is None]
     if missing:
         log.info("%s: no calibration temperature recorded; probabilities uncalibrated", missing[0])

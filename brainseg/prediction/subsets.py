@@ -19,12 +19,8 @@ ENSEMBLE_MODES = ("out_of_fold", "all")
 def member_plan(
     splits: Sequence[Split], patients: Iterable[str], mode: str
 ) -> dict[str, list[int]]:
-    """Per patient, the indices of the members that predict it.
-
-    `out_of_fold`: the members that held the patient out (all of them for a patient none trained
-    on); a patient that every member trained on falls back to all members, and is reported by
-    `seen_in_training`. `all`: every member for every patient.
-    """
+    """Per patient, the indices of the members that predict it: `out_of_fold`, those that held it
+    out (a patient every member trained on: all, reported as seen); `all`, every member."""
     if mode not in ENSEMBLE_MODES:
         raise ConfigError(f"ensemble={mode!r} is unknown; choose one of {list(ENSEMBLE_MODES)}")
     everyone = list(range(len(splits)))

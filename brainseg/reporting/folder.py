@@ -73,8 +73,7 @@ def _read_volume(slices: dict[int, Path], shape: tuple[int, ...] | None = None) 
 
 
 def paired_volumes(pred_root: Path, truth_root: Path):
-    """Yield (patient, prediction, truth) volumes; any missing patient or slice, or a shape that
-    differs from the truth's, stops with one line naming the file."""
+    """Yield (patient, prediction, truth) volumes; a missing patient or slice is a DataError."""
     predicted, truths = mask_files(pred_root), mask_files(truth_root)
     for name in sorted(set(truths) ^ set(predicted)):
         if name in truths:
@@ -94,8 +93,7 @@ def paired_volumes(pred_root: Path, truth_root: Path):
 
 
 def _images(folder: Path) -> np.ndarray | None:
-    """The patient's image volume where the truth folder holds the images too (kaggle_3m), for
-    the failure gallery; None for a folder of masks only."""
+    """The patient's images for the failure gallery (None: a folder of masks only)."""
     try:
         return read_patient(scan_patient(folder)).image
     except DataError:
