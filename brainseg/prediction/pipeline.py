@@ -1,8 +1,11 @@
-"""`predict(cfg)`: masks in the original geometry, per-patient scores and pictures, or ONNX."""
+"""`predict(cfg)`: masks in the original geometry, per-patient scores and pictures, or ONNX; each
+patient predicted only by the members that did not train on it, and scored with its subset
+(train / val / test / unseen) from their recorded splits."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from tqdm import tqdm
 from brainseg.config import to_plain
 from brainseg.data.reader import find_patients, read_patient
 from brainseg.errors import ConfigError
+from brainseg.evaluation.folds import Split, held_out_members
 from brainseg.metrics.calibration import calibrated
 from brainseg.metrics.uncertainty import entropy_map, lesion_entropy
 from brainseg.paths import resolve_path
@@ -30,13 +34,44 @@ from brainseg.prediction.members import (
     load_onnx,
     probability_threshold,
 )
-from brainseg.prediction.subsets import member_plan, subsets_for, warn_seen_in_training
 from brainseg.reporting.figures import failure_case, write_overlays
-from brainseg.reporting.scores import UNCERTAINTY_COLUMN, headline, write_scores
+from brainseg.reporting.scores import UNCERTAINTY_COLUMN, headline, patient_subset, write_scores
 from brainseg.run_lock import claim_output_dir
 from brainseg.runfiles import PATIENT_COLUMN, SUBSET_COLUMN, write_json
 
 log = logging.getLogger("brainseg")
+ENSEMBLE_MODES = ("out_of_fold", "all")
+
+
+def member_plan(
+    splits: Sequence[Split], patients: Iterable[str], mode: str
+) -> dict[str, list[int]]:
+    """Per patient, the indices of the members that predict it: `out_of_fold`, those that held it
+    out (a patient every member trained on: all, reported as seen); `all`, every member."""
+    if mode not in ENSEMBLE_MODES:
+        raise ConfigError(f"ensemble={mode!r} is unknown; choose one of {list(ENSEMBLE_MODES)}")
+    everyone = list(range(len(splits)))
+    if mode == "all":
+        return {name: everyone for name in patients}
+    return {name: held or everyone for name, held in held_out_members(splits, patients).items()}
+
+
+def subsets_for(plan: Mapping[str, Sequence[int]], splits: Sequence[Split]) -> dict[str, str]:
+    """Each patient's subset with respect to the members that predict it."""
+    return {name: patient_subset(name, [splits[i] for i in used]) for name, used in plan.items()}
+
+
+def warn_seen_in_training(subsets: Mapping[str, str]) -> list[str]:
+    """Log one line naming the scored patients that a member predicting them trained on."""
+    seen = sorted(name for name, subset in subsets.items() if subset == "train")
+    if seen:
+        log.warning(
+            "%d scored patient(s) were seen in training by a member that predicts them "
+            "(reported as subset=train, left out of the headline): %s",
+            len(seen),
+            ", ".join(seen),
+        )
+    return seen
 
 
 def _path(value: str | None, setting: str) -> Path | None:
