@@ -21,27 +21,28 @@ _EMPTY = np.zeros((1, 1, 1), dtype=bool)
 
 
 def check_steps(
-    steps: Sequence[Mapping[str, Any] | str] | None, setting: str = "postprocessing"
+    steps: Sequence[Mapping[str, Any] | str] | None,
+    setting: str = "postprocessing",
+    error: type[Exception] = ConfigError,
 ) -> StepList:
-    """The steps as plain `{"name": ..., **arguments}` dicts, or a ConfigError naming `setting`."""
+    """The steps as plain `{"name": ..., **arguments}` dicts, or an `error` naming `setting` (a
+    DataError where a file recorded them)."""
     if steps is not None and not isinstance(steps, list | tuple):
         example = "[] or [{name: largest_component}]"
-        raise ConfigError(f"{setting}={steps!r} must be a step list, e.g. {example}")
+        raise error(f"{setting}={steps!r} must be a step list, e.g. {example}")
     checked = []
     for index, item in enumerate(steps or []):
         if not isinstance(item, (str, Mapping)):
-            raise ConfigError(f"{setting}[{index}]: {item!r} is not a step (a name or a mapping)")
+            raise error(f"{setting}[{index}]: {item!r} is not a step (a name or a mapping)")
         entry = {"name": item} if isinstance(item, str) else dict(item)
         name = entry.pop("name", None)
         if name not in STEPS:
-            raise ConfigError(
-                f"{setting}[{index}]: unknown step {name!r}; choose one of {sorted(STEPS)}"
-            )
+            raise error(f"{setting}[{index}]: unknown step {name!r}; choose one of {sorted(STEPS)}")
         try:
             inspect.signature(STEPS[name]).bind(None, **entry)
             STEPS[name](_EMPTY, **entry)  # the step checks the values of its arguments
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{setting}[{index}] ({name}): {exc}") from None
+            raise error(f"{setting}[{index}] ({name}): {exc}") from None
         checked.append({"name": name, **entry})
     return checked
 

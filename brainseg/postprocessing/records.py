@@ -48,13 +48,10 @@ def read_decision(path: Path) -> dict[str, Any]:
     """A recorded decision, its chosen steps re-checked by name; a DataError naming the file."""
     try:
         decision = json.loads(Path(path).read_text())
-        decision["postprocessing"] = check_steps(
-            decision["postprocessing"], f"{path}: postprocessing"
-        )
+        steps = decision["postprocessing"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: not a post-processing decision ({exc})") from None
-    except ConfigError as exc:
-        raise DataError(str(exc)) from None
+    decision["postprocessing"] = check_steps(steps, f"{path}: postprocessing", DataError)
     return decision
 
 
@@ -138,8 +135,5 @@ def steps_to_apply(
                 f"({record['steps']} vs {other['steps']}); set {SETTING}"
                 + (pooled if sweep_dir else "")
             )
-    try:
-        steps = check_steps(record["steps"], f"{first}: {SETTING}")
-    except ConfigError as exc:
-        raise DataError(str(exc)) from None
+    steps = check_steps(record["steps"], f"{first}: {SETTING}", DataError)
     return {"postprocessing": steps, "source": record["source"]}
