@@ -72,26 +72,17 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted.tolist()
 
 
-def _verdict(difference: float, p_adjusted: float, level: float, higher_is_better: bool) -> str:
-    if not p_adjusted < level or difference == 0:
-        return SAME
-    return BETTER if (difference > 0) == higher_is_better else WORSE
-
-
 def compare_configurations(
-    scores: Mapping[str, Mapping[str, float]],
-    reference: str | None = None,
-    level: float = LEVEL,
-    higher_is_better: bool = True,
+    scores: Mapping[str, Mapping[str, float]], reference: str | None = None, level: float = LEVEL
 ) -> list[dict[str, Any]]:
-    """One row per configuration (`scores`: configuration -> patient -> score), best first; each
+    """One row per configuration (`scores`: configuration -> patient -> Dice), best first; each
     other than the reference holds its paired difference to it over the patients both scored."""
     means = {
         name: float(np.mean(list(values.values()))) for name, values in scores.items() if values
     }
     if not means:
         return []
-    ranked = sorted(means, key=means.get, reverse=higher_is_better)
+    ranked = sorted(means, key=means.get, reverse=True)
     reference = reference if reference in means else ranked[0]
     enough = minimum_patients(level)
     rows = []
@@ -128,5 +119,8 @@ def compare_configurations(
     compared = [r for r in rows if r["p"] is not None]
     for row, adjusted in zip(compared, holm([r["p"] for r in compared])):
         row["p_holm"] = adjusted
-        row["verdict"] = _verdict(row["difference"], adjusted, level, higher_is_better)
+        if adjusted < level and row["difference"] != 0:
+            row["verdict"] = BETTER if row["difference"] > 0 else WORSE
+        else:
+            row["verdict"] = SAME
     return rows
