@@ -65,13 +65,12 @@ class Predictor:
         device: str | torch.device = "cpu",
     ) -> None:
         first = members[0]
-        for other in members[1:]:
-            if other.preprocess != first.preprocess:
+        for member in members:
+            if member.preprocess != first.preprocess:
                 raise ConfigError(
-                    f"{other.path} preprocesses differently from {first.path}; "
+                    f"{member.path} preprocesses differently from {first.path}; "
                     "they cannot be ensembled"
                 )
-        for member in members:
             if member.input_channels != member.preprocess.input_channels:
                 raise DataError(
                     f"{member.path}: the network takes {member.input_channels} input channels, "
