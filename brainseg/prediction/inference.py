@@ -64,7 +64,7 @@ class Predictor:
         batch_size: int = 16,
         device: str | torch.device = "cpu",
     ) -> None:
-        first = members[0]
+        self.device, first = torch.device(device), members[0]
         for member in members:
             if member.preprocess != first.preprocess:
                 raise ConfigError(
@@ -77,8 +77,9 @@ class Predictor:
                     f"but its record stacks {member.preprocess.context_slices} neighbours on each "
                     f"side ({member.preprocess.input_channels} channels)"
                 )
-        self.device = torch.device(device)
-        self.members = [m.to(self.device) for m in members]
+            if member.net is not None:  # an ONNX member runs on the CPU
+                member.net.to(self.device)
+        self.members = list(members)
         self.views = list(views)
         self.batch_size = batch_size
         self.preprocess_cfg = first.preprocess

@@ -55,11 +55,6 @@ class Member:
             return int(self.session.get_inputs()[0].shape[1])
         return int(self.model.get("in_channels", 3))
 
-    def to(self, device: torch.device) -> Member:
-        if self.net is not None:
-            self.net.to(device)
-        return self
-
     def provenance(self) -> dict[str, Any]:
         """What predict.py and exports record about the member."""
         return {

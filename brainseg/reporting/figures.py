@@ -303,8 +303,7 @@ def failure_gallery(cases: list[FailureCase], path: Path, worst: int = 6) -> Pat
     )
     for row, case in zip(axes, shown):
         for ax, (kind, chosen) in zip(row, (("missed", case.missed), ("false", case.false))):
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             if chosen is None:
                 ax.set_facecolor("black")
                 centre = {"ha": "center", "va": "center", "transform": ax.transAxes}

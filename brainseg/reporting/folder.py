@@ -92,14 +92,6 @@ def paired_volumes(pred_root: Path, truth_root: Path):
         yield name, pred, truth
 
 
-def _images(folder: Path) -> np.ndarray | None:
-    """The patient's images for the failure gallery (None: a folder of masks only)."""
-    try:
-        return read_patient(scan_patient(folder)).image
-    except DataError:
-        return None
-
-
 def evaluate_folder(
     pred_root: str | Path,
     truth_root: str | Path,
@@ -126,8 +118,11 @@ def evaluate_folder(
         mask = apply(pred, steps)
         scores = score(mask, truth, None, tolerance)
         rows.append({PATIENT_COLUMN: name, SUBSET_COLUMN: subsets[name], **scores})
-        image = _images(truth_root / name)
-        if image is not None and image.shape[:3] == truth.shape:
+        try:  # the images, where the truth folder holds them, for the failure gallery
+            image = read_patient(scan_patient(truth_root / name)).image
+        except DataError:  # a folder of masks only
+            continue
+        if image.shape[:3] == truth.shape:
             cases.append(failure_case(name, image, truth, mask, rows[-1]["dsc"]))
     claim_output_dir(out, "--output", {"pred_dir": pred_root, "truth_dir": truth_root}, overwrite)
     summary = {
