@@ -55,19 +55,6 @@ class Member:
             return int(self.session.get_inputs()[0].shape[1])
         return int(self.model.get("in_channels", 3))
 
-    def provenance(self) -> dict[str, Any]:
-        """What predict.py and exports record about the member."""
-        return {
-            "path": str(self.path),
-            "model": self.model,
-            "preprocess": self.preprocess.to_dict(),
-            "threshold": self.threshold,
-            "data_root": self.data_root,
-            "split": self.split,
-            "postprocessing": self.postprocessing,
-            "calibration": None if self.temperature is None else {"temperature": self.temperature},
-        }
-
 
 def probability_threshold(value: Any, source: str, error: type[Exception] = ConfigError) -> float:
     """A threshold in (0, 1) (outside, masks are empty or full), else an `error` naming `source`."""
@@ -199,7 +186,18 @@ def export_onnx(member: Member, path: Path, image_size: int) -> Path:
     )
     model = onnx.load(str(path))
     entry = model.metadata_props.add()
-    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(member.provenance())
+    calibration = None if member.temperature is None else {"temperature": member.temperature}
+    record = {
+        "path": str(member.path),
+        "model": member.model,
+        "preprocess": member.preprocess.to_dict(),
+        "threshold": member.threshold,
+        "data_root": member.data_root,
+        "split": member.split,
+        "postprocessing": member.postprocessing,
+        "calibration": calibration,
+    }
+    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(record)  # what load_onnx checks
     onnx.save(model, str(path))
     return path
 
