@@ -1,8 +1,4 @@
-r"""Turn checkpoints into masks, scores and pictures:
-
-    python predict.py input=<data root> checkpoints=<run>/checkpoints/last.ckpt \
-        output_dir=<new folder>
-"""
+"""Turn checkpoints into masks, scores and pictures: `python predict.py --help`."""
 
 import hydra
 from omegaconf import DictConfig

@@ -1,13 +1,6 @@
-"""Checkpoint files: the provenance record train.py stores in every checkpoint and predict.py reads
-back, reading a file with a one-line error naming it, loading its weights, and atomic writes.
-
-A neutral home (no Lightning, no training code) so that prediction can load checkpoints without
-importing the trainer, and train.py's resume checks use the same code.
-
-Safe to open: every read unpickles with `weights_only=True`, so a checkpoint can hold tensors and
-plain values (dicts, lists, strings, numbers) only. A file that needs anything else to load (a
-class, a function: what a pickle payload uses to run code) is refused without running it.
-"""
+"""Checkpoint files without Lightning (so that prediction never imports the trainer): the
+provenance record, safe reads (`weights_only=True`: a file that needs a class or function to load,
+what a pickle payload runs code with, is refused unrun), weights and atomic writes."""
 
 from __future__ import annotations
 
@@ -25,8 +18,7 @@ from torch import nn
 from brainseg.errors import DataError
 
 CHECKPOINT_KEY = "brainseg"
-# What predict.py needs from a best checkpoint; everything else (optimizer, loops, callbacks) is
-# resume state.
+# What predict.py needs from a best checkpoint; the rest (optimizer, loops) is resume state.
 PREDICTION_KEYS = (
     "state_dict",
     "hyper_parameters",
@@ -35,8 +27,6 @@ PREDICTION_KEYS = (
     "global_step",
     "pytorch-lightning_version",
 )
-
-
 # Each field of the provenance record: the type a file must hold there.
 RECORD_FIELDS: dict[str, tuple[Any, str]] = {
     "config": (dict, "a mapping"),
@@ -50,10 +40,8 @@ RECORD_FIELDS: dict[str, tuple[Any, str]] = {
 
 @dataclass(frozen=True)
 class Provenance:
-    """What a checkpoint was trained on: resolved config, data root, preprocessing, split; and,
-    once decided after training, the post-processing steps to apply to its predictions
-    (brainseg.postprocessing.records.provenance_record) and the temperature that calibrates its
-    probabilities (brainseg.training.final_validation.calibrate)."""
+    """What a checkpoint was trained on, and what was decided after training: the post-processing
+    steps (brainseg.postprocessing.records) and the calibration temperature."""
 
     config: dict[str, Any]
     data_root: str | None
@@ -90,8 +78,7 @@ def _refused_global(path: str | Path) -> str | None:
 
 
 def load_safely(path: str | Path, map_location: Any = "cpu") -> Any:
-    """`torch.load` restricted to tensors and plain values; a file that needs more (a pickle that
-    would run code) or is no PyTorch file is a DataError naming it."""
+    """`torch.load` restricted to tensors and plain values, else a DataError naming the file."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types for foreign files
@@ -106,8 +93,7 @@ def load_safely(path: str | Path, map_location: Any = "cpu") -> Any:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A brainseg training checkpoint as a dict; a missing, truncated, foreign or text file, or
-    one that could run code, is a DataError."""
+    """A brainseg training checkpoint as a dict, else a DataError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint not found")
@@ -163,14 +149,12 @@ def remove_temporary_files(folder: Path) -> None:
 
 
 def record_decisions(path: str | Path, records: dict[str, Any]) -> None:
-    """Store the decisions made after training (`postprocessing`, `calibration`) in the
-    provenance of a checkpoint file, in one atomic rewrite."""
+    """Store the decisions made after training in a checkpoint's provenance, in one rewrite."""
     checkpoint = read_checkpoint(path)
     checkpoint[CHECKPOINT_KEY] = {**checkpoint[CHECKPOINT_KEY], **records}
     save_atomically(checkpoint, path)
 
 
 def prediction_only(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The part of a training checkpoint that predict.py uses (weights and provenance,
-    no optimizer state)."""
+    """The part of a training checkpoint that predict.py uses (no optimizer state)."""
     return {key: checkpoint[key] for key in PREDICTION_KEYS if key in checkpoint}

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch.utils.data import DistributedSampler
 
 from brainseg.metrics import VolumeMetrics
-from brainseg.postprocessing import largest_component
+from brainseg.postprocessing.steps import largest_component
 
 pytestmark = pytest.mark.slow
 

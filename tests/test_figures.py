@@ -45,7 +45,9 @@ def test_zero_dice_marker_keeps_the_patients_subset_colour(tmp_path: Path) -> No
     """A zero score has no bar: its cross carries the subset colour (the legend sits on the right,
     so the colour in the left part of the picture can only be the cross)."""
     chart = iio.imread(
-        bar_chart({"a": 0.8, "b": 0.0}, tmp_path / "dsc.png", groups={"a": "train", "b": "unseen"})
+        bar_chart(
+            {"a": 0.8, "b": 0.0}, tmp_path / "dsc.png", {"a": "train", "b": "unseen"}, ("unseen",)
+        )
     )
     plot_side = chart[:, : chart.shape[1] * 6 // 10]
     assert _has(plot_side, GROUP_COLOURS["unseen"], tol=40)

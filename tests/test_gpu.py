@@ -16,7 +16,7 @@ import torch
 from helpers import PROJECT, compose_run, run_cli
 
 from brainseg.metrics import VolumeMetrics
-from brainseg.postprocessing import largest_component
+from brainseg.postprocessing.steps import largest_component
 
 DEVICE = os.environ.get("BRAINSEG_TEST_DEVICE", "cuda")
 pytestmark = [

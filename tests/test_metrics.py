@@ -9,7 +9,7 @@ import torch
 from scipy import ndimage
 
 from brainseg.metrics import COUNTS, METRICS, VolumeMetrics, slice_metrics, volume_metrics
-from brainseg.postprocessing import largest_component
+from brainseg.postprocessing.steps import largest_component
 
 
 def _independent_volume_dice(prob: np.ndarray, truth: np.ndarray, lcc: bool) -> float:

@@ -10,7 +10,7 @@ import pytest
 from brainseg.errors import ConfigError
 from brainseg.evaluation.folds import held_out_members
 from brainseg.postprocessing.decision import compare
-from brainseg.prediction.subsets import member_plan, subsets_for, warn_seen_in_training
+from brainseg.prediction.pipeline import member_plan, subsets_for, warn_seen_in_training
 from brainseg.reporting.scores import patient_subset, subset_summary
 
 # three folds over six patients, plus a test patient nobody trained on

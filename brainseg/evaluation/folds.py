@@ -1,16 +1,5 @@
-"""Honest cross-validation: which epoch a run reports, and which job or ensemble member held out
-which patient (predict.py scores each patient only with the members that never trained on it,
-via `held_out_members`).
-
-A k-fold sweep scores every patient once, with the model of the fold that held it out; the CV
-figure is the mean (and median) over all those per-patient scores, not a mean of fold means. The
-epoch a fold reports must not be chosen on the patients it scores: `evaluation.selection=last`
-(default) reports the last epoch; `best_on_val` reports the epoch with the best validation Dice,
-which is selected on those same patients and is labelled so wherever it is shown.
-With `data.split.n_inner_val` (the `inner_val` rule) a fold validates on patients drawn from its
-training patients, which pick the checkpoint, and its held-out patients are scored once as its test
-set: they select nothing, and the sweep report pools these test scores.
-"""
+"""Honest cross-validation: which epoch a run reports (a rule that does not select on the scored
+patients, or says it does), and which member held out which patient (docs/sweeps.md)."""
 
 from __future__ import annotations
 
@@ -28,8 +17,6 @@ SELECTION_RULES = {
         "best epoch on the scored validation patients (selected on validation: optimistic)"
     ),
 }
-
-
 INNER_VAL = "inner_val"
 CV_RULES = {
     **SELECTION_RULES,
@@ -65,10 +52,7 @@ def reported_scores(metrics: RunMetrics) -> Selected | None:
 
 
 def held_out_members(splits: Sequence[Split], patients: Iterable[str]) -> dict[str, list[int]]:
-    """Per patient, the indices of the members whose split does not list it under `train`.
-
-    A member that records no split is treated as having trained on nobody we can name, so it
-    counts as holding every patient out; callers that need certainty check `split` themselves.
-    """
+    """Per patient, the indices of the members whose split does not list it under `train` (a
+    member that records no split holds every patient out)."""
     trained = [set(split.get("train") or ()) for split in splits]
     return {name: [i for i, seen in enumerate(trained) if name not in seen] for name in patients}

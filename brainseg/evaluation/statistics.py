@@ -1,14 +1,6 @@
-"""Is configuration A really better than B on these patients? Paired per-patient statistics.
-
-Per configuration: the mean per-volume score with a 95% bootstrap confidence interval over
-patients (scipy.stats.bootstrap, BCa). Against a reference (by default the configuration with the
-best mean): the mean paired per-patient difference with its bootstrap CI, a two-sided Wilcoxon
-signed-rank p-value (scipy.stats.wilcoxon) on the patients both configurations scored, Holm's
-step-down correction across the comparisons, and a plain verdict at the chosen level.
-
-Below `minimum_patients(level)` patients nothing is tested: the verdict says so and no interval or
-p-value is given (a BCa interval over 2 patients can exclude 0 beside "not distinguishable").
-"""
+"""Is configuration A really better than B on these patients? Paired per-patient statistics
+(bootstrap CIs, Wilcoxon signed-rank, Holm), below `minimum_patients` nothing tested
+(docs/sweeps.md)."""
 
 from __future__ import annotations
 
@@ -22,12 +14,13 @@ from scipy import stats
 
 LEVEL = 0.05  # significance level of the verdicts (the CIs are at 1 - LEVEL)
 BETTER, SAME, WORSE = "better", "not distinguishable", "worse"
+# A row's paired figures against the reference: None where nothing was compared.
+PAIRED_KEYS = ("n_paired", "difference", "difference_ci_low", "difference_ci_high", "p", "p_holm")
 
 
 def minimum_patients(level: float = LEVEL) -> int:
     """The fewest paired patients on which a two-sided Wilcoxon signed-rank test can reach
-    p < level: its smallest p-value over n patients is 2 / 2**n (every difference of one sign),
-    so 6 patients at level 0.05 (0.031; 5 patients give at best 0.0625)."""
+    p < level: its smallest p-value over n patients is 2 / 2**n (6 patients at 0.05)."""
     return math.floor(1 - math.log2(level)) + 1
 
 
@@ -37,8 +30,7 @@ def too_few_patients(level: float = LEVEL) -> str:
 
 
 def bootstrap_ci(values: np.ndarray, level: float = LEVEL, seed: int = 0) -> tuple[float, float]:
-    """The (1 - level) bootstrap interval of the mean (BCa);
-    constant samples give (value, value), n < 2 NaN."""
+    """The (1 - level) bootstrap interval of the mean (BCa); constant samples: (value, value)."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) < 2:
         return (float("nan"), float("nan"))
@@ -80,30 +72,17 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted.tolist()
 
 
-def _verdict(difference: float, p_adjusted: float, level: float, higher_is_better: bool) -> str:
-    if not p_adjusted < level or difference == 0:
-        return SAME
-    return BETTER if (difference > 0) == higher_is_better else WORSE
-
-
 def compare_configurations(
-    scores: Mapping[str, Mapping[str, float]],
-    reference: str | None = None,
-    level: float = LEVEL,
-    higher_is_better: bool = True,
+    scores: Mapping[str, Mapping[str, float]], reference: str | None = None, level: float = LEVEL
 ) -> list[dict[str, Any]]:
-    """One row per configuration (`scores`: configuration -> patient -> score), best first.
-
-    Each non-reference row holds the paired difference (configuration minus reference) over the
-    patients both scored, its CI, the Wilcoxon p, the Holm-adjusted p and the verdict of the
-    configuration against the reference.
-    """
+    """One row per configuration (`scores`: configuration -> patient -> Dice), best first; each
+    other than the reference holds its paired difference to it over the patients both scored."""
     means = {
         name: float(np.mean(list(values.values()))) for name, values in scores.items() if values
     }
     if not means:
         return []
-    ranked = sorted(means, key=means.get, reverse=higher_is_better)
+    ranked = sorted(means, key=means.get, reverse=True)
     reference = reference if reference in means else ranked[0]
     enough = minimum_patients(level)
     rows = []
@@ -118,12 +97,7 @@ def compare_configurations(
             "ci_low": low,
             "ci_high": high,
             "reference": name == reference,
-            "n_paired": None,
-            "difference": None,
-            "difference_ci_low": None,
-            "difference_ci_high": None,
-            "p": None,
-            "p_holm": None,
+            **dict.fromkeys(PAIRED_KEYS),
             "verdict": "reference" if name == reference else None,
         }
         if name != reference:
@@ -145,5 +119,8 @@ def compare_configurations(
     compared = [r for r in rows if r["p"] is not None]
     for row, adjusted in zip(compared, holm([r["p"] for r in compared])):
         row["p_holm"] = adjusted
-        row["verdict"] = _verdict(row["difference"], adjusted, level, higher_is_better)
+        if adjusted < level and row["difference"] != 0:
+            row["verdict"] = BETTER if row["difference"] > 0 else WORSE
+        else:
+            row["verdict"] = SAME
     return rows

@@ -1,7 +1,6 @@
 """Post-processing as data (the nnU-Net habit): a step list such as
-`[{"name": "largest_component"}, {"name": "remove_small_components", "min_voxels": 10}]`
-is validated, recorded and applied to binary 3-D masks, and `score` is the one scoring of a
-patient's mask in the original geometry after a step list. Add a step in steps.py with `@step`."""
+`[{"name": "largest_component"}, {"name": "remove_small_components", "min_voxels": 10}]` is
+validated, recorded and applied to binary 3-D masks; `score` is the one scoring of a patient."""
 
 from __future__ import annotations
 
@@ -14,62 +13,42 @@ import yaml
 
 from brainseg.errors import ConfigError
 from brainseg.metrics import NSD_TOLERANCE, volume_metrics
-from brainseg.postprocessing.steps import (
-    STEPS,
-    fill_holes,
-    largest_component,
-    remove_small_components,
-    step,
-)
+from brainseg.postprocessing.steps import STEPS
 from brainseg.runfiles import VOLUME_COLUMNS
-
-__all__ = [
-    "STEPS",
-    "apply",
-    "check_steps",
-    "fill_holes",
-    "largest_component",
-    "parse_yaml",
-    "remove_small_components",
-    "score",
-    "step",
-]
 
 StepList = list[dict[str, Any]]
 _EMPTY = np.zeros((1, 1, 1), dtype=bool)
 
 
 def check_steps(
-    steps: Sequence[Mapping[str, Any] | str] | None, setting: str = "postprocessing"
+    steps: Sequence[Mapping[str, Any] | str] | None,
+    setting: str = "postprocessing",
+    error: type[Exception] = ConfigError,
 ) -> StepList:
-    """The steps as plain `{"name": ..., **arguments}` dicts (a bare name: no arguments);
-    a one-line ConfigError naming `setting` for a value that is no list, unknown names, arguments
-    or argument values."""
+    """The steps as plain `{"name": ..., **arguments}` dicts, or an `error` naming `setting` (a
+    DataError where a file recorded them)."""
     if steps is not None and not isinstance(steps, list | tuple):
         example = "[] or [{name: largest_component}]"
-        raise ConfigError(f"{setting}={steps!r} must be a step list, e.g. {example}")
+        raise error(f"{setting}={steps!r} must be a step list, e.g. {example}")
     checked = []
     for index, item in enumerate(steps or []):
         if not isinstance(item, (str, Mapping)):
-            raise ConfigError(f"{setting}[{index}]: {item!r} is not a step (a name or a mapping)")
+            raise error(f"{setting}[{index}]: {item!r} is not a step (a name or a mapping)")
         entry = {"name": item} if isinstance(item, str) else dict(item)
         name = entry.pop("name", None)
         if name not in STEPS:
-            raise ConfigError(
-                f"{setting}[{index}]: unknown step {name!r}; choose one of {sorted(STEPS)}"
-            )
+            raise error(f"{setting}[{index}]: unknown step {name!r}; choose one of {sorted(STEPS)}")
         try:
             inspect.signature(STEPS[name]).bind(None, **entry)
             STEPS[name](_EMPTY, **entry)  # the step checks the values of its arguments
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{setting}[{index}] ({name}): {exc}") from None
+            raise error(f"{setting}[{index}] ({name}): {exc}") from None
         checked.append({"name": name, **entry})
     return checked
 
 
 def parse_yaml(text: str, setting: str) -> Any:
-    """A command-line value written as YAML/JSON (a step list, a list of step lists); a one-line
-    ConfigError naming `setting` when it does not parse."""
+    """A command-line value written as YAML/JSON, or a ConfigError naming `setting`."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -91,10 +70,8 @@ def score(
     steps: Sequence[Mapping[str, Any] | str] | None = None,
     tolerance: float = NSD_TOLERANCE,
 ) -> dict[str, float]:
-    """Every per-volume metric (brainseg.metrics) of one patient's thresholded mask after `steps`,
-    against its truth, both in the original geometry, and the voxel counts of the score tables.
-    The one scoring of the final validation, of each candidate of a decision, of predict.py's
-    dsc.csv and of `python -m brainseg.evaluate`, so that their figures agree."""
+    """Every per-volume metric and the voxel counts of one patient's mask after `steps` against its
+    truth (original geometry): the one scoring of every figure, so that all of them agree."""
     truth = np.asarray(truth, dtype=bool)
     scored = apply(mask, steps)
     counts = (int(truth.sum()), int(scored.sum()), int(truth.shape[0]))

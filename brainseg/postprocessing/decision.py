@@ -1,15 +1,6 @@
 """Which post-processing steps a trained model keeps (the nnU-Net habit): decided once, after
 training, on thresholded validation predictions in their original geometry, by a rule that one
-noisy patient cannot flip.
-
-The candidates are step lists, simplest first. Walking them in order, a later candidate replaces
-the current choice only if it raises the mean per-volume Dice AND helps more patients than it hurts
-(a one-sided paired Wilcoxon p-value is recorded for information, not used). A patient whose lesion
-a candidate erases (Dice > 0 without post-processing, 0 with it) counts like any other hurt patient:
-once in the vote, with its whole Dice loss in the mean; no candidate is refused for it alone, but
-every candidate's erased patients are listed in the decision (and logged) so that a user can see
-the cost and override the choice.
-"""
+noisy patient cannot flip; erased lesions are listed, never silent (docs/prediction.md)."""
 
 from __future__ import annotations
 
@@ -56,10 +47,8 @@ def decide(
     candidates: Sequence[StepList],
     tolerance: float = NSD_TOLERANCE,
 ) -> dict[str, Any]:
-    """The chosen step list and everything that led to it: each candidate's mean Dice and erased
-    patients, each comparison of the walk, the per-patient Dice (one entry per candidate) and every
-    metric of each patient after the chosen steps (`metrics`), all scored by `score` (one patient in
-    memory at a time)."""
+    """The chosen step list and everything that led to it, every patient scored by `score` (one
+    in memory at a time)."""
     if not candidates:
         raise ValueError("decide needs at least one candidate step list")
     raw_dice: dict[str, float] = {}
@@ -98,8 +87,7 @@ def decide(
 
 
 def describe(decision: dict[str, Any]) -> str:
-    """One line: the choice, each comparison's means, vote, erased lesions and p-value, and the
-    patients whose lesion the choice erases."""
+    """The decision in one log line."""
     votes = "; ".join(
         f"{_names(c['candidate'])} vs {_names(c['against'])}: mean Dice {c['dsc']:.4f} vs "
         f"{c['dsc_current']:.4f}, helps {c['helped']}, hurts {c['hurt']}, erases "

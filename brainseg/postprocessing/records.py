@@ -1,14 +1,6 @@
-"""The files a post-processing decision is made from and recorded in.
-
-- `<run>/validation/<patient>.npz`: what a training run's final validation predicted for each of
-  its validation patients, as predict.py would (every slice, original geometry), thresholded but
-  not post-processed (`raw`), and the truth (`truth`); compressed booleans.
-- `<run>/postprocessing.json`: the run's decision (brainseg.postprocessing.decision), made by its
-  final validation on its own validation patients, and recorded with it in the provenance of the
-  run's checkpoints (brainseg.checkpoint), so that predict.py given a checkpoint alone applies it.
-- `<sweep>/postprocessing.json`: one decision for the k folds of one configuration, pooled out of
-  fold (`python -m brainseg.postprocessing decide <sweep>`), which `predict.py sweep_dir=` applies.
-"""
+"""The files a post-processing decision is made from and recorded in: `<run>/validation/*.npz`
+(a run's final validation, thresholded, and the truth), `<run>/postprocessing.json` (also recorded
+in the run's checkpoints) and `<sweep>/postprocessing.json` (the folds pooled)."""
 
 from __future__ import annotations
 
@@ -40,8 +32,7 @@ def save_prediction(run_dir: Path, name: str, raw: np.ndarray, truth: np.ndarray
 
 
 def run_predictions(run_dir: Path, prefix: str = "") -> Iterator[Prediction]:
-    """A run's saved validation predictions (patient, raw, truth), patients in name order, one at
-    a time, each name after `prefix` (a sweep's `<job>/`); a one-line DataError names a bad file."""
+    """A run's saved validation predictions (patient, raw, truth), one at a time, in name order."""
     for path in sorted((Path(run_dir) / VALIDATION_DIR).glob("*.npz")):
         try:
             with np.load(path) as data:
@@ -57,13 +48,10 @@ def read_decision(path: Path) -> dict[str, Any]:
     """A recorded decision, its chosen steps re-checked by name; a DataError naming the file."""
     try:
         decision = json.loads(Path(path).read_text())
-        decision["postprocessing"] = check_steps(
-            decision["postprocessing"], f"{path}: postprocessing"
-        )
+        steps = decision["postprocessing"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: not a post-processing decision ({exc})") from None
-    except ConfigError as exc:
-        raise DataError(str(exc)) from None
+    decision["postprocessing"] = check_steps(steps, f"{path}: postprocessing", DataError)
     return decision
 
 
@@ -88,11 +76,8 @@ def decide_runs(
     also: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Decide once on the saved validation predictions of `runs` (one run, or the folds of one
-    configuration pooled, each patient named `<job>/<patient>`), write
-    `<folder>/postprocessing.json` and return the decision.
-
-    `candidates` default to those the runs were decided among; a run's checkpoints record the
-    decision, with the other decisions of its final validation (`also`) in the same rewrite."""
+    configuration pooled) and write `<folder>/postprocessing.json`; a run's checkpoints record it
+    with its final validation's other decisions (`also`) in one rewrite."""
     folder = Path(folder)
     if not any(any((Path(run) / VALIDATION_DIR).glob("*.npz")) for run in runs):
         raise DataError(
@@ -118,24 +103,17 @@ def decide_runs(
     }
     path = folder / DECISION_FILE
     path.write_text(json.dumps(decision, indent=2))
-    checkpoints = [] if pooled else sorted((folder / "checkpoints").glob("*.ckpt"))
-    for checkpoint in (path for path in checkpoints if path.is_file()):
-        record_decisions(
-            checkpoint, {"postprocessing": provenance_record(decision, path), **(also or {})}
-        )
-    return decision
-
-
-def provenance_record(decision: dict[str, Any], path: Path) -> dict[str, Any]:
-    """What a checkpoint keeps of the decision: the steps, where and on how many patients they
-    were chosen, and the patients whose lesion they erased."""
-    return {
+    kept = {  # what a checkpoint keeps of the decision
         "steps": decision["postprocessing"],
-        "decision": str(Path(path).resolve()),
+        "decision": str(path.resolve()),
         "patients": len(decision["patients"]),
         "erased": decision["erased"],
         "rule": decision["rule"],
     }
+    for checkpoint in [] if pooled else sorted((folder / "checkpoints").glob("*.ckpt")):
+        if checkpoint.is_file():
+            record_decisions(checkpoint, {"postprocessing": kept, **(also or {})})
+    return decision
 
 
 def steps_to_apply(
@@ -151,18 +129,11 @@ def steps_to_apply(
     (first, record), *others = recorded
     for path, other in others:
         if other["steps"] != record["steps"]:
+            pooled = f", or decide once: python -m brainseg.postprocessing decide {sweep_dir}"
             raise ConfigError(
                 f"{first} and {path} record different post-processing "
                 f"({record['steps']} vs {other['steps']}); set {SETTING}"
-                + (
-                    f", or for the folds of one configuration decide once: python -m "
-                    f"brainseg.postprocessing decide {sweep_dir}"
-                    if sweep_dir is not None
-                    else ""
-                )
+                + (pooled if sweep_dir else "")
             )
-    try:
-        steps = check_steps(record["steps"], f"{first}: {SETTING}")
-    except ConfigError as exc:
-        raise DataError(str(exc)) from None
+    steps = check_steps(record["steps"], f"{first}: {SETTING}", DataError)
     return {"postprocessing": steps, "source": record["source"]}

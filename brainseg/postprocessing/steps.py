@@ -1,10 +1,6 @@
-"""Post-processing steps on binary 3-D masks (slice, row, column). Each step is a function
-`(mask, **arguments) -> mask` registered under its own name; a config names it in a step list.
-A step checks its own arguments (ValueError): a config is checked by running its steps on an
-empty mask when it is read, before any work.
-
-Connectivity is face connectivity (scipy.ndimage's default structure) throughout.
-"""
+"""Post-processing steps on binary 3-D masks (slice, row, column), face-connected: each a function
+`(mask, **arguments) -> mask` registered under its name, checking its own arguments (ValueError)
+so that a config is checked by running its steps on an empty mask before any work."""
 
 from __future__ import annotations
 

@@ -1,2 +1,1 @@
-"""Inference: checkpoints (or ONNX models) to masks in the original geometry,
-with TTA and ensembles."""
+"""Inference: checkpoints or ONNX models to masks in the original geometry, TTA, ensembles."""

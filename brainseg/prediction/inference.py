@@ -3,13 +3,12 @@ map back to the original geometry."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 
 from brainseg.data.dataset import context_indices, zscore_channels_first
 from brainseg.data.preprocess import PreprocessedVolume, preprocess, restore_geometry
@@ -26,28 +25,18 @@ class View:
     angle: float = 0.0
     scale: float = 1.0
 
-    def _matrix(self, batch: int, device: torch.device, inverse: bool) -> torch.Tensor:
-        theta = math.radians(self.angle)
-        cos, sin = math.cos(theta) / self.scale, math.sin(theta) / self.scale
-        m = torch.tensor([[cos, -sin], [sin, cos]], dtype=torch.float32)
-        if inverse:
-            m = torch.linalg.inv(m)
-        return torch.cat([m, torch.zeros(2, 1)], dim=1).expand(batch, 2, 3).to(device)
-
-    def _warp(self, x: torch.Tensor, inverse: bool) -> torch.Tensor:
+    def _warp(self, x: torch.Tensor, angle: float, scale: float) -> torch.Tensor:
         if self.angle == 0 and self.scale == 1:
             return x
-        grid = F.affine_grid(
-            self._matrix(x.shape[0], x.device, inverse), list(x.shape), align_corners=False
-        )
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        bilinear = TF.InterpolationMode.BILINEAR
+        return TF.affine(x, angle, [0, 0], scale, [0.0, 0.0], interpolation=bilinear)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         images = images.flip(-1) if self.hflip else images
-        return self._warp(images, inverse=False)
+        return self._warp(images, self.angle, self.scale)
 
     def backward(self, probs: torch.Tensor) -> torch.Tensor:
-        probs = self._warp(probs, inverse=True)
+        probs = self._warp(probs, -self.angle, 1 / self.scale)  # rotation and scale commute
         return probs.flip(-1) if self.hflip else probs
 
 
@@ -75,24 +64,22 @@ class Predictor:
         batch_size: int = 16,
         device: str | torch.device = "cpu",
     ) -> None:
-        if not members:
-            raise ConfigError("checkpoints: give at least one checkpoint (or sweep_dir / onnx)")
-        first = members[0]
-        for other in members[1:]:
-            if other.preprocess != first.preprocess:
+        self.device, first = torch.device(device), members[0]
+        for member in members:
+            if member.preprocess != first.preprocess:
                 raise ConfigError(
-                    f"{other.path} preprocesses differently from {first.path}; "
+                    f"{member.path} preprocesses differently from {first.path}; "
                     "they cannot be ensembled"
                 )
-        for member in members:
             if member.input_channels != member.preprocess.input_channels:
                 raise DataError(
                     f"{member.path}: the network takes {member.input_channels} input channels, "
                     f"but its record stacks {member.preprocess.context_slices} neighbours on each "
                     f"side ({member.preprocess.input_channels} channels)"
                 )
-        self.device = torch.device(device)
-        self.members = [m.to(self.device) for m in members]
+            if member.net is not None:  # an ONNX member runs on the CPU
+                member.net.to(self.device)
+        self.members = list(members)
         self.views = list(views)
         self.batch_size = batch_size
         self.preprocess_cfg = first.preprocess
@@ -110,8 +97,7 @@ class Predictor:
         return out
 
     def preprocessed(self, volume: PatientVolume) -> tuple[PreprocessedVolume, torch.Tensor]:
-        """Every slice preprocessed as in training and its z-scored (Z, C, S, S) network input
-        (C = 3, or 3 per slice of the stack the checkpoint was trained on)."""
+        """Every slice preprocessed as in training and its z-scored (Z, C, S, S) network input."""
         pre = preprocess(volume, self.preprocess_cfg, every_slice=True)
         mean = torch.tensor(pre.channel_mean, dtype=torch.float32)
         std = torch.tensor(pre.channel_std, dtype=torch.float32)
@@ -120,8 +106,7 @@ class Predictor:
         return pre, images[torch.from_numpy(stacks)].flatten(1, 2)
 
     def predict(self, volume: PatientVolume, members: Sequence[int] | None = None) -> np.ndarray:
-        """Probabilities (Z, H, W) in the volume's original geometry, averaged over all members or
-        the given member indices (e.g. the folds that held this patient out)."""
+        """Probabilities (Z, H, W) in the original geometry, averaged over the given members."""
         chosen = [self.members[i] for i in members] if members is not None else self.members
         if not chosen:
             raise ConfigError(f"{volume.name}: no ensemble member selected to predict it")

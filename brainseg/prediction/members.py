@@ -20,12 +20,12 @@ from brainseg.runfiles import read_metrics
 
 ONNX_METADATA_KEY = "brainseg"
 MAX_IMAGE_SIZE = 4096  # px: a file's preprocessing may ask for no larger slices
+NOT_RECORDED = {"steps": [], "source": "none recorded"}
 
 
 @dataclass
 class Member:
-    """A callable (B, C, S, S) z-scored images -> (B, 1, S, S) logits, with its provenance (C: 3
-    per slice of the input stack, `preprocess.input_channels`)."""
+    """A callable (B, C, S, S) z-scored images -> (B, 1, S, S) logits, with its provenance."""
 
     path: Path
     preprocess: PreprocessConfig
@@ -34,11 +34,8 @@ class Member:
     data_root: str | None = None
     split: dict[str, list[str]] = field(default_factory=dict)
     # The steps predict.py applies by default and their source: {"steps": [...], "source": ...}.
-    postprocessing: dict[str, Any] = field(
-        default_factory=lambda: {"steps": [], "source": "none recorded"}
-    )
-    # The temperature that calibrates its probabilities, fitted after training (None: not fitted).
-    temperature: float | None = None
+    postprocessing: dict[str, Any] = field(default_factory=lambda: dict(NOT_RECORDED))
+    temperature: float | None = None  # calibrates its probabilities (None: not fitted)
     selection: str | None = None  # the evaluation.selection rule that picked it (sweep_dir)
     net: nn.Module | None = None
     session: Any = None  # onnxruntime.InferenceSession for ONNX members
@@ -58,36 +55,16 @@ class Member:
             return int(self.session.get_inputs()[0].shape[1])
         return int(self.model.get("in_channels", 3))
 
-    def to(self, device: torch.device) -> Member:
-        if self.net is not None:
-            self.net.to(device)
-        return self
-
-    def provenance(self) -> dict[str, Any]:
-        """What predict.py and exports record about the member."""
-        return {
-            "path": str(self.path),
-            "model": self.model,
-            "preprocess": self.preprocess.to_dict(),
-            "threshold": self.threshold,
-            "data_root": self.data_root,
-            "split": self.split,
-            "postprocessing": self.postprocessing,
-            "calibration": None if self.temperature is None else {"temperature": self.temperature},
-        }
-
 
 def probability_threshold(value: Any, source: str, error: type[Exception] = ConfigError) -> float:
-    """A threshold in (0, 1), else a one-line `error` naming `source`: outside, every mask would
-    be empty or full."""
+    """A threshold in (0, 1) (outside, masks are empty or full), else an `error` naming `source`."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
         raise error(f"{source}={value!r:.80} must be a probability threshold in (0, 1)")
     return float(value)
 
 
 def _checked(path: Path, record: Mapping[str, Any]) -> dict[str, Any]:
-    """A member's fields from the record a file holds (a checkpoint's, an ONNX export's), each
-    value checked; anything else is a DataError naming the file and the field."""
+    """A member's fields from the record a checkpoint or ONNX export holds, each value checked."""
     try:
         preprocess = PreprocessConfig(**record["preprocess"])
     except (TypeError, ValueError, ConfigError) as exc:
@@ -123,33 +100,20 @@ def _checked(path: Path, record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None = None) -> Member:
-    """Rebuild the network of a brainseg training checkpoint (no Hydra needed).
-
-    `expected_model` holds model settings the caller relies on (e.g. `model.encoder_name`);
-    a checkpoint trained with other values is refused.
-    """
+    """Rebuild the network of a brainseg training checkpoint (no Hydra needed), refusing one trained
+    with other values of the `expected_model` settings the caller relies on."""
     path = Path(path)
     checkpoint = read_checkpoint(path)
     hparams, info = checkpoint["hyper_parameters"], Provenance.read(checkpoint, path)
     metric = hparams.get("metric")
-    fields = _checked(
-        path,
-        {
-            **asdict(info),
-            "model": hparams.get("model"),
-            "threshold": (metric if isinstance(metric, dict) else {}).get("threshold", 0.5),
-            "postprocessing": {
-                **info.postprocessing,
-                "source": f"decided after training ({info.postprocessing.get('decision')})",
-            }
-            if info.postprocessing
-            else {
-                "steps": hparams.get("postprocessing") or [],
-                "source": f"the training setting postprocessing of {path.name} "
-                "(no decision recorded)",
-            },
-        },
-    )
+    threshold = (metric if isinstance(metric, dict) else {}).get("threshold", 0.5)
+    if decided := info.postprocessing:
+        post = {**decided, "source": f"decided after training ({decided.get('decision')})"}
+    else:
+        source = f"the training setting postprocessing of {path.name} (no decision recorded)"
+        post = {"steps": hparams.get("postprocessing") or [], "source": source}
+    record = {**asdict(info), "model": hparams.get("model"), "threshold": threshold}
+    fields = _checked(path, {**record, "postprocessing": post})
     model_cfg = fields["model"]
     for key, value in (expected_model or {}).items():
         if key not in model_cfg or model_cfg[key] != value:
@@ -171,8 +135,8 @@ def load_checkpoint(path: str | Path, expected_model: Mapping[str, Any] | None =
 
 
 def _selected_checkpoint(job: Path) -> tuple[Path, str] | None:
-    """The checkpoint a finished job's evaluation.selection rule reports (metrics.json), and the
-    rule; found in the job's own folder when the sweep was moved."""
+    """The checkpoint a finished job's evaluation.selection rule reports and the rule (found in the
+    job's own folder when the sweep was moved)."""
     metrics = read_metrics(job)
     reported = metrics and metrics.finished and metrics.selected
     recorded = reported and (reported.checkpoint or metrics.best_checkpoint)
@@ -185,8 +149,7 @@ def _selected_checkpoint(job: Path) -> tuple[Path, str] | None:
 
 
 def find_sweep_checkpoints(sweep_dir: str | Path) -> list[tuple[Path, str]]:
-    """(checkpoint, rule) for every finished job of a sweep directory (e.g. the k folds of a k-fold
-    sweep): the checkpoint its evaluation.selection rule reports, e.g. last.ckpt under `last`."""
+    """(checkpoint, rule) for every finished job of a sweep directory (e.g. the k folds)."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise DataError(f"{sweep_dir}: sweep directory not found")
@@ -223,7 +186,18 @@ def export_onnx(member: Member, path: Path, image_size: int) -> Path:
     )
     model = onnx.load(str(path))
     entry = model.metadata_props.add()
-    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(member.provenance())
+    calibration = None if member.temperature is None else {"temperature": member.temperature}
+    record = {
+        "path": str(member.path),
+        "model": member.model,
+        "preprocess": member.preprocess.to_dict(),
+        "threshold": member.threshold,
+        "data_root": member.data_root,
+        "split": member.split,
+        "postprocessing": member.postprocessing,
+        "calibration": calibration,
+    }
+    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(record)  # what load_onnx checks
     onnx.save(model, str(path))
     return path
 
@@ -254,5 +228,5 @@ def load_onnx(path: str | Path) -> Member:
     missing = [k for k in ("preprocess", "model", "threshold") if k not in info]
     if missing:
         raise DataError(f"{path}: '{key}' metadata lacks {', '.join(missing)}")
-    info["postprocessing"] = info.get("postprocessing") or {"steps": [], "source": "none recorded"}
+    info["postprocessing"] = info.get("postprocessing") or NOT_RECORDED
     return Member(**_checked(path, info), session=session)

@@ -1,8 +1,11 @@
-"""`predict(cfg)`: masks in the original geometry, per-patient scores and pictures, or ONNX."""
+"""`predict(cfg)`: masks in the original geometry, per-patient scores and pictures, or ONNX; each
+patient predicted only by the members that did not train on it, and scored with its subset
+(train / val / test / unseen) from their recorded splits."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from tqdm import tqdm
 from brainseg.config import to_plain
 from brainseg.data.reader import find_patients, read_patient
 from brainseg.errors import ConfigError
+from brainseg.evaluation.folds import Split, held_out_members
 from brainseg.metrics.calibration import calibrated
 from brainseg.metrics.uncertainty import entropy_map, lesion_entropy
 from brainseg.paths import resolve_path
@@ -30,13 +34,44 @@ from brainseg.prediction.members import (
     load_onnx,
     probability_threshold,
 )
-from brainseg.prediction.subsets import member_plan, subsets_for, warn_seen_in_training
 from brainseg.reporting.figures import failure_case, write_overlays
-from brainseg.reporting.scores import UNCERTAINTY_COLUMN, headline, write_scores
+from brainseg.reporting.scores import UNCERTAINTY_COLUMN, headline, patient_subset, write_scores
 from brainseg.run_lock import claim_output_dir
 from brainseg.runfiles import PATIENT_COLUMN, SUBSET_COLUMN, write_json
 
 log = logging.getLogger("brainseg")
+ENSEMBLE_MODES = ("out_of_fold", "all")
+
+
+def member_plan(
+    splits: Sequence[Split], patients: Iterable[str], mode: str
+) -> dict[str, list[int]]:
+    """Per patient, the indices of the members that predict it: `out_of_fold`, those that held it
+    out (a patient every member trained on: all, reported as seen); `all`, every member."""
+    if mode not in ENSEMBLE_MODES:
+        raise ConfigError(f"ensemble={mode!r} is unknown; choose one of {list(ENSEMBLE_MODES)}")
+    everyone = list(range(len(splits)))
+    if mode == "all":
+        return {name: everyone for name in patients}
+    return {name: held or everyone for name, held in held_out_members(splits, patients).items()}
+
+
+def subsets_for(plan: Mapping[str, Sequence[int]], splits: Sequence[Split]) -> dict[str, str]:
+    """Each patient's subset with respect to the members that predict it."""
+    return {name: patient_subset(name, [splits[i] for i in used]) for name, used in plan.items()}
+
+
+def warn_seen_in_training(subsets: Mapping[str, str]) -> list[str]:
+    """Log one line naming the scored patients that a member predicting them trained on."""
+    seen = sorted(name for name, subset in subsets.items() if subset == "train")
+    if seen:
+        log.warning(
+            "%d scored patient(s) were seen in training by a member that predicts them "
+            "(reported as subset=train, left out of the headline): %s",
+            len(seen),
+            ", ".join(seen),
+        )
+    return seen
 
 
 def _path(value: str | None, setting: str) -> Path | None:
@@ -92,18 +127,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _temperature(members: list[Member]) -> float | None:
-    """The temperature that calibrates the members' averaged probabilities: the mean of theirs
-    (one member: its own); None, said once, where a member has none recorded."""
+    """The mean of the members' temperatures; None, said once, where one has none recorded."""
     missing = [m.path for m in members if m.temperature is None]
     if missing:
         log.info("%s: no calibration temperature recorded; probabilities uncalibrated", missing[0])
         return None
     return float(np.mean([m.temperature for m in members]))
-
-
-def _no_bars(cfg: DictConfig) -> bool | None:
-    """tqdm's `disable` for `progress`: null leaves it to tqdm (bars only on a terminal)."""
-    return None if cfg.get("progress") is None else not cfg.progress
 
 
 def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
@@ -114,8 +143,9 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
             "input is required: a data root in the kaggle_3m layout or one patient folder"
         )
     patients = find_patients(input_root, require_masks=False)
+    no_bars = None if cfg.get("progress") is None else not cfg.progress  # null: on a terminal
     # Every unreadable or inconsistent slice is named before anything is written.
-    for files in tqdm(patients, desc="checking inputs", unit="patient", disable=_no_bars(cfg)):
+    for files in tqdm(patients, desc="checking inputs", unit="patient", disable=no_bars):
         read_patient(files)
     splits = [m.split for m in members]
     plan = member_plan(splits, [p.name for p in patients], cfg.ensemble)
@@ -137,9 +167,10 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     )
     steps = chosen["postprocessing"]
     rows, cases, uncertainty = [], [], {}
-    for files in tqdm(patients, desc="patients", unit="patient", disable=_no_bars(cfg)):
+    for files in tqdm(patients, desc="patients", unit="patient", disable=no_bars):
+        name = files.name
         volume = read_patient(files)
-        probs = predictor.predict(volume, plan[files.name])
+        probs = predictor.predict(volume, plan[name])
         mask = apply(probs > threshold, steps)
         folder = out / files.folder.name  # as the input folder is called
         folder.mkdir(exist_ok=True)
@@ -147,22 +178,18 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
             tifffile.imwrite(folder / f"{image_path.stem}_mask.tif", mask[z].astype("uint8") * 255)
         if temperature is not None:  # the masks above stay those of the uncalibrated threshold
             probs = calibrated(probs, temperature)
-        uncertainty[files.name] = lesion_entropy(probs, lesion_threshold)
+        uncertainty[name] = lesion_entropy(probs, lesion_threshold)
         if cfg.probability_maps:
             np.save(folder / "probabilities.npy", probs.astype(np.float16))
             np.save(folder / "entropy.npy", entropy_map(probs).astype(np.float16))
         truth = volume.mask.astype(bool) if volume.mask is not None else None
         if truth is not None:  # the written mask, scored as brainseg.evaluate scores it
-            row = {
-                PATIENT_COLUMN: files.name,
-                **score(mask, truth),
-                SUBSET_COLUMN: subsets[files.name],
-            }
-            rows.append({**row, UNCERTAINTY_COLUMN: uncertainty[files.name]})
-            case = (volume.image, truth, mask, row["dsc"], files.numbers, uncertainty[files.name])
-            cases.append(failure_case(files.name, *case))
+            row = {PATIENT_COLUMN: name, SUBSET_COLUMN: subsets[name], **score(mask, truth)}
+            rows.append({**row, UNCERTAINTY_COLUMN: uncertainty[name]})
+            case = (volume.image, truth, mask, row["dsc"], files.numbers, uncertainty[name])
+            cases.append(failure_case(name, *case))
         if cfg.figures.overlays:
-            write_overlays(files.name, files.numbers, volume.image, mask, truth, out / "overlays")
+            write_overlays(name, files.numbers, volume.image, mask, truth, out / "overlays")
     summary: dict[str, Any] = {
         "input": str(input_root),
         "patients": len(patients),
@@ -180,7 +207,13 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     if rows:
         note = figure_note(members, threshold, steps, cfg.ensemble)
         summary["dsc"] = write_scores(rows, out, note=note, cases=cases)
-        log.info(headline(summary["dsc"], steps, out, _selection_caveat(members)))
+        caveat = ""
+        if any(m.selection == "best_on_val" for m in members):
+            caveat = (
+                "checkpoints selected on their validation patients "
+                "(evaluation.selection=best_on_val: optimistic)"
+            )
+        log.info(headline(summary["dsc"], steps, out, caveat))
     write_json(out / "prediction.json", summary)
     return summary
 
@@ -199,13 +232,3 @@ def figure_note(
     models = shown if len(members) == 1 else f"{len(members)} members ({ensemble}): {shown}"
     postprocessing = ", ".join(s["name"] for s in steps) or "none"
     return f"{models}\nthreshold {threshold:g}, post-processing: {postprocessing}"
-
-
-def _selection_caveat(members: list[Member]) -> str:
-    """The label of checkpoints chosen as their run's best epoch on its validation patients."""
-    if any(m.selection == "best_on_val" for m in members):
-        return (
-            "checkpoints selected on their validation patients "
-            "(evaluation.selection=best_on_val: optimistic)"
-        )
-    return ""

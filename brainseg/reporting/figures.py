@@ -35,83 +35,59 @@ LABEL_CHARACTERS = 40
 def bar_chart(
     scores: Mapping[str, float],
     path: Path,
-    title: str = "Per-volume Dice",
-    show_stats: bool = True,
-    groups: Mapping[str, str] | None = None,
-    stats_groups: Collection[str] | None = None,
+    groups: Mapping[str, str],
+    stats_groups: Collection[str],
     note: str | None = None,
 ) -> Path:
-    """Horizontal bars (sorted), with mean and median lines, as in the reference's per-patient
-    figure.
-
-    `groups` colours each bar by its group (e.g. the patient's subset) with a legend; the mean and
-    median lines are then over the names in `stats_groups` only. `note` is printed under the title
-    (e.g. checkpoints, threshold, post-processing). A zero score, which has no bar, gets a marker.
-    """
+    """Per-patient Dice bars, sorted and coloured by each patient's group (its subset), with the
+    mean and median over the `stats_groups` only; `note` says under the title what produced the
+    scores. A zero score, which has no bar, gets a cross in its group's colour."""
     names = sorted(scores, key=scores.get)
     values = np.array([scores[n] for n in names])
-    labels = [groups[n] for n in names] if groups else ["" for _ in names]
-    palette = dict(GROUP_COLOURS)
-    for label in dict.fromkeys(labels):
-        palette.setdefault(label, "#4c72b0")
-    width = (8 if show_stats else 10) + (2 if groups else 0)
-    fig, ax = plt.subplots(figsize=(width, max(3.0, 0.32 * len(names) + 1.6)), dpi=100)
+    labels = [groups[n] for n in names]
+    colours = [GROUP_COLOURS.get(label, "#4c72b0") for label in labels]
+    fig, ax = plt.subplots(figsize=(10, max(3.0, 0.32 * len(names) + 1.6)), dpi=100)
     ys = np.arange(len(names))
     for label in dict.fromkeys(labels):
         chosen = [i for i, g in enumerate(labels) if g == label]
-        ax.barh(ys[chosen], values[chosen], color=palette[label], label=label or None)
-    zeros = values <= 0
-    if zeros.any():  # no bar to colour: a cross in the patient's group colour marks it
+        ax.barh(ys[chosen], values[chosen], color=colours[chosen[0]], label=label)
+    zeros = np.flatnonzero(values <= 0)
+    if zeros.size:
+        crosses = {"marker": "x", "s": 40, "zorder": 3, "clip_on": False}
         ax.scatter(
-            np.full(zeros.sum(), 0.006),
-            ys[zeros],
-            marker="x",
-            s=40,
-            color=[palette[labels[i]] for i in np.flatnonzero(zeros)],
-            zorder=3,
-            clip_on=False,
+            np.full(zeros.size, 0.006), ys[zeros], color=[colours[i] for i in zeros], **crosses
         )
-        ax.scatter([], [], marker="x", s=40, color="black", label="Dice 0")
-    stats = values if stats_groups is None else values[[g in stats_groups for g in labels]]
-    which = "" if stats_groups is None else "held-out "
-    if show_stats and len(stats):
+        ax.scatter([], [], color="black", label="Dice 0", **crosses)
+    stats = values[[g in stats_groups for g in labels]]
+    if stats.size:
         for name, value, colour, style in (
             ("mean", stats.mean(), "tab:red", "--"),
             ("median", np.median(stats), "tab:green", "-"),
         ):
-            ax.axvline(value, color=colour, linestyle=style, label=f"{which}{name} {value:.3f}")
-    elif not show_stats:
-        for y, v in enumerate(values):
-            ax.text(min(v, 1.0), y, f" {v:.3f}", va="center", fontsize=8)
+            ax.axvline(value, color=colour, linestyle=style, label=f"held-out {name} {value:.3f}")
     ax.set_yticks(ys, names, fontsize=8)
     ax.set_xlim(0, 1)
     ax.set_xlabel("Dice similarity coefficient")
-    ax.set_title(title if note is None else f"{title}\n{note}", fontsize=10 if note else None)
-    if groups:
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
-    elif show_stats:
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
+    ax.set_title("Per-volume Dice" + (f"\n{note}" if note else ""), fontsize=10 if note else None)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
 
 def training_curves(history: list[EpochScores], best: EpochScores, path: Path) -> Path:
-    """Losses and validation per-volume Dice per epoch (the best epoch by `monitor` marked), side
-    by side."""
+    """Losses and validation per-volume Dice per epoch side by side, the best epoch marked."""
     epochs = [h.epoch for h in history]
     fig, (losses, dice) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
-    for values, label in (
-        ([h.train_loss for h in history], "train loss"),
-        ([h.value("val/loss") for h in history], "val loss"),
+    for ax, values, label in (
+        (losses, [h.train_loss for h in history], "train loss"),
+        (losses, [h.value("val/loss") for h in history], "val loss"),
+        (dice, [h.dsc_volume_mean for h in history], "mean"),
+        (dice, [h.dsc_volume_median for h in history], "median"),
     ):
         points = [(e, v) for e, v in zip(epochs, values) if v is not None]
-        if points:
-            losses.plot(*zip(*points), marker=".", label=label)
+        if points:  # an epoch without the value is left out
+            ax.plot(*zip(*points), marker=".", label=label)
     losses.set(xlabel="epoch", ylabel="loss", title="Losses")
-    dice.plot(epochs, [h.dsc_volume_mean for h in history], marker=".", label="mean")
-    medians = [(h.epoch, h.dsc_volume_median) for h in history if h.dsc_volume_median is not None]
-    if medians:
-        dice.plot(*zip(*medians), marker=".", label="median")
     dice.axvline(
         best.epoch, color="grey", linestyle=":", label=f"best epoch {best.epoch} (by monitor)"
     )
@@ -135,17 +111,15 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def _wrap_label(label: str, width: int = LABEL_CHARACTERS) -> str:
-    """A configuration label on lines of at most `width` characters, broken at spaces only (between
-    overrides), so that every character of the label is still shown."""
+    """A configuration label on lines of `width` characters, broken between overrides only."""
     return textwrap.fill(label, width, break_long_words=False, break_on_hyphens=False)
 
 
 def _fit_to_labels(
     fig: plt.Figure, ax: plt.Axes, plot: tuple[float, float], margins: tuple[float, float]
 ) -> None:
-    """Size the figure to a plot area of `plot` inches plus its tick labels (the widest y label, the
-    tallest x label) and `margins` (title, axis labels, colour bar), so that the constrained layout
-    never clips or squeezes a configuration or patient name."""
+    """Size the figure to `plot` inches plus its tick labels and `margins` (title, axis labels,
+    colour bar), so that no configuration or patient name is clipped or squeezed."""
     fig.draw_without_rendering()
     widest = max((t.get_window_extent().width for t in ax.get_yticklabels()), default=0.0)
     tallest = max((t.get_window_extent().height for t in ax.get_xticklabels()), default=0.0)
@@ -222,10 +196,21 @@ def overlay(
                 mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
             )
             cv2.drawContours(rgb, contours, -1, colour, 1)
-    if label:
-        _write_label(rgb, label)
-        _write_legend(rgb)
+    if label:  # white lines scaled to the width, top left; the legend bottom left
+        lines = label.splitlines()
+        scale = min(0.45, (rgb.shape[1] - 6) / max(_text_width(line, 1.0) for line in lines))
+        step = int(np.ceil(30 * scale)) + 2
+        for i, line in enumerate(lines, 1):
+            _put_text(rgb, line, (3, step * i + 1), scale, (255, 255, 255))
+        scale, x = min(0.4, rgb.shape[1] / 400), 3
+        for word, colour in LEGEND:
+            _put_text(rgb, word, (x, rgb.shape[0] - 5), scale, colour)
+            x += _text_width(word + " ", scale)
     return rgb
+
+
+def _text_width(text: str, scale: float) -> int:
+    return cv2.getTextSize(text, FONT, scale, 1)[0][0]
 
 
 def _put_text(
@@ -236,25 +221,6 @@ def _put_text(
         cv2.putText(rgb, text, origin, FONT, scale, fill, thickness, cv2.LINE_AA)
 
 
-def _write_legend(rgb: np.ndarray) -> None:
-    """`truth` in the truth's colour and `prediction` in the prediction's, bottom left, in place."""
-    scale = min(0.4, rgb.shape[1] / 400)
-    x, y = 3, rgb.shape[0] - 5
-    for word, colour in LEGEND:
-        _put_text(rgb, word, (x, y), scale, colour)
-        x += cv2.getTextSize(word + " ", FONT, scale, 1)[0][0]
-
-
-def _write_label(rgb: np.ndarray, text: str) -> None:
-    """White lines of text, scaled to fit the width, in place."""
-    lines = text.splitlines()
-    widest = max(cv2.getTextSize(line, FONT, 1.0, 1)[0][0] for line in lines)
-    scale = min(0.45, (rgb.shape[1] - 6) / widest)
-    step = int(np.ceil(30 * scale)) + 2
-    for i, line in enumerate(lines):
-        _put_text(rgb, line, (3, 3 + step * (i + 1) - 2), scale, (255, 255, 255))
-
-
 def write_overlays(
     name: str,
     numbers: tuple[int, ...],
@@ -263,8 +229,8 @@ def write_overlays(
     truth: np.ndarray | None,
     out_dir: Path,
 ) -> list[Path]:
-    """PNGs of the slices with a lesion or a prediction, and one GIF through all slices, each
-    picture labelled with the patient and slice number and windowed over the patient's FLAIR."""
+    """PNGs of the slices with a lesion or a prediction and a GIF through all slices, labelled with
+    the patient and slice number, windowed over the patient's FLAIR."""
     folder = out_dir / name
     folder.mkdir(parents=True, exist_ok=True)
     flair = window(image[..., FLAIR_CHANNEL])
@@ -285,9 +251,8 @@ def write_overlays(
 
 @dataclass
 class FailureCase:
-    """What the failure gallery shows of one patient: its scores and two slices (number, windowed
-    FLAIR, truth, prediction) — the one with the most missed lesion and the one with the most false
-    lesion (None where the patient has none of that kind)."""
+    """What the failure gallery shows of one patient: its scores and the slices (number, windowed
+    FLAIR, truth, prediction) with the most missed and the most false lesion (None: none)."""
 
     name: str
     dice: float
@@ -330,18 +295,15 @@ def failure_case(
 
 
 def failure_gallery(cases: list[FailureCase], path: Path, worst: int = 6) -> Path:
-    """The `worst` patients by Dice, one row each: the slice with the most missed lesion and the
-    slice with the most false lesion, truth and prediction outlined, the patient's Dice, lesion
-    volumes (truth and predicted voxels) and uncertainty where known; empty truth or prediction
-    said in words."""
+    """The `worst` patients by Dice, one row each: their most-missed and most-false slices, Dice,
+    voxel counts and uncertainty where known; an empty truth or prediction said in words."""
     shown = sorted(cases, key=lambda c: c.dice)[:worst]
     fig, axes = plt.subplots(
         len(shown), 2, figsize=(6.4, 3.2 * len(shown) + 0.6), dpi=100, squeeze=False
     )
     for row, case in zip(axes, shown):
         for ax, (kind, chosen) in zip(row, (("missed", case.missed), ("false", case.false))):
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             if chosen is None:
                 ax.set_facecolor("black")
                 centre = {"ha": "center", "va": "center", "transform": ax.transAxes}

@@ -1,5 +1,5 @@
-"""Score a folder of predicted masks against a folder of truth masks (kaggle_3m layout), as
-nnU-Net's evaluate_folder does: masks from any program, scored with predict.py's own tables."""
+"""Score a folder of predicted masks from any program against truth masks (kaggle_3m layout), as
+nnU-Net's evaluate_folder does, with predict.py's own tables."""
 
 from __future__ import annotations
 
@@ -73,36 +73,23 @@ def _read_volume(slices: dict[int, Path], shape: tuple[int, ...] | None = None) 
 
 
 def paired_volumes(pred_root: Path, truth_root: Path):
-    """Yield (patient, prediction, truth) volumes; any missing patient or slice, or a shape that
-    differs from the truth's, stops with one line naming the file."""
+    """Yield (patient, prediction, truth) volumes; a missing patient or slice is a DataError."""
     predicted, truths = mask_files(pred_root), mask_files(truth_root)
-    for name in sorted(set(truths) | set(predicted)):
-        if name not in predicted:
+    for name in sorted(set(truths) ^ set(predicted)):
+        if name in truths:
             raise DataError(
                 f"{pred_root / name}: no predicted masks for patient {name} "
                 f"(it has truth masks in {truth_root})"
             )
-        if name not in truths:
-            raise DataError(
-                f"{pred_root / name}: patient {name} has no truth masks in {truth_root}"
-            )
+        raise DataError(f"{pred_root / name}: patient {name} has no truth masks in {truth_root}")
+    for name in sorted(truths):
         for number in sorted(set(truths[name]) ^ set(predicted[name])):
             missing_in = pred_root if number in truths[name] else truth_root
             present = {**predicted[name], **truths[name]}[number]
             raise DataError(f"{missing_in / name / present.name}: slice {number} is missing")
-    for name in sorted(truths):
         truth = _read_volume(truths[name])
         pred = _read_volume(predicted[name], truth.shape[1:])
         yield name, pred, truth
-
-
-def _images(folder: Path) -> np.ndarray | None:
-    """The patient's image volume where the truth folder holds the images too (kaggle_3m), for
-    the failure gallery; None for a folder of masks only."""
-    try:
-        return read_patient(scan_patient(folder)).image
-    except DataError:
-        return None
 
 
 def evaluate_folder(
@@ -114,15 +101,10 @@ def evaluate_folder(
     overwrite: bool = False,
     split: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Write `dsc.csv`, `dsc_summary.json`, `dsc.png` and `evaluation.json` into output_dir.
-
-    Each row gets its `subset` from `split` (without one: `unseen`) and the summary headlines the
-    held-out patients, as predict.py does.
-    """
-    pred_root, truth_root = (
-        resolve_path(pred_root, "pred_dir"),
-        resolve_path(truth_root, "truth_dir"),
-    )
+    """Write `dsc.csv`, `dsc_summary.json`, `dsc.png` and `evaluation.json` into output_dir, each
+    patient's `subset` from `split` (without one: `unseen`), the held-out ones headlined."""
+    pred_root = resolve_path(pred_root, "pred_dir")
+    truth_root = resolve_path(truth_root, "truth_dir")
     out = resolve_path(output_dir, "--output")
     steps = check_steps(postprocessing, setting="--postprocessing")
     names = sorted(mask_files(truth_root))
@@ -134,15 +116,13 @@ def evaluate_folder(
     rows, cases = [], []
     for name, pred, truth in paired_volumes(pred_root, truth_root):
         mask = apply(pred, steps)
-        rows.append(
-            {
-                PATIENT_COLUMN: name,
-                SUBSET_COLUMN: subsets[name],
-                **score(mask, truth, None, tolerance),
-            }
-        )
-        image = _images(truth_root / name)
-        if image is not None and image.shape[:3] == truth.shape:
+        scores = score(mask, truth, None, tolerance)
+        rows.append({PATIENT_COLUMN: name, SUBSET_COLUMN: subsets[name], **scores})
+        try:  # the images, where the truth folder holds them, for the failure gallery
+            image = read_patient(scan_patient(truth_root / name)).image
+        except DataError:  # a folder of masks only
+            continue
+        if image.shape[:3] == truth.shape:
             cases.append(failure_case(name, image, truth, mask, rows[-1]["dsc"]))
     claim_output_dir(out, "--output", {"pred_dir": pred_root, "truth_dir": truth_root}, overwrite)
     summary = {

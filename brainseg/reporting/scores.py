@@ -1,8 +1,5 @@
-"""Per-patient score tables (CSV) and their JSON summary, shared by predict.py and
-`brainseg.evaluate`.
-
-The metrics and their empty-volume conventions are those of brainseg.metrics.functional.
-"""
+"""Per-patient score tables (CSV), their JSON summary and headline, shared by predict.py and
+`brainseg.evaluate` (metrics and empty-volume conventions: brainseg.metrics.functional)."""
 
 from __future__ import annotations
 
@@ -33,9 +30,8 @@ METRIC_COLUMNS = [*METRICS, *COUNTS, UNCERTAINTY_COLUMN]
 SUBSETS = ("train", "val", "test", "unseen")
 HELD_OUT = ("val", "test", "unseen")
 UNITS = (
-    "distances (hd95, assd, nsd tolerance) in pixels of the mask grid "
-    "with slices as an axis of spacing 1: "
-    "the data carries no voxel spacing"
+    "distances (hd95, assd, nsd tolerance) in pixels of the mask grid with slices as an axis of "
+    "spacing 1: the data carries no voxel spacing"
 )
 
 
@@ -61,10 +57,8 @@ def write_scores(
     note: str | None = None,
     cases: Sequence[FailureCase] = (),
 ) -> dict[str, Any]:
-    """`dsc.csv` (one row per patient: its `subset`, every metric), `dsc_summary.json`
-    (`subset_summary`: the held-out patients headline; with an uncertainty column, how well it
-    flags the held-out failures), `dsc.png` (the per-patient Dice by subset, `note` under the
-    title) and, given the patients' `cases`, `failures.png`; returns the summary."""
+    """Write `dsc.csv`, `dsc_summary.json` (returned), `dsc.png` and, given `cases`,
+    `failures.png`."""
     write_scores_table(out_dir, rows, score_columns(rows, metric_columns(rows)))
     summary = {**subset_summary(rows), "units": UNITS, "nsd_tolerance": tolerance}
     held_out = [r for r in rows if r[SUBSET_COLUMN] in HELD_OUT]
@@ -97,7 +91,6 @@ def patient_subset(patient: str, splits: Sequence[Split]) -> str:
 def subset_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Mean/median/std of each metric over the held-out patients (top level, the headline), and
     per subset plus over all patients under `by_subset`."""
-
     keys = metric_columns(list(rows)) if rows else []
 
     def scores(selected: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -117,8 +110,7 @@ def subset_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def headline(
     scores: dict[str, Any], steps: list[dict[str, Any]], out: Path, caveat: str = ""
 ) -> str:
-    """The log line: held-out patients only; training patients are named as left out; `caveat`
-    (e.g. how the checkpoints were selected) follows the figures."""
+    """The log line: held-out patients only, training patients said to be left out."""
     trained = scores["by_subset"].get("train", {}).get("dsc", {}).get("n", 0)
     left_out = f"; {trained} training patient(s) left out (see dsc_summary.json)" if trained else ""
     flags = scores.get("uncertainty_flags_failures")  # said as it is, however weak
