@@ -6,8 +6,9 @@
 - `<run>/postprocessing.json`: the run's decision (brainseg.postprocessing.decision), made by its
   final validation on its own validation patients, and recorded with it in the provenance of the
   run's checkpoints (brainseg.checkpoint), so that predict.py given a checkpoint alone applies it.
-- `<sweep>/postprocessing.json`: one decision for the k folds of one configuration, pooled out of
-  fold (`python -m brainseg.postprocessing decide <sweep>`), which `predict.py sweep_dir=` applies.
+
+The folds of a k-fold configuration have one decision, pooled out of fold (`pooled_decision`): the
+sweep report's figures and predict.py `sweep_dir=` both apply it.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def read_decision(path: Path) -> dict[str, Any]:
     return decision
 
 
-def _recorded_candidates(folder: Path, runs: Sequence[Path]) -> list[StepList]:
+def _recorded_candidates(where: Path, runs: Sequence[Path]) -> list[StepList]:
     """The candidates the runs' own decisions were made among (they must agree)."""
     found = {
         json.dumps([c["postprocessing"] for c in read_decision(path)["candidates"]])
@@ -76,54 +77,50 @@ def _recorded_candidates(folder: Path, runs: Sequence[Path]) -> list[StepList]:
     }
     if len(found) != 1:
         reason = "its runs were decided among different candidates" if found else "no decision"
-        raise ConfigError(f"{folder}: {reason} to take the candidates from; give --candidates")
+        raise ConfigError(f"{where}: {reason} to take the candidates from; give --candidates")
     return json.loads(found.pop())
 
 
-def decide_runs(
-    folder: Path,
-    runs: Sequence[Path],
+def decide_run(
+    run_dir: Path,
     candidates: Any = None,
     tolerance: float = NSD_TOLERANCE,
     also: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Decide once on the saved validation predictions of `runs` (one run, or the folds of one
-    configuration pooled, each patient named `<job>/<patient>`), write
-    `<folder>/postprocessing.json` and return the decision.
-
-    `candidates` default to those the runs were decided among; a run's checkpoints record the
-    decision, with the other decisions of its final validation (`also`) in the same rewrite."""
-    folder = Path(folder)
-    if not any(any((Path(run) / VALIDATION_DIR).glob("*.npz")) for run in runs):
-        raise DataError(
-            f"{folder}: no saved validation predictions ({VALIDATION_DIR}/*.npz in the run "
-            "directory or in the job folders of a sweep)"
-        )
+    """Decide once on a run's saved validation predictions, write `<run>/postprocessing.json` and
+    record the decision in the run's checkpoints, with the other decisions of its final validation
+    (`also`) in the same rewrite. `candidates` default to those the run was decided among."""
+    run_dir = Path(run_dir)
+    if not any((run_dir / VALIDATION_DIR).glob("*.npz")):
+        raise DataError(f"{run_dir}: no saved validation predictions ({VALIDATION_DIR}/*.npz)")
     if candidates is None:
-        candidates = _recorded_candidates(folder, runs)
+        candidates = _recorded_candidates(run_dir, [run_dir])
     if not (isinstance(candidates, list | tuple) and candidates):
         raise ConfigError("candidates: give a list of step lists, e.g. [[], [largest_component]]")
     checked = [check_steps(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
-    pooled = [Path(run) for run in runs] != [folder]
-    predictions = (
-        prediction
-        for run in runs
-        for prediction in run_predictions(run, f"{Path(run).name}/" if pooled else "")
-    )
     decision = {
-        **decide(predictions, checked, tolerance),
-        "scope": "sweep" if pooled else "run",
-        "folder": str(folder.resolve()),
-        **({"jobs": [Path(run).name for run in runs]} if pooled else {}),
+        **decide(run_predictions(run_dir), checked, tolerance),
+        "folder": str(run_dir.resolve()),
     }
-    path = folder / DECISION_FILE
+    path = run_dir / DECISION_FILE
     path.write_text(json.dumps(decision, indent=2))
-    checkpoints = [] if pooled else sorted((folder / "checkpoints").glob("*.ckpt"))
-    for checkpoint in (path for path in checkpoints if path.is_file()):
-        record_decisions(
-            checkpoint, {"postprocessing": provenance_record(decision, path), **(also or {})}
-        )
+    for checkpoint in sorted((run_dir / "checkpoints").glob("*.ckpt")):
+        if checkpoint.is_file():
+            record = {"postprocessing": provenance_record(decision, path), **(also or {})}
+            record_decisions(checkpoint, record)
     return decision
+
+
+def pooled_decision(folds: Sequence[Path]) -> dict[str, Any] | None:
+    """The one decision of a k-fold configuration: its folds' saved validation predictions pooled,
+    each patient (`<job>/<patient>`) predicted by the fold that held it out, decided among the
+    candidates the folds were decided among. Made where it is used (the sweep report, predict.py
+    `sweep_dir=`) and never stored, so both apply the same steps. None for a single run or a fold
+    without saved predictions: each run's own decision stands."""
+    if len(folds) < 2 or not all((Path(f) / VALIDATION_DIR).is_dir() for f in folds):
+        return None
+    candidates = _recorded_candidates(Path(folds[0]).parent, folds)
+    return decide((p for f in folds for p in run_predictions(f, f"{Path(f).name}/")), candidates)
 
 
 def provenance_record(decision: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -139,27 +136,23 @@ def provenance_record(decision: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def steps_to_apply(
-    setting: Any, recorded: Sequence[tuple[Path, Mapping[str, Any]]], sweep_dir: Path | None = None
+    setting: Any, recorded: Sequence[tuple[Path, Mapping[str, Any]]], folds: Sequence[Path] = ()
 ) -> dict[str, Any]:
     """{"postprocessing": steps, "source": where they come from} for predict.py: the `setting`
-    when given; else a sweep's own decision; else the one decision every model records."""
+    when given; else the pooled decision of a k-fold configuration's `folds`; else the one
+    decision every model records."""
     if setting is not None:
         return {"postprocessing": check_steps(setting, SETTING), "source": "config"}
-    if sweep_dir is not None and (sweep_dir / DECISION_FILE).is_file():
-        path = sweep_dir / DECISION_FILE
-        return {"postprocessing": read_decision(path)["postprocessing"], "source": str(path)}
+    pooled = pooled_decision(folds)
+    if pooled is not None:
+        source = f"decided on the {len(pooled['patients'])} patients of {len(folds)} folds pooled"
+        return {"postprocessing": pooled["postprocessing"], "source": source}
     (first, record), *others = recorded
     for path, other in others:
         if other["steps"] != record["steps"]:
             raise ConfigError(
                 f"{first} and {path} record different post-processing "
                 f"({record['steps']} vs {other['steps']}); set {SETTING}"
-                + (
-                    f", or for the folds of one configuration decide once: python -m "
-                    f"brainseg.postprocessing decide {sweep_dir}"
-                    if sweep_dir is not None
-                    else ""
-                )
             )
     try:
         steps = check_steps(record["steps"], f"{first}: {SETTING}")

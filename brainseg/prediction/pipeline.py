@@ -133,7 +133,7 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     chosen = steps_to_apply(
         to_plain(cfg.get("postprocessing")),
         [(m.path, m.postprocessing) for m in members],
-        _path(cfg.get("sweep_dir"), "sweep_dir"),
+        [m.path.parent.parent for m in members if m.selection],  # a sweep's jobs
     )
     steps = chosen["postprocessing"]
     rows, cases, uncertainty = [], [], {}
