@@ -33,6 +33,7 @@ from brainseg.prediction.members import (
 from brainseg.prediction.subsets import member_plan, subsets_for, warn_seen_in_training
 from brainseg.reporting.figures import failure_case, write_overlays
 from brainseg.reporting.scores import UNCERTAINTY_COLUMN, headline, write_scores
+from brainseg.reporting.sweep import sweep_jobs
 from brainseg.run_lock import claim_output_dir
 from brainseg.runfiles import PATIENT_COLUMN, SUBSET_COLUMN, write_json
 
@@ -52,7 +53,7 @@ def load_members(cfg: DictConfig) -> list[Member]:
         given = [given]
     chosen: list[tuple[Path, str | None]] = [(_path(p, "checkpoints"), None) for p in given]
     if cfg.get("sweep_dir"):
-        chosen += find_sweep_checkpoints(_path(cfg.sweep_dir, "sweep_dir"))
+        chosen += find_sweep_checkpoints(sweep_jobs(_path(cfg.sweep_dir, "sweep_dir"), cfg.pick))
     if not chosen:
         raise ConfigError(
             "checkpoints: give one or more checkpoint files, a sweep_dir, or an onnx model"
