@@ -52,7 +52,7 @@ RECORD_FIELDS: dict[str, tuple[Any, str]] = {
 class Provenance:
     """What a checkpoint was trained on: resolved config, data root, preprocessing, split; and,
     once decided after training, the post-processing steps to apply to its predictions
-    (brainseg.postprocessing.records.provenance_record) and the temperature that calibrates its
+    (brainseg.postprocessing.records.decide_run) and the temperature that calibrates its
     probabilities (brainseg.training.final_validation.calibrate)."""
 
     config: dict[str, Any]

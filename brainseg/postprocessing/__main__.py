@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from brainseg.cli import exit_status
 from brainseg.errors import ConfigError, DataError
@@ -18,25 +17,6 @@ from brainseg.postprocessing import parse_yaml
 from brainseg.postprocessing.decision import describe
 from brainseg.postprocessing.records import DECISION_FILE, VALIDATION_DIR, decide_run
 from brainseg.run_lock import claim_run_directory, release_run_directory
-
-
-def decide_folder(run: Path, candidates: Any = None, overwrite: bool = False) -> dict[str, Any]:
-    """Decide for a run directory (see the module docstring)."""
-    if not (run / VALIDATION_DIR).is_dir():
-        raise DataError(
-            f"{run}: not a run directory with saved validation predictions ({VALIDATION_DIR}/); "
-            "a k-fold sweep's folds are pooled by its report and predict.py sweep_dir="
-        )
-    if (run / DECISION_FILE).is_file() and not overwrite:
-        raise ConfigError(
-            f"{run / DECISION_FILE} holds a decision already; pass --overwrite to replace it"
-        )
-    claimed = claim_run_directory(run)  # no live train.py rewrites it
-    try:
-        return decide_run(run, candidates)
-    finally:
-        if claimed:
-            release_run_directory(run)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,11 +37,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> None:
-        candidates = (
-            None if args.candidates is None else parse_yaml(args.candidates, "--candidates")
-        )
-        decision = decide_folder(args.folder, candidates, args.overwrite)
-        print(f"{describe(decision)}; recorded in {args.folder / DECISION_FILE}")
+        folder = args.folder
+        if not (folder / VALIDATION_DIR).is_dir():
+            raise DataError(
+                f"{folder}: not a run directory with saved validation predictions "
+                f"({VALIDATION_DIR}/); a k-fold sweep's folds are pooled where they are used"
+            )
+        if (folder / DECISION_FILE).is_file() and not args.overwrite:
+            raise ConfigError(
+                f"{folder / DECISION_FILE} holds a decision already; pass --overwrite"
+            )
+        candidates = args.candidates and parse_yaml(args.candidates, "--candidates")
+        claimed = claim_run_directory(folder)  # no live train.py rewrites it
+        try:
+            decision = decide_run(folder, candidates)
+        finally:
+            if claimed:
+                release_run_directory(folder)
+        print(f"{describe(decision)}; recorded in {folder / DECISION_FILE}")
 
     return exit_status(run)
 

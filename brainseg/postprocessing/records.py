@@ -54,30 +54,24 @@ def run_predictions(run_dir: Path, prefix: str = "") -> Iterator[Prediction]:
         yield prefix + path.stem, raw, truth
 
 
-def read_decision(path: Path) -> dict[str, Any]:
-    """A recorded decision, its chosen steps re-checked by name; a DataError naming the file."""
-    try:
-        decision = json.loads(Path(path).read_text())
-        decision["postprocessing"] = check_steps(
-            decision["postprocessing"], f"{path}: postprocessing"
-        )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: not a post-processing decision ({exc})") from None
-    except ConfigError as exc:
-        raise DataError(str(exc)) from None
-    return decision
-
-
 def _recorded_candidates(where: Path, runs: Sequence[Path]) -> list[StepList]:
-    """The candidates the runs' own decisions were made among (they must agree)."""
-    found = {
-        json.dumps([c["postprocessing"] for c in read_decision(path)["candidates"]])
-        for path in (Path(run) / DECISION_FILE for run in runs)
-        if path.is_file()
-    }
+    """The candidates the runs' own decisions were made among, checked (they must agree); a
+    DataError naming a file that is not such a decision."""
+    found = set()
+    for path in (Path(run) / DECISION_FILE for run in runs):
+        try:
+            if path.is_file():
+                record = json.loads(path.read_text())["candidates"]
+                checked = [check_steps(c["postprocessing"], f"{path}: candidates") for c in record]
+                found.add(json.dumps(checked))
+        except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
+            raise DataError(f"{path}: not a post-processing decision ({exc})") from None
     if len(found) != 1:
         reason = "its runs were decided among different candidates" if found else "no decision"
-        raise ConfigError(f"{where}: {reason} to take the candidates from; give --candidates")
+        raise ConfigError(
+            f"{where}: {reason} to take the candidates from; give --candidates, or decide "
+            "each run again among the same ones"
+        )
     return json.loads(found.pop())
 
 
@@ -104,10 +98,15 @@ def decide_run(
     }
     path = run_dir / DECISION_FILE
     path.write_text(json.dumps(decision, indent=2))
+    # what a checkpoint keeps: the steps, where and on how many patients they were chosen, and
+    # the patients whose lesion they erased
+    kept = {"steps": decision["postprocessing"], "decision": str(path.resolve())}
+    kept.update(
+        patients=len(decision["patients"]), erased=decision["erased"], rule=decision["rule"]
+    )
     for checkpoint in sorted((run_dir / "checkpoints").glob("*.ckpt")):
         if checkpoint.is_file():
-            record = {"postprocessing": provenance_record(decision, path), **(also or {})}
-            record_decisions(checkpoint, record)
+            record_decisions(checkpoint, {"postprocessing": kept, **(also or {})})
     return decision
 
 
@@ -121,18 +120,6 @@ def pooled_decision(folds: Sequence[Path]) -> dict[str, Any] | None:
         return None
     candidates = _recorded_candidates(Path(folds[0]).parent, folds)
     return decide((p for f in folds for p in run_predictions(f, f"{Path(f).name}/")), candidates)
-
-
-def provenance_record(decision: dict[str, Any], path: Path) -> dict[str, Any]:
-    """What a checkpoint keeps of the decision: the steps, where and on how many patients they
-    were chosen, and the patients whose lesion they erased."""
-    return {
-        "steps": decision["postprocessing"],
-        "decision": str(Path(path).resolve()),
-        "patients": len(decision["patients"]),
-        "erased": decision["erased"],
-        "rule": decision["rule"],
-    }
 
 
 def steps_to_apply(

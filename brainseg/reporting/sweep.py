@@ -159,29 +159,29 @@ def _significant_digits(jobs: list[dict[str, Any]], keys: list[str]) -> int:
     )
 
 
-def _labels(
-    jobs: list[dict[str, Any]], keys: list[str], fallback: str | None = None
-) -> dict[str, str]:
-    """Job name -> its configuration label: the overrides that vary across the sweep, numbers with
-    `_significant_digits`."""
+def configurations(jobs: list[dict[str, Any]]) -> dict[str, str]:
+    """Job name -> its configuration: the overrides that vary across the jobs (numbers with
+    `_significant_digits`), but the fold (jobs that differ only in data.split.fold are one
+    configuration, its cross-validation)."""
+    keys = [key for key in _varying(jobs) if key != FOLD_KEY]
     digits = _significant_digits(jobs, keys)
 
     def shown(value: str) -> str:
         return f"{float(value):.{digits}g}" if _is_decimal(value) else value
 
+    folds = any(FOLD_KEY in job["overrides"] for job in jobs)
     labels = {}
     for job in jobs:
         text = " ".join(f"{k}={shown(job['overrides'][k])}" for k in keys if k in job["overrides"])
-        labels[job["job"]] = text or (fallback if fallback is not None else f"job {job['job']}")
+        labels[job["job"]] = text or ("all folds" if folds else f"job {job['job']}")
     return labels
 
 
-def configurations(jobs: list[dict[str, Any]]) -> dict[str, str]:
-    """Job name -> its configuration: the overrides that vary across the jobs, but the fold (jobs
-    that differ only in data.split.fold are one configuration, its cross-validation)."""
-    keys = _varying(jobs)
-    config_keys = [k for k in keys if k != FOLD_KEY]
-    return _labels(jobs, config_keys, "all folds" if FOLD_KEY in keys else None)
+def _job_label(job: dict[str, Any]) -> str:
+    """A job's configuration and, in a k-fold configuration, its fold."""
+    fold = job["overrides"].get(FOLD_KEY)
+    name = "" if job["configuration"] == "all folds" else job["configuration"]
+    return " ".join(filter(None, [name, fold and f"{FOLD_KEY}={fold}"]))
 
 
 def _steps(steps: list[dict[str, Any]] | None) -> str:
@@ -257,19 +257,14 @@ def build_report(sweep_dir: Path) -> dict[str, Any]:
         {name: {p: float(np.mean(v)) for p, v in values.items()} for name, values in dice.items()}
     )
     for entry in table:
-        group = groups[entry["configuration"]]
-        rules = ",".join(sorted({job["selection"] for job in group}))
-        entry.update(
-            selection=rules, jobs=len(group), postprocessing=decided[entry["configuration"]]
+        group, entry["postprocessing"] = (
+            groups[entry["configuration"]],
+            decided[entry["configuration"]],
         )
+        entry.update(selection=",".join(sorted({j["selection"] for j in group})), jobs=len(group))
     line, best = verdict(table) if table else ("no finished job", None)
-    return {
-        "jobs": jobs,
-        "per_patient": rows,
-        "configurations": table,
-        "verdict": line,
-        "best": best,
-    }
+    report = {"jobs": jobs, "per_patient": rows, "configurations": table}
+    return {**report, "verdict": line, "best": best}
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -294,7 +289,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return [f"| {' | '.join(row)} |" for row in [headers, ["---"] * len(headers), *rows]]
 
 
-def _markdown(sweep_dir: Path, report: dict[str, Any], labels: dict[str, str]) -> list[str]:
+def _markdown(sweep_dir: Path, report: dict[str, Any]) -> list[str]:
     jobs, table = report["jobs"], report["configurations"]
     statuses = sorted((j["status"] for j in jobs), key=list(STATUSES).index)
     lines = [
@@ -303,17 +298,14 @@ def _markdown(sweep_dir: Path, report: dict[str, Any], labels: dict[str, str]) -
         (
             f"{len(jobs)} jobs: "
             + ", ".join(f"{n} {status}" for status, n in Counter(statuses).items())
-            + ". Per-volume Dice on each job's validation patients at the epoch its "
-            "`evaluation.selection` rule reports, as predict.py scores them (rule `inner_val`: "
-            "`test/dsc_volume` on its held-out test patients, with the checkpoint its inner "
-            "validation patients chose, on the training grid)."
+            + ". Rule `inner_val`: `test/dsc_volume` on the held-out patients, training grid."
         ),
         "",
     ]
 
     def cell(job: dict[str, Any], key: str) -> str:
         if key == "overrides":
-            return labels[job["job"]]
+            return _job_label(job)
         if key == "status":
             return job["status"] + (f" ({job['error']})" if job["error"] else "")
         return _fmt(job[key], 1 if key == "train_seconds" else 4)
@@ -323,19 +315,12 @@ def _markdown(sweep_dir: Path, report: dict[str, Any], labels: dict[str, str]) -
     if not table:
         return lines
     pooled = " (cross-validation: every patient scored by the fold that held it out, pooled)"
-    lines += [
-        "",
-        "## Configurations" + (pooled if any(FOLD_KEY in j["overrides"] for j in jobs) else ""),
-        "",
-        (
-            f"Mean {VAL_DSC} over the configuration's patients (original geometry, after its "
-            "post-processing decision: one per configuration, its folds pooled) with its 95% "
-            "bootstrap CI; against the best configuration the paired per-patient difference (this "
-            "minus best) with its 95% CI, the two-sided Wilcoxon signed-rank p-value and its Holm "
-            f"correction across the comparisons; verdict at level {LEVEL}."
-        ),
-        "",
-    ]
+    explained = (
+        f"Mean {VAL_DSC} with its 95% bootstrap CI; Δ: the paired per-patient difference (this "
+        f"minus best), two-sided Wilcoxon signed-rank p, Holm-corrected; verdict at level {LEVEL}."
+    )
+    folds = any(FOLD_KEY in job["overrides"] for job in jobs)
+    lines += ["", "## Configurations" + (pooled if folds else ""), "", explained, ""]
     headers = ["configuration", "rule", "jobs", "patients", "post-processing (decided on)"]
     headers += [f"mean {VAL_DSC} [95% CI]", "median", "Δ vs best [95% CI]", "p", "p (Holm)"]
     rows = []
@@ -359,8 +344,7 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
     sweep_dir = Path(sweep_dir)
     report = build_report(sweep_dir)
     jobs, table, rows = report["jobs"], report["configurations"], report["per_patient"]
-    labels = _labels(jobs, _varying(jobs))
-    shown = [{**job, "overrides": labels[job["job"]]} for job in jobs]
+    shown = [{**job, "overrides": _job_label(job)} for job in jobs]
     _write_csv(sweep_dir / "summary.csv", list(JOB_COLUMNS), shown)
     _write_csv(sweep_dir / "comparison.csv", COMPARISON_COLUMNS, table)
     _write_csv(
@@ -369,7 +353,7 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
         rows,
     )
     with atomic_writer(sweep_dir / "summary.md") as fh:
-        fh.write("\n".join(_markdown(sweep_dir, report, labels)) + "\n")
+        fh.write("\n".join(_markdown(sweep_dir, report)) + "\n")
     if table:
         scores: dict[str, dict[str, float]] = {r["configuration"]: {} for r in table}
         for row in rows:
