@@ -178,7 +178,7 @@ def test_kfold_sweep_reports_cv_mean_and_failed_jobs(
                 config_name="predict",
             )
         )
-    assert "pick=best: all folds (sweep report: all folds has the highest mean DSC" in caplog.text
+    assert "pick=best: all folds, jobs 0, 1 (sweep report: all folds has the highest" in caplog.text
     assert len(predicted["members"]) == 2
     with open(tmp_path / "oof" / "dsc.csv") as fh:
         scored = {r["patient"]: r for r in csv.DictReader(fh)}
