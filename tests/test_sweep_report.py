@@ -145,7 +145,7 @@ def test_a_k_fold_configuration_is_scored_after_its_one_pooled_decision(tmp_path
         name.split("/")[1]: metrics["dsc"] for name, metrics in pooled["metrics"].items()
     }
     assert pooled["metrics"]["1/p2"]["dsc"] != own["p2"]
-    decided = "largest_component: decided on the 4 patients of its 2 folds pooled"
+    decided = "largest_component: decided on the 4 patients of its folds pooled"
     (configuration,) = report["configurations"]
     assert configuration["postprocessing"] == decided
     assert f"| all folds | last | 2 | 4 | {decided} |" in (tmp_path / "summary.md").read_text()
@@ -159,7 +159,7 @@ def test_configurations_are_never_one_pool_and_pick_best_says_what_the_report_ca
     _decided_folds(tmp_path, ("unet", "unetpp"))
     report = write_report(tmp_path)
     assert [r["postprocessing"] for r in report["configurations"]] == [
-        "largest_component: decided on the 4 patients of its 2 folds pooled"
+        "largest_component: decided on the 4 patients of its folds pooled"
     ] * 2
     assert "8 patients" not in (tmp_path / "summary.md").read_text()
     with pytest.raises(ConfigError, match=r"2 configurations \(model=unet; model=unetpp\)"):

@@ -184,27 +184,15 @@ def _job_label(job: dict[str, Any]) -> str:
     return " ".join(filter(None, [name, fold and f"{FOLD_KEY}={fold}"]))
 
 
-def _steps(steps: list[dict[str, Any]] | None) -> str:
-    return "–" if steps is None else ", ".join(step["name"] for step in steps) or "none"
-
-
 def _decided(pooled: dict[str, Any] | None, group: list[dict[str, Any]]) -> str:
     """A configuration's post-processing and the patients it was decided on."""
-    if pooled is not None:
-        return (
-            f"{_steps(pooled['postprocessing'])}: decided on the {len(pooled['patients'])} "
-            f"patients of its {len(group)} folds pooled"
-        )
-    if len(group) == 1 and group[0]["postprocessing"] is not None:
-        job = group[0]
-        return f"{_steps(job['postprocessing'])}: decided on its {len(job['per_patient'])} patients"
-    return "–"
-
-
-def _cannot_compare(table: list[dict[str, Any]]) -> bool:
-    return any(
-        r["n"] < minimum_patients() or r["n_paired"] is not None and r["p"] is None for r in table
-    )
+    steps = (pooled or group[0])["postprocessing"]
+    if steps is None or not pooled and len(group) > 1:
+        return "–"
+    names = ", ".join(step["name"] for step in steps) or "none"
+    if pooled:
+        return f"{names}: decided on the {len(pooled['patients'])} patients of its folds pooled"
+    return f"{names}: decided on its {len(group[0]['per_patient'])} patients"
 
 
 def verdict(table: list[dict[str, Any]]) -> tuple[str, str | None]:
@@ -214,7 +202,9 @@ def verdict(table: list[dict[str, Any]]) -> tuple[str, str | None]:
     top = f"{best['configuration']} has the highest mean DSC ({best['mean']:.4f})"
     if not others:
         return f"{top}, the sweep's only configuration: nothing compared", None
-    if _cannot_compare(table):
+    if any(
+        r["n"] < minimum_patients() or r["n_paired"] is not None and r["p"] is None for r in table
+    ):
         return (
             f"{top}, but this sweep cannot compare configurations scored on fewer than "
             f"{minimum_patients()} patients: on so few, a two-sided Wilcoxon signed-rank test "
