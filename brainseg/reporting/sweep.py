@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from brainseg.errors import BrainsegError, ConfigError, DataError
+from brainseg.cli import exit_status
+from brainseg.errors import ConfigError, DataError
 from brainseg.evaluation.folds import CV_RULES, INNER_VAL, reported_scores
 from brainseg.evaluation.statistics import LEVEL, WORSE, compare_configurations, minimum_patients
 from brainseg.paths import atomic_writer
@@ -388,19 +389,15 @@ def sweep_jobs(sweep_dir: Path, pick: str | None = None) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Rebuild the report of a train.py -m sweep directory."
-    )
-    parser.add_argument("sweep_dir")
-    args = parser.parse_args(argv)
-    sweep_dir = Path(args.sweep_dir)
-    try:
-        report = write_report(sweep_dir)
-    except BrainsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print((sweep_dir / "summary.md").read_text())
-    return 0 if report["jobs"] else 1
+    parser = argparse.ArgumentParser(description="Rebuild the report of a train.py -m sweep dir.")
+    parser.add_argument("sweep_dir", type=Path)
+    sweep_dir, jobs = parser.parse_args(argv).sweep_dir, []
+
+    def run() -> None:
+        jobs.extend(write_report(sweep_dir)["jobs"])
+        print((sweep_dir / "summary.md").read_text())
+
+    return exit_status(run) or (0 if jobs else 1)
 
 
 if __name__ == "__main__":
