@@ -178,10 +178,10 @@ def finish_run(metrics: RunMetrics) -> None:
 def log_sweep_report(
     sweep_dir: Path, report: dict[str, Any], settings: dict[str, Any] | None
 ) -> Path | None:
-    """Log the sweep report (comparison table, per-patient table, figures) as one more run,
+    """Log the sweep report (comparison table, per-patient table, figures, verdict) as one more run,
     `sweep report`, in the sweep's group, with the jobs' `logger.wandb` settings (None: no job
-    logged to W&B); offline without credentials, into `<sweep dir>/wandb/`. Returns the run
-    directory."""
+    logged to W&B); offline without credentials, into `<sweep dir>/wandb/`, saying how to upload
+    it. Returns the run directory."""
     if settings is None or not report["configurations"]:
         return None
     import wandb
@@ -217,9 +217,11 @@ def log_sweep_report(
             },
         }
     )
-    run.summary.update(
-        {"best_configuration": table[0]["configuration"], "best_mean_dsc": table[0]["mean"]}
-    )
-    run_dir = Path(run.dir).parent
+    # a best configuration only where the report can tell (brainseg.reporting.sweep.verdict)
+    best = {"best_configuration": report["best"]} if report["best"] else {}
+    run.summary.update({"verdict": report["verdict"], **best})
+    run_dir, offline = Path(run.dir).parent, run.offline
     run.finish()
+    if offline:
+        log.info("sweep report logged offline to W&B; upload it with: wandb sync %s", run_dir)
     return run_dir

@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"reporting"},  # tables, figures, folder scoring, the sweep report
     {"prediction"},  # checkpoints to masks; needs nothing from training
     {"training"},  # its final validation predicts as predict.py does
-    {"evaluate", "hydra_callbacks", "__main__"},  # entry points
+    {"evaluate", "hydra_callbacks"},  # entry points
 ]
 
 Graph = dict[str, dict[str, int]]  # module -> imported module -> line of the first such import
@@ -71,9 +71,10 @@ def import_graph(root: Path, package: str) -> Graph:
 
 
 def part(module: str) -> str:
-    """`brainseg.metrics.functional` -> `metrics`; `brainseg.cli` -> `cli`; `brainseg` -> ``."""
+    """`brainseg.metrics.functional` -> `metrics`; `brainseg.cli` -> `cli`; `brainseg` -> ``. A
+    package's `__main__` is part of its package: its command stands in the package's layer."""
     parts = module.split(".")
-    return "__main__" if parts[-1] == "__main__" else (parts[1] if len(parts) > 1 else "")
+    return parts[1] if len(parts) > 1 else ""
 
 
 def layer(module: str) -> int:

@@ -23,7 +23,8 @@ from brainseg.postprocessing.__main__ import main as postprocessing_cli
 from brainseg.postprocessing.decision import decide
 from brainseg.postprocessing.records import (
     DECISION_FILE,
-    decide_runs,
+    decide_run,
+    pooled_decision,
     save_prediction,
     steps_to_apply,
 )
@@ -183,10 +184,9 @@ def test_a_run_decision_is_recorded_in_the_run_and_its_checkpoints(tmp_path: Pat
     checkpoints = [
         _checkpoint(run / "checkpoints" / n) for n in ("best-epoch001.ckpt", "last.ckpt")
     ]
-    decision = decide_runs(run, [run], CANDIDATES)
+    decision = decide_run(run, CANDIDATES)
     assert decision == {
         **decide(sorted(_predictions()), CANDIDATES),
-        "scope": "run",
         "folder": str(run.resolve()),
     }
     assert json.loads((run / DECISION_FILE).read_text()) == decision
@@ -200,7 +200,7 @@ def test_a_run_decision_is_recorded_in_the_run_and_its_checkpoints(tmp_path: Pat
 def test_decide_keeps_the_previous_decision_and_a_run_in_use(tmp_path: Path, capsys) -> None:
     run = _run(tmp_path / "run", _predictions())
     checkpoint = _checkpoint(run / "checkpoints" / "last.ckpt")
-    decide_runs(run, [run], CANDIDATES)
+    decide_run(run, CANDIDATES)
     first, saved = (run / DECISION_FILE).read_text(), checkpoint.read_bytes()
     assert postprocessing_cli(["decide", str(run), "--candidates", "[[]]"]) == 2
     assert "holds a decision already; pass --overwrite" in capsys.readouterr().err
@@ -221,38 +221,34 @@ def test_decide_keeps_the_previous_decision_and_a_run_in_use(tmp_path: Path, cap
     assert json.loads((run / DECISION_FILE).read_text())["candidates"][0]["postprocessing"] == []
 
 
-def test_a_k_fold_sweep_decides_once_pooled_out_of_fold(tmp_path: Path, capsys) -> None:
+def _folds(sweep: Path) -> list[Path]:
+    """Two folds whose own decisions differ: fold 0 (p0, p1) keeps largest_component, fold 1
+    (erased, p2) does not; pooled, the step helps 3 of 4 patients and is kept."""
     predictions = _predictions()
-    sweep = tmp_path / "sweep"
+    folds = []
     for fold, part in enumerate((predictions[:2], predictions[2:])):
         run = _run(sweep / str(fold), part, [f"data.split.fold={fold}", "loss=dice"])
-        decide_runs(run, [run], CANDIDATES)
-    assert postprocessing_cli(["decide", str(sweep)]) == 0
-    printed = capsys.readouterr().out
-    assert "post-processing chosen: ['largest_component'] on 4 validation patients" in printed
-    decision = json.loads((sweep / DECISION_FILE).read_text())
+        folds.append(run)
+        decide_run(run, CANDIDATES)
+    return folds
+
+
+def test_a_k_fold_configuration_has_one_decision_pooled_out_of_fold(tmp_path: Path, capsys) -> None:
+    folds = _folds(tmp_path / "sweep")
+    own = [json.loads((f / DECISION_FILE).read_text())["postprocessing"] for f in folds]
+    assert own == [LCC, []]
+    decision = pooled_decision(folds)
+    assert decision["postprocessing"] == LCC and decision["erased"] == ["1/erased"]
     assert decision["patients"] == ["0/p0", "0/p1", "1/erased", "1/p2"]
-    assert decision["erased"] == ["1/erased"] and decision["jobs"] == ["0", "1"]
-    decide_runs(sweep / "1", [sweep / "1"], [[], [{"name": "fill_holes"}]])
-    assert postprocessing_cli(["decide", str(sweep), "--overwrite"]) == 2
-    assert "its runs were decided among different candidates" in capsys.readouterr().err
-    assert postprocessing_cli(["decide", str(tmp_path / "nothing")]) == 2
-    assert "nothing: no such run or sweep directory" in capsys.readouterr().err
-
-
-def test_a_sweep_over_two_configurations_is_never_one_pool(tmp_path: Path, capsys) -> None:
-    """`-m model=unet,unetpp data.split.fold=0,1`: before, one decision over both models."""
-    predictions = _predictions()
-    sweep = tmp_path / "sweep"
-    for job, (model, fold) in enumerate((m, f) for m in ("unet", "unetpp") for f in (0, 1)):
-        part = predictions[2 * fold : 2 * fold + 2]
-        _run(sweep / str(job), part, [f"model={model}", f"data.split.fold={fold}"])
-    candidates = "[[], [largest_component]]"
-    assert postprocessing_cli(["decide", str(sweep), "--candidates", candidates]) == 2
+    assert pooled_decision(folds[:1]) is None  # a single run: its own decision stands
+    decide_run(folds[1], [[], [{"name": "fill_holes"}]])
+    with pytest.raises(ConfigError, match="its runs were decided among different candidates"):
+        pooled_decision(folds)
+    # the folds need no command; `decide` is for a run
+    assert postprocessing_cli(["decide", str(tmp_path / "sweep")]) == 2
     line = capsys.readouterr().err.strip()
-    assert "its jobs are 2 configurations (model=unet; model=unetpp)" in line and "\n" not in line
-    assert not (sweep / DECISION_FILE).exists()
-    assert postprocessing_cli(["decide", str(sweep / "3"), "--candidates", "[[]]"]) == 0
+    assert "sweep: not a run directory with saved validation predictions" in line
+    assert "\n" not in line and not (tmp_path / "sweep" / DECISION_FILE).exists()
 
 
 def _member(path: Path, steps: list, source: str = "decided after training") -> tuple:
@@ -271,18 +267,11 @@ def test_predict_applies_the_recorded_steps_unless_a_list_is_given(tmp_path: Pat
     members[1] = _member(tmp_path / "b.ckpt", [])
     with pytest.raises(ConfigError, match="a.ckpt and .*b.ckpt record different post-processing"):
         steps_to_apply(None, members)
-    sweep = tmp_path / "sweep"
-    with pytest.raises(ConfigError, match="python -m brainseg.postprocessing decide"):
-        steps_to_apply(None, members, sweep)
-    sweep.mkdir()
-    (sweep / DECISION_FILE).write_text(json.dumps({"postprocessing": ["fill_holes"]}))
-    assert steps_to_apply(None, members, sweep) == {
-        "postprocessing": [{"name": "fill_holes"}],
-        "source": str(sweep / DECISION_FILE),
+    folds = _folds(tmp_path / "sweep")  # a k-fold configuration's folds: their pooled decision
+    assert steps_to_apply(None, members, folds) == {
+        "postprocessing": LCC,
+        "source": "decided on the 4 patients of 2 folds pooled",
     }
-    (sweep / DECISION_FILE).write_text(json.dumps({"postprocessing": [{"name": "lcc"}]}))
-    with pytest.raises(DataError, match=r"postprocessing.json: postprocessing\[0\]: unknown step"):
-        steps_to_apply(None, members, sweep)
     with pytest.raises(DataError, match=r"a.ckpt: postprocessing\[0\]: unknown step 'lcc'"):
         steps_to_apply(None, [_member(tmp_path / "a.ckpt", [{"name": "lcc"}])])
 

@@ -226,6 +226,8 @@ def _moved_sweep(ckpt: Path, sweep: Path) -> dict[str, str]:
     ):
         folder = sweep / job / "checkpoints"
         folder.mkdir(parents=True)
+        (sweep / job / ".hydra").mkdir()  # the folds of one configuration
+        (sweep / job / ".hydra" / "overrides.yaml").write_text(f"- data.split.fold={job}\n")
         shutil.copy(ckpt, folder / name)
         (folder / other).write_text("not the checkpoint the selection rule reports")
         metrics = read_metrics(ckpt.parent.parent)  # the run's own, as each job would write

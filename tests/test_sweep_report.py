@@ -9,8 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from brainseg.errors import ConfigError
+from brainseg.postprocessing.decision import decide
+from brainseg.postprocessing.records import decide_run, pooled_decision, save_prediction
 from brainseg.reporting import figures
-from brainseg.reporting.sweep import write_report
+from brainseg.reporting.sweep import sweep_jobs, write_report
 from brainseg.runfiles import (
     EpochScores,
     RunMetrics,
@@ -114,9 +117,65 @@ def test_kfold_scores_are_pooled_over_patients_and_compared_per_patient(kfold_sw
     ).stat().st_size > 5000
 
 
+def _decided_folds(sweep: Path, models: tuple[str, ...] = ("unet",)) -> dict[str, float]:
+    """Per model, two folds with saved validation predictions whose own decisions differ (fold 0
+    keeps largest_component, fold 1 does not; pooled, it is kept); returns each patient's Dice
+    after its fold's own decision, as each fold's metrics.json reports it."""
+    from test_postprocessing import CANDIDATES, _predictions
+
+    predictions, own = _predictions(), {}
+    for number, (model, fold) in enumerate((m, f) for m in models for f in (0, 1)):
+        part = predictions[2 * fold : 2 * fold + 2]
+        dice = {name: m["dsc"] for name, m in decide(part, CANDIDATES)["metrics"].items()}
+        job = _job(sweep, number, [f"model={model}", f"data.split.fold={fold}"], list(dice), dice)
+        for prediction in part:
+            save_prediction(job, *prediction)
+        decide_run(job, CANDIDATES)
+        own.update(dice)
+    return own
+
+
+def test_a_k_fold_configuration_is_scored_after_its_one_pooled_decision(tmp_path: Path) -> None:
+    """The figure predict.py sweep_dir= reproduces: before, fold 1's patients kept fold 1's own
+    decision (no step) while predict.py applied the pooled one (largest_component)."""
+    own = _decided_folds(tmp_path)
+    report = write_report(tmp_path)
+    pooled = pooled_decision([tmp_path / "0", tmp_path / "1"])
+    assert {r["patient"]: r["dsc"] for r in report["per_patient"]} == {
+        name.split("/")[1]: metrics["dsc"] for name, metrics in pooled["metrics"].items()
+    }
+    assert pooled["metrics"]["1/p2"]["dsc"] != own["p2"]
+    decided = "largest_component: decided on the 4 patients of its folds pooled"
+    (configuration,) = report["configurations"]
+    assert configuration["postprocessing"] == decided
+    assert f"| all folds | last | 2 | 4 | {decided} |" in (tmp_path / "summary.md").read_text()
+
+
+def test_configurations_are_never_one_pool_and_pick_best_says_what_the_report_can_tell(
+    tmp_path: Path, caplog
+) -> None:
+    """`-m model=unet,unetpp data.split.fold=0,1` on the same 4 patients: each configuration is
+    decided on its own 4 patients, never on 8, and predict.py's sweep_dir= needs pick=best."""
+    _decided_folds(tmp_path, ("unet", "unetpp"))
+    report = write_report(tmp_path)
+    assert [r["postprocessing"] for r in report["configurations"]] == [
+        "largest_component: decided on the 4 patients of its folds pooled"
+    ] * 2
+    assert "8 patients" not in (tmp_path / "summary.md").read_text()
+    with pytest.raises(ConfigError, match=r"2 configurations \(model=unet; model=unetpp\)"):
+        sweep_jobs(tmp_path)
+    with caplog.at_level("INFO", logger="brainseg"):
+        chosen = sweep_jobs(tmp_path, "best")
+    best = report["configurations"][0]["configuration"]
+    assert chosen == [tmp_path / "0", tmp_path / "1"] and best == "model=unet"
+    assert f"pick=best: {best}, jobs 0, 1 (sweep report: {best} has the highest" in caplog.text
+    assert "but this sweep cannot compare configurations scored on fewer than 6" in caplog.text
+    assert report["best"] is None
+
+
 @pytest.mark.slow
 def test_the_report_is_logged_as_one_offline_wandb_run_in_the_sweep_group(
-    kfold_sweep: Path, monkeypatch
+    kfold_sweep: Path, monkeypatch, caplog
 ) -> None:
     from helpers import read_wandb_records
 
@@ -124,7 +183,9 @@ def test_the_report_is_logged_as_one_offline_wandb_run_in_the_sweep_group(
 
     monkeypatch.setenv("WANDB_API_KEY", "")
     settings = {"project": "brainseg", "group": "sweep-x", "offline": "auto"}
-    run_dir = log_sweep_report(kfold_sweep, write_report(kfold_sweep), settings)
+    with caplog.at_level("INFO", logger="brainseg"):
+        run_dir = log_sweep_report(kfold_sweep, write_report(kfold_sweep), settings)
+    assert f"upload it with: wandb sync {run_dir}" in caplog.text  # before: not said
     (run_file,) = run_dir.glob("run-*.wandb")
     assert run_dir.parent == kfold_sweep / "wandb" and run_dir.name.startswith("offline-run-")
     run = next(r.run for r in read_wandb_records(run_file) if r.WhichOneof("record_type") == "run")
@@ -134,6 +195,23 @@ def test_the_report_is_logged_as_one_offline_wandb_run_in_the_sweep_group(
     verdict = data["columns"].index("verdict")
     assert [row[verdict] for row in data["data"]] == ["reference", "worse"]
     assert len(list(run_dir.glob("files/media/images/sweep/*.png"))) == 2
+    assert _summary(read_wandb_records(run_file))["best_configuration"] == "model=unetpp"
+    # two patients: the report cannot compare, so the run names no best configuration
+    small = kfold_sweep / "small"
+    for number, model in enumerate(("unet", "unetpp")):
+        _job(small, number, [f"model={model}"], PATIENTS[:2], dict.fromkeys(PATIENTS, 0.5))
+    (small_file,) = log_sweep_report(small, write_report(small), settings).glob("run-*.wandb")
+    summary = _summary(read_wandb_records(small_file))
+    assert "best_configuration" not in summary and "cannot compare" in summary["verdict"]
+
+
+def _summary(records: list) -> dict:
+    return {
+        i.key: json.loads(i.value_json)
+        for r in records
+        if r.WhichOneof("record_type") == "summary"
+        for i in r.summary.update
+    }
 
 
 def test_sweep_figures_show_every_configuration_and_patient_name_in_full(
@@ -204,14 +282,16 @@ def test_a_sweep_on_two_patients_says_it_cannot_compare(tmp_path: Path) -> None:
     report = write_report(tmp_path)
     assert report["configurations"][1]["p"] is None
     summary = (tmp_path / "summary.md").read_text()
-    assert "This sweep cannot compare configurations scored on fewer than 6 patients" in summary
+    assert "but this sweep cannot compare configurations scored on fewer than 6 patients" in summary
     rows = [
         line for line in summary.split("## Configurations")[1].splitlines() if "| model=" in line
     ]
     assert len(rows) == 2 and not any("[" in row for row in rows)  # before: [0.7000, 0.8000]
     assert (
-        "| model=unet | last | 1 | 2 | 0.5500 – | 0.5500 | -0.2000 – | – | – | too few" in rows[1]
+        "| model=unet | last | 1 | 2 | – | 0.5500 – | 0.5500 | -0.2000 – | – | – | too few"
+        in rows[1]
     )
+    assert report["best"] is None and "cannot compare" in report["verdict"]
 
 
 def test_inner_validation_folds_pool_the_held_out_test_scores(tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import PROJECT, read_wandb_records, run_cli, tiny_train_overrides
+from helpers import PROJECT, compose, read_wandb_records, run_cli, tiny_train_overrides
 
-from brainseg.postprocessing.__main__ import main as decide_postprocessing
+from brainseg.prediction.pipeline import predict
 from brainseg.reporting.sweep import main as rebuild_report
 from brainseg.runfiles import read_failure, read_metrics
 
@@ -66,7 +66,7 @@ def test_every_combination_runs_and_the_report_lists_it(wandb_sweep: Path) -> No
     )
     for row in rows:
         metrics = read_metrics(wandb_sweep / row["job"])
-        assert row["status"] == "done" and float(row["dsc_volume_mean"]) == pytest.approx(
+        assert row["status"] == "done" and float(row["val/dsc_volume"]) == pytest.approx(
             metrics.selected.scores.dsc_volume_mean
         )
         assert (
@@ -123,51 +123,69 @@ def test_wandb_offline_runs_hold_the_per_volume_dice(wandb_sweep: Path) -> None:
     assert run.run_group == f"sweep-{wandb_sweep.name}" and run.job_type == "sweep-report"
 
 
-def test_kfold_sweep_reports_cv_mean_and_failed_jobs(synthetic_root: Path, tmp_path: Path) -> None:
+def test_kfold_sweep_reports_cv_mean_and_failed_jobs(
+    synthetic_root: Path, tmp_path: Path, caplog
+) -> None:
     sweep = tmp_path / "kfold"
     result = _sweep(
         synthetic_root,
         sweep,
         "data.split.kind=kfold",
-        "data.split.n_folds=3",
-        "data.split.fold=0,1,2,3",
+        "data.split.n_folds=2",
+        "data.split.fold=0,1,2",
     )
     assert result.returncode == 1, result.stderr[
         -3000:
     ]  # the other jobs went on, the failure is loud
-    assert "error: data.split.fold=3 must be in [0, data.split.n_folds=3)" in result.stderr
+    assert "error: data.split.fold=2 must be in [0, data.split.n_folds=2)" in result.stderr
     assert (
-        result.stderr.strip().splitlines()[-1] == f"1 of 4 jobs failed: see {sweep / 'summary.md'}"
+        result.stderr.strip().splitlines()[-1] == f"1 of 3 jobs failed: see {sweep / 'summary.md'}"
     )
     with open(sweep / "summary.csv") as fh:
         rows = {r["overrides"]: r for r in csv.DictReader(fh)}
     assert (
-        rows["data.split.fold=3"]["status"] == "failed"
-        and "data.split.fold=3" in rows["data.split.fold=3"]["error"]
+        rows["data.split.fold=2"]["status"] == "failed"
+        and "data.split.fold=2" in rows["data.split.fold=2"]["error"]
     )
     report = (sweep / "summary.md").read_text()
     assert (
-        "4 jobs: 3 done, 1 failed." in report
+        "3 jobs: 2 done, 1 failed." in report
         and "cross-validation: every patient scored by the fold that held it out" in report
     )
     with open(sweep / "per_patient.csv") as fh:
-        pooled = list(csv.DictReader(fh))
-    assert sorted(r["patient"] for r in pooled) == sorted(
-        p.name for p in synthetic_root.iterdir() if p.is_dir()
-    )
-    for row in pooled:  # each patient's score comes from the fold whose validation set held it out
-        selected = read_metrics(sweep / row["job"]).selected.scores
-        assert float(row["dsc"]) == pytest.approx(selected.per_patient[row["patient"]], abs=1e-9)
+        pooled = {r["patient"]: r for r in csv.DictReader(fh)}
+    assert sorted(pooled) == sorted(p.name for p in synthetic_root.iterdir() if p.is_dir())
+    for row in pooled.values():  # each patient is scored by the fold that held it out
+        assert row["patient"] in read_metrics(sweep / row["job"]).selected.scores.per_patient
         assert row["fold"] == row["job"] and float(row["hd95"]) >= 0
-    pooled_mean = sum(float(r["dsc"]) for r in pooled) / len(pooled)
-    # the post-processing decided once, out of fold, on every finished job's validation patients
-    assert decide_postprocessing(["decide", str(sweep)]) == 0
-    decision = json.loads((sweep / "postprocessing.json").read_text())
-    assert decision["jobs"] == ["0", "1", "2"] and decision["scope"] == "sweep"
-    assert sorted(decision["patients"]) == sorted(f"{r['job']}/{r['patient']}" for r in pooled)
-    assert f"| all folds | last | 3 | 6 | {pooled_mean:.4f} [" in report
+    pooled_mean = sum(float(r["dsc"]) for r in pooled.values()) / len(pooled)
+    assert "| all folds | last | 2 | 6 | " in report and f"| {pooled_mean:.4f} [" in report
+    assert "decided on the 6 patients of its folds pooled |" in report
     (sweep / "summary.md").unlink()
     assert rebuild_report([str(sweep)]) == 0 and (sweep / "summary.md").read_text() == report
+    # the one out-of-fold figure: predict.py sweep_dir= (pick=best: the sweep's one configuration)
+    # gives each patient the Dice, and every other metric, that the report pools
+    with caplog.at_level("INFO", logger="brainseg"):
+        predicted = predict(
+            compose(
+                [
+                    *("progress=false", "figures.overlays=false", "pick=best"),
+                    f"input={synthetic_root}",
+                    f"sweep_dir={sweep}",
+                    f"output_dir={tmp_path / 'oof'}",
+                ],
+                hydra_node=False,
+                config_name="predict",
+            )
+        )
+    assert "pick=best: all folds, jobs 0, 1 (sweep report: all folds has the highest" in caplog.text
+    assert len(predicted["members"]) == 2
+    with open(tmp_path / "oof" / "dsc.csv") as fh:
+        scored = {r["patient"]: r for r in csv.DictReader(fh)}
+    assert sorted(scored) == sorted(pooled) and {r["subset"] for r in scored.values()} == {"val"}
+    for name, row in scored.items():
+        for metric in ("dsc", "hd95", "nsd", "lesions_found"):
+            assert float(row[metric]) == pytest.approx(float(pooled[name][metric]), abs=1e-6)
 
 
 def test_optuna_search_returns_the_best_trial(synthetic_root: Path, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The files a post-processing decision is made from and recorded in: `<run>/validation/*.npz`
-(a run's final validation, thresholded, and the truth), `<run>/postprocessing.json` (also recorded
-in the run's checkpoints) and `<sweep>/postprocessing.json` (the folds pooled)."""
+(a run's final validation, thresholded, and the truth) and `<run>/postprocessing.json` (also
+recorded in the run's checkpoints). The folds of a k-fold configuration have one decision, pooled
+out of fold where it is used (`pooled_decision`): the sweep report and predict.py `sweep_dir=`."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def save_prediction(run_dir: Path, name: str, raw: np.ndarray, truth: np.ndarray
 
 
 def run_predictions(run_dir: Path, prefix: str = "") -> Iterator[Prediction]:
-    """A run's saved validation predictions (patient, raw, truth), one at a time, in name order."""
+    """A run's saved validation predictions (patient, raw, truth), patients in name order, one at
+    a time, each name after `prefix` (a sweep's `<job>/`); a one-line DataError names a bad file."""
     for path in sorted((Path(run_dir) / VALIDATION_DIR).glob("*.npz")):
         try:
             with np.load(path) as data:
@@ -44,96 +46,92 @@ def run_predictions(run_dir: Path, prefix: str = "") -> Iterator[Prediction]:
         yield prefix + path.stem, raw, truth
 
 
-def read_decision(path: Path) -> dict[str, Any]:
-    """A recorded decision, its chosen steps re-checked by name; a DataError naming the file."""
-    try:
-        decision = json.loads(Path(path).read_text())
-        steps = decision["postprocessing"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: not a post-processing decision ({exc})") from None
-    decision["postprocessing"] = check_steps(steps, f"{path}: postprocessing", DataError)
-    return decision
-
-
-def _recorded_candidates(folder: Path, runs: Sequence[Path]) -> list[StepList]:
-    """The candidates the runs' own decisions were made among (they must agree)."""
-    found = {
-        json.dumps([c["postprocessing"] for c in read_decision(path)["candidates"]])
-        for path in (Path(run) / DECISION_FILE for run in runs)
-        if path.is_file()
-    }
+def _recorded_candidates(where: Path, runs: Sequence[Path]) -> list[StepList]:
+    """The candidates the runs' own decisions were made among, checked (they must agree); a
+    DataError naming a file that is not such a decision."""
+    found = set()
+    for path in (Path(run) / DECISION_FILE for run in runs):
+        try:
+            if path.is_file():
+                record = json.loads(path.read_text())["candidates"]
+                checked = [check_steps(c["postprocessing"], f"{path}: candidates") for c in record]
+                found.add(json.dumps(checked))
+        except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
+            raise DataError(f"{path}: not a post-processing decision ({exc})") from None
     if len(found) != 1:
         reason = "its runs were decided among different candidates" if found else "no decision"
-        raise ConfigError(f"{folder}: {reason} to take the candidates from; give --candidates")
+        raise ConfigError(
+            f"{where}: {reason} to take the candidates from; give --candidates, or decide "
+            "each run again among the same ones"
+        )
     return json.loads(found.pop())
 
 
-def decide_runs(
-    folder: Path,
-    runs: Sequence[Path],
+def decide_run(
+    run_dir: Path,
     candidates: Any = None,
     tolerance: float = NSD_TOLERANCE,
     also: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Decide once on the saved validation predictions of `runs` (one run, or the folds of one
-    configuration pooled) and write `<folder>/postprocessing.json`; a run's checkpoints record it
-    with its final validation's other decisions (`also`) in one rewrite."""
-    folder = Path(folder)
-    if not any(any((Path(run) / VALIDATION_DIR).glob("*.npz")) for run in runs):
-        raise DataError(
-            f"{folder}: no saved validation predictions ({VALIDATION_DIR}/*.npz in the run "
-            "directory or in the job folders of a sweep)"
-        )
+    """Decide once on a run's saved validation predictions, write `<run>/postprocessing.json` and
+    record the decision in the run's checkpoints, with the other decisions of its final validation
+    (`also`) in the same rewrite. `candidates` default to those the run was decided among."""
+    run_dir = Path(run_dir)
+    if not any((run_dir / VALIDATION_DIR).glob("*.npz")):
+        raise DataError(f"{run_dir}: no saved validation predictions ({VALIDATION_DIR}/*.npz)")
     if candidates is None:
-        candidates = _recorded_candidates(folder, runs)
+        candidates = _recorded_candidates(run_dir, [run_dir])
     if not (isinstance(candidates, list | tuple) and candidates):
         raise ConfigError("candidates: give a list of step lists, e.g. [[], [largest_component]]")
     checked = [check_steps(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
-    pooled = [Path(run) for run in runs] != [folder]
-    predictions = (
-        prediction
-        for run in runs
-        for prediction in run_predictions(run, f"{Path(run).name}/" if pooled else "")
-    )
     decision = {
-        **decide(predictions, checked, tolerance),
-        "scope": "sweep" if pooled else "run",
-        "folder": str(folder.resolve()),
-        **({"jobs": [Path(run).name for run in runs]} if pooled else {}),
+        **decide(run_predictions(run_dir), checked, tolerance),
+        "folder": str(run_dir.resolve()),
     }
-    path = folder / DECISION_FILE
+    path = run_dir / DECISION_FILE
     path.write_text(json.dumps(decision, indent=2))
-    kept = {  # what a checkpoint keeps of the decision
-        "steps": decision["postprocessing"],
-        "decision": str(path.resolve()),
-        "patients": len(decision["patients"]),
-        "erased": decision["erased"],
-        "rule": decision["rule"],
-    }
-    for checkpoint in [] if pooled else sorted((folder / "checkpoints").glob("*.ckpt")):
+    # what a checkpoint keeps: the steps, where and on how many patients they were chosen, and
+    # the patients whose lesion they erased
+    kept = {"steps": decision["postprocessing"], "decision": str(path.resolve())}
+    kept.update(
+        patients=len(decision["patients"]), erased=decision["erased"], rule=decision["rule"]
+    )
+    for checkpoint in sorted((run_dir / "checkpoints").glob("*.ckpt")):
         if checkpoint.is_file():
             record_decisions(checkpoint, {"postprocessing": kept, **(also or {})})
     return decision
 
 
+def pooled_decision(folds: Sequence[Path]) -> dict[str, Any] | None:
+    """The one decision of a k-fold configuration: its folds' saved validation predictions pooled,
+    each patient (`<job>/<patient>`) predicted by the fold that held it out, decided among the
+    candidates the folds were decided among. Made where it is used (the sweep report, predict.py
+    `sweep_dir=`) and never stored, so both apply the same steps. None for a single run or a fold
+    without saved predictions: each run's own decision stands."""
+    if len(folds) < 2 or not all((Path(f) / VALIDATION_DIR).is_dir() for f in folds):
+        return None
+    candidates = _recorded_candidates(Path(folds[0]).parent, folds)
+    return decide((p for f in folds for p in run_predictions(f, f"{Path(f).name}/")), candidates)
+
+
 def steps_to_apply(
-    setting: Any, recorded: Sequence[tuple[Path, Mapping[str, Any]]], sweep_dir: Path | None = None
+    setting: Any, recorded: Sequence[tuple[Path, Mapping[str, Any]]], folds: Sequence[Path] = ()
 ) -> dict[str, Any]:
     """{"postprocessing": steps, "source": where they come from} for predict.py: the `setting`
-    when given; else a sweep's own decision; else the one decision every model records."""
+    when given; else the pooled decision of a k-fold configuration's `folds`; else the one
+    decision every model records."""
     if setting is not None:
         return {"postprocessing": check_steps(setting, SETTING), "source": "config"}
-    if sweep_dir is not None and (sweep_dir / DECISION_FILE).is_file():
-        path = sweep_dir / DECISION_FILE
-        return {"postprocessing": read_decision(path)["postprocessing"], "source": str(path)}
+    pooled = pooled_decision(folds)
+    if pooled is not None:
+        source = f"decided on the {len(pooled['patients'])} patients of {len(folds)} folds pooled"
+        return {"postprocessing": pooled["postprocessing"], "source": source}
     (first, record), *others = recorded
     for path, other in others:
         if other["steps"] != record["steps"]:
-            pooled = f", or decide once: python -m brainseg.postprocessing decide {sweep_dir}"
             raise ConfigError(
                 f"{first} and {path} record different post-processing "
                 f"({record['steps']} vs {other['steps']}); set {SETTING}"
-                + (pooled if sweep_dir else "")
             )
     steps = check_steps(record["steps"], f"{first}: {SETTING}", DataError)
     return {"postprocessing": steps, "source": record["source"]}

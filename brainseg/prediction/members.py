@@ -148,20 +148,11 @@ def _selected_checkpoint(job: Path) -> tuple[Path, str] | None:
     return checkpoint, reported.rule
 
 
-def find_sweep_checkpoints(sweep_dir: str | Path) -> list[tuple[Path, str]]:
-    """(checkpoint, rule) for every finished job of a sweep directory (e.g. the k folds)."""
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise DataError(f"{sweep_dir}: sweep directory not found")
-    jobs = sorted(
-        (p for p in sweep_dir.iterdir() if p.is_dir()), key=lambda p: (len(p.name), p.name)
-    )
-    found = [selected for selected in map(_selected_checkpoint, jobs) if selected]
-    if not found:
-        raise DataError(
-            f"{sweep_dir}: no finished job folder (a metrics.json naming its selected checkpoint)"
-        )
-    return found
+def find_sweep_checkpoints(jobs: list[Path]) -> list[tuple[Path, str]]:
+    """(checkpoint, rule) for finished jobs of a sweep (e.g. the k folds of a k-fold sweep,
+    brainseg.reporting.sweep.sweep_jobs): the checkpoint each job's evaluation.selection rule
+    reports, e.g. last.ckpt under `last`."""
+    return [selected for selected in map(_selected_checkpoint, jobs) if selected]
 
 
 def export_onnx(member: Member, path: Path, image_size: int) -> Path:

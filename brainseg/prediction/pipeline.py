@@ -36,6 +36,7 @@ from brainseg.prediction.members import (
 )
 from brainseg.reporting.figures import failure_case, write_overlays
 from brainseg.reporting.scores import UNCERTAINTY_COLUMN, headline, patient_subset, write_scores
+from brainseg.reporting.sweep import sweep_jobs
 from brainseg.run_lock import claim_output_dir
 from brainseg.runfiles import PATIENT_COLUMN, SUBSET_COLUMN, write_json
 
@@ -87,7 +88,7 @@ def load_members(cfg: DictConfig) -> list[Member]:
         given = [given]
     chosen: list[tuple[Path, str | None]] = [(_path(p, "checkpoints"), None) for p in given]
     if cfg.get("sweep_dir"):
-        chosen += find_sweep_checkpoints(_path(cfg.sweep_dir, "sweep_dir"))
+        chosen += find_sweep_checkpoints(sweep_jobs(_path(cfg.sweep_dir, "sweep_dir"), cfg.pick))
     if not chosen:
         raise ConfigError(
             "checkpoints: give one or more checkpoint files, a sweep_dir, or an onnx model"
@@ -163,7 +164,7 @@ def run_prediction(cfg: DictConfig, members: list[Member]) -> dict[str, Any]:
     chosen = steps_to_apply(
         to_plain(cfg.get("postprocessing")),
         [(m.path, m.postprocessing) for m in members],
-        _path(cfg.get("sweep_dir"), "sweep_dir"),
+        [m.path.parent.parent for m in members if m.selection],  # a sweep's jobs
     )
     steps = chosen["postprocessing"]
     rows, cases, uncertainty = [], [], {}

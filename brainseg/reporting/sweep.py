@@ -1,26 +1,15 @@
-"""The sweep report: which configuration of a Hydra multirun is better, and is it really?
-
-- `summary.csv` / `summary.md`: one row per job (overrides, status, the epoch its
-  `evaluation.selection` rule reports, per-volume Dice, train time), then one row per configuration:
-  the mean per-volume Dice over its patients with a 95% bootstrap CI and, against the best
-  configuration, the paired per-patient difference with its CI, the Wilcoxon signed-rank p-value,
-  Holm's correction across the comparisons and a verdict (brainseg.evaluation.statistics). Jobs
-  differing only in `data.split.fold` are one configuration: each patient is scored by the fold that
-  held it out and the figures are over all patients pooled (not a mean of fold means). Under the
-  inner-validation rule (`data.split.n_inner_val`, rule `inner_val`) those are the folds' test
-  scores: the held-out patients scored with the checkpoint the inner validation patients chose.
-- `per_patient.csv`: configuration, patient, fold, job, rule and every per-volume metric.
-- `summary.png` (per-patient strip/box plot per configuration) and `heatmap.png` (configurations x
-  patients).
-
-Written by the sweep guard (brainseg.hydra_callbacks.SweepGuard) after every job and at the end
-of every multirun, and rebuilt any time with `python -m brainseg.reporting.sweep <sweep dir>`.
+"""The sweep report (docs/sweeps.md): which configuration of a Hydra multirun is better, and is it
+really? Written into the sweep directory by the sweep guard after every job and at the end; rebuilt
+with `python -m brainseg.reporting.sweep <sweep dir>`. A k-fold configuration's patients are each
+scored by the fold that held them out, pooled, after its one post-processing decision
+(brainseg.postprocessing.records.pooled_decision): the figures predict.py `sweep_dir=` reproduces.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -29,49 +18,44 @@ from typing import Any
 import numpy as np
 import yaml
 
+from brainseg.cli import exit_status
 from brainseg.errors import ConfigError, DataError
-from brainseg.evaluation.folds import CV_RULES, reported_scores
-from brainseg.evaluation.statistics import LEVEL, compare_configurations, minimum_patients
+from brainseg.evaluation.folds import CV_RULES, INNER_VAL, reported_scores
+from brainseg.evaluation.statistics import LEVEL, WORSE, compare_configurations, minimum_patients
 from brainseg.paths import atomic_writer
+from brainseg.postprocessing.records import pooled_decision
 from brainseg.reporting.figures import heat_map, strip_box_plot
 from brainseg.reporting.scores import metric_columns
 from brainseg.run_lock import check_run_directory_free
 from brainseg.runfiles import (
     METRICS_FILE,
+    VAL_DSC,
+    VAL_DSC_MEDIAN,
     RunMetrics,
     read_failure,
     read_metrics,
     read_pruned,
 )
 
+log = logging.getLogger("brainseg")
 FOLD_KEY = "data.split.fold"
-JOB_COLUMNS = [
-    "job",
-    "overrides",
-    "status",
-    "selection",
-    "epoch",
-    "dsc_volume_mean",
-    "dsc_volume_median",
-    "best_on_val_mean",
-    "train_seconds",
-    "error",
-]
+BEST_ON_VAL_DSC = "best_on_val/dsc_volume"  # as the W&B run summary labels it
+# summary.csv's columns and summary.md's headers: each says what its figure is
+JOB_COLUMNS = {
+    "job": "job",
+    "overrides": "overrides",
+    "status": "status",
+    "selection": "rule",
+    "epoch": "epoch",
+    VAL_DSC: f"reported {VAL_DSC} (original geometry, the run's decided post-processing)",
+    VAL_DSC_MEDIAN: f"reported {VAL_DSC_MEDIAN}",
+    BEST_ON_VAL_DSC: f"{BEST_ON_VAL_DSC} (training grid, epoch selected on these patients)",
+    "train_seconds": "train s",
+    "error": "error",
+}
 COMPARISON_COLUMNS = [
-    "configuration",
-    "jobs",
-    "selection",
-    "n",
-    "mean",
-    "ci_low",
-    "ci_high",
-    "median",
-    "difference",
-    "difference_ci_low",
-    "difference_ci_high",
-    "p",
-    "p_holm",
-    "verdict",
+    *("configuration", "jobs", "selection", "postprocessing", "n", "mean", "ci_low", "ci_high"),
+    *("median", "difference", "difference_ci_low", "difference_ci_high", "p", "p_holm", "verdict"),
 ]
 
 
@@ -137,12 +121,13 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
                 status=_status(job, metrics, started),
                 selection=reported and reported.rule,
                 epoch=scores and scores.epoch,
-                dsc_volume_mean=scores and scores.dsc_volume_mean,
-                dsc_volume_median=scores and scores.dsc_volume_median,
-                best_on_val_mean=metrics.best and metrics.best.dsc_volume_mean,
                 train_seconds=metrics.train_seconds,
                 per_patient=scores.per_patient_metrics if scores else {},
+                postprocessing=reported and reported.postprocessing,
             )
+            row[VAL_DSC] = scores and scores.dsc_volume_mean
+            row[VAL_DSC_MEDIAN] = scores and scores.dsc_volume_median
+            row[BEST_ON_VAL_DSC] = metrics.best and metrics.best.dsc_volume_mean
         elif failure is not None and row["status"] != "running":
             row.update(status="failed", error=failure.headline)
         jobs.append(row)
@@ -175,70 +160,102 @@ def _significant_digits(jobs: list[dict[str, Any]], keys: list[str]) -> int:
     )
 
 
-def _labels(
-    jobs: list[dict[str, Any]], keys: list[str], fallback: str | None = None
-) -> dict[str, str]:
-    """Job name -> its configuration label: the overrides that vary across the sweep, numbers with
-    `_significant_digits`."""
+def configurations(jobs: list[dict[str, Any]]) -> dict[str, str]:
+    """Job name -> its configuration: the overrides that vary across the jobs (numbers with
+    `_significant_digits`), but the fold (jobs that differ only in data.split.fold are one
+    configuration, its cross-validation)."""
+    keys = [key for key in _varying(jobs) if key != FOLD_KEY]
     digits = _significant_digits(jobs, keys)
 
     def shown(value: str) -> str:
         return f"{float(value):.{digits}g}" if _is_decimal(value) else value
 
+    folds = any(FOLD_KEY in job["overrides"] for job in jobs)
     labels = {}
     for job in jobs:
         text = " ".join(f"{k}={shown(job['overrides'][k])}" for k in keys if k in job["overrides"])
-        labels[job["job"]] = text or (fallback if fallback is not None else f"job {job['job']}")
+        labels[job["job"]] = text or ("all folds" if folds else f"job {job['job']}")
     return labels
 
 
-def configurations(jobs: list[dict[str, Any]]) -> dict[str, str]:
-    """Job name -> its configuration: the overrides that vary across the jobs, but the fold (jobs
-    that differ only in data.split.fold are one configuration, its cross-validation)."""
-    keys = _varying(jobs)
-    config_keys = [k for k in keys if k != FOLD_KEY]
-    return _labels(jobs, config_keys, "all folds" if FOLD_KEY in keys else None)
+def _job_label(job: dict[str, Any]) -> str:
+    """A job's configuration and, in a k-fold configuration, its fold."""
+    fold = job["overrides"].get(FOLD_KEY)
+    name = "" if job["configuration"] == "all folds" else job["configuration"]
+    return " ".join(filter(None, [name, fold and f"{FOLD_KEY}={fold}"]))
 
 
-def pooled_per_patient(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (configuration, patient) of every finished job, each patient scored by the fold
-    that held it out."""
-    labels = configurations(jobs)
-    rows = []
-    for job in jobs:
-        if job["status"] not in FINISHED:
-            continue
-        for patient, scores in job["per_patient"].items():
-            rows.append(
-                {
-                    "configuration": labels[job["job"]],
-                    "patient": patient,
-                    "fold": job["overrides"].get(FOLD_KEY, ""),
-                    "job": job["job"],
-                    "selection": job["selection"],
-                    **scores,
-                }
-            )
-    return rows
+def _decided(pooled: dict[str, Any] | None, group: list[dict[str, Any]]) -> str:
+    """A configuration's post-processing and the patients it was decided on."""
+    steps = (pooled or group[0])["postprocessing"]
+    if steps is None or not pooled and len(group) > 1:
+        return "–"
+    names = ", ".join(step["name"] for step in steps) or "none"
+    if pooled:
+        return f"{names}: decided on the {len(pooled['patients'])} patients of its folds pooled"
+    return f"{names}: decided on its {len(group[0]['per_patient'])} patients"
 
 
-def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The per-configuration statistics table (see the module docstring)."""
+def verdict(table: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """The report's answer in one line, and the best configuration where the sweep can tell (every
+    other configuration worse); None where it cannot compare or finds no difference."""
+    best, others = table[0], table[1:]
+    top = f"{best['configuration']} has the highest mean DSC ({best['mean']:.4f})"
+    if not others:
+        return f"{top}, the sweep's only configuration: nothing compared", None
+    if any(
+        r["n"] < minimum_patients() or r["n_paired"] is not None and r["p"] is None for r in table
+    ):
+        return (
+            f"{top}, but this sweep cannot compare configurations scored on fewer than "
+            f"{minimum_patients()} patients: on so few, a two-sided Wilcoxon signed-rank test "
+            f"cannot reach p < {LEVEL} whatever the scores, so they get no interval, no p-value "
+            "and no verdict; score more patients (e.g. cross-validation folds over "
+            "`data.split.fold`)"
+        ), None
+    same = [r["configuration"] for r in others if r["verdict"] != WORSE]
+    if same:
+        return f"{top}, not distinguishable from {'; '.join(same)} (level {LEVEL})", None
+    return f"{top}; every other configuration is worse (Holm p < {LEVEL})", best["configuration"]
+
+
+def build_report(sweep_dir: Path) -> dict[str, Any]:
+    """The report, nothing written: the jobs, one row per (configuration, patient) of the finished
+    jobs, the configurations table (best first), its verdict and the best configuration where the
+    sweep can tell (`verdict`)."""
+    if not sweep_dir.is_dir():
+        raise DataError(f"{sweep_dir}: sweep directory not found")
+    jobs = collect_jobs(sweep_dir)
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for job, name in zip(jobs, configurations(jobs).values()):
+        job["configuration"] = name
+        if job["status"] in FINISHED:
+            groups[name].append(job)
+    rows, decided = [], {}
     dice: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    rules: dict[str, set[str]] = defaultdict(set)
-    job_counts: dict[str, set[str]] = defaultdict(set)
-    for row in rows:
-        dice[row["configuration"]][row["patient"]].append(row["dsc"])
-        rules[row["configuration"]].add(row["selection"])
-        job_counts[row["configuration"]].add(row["job"])
-    scores = {
-        name: {p: float(np.mean(v)) for p, v in values.items()} for name, values in dice.items()
-    }
-    table = compare_configurations(scores)
+    for name, group in groups.items():
+        inner = any(job["selection"] == INNER_VAL for job in group)
+        pooled = None if inner else pooled_decision([sweep_dir / job["job"] for job in group])
+        decided[name] = _decided(pooled, group)
+        for job in group:
+            for patient, scores in job["per_patient"].items():
+                scores = pooled["metrics"][f"{job['job']}/{patient}"] if pooled else scores
+                fold = job["overrides"].get(FOLD_KEY, "")
+                row = {"configuration": name, "patient": patient, "fold": fold, "job": job["job"]}
+                rows.append({**row, "selection": job["selection"], **scores})
+                dice[name][patient].append(scores["dsc"])
+    table = compare_configurations(
+        {name: {p: float(np.mean(v)) for p, v in values.items()} for name, values in dice.items()}
+    )
     for entry in table:
-        entry["selection"] = ",".join(sorted(rules[entry["configuration"]]))
-        entry["jobs"] = len(job_counts[entry["configuration"]])
-    return table
+        group, entry["postprocessing"] = (
+            groups[entry["configuration"]],
+            decided[entry["configuration"]],
+        )
+        entry.update(selection=",".join(sorted({j["selection"] for j in group})), jobs=len(group))
+    line, best = verdict(table) if table else ("no finished job", None)
+    report = {"jobs": jobs, "per_patient": rows, "configurations": table}
+    return {**report, "verdict": line, "best": best}
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -258,9 +275,13 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> No
         writer.writerows(rows)
 
 
-def _markdown(
-    sweep_dir: Path, jobs: list[dict[str, Any]], keys: list[str], table: list[dict[str, Any]]
-) -> list[str]:
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table."""
+    return [f"| {' | '.join(row)} |" for row in [headers, ["---"] * len(headers), *rows]]
+
+
+def _markdown(sweep_dir: Path, report: dict[str, Any]) -> list[str]:
+    jobs, table = report["jobs"], report["configurations"]
     statuses = sorted((j["status"] for j in jobs), key=list(STATUSES).index)
     lines = [
         f"# Sweep report: {sweep_dir.name}",
@@ -268,90 +289,54 @@ def _markdown(
         (
             f"{len(jobs)} jobs: "
             + ", ".join(f"{n} {status}" for status, n in Counter(statuses).items())
-            + ". Per-volume Dice on each job's "
-            "validation patients at the epoch its `evaluation.selection` rule reports (rule "
-            "`inner_val`: on its held-out test patients, with the checkpoint its inner validation "
-            "patients chose)."
+            + ". Rule `inner_val`: `test/dsc_volume` on the held-out patients, training grid."
         ),
         "",
-        (
-            "| job | overrides | status | rule | epoch | mean DSC | median DSC "
-            "| best-epoch mean DSC (selected on validation) | train s |"
-        ),
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    labels = _labels(jobs, keys)
-    for job in jobs:
-        status = job["status"] + (f" ({job['error']})" if job["error"] else "")
-        lines.append(
-            f"| {job['job']} | {labels[job['job']]} | {status} | {_fmt(job['selection'])} | "
-            f"{_fmt(job['epoch'])} | "
-            f"{_fmt(job['dsc_volume_mean'])} | {_fmt(job['dsc_volume_median'])} | "
-            f"{_fmt(job['best_on_val_mean'])} | {_fmt(job['train_seconds'], 1)} |"
-        )
+
+    def cell(job: dict[str, Any], key: str) -> str:
+        if key == "overrides":
+            return _job_label(job)
+        if key == "status":
+            return job["status"] + (f" ({job['error']})" if job["error"] else "")
+        return _fmt(job[key], 1 if key == "train_seconds" else 4)
+
+    keys = [key for key in JOB_COLUMNS if key != "error"]
+    lines += _table([JOB_COLUMNS[k] for k in keys], [[cell(job, k) for k in keys] for job in jobs])
     if not table:
         return lines
     pooled = " (cross-validation: every patient scored by the fold that held it out, pooled)"
-    lines += [
-        "",
-        "## Configurations" + (pooled if FOLD_KEY in keys else ""),
-        "",
-        (
-            "Mean per-volume Dice over patients with its 95% bootstrap CI; against the best "
-            "configuration the paired per-patient difference (this minus best) with its 95% CI, "
-            "the two-sided Wilcoxon signed-rank "
-            f"p-value and its Holm correction across the comparisons; verdict at level {LEVEL}."
-        ),
-        "",
-        (
-            "| configuration | rule | jobs | patients | mean DSC [95% CI] | median "
-            "| Δ vs best [95% CI] | p | p (Holm) | verdict |"
-        ),
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    explained = (
+        f"Mean {VAL_DSC} with its 95% bootstrap CI; Δ: the paired per-patient difference (this "
+        f"minus best), two-sided Wilcoxon signed-rank p, Holm-corrected; verdict at level {LEVEL}."
+    )
+    folds = any(FOLD_KEY in job["overrides"] for job in jobs)
+    lines += ["", "## Configurations" + (pooled if folds else ""), "", explained, ""]
+    headers = ["configuration", "rule", "jobs", "patients", "post-processing (decided on)"]
+    headers += [f"mean {VAL_DSC} [95% CI]", "median", "Δ vs best [95% CI]", "p", "p (Holm)"]
+    rows = []
     for r in table:
-        difference_ci = (
-            _interval(r["difference_ci_low"], r["difference_ci_high"])
-            if r["difference"] is not None
-            else ""
+        difference = r["difference"] is not None
+        ci = _interval(r["difference_ci_low"], r["difference_ci_high"]) if difference else ""
+        rows.append(
+            [r["configuration"], r["selection"], str(r["jobs"]), str(r["n"]), r["postprocessing"]]
+            + [f"{r['mean']:.4f} {_interval(r['ci_low'], r['ci_high'])}", f"{r['median']:.4f}"]
+            + [f"{_fmt(r['difference'])} {ci}", _fmt(r["p"]), _fmt(r["p_holm"]), r["verdict"]]
         )
-        lines.append(
-            f"| {r['configuration']} | {r['selection']} | {r['jobs']} | {r['n']} | {r['mean']:.4f} "
-            f"{_interval(r['ci_low'], r['ci_high'])} | {r['median']:.4f} | "
-            f"{_fmt(r['difference'])} {difference_ci} | "
-            f"{_fmt(r['p'])} | {_fmt(r['p_holm'])} | {r['verdict']} |"
-        )
-    if any(
-        r["n"] < minimum_patients() or r["n_paired"] is not None and r["p"] is None for r in table
-    ):
-        lines += [
-            "",
-            (
-                f"**This sweep cannot compare configurations scored on fewer than "
-                f"{minimum_patients()} patients**: on so few, a two-sided Wilcoxon signed-rank "
-                f"test cannot reach p < {LEVEL} whatever the scores, so they get no interval, no "
-                "p-value and no verdict. Score more patients (e.g. cross-validation folds over "
-                "`data.split.fold`)."
-            ),
-        ]
+    lines += _table([*headers, "verdict"], rows)
+    lines += ["", f"**Verdict**: {report['verdict']}."]
     lines += ["", "Rules: " + "; ".join(f"`{k}` = {v}" for k, v in CV_RULES.items()) + "."]
     return lines
 
 
 def write_report(sweep_dir: str | Path) -> dict[str, Any]:
-    """Write summary.csv, summary.md, per_patient.csv,
-    summary.png and heatmap.png into the sweep directory."""
+    """Write summary.csv, comparison.csv, summary.md, per_patient.csv, summary.png and heatmap.png
+    into the sweep directory; returns `build_report`'s content."""
     sweep_dir = Path(sweep_dir)
-    jobs = collect_jobs(sweep_dir)
-    keys = _varying(jobs)
-    rows = pooled_per_patient(jobs)
-    table = compare(rows)
-    labels = _labels(jobs, keys)
-    _write_csv(
-        sweep_dir / "summary.csv",
-        JOB_COLUMNS,
-        [{**job, "overrides": labels[job["job"]]} for job in jobs],
-    )
+    report = build_report(sweep_dir)
+    jobs, table, rows = report["jobs"], report["configurations"], report["per_patient"]
+    shown = [{**job, "overrides": _job_label(job)} for job in jobs]
+    _write_csv(sweep_dir / "summary.csv", list(JOB_COLUMNS), shown)
     _write_csv(sweep_dir / "comparison.csv", COMPARISON_COLUMNS, table)
     _write_csv(
         sweep_dir / "per_patient.csv",
@@ -359,7 +344,7 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
         rows,
     )
     with atomic_writer(sweep_dir / "summary.md") as fh:
-        fh.write("\n".join(_markdown(sweep_dir, jobs, keys, table)) + "\n")
+        fh.write("\n".join(_markdown(sweep_dir, report)) + "\n")
     if table:
         scores: dict[str, dict[str, float]] = {r["configuration"]: {} for r in table}
         for row in rows:
@@ -370,26 +355,49 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
             "Per-volume Dice per patient, best configuration on top",
         )
         heat_map(scores, sweep_dir / "heatmap.png", "Per-volume Dice: configurations x patients")
-    return {"jobs": jobs, "configurations": table, "per_patient": rows}
+    return report
+
+
+def sweep_jobs(sweep_dir: Path, pick: str | None = None) -> list[Path]:
+    """The job folders predict.py `sweep_dir=` ensembles: the finished jobs of a sweep of one
+    configuration (e.g. its k folds); `pick=best`: those of the configuration the report ranks
+    first, logging which and the report's verdict (which says when the sweep cannot tell)."""
+    if pick not in (None, "best"):
+        raise ConfigError(f"pick={pick!r} is unknown; choose best, or null for every job")
+    report = build_report(sweep_dir)
+    names = [row["configuration"] for row in report["configurations"]]
+    if not names:
+        raise DataError(f"{sweep_dir}: no finished job (a metrics.json with a reported epoch)")
+    if pick is None and len(names) > 1:
+        raise ConfigError(
+            f"sweep_dir: {sweep_dir} holds {len(names)} configurations "
+            f"({'; '.join(sorted(names))}), never one ensemble; give pick=best, or checkpoints"
+        )
+    chosen = [
+        j["job"]
+        for j in report["jobs"]
+        if j["status"] in FINISHED and j["configuration"] == names[0]
+    ]
+    if pick:
+        log.info(
+            "pick=best: %s, jobs %s (sweep report: %s)",
+            names[0],
+            ", ".join(chosen),
+            report["verdict"],
+        )
+    return [sweep_dir / job for job in chosen]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Rebuild the report of a train.py -m sweep directory."
-    )
-    parser.add_argument("sweep_dir")
-    args = parser.parse_args(argv)
-    sweep_dir = Path(args.sweep_dir)
-    if not sweep_dir.is_dir():
-        print(f"error: {sweep_dir}: sweep directory not found", file=sys.stderr)
-        return 2
-    try:
-        report = write_report(sweep_dir)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print((sweep_dir / "summary.md").read_text())
-    return 0 if report["jobs"] else 1
+    parser = argparse.ArgumentParser(description="Rebuild the report of a train.py -m sweep dir.")
+    parser.add_argument("sweep_dir", type=Path)
+    sweep_dir, jobs = parser.parse_args(argv).sweep_dir, []
+
+    def run() -> None:
+        jobs.extend(write_report(sweep_dir)["jobs"])
+        print((sweep_dir / "summary.md").read_text())
+
+    return exit_status(run) or (0 if jobs else 1)
 
 
 if __name__ == "__main__":

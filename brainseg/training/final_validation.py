@@ -30,7 +30,7 @@ from brainseg.postprocessing.decision import describe
 from brainseg.postprocessing.records import (
     DECISION_FILE,
     VALIDATION_DIR,
-    decide_runs,
+    decide_run,
     save_prediction,
 )
 from brainseg.prediction.inference import Predictor
@@ -70,9 +70,8 @@ def final_validation(
         save_prediction(run_dir, name, probs > member.threshold, volume.mask)
         pixels[name] = sample_pixels(probs, volume.mask, seed)
     calibration = calibrate(Path(run_dir), pixels)
-    decision = decide_runs(
+    decision = decide_run(
         run_dir,
-        [run_dir],
         list(candidates) or [fallback],
         nsd_tolerance,
         {"calibration": {"temperature": calibration["temperature"], "ece": calibration["ece"]}},
