@@ -107,14 +107,14 @@ def test_wandb_offline_runs_hold_the_per_volume_dice(wandb_sweep: Path) -> None:
         data = json.loads(table.read_text())
         assert dict(data["data"]) == pytest.approx(metrics.best.per_patient)
         assert list(run_file.parent.glob("files/media/images/val/overlays_*.png"))
-        summary = {
-            i.key or "/".join(i.nested_key): json.loads(i.value_json)
+        headline = [
+            float(item.value_json)
             for r in records
-            if r.WhichOneof("record_type") == "summary"
-            for i in r.summary.update
-        }
-        assert summary["val/dsc_volume"] == pytest.approx(metrics.selected.scores.dsc_volume_mean)
-        assert summary["reported/selection"] == "last" and "val/hd95" in summary
+            if r.WhichOneof("record_type") == "history"
+            for item in r.history.item
+            if (item.key or "/".join(item.nested_key)) == "reported/dsc_volume"
+        ]
+        assert headline == [metrics.headline]
         assert {"sweep/model", "sweep/loss"} <= config_keys
     (report_run,) = wandb_sweep.glob("wandb/offline-run-*/run-*.wandb")
     run = next(

@@ -63,8 +63,9 @@ def test_console_files_and_checkpoint_name_number_epochs_alike(tiny_run: Path) -
     assert (
         f"(epoch {best.epoch})" in [ln for ln in console.splitlines() if "| train loss" in ln][-1]
     )
-    assert f"best val/dsc_volume: {best.dsc_volume_mean:.4f} (epoch {best.epoch}," in console
-    assert f"(epoch {reported.epoch})" in console.split("reported (evaluation.selection")[-1]
+    assert f"best_on_val/dsc_volume {best.dsc_volume_mean:.4f} (epoch {best.epoch} " in console
+    assert f"reported/dsc_volume {metrics.headline:.4f} (evaluation.selection=last" in console
+    assert f"; epoch {reported.epoch}, 2 patients" in console
     assert reported.epoch == metrics.epochs == 2  # selection=last: the second and last epoch
     assert Path(metrics.best_checkpoint).name.startswith(f"best-epoch{best.epoch:03d}-dsc_volume_")
 

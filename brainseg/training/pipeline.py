@@ -35,7 +35,7 @@ from brainseg.runfiles import RunMetrics, write_metrics
 from brainseg.tracking import finish_run
 from brainseg.training.checkpoints import LAST_NAME, AtomicCheckpointIO, LastCheckpoint
 from brainseg.training.final_validation import FAILURES_FILE, final_validation
-from brainseg.training.media import TrackerMedia
+from brainseg.training.media import TrackerMedia, log_reported
 from brainseg.training.module import SegmentationModule
 from brainseg.training.report import RunReport
 from brainseg.training.speed_settings import apply_speed_settings
@@ -258,6 +258,7 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
             )
         if trainer.is_global_zero:
             _final_validation(cfg, trainer, report, candidates)
+            log_reported(trainer.loggers, report.run_metrics(trainer), trainer.global_step)
     finally:
         if any(isinstance(logger, WandbLogger) for logger in loggers):
             finish_run(report.run_metrics(trainer))
@@ -268,29 +269,31 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
             callback.job_succeeded()
     metrics = dataclasses.replace(report.run_metrics(trainer), finished=True)
     write_metrics(output_dir, metrics)
-    if metrics.best is not None and metrics.selected is not None:
-        best, reported = metrics.best, metrics.selected
+    if metrics.best is not None and metrics.headline is not None:
+        best, reported, name = metrics.best, metrics.selected, cfg.monitor.removeprefix("val/")
         log.info(
-            "best %s: %.4f (epoch %d, %d patients); run in %s",
-            cfg.monitor,
+            "best_on_val/%s %.4f (epoch %d on the training grid, selected on validation)",
+            name,
             best.value(cfg.monitor),
             best.epoch,
-            len(best.per_patient),
-            output_dir,
         )
         median = reported.scores.dsc_volume_median
         log.info(
-            "reported (evaluation.selection=%s: %s): "
-            "val/dsc_volume mean %.4f, median %s, HD95 %.2f px (epoch %d)%s",
+            "reported/%s %.4f (evaluation.selection=%s: %s; epoch %d, %d patients%s): "
+            "dsc_volume mean %.4f, median %s, HD95 %.2f px; run in %s",
+            name,
+            metrics.headline,
             reported.rule,
             reported.description,
+            reported.scores.epoch,
+            len(reported.scores.per_patient),
+            f", {reported.geometry}, postprocessing={[s['name'] for s in reported.postprocessing]}"
+            if reported.geometry
+            else ", training grid",
             reported.scores.dsc_volume_mean,
             "-" if median is None else f"{median:.4f}",
             reported.scores.value("val/hd95") or float("nan"),
-            reported.scores.epoch,
-            f"; {reported.geometry}, postprocessing={[s['name'] for s in reported.postprocessing]}"
-            if reported.geometry
-            else "",
+            output_dir,
         )
     if metrics.test is not None:
         log.info(

@@ -153,8 +153,8 @@ class RunReport(L.Callback):
         )
 
     def _progress_line(self, trainer: L.Trainer, entry: EpochScores) -> str:
-        """`epoch 3/20 | train loss 0.41 | val Dice mean 0.61 median 0.65 | best val/dsc_volume
-        0.61 (epoch 3) | 47 s | ETA 13 min`"""
+        """`epoch 3/20 | train loss 0.41 | val Dice (training grid) mean 0.61 median 0.65 |
+        best_on_val/dsc_volume 0.61 (epoch 3) | 47 s | ETA 13 min`"""
         seconds = sum(self._epoch_seconds) / len(self._epoch_seconds)
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         left = _seconds_left(trainer, entry, seconds)
@@ -162,9 +162,10 @@ class RunReport(L.Callback):
         loss = f"{entry.train_loss:.4f}" if entry.train_loss is not None else "–"
         median = entry.dsc_volume_median
         return (
-            f"epoch {entry.epoch}/{epochs or '∞'} | train loss {loss} | val Dice mean "
-            f"{entry.dsc_volume_mean:.4f} median {'–' if median is None else f'{median:.4f}'} | "
-            f"best {self.monitor} {self.best.value(self.monitor):.4f} (epoch {self.best.epoch}) | "
+            f"epoch {entry.epoch}/{epochs or '∞'} | train loss {loss} | val Dice (training grid) "
+            f"mean {entry.dsc_volume_mean:.4f} median {'–' if median is None else f'{median:.4f}'}"
+            f" | best_on_val/{self.monitor.removeprefix('val/')} "
+            f"{self.best.value(self.monitor):.4f} (epoch {self.best.epoch}) | "
             f"{seconds:.1f} s/epoch | {eta}"
         )
 
