@@ -6,10 +6,12 @@ import csv
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from helpers import compose_run
 
+from brainseg.checkpoint import read_checkpoint
 from brainseg.cli import run_task
 from brainseg.training.module import SegmentationModule
 from brainseg.training.pipeline import train
@@ -68,6 +70,31 @@ def test_optimizer_scheduler_precision(
     assert metrics.best.dsc_volume_mean == max(h.dsc_volume_mean for h in metrics.history)
     lrs = _lr_by_epoch(tmp_path / "run")
     assert len(lrs) == 2 and (lrs[0] != lrs[1]) == lr_changes
+
+
+class StopMidEpoch(L.Callback):
+    """Stops the fit after the first batch of epoch 3 (of 4 batches), as max_time's timer does."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        trainer.should_stop = trainer.global_step == 9
+
+
+@pytest.mark.parametrize(
+    "limit", ["+trainer.max_steps=9", f"+callbacks.stop._target_={__name__}.StopMidEpoch"]
+)
+def test_an_epoch_cut_by_a_limit_is_never_reported(
+    synthetic_root: Path, tmp_path: Path, limit: str
+) -> None:
+    """max_steps (no validation of the cut epoch) or a time limit (Lightning validates it) stops
+    epoch 3 after one batch: epoch 2 is reported, scored from epoch 2's checkpoint."""
+    cfg = compose_run(
+        synthetic_root, tmp_path / "run", tmp_path / "cache", "trainer.max_epochs=5", limit
+    )
+    metrics = train(cfg)
+    assert [h.epoch for h in metrics.history] == [1, 2] and metrics.epochs == 2
+    selected = metrics.selected
+    assert selected.scores.epoch == selected.training_grid.epoch == 2 and selected.geometry
+    assert read_checkpoint(Path(selected.checkpoint))["global_step"] == selected.scores.step == 8
 
 
 def test_returns_the_best_score_and_honours_test_flag(synthetic_root: Path, tmp_path: Path) -> None:

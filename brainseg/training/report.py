@@ -34,7 +34,7 @@ from brainseg.runfiles import (
     Selected,
     TestScores,
 )
-from brainseg.training.checkpoints import LastCheckpoint
+from brainseg.training.checkpoints import LastCheckpoint, epoch_cut
 
 log = logging.getLogger("brainseg")
 
@@ -118,6 +118,14 @@ class RunReport(L.Callback):
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None or math.isnan(float(value)):
+            return
+        if epoch_cut(trainer):
+            log.info(
+                "epoch %d stopped after %d of %d batches: not reported, nor checkpointed",
+                trainer.current_epoch + 1,
+                trainer.fit_loop.epoch_loop.batch_progress.current.ready,
+                trainer.num_training_batches,
+            )
             return
         entry = EpochScores(
             epoch=trainer.current_epoch + 1,
@@ -233,7 +241,7 @@ class RunReport(L.Callback):
             best=self.best,
             best_checkpoint=paths["best"],
             last_checkpoint=paths["last"],
-            epochs=trainer.current_epoch,
+            epochs=trainer.current_epoch - epoch_cut(trainer),  # whole epochs
             train_seconds=round(self._elapsed_before + time.monotonic() - self._started, 1),
             history=self.history,
             test=self.test,
