@@ -91,6 +91,24 @@ def test_one_headline_in_metrics_json_wandb_tensorboard_csv_and_the_return_value
     assert run.run_group == "" and not run.tags  # only sweep jobs are grouped and tagged
 
 
+def test_epochs_count_from_1_in_csv_tensorboard_and_wandb(tracked_run) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, metrics, _ = tracked_run
+    epochs = [h.epoch for h in metrics.history]
+    assert epochs == [1, 2, 3]
+    with open(run_dir / "csv" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows if r["val/dsc_volume"]] == epochs
+    assert {int(r["epoch"]) for r in rows if r["train/loss"]} == set(epochs)
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert sorted({int(e.value) for e in events.Scalars("epoch")}) == epochs
+    (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    history, _ = _wandb(run_file)
+    assert [r["epoch"] for r in history if "val/dsc_volume" in r] == epochs
+
+
 def test_wandb_logs_mask_overlays_and_the_table_only_when_the_best_improves(tracked_run) -> None:
     run_dir, metrics, _ = tracked_run
     (files,) = run_dir.glob("wandb/offline-run-*/files")

@@ -110,7 +110,7 @@ def test_resume_from_last_checkpoint(tiny_run: Path, synthetic_root: Path, tmp_p
     assert [h.epoch for h in metrics.history] == [1, 2, 3]  # the first two from the checkpoint
     with open(tmp_path / "resumed" / "csv" / "metrics.csv") as fh:
         epochs = {row["epoch"] for row in csv.DictReader(fh) if row.get("train/loss")}
-    assert epochs == {"2"}  # only the new epoch was trained
+    assert epochs == {"3"}  # only the new epoch was trained
 
 
 def test_rerun_in_the_same_directory_resumes(

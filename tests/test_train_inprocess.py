@@ -443,15 +443,15 @@ def test_a_resumed_csv_log_drops_the_rows_of_the_epoch_it_trains_again(tmp_path:
         return ResumableCSVLogger(save_dir=tmp_path, name="csv", version="")
 
     first = logger()
-    for step, epoch in enumerate([0, 0, 1, 1, 2]):  # killed during epoch 2, saved after epoch 1
-        first.log_metrics({"train/loss": 1.0, "epoch": epoch}, step=step)
+    for step, epoch in enumerate([1, 1, 2, 2, 3]):  # killed during epoch 3, saved after epoch 2
+        first.log_metrics({"train/loss": 1.0, "epoch": float(epoch)}, step=step)
     first.save()
     resumed = logger()
-    resumed.log_metrics({"train/loss": 0.5, "epoch": 2}, step=4)
+    resumed.log_metrics({"train/loss": 0.5, "epoch": 3.0}, step=4)
     resumed.save()
     with open(tmp_path / "csv" / "metrics.csv") as fh:
         rows = [(row["epoch"], row["train/loss"]) for row in csv.DictReader(fh)]
-    assert rows == [("0", "1.0"), ("0", "1.0"), ("1", "1.0"), ("1", "1.0"), ("2", "0.5")]
+    assert rows == [("1", "1.0"), ("1", "1.0"), ("2", "1.0"), ("2", "1.0"), ("3", "0.5")]
 
 
 def test_metrics_json_is_strict_json_with_nan_written_as_null(tmp_path: Path) -> None:

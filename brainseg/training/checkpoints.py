@@ -163,8 +163,8 @@ class BestCheckpoint(_OwnFilesOnly):
     def format_checkpoint_name(
         self, metrics: dict[str, Any], filename: str | None = None, **kwargs: Any
     ) -> str:
-        if "epoch" in metrics:  # Lightning counts from 0
-            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+        if "epoch" in metrics:  # as the module logs it, from 1, a float
+            metrics = {**metrics, "epoch": int(metrics["epoch"])}
         return super().format_checkpoint_name(metrics, filename, **kwargs)
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
