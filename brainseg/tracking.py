@@ -1,10 +1,7 @@
-"""Weights & Biases, in one place: the per-job logger, what its run shows while training and the
-summary it ends with, and the sweep report's run. Lightning and wandb are imported inside the
-functions, so that reporting can use this module without the trainer.
-
-Every summary value is the last point of its chart: `val/*` the last validated epoch on the
-training grid, `best_on_val/*` the best epoch by `monitor` (selected on the patients it scores),
-`reported/*` the epoch the run reports, in the original geometry (brainseg.training.media).
+"""Weights & Biases, in one place: the per-job logger, what its run shows while training, and the
+sweep report's run. Lightning and wandb are imported inside the functions, so that reporting can
+use this module without the trainer. Every summary value is the last point of its chart
+(`val/*`, `best_on_val/*`, `reported/*`: brainseg.training.media).
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from brainseg.runfiles import EpochScores, RunMetrics
+from brainseg.runfiles import RunMetrics
 
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import WandbLogger
@@ -92,15 +89,6 @@ def wandb_logger(
     # per run that the setting is deprecated.
     logger._wandb_init.pop("anonymous", None)
     return logger
-
-
-def best_on_val(monitor: str, best: EpochScores) -> dict[str, Any]:
-    """The best epoch's `monitor` value and its number, labelled as selected on validation (the
-    trackers' curve of the best so far)."""
-    return {
-        f"best_on_val/{monitor.removeprefix('val/')}": best.value(monitor),
-        "best_on_val/epoch": best.epoch,
-    }
 
 
 def log_improvement(

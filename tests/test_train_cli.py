@@ -27,10 +27,12 @@ def test_a_redirected_run_prints_one_line_per_epoch_and_draws_curves(tiny_run: P
         ]
         last, best = metrics.history[-1], metrics.best
         assert (
-            f"val Dice mean {last.dsc_volume_mean:.4f} median {last.dsc_volume_median:.4f}"
-            in lines[-1]
+            f"val Dice (training grid) mean {last.dsc_volume_mean:.4f} median "
+            f"{last.dsc_volume_median:.4f}" in lines[-1]
         )
-        assert f"best val/dsc_volume {best.dsc_volume_mean:.4f} (epoch {best.epoch})" in lines[-1]
+        assert (
+            f"best_on_val/dsc_volume {best.dsc_volume_mean:.4f} (epoch {best.epoch})" in lines[-1]
+        )
         assert "s/epoch | ETA" in lines[0]
     for noise in ("was configured so", "💡 Tip", "Total FLOPs", "LeafSpec", "setup plugin alembic"):
         assert noise not in console, noise
@@ -63,9 +65,9 @@ def test_console_files_and_checkpoint_name_number_epochs_alike(tiny_run: Path) -
     assert (
         f"(epoch {best.epoch})" in [ln for ln in console.splitlines() if "| train loss" in ln][-1]
     )
-    assert f"best_on_val/dsc_volume {best.dsc_volume_mean:.4f} (epoch {best.epoch} " in console
+    assert f"best_on_val/dsc_volume {best.dsc_volume_mean:.4f} (epoch {best.epoch}," in console
     assert f"reported/dsc_volume {metrics.headline:.4f} (evaluation.selection=last" in console
-    assert f"; epoch {reported.epoch}, 2 patients" in console
+    assert f"; epoch {reported.epoch}, original (every slice" in console
     assert reported.epoch == metrics.epochs == 2  # selection=last: the second and last epoch
     assert Path(metrics.best_checkpoint).name.startswith(f"best-epoch{best.epoch:03d}-dsc_volume_")
 

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from brainseg.reporting.figures import overlay
 from brainseg.runfiles import RunMetrics
-from brainseg.tracking import best_on_val, log_improvement
+from brainseg.tracking import log_improvement
 from brainseg.training.report import RunReport
 
 
@@ -29,8 +29,7 @@ class TrackerMedia(L.Callback):
     """For the W&B and TensorBoard loggers of a run (rank 0), listed after its RunReport, whose
     best epoch by `monitor` it shows:
 
-    - the best `monitor` value so far and its epoch, labelled `best_on_val/...`
-      (brainseg.tracking);
+    - the best `monitor` value so far and its epoch: `best_on_val/<name>`, `best_on_val/epoch`;
     - when the best improves: the per-patient Dice table, and the slice with the largest lesion of
       each of `patients` validation patients (the largest lesions first) with prediction and truth
       (W&B: toggleable masks; TensorBoard: red/green outlines).
@@ -83,9 +82,10 @@ class TrackerMedia(L.Callback):
             for p, example in (chosen if improved else [])
         ]
         scores = best.per_patient if improved else {}
-        step = trainer.global_step
+        step, name = trainer.global_step, monitor.removeprefix("val/")
+        best_on_val = {f"best_on_val/{name}": best.value(monitor), "best_on_val/epoch": best.epoch}
         for logger in trainer.loggers:
-            logger.log_metrics(best_on_val(monitor, best), step=step)
+            logger.log_metrics(best_on_val, step=step)
             if isinstance(logger, WandbLogger):
                 log_improvement(
                     logger, scores, [{**e, "image": _display(e["image"])} for e in examples], step

@@ -247,15 +247,10 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
             if trainer.is_global_zero and report.history:  # the epochs so far
                 write_metrics(output_dir, report.run_metrics(trainer))
             raise
+        best = report.checkpoint_paths(trainer)["best"]
         # the inner-validation rule scores each fold's held-out patients as its test set
-        if (
-            (cfg.get("test") or inner_validation(report.config))
-            and trainer.checkpoint_callback
-            and trainer.checkpoint_callback.best_model_path
-        ):
-            trainer.test(
-                module, datamodule=datamodule, ckpt_path=trainer.checkpoint_callback.best_model_path
-            )
+        if best and (cfg.get("test") or inner_validation(report.config)):
+            trainer.test(module, datamodule=datamodule, ckpt_path=best)
         if trainer.is_global_zero:
             _final_validation(cfg, trainer, report, candidates)
             log_reported(trainer.loggers, report.run_metrics(trainer), trainer.global_step)
@@ -270,29 +265,20 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
     metrics = dataclasses.replace(report.run_metrics(trainer), finished=True)
     write_metrics(output_dir, metrics)
     if metrics.best is not None and metrics.headline is not None:
-        best, reported, name = metrics.best, metrics.selected, cfg.monitor.removeprefix("val/")
+        reported, name = metrics.selected, cfg.monitor.removeprefix("val/")
         log.info(
-            "best_on_val/%s %.4f (epoch %d on the training grid, selected on validation)",
-            name,
-            best.value(cfg.monitor),
-            best.epoch,
-        )
-        median = reported.scores.dsc_volume_median
-        log.info(
-            "reported/%s %.4f (evaluation.selection=%s: %s; epoch %d, %d patients%s): "
-            "dsc_volume mean %.4f, median %s, HD95 %.2f px; run in %s",
+            "reported/%s %.4f (evaluation.selection=%s: %s; epoch %d, %s, postprocessing=%s); "
+            "best_on_val/%s %.4f (epoch %d, training grid, selected on validation); run in %s",
             name,
             metrics.headline,
             reported.rule,
             reported.description,
             reported.scores.epoch,
-            len(reported.scores.per_patient),
-            f", {reported.geometry}, postprocessing={[s['name'] for s in reported.postprocessing]}"
-            if reported.geometry
-            else ", training grid",
-            reported.scores.dsc_volume_mean,
-            "-" if median is None else f"{median:.4f}",
-            reported.scores.value("val/hd95") or float("nan"),
+            reported.geometry or "training grid",
+            [step["name"] for step in reported.postprocessing or []],
+            name,
+            metrics.best.value(cfg.monitor),
+            metrics.best.epoch,
             output_dir,
         )
     if metrics.test is not None:

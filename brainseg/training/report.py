@@ -198,15 +198,9 @@ class RunReport(L.Callback):
         if epoch is None or not per_patient:
             return
         dice = summarize([m["dsc"] for m in per_patient.values()])
-        values = {
-            **epoch.values,
-            VAL_DSC: dice["mean"],
-            VAL_DSC_MEDIAN: dice["median"],
-            **{
-                f"val/{k}": float(np.mean([m[k] for m in per_patient.values()]))
-                for k in METRICS[1:]
-            },
-        }
+        values = {**epoch.values, VAL_DSC: dice["mean"], VAL_DSC_MEDIAN: dice["median"]}
+        for k in METRICS[1:]:  # the Dice above; loss and slice metrics stay the training grid's
+            values[f"val/{k}"] = float(np.mean([m[k] for m in per_patient.values()]))
         scores = dataclasses.replace(
             epoch,
             values=values,
