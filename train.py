@@ -9,15 +9,15 @@ from brainseg.cli import run_task
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Returns the best value of `monitor` (the best validation mean per-volume Dice by default),
-    the value sweepers optimise in its direction (None for a failed job of Hydra's basic sweeper,
-    which goes on with the others)."""
+    """Returns the run's headline (RunMetrics.headline: `monitor` of the reported epoch in the
+    original geometry), the value sweepers optimise in its direction (None for a failed job of
+    Hydra's basic sweeper, which goes on with the others)."""
     from brainseg.training.pipeline import (
         train,  # torch and Lightning: not needed for --help or --cfg
     )
 
     metrics = run_task(train, cfg)
-    return metrics.best.value(metrics.monitor) if metrics and metrics.best else None
+    return metrics.headline if metrics else None
 
 
 if __name__ == "__main__":

@@ -185,6 +185,14 @@ class RunMetrics:
     # are written too, without it.
     finished: bool = False
 
+    @property
+    def headline(self) -> float | None:
+        """The run's one figure: `monitor` of the epoch the selection rule reports, as the final
+        validation scored it (original geometry, decided post-processing). The console, the
+        trackers (`reported/<name>`, TensorBoard's `hp_metric`), train.py's return value and so
+        the sweepers' objective show it."""
+        return self.selected.scores.value(self.monitor) if self.selected else None
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunMetrics:
         selected, best, test = data["selected"], data["best"], data["test"]

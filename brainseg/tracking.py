@@ -1,11 +1,7 @@
-"""Weights & Biases, in one place: the per-job logger, what its run shows while training and the
-summary it ends with, and the sweep report's run. Lightning and wandb are imported inside the
-functions, so that reporting can use this module without the trainer.
-
-The run summary describes one epoch, the one the run reports (`evaluation.selection`): every
-`val/*` key, `train/loss` and `epoch` are that epoch's, as in metrics.json; the best epoch by
-`monitor` is labelled separately (`best_on_val/<monitor>`, `best_on_val/epoch`), as it is selected
-on the validation patients it scores.
+"""Weights & Biases, in one place: the per-job logger, what its run shows while training, and the
+sweep report's run. Lightning and wandb are imported inside the functions, so that reporting can
+use this module without the trainer. Every summary value is the last point of its chart
+(`val/*`, `best_on_val/*`, `reported/*`: brainseg.training.media).
 """
 
 from __future__ import annotations
@@ -21,7 +17,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from brainseg.runfiles import EpochScores, RunMetrics
+from brainseg.runfiles import RunMetrics
 
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import WandbLogger
@@ -95,15 +91,6 @@ def wandb_logger(
     return logger
 
 
-def best_on_val(monitor: str, best: EpochScores) -> dict[str, Any]:
-    """The best epoch's `monitor` value and its number, labelled as selected on validation (the
-    run summary's best epoch, also while training)."""
-    return {
-        f"best_on_val/{monitor.removeprefix('val/')}": best.value(monitor),
-        "best_on_val/epoch": best.epoch,
-    }
-
-
 def log_improvement(
     logger: WandbLogger, scores: dict[str, float], examples: list[dict[str, Any]], step: int
 ) -> None:
@@ -134,35 +121,14 @@ def log_improvement(
         )
 
 
-def summary_values(metrics: RunMetrics) -> dict[str, Any]:
-    """The run summary: the reported epoch's validation values under their logged names, its
-    epoch, mean train loss and rule; the best epoch by `monitor` labelled as selected on
-    validation."""
-    reported = metrics.selected
-    if reported is None:
-        return {}
-    scores = reported.scores
-    values: dict[str, Any] = {
-        **scores.values,
-        "epoch": scores.epoch,
-        "reported/selection": reported.rule,
-    }
-    if scores.train_loss is not None:
-        values["train/loss"] = scores.train_loss
-    if metrics.best is not None:
-        values.update(best_on_val(metrics.monitor, metrics.best))
-    return values
-
-
 def finish_run(metrics: RunMetrics) -> None:
-    """Write the summary and the reported epoch's per-patient table, close this job's W&B run (the
-    next job of a sweep in this process gets its own) and say where an offline run went."""
+    """Log the reported epoch's per-patient table, close this job's W&B run (the next job of a
+    sweep in this process gets its own) and say where an offline run went."""
     import wandb
 
     run = wandb.run
     if run is None:
         return
-    run.summary.update(summary_values(metrics))
     per_patient = metrics.selected.scores.per_patient_metrics if metrics.selected else {}
     if per_patient:
         columns = list(next(iter(per_patient.values())))

@@ -37,6 +37,6 @@ def tiny_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert snapshot(synthetic_root) == before, "training wrote under the data root"
-    assert "best val/dsc_volume: " in result.stdout + result.stderr
+    assert "reported/dsc_volume " in result.stdout + result.stderr
     (base / "console.txt").write_text(result.stdout + result.stderr)  # what a redirected run prints
     return base / "run"

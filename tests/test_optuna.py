@@ -59,6 +59,34 @@ def test_a_median_pruner_stops_a_diverging_trial_after_its_first_epoch(
     assert results.trials == {"complete": 1, "pruned": 1} and results.best_trial == 0
 
 
+@pytest.mark.slow
+def test_the_objective_is_the_figure_the_trial_reports(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    """A trial's value is its run's headline (the last epoch, original geometry), not the best
+    epoch's training-grid figure (here epoch 2 of 3 is the best)."""
+    sweep = tmp_path / "objective"
+    result = run_cli(
+        *_search(
+            synthetic_root,
+            sweep,
+            "trainer.max_epochs=3",
+            "hydra.sweeper.n_trials=1",
+            "hydra.sweeper.params={optimizer.lr: 'choice(0.01)', loss: 'choice(dice)', "
+            "model.arch: 'choice(unet)'}",
+        ),
+        cwd=PROJECT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_metrics(sweep / "0")
+    journal = optuna.storages.journal.JournalFileBackend(str(sweep / "optuna.journal"))
+    (trial,) = _trials(optuna.storages.JournalStorage(journal))
+    assert trial.value == metrics.headline == metrics.selected.scores.dsc_volume_mean
+    assert metrics.best.epoch < metrics.selected.scores.epoch
+    assert trial.value != metrics.best.dsc_volume_mean
+    assert OmegaConf.load(sweep / "optimization_results.yaml").best_value == trial.value
+
+
 def _launch(command: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.Popen(

@@ -67,13 +67,7 @@ def test_last_is_the_last_epoch_best_is_slim_and_resume_continues(
         )
     )
     assert [h.epoch for h in metrics.history] == [1, 2, 3, 4, 5]
-    assert _val_epochs(moved) == [
-        0,
-        1,
-        2,
-        3,
-        4,
-    ]  # before: the restart deleted the rows of epochs 0-2
+    assert _val_epochs(moved) == [1, 2, 3, 4, 5]  # before: the restart deleted epochs 1-3
     names = sorted(p.name for p in (moved / "checkpoints").iterdir())
     # before: last-v1.ckpt beside the stale last.ckpt, and the stray best-epoch004.ckpt kept
     assert names == [best_path.name, "last.ckpt"]
@@ -240,9 +234,9 @@ def test_kill_9_resumes_from_the_last_completed_epoch(synthetic_root: Path, tmp_
     # before: resumed from the best (epoch 0) and trained epochs 1..saved again; the CSV lost
     # session 1
     epochs = _val_epochs(run)
-    assert sorted(set(epochs)) == list(range(saved + 2))
+    assert sorted(set(epochs)) == list(range(1, saved + 3))  # from 1, as on the console
     assert all(
-        epochs.count(e) == 1 for e in range(saved + 1)
+        epochs.count(e) == 1 for e in range(1, saved + 2)
     )  # only the epoch in progress may repeat
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -135,3 +136,26 @@ def test_a_job_directory_a_live_process_holds_is_refused_before_anything_is_writ
     assert not ran and sorted(p.name for p in job_dir.iterdir()) == [LOCK_NAME]
     assert holding_its_directory(config, lambda: "ran") == "ran"
     assert not (job_dir / LOCK_NAME).exists()  # released after the job
+
+
+def test_a_reused_job_returns_the_headline_train_py_returns(tmp_path: Path) -> None:
+    """A finished job of a resumed sweep gives the sweeper its headline (the reported epoch in
+    the original geometry), as train.py does; before, its best epoch's training-grid value."""
+    from brainseg.runfiles import EpochScores, RunMetrics, Selected, write_metrics
+    from hydra_plugins.brainseg_launcher.local import reused_return
+
+    config = _multirun_config(tmp_path / "sweep")
+    with open_dict(config):
+        config.hydra.job.num = 0
+        config.hydra.sweep.subdir = "0"
+    job_dir = tmp_path / "sweep" / "0"
+    (job_dir / ".hydra").mkdir(parents=True)
+    task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    OmegaConf.save(task, job_dir / ".hydra" / "config.yaml")
+    best = EpochScores(1, 10, {"val/dsc_volume": 0.8})
+    reported = EpochScores(2, 20, {"val/dsc_volume": 0.6})
+    metrics = RunMetrics(
+        "val/dsc_volume", True, "last", Selected(reported, "last"), best, None, None, 2, 1.0, []
+    )
+    write_metrics(job_dir, dataclasses.replace(metrics, finished=True))
+    assert reused_return(config)._return_value == metrics.headline == 0.6

@@ -27,10 +27,12 @@ def test_a_redirected_run_prints_one_line_per_epoch_and_draws_curves(tiny_run: P
         ]
         last, best = metrics.history[-1], metrics.best
         assert (
-            f"val Dice mean {last.dsc_volume_mean:.4f} median {last.dsc_volume_median:.4f}"
-            in lines[-1]
+            f"val Dice (training grid) mean {last.dsc_volume_mean:.4f} median "
+            f"{last.dsc_volume_median:.4f}" in lines[-1]
         )
-        assert f"best val/dsc_volume {best.dsc_volume_mean:.4f} (epoch {best.epoch})" in lines[-1]
+        assert (
+            f"best_on_val/dsc_volume {best.dsc_volume_mean:.4f} (epoch {best.epoch})" in lines[-1]
+        )
         assert "s/epoch | ETA" in lines[0]
     for noise in ("was configured so", "💡 Tip", "Total FLOPs", "LeafSpec", "setup plugin alembic"):
         assert noise not in console, noise
@@ -76,8 +78,9 @@ def test_console_files_and_checkpoint_name_number_epochs_alike(tiny_run: Path) -
     assert (
         f"(epoch {best.epoch})" in [ln for ln in console.splitlines() if "| train loss" in ln][-1]
     )
-    assert f"best val/dsc_volume: {best.dsc_volume_mean:.4f} (epoch {best.epoch}," in console
-    assert f"(epoch {reported.epoch})" in console.split("reported (evaluation.selection")[-1]
+    assert f"best_on_val/dsc_volume {best.dsc_volume_mean:.4f} (epoch {best.epoch}," in console
+    assert f"reported/dsc_volume {metrics.headline:.4f} (evaluation.selection=last" in console
+    assert f"; epoch {reported.epoch}, original (every slice" in console
     assert reported.epoch == metrics.epochs == 2  # selection=last: the second and last epoch
     assert Path(metrics.best_checkpoint).name.startswith(f"best-epoch{best.epoch:03d}-dsc_volume_")
 
@@ -122,7 +125,7 @@ def test_resume_from_last_checkpoint(tiny_run: Path, synthetic_root: Path, tmp_p
     assert [h.epoch for h in metrics.history] == [1, 2, 3]  # the first two from the checkpoint
     with open(tmp_path / "resumed" / "csv" / "metrics.csv") as fh:
         epochs = {row["epoch"] for row in csv.DictReader(fh) if row.get("train/loss")}
-    assert epochs == {"2"}  # only the new epoch was trained
+    assert epochs == {"3"}  # only the new epoch was trained
 
 
 def test_rerun_in_the_same_directory_resumes(

@@ -6,10 +6,12 @@ import csv
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from helpers import compose_run
 
+from brainseg.checkpoint import read_checkpoint
 from brainseg.cli import run_task
 from brainseg.training.module import SegmentationModule
 from brainseg.training.pipeline import train
@@ -68,6 +70,31 @@ def test_optimizer_scheduler_precision(
     assert metrics.best.dsc_volume_mean == max(h.dsc_volume_mean for h in metrics.history)
     lrs = _lr_by_epoch(tmp_path / "run")
     assert len(lrs) == 2 and (lrs[0] != lrs[1]) == lr_changes
+
+
+class StopMidEpoch(L.Callback):
+    """Stops the fit after the first batch of epoch 3 (of 4 batches), as max_time's timer does."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        trainer.should_stop = trainer.global_step == 9
+
+
+@pytest.mark.parametrize(
+    "limit", ["+trainer.max_steps=9", f"+callbacks.stop._target_={__name__}.StopMidEpoch"]
+)
+def test_an_epoch_cut_by_a_limit_is_never_reported(
+    synthetic_root: Path, tmp_path: Path, limit: str
+) -> None:
+    """max_steps (no validation of the cut epoch) or a time limit (Lightning validates it) stops
+    epoch 3 after one batch: epoch 2 is reported, scored from epoch 2's checkpoint."""
+    cfg = compose_run(
+        synthetic_root, tmp_path / "run", tmp_path / "cache", "trainer.max_epochs=5", limit
+    )
+    metrics = train(cfg)
+    assert [h.epoch for h in metrics.history] == [1, 2] and metrics.epochs == 2
+    selected = metrics.selected
+    assert selected.scores.epoch == selected.training_grid.epoch == 2 and selected.geometry
+    assert read_checkpoint(Path(selected.checkpoint))["global_step"] == selected.scores.step == 8
 
 
 def test_returns_the_best_score_and_honours_test_flag(synthetic_root: Path, tmp_path: Path) -> None:
@@ -416,15 +443,15 @@ def test_a_resumed_csv_log_drops_the_rows_of_the_epoch_it_trains_again(tmp_path:
         return ResumableCSVLogger(save_dir=tmp_path, name="csv", version="")
 
     first = logger()
-    for step, epoch in enumerate([0, 0, 1, 1, 2]):  # killed during epoch 2, saved after epoch 1
-        first.log_metrics({"train/loss": 1.0, "epoch": epoch}, step=step)
+    for step, epoch in enumerate([1, 1, 2, 2, 3]):  # killed during epoch 3, saved after epoch 2
+        first.log_metrics({"train/loss": 1.0, "epoch": float(epoch)}, step=step)
     first.save()
     resumed = logger()
-    resumed.log_metrics({"train/loss": 0.5, "epoch": 2}, step=4)
+    resumed.log_metrics({"train/loss": 0.5, "epoch": 3.0}, step=4)
     resumed.save()
     with open(tmp_path / "csv" / "metrics.csv") as fh:
         rows = [(row["epoch"], row["train/loss"]) for row in csv.DictReader(fh)]
-    assert rows == [("0", "1.0"), ("0", "1.0"), ("1", "1.0"), ("1", "1.0"), ("2", "0.5")]
+    assert rows == [("1", "1.0"), ("1", "1.0"), ("2", "1.0"), ("2", "1.0"), ("3", "0.5")]
 
 
 def test_metrics_json_is_strict_json_with_nan_written_as_null(tmp_path: Path) -> None:

@@ -52,6 +52,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_safely(path, map_location=map_location or "cpu")
 
 
+def epoch_cut(trainer: L.Trainer) -> bool:
+    """Whether the fit stopped (max_steps, max_time) before the epoch's last batch: the weights
+    and validation figures of such an epoch are no epoch's, so they are neither checkpointed nor
+    reported, and the last whole epoch is."""
+    loop = trainer.fit_loop.epoch_loop
+    return loop.done and 0 < loop.batch_progress.current.ready < trainer.num_training_batches
+
+
 class _OwnFilesOnly(ModelCheckpoint):
     """Tracks and removes checkpoint files of this run only.
 
@@ -91,6 +99,14 @@ class _OwnFilesOnly(ModelCheckpoint):
                 "best_k_models": {kept[p]: v for p, v in models.items() if p in kept},
             }
         )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not epoch_cut(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not epoch_cut(trainer):
+            super().on_validation_end(trainer, pl_module)
 
     def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         if trainer.is_global_zero and self._own_file(filepath):
@@ -147,8 +163,8 @@ class BestCheckpoint(_OwnFilesOnly):
     def format_checkpoint_name(
         self, metrics: dict[str, Any], filename: str | None = None, **kwargs: Any
     ) -> str:
-        if "epoch" in metrics:  # Lightning counts from 0
-            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+        if "epoch" in metrics:  # as the module logs it, from 1, a float
+            metrics = {**metrics, "epoch": int(metrics["epoch"])}
         return super().format_checkpoint_name(metrics, filename, **kwargs)
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:

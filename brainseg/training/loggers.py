@@ -18,8 +18,10 @@ class _AppendingWriter(ExperimentWriter):
     _first = True
 
     def log_metrics(self, metrics_dict: dict[str, Any], step: int | None = None) -> None:
+        if "epoch" in metrics_dict:  # from 1, logged as a float (brainseg.training.module)
+            metrics_dict = {**metrics_dict, "epoch": int(metrics_dict["epoch"])}
         if self._first and "epoch" in metrics_dict and os.path.isfile(self.metrics_file_path):
-            epoch = int(metrics_dict["epoch"])
+            epoch = metrics_dict["epoch"]
             with open(self.metrics_file_path, newline="") as file:
                 rows = [r for r in csv.DictReader(file) if float(r.get("epoch") or 0) < epoch]
             with open(self.metrics_file_path, "w", newline="") as file:

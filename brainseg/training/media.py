@@ -1,6 +1,6 @@
-"""What the experiment trackers (W&B, TensorBoard) show beyond the logged scalars, read from the
-run report so that they agree with it: the best `monitor` value, the per-patient table and
-overlays."""
+"""What the loggers show beyond the scalars the module logs, read from the run report so that they
+agree with it: the best `monitor` value so far, the per-patient table and overlays, and at the end
+the reported epoch's figures with the run's headline."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from brainseg.reporting.figures import overlay
-from brainseg.tracking import best_on_val, log_improvement
+from brainseg.runfiles import RunMetrics
+from brainseg.tracking import log_improvement
 from brainseg.training.report import RunReport
 
 
@@ -28,8 +29,7 @@ class TrackerMedia(L.Callback):
     """For the W&B and TensorBoard loggers of a run (rank 0), listed after its RunReport, whose
     best epoch by `monitor` it shows:
 
-    - the best `monitor` value so far and its epoch: in W&B's summary labelled `best_on_val/...`
-      (brainseg.tracking), TensorBoard's `hp_metric`;
+    - the best `monitor` value so far and its epoch: `best_on_val/<name>`, `best_on_val/epoch`;
     - when the best improves: the per-patient Dice table, and the slice with the largest lesion of
       each of `patients` validation patients (the largest lesions first) with prediction and truth
       (W&B: toggleable masks; TensorBoard: red/green outlines).
@@ -82,19 +82,32 @@ class TrackerMedia(L.Callback):
             for p, example in (chosen if improved else [])
         ]
         scores = best.per_patient if improved else {}
-        step = trainer.global_step
+        step, name = trainer.global_step, monitor.removeprefix("val/")
+        best_on_val = {f"best_on_val/{name}": best.value(monitor), "best_on_val/epoch": best.epoch}
         for logger in trainer.loggers:
+            logger.log_metrics(best_on_val, step=step)
             if isinstance(logger, WandbLogger):
-                logger.experiment.summary.update(best_on_val(monitor, best))
                 log_improvement(
                     logger, scores, [{**e, "image": _display(e["image"])} for e in examples], step
                 )
-            elif isinstance(logger, TensorBoardLogger):
-                logger.log_metrics({"hp_metric": best.value(monitor)}, step=step)
-                if examples:
-                    pictures = np.stack(
-                        [overlay(_display(e["image"]), e["pred"], e["truth"]) for e in examples]
-                    )
-                    logger.experiment.add_images(
-                        "val/overlays", pictures, global_step=step, dataformats="NHWC"
-                    )
+            elif isinstance(logger, TensorBoardLogger) and examples:
+                pictures = np.stack(
+                    [overlay(_display(e["image"]), e["pred"], e["truth"]) for e in examples]
+                )
+                logger.experiment.add_images(
+                    "val/overlays", pictures, global_step=step, dataformats="NHWC"
+                )
+
+
+def log_reported(loggers: list[Logger], metrics: RunMetrics, step: int) -> None:
+    """Every logger's last point: the reported epoch's figures as `reported/<name>`
+    (`reported/dsc_volume`, ..., `reported/epoch`), so that W&B's summary is its chart's last
+    point; TensorBoard's `hp_metric`, which its HPARAMS view compares runs on, is the headline."""
+    if metrics.headline is None:
+        return
+    scores = metrics.selected.scores
+    values = {f"reported/{k.removeprefix('val/')}": v for k, v in scores.values.items()}
+    values["reported/epoch"] = scores.epoch
+    for logger in loggers:
+        hp_metric = {"hp_metric": metrics.headline} if isinstance(logger, TensorBoardLogger) else {}
+        logger.log_metrics({**values, **hp_metric}, step=step)

@@ -80,6 +80,7 @@ class SegmentationModule(L.LightningModule):
         total = self.loss.combine(parts)
         batch_size = batch["image"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        self.log("epoch", float(self.current_epoch + 1), batch_size=batch_size)  # from 1, as shown
         if len(parts) > 1:
             self.log_dict({f"train/loss_{k}": v for k, v in parts.items()}, batch_size=batch_size)
         return total
@@ -103,6 +104,7 @@ class SegmentationModule(L.LightningModule):
         dice = torch.tensor([m["dsc"] for m in per_patient.values()], dtype=torch.float64)
         nan = torch.tensor(float("nan"), dtype=torch.float64)
         self.log(f"{stage}/dsc_volume", dice.mean().float(), prog_bar=True)
+        self.log("epoch", float(self.current_epoch + 1))
         self.log(f"{stage}/dsc_volume_median", (dice.quantile(0.5) if len(dice) else nan).float())
         self.log_dict({f"{stage}/{k}": v for k, v in slice_values.items()})
         datamodule: SegmentationData | None = getattr(self.trainer, "datamodule", None)

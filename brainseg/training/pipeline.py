@@ -35,7 +35,7 @@ from brainseg.runfiles import RunMetrics, write_metrics
 from brainseg.tracking import finish_run
 from brainseg.training.checkpoints import LAST_NAME, AtomicCheckpointIO, LastCheckpoint
 from brainseg.training.final_validation import FAILURES_FILE, final_validation
-from brainseg.training.media import TrackerMedia
+from brainseg.training.media import TrackerMedia, log_reported
 from brainseg.training.module import SegmentationModule
 from brainseg.training.report import RunReport
 from brainseg.training.speed_settings import apply_speed_settings
@@ -247,17 +247,13 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
             if trainer.is_global_zero and report.history:  # the epochs so far
                 write_metrics(output_dir, report.run_metrics(trainer))
             raise
+        best = report.checkpoint_paths(trainer)["best"]
         # the inner-validation rule scores each fold's held-out patients as its test set
-        if (
-            (cfg.get("test") or inner_validation(report.config))
-            and trainer.checkpoint_callback
-            and trainer.checkpoint_callback.best_model_path
-        ):
-            trainer.test(
-                module, datamodule=datamodule, ckpt_path=trainer.checkpoint_callback.best_model_path
-            )
+        if best and (cfg.get("test") or inner_validation(report.config)):
+            trainer.test(module, datamodule=datamodule, ckpt_path=best)
         if trainer.is_global_zero:
             _final_validation(cfg, trainer, report, candidates)
+            log_reported(trainer.loggers, report.run_metrics(trainer), trainer.global_step)
     finally:
         if any(isinstance(logger, WandbLogger) for logger in loggers):
             finish_run(report.run_metrics(trainer))
@@ -268,29 +264,22 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
             callback.job_succeeded()
     metrics = dataclasses.replace(report.run_metrics(trainer), finished=True)
     write_metrics(output_dir, metrics)
-    if metrics.best is not None and metrics.selected is not None:
-        best, reported = metrics.best, metrics.selected
+    if metrics.best is not None and metrics.headline is not None:
+        reported, name = metrics.selected, cfg.monitor.removeprefix("val/")
         log.info(
-            "best %s: %.4f (epoch %d, %d patients); run in %s",
-            cfg.monitor,
-            best.value(cfg.monitor),
-            best.epoch,
-            len(best.per_patient),
-            output_dir,
-        )
-        median = reported.scores.dsc_volume_median
-        log.info(
-            "reported (evaluation.selection=%s: %s): "
-            "val/dsc_volume mean %.4f, median %s, HD95 %.2f px (epoch %d)%s",
+            "reported/%s %.4f (evaluation.selection=%s: %s; epoch %d, %s, postprocessing=%s); "
+            "best_on_val/%s %.4f (epoch %d, training grid, selected on validation); run in %s",
+            name,
+            metrics.headline,
             reported.rule,
             reported.description,
-            reported.scores.dsc_volume_mean,
-            "-" if median is None else f"{median:.4f}",
-            reported.scores.value("val/hd95") or float("nan"),
             reported.scores.epoch,
-            f"; {reported.geometry}, postprocessing={[s['name'] for s in reported.postprocessing]}"
-            if reported.geometry
-            else "",
+            reported.geometry or "training grid",
+            [step["name"] for step in reported.postprocessing or []],
+            name,
+            metrics.best.value(cfg.monitor),
+            metrics.best.epoch,
+            output_dir,
         )
     if metrics.test is not None:
         log.info(

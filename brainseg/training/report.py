@@ -34,7 +34,7 @@ from brainseg.runfiles import (
     Selected,
     TestScores,
 )
-from brainseg.training.checkpoints import LastCheckpoint
+from brainseg.training.checkpoints import LastCheckpoint, epoch_cut
 
 log = logging.getLogger("brainseg")
 
@@ -119,6 +119,14 @@ class RunReport(L.Callback):
         value = trainer.callback_metrics.get(self.monitor)
         if value is None or math.isnan(float(value)):
             return
+        if epoch_cut(trainer):
+            log.info(
+                "epoch %d stopped after %d of %d batches: not reported, nor checkpointed",
+                trainer.current_epoch + 1,
+                trainer.fit_loop.epoch_loop.batch_progress.current.ready,
+                trainer.num_training_batches,
+            )
+            return
         entry = EpochScores(
             epoch=trainer.current_epoch + 1,
             step=trainer.global_step,
@@ -153,8 +161,8 @@ class RunReport(L.Callback):
         )
 
     def _progress_line(self, trainer: L.Trainer, entry: EpochScores) -> str:
-        """`epoch 3/20 | train loss 0.41 | val Dice mean 0.61 median 0.65 | best val/dsc_volume
-        0.61 (epoch 3) | 47 s | ETA 13 min`"""
+        """`epoch 3/20 | train loss 0.41 | val Dice (training grid) mean 0.61 median 0.65 |
+        best_on_val/dsc_volume 0.61 (epoch 3) | 47 s | ETA 13 min`"""
         seconds = sum(self._epoch_seconds) / len(self._epoch_seconds)
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         left = _seconds_left(trainer, entry, seconds)
@@ -162,9 +170,10 @@ class RunReport(L.Callback):
         loss = f"{entry.train_loss:.4f}" if entry.train_loss is not None else "–"
         median = entry.dsc_volume_median
         return (
-            f"epoch {entry.epoch}/{epochs or '∞'} | train loss {loss} | val Dice mean "
-            f"{entry.dsc_volume_mean:.4f} median {'–' if median is None else f'{median:.4f}'} | "
-            f"best {self.monitor} {self.best.value(self.monitor):.4f} (epoch {self.best.epoch}) | "
+            f"epoch {entry.epoch}/{epochs or '∞'} | train loss {loss} | val Dice (training grid) "
+            f"mean {entry.dsc_volume_mean:.4f} median {'–' if median is None else f'{median:.4f}'}"
+            f" | best_on_val/{self.monitor.removeprefix('val/')} "
+            f"{self.best.value(self.monitor):.4f} (epoch {self.best.epoch}) | "
             f"{seconds:.1f} s/epoch | {eta}"
         )
 
@@ -189,15 +198,9 @@ class RunReport(L.Callback):
         if epoch is None or not per_patient:
             return
         dice = summarize([m["dsc"] for m in per_patient.values()])
-        values = {
-            **epoch.values,
-            VAL_DSC: dice["mean"],
-            VAL_DSC_MEDIAN: dice["median"],
-            **{
-                f"val/{k}": float(np.mean([m[k] for m in per_patient.values()]))
-                for k in METRICS[1:]
-            },
-        }
+        values = {**epoch.values, VAL_DSC: dice["mean"], VAL_DSC_MEDIAN: dice["median"]}
+        for k in METRICS[1:]:  # the Dice above; loss and slice metrics stay the training grid's
+            values[f"val/{k}"] = float(np.mean([m[k] for m in per_patient.values()]))
         scores = dataclasses.replace(
             epoch,
             values=values,
@@ -232,7 +235,7 @@ class RunReport(L.Callback):
             best=self.best,
             best_checkpoint=paths["best"],
             last_checkpoint=paths["last"],
-            epochs=trainer.current_epoch,
+            epochs=trainer.current_epoch - epoch_cut(trainer),  # whole epochs
             train_seconds=round(self._elapsed_before + time.monotonic() - self._started, 1),
             history=self.history,
             test=self.test,

@@ -47,7 +47,7 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def reused_return(job_config: DictConfig) -> JobReturn | None:
-    """The finished job's JobReturn (its best `monitor` value, as train.py returns it) when its
+    """The finished job's JobReturn (its headline, as train.py returns it) when its
     directory holds a complete record; None when it must run. A job recorded with another config
     stops the sweep with one line naming the first setting that differs."""
     job_dir = Path(str(job_config.hydra.sweep.dir)) / str(job_config.hydra.sweep.subdir)
@@ -72,13 +72,12 @@ def reused_return(job_config: DictConfig) -> JobReturn | None:
     if metrics is None or not metrics.finished:
         return None
     log.info("job %s: finished before, reused (%s)", job_config.hydra.job.num, job_dir)
-    value = metrics.best.value(metrics.monitor) if metrics.best else None
     return JobReturn(
         list(job_config.hydra.overrides.task),
         task,
         status=JobStatus.COMPLETED,
         working_dir=str(job_dir),
-        _return_value=value,
+        _return_value=metrics.headline,
     )
 
 
