@@ -49,7 +49,7 @@ def wandb_sweep(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) 
         base / "sweep",
         "model=unet,unetpp",
         "loss=dice,bce_dice",
-        "logger=[csv,wandb]",
+        "logger=[csv,tensorboard,wandb]",
         env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -57,6 +57,8 @@ def wandb_sweep(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def test_every_combination_runs_and_the_report_lists_it(wandb_sweep: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     with open(wandb_sweep / "summary.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert sorted(r["overrides"] for r in rows) == sorted(
@@ -66,9 +68,17 @@ def test_every_combination_runs_and_the_report_lists_it(wandb_sweep: Path) -> No
     )
     for row in rows:
         metrics = read_metrics(wandb_sweep / row["job"])
+        # one headline: the report's row, metrics.json, TensorBoard's hp_metric, the CSV log
         assert row["status"] == "done" and float(row["val/dsc_volume"]) == pytest.approx(
-            metrics.selected.scores.dsc_volume_mean
+            metrics.headline
         )
+        assert metrics.headline == metrics.selected.scores.dsc_volume_mean
+        events = EventAccumulator(str(wandb_sweep / row["job"] / "tensorboard"))
+        events.Reload()
+        assert events.Scalars("hp_metric")[-1].value == pytest.approx(metrics.headline)
+        with open(wandb_sweep / row["job"] / "csv" / "metrics.csv") as fh:
+            logged = [r["reported/dsc_volume"] for r in csv.DictReader(fh)]
+        assert [float(v) for v in logged if v] == pytest.approx([metrics.headline])
         assert (
             row["epoch"] == "1" and row["selection"] == "last" and float(row["train_seconds"]) > 0
         )
