@@ -82,6 +82,15 @@ def test_console_files_and_checkpoint_name_number_epochs_alike(tiny_run: Path) -
     assert f"reported/dsc_volume {metrics.headline:.4f} (evaluation.selection=last" in console
     assert f"; epoch {reported.epoch}, original (every slice" in console
     assert reported.epoch == metrics.epochs == 2  # selection=last: the second and last epoch
+    (suggested,) = [ln.split("next: ", 1)[1] for ln in console.splitlines() if "next: " in ln]
+    settings = dict(word.split("=", 1) for word in suggested.split()[2:])
+    assert suggested.startswith("python predict.py ") and set(settings) == {
+        "input",
+        "checkpoints",
+        "output_dir",
+    }
+    checkpoint = Path(settings["checkpoints"])
+    assert checkpoint == Path(metrics.selected.checkpoint) and checkpoint.is_file()
     assert Path(metrics.best_checkpoint).name.startswith(f"best-epoch{best.epoch:03d}-dsc_volume_")
 
 

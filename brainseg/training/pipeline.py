@@ -13,8 +13,6 @@ from typing import Any
 
 import imageio.v3 as iio
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -22,7 +20,7 @@ from omegaconf import DictConfig, ListConfig
 
 from brainseg.checkpoint import load_weights, read_checkpoint, remove_temporary_files
 from brainseg.cli import Stopped, multirun_dir
-from brainseg.config import instantiate_setting, job_overrides, to_plain
+from brainseg.config import in_multirun, instantiate_setting, job_overrides, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
 from brainseg.evaluation.folds import inner_validation
@@ -56,7 +54,7 @@ def check_sweep_ranks(trainer_cfg: DictConfig) -> None:
 
     Safe: ranks started by SLURM (srun tasks, hydra/launcher=slurm) or torchrun, or ddp_spawn.
     """
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not in_multirun():
         return
     devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1)
     several = (
@@ -281,6 +279,13 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
             metrics.best.epoch,
             output_dir,
         )
+        if reported.checkpoint and not in_multirun():  # a sweep's next step: its report
+            log.info(
+                "next: python predict.py input=%s checkpoints=%s output_dir=%s",
+                cfg.data.root,
+                reported.checkpoint,
+                output_dir / "predictions",
+            )
     if metrics.test is not None:
         log.info(
             "test (rule %s, the checkpoint best on validation): "
