@@ -5,8 +5,8 @@ first job; the sweep report is refreshed after each job; failed or stopped jobs:
 
 from __future__ import annotations
 
-import importlib
 import os
+import pydoc
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,11 +15,10 @@ from typing import Any, NoReturn
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from brainseg.cli import Stopped
-from brainseg.config import SWEPT_KEYS_ENV, instantiate_setting, swept_keys, to_plain
+from brainseg.config import SWEPT_KEYS_ENV, in_multirun, instantiate_setting, swept_keys, to_plain
 from brainseg.data.reader import find_patients
 from brainseg.errors import BrainsegError, ConfigError
 from brainseg.paths import check_outside_inputs
@@ -84,12 +83,7 @@ def _check_targets(group: str, entries: Any) -> None:
     entries themselves are built by the jobs (they name the job's own directory)."""
     for name, node in (entries or {}).items():
         target = node.get("_target_") if isinstance(node, DictConfig) else None
-        module, _, attribute = str(target).rpartition(".")
-        try:
-            found = target is None or hasattr(importlib.import_module(module), attribute)
-        except (ImportError, ValueError):  # ValueError: an empty module name
-            found = False
-        if not found:
+        if target is not None and (not str(target) or pydoc.locate(str(target)) is None):
             raise ConfigError(f"{group}.{name}._target_: cannot import {target!r}")
 
 
@@ -185,7 +179,7 @@ class SweepGuard(Callback):
         """The report refreshed; a job stopped by SIGTERM or SIGINT then stops the sweep."""
         from brainseg.reporting.sweep import write_report
 
-        if config.hydra.mode == RunMode.MULTIRUN and Path(config.hydra.sweep.dir).is_dir():
+        if in_multirun() and Path(config.hydra.sweep.dir).is_dir():
             write_report(config.hydra.sweep.dir)
         stop = job_return._return_value  # the public property re-raises a failed job's error
         if isinstance(stop, Stopped):
