@@ -1,7 +1,5 @@
-"""Every Hydra callback of train.py and predict.py (conf/hydra/default.yaml lists them): a run or
-sweep directory overlapping data.root, one a live process holds, or a finished run not resumed, is
-refused before Hydra writes there; a mistake every sweep job shares stops the sweep before its
-first job; the sweep report is refreshed after each job; failed or stopped jobs: non-zero."""
+"""Every Hydra callback of train.py and predict.py (conf/hydra/default.yaml lists them): what is
+refused before Hydra writes, and what guards a sweep (docs/safety.md, docs/sweeps.md)."""
 
 from __future__ import annotations
 
@@ -88,10 +86,8 @@ def _check_targets(group: str, entries: Any) -> None:
 
 
 def preflight(config: DictConfig, swept: list[str]) -> None:
-    """Build what every job shares once, as the first job would (data root and split, model, loss,
-    optimizer, scheduler, post-processing steps, the callbacks' and loggers' targets, monitor,
-    ckpt_path), so a shared mistake stops the sweep once instead of failing every job. Groups that
-    the sweep varies are left to the jobs."""
+    """Build once what every job shares, as the first job would, so that a shared mistake stops the
+    sweep once instead of failing every job; the groups the sweep varies are left to the jobs."""
     import torch  # here, after SweepGuard has quieted the libraries
 
     from brainseg.losses import build_loss
@@ -134,9 +130,8 @@ def preflight(config: DictConfig, swept: list[str]) -> None:
 
 
 def check_sweep_directory(config: DictConfig) -> None:
-    """An existing `hydra.sweep.dir` with content must be a sweep of the same entry point and
-    sweeper (its multirun.yaml says so): it is resumed; anything else is a ConfigError, before
-    Hydra writes there."""
+    """An existing `hydra.sweep.dir` with content is resumed only if its multirun.yaml names the
+    same entry point and sweeper."""
     sweep = Path(str(config.hydra.sweep.dir))
     if not sweep.is_dir() or not any(p.name != LOCK_NAME for p in sweep.iterdir()):
         return
@@ -157,9 +152,8 @@ def check_sweep_directory(config: DictConfig) -> None:
 
 
 class SweepGuard(Callback):
-    """Hydra callback around a multirun: pre-flight checks before the first job; the sweep report
-    refreshed after each job (so a long or crashed sweep still has one); at the end the report
-    (and its W&B run), then exit non-zero with `N of M jobs failed: see <sweep>/summary.md`."""
+    """Around a multirun: pre-flight checks before the first job; the sweep report refreshed after
+    each job (a long or crashed sweep still has one); at the end, non-zero if a job failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from brainseg.quiet import quiet_libraries
