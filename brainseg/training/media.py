@@ -30,14 +30,11 @@ class TrackerMedia(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._slices = {}
 
+    @rank_zero_only
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: dict[str, Any], *args: Any
     ) -> None:
-        if (
-            trainer.sanity_checking
-            or not isinstance(outputs, torch.Tensor)
-            or not trainer.is_global_zero
-        ):
+        if trainer.sanity_checking or not isinstance(outputs, torch.Tensor):
             return
         areas = batch["mask"].flatten(1).sum(1).cpu()
         patients = batch["patient"].cpu()

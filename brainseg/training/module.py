@@ -18,8 +18,8 @@ from brainseg.metrics import METRICS, NSD_TOLERANCE, VolumeMetrics, slice_metric
 from brainseg.models import build_model
 from brainseg.postprocessing import apply, check_steps
 
-# Per-volume metrics logged next to the Dice as patient means (brainseg.metrics.functional).
-SURFACE_AND_DETECTION = METRICS[1:]  # all but the Dice, logged as dsc_volume (mean and median)
+# Per-volume metrics but the Dice (logged as dsc_volume, mean and median), logged as patient means.
+SURFACE_AND_DETECTION = METRICS[1:]
 
 
 class SegmentationModule(L.LightningModule):
@@ -49,9 +49,8 @@ class SegmentationModule(L.LightningModule):
         self.slice_metrics = torch.nn.ModuleDict(
             {s: slice_metrics(threshold) for s in ("val", "test")}
         )
-        self.volume_scores: dict[str, dict[str, float]] = {}  # stage -> patient name -> Dice
-        # stage -> patient -> every metric
-        self.volume_details: dict[str, dict[str, dict[str, float]]] = {}
+        self.volume_scores: dict[str, dict[str, float]] = {}  # [stage][patient name] -> Dice
+        self.volume_details: dict[str, dict[str, dict[str, float]]] = {}  # [stage][patient][metric]
 
     @classmethod
     def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> SegmentationModule:
@@ -85,8 +84,7 @@ class SegmentationModule(L.LightningModule):
         return total
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        """Update the stage's metrics; returns the probabilities
-        (callbacks draw pictures from them)."""
+        """Update the stage's metrics; the probabilities returned are drawn by TrackerMedia."""
         logits = self(batch["image"])
         loss = self.loss(logits, batch["mask"])
         probs = torch.sigmoid(logits.float())
@@ -107,16 +105,12 @@ class SegmentationModule(L.LightningModule):
         self.log_dict({f"{stage}/{k}": v for k, v in slice_values.items()})
         datamodule: SegmentationData | None = getattr(self.trainer, "datamodule", None)
         names = datamodule.patient_names(stage) if datamodule is not None else None
-        self.volume_details[stage] = {
-            (names[p] if names else str(p)): metrics for p, metrics in per_patient.items()
-        }
-        self.volume_scores[stage] = {
-            name: float(metrics["dsc"]) for name, metrics in self.volume_details[stage].items()
-        }
-        details = self.volume_details[stage].values()
+        details = {(names[p] if names else str(p)): m for p, m in per_patient.items()}
+        self.volume_details[stage] = details
+        self.volume_scores[stage] = {name: float(m["dsc"]) for name, m in details.items()}
         if details:
-            means = {k: float(np.mean([d[k] for d in details])) for k in SURFACE_AND_DETECTION}
-            self.log_dict({f"{stage}/{k}": v for k, v in means.items()})
+            means = {k: np.mean([d[k] for d in details.values()]) for k in SURFACE_AND_DETECTION}
+            self.log_dict({f"{stage}/{k}": float(v) for k, v in means.items()})
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._evaluate(batch, "val")
