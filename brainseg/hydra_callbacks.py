@@ -38,10 +38,9 @@ def _refuse(check: Callable[[], object]) -> None:
 
 
 class RefuseOutputDirectory(Callback):
-    """Before Hydra creates a run directory (and writes .hydra/ and a log there), refuse one that
-    overlaps data.root (the sweep guard: a sweep directory), or a data.root without patients; claim
-    it for this process, refused when a live process holds it or when it holds a run that this start
-    does not resume (training into it would replace that run's checkpoints, metrics and config)."""
+    """Before Hydra creates a run directory (and writes .hydra/ and a log there): refuse one that
+    overlaps data.root, a data.root without patients, a directory a live process holds, or one
+    holding a run this start does not resume (its checkpoints would go); else claim it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run_dir = self._outside_data(config, "hydra.run.dir")

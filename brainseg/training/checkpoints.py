@@ -1,8 +1,7 @@
 """Checkpoints that make a resume lose at most the epoch in progress (docs/safety.md): written
 atomically, read safely, removed only inside the run's own folder. `last.ckpt` has its own callback:
 Lightning's `save_last` writes it only when a top-k file was saved (with `save_top_k: 1`, a copy of
-the best); SLURM's preemption signal saves it at the next batch boundary.
-"""
+the best); SLURM's preemption signal saves it at the next batch boundary."""
 
 from __future__ import annotations
 
