@@ -135,11 +135,5 @@ class SegmentationModule(L.LightningModule):
         if "total_steps" in factory and factory["total_steps"] is None:  # OneCycleLR
             factory["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = instantiate_setting("scheduler", factory, optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": scheduler,
-                "interval": scheduler_cfg.get("interval", "epoch"),
-                "monitor": scheduler_cfg.get("monitor"),
-            },
-        }
+        # `interval`, `monitor` (and Lightning's other scheduler keys) as the setting gives them
+        return {"optimizer": optimizer, "lr_scheduler": {**scheduler_cfg, "scheduler": scheduler}}
