@@ -18,9 +18,6 @@ from brainseg.metrics import METRICS, NSD_TOLERANCE, VolumeMetrics, slice_metric
 from brainseg.models import build_model
 from brainseg.postprocessing import apply, check_steps
 
-# Per-volume metrics but the Dice (logged as dsc_volume, mean and median), logged as patient means.
-SURFACE_AND_DETECTION = METRICS[1:]
-
 
 class SegmentationModule(L.LightningModule):
     """Binary lesion segmentation; all arguments are plain config dicts, saved with the checkpoint
@@ -43,12 +40,11 @@ class SegmentationModule(L.LightningModule):
         threshold = metric.get("threshold", 0.5)
         postprocess = functools.partial(apply, steps=check_steps(postprocessing))
         nsd_tolerance = float(metric.get("nsd_tolerance", NSD_TOLERANCE))
+        stages = ("val", "test")
         self.volume_metrics = torch.nn.ModuleDict(
-            {s: VolumeMetrics(threshold, postprocess, nsd_tolerance) for s in ("val", "test")}
+            {s: VolumeMetrics(threshold, postprocess, nsd_tolerance) for s in stages}
         )
-        self.slice_metrics = torch.nn.ModuleDict(
-            {s: slice_metrics(threshold) for s in ("val", "test")}
-        )
+        self.slice_metrics = torch.nn.ModuleDict({s: slice_metrics(threshold) for s in stages})
         self.volume_scores: dict[str, dict[str, float]] = {}  # [stage][patient name] -> Dice
         self.volume_details: dict[str, dict[str, dict[str, float]]] = {}  # [stage][patient][metric]
 
@@ -108,8 +104,8 @@ class SegmentationModule(L.LightningModule):
         details = {(names[p] if names else str(p)): m for p, m in per_patient.items()}
         self.volume_details[stage] = details
         self.volume_scores[stage] = {name: float(m["dsc"]) for name, m in details.items()}
-        if details:
-            means = {k: np.mean([d[k] for d in details.values()]) for k in SURFACE_AND_DETECTION}
+        if details:  # the per-volume metrics but the Dice (logged above), as patient means
+            means = {k: np.mean([d[k] for d in details.values()]) for k in METRICS[1:]}
             self.log_dict({f"{stage}/{k}": float(v) for k, v in means.items()})
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
