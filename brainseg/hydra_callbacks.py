@@ -1,12 +1,10 @@
-"""Every Hydra callback of train.py and predict.py (conf/hydra/default.yaml lists them): a run or
-sweep directory overlapping data.root, one a live process holds, or a finished run not resumed, is
-refused before Hydra writes there; a mistake every sweep job shares stops the sweep before its
-first job; the sweep report is refreshed after each job; failed or stopped jobs: non-zero."""
+"""Every Hydra callback of train.py and predict.py (conf/hydra/default.yaml lists them): what is
+refused before Hydra writes, and what guards a sweep (docs/safety.md, docs/sweeps.md)."""
 
 from __future__ import annotations
 
-import importlib
 import os
+import pydoc
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,11 +13,10 @@ from typing import Any, NoReturn
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from brainseg.cli import Stopped
-from brainseg.config import SWEPT_KEYS_ENV, instantiate_setting, swept_keys, to_plain
+from brainseg.config import SWEPT_KEYS_ENV, in_multirun, instantiate_setting, swept_keys, to_plain
 from brainseg.data.reader import find_patients
 from brainseg.errors import BrainsegError, ConfigError
 from brainseg.paths import check_outside_inputs
@@ -41,10 +38,9 @@ def _refuse(check: Callable[[], object]) -> None:
 
 
 class RefuseOutputDirectory(Callback):
-    """Before Hydra creates a run directory (and writes .hydra/ and a log there), refuse one that
-    overlaps data.root (the sweep guard: a sweep directory), or a data.root without patients; claim
-    it for this process, refused when a live process holds it or when it holds a run that this start
-    does not resume (training into it would replace that run's checkpoints, metrics and config)."""
+    """Before Hydra creates a run directory (and writes .hydra/ and a log there): refuse one that
+    overlaps data.root, a data.root without patients, a directory a live process holds, or one
+    holding a run this start does not resume (its checkpoints would go); else claim it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run_dir = self._outside_data(config, "hydra.run.dir")
@@ -84,20 +80,13 @@ def _check_targets(group: str, entries: Any) -> None:
     entries themselves are built by the jobs (they name the job's own directory)."""
     for name, node in (entries or {}).items():
         target = node.get("_target_") if isinstance(node, DictConfig) else None
-        module, _, attribute = str(target).rpartition(".")
-        try:
-            found = target is None or hasattr(importlib.import_module(module), attribute)
-        except (ImportError, ValueError):  # ValueError: an empty module name
-            found = False
-        if not found:
+        if target is not None and (not str(target) or pydoc.locate(str(target)) is None):
             raise ConfigError(f"{group}.{name}._target_: cannot import {target!r}")
 
 
 def preflight(config: DictConfig, swept: list[str]) -> None:
-    """Build what every job shares once, as the first job would (data root and split, model, loss,
-    optimizer, scheduler, post-processing steps, the callbacks' and loggers' targets, monitor,
-    ckpt_path), so a shared mistake stops the sweep once instead of failing every job. Groups that
-    the sweep varies are left to the jobs."""
+    """Build once what every job shares, as the first job would, so that a shared mistake stops the
+    sweep once instead of failing every job; the groups the sweep varies are left to the jobs."""
     import torch  # here, after SweepGuard has quieted the libraries
 
     from brainseg.losses import build_loss
@@ -140,9 +129,8 @@ def preflight(config: DictConfig, swept: list[str]) -> None:
 
 
 def check_sweep_directory(config: DictConfig) -> None:
-    """An existing `hydra.sweep.dir` with content must be a sweep of the same entry point and
-    sweeper (its multirun.yaml says so): it is resumed; anything else is a ConfigError, before
-    Hydra writes there."""
+    """An existing `hydra.sweep.dir` with content is resumed only if its multirun.yaml names the
+    same entry point and sweeper."""
     sweep = Path(str(config.hydra.sweep.dir))
     if not sweep.is_dir() or not any(p.name != LOCK_NAME for p in sweep.iterdir()):
         return
@@ -163,9 +151,8 @@ def check_sweep_directory(config: DictConfig) -> None:
 
 
 class SweepGuard(Callback):
-    """Hydra callback around a multirun: pre-flight checks before the first job; the sweep report
-    refreshed after each job (so a long or crashed sweep still has one); at the end the report
-    (and its W&B run), then exit non-zero with `N of M jobs failed: see <sweep>/summary.md`."""
+    """Around a multirun: pre-flight checks before the first job; the sweep report refreshed after
+    each job (a long or crashed sweep still has one); at the end, non-zero if a job failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from brainseg.quiet import quiet_libraries
@@ -185,7 +172,7 @@ class SweepGuard(Callback):
         """The report refreshed; a job stopped by SIGTERM or SIGINT then stops the sweep."""
         from brainseg.reporting.sweep import write_report
 
-        if config.hydra.mode == RunMode.MULTIRUN and Path(config.hydra.sweep.dir).is_dir():
+        if in_multirun() and Path(config.hydra.sweep.dir).is_dir():
             write_report(config.hydra.sweep.dir)
         stop = job_return._return_value  # the public property re-raises a failed job's error
         if isinstance(stop, Stopped):

@@ -409,9 +409,13 @@ def test_sigint_exits_130_with_one_line(capsys) -> None:
     [
         ("ckpt_path=missing.ckpt", "ckpt_path='missing.ckpt': no such checkpoint file"),
         ("monitor=val/dice", "val/dice"),
+        (
+            "callbacks.lr_monitor._target_=lightning.NoSuchCallback",
+            "callbacks.lr_monitor._target_: cannot import 'lightning.NoSuchCallback'",
+        ),
     ],
 )
-def test_sweep_preflight_checks_ckpt_path_and_monitor(override: str, expected: str) -> None:
+def test_sweep_preflight_checks_ckpt_path_monitor_and_targets(override: str, expected: str) -> None:
     from helpers import compose
     from hydra.core.hydra_config import HydraConfig
 

@@ -1,17 +1,7 @@
-"""Checkpoints that make a resume lose at most the epoch in progress.
-
-- `last.ckpt` is written after every epoch (Lightning's `save_last` only writes it when a top-k
-  checkpoint was saved, so with `save_top_k: 1` it is a copy of the best, not the last epoch);
-- the best checkpoint keeps only what predict.py needs (weights and provenance), a third of the
-  size, written once;
-- every file is written under a temporary name and renamed (a crash mid-write leaves the old file);
-- every file Lightning reads back (resume, `trainer.test(ckpt_path=...)`) is loaded with
-  `weights_only=True`, as predict.py does: a checkpoint cannot run code;
-- a run directory that was moved or copied keeps tracking its own files (no `last-v1.ckpt`), and
-  only its own `*.ckpt` files are ever removed, whatever paths a resumed state names;
-- on the signal SLURM/submitit sends before a time limit or preemption, `last.ckpt` is saved at the
-  next batch boundary before submitit requeues the job.
-"""
+"""Checkpoints that make a resume lose at most the epoch in progress (docs/safety.md): written
+atomically, read safely, removed only inside the run's own folder. `last.ckpt` has its own callback:
+Lightning's `save_last` writes it only when a top-k file was saved (with `save_top_k: 1`, a copy of
+the best); SLURM's preemption signal saves it at the next batch boundary."""
 
 from __future__ import annotations
 
@@ -33,7 +23,7 @@ from brainseg.metrics.monitor import mode as direction
 log = logging.getLogger("brainseg")
 LAST_NAME = "last"
 # The signal submitit asks SLURM to send before the time limit (sbatch --signal), and its override.
-PREEMPT_SIGNAL = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+PREEMPT_SIGNUM = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
 PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")  # and best_k_models
 
 
@@ -61,13 +51,9 @@ def epoch_cut(trainer: L.Trainer) -> bool:
 
 
 class _OwnFilesOnly(ModelCheckpoint):
-    """Tracks and removes checkpoint files of this run only.
-
-    The paths in a resumed state are data from a file: each is re-based onto this run's
-    `dirpath` (a run directory moved or copied keeps tracking its own files, no `last-v1.ckpt`)
-    and kept only if it names a `*.ckpt` file there, else dropped. Removal unlinks only such a
-    file (Lightning's removes recursively anything under a path that merely starts with
-    `dirpath`, e.g. `checkpoints/..`)."""
+    """Tracks and removes checkpoint files of this run only: the paths of a resumed state (data
+    from a file) are re-based onto `dirpath` and kept only if they name a `*.ckpt` file there.
+    Lightning's removal deletes recursively anything whose path merely starts with `dirpath`."""
 
     def _own_file(self, path: str | Path) -> bool:
         path = Path(path)
@@ -85,11 +71,11 @@ class _OwnFilesOnly(ModelCheckpoint):
         recorded = {str(state_dict.get(key) or "") for key in PATH_KEYS} - {""} | set(models)
         rebased = {p: str(Path(self.dirpath) / Path(p).name) for p in recorded}
         kept = {p: new for p, new in rebased.items() if self._own_file(new)}
-        if recorded - set(kept):
+        if forgotten := sorted(recorded - set(kept)):
             log.warning(
                 "%s: resumed state names %s, not checkpoint files of this run; forgotten",
                 self.dirpath,
-                sorted(recorded - set(kept)),
+                forgotten,
             )
         super().load_state_dict(
             {
@@ -114,11 +100,8 @@ class _OwnFilesOnly(ModelCheckpoint):
 
 
 class BestCheckpoint(_OwnFilesOnly):
-    """Top-k checkpoints by the monitored metric in its direction (`mode` follows `monitor`: the
-    lowest val/hd95, the highest val/dsc_volume), holding weights and provenance only.
-
-    Named `best-epoch014-dsc_volume_0.9402.ckpt` by default, the epoch numbered from 1 as in
-    metrics.json and the console."""
+    """Top-k checkpoints by `monitor` in its direction (`mode` follows it), holding weights and
+    provenance only; the epoch in their names is numbered from 1, as in metrics.json."""
 
     def __init__(
         self, monitor: str, filename: str | None = None, mode: str | None = None, **kwargs: Any
@@ -137,8 +120,7 @@ class BestCheckpoint(_OwnFilesOnly):
                 f"(best is {natural}); leave the mode out, it follows the monitor"
             )
         if filename is None:
-            name = monitor.split("/")[-1]
-            filename = f"best-epoch{{epoch:03d}}-{name}_{{{monitor}:.4f}}"
+            filename = f"best-epoch{{epoch:03d}}-{monitor.split('/')[-1]}_{{{monitor}:.4f}}"
         super().__init__(
             monitor=monitor,
             filename=filename,
@@ -149,9 +131,8 @@ class BestCheckpoint(_OwnFilesOnly):
         self._saving = False
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """On resume, best files of this run that the resumed state does not track were written
-        by the interrupted session after the resumed epoch, which is trained again: removed, so
-        that no stale best file stands beside the new one."""
+        """Best files the resumed state does not track were written after the resumed epoch,
+        which is trained again: removed, so that no stale best file stands beside the new one."""
         super().load_state_dict(state_dict)
         prefix = (self.filename or "").split("{")[0]
         tracked = {Path(p).resolve() for p in self.best_k_models}
@@ -177,32 +158,21 @@ class BestCheckpoint(_OwnFilesOnly):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        """Drops the training state from this callback's own dump before its one write."""
-        if self._saving:
+        if self._saving:  # this callback's own dump, before its one write
             kept = prediction_only(checkpoint)
             checkpoint.clear()
             checkpoint.update(kept)
 
 
 class LastCheckpoint(_OwnFilesOnly):
-    """`<dirpath>/last.ckpt` with the full training state,
-    after every epoch and on the preemption signal.
-
-    With `keep_training_state=False`, once the job has ended successfully the file keeps only the
-    weights and provenance (predict.py and `evaluation.selection: last` still use it; resuming
-    that run is no longer possible): a third of the size.
-    """
+    """`<dirpath>/last.ckpt` with the full training state, after every epoch and on the
+    preemption signal; with `keep_training_state=False`, slimmed once the job has succeeded."""
 
     def __init__(
         self, dirpath: str, every_n_epochs: int = 1, keep_training_state: bool = True
     ) -> None:
         super().__init__(
-            dirpath=dirpath,
-            filename=LAST_NAME,
-            monitor=None,
-            save_top_k=1,
-            every_n_epochs=every_n_epochs,
-            enable_version_counter=False,
+            dirpath, LAST_NAME, every_n_epochs=every_n_epochs, enable_version_counter=False
         )
         self.keep_training_state = keep_training_state
         self._signalled: int | None = None
@@ -218,14 +188,12 @@ class LastCheckpoint(_OwnFilesOnly):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        signum = getattr(signal, PREEMPT_SIGNAL, None)
-        if stage == "fit" and signum is not None and self._previous_handler is None:
-            self._previous_handler = signal.signal(signum, self._on_signal)
+        if stage == "fit" and PREEMPT_SIGNUM is not None and self._previous_handler is None:
+            self._previous_handler = signal.signal(PREEMPT_SIGNUM, self._on_signal)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        signum = getattr(signal, PREEMPT_SIGNAL, None)
         if stage == "fit" and self._previous_handler is not None:
-            signal.signal(signum, self._previous_handler)
+            signal.signal(PREEMPT_SIGNUM, self._previous_handler)
             self._previous_handler = None
 
     def job_succeeded(self) -> None:
@@ -234,8 +202,7 @@ class LastCheckpoint(_OwnFilesOnly):
             save_atomically(prediction_only(read_checkpoint(self.path)), self.path)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        # Only a flag: saving inside the handler could catch the model in the middle of an optimizer
-        # step.
+        # Only a flag: saving inside the handler could catch an optimizer step midway.
         self._signalled = signum
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:

@@ -12,28 +12,17 @@ import torch
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from brainseg.reporting.figures import overlay
+from brainseg.reporting.figures import overlay, window
 from brainseg.runfiles import RunMetrics
 from brainseg.tracking import log_improvement
 from brainseg.training.report import RunReport
 
 
-def _display(image: np.ndarray) -> np.ndarray:
-    """A z-scored (3, H, W) slice as (H, W, 3) uint8 for pictures."""
-    low, high = np.percentile(image, [1, 99])
-    scaled = np.clip((image - low) / max(high - low, 1e-6), 0, 1) * 255
-    return scaled.astype(np.uint8).transpose(1, 2, 0)
-
-
 class TrackerMedia(L.Callback):
-    """For the W&B and TensorBoard loggers of a run (rank 0), listed after its RunReport, whose
-    best epoch by `monitor` it shows:
-
-    - the best `monitor` value so far and its epoch: `best_on_val/<name>`, `best_on_val/epoch`;
-    - when the best improves: the per-patient Dice table, and the slice with the largest lesion of
-      each of `patients` validation patients (the largest lesions first) with prediction and truth
-      (W&B: toggleable masks; TensorBoard: red/green outlines).
-    """
+    """For the W&B and TensorBoard loggers of a run (rank 0), listed after its RunReport: the best
+    `monitor` value so far (`best_on_val/<name>`, `best_on_val/epoch`) and, when it improves, the
+    per-patient Dice table and the largest-lesion slice of `patients` validation patients with
+    prediction and truth (docs/tracking.md)."""
 
     def __init__(self, report: RunReport, patients: int = 4) -> None:
         self.report = report
@@ -43,14 +32,11 @@ class TrackerMedia(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._slices = {}
 
+    @rank_zero_only
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: dict[str, Any], *args: Any
     ) -> None:
-        if (
-            trainer.sanity_checking
-            or not isinstance(outputs, torch.Tensor)
-            or not trainer.is_global_zero
-        ):
+        if trainer.sanity_checking or not isinstance(outputs, torch.Tensor):
             return
         areas = batch["mask"].flatten(1).sum(1).cpu()
         patients = batch["patient"].cpu()
@@ -77,8 +63,12 @@ class TrackerMedia(L.Callback):
         datamodule = getattr(trainer, "datamodule", None)
         names = datamodule.patient_names("val") if datamodule is not None else None
         chosen = sorted(self._slices.items(), key=lambda item: -item[1]["area"])[: self.patients]
-        examples = [
-            {**example, "caption": f"{names[p] if names else p} slice {example['slice']}"}
+        examples = [  # z-scored (3, H, W) slices windowed over their tissue, as (H, W, 3) uint8
+            {
+                **example,
+                "image": window(example["image"] - example["image"].min()).transpose(1, 2, 0),
+                "caption": f"{names[p] if names else p} slice {example['slice']}",
+            }
             for p, example in (chosen if improved else [])
         ]
         scores = best.per_patient if improved else {}
@@ -87,13 +77,9 @@ class TrackerMedia(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(best_on_val, step=step)
             if isinstance(logger, WandbLogger):
-                log_improvement(
-                    logger, scores, [{**e, "image": _display(e["image"])} for e in examples], step
-                )
+                log_improvement(logger, scores, examples, step)
             elif isinstance(logger, TensorBoardLogger) and examples:
-                pictures = np.stack(
-                    [overlay(_display(e["image"]), e["pred"], e["truth"]) for e in examples]
-                )
+                pictures = np.stack([overlay(e["image"], e["pred"], e["truth"]) for e in examples])
                 logger.experiment.add_images(
                     "val/overlays", pictures, global_step=step, dataformats="NHWC"
                 )

@@ -18,9 +18,6 @@ from brainseg.metrics import METRICS, NSD_TOLERANCE, VolumeMetrics, slice_metric
 from brainseg.models import build_model
 from brainseg.postprocessing import apply, check_steps
 
-# Per-volume metrics logged next to the Dice as patient means (brainseg.metrics.functional).
-SURFACE_AND_DETECTION = METRICS[1:]  # all but the Dice, logged as dsc_volume (mean and median)
-
 
 class SegmentationModule(L.LightningModule):
     """Binary lesion segmentation; all arguments are plain config dicts, saved with the checkpoint
@@ -43,15 +40,13 @@ class SegmentationModule(L.LightningModule):
         threshold = metric.get("threshold", 0.5)
         postprocess = functools.partial(apply, steps=check_steps(postprocessing))
         nsd_tolerance = float(metric.get("nsd_tolerance", NSD_TOLERANCE))
+        stages = ("val", "test")
         self.volume_metrics = torch.nn.ModuleDict(
-            {s: VolumeMetrics(threshold, postprocess, nsd_tolerance) for s in ("val", "test")}
+            {s: VolumeMetrics(threshold, postprocess, nsd_tolerance) for s in stages}
         )
-        self.slice_metrics = torch.nn.ModuleDict(
-            {s: slice_metrics(threshold) for s in ("val", "test")}
-        )
-        self.volume_scores: dict[str, dict[str, float]] = {}  # stage -> patient name -> Dice
-        # stage -> patient -> every metric
-        self.volume_details: dict[str, dict[str, dict[str, float]]] = {}
+        self.slice_metrics = torch.nn.ModuleDict({s: slice_metrics(threshold) for s in stages})
+        self.volume_scores: dict[str, dict[str, float]] = {}  # [stage][patient name] -> Dice
+        self.volume_details: dict[str, dict[str, dict[str, float]]] = {}  # [stage][patient][metric]
 
     @classmethod
     def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> SegmentationModule:
@@ -86,8 +81,7 @@ class SegmentationModule(L.LightningModule):
         return total
 
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        """Update the stage's metrics; returns the probabilities
-        (callbacks draw pictures from them)."""
+        """Update the stage's metrics; the probabilities returned are drawn by TrackerMedia."""
         logits = self(batch["image"])
         loss = self.loss(logits, batch["mask"])
         probs = torch.sigmoid(logits.float())
@@ -109,16 +103,12 @@ class SegmentationModule(L.LightningModule):
         self.log_dict({f"{stage}/{k}": v for k, v in slice_values.items()})
         datamodule: SegmentationData | None = getattr(self.trainer, "datamodule", None)
         names = datamodule.patient_names(stage) if datamodule is not None else None
-        self.volume_details[stage] = {
-            (names[p] if names else str(p)): metrics for p, metrics in per_patient.items()
-        }
-        self.volume_scores[stage] = {
-            name: float(metrics["dsc"]) for name, metrics in self.volume_details[stage].items()
-        }
-        details = self.volume_details[stage].values()
-        if details:
-            means = {k: float(np.mean([d[k] for d in details])) for k in SURFACE_AND_DETECTION}
-            self.log_dict({f"{stage}/{k}": v for k, v in means.items()})
+        details = {(names[p] if names else str(p)): m for p, m in per_patient.items()}
+        self.volume_details[stage] = details
+        self.volume_scores[stage] = {name: float(m["dsc"]) for name, m in details.items()}
+        if details:  # the per-volume metrics but the Dice (logged above), as patient means
+            means = {k: np.mean([d[k] for d in details.values()]) for k in METRICS[1:]}
+            self.log_dict({f"{stage}/{k}": float(v) for k, v in means.items()})
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._evaluate(batch, "val")
@@ -143,11 +133,5 @@ class SegmentationModule(L.LightningModule):
         if "total_steps" in factory and factory["total_steps"] is None:  # OneCycleLR
             factory["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = instantiate_setting("scheduler", factory, optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": scheduler,
-                "interval": scheduler_cfg.get("interval", "epoch"),
-                "monitor": scheduler_cfg.get("monitor"),
-            },
-        }
+        # `interval`, `monitor` (and Lightning's other scheduler keys) as the setting gives them
+        return {"optimizer": optimizer, "lr_scheduler": {**scheduler_cfg, "scheduler": scheduler}}

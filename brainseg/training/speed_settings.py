@@ -10,13 +10,9 @@ def _channels_last_input(net: torch.nn.Module, args: tuple) -> tuple:
 
 
 def apply_speed_settings(net: torch.nn.Module, channels_last: bool, compile: bool) -> None:
-    """The `channels_last` and `compile` settings of conf/train.yaml, applied to a network in place.
-
-    channels_last: weights and inputs in NHWC memory order (what tensor-core convolutions read
-    natively). compile: `nn.Module.compile`, which compiles the module's call in place, so
-    `state_dict` keys (and the checkpoints predict.py loads) stay those of the plain network,
-    without torch.compile's `_orig_mod.` wrapper prefix.
-    """
+    """Applied in place. channels_last: weights and inputs in NHWC order (what tensor cores read
+    natively). `nn.Module.compile` compiles in place, so `state_dict` keys (and the checkpoints
+    predict.py loads) stay those of the plain network, without torch.compile's `_orig_mod.`."""
     if channels_last:
         net.to(memory_format=torch.channels_last)
         net.register_forward_pre_hook(_channels_last_input)
