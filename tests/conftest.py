@@ -17,6 +17,8 @@ from helpers import PROJECT, run_cli, snapshot, tiny_train_overrides
 
 from brainseg.data.synthetic import generate
 
+LONGEST_FIRST = ("realdata", "slow")  # markers of the tests that run longest
+
 
 def _threads_per_worker() -> int:
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
@@ -31,7 +33,10 @@ if "PYTEST_XDIST_WORKER" in os.environ:
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that share one outside server or device, or a module-scoped fixture (built once per
-    worker), run on one worker (`--dist loadgroup`)."""
+    worker), run on one worker (`--dist loadgroup`). The longest go first (the real-data run, then
+    the end-to-end ones), so that no worker is left alone with one at the end."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        items.sort(key=lambda item: [item.get_closest_marker(m) is None for m in LONGEST_FIRST])
     for item in items:
         if item.get_closest_marker("slurm"):
             item.add_marker(pytest.mark.xdist_group("slurm"))
