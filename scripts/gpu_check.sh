@@ -81,7 +81,7 @@ fi
 
 FAILED=()
 echo "== 1/2 GPU-marked tests on $DEVICE"
-env "${TESTS_ENV[@]}" timeout 300 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 \
+env "${TESTS_ENV[@]}" timeout 300 "$PY" -m pytest -o addopts=-ra -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 \
     | tee "$OUT/tests.txt" || FAILED+=("the GPU-marked tests (tests.txt)")
 echo "== 2/2 training speed, channels_last off and on ($DATA)"
 timeout 300 "$PY" -m bench.train_speed --root "$DATA" --device "$DEVICE" "${SPEED_ARGS[@]}" \

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from helpers import PROJECT, REAL_LGG, requires_real_data, run_cli, snapshot
+from helpers import PROJECT, REAL_LGG, compose, requires_real_data, snapshot
 
 from brainseg.data.cache import VolumeCache
 from brainseg.data.preprocess import PreprocessConfig
@@ -59,25 +59,31 @@ def test_reference_preprocessing_shapes_and_statistics(patients, tmp_path: Path)
 
 @pytest.mark.slow
 def test_short_real_training_run(tmp_path: Path) -> None:
+    from brainseg.prediction.pipeline import predict
+    from brainseg.training.pipeline import train
+
     before = snapshot(REAL_LGG)
     run = tmp_path / "run"
-    result = run_cli(
-        "train.py",
-        f"data.root={REAL_LGG}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"hydra.run.dir={run}",
-        "data.preprocess.image_size=128",
-        "data.split.n_val=4",
-        "data.batch_size=16",
-        "data.num_workers=2",
-        "model.encoder_name=resnet18",
-        "optimizer.lr=1e-3",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=15",
-        "trainer.accelerator=cpu",
-        cwd=PROJECT,
+    train(  # train.py's task, in this process
+        compose(
+            [
+                f"data.root={REAL_LGG}",
+                f"data.cache_dir={tmp_path / 'cache'}",
+                f"paths.root_dir={PROJECT}",
+                f"paths.output_dir={run}",
+                "data.preprocess.image_size=128",
+                "data.split.n_val=4",
+                "data.batch_size=16",
+                "data.num_workers=2",
+                "model.encoder_name=resnet18",
+                "optimizer.lr=1e-3",
+                "trainer.max_epochs=1",
+                "trainer.limit_train_batches=15",
+                "trainer.accelerator=cpu",
+            ],
+            hydra_node=False,
+        )
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     assert snapshot(REAL_LGG) == before
     best, split = read_metrics(run).best, read_split(run)
     assert sorted(best.per_patient) == sorted(split.val) and len(split.val) == 4
@@ -90,17 +96,19 @@ def test_short_real_training_run(tmp_path: Path) -> None:
     # predict.py with that model on all 20 patients: original geometry, scores recomputed from the
     # files
     out = tmp_path / "predicted"
-    result = run_cli(
-        "predict.py",
-        f"input={REAL_LGG}",
-        f"checkpoints=[{run}/checkpoints/last.ckpt]",
-        f"output_dir={out}",
-        "figures.overlays=false",
-        "progress=false",
-        f"hydra.run.dir={tmp_path / 'hydra'}",
-        cwd=PROJECT,
+    predict(
+        compose(
+            [
+                f"input={REAL_LGG}",
+                f"checkpoints=[{run}/checkpoints/last.ckpt]",
+                f"output_dir={out}",
+                "figures.overlays=false",
+                "progress=false",
+            ],
+            hydra_node=False,
+            config_name="predict",
+        )
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     assert snapshot(REAL_LGG) == before
     with open(out / "dsc.csv") as fh:
         rows = {r["patient"]: float(r["dsc"]) for r in csv.DictReader(fh)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -227,27 +228,34 @@ def test_a_sweep_directory_held_by_a_live_process_is_refused_before_writing(
     ],
 )
 def test_a_finished_run_directory_is_only_trained_into_by_resuming_it(
-    tiny_run: Path, synthetic_root: Path, capsys, overrides: list[str], refused: bool
+    tiny_run: Path,
+    synthetic_root: Path,
+    tmp_path: Path,
+    capsys,
+    overrides: list[str],
+    refused: bool,
 ) -> None:
     from helpers import compose, snapshot
 
     from brainseg.hydra_callbacks import RefuseOutputDirectory
 
-    before = snapshot(tiny_run)
-    overrides = [o.format(run=tiny_run) for o in overrides]
-    config = compose([f"hydra.run.dir={tiny_run}", f"data.root={synthetic_root}", *overrides])
+    run = tmp_path / "run"  # its own copy: claiming it writes a lock file there
+    shutil.copytree(tiny_run, run)
+    before = snapshot(run)
+    overrides = [o.format(run=run) for o in overrides]
+    config = compose([f"hydra.run.dir={run}", f"data.root={synthetic_root}", *overrides])
     try:
         if refused:  # before: a second run replaced its checkpoints, metrics and config
             with pytest.raises(SystemExit) as info:
                 RefuseOutputDirectory().on_run_start(config)
             assert info.value.code == 2
             (line,) = capsys.readouterr().err.splitlines()
-            assert line.startswith(f"error: {tiny_run}: holds a run ("), line
+            assert line.startswith(f"error: {run}: holds a run ("), line
         else:
             RefuseOutputDirectory().on_run_start(config)
     finally:
-        release_run_directory(tiny_run)
-    assert snapshot(tiny_run) == before
+        release_run_directory(run)
+    assert snapshot(run) == before
 
 
 def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path: Path, capsys) -> None:

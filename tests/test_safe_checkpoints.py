@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import PROJECT, compose_run, run_cli
+from helpers import PROJECT, compose, compose_run
 
 from brainseg.checkpoint import read_checkpoint, remove_temporary_files, save_atomically
 from brainseg.errors import DataError
@@ -92,22 +92,20 @@ def test_a_checkpoint_that_would_run_code_is_refused_unrun(
 
 @pytest.mark.slow
 def test_predict_refuses_a_checkpoint_that_would_run_code(
-    tiny_run: Path, synthetic_root: Path, tmp_path: Path
+    tiny_run: Path, synthetic_root: Path, tmp_path: Path, capsys
 ) -> None:
+    from brainseg.cli import run_task
+    from brainseg.prediction.pipeline import predict
+
     marker = tmp_path / "marker"
     good = read_checkpoint(tiny_run / "checkpoints" / "last.ckpt")
     path = _with_payload(good, tmp_path / "shared.ckpt", marker)
-    result = run_cli(
-        "predict.py",
-        f"input={synthetic_root}",
-        f"checkpoints=[{path}]",
-        f"output_dir={tmp_path / 'out'}",
-        "progress=false",
-        f"hydra.run.dir={tmp_path / 'hydra'}",
-        cwd=PROJECT,
-    )
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.returncode == 2, result.stderr[-2000:]  # before: 0, masks written
+    overrides = [f"input={synthetic_root}", f"checkpoints=[{path}]"]
+    overrides += [f"output_dir={tmp_path / 'out'}", "progress=false"]
+    with pytest.raises(SystemExit) as exited:  # predict.py's task, as it runs it
+        run_task(predict, compose(overrides, hydra_node=False, config_name="predict"))
+    assert exited.value.code == 2  # before: 0, masks written
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     (line,) = errors
     _assert_refused_unrun(line.removeprefix("error: "), path, marker)
     assert not (tmp_path / "out").exists()

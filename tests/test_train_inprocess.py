@@ -138,11 +138,11 @@ def test_inner_validation_fold_is_scored_on_its_held_out_patients(
 
 
 def test_reports_the_epoch_its_selection_rule_picks_with_every_volume_metric(
-    synthetic_root: Path, tmp_path: Path
+    tiny_run: Path,
 ) -> None:
-    metrics = train(
-        compose_run(synthetic_root, tmp_path / "run", tmp_path / "cache")
-    )  # 2 epochs, selection=last
+    from brainseg.runfiles import read_metrics
+
+    metrics = read_metrics(tiny_run)  # debug=tiny: 2 epochs, selection=last
     selected, scores = metrics.selected, metrics.selected.scores
     assert metrics.selection == selected.rule == "last" and scores.epoch == 2
     assert selected.checkpoint == metrics.last_checkpoint and selected.checkpoint.endswith(
@@ -151,7 +151,7 @@ def test_reports_the_epoch_its_selection_rule_picks_with_every_volume_metric(
     # reported as predict.py scores (every slice, original geometry, the decided post-processing);
     # the epoch's training-grid figure is kept beside it
     assert selected.training_grid.values == metrics.history[-1].values
-    decision = json.loads((tmp_path / "run" / "postprocessing.json").read_text())
+    decision = json.loads((tiny_run / "postprocessing.json").read_text())
     assert selected.postprocessing == decision["postprocessing"]
     chosen = [c["postprocessing"] for c in decision["candidates"]].index(decision["postprocessing"])
     assert scores.per_patient == {p: d[chosen] for p, d in decision["per_patient"].items()}
@@ -161,7 +161,7 @@ def test_reports_the_epoch_its_selection_rule_picks_with_every_volume_metric(
     assert scores.value("val/hd95") == pytest.approx(
         sum(v["hd95"] for v in per_patient.values()) / len(per_patient)
     )
-    with open(tmp_path / "run" / "csv" / "metrics.csv") as fh:
+    with open(tiny_run / "csv" / "metrics.csv") as fh:
         assert {"val/hd95", "val/assd", "val/nsd", "val/lesion_recall"} <= set(
             next(csv.DictReader(fh))
         )
@@ -345,17 +345,13 @@ def test_context_slices_train_predict_and_export(synthetic_root: Path, tmp_path:
     assert np.abs(torch_probs - Predictor([onnx_member]).predict(volume)).max() <= 1e-4
 
 
-def test_final_validation_calibrates_and_draws_the_worst_patients(
-    synthetic_root: Path, tmp_path: Path
-) -> None:
-    run = tmp_path / "run"
-    train(compose_run(synthetic_root, run, tmp_path / "cache", "trainer.max_epochs=1"))
-    record = json.loads((run / "calibration.json").read_text())
+def test_final_validation_calibrates_and_draws_the_worst_patients(tiny_run: Path) -> None:
+    record = json.loads((tiny_run / "calibration.json").read_text())
     assert record["temperature"] > 0 and record["pixels"] > 0
     assert set(record["ece_per_patient"]) == set(record["patients"]) and len(record["patients"])
     assert 0 <= record["ece"]["after"] <= 1 and 0 <= record["ece"]["before"] <= 1
     for picture in ("calibration.png", "failures.png"):
-        assert (run / picture).stat().st_size > 1000
+        assert (tiny_run / picture).stat().st_size > 1000
 
 
 def test_a_nan_loss_stops_the_run_keeping_the_last_finite_checkpoint(
