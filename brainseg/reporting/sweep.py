@@ -31,7 +31,6 @@ from brainseg.runfiles import (
     METRICS_FILE,
     VAL_DSC,
     VAL_DSC_MEDIAN,
-    RunMetrics,
     read_failure,
     read_metrics,
     read_pruned,
@@ -77,24 +76,16 @@ FINISHED = ("done", "resumed", "reused")
 STATUSES = (*FINISHED, "pruned", "no validation", "failed", "running", "interrupted")
 
 
-def _status(job: Path, metrics: RunMetrics, started: float) -> str:
-    """The status of a job with a metrics.json (see FINISHED)."""
+def _status(job: Path, validated: bool, started: float) -> str:
+    """The status of a job with a finished metrics.json (see FINISHED)."""
     if read_pruned(job) is not None:
         return "pruned"
-    if reported_scores(metrics) is None:
+    if not validated:
         return "no validation"
     if (job / METRICS_FILE).stat().st_mtime < started:
         return "reused"
     logs = job.glob("*.log")
     return "resumed" if any("resuming from" in log.read_text() for log in logs) else "done"
-
-
-def _running(job: Path) -> bool:
-    try:
-        check_run_directory_free(job)
-    except ConfigError:
-        return True
-    return False
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -105,41 +96,30 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     start = sweep_dir / "multirun.yaml"  # rewritten by every start of the sweep
     started = start.stat().st_mtime if start.is_file() else 0.0
     for job in sorted(folders, key=lambda p: (len(p.name), p.name)):
-        row: dict[str, Any] = {
-            **dict.fromkeys(JOB_COLUMNS),
-            "job": job.name,
-            "overrides": _overrides(job),
-            "status": "running" if _running(job) else "interrupted",
-            "error": "",
-            "per_patient": {},
-        }
+        try:
+            check_run_directory_free(job)
+            status = "interrupted"
+        except ConfigError:
+            status = "running"
+        row: dict[str, Any] = {**dict.fromkeys(JOB_COLUMNS), "job": job.name, "status": status}
+        row.update(overrides=_overrides(job), error="", per_patient={})
         metrics, failure = read_metrics(job), read_failure(job)
         if metrics is not None and metrics.finished:
             reported = reported_scores(metrics)
-            scores = reported.scores if reported else None
-            row.update(
-                status=_status(job, metrics, started),
-                selection=reported and reported.rule,
-                epoch=scores and scores.epoch,
-                train_seconds=metrics.train_seconds,
-                per_patient=scores.per_patient_metrics if scores else {},
-                postprocessing=reported and reported.postprocessing,
-            )
-            row[VAL_DSC] = scores and scores.dsc_volume_mean
-            row[VAL_DSC_MEDIAN] = scores and scores.dsc_volume_median
+            row["status"] = _status(job, reported is not None, started)
+            row.update(train_seconds=metrics.train_seconds)
             row[BEST_ON_VAL_DSC] = metrics.best and metrics.best.dsc_volume_mean
+            if reported is not None:
+                scores = reported.scores
+                row.update(selection=reported.rule, epoch=scores.epoch)
+                row.update(
+                    per_patient=scores.per_patient_metrics, postprocessing=reported.postprocessing
+                )
+                row[VAL_DSC], row[VAL_DSC_MEDIAN] = scores.dsc_volume_mean, scores.dsc_volume_median
         elif failure is not None and row["status"] != "running":
             row.update(status="failed", error=failure.headline)
         jobs.append(row)
     return jobs
-
-
-def _varying(jobs: list[dict[str, Any]]) -> list[str]:
-    """Override keys whose values differ between jobs (all keys for a single job)."""
-    keys = sorted({k for j in jobs for k in j["overrides"]})
-    if len(jobs) < 2:
-        return keys
-    return [k for k in keys if len({j["overrides"].get(k) for j in jobs}) > 1]
 
 
 def _is_decimal(value: str) -> bool:
@@ -150,22 +130,19 @@ def _is_decimal(value: str) -> bool:
     return any(c in value.lower() for c in ".e")
 
 
-def _significant_digits(jobs: list[dict[str, Any]], keys: list[str]) -> int:
-    """The fewest significant digits (at least 4) at which the sweep's distinct decimal values
-    stay distinct: Optuna's 0.0012345678901234567 shows as 0.001235, never merged with a
-    neighbour."""
-    decimals = {float(v) for j in jobs for k in keys if _is_decimal(v := j["overrides"].get(k, ""))}
-    return next(
+def configurations(jobs: list[dict[str, Any]]) -> dict[str, str]:
+    """Job name -> its configuration: the overrides that vary across the jobs (all of a single
+    job's), but the fold (jobs that differ only in data.split.fold are one configuration, its
+    cross-validation). Decimals show with the fewest significant digits (at least 4) that keep the
+    sweep's values distinct: Optuna's 0.0012345678901234567 shows as 0.001235."""
+    keys = sorted({k for job in jobs for k in job["overrides"]} - {FOLD_KEY})
+    if len(jobs) > 1:
+        keys = [k for k in keys if len({job["overrides"].get(k) for job in jobs}) > 1]
+    values = {job["overrides"].get(k, "") for job in jobs for k in keys}
+    decimals = {float(v) for v in values if _is_decimal(v)}
+    digits = next(
         (d for d in range(4, 17) if len({f"{v:.{d}g}" for v in decimals}) == len(decimals)), 17
     )
-
-
-def configurations(jobs: list[dict[str, Any]]) -> dict[str, str]:
-    """Job name -> its configuration: the overrides that vary across the jobs (numbers with
-    `_significant_digits`), but the fold (jobs that differ only in data.split.fold are one
-    configuration, its cross-validation)."""
-    keys = [key for key in _varying(jobs) if key != FOLD_KEY]
-    digits = _significant_digits(jobs, keys)
 
     def shown(value: str) -> str:
         return f"{float(value):.{digits}g}" if _is_decimal(value) else value
@@ -221,8 +198,8 @@ def verdict(table: list[dict[str, Any]]) -> tuple[str, str | None]:
 
 def build_report(sweep_dir: Path) -> dict[str, Any]:
     """The report, nothing written: the jobs, one row per (configuration, patient) of the finished
-    jobs, the configurations table (best first), its verdict and the best configuration where the
-    sweep can tell (`verdict`)."""
+    jobs, the configurations table (best first), its verdict, the best configuration where the
+    sweep can tell (`verdict`) and the Dice the figures show."""
     if not sweep_dir.is_dir():
         raise DataError(f"{sweep_dir}: sweep directory not found")
     jobs = collect_jobs(sweep_dir)
@@ -231,12 +208,13 @@ def build_report(sweep_dir: Path) -> dict[str, Any]:
         job["configuration"] = name
         if job["status"] in FINISHED:
             groups[name].append(job)
-    rows, decided = [], {}
+    rows, about = [], {}
     dice: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for name, group in groups.items():
         inner = any(job["selection"] == INNER_VAL for job in group)
         pooled = None if inner else pooled_decision([sweep_dir / job["job"] for job in group])
-        decided[name] = _decided(pooled, group)
+        selection = ",".join(sorted({job["selection"] for job in group}))
+        about[name] = {"postprocessing": _decided(pooled, group), "selection": selection}
         for job in group:
             for patient, scores in job["per_patient"].items():
                 scores = pooled["metrics"][f"{job['job']}/{patient}"] if pooled else scores
@@ -244,18 +222,16 @@ def build_report(sweep_dir: Path) -> dict[str, Any]:
                 row = {"configuration": name, "patient": patient, "fold": fold, "job": job["job"]}
                 rows.append({**row, "selection": job["selection"], **scores})
                 dice[name][patient].append(scores["dsc"])
-    table = compare_configurations(
-        {name: {p: float(np.mean(v)) for p, v in values.items()} for name, values in dice.items()}
-    )
+    means = {name: {p: float(np.mean(v)) for p, v in dice[name].items()} for name in dice}
+    table = compare_configurations(means)
     for entry in table:
-        group, entry["postprocessing"] = (
-            groups[entry["configuration"]],
-            decided[entry["configuration"]],
-        )
-        entry.update(selection=",".join(sorted({j["selection"] for j in group})), jobs=len(group))
+        name = entry["configuration"]
+        entry.update(about[name], jobs=len(groups[name]))
     line, best = verdict(table) if table else ("no finished job", None)
-    report = {"jobs": jobs, "per_patient": rows, "configurations": table}
-    return {**report, "verdict": line, "best": best}
+    report = {"jobs": jobs, "per_patient": rows, "configurations": table, "verdict": line}
+    # configuration -> patient -> Dice, best configuration first: what the figures show
+    report["scores"] = {entry["configuration"]: means[entry["configuration"]] for entry in table}
+    return {**report, "best": best}
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -282,17 +258,10 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 def _markdown(sweep_dir: Path, report: dict[str, Any]) -> list[str]:
     jobs, table = report["jobs"], report["configurations"]
-    statuses = sorted((j["status"] for j in jobs), key=list(STATUSES).index)
-    lines = [
-        f"# Sweep report: {sweep_dir.name}",
-        "",
-        (
-            f"{len(jobs)} jobs: "
-            + ", ".join(f"{n} {status}" for status, n in Counter(statuses).items())
-            + ". Rule `inner_val`: `test/dsc_volume` on the held-out patients, training grid."
-        ),
-        "",
-    ]
+    counts = Counter(sorted((job["status"] for job in jobs), key=STATUSES.index))
+    counted = ", ".join(f"{n} {status}" for status, n in counts.items())
+    rule = "Rule `inner_val`: `test/dsc_volume` on the held-out patients, training grid."
+    lines = [f"# Sweep report: {sweep_dir.name}", "", f"{len(jobs)} jobs: {counted}. {rule}", ""]
 
     def cell(job: dict[str, Any], key: str) -> str:
         if key == "overrides":
@@ -346,14 +315,8 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
     with atomic_writer(sweep_dir / "summary.md") as fh:
         fh.write("\n".join(_markdown(sweep_dir, report)) + "\n")
     if table:
-        scores: dict[str, dict[str, float]] = {r["configuration"]: {} for r in table}
-        for row in rows:
-            scores[row["configuration"]][row["patient"]] = row["dsc"]
-        strip_box_plot(
-            scores,
-            sweep_dir / "summary.png",
-            "Per-volume Dice per patient, best configuration on top",
-        )
+        scores, title = report["scores"], "Per-volume Dice per patient, best configuration on top"
+        strip_box_plot(scores, sweep_dir / "summary.png", title)
         heat_map(scores, sweep_dir / "heatmap.png", "Per-volume Dice: configurations x patients")
     return report
 
@@ -373,18 +336,10 @@ def sweep_jobs(sweep_dir: Path, pick: str | None = None) -> list[Path]:
             f"sweep_dir: {sweep_dir} holds {len(names)} configurations "
             f"({'; '.join(sorted(names))}), never one ensemble; give pick=best, or checkpoints"
         )
-    chosen = [
-        j["job"]
-        for j in report["jobs"]
-        if j["status"] in FINISHED and j["configuration"] == names[0]
-    ]
+    best, jobs, line = names[0], report["jobs"], report["verdict"]
+    chosen = [j["job"] for j in jobs if j["status"] in FINISHED and j["configuration"] == best]
     if pick:
-        log.info(
-            "pick=best: %s, jobs %s (sweep report: %s)",
-            names[0],
-            ", ".join(chosen),
-            report["verdict"],
-        )
+        log.info("pick=best: %s, jobs %s (sweep report: %s)", best, ", ".join(chosen), line)
     return [sweep_dir / job for job in chosen]
 
 
