@@ -285,13 +285,12 @@ def _markdown(sweep_dir: Path, report: dict[str, Any]) -> list[str]:
     headers += [f"mean {VAL_DSC} [95% CI]", "median", "Δ vs best [95% CI]", "p", "p (Holm)"]
     rows = []
     for r in table:
-        difference = r["difference"] is not None
-        ci = _interval(r["difference_ci_low"], r["difference_ci_high"]) if difference else ""
-        rows.append(
-            [r["configuration"], r["selection"], str(r["jobs"]), str(r["n"]), r["postprocessing"]]
-            + [f"{r['mean']:.4f} {_interval(r['ci_low'], r['ci_high'])}", f"{r['median']:.4f}"]
-            + [f"{_fmt(r['difference'])} {ci}", _fmt(r["p"]), _fmt(r["p_holm"]), r["verdict"]]
-        )
+        low, high = r["difference_ci_low"], r["difference_ci_high"]
+        ci = "" if r["difference"] is None else _interval(low, high)
+        cells = [_fmt(r[k]) for k in ("configuration", "selection", "jobs", "n", "postprocessing")]
+        cells += [f"{r['mean']:.4f} {_interval(r['ci_low'], r['ci_high'])}", _fmt(r["median"])]
+        cells.append(f"{_fmt(r['difference'])} {ci}")
+        rows.append(cells + [_fmt(r[k]) for k in ("p", "p_holm", "verdict")])
     lines += _table([*headers, "verdict"], rows)
     lines += ["", f"**Verdict**: {report['verdict']}."]
     lines += ["", "Rules: " + "; ".join(f"`{k}` = {v}" for k, v in CV_RULES.items()) + "."]
