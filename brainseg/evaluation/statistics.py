@@ -63,12 +63,10 @@ def wilcoxon_p(differences: np.ndarray) -> float:
 
 def holm(p_values: list[float]) -> list[float]:
     """Holm's step-down adjusted p-values (family-wise error across the comparisons)."""
-    order = np.argsort(p_values)
-    adjusted = np.empty(len(p_values))
-    running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
-        adjusted[index] = running
+    order, n = np.argsort(p_values), len(p_values)
+    steps = np.minimum(1.0, (n - np.arange(n)) * np.asarray(p_values, dtype=np.float64)[order])
+    adjusted = np.empty(n)
+    adjusted[order] = np.maximum.accumulate(steps)
     return adjusted.tolist()
 
 
