@@ -28,9 +28,7 @@ def compare(candidate: Sequence[float], current: Sequence[float]) -> dict[str, A
     candidate, current = np.asarray(candidate, np.float64), np.asarray(current, np.float64)
     diff = candidate - current
     helped, hurt = int((diff > CHANGE_TOLERANCE).sum()), int((diff < -CHANGE_TOLERANCE).sum())
-    p_value = (
-        float(wilcoxon(candidate, current, alternative="greater").pvalue) if helped + hurt else 1.0
-    )
+    greater = wilcoxon(candidate, current, alternative="greater").pvalue if helped + hurt else 1.0
     return {
         "adopted": bool(candidate.mean() > current.mean() and helped > hurt),
         "dsc": float(candidate.mean()),
@@ -38,7 +36,7 @@ def compare(candidate: Sequence[float], current: Sequence[float]) -> dict[str, A
         "helped": helped,
         "hurt": hurt,
         "unchanged": len(diff) - helped - hurt,
-        "wilcoxon_p_greater": p_value,
+        "wilcoxon_p_greater": float(greater),
     }
 
 

@@ -69,13 +69,9 @@ def write_scores(
     if cases:
         failure_gallery(list(cases), out_dir / "failures.png")
     write_json(out_dir / SCORES_SUMMARY_FILE, summary)
-    bar_chart(
-        {r[PATIENT_COLUMN]: r["dsc"] for r in rows},
-        out_dir / "dsc.png",
-        groups={r[PATIENT_COLUMN]: r[SUBSET_COLUMN] for r in rows},
-        stats_groups=HELD_OUT,
-        note=note,
-    )
+    dice = {r[PATIENT_COLUMN]: r["dsc"] for r in rows}
+    groups = {r[PATIENT_COLUMN]: r[SUBSET_COLUMN] for r in rows}
+    bar_chart(dice, out_dir / "dsc.png", groups=groups, stats_groups=HELD_OUT, note=note)
     return summary
 
 

@@ -306,11 +306,8 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
     shown = [{**job, "overrides": _job_label(job)} for job in jobs]
     _write_csv(sweep_dir / "summary.csv", list(JOB_COLUMNS), shown)
     _write_csv(sweep_dir / "comparison.csv", COMPARISON_COLUMNS, table)
-    _write_csv(
-        sweep_dir / "per_patient.csv",
-        ["configuration", "patient", "fold", "job", "selection", *(rows and metric_columns(rows))],
-        rows,
-    )
+    columns = ["configuration", "patient", "fold", "job", "selection"]
+    _write_csv(sweep_dir / "per_patient.csv", columns + (rows and metric_columns(rows)), rows)
     with atomic_writer(sweep_dir / "summary.md") as fh:
         fh.write("\n".join(_markdown(sweep_dir, report)) + "\n")
     if table:
