@@ -100,9 +100,7 @@ def compare_configurations(
         }
         if name != reference:
             common = sorted(set(scores[name]) & set(scores[reference]))
-            differences = np.array(
-                [scores[name][p] - scores[reference][p] for p in common], dtype=np.float64
-            )
+            differences = np.array([scores[name][p] - scores[reference][p] for p in common])
             row.update(
                 n_paired=len(common),
                 difference=float(differences.mean()) if common else float("nan"),

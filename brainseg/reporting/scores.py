@@ -111,18 +111,14 @@ def headline(
     left_out = f"; {trained} training patient(s) left out (see dsc_summary.json)" if trained else ""
     flags = scores.get("uncertainty_flags_failures")  # said as it is, however weak
     flagged = ""
-    if flags and flags["auroc_for_failure"] is None:
-        flagged = (
-            f"; uncertainty not judged: {flags['failures']} of {flags['n']} patients below "
-            f"Dice {flags['failure_dice_below']}"
-        )
-    elif flags:
-        rho = flags["spearman_with_dice"]
-        flagged = (
-            f"; uncertainty flags Dice < {flags['failure_dice_below']} with AUROC "
-            f"{flags['auroc_for_failure']:.2f} ({flags['failures']} of {flags['n']} patients; "
-            f"Spearman with Dice {'-' if rho is None else f'{rho:.2f}'})"
-        )
+    if flags:
+        failed, below = f"{flags['failures']} of {flags['n']} patients", flags["failure_dice_below"]
+        auroc, rho = flags["auroc_for_failure"], flags["spearman_with_dice"]
+        spearman = "-" if rho is None else f"{rho:.2f}"
+        flagged = f"; uncertainty not judged: {failed} below Dice {below}"
+        if auroc is not None:
+            flagged = f"; uncertainty flags Dice < {below} with AUROC {auroc:.2f} ({failed}; "
+            flagged += f"Spearman with Dice {spearman})"
     if not scores["n_held_out"]:
         return (
             f"no held-out patients to score: all {trained} were seen in training "
