@@ -1,9 +1,8 @@
 """`python -m brainseg.postprocessing decide <run dir>`: decide a run's post-processing again from
 its saved validation predictions alone (no model, no data), e.g. among other candidates.
 
-Writes `<run>/postprocessing.json` (an existing one only with `--overwrite`) and the provenance of
-the run's checkpoints, holding the run's lock as train.py does. The folds of a k-fold sweep need no
-command: their one pooled decision is made where it is used (`records.pooled_decision`)."""
+Writes `<run>/postprocessing.json` and the provenance of the run's checkpoints, holding the run's
+lock as train.py does. A k-fold sweep's folds are pooled where used (`records.pooled_decision`)."""
 
 from __future__ import annotations
 

@@ -58,9 +58,7 @@ def decide(
         raise ValueError("decide needs at least one patient")
     names = list(scores)
     columns = [[scores[n][i]["dsc"] for n in names] for i in range(len(candidates))]
-    erased = [
-        [n for n, d in zip(names, column) if raw_dice[n] > 0 and d == 0] for column in columns
-    ]
+    erased = [[n for n, d in zip(names, c) if raw_dice[n] > 0 and d == 0] for c in columns]
     best, comparisons = 0, []
     for i in range(1, len(candidates)):
         result = compare(columns[i], columns[best])

@@ -1,7 +1,6 @@
 """The files a post-processing decision is made from and recorded in: `<run>/validation/*.npz`
 (a run's final validation, thresholded, and the truth) and `<run>/postprocessing.json` (also
-recorded in the run's checkpoints). The folds of a k-fold configuration have one decision, pooled
-out of fold where it is used (`pooled_decision`): the sweep report and predict.py `sweep_dir=`."""
+recorded in the run's checkpoints); a k-fold configuration's one decision (`pooled_decision`)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
 """The sweep report (docs/sweeps.md): which configuration of a Hydra multirun is better, and is it
-really? Written into the sweep directory by the sweep guard after every job and at the end; rebuilt
-with `python -m brainseg.reporting.sweep <sweep dir>`. A k-fold configuration's patients are each
-scored by the fold that held them out, pooled, after its one post-processing decision
-(brainseg.postprocessing.records.pooled_decision): the figures predict.py `sweep_dir=` reproduces.
-"""
+really? A k-fold configuration's patients are each scored by the fold that held them out, pooled,
+after its one post-processing decision (`pooled_decision`), as predict.py `sweep_dir=` scores."""
 
 from __future__ import annotations
 
@@ -180,12 +177,11 @@ def verdict(table: list[dict[str, Any]]) -> tuple[str, str | None]:
     top = f"{best['configuration']} has the highest mean DSC ({best['mean']:.4f})"
     if not others:
         return f"{top}, the sweep's only configuration: nothing compared", None
-    if any(
-        r["n"] < minimum_patients() or r["n_paired"] is not None and r["p"] is None for r in table
-    ):
+    enough = minimum_patients()
+    if any(r["n"] < enough or r["n_paired"] is not None and r["p"] is None for r in table):
         return (
             f"{top}, but this sweep cannot compare configurations scored on fewer than "
-            f"{minimum_patients()} patients: on so few, a two-sided Wilcoxon signed-rank test "
+            f"{enough} patients: on so few, a two-sided Wilcoxon signed-rank test "
             f"cannot reach p < {LEVEL} whatever the scores, so they get no interval, no p-value "
             "and no verdict; score more patients (e.g. cross-validation folds over "
             "`data.split.fold`)"
