@@ -101,11 +101,8 @@ def compare_configurations(
         if name != reference:
             common = sorted(set(scores[name]) & set(scores[reference]))
             differences = np.array([scores[name][p] - scores[reference][p] for p in common])
-            row.update(
-                n_paired=len(common),
-                difference=float(differences.mean()) if common else float("nan"),
-                verdict=too_few_patients(level),
-            )
+            difference = float(differences.mean()) if common else float("nan")
+            row.update(n_paired=len(common), difference=difference, verdict=too_few_patients(level))
             if len(common) >= enough:
                 d_low, d_high = bootstrap_ci(differences, level)
                 row.update(

@@ -37,12 +37,8 @@ UNITS = (
 
 def summarize(values: list[float]) -> dict[str, float]:
     array = np.asarray(values, dtype=np.float64)
-    return {
-        "mean": float(array.mean()),
-        "median": float(np.median(array)),
-        "std": float(array.std()),
-        "n": len(values),
-    }
+    figures = {"mean": array.mean(), "median": np.median(array), "std": array.std()}
+    return {**{key: float(value) for key, value in figures.items()}, "n": len(values)}
 
 
 def metric_columns(rows: list[dict[str, Any]]) -> list[str]:

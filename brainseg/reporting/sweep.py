@@ -223,11 +223,11 @@ def build_report(sweep_dir: Path) -> dict[str, Any]:
     for entry in table:
         name = entry["configuration"]
         entry.update(about[name], jobs=len(groups[name]))
-    line, best = verdict(table) if table else ("no finished job", None)
-    report = {"jobs": jobs, "per_patient": rows, "configurations": table, "verdict": line}
+    report: dict[str, Any] = {"jobs": jobs, "per_patient": rows, "configurations": table}
+    report["verdict"], report["best"] = verdict(table) if table else ("no finished job", None)
     # configuration -> patient -> Dice, best configuration first: what the figures show
     report["scores"] = {entry["configuration"]: means[entry["configuration"]] for entry in table}
-    return {**report, "best": best}
+    return report
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -248,7 +248,6 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> No
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    """A markdown table."""
     return [f"| {' | '.join(row)} |" for row in [headers, ["---"] * len(headers), *rows]]
 
 
