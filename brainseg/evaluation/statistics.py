@@ -75,9 +75,7 @@ def compare_configurations(
 ) -> list[dict[str, Any]]:
     """One row per configuration (`scores`: configuration -> patient -> Dice), best first; each
     other than the reference holds its paired difference to it over the patients both scored."""
-    means = {
-        name: float(np.mean(list(values.values()))) for name, values in scores.items() if values
-    }
+    means = {name: float(np.mean(list(dice.values()))) for name, dice in scores.items() if dice}
     if not means:
         return []
     ranked = sorted(means, key=means.get, reverse=True)

@@ -53,8 +53,7 @@ def write_scores(
     note: str | None = None,
     cases: Sequence[FailureCase] = (),
 ) -> dict[str, Any]:
-    """Write `dsc.csv`, `dsc_summary.json` (returned), `dsc.png` and, given `cases`,
-    `failures.png`."""
+    """Write dsc.csv, dsc_summary.json (returned), dsc.png and, given `cases`, failures.png."""
     write_scores_table(out_dir, rows, score_columns(rows, metric_columns(rows)))
     summary = {**subset_summary(rows), "units": UNITS, "nsd_tolerance": tolerance}
     held_out = [r for r in rows if r[SUBSET_COLUMN] in HELD_OUT]

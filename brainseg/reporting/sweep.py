@@ -108,10 +108,8 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
             row[BEST_ON_VAL_DSC] = metrics.best and metrics.best.dsc_volume_mean
             if reported is not None:
                 scores = reported.scores
-                row.update(selection=reported.rule, epoch=scores.epoch)
-                row.update(
-                    per_patient=scores.per_patient_metrics, postprocessing=reported.postprocessing
-                )
+                row.update(selection=reported.rule, postprocessing=reported.postprocessing)
+                row.update(epoch=scores.epoch, per_patient=scores.per_patient_metrics)
                 row[VAL_DSC], row[VAL_DSC_MEDIAN] = scores.dsc_volume_mean, scores.dsc_volume_median
         elif failure is not None and row["status"] != "running":
             row.update(status="failed", error=failure.headline)
