@@ -249,7 +249,8 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return [f"| {' | '.join(row)} |" for row in [headers, ["---"] * len(headers), *rows]]
 
 
-def _markdown(sweep_dir: Path, report: dict[str, Any]) -> list[str]:
+def _markdown(sweep_dir: Path, report: dict[str, Any], shown: list[dict[str, Any]]) -> list[str]:
+    """summary.md; `shown`: the jobs as summary.csv lists them (a label for their overrides)."""
     jobs, table = report["jobs"], report["configurations"]
     counts = Counter(sorted((job["status"] for job in jobs), key=STATUSES.index))
     counted = ", ".join(f"{n} {status}" for status, n in counts.items())
@@ -257,14 +258,12 @@ def _markdown(sweep_dir: Path, report: dict[str, Any]) -> list[str]:
     lines = [f"# Sweep report: {sweep_dir.name}", "", f"{len(jobs)} jobs: {counted}. {rule}", ""]
 
     def cell(job: dict[str, Any], key: str) -> str:
-        if key == "overrides":
-            return _job_label(job)
         if key == "status":
             return job["status"] + (f" ({job['error']})" if job["error"] else "")
         return _fmt(job[key], 1 if key == "train_seconds" else 4)
 
     keys = [key for key in JOB_COLUMNS if key != "error"]
-    lines += _table([JOB_COLUMNS[k] for k in keys], [[cell(job, k) for k in keys] for job in jobs])
+    lines += _table([JOB_COLUMNS[k] for k in keys], [[cell(job, k) for k in keys] for job in shown])
     if not table:
         return lines
     pooled = " (cross-validation: every patient scored by the fold that held it out, pooled)"
@@ -302,7 +301,7 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
     columns = ["configuration", "patient", "fold", "job", "selection"]
     _write_csv(sweep_dir / "per_patient.csv", columns + (rows and metric_columns(rows)), rows)
     with atomic_writer(sweep_dir / "summary.md") as fh:
-        fh.write("\n".join(_markdown(sweep_dir, report)) + "\n")
+        fh.write("\n".join(_markdown(sweep_dir, report, shown)) + "\n")
     if table:
         scores, title = report["scores"], "Per-volume Dice per patient, best configuration on top"
         strip_box_plot(scores, sweep_dir / "summary.png", title)
