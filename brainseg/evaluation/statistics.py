@@ -63,12 +63,10 @@ def wilcoxon_p(differences: np.ndarray) -> float:
 
 def holm(p_values: list[float]) -> list[float]:
     """Holm's step-down adjusted p-values (family-wise error across the comparisons)."""
-    order = np.argsort(p_values)
-    adjusted = np.empty(len(p_values))
-    running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
-        adjusted[index] = running
+    order, n = np.argsort(p_values), len(p_values)
+    steps = np.minimum(1.0, (n - np.arange(n)) * np.asarray(p_values, dtype=np.float64)[order])
+    adjusted = np.empty(n)
+    adjusted[order] = np.maximum.accumulate(steps)
     return adjusted.tolist()
 
 
@@ -77,9 +75,7 @@ def compare_configurations(
 ) -> list[dict[str, Any]]:
     """One row per configuration (`scores`: configuration -> patient -> Dice), best first; each
     other than the reference holds its paired difference to it over the patients both scored."""
-    means = {
-        name: float(np.mean(list(values.values()))) for name, values in scores.items() if values
-    }
+    means = {name: float(np.mean(list(dice.values()))) for name, dice in scores.items() if dice}
     if not means:
         return []
     ranked = sorted(means, key=means.get, reverse=True)
@@ -102,14 +98,9 @@ def compare_configurations(
         }
         if name != reference:
             common = sorted(set(scores[name]) & set(scores[reference]))
-            differences = np.array(
-                [scores[name][p] - scores[reference][p] for p in common], dtype=np.float64
-            )
-            row.update(
-                n_paired=len(common),
-                difference=float(differences.mean()) if common else float("nan"),
-                verdict=too_few_patients(level),
-            )
+            differences = np.array([scores[name][p] - scores[reference][p] for p in common])
+            difference = float(differences.mean()) if common else float("nan")
+            row.update(n_paired=len(common), difference=difference, verdict=too_few_patients(level))
             if len(common) >= enough:
                 d_low, d_high = bootstrap_ci(differences, level)
                 row.update(

@@ -1,9 +1,8 @@
 """`python -m brainseg.postprocessing decide <run dir>`: decide a run's post-processing again from
 its saved validation predictions alone (no model, no data), e.g. among other candidates.
 
-Writes `<run>/postprocessing.json` (an existing one only with `--overwrite`) and the provenance of
-the run's checkpoints, holding the run's lock as train.py does. The folds of a k-fold sweep need no
-command: their one pooled decision is made where it is used (`records.pooled_decision`)."""
+Writes `<run>/postprocessing.json` and the provenance of the run's checkpoints, holding the run's
+lock as train.py does. A k-fold sweep's folds are pooled where used (`records.pooled_decision`)."""
 
 from __future__ import annotations
 
@@ -31,22 +30,18 @@ def main(argv: list[str] | None = None) -> int:
         help="step lists to choose among, simplest first, as YAML/JSON "
         "(default: those the run was decided among)",
     )
-    decide.add_argument(
-        "--overwrite", action="store_true", help=f"replace the run's {DECISION_FILE}"
-    )
+    decide.add_argument("--overwrite", action="store_true", help=f"replace {DECISION_FILE}")
     args = parser.parse_args(argv)
 
     def run() -> None:
-        folder = args.folder
+        folder, recorded = args.folder, args.folder / DECISION_FILE
         if not (folder / VALIDATION_DIR).is_dir():
             raise DataError(
                 f"{folder}: not a run directory with saved validation predictions "
                 f"({VALIDATION_DIR}/); a k-fold sweep's folds are pooled where they are used"
             )
-        if (folder / DECISION_FILE).is_file() and not args.overwrite:
-            raise ConfigError(
-                f"{folder / DECISION_FILE} holds a decision already; pass --overwrite"
-            )
+        if recorded.is_file() and not args.overwrite:
+            raise ConfigError(f"{recorded} holds a decision already; pass --overwrite")
         candidates = args.candidates and parse_yaml(args.candidates, "--candidates")
         claimed = claim_run_directory(folder)  # no live train.py rewrites it
         try:
@@ -54,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if claimed:
                 release_run_directory(folder)
-        print(f"{describe(decision)}; recorded in {folder / DECISION_FILE}")
+        print(f"{describe(decision)}; recorded in {recorded}")
 
     return exit_status(run)
 

@@ -28,9 +28,7 @@ def compare(candidate: Sequence[float], current: Sequence[float]) -> dict[str, A
     candidate, current = np.asarray(candidate, np.float64), np.asarray(current, np.float64)
     diff = candidate - current
     helped, hurt = int((diff > CHANGE_TOLERANCE).sum()), int((diff < -CHANGE_TOLERANCE).sum())
-    p_value = (
-        float(wilcoxon(candidate, current, alternative="greater").pvalue) if helped + hurt else 1.0
-    )
+    greater = wilcoxon(candidate, current, alternative="greater").pvalue if helped + hurt else 1.0
     return {
         "adopted": bool(candidate.mean() > current.mean() and helped > hurt),
         "dsc": float(candidate.mean()),
@@ -38,7 +36,7 @@ def compare(candidate: Sequence[float], current: Sequence[float]) -> dict[str, A
         "helped": helped,
         "hurt": hurt,
         "unchanged": len(diff) - helped - hurt,
-        "wilcoxon_p_greater": p_value,
+        "wilcoxon_p_greater": float(greater),
     }
 
 
@@ -60,9 +58,7 @@ def decide(
         raise ValueError("decide needs at least one patient")
     names = list(scores)
     columns = [[scores[n][i]["dsc"] for n in names] for i in range(len(candidates))]
-    erased = [
-        [n for n, d in zip(names, column) if raw_dice[n] > 0 and d == 0] for column in columns
-    ]
+    erased = [[n for n, d in zip(names, c) if raw_dice[n] > 0 and d == 0] for c in columns]
     best, comparisons = 0, []
     for i in range(1, len(candidates)):
         result = compare(columns[i], columns[best])

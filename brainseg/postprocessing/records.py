@@ -1,7 +1,6 @@
 """The files a post-processing decision is made from and recorded in: `<run>/validation/*.npz`
 (a run's final validation, thresholded, and the truth) and `<run>/postprocessing.json` (also
-recorded in the run's checkpoints). The folds of a k-fold configuration have one decision, pooled
-out of fold where it is used (`pooled_decision`): the sweep report and predict.py `sweep_dir=`."""
+recorded in the run's checkpoints); a k-fold configuration's one decision (`pooled_decision`)."""
 
 from __future__ import annotations
 
@@ -84,18 +83,15 @@ def decide_run(
     if not (isinstance(candidates, list | tuple) and candidates):
         raise ConfigError("candidates: give a list of step lists, e.g. [[], [largest_component]]")
     checked = [check_steps(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
-    decision = {
-        **decide(run_predictions(run_dir), checked, tolerance),
-        "folder": str(run_dir.resolve()),
-    }
+    decision = decide(run_predictions(run_dir), checked, tolerance)
+    decision["folder"] = str(run_dir.resolve())
     path = run_dir / DECISION_FILE
     path.write_text(json.dumps(decision, indent=2))
     # what a checkpoint keeps: the steps, where and on how many patients they were chosen, and
     # the patients whose lesion they erased
     kept = {"steps": decision["postprocessing"], "decision": str(path.resolve())}
-    kept.update(
-        patients=len(decision["patients"]), erased=decision["erased"], rule=decision["rule"]
-    )
+    kept.update(patients=len(decision["patients"]), erased=decision["erased"])
+    kept["rule"] = decision["rule"]
     for checkpoint in sorted((run_dir / "checkpoints").glob("*.ckpt")):
         if checkpoint.is_file():
             record_decisions(checkpoint, {"postprocessing": kept, **(also or {})})
@@ -103,11 +99,10 @@ def decide_run(
 
 
 def pooled_decision(folds: Sequence[Path]) -> dict[str, Any] | None:
-    """The one decision of a k-fold configuration: its folds' saved validation predictions pooled,
-    each patient (`<job>/<patient>`) predicted by the fold that held it out, decided among the
-    candidates the folds were decided among. Made where it is used (the sweep report, predict.py
-    `sweep_dir=`) and never stored, so both apply the same steps. None for a single run or a fold
-    without saved predictions: each run's own decision stands."""
+    """The one decision of a k-fold configuration, on its folds' saved validation predictions
+    pooled (`<job>/<patient>`), among the candidates the folds were decided among. Never stored,
+    so the sweep report and predict.py `sweep_dir=` apply the same steps. None for a single run or
+    a fold without saved predictions: each run's own decision stands."""
     if len(folds) < 2 or not all((Path(f) / VALIDATION_DIR).is_dir() for f in folds):
         return None
     candidates = _recorded_candidates(Path(folds[0]).parent, folds)

@@ -37,12 +37,8 @@ UNITS = (
 
 def summarize(values: list[float]) -> dict[str, float]:
     array = np.asarray(values, dtype=np.float64)
-    return {
-        "mean": float(array.mean()),
-        "median": float(np.median(array)),
-        "std": float(array.std()),
-        "n": len(values),
-    }
+    figures = {"mean": array.mean(), "median": np.median(array), "std": array.std()}
+    return {**{key: float(value) for key, value in figures.items()}, "n": len(values)}
 
 
 def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -57,8 +53,7 @@ def write_scores(
     note: str | None = None,
     cases: Sequence[FailureCase] = (),
 ) -> dict[str, Any]:
-    """Write `dsc.csv`, `dsc_summary.json` (returned), `dsc.png` and, given `cases`,
-    `failures.png`."""
+    """Write dsc.csv, dsc_summary.json (returned), dsc.png and, given `cases`, failures.png."""
     write_scores_table(out_dir, rows, score_columns(rows, metric_columns(rows)))
     summary = {**subset_summary(rows), "units": UNITS, "nsd_tolerance": tolerance}
     held_out = [r for r in rows if r[SUBSET_COLUMN] in HELD_OUT]
@@ -69,13 +64,9 @@ def write_scores(
     if cases:
         failure_gallery(list(cases), out_dir / "failures.png")
     write_json(out_dir / SCORES_SUMMARY_FILE, summary)
-    bar_chart(
-        {r[PATIENT_COLUMN]: r["dsc"] for r in rows},
-        out_dir / "dsc.png",
-        groups={r[PATIENT_COLUMN]: r[SUBSET_COLUMN] for r in rows},
-        stats_groups=HELD_OUT,
-        note=note,
-    )
+    dice = {r[PATIENT_COLUMN]: r["dsc"] for r in rows}
+    groups = {r[PATIENT_COLUMN]: r[SUBSET_COLUMN] for r in rows}
+    bar_chart(dice, out_dir / "dsc.png", groups=groups, stats_groups=HELD_OUT, note=note)
     return summary
 
 
@@ -115,18 +106,14 @@ def headline(
     left_out = f"; {trained} training patient(s) left out (see dsc_summary.json)" if trained else ""
     flags = scores.get("uncertainty_flags_failures")  # said as it is, however weak
     flagged = ""
-    if flags and flags["auroc_for_failure"] is None:
-        flagged = (
-            f"; uncertainty not judged: {flags['failures']} of {flags['n']} patients below "
-            f"Dice {flags['failure_dice_below']}"
-        )
-    elif flags:
-        rho = flags["spearman_with_dice"]
-        flagged = (
-            f"; uncertainty flags Dice < {flags['failure_dice_below']} with AUROC "
-            f"{flags['auroc_for_failure']:.2f} ({flags['failures']} of {flags['n']} patients; "
-            f"Spearman with Dice {'-' if rho is None else f'{rho:.2f}'})"
-        )
+    if flags:
+        failed, below = f"{flags['failures']} of {flags['n']} patients", flags["failure_dice_below"]
+        auroc, rho = flags["auroc_for_failure"], flags["spearman_with_dice"]
+        spearman = "-" if rho is None else f"{rho:.2f}"
+        flagged = f"; uncertainty not judged: {failed} below Dice {below}"
+        if auroc is not None:
+            flagged = f"; uncertainty flags Dice < {below} with AUROC {auroc:.2f} ({failed}; "
+            flagged += f"Spearman with Dice {spearman})"
     if not scores["n_held_out"]:
         return (
             f"no held-out patients to score: all {trained} were seen in training "

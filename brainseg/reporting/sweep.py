@@ -1,9 +1,6 @@
 """The sweep report (docs/sweeps.md): which configuration of a Hydra multirun is better, and is it
-really? Written into the sweep directory by the sweep guard after every job and at the end; rebuilt
-with `python -m brainseg.reporting.sweep <sweep dir>`. A k-fold configuration's patients are each
-scored by the fold that held them out, pooled, after its one post-processing decision
-(brainseg.postprocessing.records.pooled_decision): the figures predict.py `sweep_dir=` reproduces.
-"""
+really? A k-fold configuration's patients are each scored by the fold that held them out, pooled,
+after its one post-processing decision (`pooled_decision`), as predict.py `sweep_dir=` scores."""
 
 from __future__ import annotations
 
@@ -31,7 +28,6 @@ from brainseg.runfiles import (
     METRICS_FILE,
     VAL_DSC,
     VAL_DSC_MEDIAN,
-    RunMetrics,
     read_failure,
     read_metrics,
     read_pruned,
@@ -77,24 +73,16 @@ FINISHED = ("done", "resumed", "reused")
 STATUSES = (*FINISHED, "pruned", "no validation", "failed", "running", "interrupted")
 
 
-def _status(job: Path, metrics: RunMetrics, started: float) -> str:
-    """The status of a job with a metrics.json (see FINISHED)."""
+def _status(job: Path, validated: bool, started: float) -> str:
+    """The status of a job with a finished metrics.json (see FINISHED)."""
     if read_pruned(job) is not None:
         return "pruned"
-    if reported_scores(metrics) is None:
+    if not validated:
         return "no validation"
     if (job / METRICS_FILE).stat().st_mtime < started:
         return "reused"
     logs = job.glob("*.log")
     return "resumed" if any("resuming from" in log.read_text() for log in logs) else "done"
-
-
-def _running(job: Path) -> bool:
-    try:
-        check_run_directory_free(job)
-    except ConfigError:
-        return True
-    return False
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -105,41 +93,28 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     start = sweep_dir / "multirun.yaml"  # rewritten by every start of the sweep
     started = start.stat().st_mtime if start.is_file() else 0.0
     for job in sorted(folders, key=lambda p: (len(p.name), p.name)):
-        row: dict[str, Any] = {
-            **dict.fromkeys(JOB_COLUMNS),
-            "job": job.name,
-            "overrides": _overrides(job),
-            "status": "running" if _running(job) else "interrupted",
-            "error": "",
-            "per_patient": {},
-        }
+        try:
+            check_run_directory_free(job)
+            status = "interrupted"
+        except ConfigError:
+            status = "running"
+        row: dict[str, Any] = {**dict.fromkeys(JOB_COLUMNS), "job": job.name, "status": status}
+        row.update(overrides=_overrides(job), error="", per_patient={})
         metrics, failure = read_metrics(job), read_failure(job)
         if metrics is not None and metrics.finished:
             reported = reported_scores(metrics)
-            scores = reported.scores if reported else None
-            row.update(
-                status=_status(job, metrics, started),
-                selection=reported and reported.rule,
-                epoch=scores and scores.epoch,
-                train_seconds=metrics.train_seconds,
-                per_patient=scores.per_patient_metrics if scores else {},
-                postprocessing=reported and reported.postprocessing,
-            )
-            row[VAL_DSC] = scores and scores.dsc_volume_mean
-            row[VAL_DSC_MEDIAN] = scores and scores.dsc_volume_median
+            row["status"] = _status(job, reported is not None, started)
+            row.update(train_seconds=metrics.train_seconds)
             row[BEST_ON_VAL_DSC] = metrics.best and metrics.best.dsc_volume_mean
+            if reported is not None:
+                scores = reported.scores
+                row.update(selection=reported.rule, postprocessing=reported.postprocessing)
+                row.update(epoch=scores.epoch, per_patient=scores.per_patient_metrics)
+                row[VAL_DSC], row[VAL_DSC_MEDIAN] = scores.dsc_volume_mean, scores.dsc_volume_median
         elif failure is not None and row["status"] != "running":
             row.update(status="failed", error=failure.headline)
         jobs.append(row)
     return jobs
-
-
-def _varying(jobs: list[dict[str, Any]]) -> list[str]:
-    """Override keys whose values differ between jobs (all keys for a single job)."""
-    keys = sorted({k for j in jobs for k in j["overrides"]})
-    if len(jobs) < 2:
-        return keys
-    return [k for k in keys if len({j["overrides"].get(k) for j in jobs}) > 1]
 
 
 def _is_decimal(value: str) -> bool:
@@ -150,22 +125,19 @@ def _is_decimal(value: str) -> bool:
     return any(c in value.lower() for c in ".e")
 
 
-def _significant_digits(jobs: list[dict[str, Any]], keys: list[str]) -> int:
-    """The fewest significant digits (at least 4) at which the sweep's distinct decimal values
-    stay distinct: Optuna's 0.0012345678901234567 shows as 0.001235, never merged with a
-    neighbour."""
-    decimals = {float(v) for j in jobs for k in keys if _is_decimal(v := j["overrides"].get(k, ""))}
-    return next(
+def configurations(jobs: list[dict[str, Any]]) -> dict[str, str]:
+    """Job name -> its configuration: the overrides that vary across the jobs (all of a single
+    job's), but the fold (jobs that differ only in data.split.fold are one configuration, its
+    cross-validation). Decimals show with the fewest significant digits (at least 4) that keep the
+    sweep's values distinct: Optuna's 0.0012345678901234567 shows as 0.001235."""
+    keys = sorted({k for job in jobs for k in job["overrides"]} - {FOLD_KEY})
+    if len(jobs) > 1:
+        keys = [k for k in keys if len({job["overrides"].get(k) for job in jobs}) > 1]
+    values = {job["overrides"].get(k, "") for job in jobs for k in keys}
+    decimals = {float(v) for v in values if _is_decimal(v)}
+    digits = next(
         (d for d in range(4, 17) if len({f"{v:.{d}g}" for v in decimals}) == len(decimals)), 17
     )
-
-
-def configurations(jobs: list[dict[str, Any]]) -> dict[str, str]:
-    """Job name -> its configuration: the overrides that vary across the jobs (numbers with
-    `_significant_digits`), but the fold (jobs that differ only in data.split.fold are one
-    configuration, its cross-validation)."""
-    keys = [key for key in _varying(jobs) if key != FOLD_KEY]
-    digits = _significant_digits(jobs, keys)
 
     def shown(value: str) -> str:
         return f"{float(value):.{digits}g}" if _is_decimal(value) else value
@@ -203,12 +175,11 @@ def verdict(table: list[dict[str, Any]]) -> tuple[str, str | None]:
     top = f"{best['configuration']} has the highest mean DSC ({best['mean']:.4f})"
     if not others:
         return f"{top}, the sweep's only configuration: nothing compared", None
-    if any(
-        r["n"] < minimum_patients() or r["n_paired"] is not None and r["p"] is None for r in table
-    ):
+    enough = minimum_patients()
+    if any(r["n"] < enough or r["n_paired"] is not None and r["p"] is None for r in table):
         return (
             f"{top}, but this sweep cannot compare configurations scored on fewer than "
-            f"{minimum_patients()} patients: on so few, a two-sided Wilcoxon signed-rank test "
+            f"{enough} patients: on so few, a two-sided Wilcoxon signed-rank test "
             f"cannot reach p < {LEVEL} whatever the scores, so they get no interval, no p-value "
             "and no verdict; score more patients (e.g. cross-validation folds over "
             "`data.split.fold`)"
@@ -221,8 +192,8 @@ def verdict(table: list[dict[str, Any]]) -> tuple[str, str | None]:
 
 def build_report(sweep_dir: Path) -> dict[str, Any]:
     """The report, nothing written: the jobs, one row per (configuration, patient) of the finished
-    jobs, the configurations table (best first), its verdict and the best configuration where the
-    sweep can tell (`verdict`)."""
+    jobs, the configurations table (best first), its verdict, the best configuration where the
+    sweep can tell (`verdict`) and the Dice the figures show."""
     if not sweep_dir.is_dir():
         raise DataError(f"{sweep_dir}: sweep directory not found")
     jobs = collect_jobs(sweep_dir)
@@ -231,12 +202,13 @@ def build_report(sweep_dir: Path) -> dict[str, Any]:
         job["configuration"] = name
         if job["status"] in FINISHED:
             groups[name].append(job)
-    rows, decided = [], {}
+    rows, about = [], {}
     dice: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for name, group in groups.items():
         inner = any(job["selection"] == INNER_VAL for job in group)
         pooled = None if inner else pooled_decision([sweep_dir / job["job"] for job in group])
-        decided[name] = _decided(pooled, group)
+        selection = ",".join(sorted({job["selection"] for job in group}))
+        about[name] = {"postprocessing": _decided(pooled, group), "selection": selection}
         for job in group:
             for patient, scores in job["per_patient"].items():
                 scores = pooled["metrics"][f"{job['job']}/{patient}"] if pooled else scores
@@ -244,18 +216,16 @@ def build_report(sweep_dir: Path) -> dict[str, Any]:
                 row = {"configuration": name, "patient": patient, "fold": fold, "job": job["job"]}
                 rows.append({**row, "selection": job["selection"], **scores})
                 dice[name][patient].append(scores["dsc"])
-    table = compare_configurations(
-        {name: {p: float(np.mean(v)) for p, v in values.items()} for name, values in dice.items()}
-    )
+    means = {name: {p: float(np.mean(v)) for p, v in dice[name].items()} for name in dice}
+    table = compare_configurations(means)
     for entry in table:
-        group, entry["postprocessing"] = (
-            groups[entry["configuration"]],
-            decided[entry["configuration"]],
-        )
-        entry.update(selection=",".join(sorted({j["selection"] for j in group})), jobs=len(group))
-    line, best = verdict(table) if table else ("no finished job", None)
-    report = {"jobs": jobs, "per_patient": rows, "configurations": table}
-    return {**report, "verdict": line, "best": best}
+        name = entry["configuration"]
+        entry.update(about[name], jobs=len(groups[name]))
+    report: dict[str, Any] = {"jobs": jobs, "per_patient": rows, "configurations": table}
+    report["verdict"], report["best"] = verdict(table) if table else ("no finished job", None)
+    # configuration -> patient -> Dice, best configuration first: what the figures show
+    report["scores"] = {entry["configuration"]: means[entry["configuration"]] for entry in table}
+    return report
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -276,33 +246,24 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> No
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    """A markdown table."""
     return [f"| {' | '.join(row)} |" for row in [headers, ["---"] * len(headers), *rows]]
 
 
-def _markdown(sweep_dir: Path, report: dict[str, Any]) -> list[str]:
+def _markdown(sweep_dir: Path, report: dict[str, Any], shown: list[dict[str, Any]]) -> list[str]:
+    """summary.md; `shown`: the jobs as summary.csv lists them (a label for their overrides)."""
     jobs, table = report["jobs"], report["configurations"]
-    statuses = sorted((j["status"] for j in jobs), key=list(STATUSES).index)
-    lines = [
-        f"# Sweep report: {sweep_dir.name}",
-        "",
-        (
-            f"{len(jobs)} jobs: "
-            + ", ".join(f"{n} {status}" for status, n in Counter(statuses).items())
-            + ". Rule `inner_val`: `test/dsc_volume` on the held-out patients, training grid."
-        ),
-        "",
-    ]
+    counts = Counter(sorted((job["status"] for job in jobs), key=STATUSES.index))
+    counted = ", ".join(f"{n} {status}" for status, n in counts.items())
+    rule = "Rule `inner_val`: `test/dsc_volume` on the held-out patients, training grid."
+    lines = [f"# Sweep report: {sweep_dir.name}", "", f"{len(jobs)} jobs: {counted}. {rule}", ""]
 
     def cell(job: dict[str, Any], key: str) -> str:
-        if key == "overrides":
-            return _job_label(job)
         if key == "status":
             return job["status"] + (f" ({job['error']})" if job["error"] else "")
         return _fmt(job[key], 1 if key == "train_seconds" else 4)
 
     keys = [key for key in JOB_COLUMNS if key != "error"]
-    lines += _table([JOB_COLUMNS[k] for k in keys], [[cell(job, k) for k in keys] for job in jobs])
+    lines += _table([JOB_COLUMNS[k] for k in keys], [[cell(job, k) for k in keys] for job in shown])
     if not table:
         return lines
     pooled = " (cross-validation: every patient scored by the fold that held it out, pooled)"
@@ -316,13 +277,12 @@ def _markdown(sweep_dir: Path, report: dict[str, Any]) -> list[str]:
     headers += [f"mean {VAL_DSC} [95% CI]", "median", "Δ vs best [95% CI]", "p", "p (Holm)"]
     rows = []
     for r in table:
-        difference = r["difference"] is not None
-        ci = _interval(r["difference_ci_low"], r["difference_ci_high"]) if difference else ""
-        rows.append(
-            [r["configuration"], r["selection"], str(r["jobs"]), str(r["n"]), r["postprocessing"]]
-            + [f"{r['mean']:.4f} {_interval(r['ci_low'], r['ci_high'])}", f"{r['median']:.4f}"]
-            + [f"{_fmt(r['difference'])} {ci}", _fmt(r["p"]), _fmt(r["p_holm"]), r["verdict"]]
-        )
+        low, high = r["difference_ci_low"], r["difference_ci_high"]
+        ci = "" if r["difference"] is None else _interval(low, high)
+        cells = [_fmt(r[k]) for k in ("configuration", "selection", "jobs", "n", "postprocessing")]
+        cells += [f"{r['mean']:.4f} {_interval(r['ci_low'], r['ci_high'])}", _fmt(r["median"])]
+        cells.append(f"{_fmt(r['difference'])} {ci}")
+        rows.append(cells + [_fmt(r[k]) for k in ("p", "p_holm", "verdict")])
     lines += _table([*headers, "verdict"], rows)
     lines += ["", f"**Verdict**: {report['verdict']}."]
     lines += ["", "Rules: " + "; ".join(f"`{k}` = {v}" for k, v in CV_RULES.items()) + "."]
@@ -338,22 +298,13 @@ def write_report(sweep_dir: str | Path) -> dict[str, Any]:
     shown = [{**job, "overrides": _job_label(job)} for job in jobs]
     _write_csv(sweep_dir / "summary.csv", list(JOB_COLUMNS), shown)
     _write_csv(sweep_dir / "comparison.csv", COMPARISON_COLUMNS, table)
-    _write_csv(
-        sweep_dir / "per_patient.csv",
-        ["configuration", "patient", "fold", "job", "selection", *(rows and metric_columns(rows))],
-        rows,
-    )
+    columns = ["configuration", "patient", "fold", "job", "selection"]
+    _write_csv(sweep_dir / "per_patient.csv", columns + (rows and metric_columns(rows)), rows)
     with atomic_writer(sweep_dir / "summary.md") as fh:
-        fh.write("\n".join(_markdown(sweep_dir, report)) + "\n")
+        fh.write("\n".join(_markdown(sweep_dir, report, shown)) + "\n")
     if table:
-        scores: dict[str, dict[str, float]] = {r["configuration"]: {} for r in table}
-        for row in rows:
-            scores[row["configuration"]][row["patient"]] = row["dsc"]
-        strip_box_plot(
-            scores,
-            sweep_dir / "summary.png",
-            "Per-volume Dice per patient, best configuration on top",
-        )
+        scores, title = report["scores"], "Per-volume Dice per patient, best configuration on top"
+        strip_box_plot(scores, sweep_dir / "summary.png", title)
         heat_map(scores, sweep_dir / "heatmap.png", "Per-volume Dice: configurations x patients")
     return report
 
@@ -373,18 +324,10 @@ def sweep_jobs(sweep_dir: Path, pick: str | None = None) -> list[Path]:
             f"sweep_dir: {sweep_dir} holds {len(names)} configurations "
             f"({'; '.join(sorted(names))}), never one ensemble; give pick=best, or checkpoints"
         )
-    chosen = [
-        j["job"]
-        for j in report["jobs"]
-        if j["status"] in FINISHED and j["configuration"] == names[0]
-    ]
+    best, jobs, line = names[0], report["jobs"], report["verdict"]
+    chosen = [j["job"] for j in jobs if j["status"] in FINISHED and j["configuration"] == best]
     if pick:
-        log.info(
-            "pick=best: %s, jobs %s (sweep report: %s)",
-            names[0],
-            ", ".join(chosen),
-            report["verdict"],
-        )
+        log.info("pick=best: %s, jobs %s (sweep report: %s)", best, ", ".join(chosen), line)
     return [sweep_dir / job for job in chosen]
 
 
