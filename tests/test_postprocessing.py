@@ -347,3 +347,19 @@ def test_the_one_scorer_gives_the_figures_of_the_loops_it_replaced(tmp_path: Pat
         values = dict(zip(columns, row.split(",")))
         expected = dict(zip(SCORED_COLUMNS, SCORED_BEFORE[2, values["patient"]]))
         assert {k: float(values[k]) for k in SCORED_COLUMNS} == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_decision_file_is_strict_json_even_with_a_nan_figure(tmp_path: Path, monkeypatch) -> None:
+    from brainseg.postprocessing import records
+
+    run = _run(tmp_path / "run", _predictions())
+    decided = decide(sorted(_predictions()), CANDIDATES)
+    decided["metrics"]["p0"] = {**decided["metrics"]["p0"], "hd95": float("nan")}
+    monkeypatch.setattr(records, "decide", lambda *args: decided)
+    decide_run(run, CANDIDATES)
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{DECISION_FILE} holds {constant}")
+
+    written = json.loads((run / DECISION_FILE).read_text(), parse_constant=refuse)
+    assert written["metrics"]["p0"]["hd95"] is None  # before: NaN, which strict readers refuse

@@ -17,6 +17,7 @@ from brainseg.errors import ConfigError, DataError
 from brainseg.metrics import NSD_TOLERANCE
 from brainseg.postprocessing import StepList, check_steps
 from brainseg.postprocessing.decision import Prediction, decide
+from brainseg.runfiles import write_json
 
 VALIDATION_DIR = "validation"
 DECISION_FILE = "postprocessing.json"
@@ -86,7 +87,7 @@ def decide_run(
     decision = decide(run_predictions(run_dir), checked, tolerance)
     decision["folder"] = str(run_dir.resolve())
     path = run_dir / DECISION_FILE
-    path.write_text(json.dumps(decision, indent=2))
+    write_json(path, decision)
     # what a checkpoint keeps: the steps, where and on how many patients they were chosen, and
     # the patients whose lesion they erased
     kept = {"steps": decision["postprocessing"], "decision": str(path.resolve())}
