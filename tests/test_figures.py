@@ -132,3 +132,20 @@ def test_failure_gallery_shows_the_worst_patients_lowest_first(tmp_path: Path, m
     assert "empty truth" in labels[1]
     legend = saved[0].legends[0]
     assert [t.get_text() for t in legend.get_texts()] == ["truth", "prediction"]
+
+
+def test_heat_map_orders_tied_patients_by_name(tmp_path: Path, monkeypatch) -> None:
+    import matplotlib.axes
+
+    from brainseg.reporting.figures import heat_map
+
+    shown = []
+    set_xticks = matplotlib.axes.Axes.set_xticks
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "set_xticks",
+        lambda ax, ticks, labels=None, **kw: shown.append(labels) or set_xticks(ax, ticks, labels),
+    )
+    tied = {f"TCGA_{i:02d}": 0.5 for i in range(12)}  # a set's order differs between processes
+    heat_map({"model=unet": {**tied, "worst": 0.1}}, tmp_path / "heatmap.png", "per patient")
+    assert shown == [["worst", *sorted(tied)]]

@@ -154,9 +154,9 @@ def heat_map(scores: dict[str, dict[str, float]], path: Path, title: str) -> Pat
     """Configurations x patients, coloured by Dice; patients sorted by their mean over
     configurations, so the ones every model fails sit together on the left."""
     names = list(scores)
-    patients = sorted(
+    patients = sorted(  # ties by name: the same picture from every process
         {p for values in scores.values() for p in values},
-        key=lambda p: np.nanmean([scores[n].get(p, np.nan) for n in names]),
+        key=lambda p: (np.nanmean([scores[n].get(p, np.nan) for n in names]), p),
     )
     grid = np.array([[scores[n].get(p, np.nan) for p in patients] for n in names])
     labels = [_wrap_label(n) for n in names]
