@@ -257,7 +257,7 @@ class RunReport(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         best, last = state_dict["best"], state_dict["last"]
-        self.best = best and EpochScores.from_dict(best)
-        self.last = last and EpochScores.from_dict(last)
-        self.history = [EpochScores.from_dict(entry) for entry in state_dict["history"]]
+        self.best = best and EpochScores(**best)
+        self.last = last and EpochScores(**last)
+        self.history = [EpochScores(**entry) for entry in state_dict["history"]]
         self._elapsed_before = float(state_dict["train_seconds"])
