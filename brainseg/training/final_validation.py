@@ -14,8 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import imageio.v3 as iio
+import lightning as L
 import numpy as np
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from omegaconf import DictConfig
 
+from brainseg.config import to_plain
 from brainseg.data.reader import find_patients, read_patient
 from brainseg.errors import DataError
 from brainseg.metrics.calibration import (
@@ -25,7 +30,7 @@ from brainseg.metrics.calibration import (
     reliability,
     sample_pixels,
 )
-from brainseg.postprocessing import StepList, apply
+from brainseg.postprocessing import StepList, apply, check_steps
 from brainseg.postprocessing.decision import describe
 from brainseg.postprocessing.records import (
     DECISION_FILE,
@@ -44,39 +49,39 @@ FAILURES_FILE = "failures.png"
 
 
 def final_validation(
-    run_dir: Path,
-    checkpoint: Path,
-    data_root: str | Path,
-    patients: Sequence[str],
-    candidates: Sequence[StepList],
-    fallback: StepList,
-    nsd_tolerance: float,
-    device: Any = "cpu",
-    batch_size: int = 16,
-) -> dict[str, Any]:
-    """Predict, save, decide among `candidates` (none: the training `fallback` steps are the one
-    candidate); returns the steps, the decision file and the metrics per patient after the steps."""
+    cfg: DictConfig, trainer: L.Trainer, checkpoint: str, candidates: Sequence[StepList]
+) -> dict[str, Any] | None:
+    """Rank 0, after fitting: predict, save, decide among `candidates` (none: the training
+    `postprocessing` is the one candidate), show the gallery to the W&B and TensorBoard loggers;
+    returns the steps, the decision file and the metrics per patient after the steps (None: no
+    validation patients to score)."""
+    data = trainer.datamodule.provenance()
+    data_root, patients = data["data_root"], data["split"].get("val") or []
+    if not (data_root and patients):
+        return None
+    run_dir = Path(cfg.paths.output_dir)
+    batch_size = int(cfg.data.get("val_batch_size") or cfg.data.get("batch_size") or 16)
     member = load_checkpoint(checkpoint)
-    predictor = Predictor([member], batch_size=batch_size, device=device)
+    predictor = Predictor([member], batch_size=batch_size, device=trainer.strategy.root_device)
     available = {p.name: p for p in find_patients(data_root)}
     missing = [name for name in patients if name not in available]
     if missing:
         raise DataError(f"{data_root}: validation patient {missing[0]} not found")
-    shutil.rmtree(Path(run_dir) / VALIDATION_DIR, ignore_errors=True)  # an earlier attempt's
+    shutil.rmtree(run_dir / VALIDATION_DIR, ignore_errors=True)  # an earlier attempt's
     pixels = {}
     for seed, name in enumerate(patients):
         volume = read_patient(available[name])
         probs = predictor.predict(volume)
         save_prediction(run_dir, name, probs > member.threshold, volume.mask)
         pixels[name] = sample_pixels(probs, volume.mask, seed)
-    calibration = calibrate(Path(run_dir), pixels)
+    calibration = calibrate(run_dir, pixels)
     decision = decide_run(
         run_dir,
-        list(candidates) or [fallback],
-        nsd_tolerance,
+        list(candidates) or [check_steps(to_plain(cfg.postprocessing))],
+        float(cfg.metric.nsd_tolerance),
         {"calibration": {"temperature": calibration["temperature"], "ece": calibration["ece"]}},
     )
-    decision_file = str(Path(run_dir) / DECISION_FILE)
+    decision_file = str(run_dir / DECISION_FILE)
     log.log(
         logging.WARNING if decision["erased"] else logging.INFO,
         "%s; recorded in %s",
@@ -87,15 +92,22 @@ def final_validation(
     cases = []
     for name in patients:  # the masks predict.py would write: the saved ones after the steps
         volume = read_patient(available[name])
-        with np.load(Path(run_dir) / VALIDATION_DIR / f"{name}.npz") as saved:
+        with np.load(run_dir / VALIDATION_DIR / f"{name}.npz") as saved:
             mask = apply(saved["raw"], decision["postprocessing"])
         cases.append(failure_case(name, volume.image, volume.mask, mask, per_patient[name]["dsc"]))
-    failure_gallery(cases, Path(run_dir) / FAILURES_FILE)
+    failures = failure_gallery(cases, run_dir / FAILURES_FILE)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image("val/failures", images=[str(failures)])
+        elif isinstance(logger, TensorBoardLogger):
+            image = iio.imread(failures)[..., :3]
+            logger.experiment.add_image(
+                "val/failures", image, trainer.global_step, dataformats="HWC"
+            )
     return {
         "postprocessing": decision["postprocessing"],
         "decision": decision_file,
         "per_patient": per_patient,
-        "calibration": calibration,
     }
 
 

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import imageio.v3 as iio
 import lightning as L
 from hydra.utils import to_absolute_path
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
@@ -32,7 +31,7 @@ from brainseg.run_lock import claim_run_directory, is_first_rank, release_run_di
 from brainseg.runfiles import RunMetrics, write_metrics
 from brainseg.tracking import finish_run
 from brainseg.training.checkpoints import LAST_NAME, AtomicCheckpointIO, LastCheckpoint
-from brainseg.training.final_validation import FAILURES_FILE, final_validation
+from brainseg.training.final_validation import final_validation
 from brainseg.training.media import TrackerMedia, log_reported
 from brainseg.training.module import SegmentationModule
 from brainseg.training.report import RunReport
@@ -129,39 +128,6 @@ def _auto_resume(cfg: DictConfig, output_dir: Path, module: SegmentationModule) 
     return str(path)
 
 
-def _final_validation(
-    cfg: DictConfig, trainer: L.Trainer, report: RunReport, candidates: list[StepList]
-) -> None:
-    """Rank 0, after fitting: the selected checkpoint on the validation patients as predict.py
-    predicts them, the post-processing decided, the reported figures recomputed."""
-    checkpoint = report.selected_checkpoint(trainer)
-    data = trainer.datamodule.provenance()
-    patients = data["split"].get("val") or []
-    if not (checkpoint and data["data_root"] and patients):
-        return
-    final = final_validation(
-        Path(cfg.paths.output_dir),
-        Path(checkpoint),
-        data["data_root"],
-        patients,
-        candidates,
-        check_steps(to_plain(cfg.postprocessing)),
-        float(cfg.metric.nsd_tolerance),
-        trainer.strategy.root_device,
-        int(cfg.data.get("val_batch_size") or cfg.data.get("batch_size") or 16),
-    )
-    report.adopt_final_validation(final)
-    failures = Path(cfg.paths.output_dir) / FAILURES_FILE  # to the W&B and TensorBoard loggers
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_image("val/failures", images=[str(failures)])
-        elif isinstance(logger, TensorBoardLogger):
-            image = iio.imread(failures)[..., :3]
-            logger.experiment.add_image(
-                "val/failures", image, trainer.global_step, dataformats="HWC"
-            )
-
-
 def train(cfg: DictConfig) -> RunMetrics | None:
     """Fit (and optionally test) one configuration; returns the content of metrics.json (None on
     ranks other than 0)."""
@@ -250,7 +216,9 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
         if best and (cfg.get("test") or inner_validation(report.config)):
             trainer.test(module, datamodule=datamodule, ckpt_path=best)
         if trainer.is_global_zero:
-            _final_validation(cfg, trainer, report, candidates)
+            if checkpoint := report.selected_checkpoint(trainer):
+                final = final_validation(cfg, trainer, checkpoint, candidates)
+                report.adopt_final_validation(final)
             log_reported(trainer.loggers, report.run_metrics(trainer), trainer.global_step)
     finally:
         if any(isinstance(logger, WandbLogger) for logger in loggers):

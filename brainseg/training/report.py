@@ -92,7 +92,7 @@ class RunReport(L.Callback):
         self.last: EpochScores | None = None
         self.history: list[EpochScores] = []
         self.test: TestScores | None = None
-        self.final: Selected | None = None  # see adopt_final_validation
+        self.final: dict[str, Any] = {}  # the Selected fields adopt_final_validation sets
         self._started = time.monotonic()
         self._elapsed_before = 0.0  # training seconds of earlier sessions of a resumed run
 
@@ -189,44 +189,41 @@ class RunReport(L.Callback):
         """The checkpoint of the epoch the selection rule reports."""
         return self.checkpoint_paths(trainer)["last" if self.selection == "last" else "best"]
 
-    def adopt_final_validation(self, final: dict[str, Any]) -> None:
+    def adopt_final_validation(self, final: dict[str, Any] | None) -> None:
         """Report the final validation (training.final_validation: original geometry, the decided
-        post-processing) instead of the selected epoch's training-grid figures, which are kept
-        under `training_grid`."""
+        post-processing; None: it had no patients) instead of the reported epoch's training-grid
+        figures, which are kept under `training_grid`."""
         epoch = self.last if self.selection == "last" else self.best
-        per_patient = final["per_patient"]
-        if epoch is None or not per_patient:
+        if epoch is None or final is None:
             return
+        per_patient = final["per_patient"]
         dice = summarize([m["dsc"] for m in per_patient.values()])
         values = {**epoch.values, VAL_DSC: dice["mean"], VAL_DSC_MEDIAN: dice["median"]}
         for k in METRICS[1:]:  # the Dice above; loss and slice metrics stay the training grid's
             values[f"val/{k}"] = float(np.mean([m[k] for m in per_patient.values()]))
-        scores = dataclasses.replace(
-            epoch,
-            values=values,
-            per_patient={name: m["dsc"] for name, m in per_patient.items()},
-            per_patient_metrics=per_patient,
-        )
-        self.final = Selected(
-            scores,
-            rule=self.selection,
-            description=SELECTION_RULES[self.selection],
-            geometry="original (every slice, as predict.py)",
-            postprocessing=final["postprocessing"],
-            postprocessing_file=final["decision"],
-            training_grid=epoch,
-        )
+        self.final = {
+            "scores": dataclasses.replace(
+                epoch,
+                values=values,
+                per_patient={name: m["dsc"] for name, m in per_patient.items()},
+                per_patient_metrics=per_patient,
+            ),
+            "geometry": "original (every slice, as predict.py)",
+            "postprocessing": final["postprocessing"],
+            "postprocessing_file": final["decision"],
+            "training_grid": epoch,
+        }
 
     def run_metrics(self, trainer: L.Trainer) -> RunMetrics:
         """The content of metrics.json (the epochs so far, also after a failed fit)."""
         paths = self.checkpoint_paths(trainer)
         reported = self.last if self.selection == "last" else self.best
-        selected = self.final or (
-            reported
-            and Selected(reported, rule=self.selection, description=SELECTION_RULES[self.selection])
+        selected = reported and Selected(
+            **{"scores": reported, **self.final},
+            rule=self.selection,
+            description=SELECTION_RULES[self.selection],
+            checkpoint=self.selected_checkpoint(trainer),
         )
-        if selected is not None:
-            selected = dataclasses.replace(selected, checkpoint=self.selected_checkpoint(trainer))
         return RunMetrics(
             monitor=self.monitor,
             higher_is_better=self.higher,
