@@ -20,7 +20,6 @@ import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig
 
-from brainseg.config import to_plain
 from brainseg.data.reader import find_patients, read_patient
 from brainseg.errors import DataError
 from brainseg.metrics.calibration import (
@@ -30,7 +29,7 @@ from brainseg.metrics.calibration import (
     reliability,
     sample_pixels,
 )
-from brainseg.postprocessing import StepList, apply, check_steps
+from brainseg.postprocessing import StepList, apply
 from brainseg.postprocessing.decision import describe
 from brainseg.postprocessing.records import (
     DECISION_FILE,
@@ -51,10 +50,9 @@ FAILURES_FILE = "failures.png"
 def final_validation(
     cfg: DictConfig, trainer: L.Trainer, checkpoint: str, candidates: Sequence[StepList]
 ) -> dict[str, Any] | None:
-    """Rank 0, after fitting: predict, save, decide among `candidates` (none: the training
-    `postprocessing` is the one candidate), show the gallery to the W&B and TensorBoard loggers;
-    returns the steps, the decision file and the metrics per patient after the steps (None: no
-    validation patients to score)."""
+    """Rank 0, after fitting: predict, save, decide among `candidates`, show the gallery to the W&B
+    and TensorBoard loggers; returns the steps, the decision file and the metrics per patient
+    after the steps (None: no validation patients to score)."""
     data = trainer.datamodule.provenance()
     data_root, patients = data["data_root"], data["split"].get("val") or []
     if not (data_root and patients):
@@ -77,17 +75,13 @@ def final_validation(
     calibration = calibrate(run_dir, pixels)
     decision = decide_run(
         run_dir,
-        list(candidates) or [check_steps(to_plain(cfg.postprocessing))],
+        list(candidates),
         float(cfg.metric.nsd_tolerance),
         {"calibration": {"temperature": calibration["temperature"], "ece": calibration["ece"]}},
     )
     decision_file = str(run_dir / DECISION_FILE)
-    log.log(
-        logging.WARNING if decision["erased"] else logging.INFO,
-        "%s; recorded in %s",
-        describe(decision),
-        decision_file,
-    )
+    level = logging.WARNING if decision["erased"] else logging.INFO
+    log.log(level, f"{describe(decision)}; recorded in {decision_file}")
     per_patient = {name: decision["metrics"][name] for name in patients}
     cases = []
     for name in patients:  # the masks predict.py would write: the saved ones after the steps
@@ -133,7 +127,7 @@ def calibrate(run_dir: Path, pixels: dict[str, tuple[np.ndarray, np.ndarray]]) -
         "patients": list(pixels),
         "method": "temperature scaling of the lesion logit; pixels drawn uniformly per patient",
     }
-    write_json(run_dir / CALIBRATION_FILE, record)
+    path = write_json(run_dir / CALIBRATION_FILE, record)
     reliability_diagram(
         reliability(probs, truth),
         reliability(calibrated(probs, temperature), truth),
@@ -142,11 +136,7 @@ def calibrate(run_dir: Path, pixels: dict[str, tuple[np.ndarray, np.ndarray]]) -
         run_dir / "calibration.png",
     )
     log.info(
-        "calibration: temperature %.3f, ECE %.4f -> %.4f on %d validation pixels; %s",
-        temperature,
-        record["ece"]["before"],
-        record["ece"]["after"],
-        len(probs),
-        run_dir / CALIBRATION_FILE,
+        f"calibration: temperature {temperature:.3f}, ECE {record['ece']['before']:.4f} -> "
+        f"{record['ece']['after']:.4f} on {len(probs)} validation pixels; {path}"
     )
     return record

@@ -134,12 +134,12 @@ def train(cfg: DictConfig) -> RunMetrics | None:
     quiet_libraries()
     check_sweep_ranks(cfg.trainer)
     higher_is_better(cfg.monitor)  # a ConfigError before any work if it is not a logged metric
-    check_steps(to_plain(cfg.get("postprocessing")), "postprocessing")
+    steps = check_steps(to_plain(cfg.get("postprocessing")), "postprocessing")
     L.seed_everything(cfg.seed, workers=True)
     candidates = [  # the step lists the post-processing is chosen among after training
         check_steps(c, f"postprocessing_candidates[{i}]")
         for i, c in enumerate(to_plain(cfg.get("postprocessing_candidates")) or [])
-    ]
+    ] or [steps]
     output_dir = Path(cfg.paths.output_dir)
     if cfg.data.get("root"):
         check_outside_inputs(
@@ -170,10 +170,7 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
     module = SegmentationModule(**{part: to_plain(cfg[part]) for part in parts})
     parameters = sum(p.numel() for p in module.parameters()) / 1e6
     log.info(
-        "model: %s, encoder %s, %.1f M parameters",
-        cfg.model.arch,
-        cfg.model.encoder_name,
-        parameters,
+        f"model: {cfg.model.arch}, encoder {cfg.model.encoder_name}, {parameters:.1f} M parameters"
     )
     apply_speed_settings(module.net, cfg.get("channels_last", False), cfg.get("compile", False))
     report = RunReport(output_dir, to_plain(cfg), cfg.monitor)
@@ -232,35 +229,24 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
     write_metrics(output_dir, metrics)
     if metrics.best is not None and metrics.headline is not None:
         reported, name = metrics.selected, cfg.monitor.removeprefix("val/")
+        steps = [step["name"] for step in reported.postprocessing or []]
         log.info(
-            "reported/%s %.4f (evaluation.selection=%s: %s; epoch %d, %s, postprocessing=%s); "
-            "best_on_val/%s %.4f (epoch %d, training grid, selected on validation); run in %s",
-            name,
-            metrics.headline,
-            reported.rule,
-            reported.description,
-            reported.scores.epoch,
-            reported.geometry or "training grid",
-            [step["name"] for step in reported.postprocessing or []],
-            name,
-            metrics.best.value(cfg.monitor),
-            metrics.best.epoch,
-            output_dir,
+            f"reported/{name} {metrics.headline:.4f} (evaluation.selection={reported.rule}: "
+            f"{reported.description}; epoch {reported.scores.epoch}, "
+            f"{reported.geometry or 'training grid'}, postprocessing={steps}); best_on_val/{name} "
+            f"{metrics.best.value(cfg.monitor):.4f} (epoch {metrics.best.epoch}, training grid, "
+            f"selected on validation); run in {output_dir}"
         )
         if reported.checkpoint and not in_multirun():  # a sweep's next step: its report
             log.info(
-                "next: python predict.py input=%s checkpoints=%s output_dir=%s",
-                cfg.data.root,
-                reported.checkpoint,
-                output_dir / "predictions",
+                f"next: python predict.py input={cfg.data.root} checkpoints={reported.checkpoint} "
+                f"output_dir={output_dir / 'predictions'}"
             )
     if metrics.test is not None:
+        test = metrics.test
         log.info(
-            "test (rule %s, the checkpoint best on validation): "
-            "dsc_volume mean %.4f, median %.4f (%d patients)",
-            metrics.test.rule,
-            metrics.test.dsc_volume_mean,
-            metrics.test.dsc_volume_median,
-            len(metrics.test.per_patient),
+            f"test (rule {test.rule}, the checkpoint best on validation): dsc_volume mean "
+            f"{test.dsc_volume_mean:.4f}, median {test.dsc_volume_median:.4f} "
+            f"({len(test.per_patient)} patients)"
         )
     return metrics

@@ -1,6 +1,5 @@
-"""Run artifacts: resolved config and split at the start, a progress line and curves.png after
-each validation, best per-volume Dice at the end, and the provenance predict.py needs inside every
-checkpoint."""
+"""The run's own record: its files, its progress line, the content of metrics.json and the
+provenance predict.py needs inside every checkpoint."""
 
 from __future__ import annotations
 
@@ -63,14 +62,10 @@ def _scalars(trainer: L.Trainer, prefix: str) -> dict[str, float]:
 
 
 class RunReport(L.Callback):
-    """Writes `config.yaml`, `split.json` and `curves.png` into the run directory and builds the
-    content of `metrics.json`; the best epoch is the one with the best `monitor` (the config's
-    `monitor` key) in that metric's direction (highest Dice, lowest HD95). `best` is the run's one
-    best-so-far record: the progress line, metrics.json and the trackers (TrackerMedia) read it.
-
-    With `progress_lines` (default: when stdout is not a terminal, e.g. a redirected run or a SLURM
-    `.out` file, where no progress bar shows), logs one line per validated epoch.
-    """
+    """Writes `config.yaml`, `split.json` and `curves.png` and builds `metrics.json`. `best`, the
+    epoch best by `monitor` in its direction, is the run's one best-so-far record: the progress
+    line, metrics.json and the trackers (TrackerMedia) read it. `progress_lines` (default: stdout is
+    not a terminal, e.g. a SLURM `.out` file, where no progress bar shows): a line per epoch."""
 
     def __init__(
         self,
@@ -120,11 +115,10 @@ class RunReport(L.Callback):
         if value is None or math.isnan(float(value)):
             return
         if epoch_cut(trainer):
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
             log.info(
-                "epoch %d stopped after %d of %d batches: not reported, nor checkpointed",
-                trainer.current_epoch + 1,
-                trainer.fit_loop.epoch_loop.batch_progress.current.ready,
-                trainer.num_training_batches,
+                f"epoch {trainer.current_epoch + 1} stopped after {done} of "
+                f"{trainer.num_training_batches} batches: not reported, nor checkpointed"
             )
             return
         entry = EpochScores(
