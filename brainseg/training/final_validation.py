@@ -1,10 +1,7 @@
-"""The run's final validation, scored the way predict.py scores: the checkpoint the selection rule
-reports predicts every slice of each validation patient (brainseg.prediction), restored to the
-original geometry. The thresholded masks are saved in the run directory and the post-processing is
-decided once on them, into `<run>/postprocessing.json` (brainseg.postprocessing), which scores each
-candidate: the run's reported figures are those of the chosen steps, equal to predict.py's on the
-same patients. The same pass fits the temperature that calibrates the lesion probabilities
-(`calibration.json`, `calibration.png`) and draws the worst patients (`failures.png`)."""
+"""The run's final validation, scored the way predict.py scores: the reported checkpoint predicts
+every slice of each validation patient, in the original geometry; the post-processing is decided
+once on the saved masks (`postprocessing.json`), so the reported figures equal predict.py's. The
+same pass calibrates the probabilities and draws the worst patients (`failures.png`)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import signal
 import sys
@@ -49,10 +48,8 @@ def _instantiate_group(group: str, cfg: DictConfig | None) -> list[Any]:
 
 def check_sweep_ranks(trainer_cfg: DictConfig) -> None:
     """Refuse the Hydra-multirun + DDP trap: Lightning's default DDP launcher starts the other ranks
-    by re-running the whole command line, i.e. the whole sweep, once per rank.
-
-    Safe: ranks started by SLURM (srun tasks, hydra/launcher=slurm) or torchrun, or ddp_spawn.
-    """
+    by re-running the whole command line, i.e. the whole sweep, once per rank. Safe: ranks started
+    by SLURM (srun tasks, hydra/launcher=slurm) or torchrun, or ddp_spawn."""
     if not in_multirun():
         return
     devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1)
@@ -77,19 +74,6 @@ def last_checkpoint(output_dir: Path) -> Path:
     return output_dir / "checkpoints" / f"{LAST_NAME}.ckpt"
 
 
-class StopOnNonFiniteLoss(L.Callback):
-    """A nan or inf training loss stops the run at once: the weights it leaves are not saved, so
-    last.ckpt keeps the last finite epoch and no such epoch becomes the best."""
-
-    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, *args: Any) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is not None and not math.isfinite(float(loss)):
-            raise ConfigError(
-                f"train loss is {float(loss)} at epoch {trainer.current_epoch + 1}, step "
-                f"{trainer.global_step}: training stopped, weights unsaved (lower optimizer.lr?)"
-            )
-
-
 def _resume_hint(cfg: DictConfig, output_dir: Path) -> str:
     last = last_checkpoint(output_dir)
     if not last.is_file():
@@ -108,11 +92,8 @@ def checkpoint_file(cfg: DictConfig) -> Path:
 
 
 def _auto_resume(cfg: DictConfig, output_dir: Path, module: SegmentationModule) -> str | None:
-    """An explicit ckpt_path, else the run directory's own last.ckpt (a requeued job resumes).
-
-    The file is checked first, so that a torn, foreign or other-architecture file is named in one
-    line.
-    """
+    """An explicit ckpt_path, else the run directory's own last.ckpt (a requeued job resumes),
+    checked first so that a torn, foreign or other-architecture file is named in one line."""
     if cfg.get("ckpt_path"):
         path = checkpoint_file(cfg)
     else:
@@ -173,14 +154,14 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
         f"model: {cfg.model.arch}, encoder {cfg.model.encoder_name}, {parameters:.1f} M parameters"
     )
     apply_speed_settings(module.net, cfg.get("channels_last", False), cfg.get("compile", False))
-    report = RunReport(output_dir, to_plain(cfg), cfg.monitor)
-    callbacks = _instantiate_group("callbacks", cfg.get("callbacks"))
-    callbacks += [StopOnNonFiniteLoss(), report]
+    # A progress bar on a terminal; in a log file (a SLURM `.out`), one line per epoch instead.
+    progress_bar = cfg.trainer.get("enable_progress_bar", sys.stdout.isatty())
+    report = RunReport(output_dir, to_plain(cfg), cfg.monitor, progress_lines=not progress_bar)
+    callbacks = [*_instantiate_group("callbacks", cfg.get("callbacks")), report]
     loggers = _instantiate_group("logger", cfg.get("logger"))
     swept, _ = job_overrides()
     sweep_keys = {f"sweep/{o.split('=', 1)[0].lstrip('+~')}": o.split("=", 1)[1] for o in swept}
-    for logger in loggers:
-        # the resolved config + the swept keys on top
+    for logger in loggers:  # the resolved config + the swept keys on top
         logger.log_hyperparams({**report.config, **sweep_keys})
     if any(isinstance(logger, (WandbLogger, TensorBoardLogger)) for logger in loggers):
         callbacks.append(TrackerMedia(report))
@@ -189,8 +170,6 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
         from lightning.pytorch.plugins.environments import SLURMEnvironment
 
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    # A progress bar on a terminal; in a log file, RunReport's one line per epoch instead.
-    progress_bar = cfg.trainer.get("enable_progress_bar", sys.stdout.isatty())
     trainer: L.Trainer = instantiate_setting(
         "trainer",
         cfg.trainer,

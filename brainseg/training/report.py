@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import yaml
 from lightning.pytorch.callbacks import Timer
 
 from brainseg.checkpoint import Provenance
+from brainseg.errors import ConfigError
 from brainseg.evaluation.folds import INNER_VAL, SELECTION_RULES, check_selection, inner_validation
 from brainseg.metrics import METRICS
 from brainseg.metrics.monitor import higher_is_better, improves
@@ -64,21 +64,21 @@ def _scalars(trainer: L.Trainer, prefix: str) -> dict[str, float]:
 class RunReport(L.Callback):
     """Writes `config.yaml`, `split.json` and `curves.png` and builds `metrics.json`. `best`, the
     epoch best by `monitor` in its direction, is the run's one best-so-far record: the progress
-    line, metrics.json and the trackers (TrackerMedia) read it. `progress_lines` (default: stdout is
-    not a terminal, e.g. a SLURM `.out` file, where no progress bar shows): a line per epoch."""
+    line, metrics.json and the trackers (TrackerMedia) read it. `progress_lines`: a line per epoch
+    (where no progress bar shows)."""
 
     def __init__(
         self,
         output_dir: str | Path,
         config: dict[str, Any],
         monitor: str,
-        progress_lines: bool | None = None,
+        progress_lines: bool = False,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.config = config
         self.monitor = monitor
         self.higher = higher_is_better(monitor)  # or a ConfigError: not a logged validation metric
-        self.progress_lines = not sys.stdout.isatty() if progress_lines is None else progress_lines
+        self.progress_lines = progress_lines
         self._epoch_started = time.monotonic()
         self._epoch_seconds: list[float] = []
         self._train_loss: list[torch.Tensor] = []
@@ -103,9 +103,17 @@ class RunReport(L.Callback):
         self._train_loss = []
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, *args: Any) -> None:
+        """A nan or inf training loss stops the run at once: the weights it leaves are not saved,
+        so last.ckpt keeps the last finite epoch and no such epoch becomes the best."""
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor):
-            self._train_loss.append(loss.detach())  # stays on the device: no sync per step
+        if not isinstance(loss, torch.Tensor):
+            return
+        if not math.isfinite(float(loss)):
+            raise ConfigError(
+                f"train loss is {float(loss)} at epoch {trainer.current_epoch + 1}, step "
+                f"{trainer.global_step}: training stopped, weights unsaved (lower optimizer.lr?)"
+            )
+        self._train_loss.append(loss.detach())
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Not on_validation_epoch_end: callbacks run that hook before the module logs the metric.
