@@ -103,15 +103,14 @@ class EpochScores:
 
 @dataclass
 class Selected:
-    """The epoch a selection rule reports, with the rule and the checkpoint holding that epoch."""
+    """The epoch a selection rule reports, with the rule and the checkpoint holding that epoch.
+    The fields after `checkpoint` are set when the scores come from the final validation after
+    training (predicted as predict.py predicts, the decided post-processing applied)."""
 
     scores: EpochScores
     rule: str
     description: str = ""
     checkpoint: str | None = None
-    # Set when the scores come from the final validation after training (the patients predicted
-    # as predict.py predicts them, the decided post-processing applied); the epoch's own
-    # training-grid scores are kept in `training_grid`.
     geometry: str | None = None
     postprocessing: list[dict[str, Any]] | None = None
     postprocessing_file: str | None = None

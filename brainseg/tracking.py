@@ -1,8 +1,6 @@
 """Weights & Biases, in one place: the per-job logger, what its run shows while training, and the
 sweep report's run. Lightning and wandb are imported inside the functions, so that reporting can
-use this module without the trainer. Every summary value is the last point of its chart
-(`val/*`, `best_on_val/*`, `reported/*`: brainseg.training.media).
-"""
+use this module without the trainer (docs/tracking.md)."""
 
 from __future__ import annotations
 
@@ -69,19 +67,17 @@ def wandb_logger(
     (an earlier run of a sweep, or the sweep report's run)."""
     from lightning.pytorch.loggers import WandbLogger
 
-    mode = _mode(offline)
     logger = WandbLogger(
         project=project,
         entity=entity,
         group=group,
         name=name,
         save_dir=save_dir,
-        offline=mode == "offline",
         id=_run_id(Path(save_dir)),
         resume="allow",
         tags=list(dict.fromkeys(t[:MAX_TAG_LENGTH] for t in [*tags, *shared_overrides])),
         job_type=job_type,
-        mode=mode,
+        mode=_mode(offline),
     )
     # Lightning always passes `anonymous` (None by default) to wandb.init, which then warns once
     # per run that the setting is deprecated.
@@ -141,8 +137,7 @@ def finish_run(metrics: RunMetrics) -> None:
     sweep in this process gets its own) and say where an offline run went."""
     import wandb
 
-    run = wandb.run
-    if run is None:
+    if (run := wandb.run) is None:
         return
     per_patient = metrics.selected.scores.per_patient_metrics if metrics.selected else {}
     if per_patient:

@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 from hydra.utils import to_absolute_path
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig
 
@@ -167,8 +168,6 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
         callbacks.append(TrackerMedia(report))
     plugins: list[Any] = [AtomicCheckpointIO()]  # atomic checkpoint writes
     if "SLURM_JOB_ID" in os.environ:  # the job's launcher (submitit) owns requeueing, not Lightning
-        from lightning.pytorch.plugins.environments import SLURMEnvironment
-
         plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer: L.Trainer = instantiate_setting(
         "trainer",
@@ -192,8 +191,9 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
         if best and (cfg.get("test") or inner_validation(report.config)):
             trainer.test(module, datamodule=datamodule, ckpt_path=best)
         if trainer.is_global_zero:
-            if checkpoint := report.selected_checkpoint(trainer):
-                final = final_validation(cfg, trainer, checkpoint, candidates)
+            selected = report.run_metrics(trainer).selected
+            if selected and selected.checkpoint:
+                final = final_validation(cfg, trainer, selected.checkpoint, candidates)
                 report.adopt_final_validation(final)
             log_reported(trainer.loggers, report.run_metrics(trainer), trainer.global_step)
     finally:
@@ -221,8 +221,7 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
                 f"next: python predict.py input={cfg.data.root} checkpoints={reported.checkpoint} "
                 f"output_dir={output_dir / 'predictions'}"
             )
-    if metrics.test is not None:
-        test = metrics.test
+    if (test := metrics.test) is not None:
         log.info(
             f"test (rule {test.rule}, the checkpoint best on validation): dsc_volume mean "
             f"{test.dsc_volume_mean:.4f}, median {test.dsc_volume_median:.4f} "

@@ -187,10 +187,6 @@ class RunReport(L.Callback):
             "last": next((str(path) for path in last if path.is_file()), None),
         }
 
-    def selected_checkpoint(self, trainer: L.Trainer) -> str | None:
-        """The checkpoint of the epoch the selection rule reports."""
-        return self.checkpoint_paths(trainer)["last" if self.selection == "last" else "best"]
-
     def adopt_final_validation(self, final: dict[str, Any] | None) -> None:
         """Report the final validation (training.final_validation: original geometry, the decided
         post-processing; None: it had no patients) instead of the reported epoch's training-grid
@@ -213,7 +209,6 @@ class RunReport(L.Callback):
             "geometry": "original (every slice, as predict.py)",
             "postprocessing": final["postprocessing"],
             "postprocessing_file": final["decision"],
-            "training_grid": epoch,
         }
 
     def run_metrics(self, trainer: L.Trainer) -> RunMetrics:
@@ -224,7 +219,8 @@ class RunReport(L.Callback):
             **{"scores": reported, **self.final},
             rule=self.selection,
             description=SELECTION_RULES[self.selection],
-            checkpoint=self.selected_checkpoint(trainer),
+            checkpoint=paths["last" if self.selection == "last" else "best"],
+            training_grid=reported if self.final else None,
         )
         return RunMetrics(
             monitor=self.monitor,
@@ -246,12 +242,11 @@ class RunReport(L.Callback):
         Provenance(config=self.config, **trainer.datamodule.provenance()).store(checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
-        elapsed = self._elapsed_before + time.monotonic() - self._started
         return {
             "best": self.best and dataclasses.asdict(self.best),
             "last": self.last and dataclasses.asdict(self.last),
             "history": [dataclasses.asdict(entry) for entry in self.history],
-            "train_seconds": elapsed,
+            "train_seconds": self._elapsed_before + time.monotonic() - self._started,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
