@@ -92,12 +92,8 @@ def log_improvement(
     prediction and truth as toggleable masks (`image` (H, W, 3) uint8, `pred`, `truth`,
     `caption`)."""
     if scores:
-        logger.log_table(
-            "val/dsc_volume_per_patient",
-            columns=["patient", "dsc_volume"],
-            data=[[name, value] for name, value in scores.items()],
-            step=step,
-        )
+        rows = [{"patient": name, "dsc_volume": value} for name, value in scores.items()]
+        logger.log_metrics({"val/dsc_volume_per_patient": _table(rows)}, step=step)
     if examples:
         masks = [
             {
