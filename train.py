@@ -9,12 +9,9 @@ from brainseg.cli import run_task
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Returns the run's headline (RunMetrics.headline: `monitor` of the reported epoch in the
-    original geometry), the value sweepers optimise in its direction (None for a failed job of
-    Hydra's basic sweeper, which goes on with the others)."""
-    from brainseg.training.pipeline import (
-        train,  # torch and Lightning: not needed for --help or --cfg
-    )
+    """Returns the run's headline (RunMetrics.headline), the value sweepers optimise in its
+    direction (None for a failed job of Hydra's basic sweeper, which goes on with the others)."""
+    from brainseg.training.pipeline import train  # torch, Lightning: not for --help, --cfg
 
     metrics = run_task(train, cfg)
     return metrics.headline if metrics else None

@@ -1,28 +1,18 @@
 """The files the stages of a run hand each other, each with one owner: its name, its fields and the
-functions that write and read it. Writers and readers go through this module, so that renaming a
-field is one edit here and a reader cannot ask for a field the writer never writes.
-
-- `metrics.json` (training writes it; the sweep report, out-of-fold prediction and train.py's return
-  value read it): validation scores per epoch under their logged names (`val/dsc_volume`,
-  `val/hd95`, `val/loss`, ...), the best epoch by `monitor`, the epoch the `evaluation.selection`
-  rule reports. Epochs are numbered from 1, as everywhere a person reads them.
-- `split.json`: the patients of each subset of a run.
-- `failure.json`: why a sweep job failed.
-- `pruned.json`: the epoch at which a hyper-parameter search's pruner stopped a trial.
-- `dsc.csv`: one row per patient and metric column, written by predict.py and `brainseg.evaluate`.
-
-A file that is not a record of this shape (a missing or unknown field, another layout) is a
-DataError naming the file.
+functions that write and read it, so that renaming a field is one edit here and a reader cannot ask
+for a field the writer never writes (docs/tracking.md, docs/sweeps.md). Epochs are numbered from 1.
+A file that is not a record of its shape is a DataError naming the file.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 from brainseg.errors import DataError
 from brainseg.paths import atomic_writer
@@ -57,13 +47,27 @@ def write_json(path: Path, content: Any) -> Path:
     return path
 
 
-def _read_json(path: Path, what: str, build: Callable[[Any], _Content]) -> _Content | None:
-    """`build(content)` of a JSON run file, None when it does not exist; a DataError naming the
+def _record(kind: Any, value: Any) -> Any:
+    """`value` read as `kind`: a record from its dict, nested records and lists of them too; a
+    missing or unknown field is a TypeError."""
+    if value is None:
+        return None
+    if get_origin(kind) is list:
+        return [_record(get_args(kind)[0], item) for item in value]
+    record = next((k for k in (kind, *get_args(kind)) if dataclasses.is_dataclass(k)), None)
+    if record is None:
+        return value
+    fields = get_type_hints(record)
+    return record(**{name: _record(fields.get(name), item) for name, item in value.items()})
+
+
+def _read_json(path: Path, what: str, kind: type[_Content]) -> _Content | None:
+    """The JSON run file as a `kind` record, None when it does not exist; a DataError naming the
     file when it is not such a record."""
     if not path.is_file():
         return None
     try:
-        return build(json.loads(path.read_text()))
+        return _record(kind, json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         reason = f"no field {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
         raise DataError(f"{path}: not a {what} file ({reason})") from None
@@ -93,39 +97,24 @@ class EpochScores:
         """The epoch's value of a logged validation metric (`val/hd95`)."""
         return self.values.get(monitor)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EpochScores:
-        scores = cls(**data)
-        scores.dsc_volume_mean  # noqa: B018 - a record without the Dice is not one
-        return scores
+    def __post_init__(self) -> None:
+        self.dsc_volume_mean  # noqa: B018 - a record without the Dice is not one
 
 
 @dataclass
 class Selected:
-    """The epoch a selection rule reports, with the rule and the checkpoint holding that epoch."""
+    """The epoch a selection rule reports, with the rule and the checkpoint holding that epoch.
+    The fields after `checkpoint` are set when the scores come from the final validation after
+    training (predicted as predict.py predicts, the decided post-processing applied)."""
 
     scores: EpochScores
     rule: str
     description: str = ""
     checkpoint: str | None = None
-    # Set when the scores come from the final validation after training (the patients predicted
-    # as predict.py predicts them, the decided post-processing applied); the epoch's own
-    # training-grid scores are kept in `training_grid`.
     geometry: str | None = None
     postprocessing: list[dict[str, Any]] | None = None
     postprocessing_file: str | None = None
     training_grid: EpochScores | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Selected:
-        grid = data["training_grid"]
-        return cls(
-            **{
-                **data,
-                "scores": EpochScores.from_dict(data["scores"]),
-                "training_grid": grid and EpochScores.from_dict(grid),
-            }
-        )
 
 
 @dataclass
@@ -159,16 +148,14 @@ class TestScores:
         )
         return Selected(scores, self.rule, checkpoint=self.checkpoint)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TestScores:
-        scores = cls(**data)
-        scores.dsc_volume_mean, scores.dsc_volume_median  # noqa: B018 - required
-        return scores
+    def __post_init__(self) -> None:
+        self.dsc_volume_mean, self.dsc_volume_median  # noqa: B018 - required
 
 
 @dataclass
 class RunMetrics:
-    """Content of metrics.json."""
+    """Content of metrics.json: training writes it; the sweep report, out-of-fold prediction and
+    train.py's return value read it."""
 
     monitor: str
     higher_is_better: bool
@@ -193,19 +180,6 @@ class RunMetrics:
         the sweepers' objective show it."""
         return self.selected.scores.value(self.monitor) if self.selected else None
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunMetrics:
-        selected, best, test = data["selected"], data["best"], data["test"]
-        return cls(
-            **{
-                **data,
-                "selected": selected and Selected.from_dict(selected),
-                "best": best and EpochScores.from_dict(best),
-                "history": [EpochScores.from_dict(entry) for entry in data["history"]],
-                "test": test and TestScores.from_dict(test),
-            }
-        )
-
 
 def write_metrics(run_dir: Path, metrics: RunMetrics) -> Path:
     return write_json(Path(run_dir) / METRICS_FILE, asdict(metrics))
@@ -213,7 +187,7 @@ def write_metrics(run_dir: Path, metrics: RunMetrics) -> Path:
 
 def read_metrics(run_dir: Path) -> RunMetrics | None:
     """The run's metrics.json, None when it has none; DataError naming the file if unreadable."""
-    return _read_json(Path(run_dir) / METRICS_FILE, "metrics", RunMetrics.from_dict)
+    return _read_json(Path(run_dir) / METRICS_FILE, "metrics", RunMetrics)
 
 
 @dataclass
@@ -234,7 +208,7 @@ def write_split(run_dir: Path, split: SplitFile) -> Path:
 
 def read_split(run_dir: Path) -> SplitFile | None:
     """The run's split.json, None when it has none (a job that failed before training)."""
-    return _read_json(Path(run_dir) / SPLIT_FILE, "split", lambda data: SplitFile(**data))
+    return _read_json(Path(run_dir) / SPLIT_FILE, "split", SplitFile)
 
 
 @dataclass
@@ -256,7 +230,7 @@ def write_failure(job_dir: Path, failure: Failure) -> Path:
 
 
 def read_failure(job_dir: Path) -> Failure | None:
-    return _read_json(Path(job_dir) / FAILURE_FILE, "failure", lambda data: Failure(**data))
+    return _read_json(Path(job_dir) / FAILURE_FILE, "failure", Failure)
 
 
 @dataclass
@@ -272,7 +246,7 @@ def write_pruned(job_dir: Path, pruned: Pruned) -> Path:
 
 
 def read_pruned(job_dir: Path) -> Pruned | None:
-    return _read_json(Path(job_dir) / PRUNED_FILE, "pruned", lambda d: Pruned(**d))
+    return _read_json(Path(job_dir) / PRUNED_FILE, "pruned", Pruned)
 
 
 def score_columns(rows: Sequence[dict[str, Any]], metric_columns: Sequence[str]) -> list[str]:

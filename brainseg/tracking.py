@@ -1,8 +1,6 @@
 """Weights & Biases, in one place: the per-job logger, what its run shows while training, and the
 sweep report's run. Lightning and wandb are imported inside the functions, so that reporting can
-use this module without the trainer. Every summary value is the last point of its chart
-(`val/*`, `best_on_val/*`, `reported/*`: brainseg.training.media).
-"""
+use this module without the trainer (docs/tracking.md)."""
 
 from __future__ import annotations
 
@@ -39,7 +37,9 @@ def wandb_credentials() -> bool:
 
 
 def _mode(offline: bool | str) -> str:
-    """`offline: auto` logs offline when no credentials are found, so it never asks for a key."""
+    """W&B's mode (and its console quieted): `offline: auto` logs offline when no credentials are
+    found, so it never asks for a key."""
+    os.environ.setdefault("WANDB_SILENT", "true")
     if offline == "auto":
         offline = not wandb_credentials()
     return "offline" if offline else "online"
@@ -60,30 +60,24 @@ def wandb_logger(
     shared_overrides: Sequence[str] = (),
     job_type: str = "train",
 ) -> WandbLogger:
-    """A W&B run per job (sync an offline one later with `wandb sync <save_dir>/wandb/...`); its
-    tags are `tags` and the overrides every job of the sweep shares (`shared_overrides`).
-
-    The run id is derived from the job's output directory: a job that SLURM requeues into the same
+    """A W&B run per job, tagged with `tags` and the overrides every job of the sweep shares. Its
+    id is derived from the job's output directory: a job that SLURM requeues into the same
     directory resumes the same W&B run. The mode is passed to `wandb.init` itself: Lightning's
     offline switch only sets WANDB_MODE, which W&B ignores once its settings exist in the process
-    (an earlier run of a sweep, or the sweep report's run).
-    """
+    (an earlier run of a sweep, or the sweep report's run)."""
     from lightning.pytorch.loggers import WandbLogger
 
-    mode = _mode(offline)
-    os.environ.setdefault("WANDB_SILENT", "true")
     logger = WandbLogger(
         project=project,
         entity=entity,
         group=group,
         name=name,
         save_dir=save_dir,
-        offline=mode == "offline",
         id=_run_id(Path(save_dir)),
         resume="allow",
         tags=list(dict.fromkeys(t[:MAX_TAG_LENGTH] for t in [*tags, *shared_overrides])),
         job_type=job_type,
-        mode=mode,
+        mode=_mode(offline),
     )
     # Lightning always passes `anonymous` (None by default) to wandb.init, which then warns once
     # per run that the setting is deprecated.
@@ -98,12 +92,8 @@ def log_improvement(
     prediction and truth as toggleable masks (`image` (H, W, 3) uint8, `pred`, `truth`,
     `caption`)."""
     if scores:
-        logger.log_table(
-            "val/dsc_volume_per_patient",
-            columns=["patient", "dsc_volume"],
-            data=[[name, value] for name, value in scores.items()],
-            step=step,
-        )
+        rows = [{"patient": name, "dsc_volume": value} for name, value in scores.items()]
+        logger.log_metrics({"val/dsc_volume_per_patient": _table(rows)}, step=step)
     if examples:
         masks = [
             {
@@ -121,24 +111,35 @@ def log_improvement(
         )
 
 
+def _table(rows: Sequence[dict[str, Any]]) -> Any:
+    """A W&B table of the rows, with the first row's keys as its columns."""
+    import wandb
+
+    columns = list(rows[0]) if rows else []
+    return wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])
+
+
+def _finish(run: Any, what: str) -> Path:
+    """Close the run, saying where an offline one went; returns its folder."""
+    folder, offline = Path(run.dir).parent, run.offline
+    run.finish()
+    if offline:
+        log.info(f"{what} logged offline to {folder}; upload it with: wandb sync {folder}")
+    return folder
+
+
 def finish_run(metrics: RunMetrics) -> None:
     """Log the reported epoch's per-patient table, close this job's W&B run (the next job of a
     sweep in this process gets its own) and say where an offline run went."""
     import wandb
 
-    run = wandb.run
-    if run is None:
+    if (run := wandb.run) is None:
         return
     per_patient = metrics.selected.scores.per_patient_metrics if metrics.selected else {}
     if per_patient:
-        columns = list(next(iter(per_patient.values())))
-        rows = [[name, *(values[c] for c in columns)] for name, values in per_patient.items()]
-        run.log({"reported/per_patient": wandb.Table(columns=["patient", *columns], data=rows)})
-    folder = Path(run.dir).parent
-    offline = run.offline
-    run.finish()
-    if offline:
-        log.info("W&B run logged offline to %s; upload it with: wandb sync %s", folder, folder)
+        rows = [{"patient": name, **values} for name, values in per_patient.items()]
+        run.log({"reported/per_patient": _table(rows)})
+    _finish(run, "W&B run")
 
 
 def log_sweep_report(
@@ -152,7 +153,6 @@ def log_sweep_report(
         return None
     import wandb
 
-    os.environ.setdefault("WANDB_SILENT", "true")
     run = wandb.init(
         project=settings.get("project"),
         entity=settings.get("entity"),
@@ -165,17 +165,10 @@ def log_sweep_report(
         reinit="create_new",
         id=_run_id(sweep_dir, ":report"),
     )
-    table, per_patient = report["configurations"], report["per_patient"]
-    columns, patient_columns = list(table[0]), list(per_patient[0] if per_patient else [])
     run.log(
         {
-            "sweep/comparison": wandb.Table(
-                columns=columns, data=[[row[c] for c in columns] for row in table]
-            ),
-            "sweep/per_patient": wandb.Table(
-                columns=patient_columns,
-                data=[[row.get(c) for c in patient_columns] for row in per_patient],
-            ),
+            "sweep/comparison": _table(report["configurations"]),
+            "sweep/per_patient": _table(report["per_patient"]),
             **{
                 f"sweep/{name}": wandb.Image(str(sweep_dir / f"{name}.png"))
                 for name in ("summary", "heatmap")
@@ -186,8 +179,4 @@ def log_sweep_report(
     # a best configuration only where the report can tell (brainseg.reporting.sweep.verdict)
     best = {"best_configuration": report["best"]} if report["best"] else {}
     run.summary.update({"verdict": report["verdict"], **best})
-    run_dir, offline = Path(run.dir).parent, run.offline
-    run.finish()
-    if offline:
-        log.info("sweep report logged offline to W&B; upload it with: wandb sync %s", run_dir)
-    return run_dir
+    return _finish(run, "sweep report")

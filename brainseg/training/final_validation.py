@@ -1,10 +1,7 @@
-"""The run's final validation, scored the way predict.py scores: the checkpoint the selection rule
-reports predicts every slice of each validation patient (brainseg.prediction), restored to the
-original geometry. The thresholded masks are saved in the run directory and the post-processing is
-decided once on them, into `<run>/postprocessing.json` (brainseg.postprocessing), which scores each
-candidate: the run's reported figures are those of the chosen steps, equal to predict.py's on the
-same patients. The same pass fits the temperature that calibrates the lesion probabilities
-(`calibration.json`, `calibration.png`) and draws the worst patients (`failures.png`)."""
+"""The run's final validation, scored the way predict.py scores: the reported checkpoint predicts
+every slice of each validation patient, in the original geometry; the post-processing is decided
+once on the saved masks (`postprocessing.json`), so the reported figures equal predict.py's. The
+same pass calibrates the probabilities and draws the worst patients (`failures.png`)."""
 
 from __future__ import annotations
 
@@ -14,7 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import imageio.v3 as iio
+import lightning as L
 import numpy as np
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from omegaconf import DictConfig
 
 from brainseg.data.reader import find_patients, read_patient
 from brainseg.errors import DataError
@@ -44,58 +45,60 @@ FAILURES_FILE = "failures.png"
 
 
 def final_validation(
-    run_dir: Path,
-    checkpoint: Path,
-    data_root: str | Path,
-    patients: Sequence[str],
-    candidates: Sequence[StepList],
-    fallback: StepList,
-    nsd_tolerance: float,
-    device: Any = "cpu",
-    batch_size: int = 16,
-) -> dict[str, Any]:
-    """Predict, save, decide among `candidates` (none: the training `fallback` steps are the one
-    candidate); returns the steps, the decision file and the metrics per patient after the steps."""
+    cfg: DictConfig, trainer: L.Trainer, checkpoint: str, candidates: Sequence[StepList]
+) -> dict[str, Any] | None:
+    """Rank 0, after fitting: predict, save, decide among `candidates`, show the gallery to the W&B
+    and TensorBoard loggers; returns the steps, the decision file and the metrics per patient
+    after the steps (None: no validation patients to score)."""
+    data = trainer.datamodule.provenance()
+    data_root, patients = data["data_root"], data["split"].get("val") or []
+    if not (data_root and patients):
+        return None
+    run_dir = Path(cfg.paths.output_dir)
+    batch_size = int(cfg.data.get("val_batch_size") or cfg.data.get("batch_size") or 16)
     member = load_checkpoint(checkpoint)
-    predictor = Predictor([member], batch_size=batch_size, device=device)
+    predictor = Predictor([member], batch_size=batch_size, device=trainer.strategy.root_device)
     available = {p.name: p for p in find_patients(data_root)}
     missing = [name for name in patients if name not in available]
     if missing:
         raise DataError(f"{data_root}: validation patient {missing[0]} not found")
-    shutil.rmtree(Path(run_dir) / VALIDATION_DIR, ignore_errors=True)  # an earlier attempt's
+    shutil.rmtree(run_dir / VALIDATION_DIR, ignore_errors=True)  # an earlier attempt's
     pixels = {}
     for seed, name in enumerate(patients):
         volume = read_patient(available[name])
         probs = predictor.predict(volume)
         save_prediction(run_dir, name, probs > member.threshold, volume.mask)
         pixels[name] = sample_pixels(probs, volume.mask, seed)
-    calibration = calibrate(Path(run_dir), pixels)
+    calibration = calibrate(run_dir, pixels)
     decision = decide_run(
         run_dir,
-        list(candidates) or [fallback],
-        nsd_tolerance,
+        list(candidates),
+        float(cfg.metric.nsd_tolerance),
         {"calibration": {"temperature": calibration["temperature"], "ece": calibration["ece"]}},
     )
-    decision_file = str(Path(run_dir) / DECISION_FILE)
-    log.log(
-        logging.WARNING if decision["erased"] else logging.INFO,
-        "%s; recorded in %s",
-        describe(decision),
-        decision_file,
-    )
+    decision_file = str(run_dir / DECISION_FILE)
+    level = logging.WARNING if decision["erased"] else logging.INFO
+    log.log(level, f"{describe(decision)}; recorded in {decision_file}")
     per_patient = {name: decision["metrics"][name] for name in patients}
     cases = []
     for name in patients:  # the masks predict.py would write: the saved ones after the steps
         volume = read_patient(available[name])
-        with np.load(Path(run_dir) / VALIDATION_DIR / f"{name}.npz") as saved:
+        with np.load(run_dir / VALIDATION_DIR / f"{name}.npz") as saved:
             mask = apply(saved["raw"], decision["postprocessing"])
         cases.append(failure_case(name, volume.image, volume.mask, mask, per_patient[name]["dsc"]))
-    failure_gallery(cases, Path(run_dir) / FAILURES_FILE)
+    failures = failure_gallery(cases, run_dir / FAILURES_FILE)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image("val/failures", images=[str(failures)])
+        elif isinstance(logger, TensorBoardLogger):
+            image = iio.imread(failures)[..., :3]
+            logger.experiment.add_image(
+                "val/failures", image, trainer.global_step, dataformats="HWC"
+            )
     return {
         "postprocessing": decision["postprocessing"],
         "decision": decision_file,
         "per_patient": per_patient,
-        "calibration": calibration,
     }
 
 
@@ -121,7 +124,7 @@ def calibrate(run_dir: Path, pixels: dict[str, tuple[np.ndarray, np.ndarray]]) -
         "patients": list(pixels),
         "method": "temperature scaling of the lesion logit; pixels drawn uniformly per patient",
     }
-    write_json(run_dir / CALIBRATION_FILE, record)
+    path = write_json(run_dir / CALIBRATION_FILE, record)
     reliability_diagram(
         reliability(probs, truth),
         reliability(calibrated(probs, temperature), truth),
@@ -130,11 +133,7 @@ def calibrate(run_dir: Path, pixels: dict[str, tuple[np.ndarray, np.ndarray]]) -
         run_dir / "calibration.png",
     )
     log.info(
-        "calibration: temperature %.3f, ECE %.4f -> %.4f on %d validation pixels; %s",
-        temperature,
-        record["ece"]["before"],
-        record["ece"]["after"],
-        len(probs),
-        run_dir / CALIBRATION_FILE,
+        f"calibration: temperature {temperature:.3f}, ECE {record['ece']['before']:.4f} -> "
+        f"{record['ece']['after']:.4f} on {len(probs)} validation pixels; {path}"
     )
     return record

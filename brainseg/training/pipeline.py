@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-import imageio.v3 as iio
 import lightning as L
 from hydra.utils import to_absolute_path
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig
 
@@ -32,7 +31,7 @@ from brainseg.run_lock import claim_run_directory, is_first_rank, release_run_di
 from brainseg.runfiles import RunMetrics, write_metrics
 from brainseg.tracking import finish_run
 from brainseg.training.checkpoints import LAST_NAME, AtomicCheckpointIO, LastCheckpoint
-from brainseg.training.final_validation import FAILURES_FILE, final_validation
+from brainseg.training.final_validation import final_validation
 from brainseg.training.media import TrackerMedia, log_reported
 from brainseg.training.module import SegmentationModule
 from brainseg.training.report import RunReport
@@ -50,10 +49,8 @@ def _instantiate_group(group: str, cfg: DictConfig | None) -> list[Any]:
 
 def check_sweep_ranks(trainer_cfg: DictConfig) -> None:
     """Refuse the Hydra-multirun + DDP trap: Lightning's default DDP launcher starts the other ranks
-    by re-running the whole command line, i.e. the whole sweep, once per rank.
-
-    Safe: ranks started by SLURM (srun tasks, hydra/launcher=slurm) or torchrun, or ddp_spawn.
-    """
+    by re-running the whole command line, i.e. the whole sweep, once per rank. Safe: ranks started
+    by SLURM (srun tasks, hydra/launcher=slurm) or torchrun, or ddp_spawn."""
     if not in_multirun():
         return
     devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1)
@@ -78,19 +75,6 @@ def last_checkpoint(output_dir: Path) -> Path:
     return output_dir / "checkpoints" / f"{LAST_NAME}.ckpt"
 
 
-class StopOnNonFiniteLoss(L.Callback):
-    """A nan or inf training loss stops the run at once: the weights it leaves are not saved, so
-    last.ckpt keeps the last finite epoch and no such epoch becomes the best."""
-
-    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, *args: Any) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is not None and not math.isfinite(float(loss)):
-            raise ConfigError(
-                f"train loss is {float(loss)} at epoch {trainer.current_epoch + 1}, step "
-                f"{trainer.global_step}: training stopped, weights unsaved (lower optimizer.lr?)"
-            )
-
-
 def _resume_hint(cfg: DictConfig, output_dir: Path) -> str:
     last = last_checkpoint(output_dir)
     if not last.is_file():
@@ -109,11 +93,8 @@ def checkpoint_file(cfg: DictConfig) -> Path:
 
 
 def _auto_resume(cfg: DictConfig, output_dir: Path, module: SegmentationModule) -> str | None:
-    """An explicit ckpt_path, else the run directory's own last.ckpt (a requeued job resumes).
-
-    The file is checked first, so that a torn, foreign or other-architecture file is named in one
-    line.
-    """
+    """An explicit ckpt_path, else the run directory's own last.ckpt (a requeued job resumes),
+    checked first so that a torn, foreign or other-architecture file is named in one line."""
     if cfg.get("ckpt_path"):
         path = checkpoint_file(cfg)
     else:
@@ -129,51 +110,18 @@ def _auto_resume(cfg: DictConfig, output_dir: Path, module: SegmentationModule) 
     return str(path)
 
 
-def _final_validation(
-    cfg: DictConfig, trainer: L.Trainer, report: RunReport, candidates: list[StepList]
-) -> None:
-    """Rank 0, after fitting: the selected checkpoint on the validation patients as predict.py
-    predicts them, the post-processing decided, the reported figures recomputed."""
-    checkpoint = report.selected_checkpoint(trainer)
-    data = trainer.datamodule.provenance()
-    patients = data["split"].get("val") or []
-    if not (checkpoint and data["data_root"] and patients):
-        return
-    final = final_validation(
-        Path(cfg.paths.output_dir),
-        Path(checkpoint),
-        data["data_root"],
-        patients,
-        candidates,
-        check_steps(to_plain(cfg.postprocessing)),
-        float(cfg.metric.nsd_tolerance),
-        trainer.strategy.root_device,
-        int(cfg.data.get("val_batch_size") or cfg.data.get("batch_size") or 16),
-    )
-    report.adopt_final_validation(final)
-    failures = Path(cfg.paths.output_dir) / FAILURES_FILE  # to the W&B and TensorBoard loggers
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_image("val/failures", images=[str(failures)])
-        elif isinstance(logger, TensorBoardLogger):
-            image = iio.imread(failures)[..., :3]
-            logger.experiment.add_image(
-                "val/failures", image, trainer.global_step, dataformats="HWC"
-            )
-
-
 def train(cfg: DictConfig) -> RunMetrics | None:
     """Fit (and optionally test) one configuration; returns the content of metrics.json (None on
     ranks other than 0)."""
     quiet_libraries()
     check_sweep_ranks(cfg.trainer)
     higher_is_better(cfg.monitor)  # a ConfigError before any work if it is not a logged metric
-    check_steps(to_plain(cfg.get("postprocessing")), "postprocessing")
+    steps = check_steps(to_plain(cfg.get("postprocessing")), "postprocessing")
     L.seed_everything(cfg.seed, workers=True)
     candidates = [  # the step lists the post-processing is chosen among after training
         check_steps(c, f"postprocessing_candidates[{i}]")
         for i, c in enumerate(to_plain(cfg.get("postprocessing_candidates")) or [])
-    ]
+    ] or [steps]
     output_dir = Path(cfg.paths.output_dir)
     if cfg.data.get("root"):
         check_outside_inputs(
@@ -204,30 +152,23 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
     module = SegmentationModule(**{part: to_plain(cfg[part]) for part in parts})
     parameters = sum(p.numel() for p in module.parameters()) / 1e6
     log.info(
-        "model: %s, encoder %s, %.1f M parameters",
-        cfg.model.arch,
-        cfg.model.encoder_name,
-        parameters,
+        f"model: {cfg.model.arch}, encoder {cfg.model.encoder_name}, {parameters:.1f} M parameters"
     )
     apply_speed_settings(module.net, cfg.get("channels_last", False), cfg.get("compile", False))
-    report = RunReport(output_dir, to_plain(cfg), cfg.monitor)
-    callbacks = _instantiate_group("callbacks", cfg.get("callbacks"))
-    callbacks += [StopOnNonFiniteLoss(), report]
+    # A progress bar on a terminal; in a log file (a SLURM `.out`), one line per epoch instead.
+    progress_bar = cfg.trainer.get("enable_progress_bar", sys.stdout.isatty())
+    report = RunReport(output_dir, to_plain(cfg), cfg.monitor, progress_lines=not progress_bar)
+    callbacks = [*_instantiate_group("callbacks", cfg.get("callbacks")), report]
     loggers = _instantiate_group("logger", cfg.get("logger"))
     swept, _ = job_overrides()
     sweep_keys = {f"sweep/{o.split('=', 1)[0].lstrip('+~')}": o.split("=", 1)[1] for o in swept}
-    for logger in loggers:
-        # the resolved config + the swept keys on top
+    for logger in loggers:  # the resolved config + the swept keys on top
         logger.log_hyperparams({**report.config, **sweep_keys})
     if any(isinstance(logger, (WandbLogger, TensorBoardLogger)) for logger in loggers):
         callbacks.append(TrackerMedia(report))
     plugins: list[Any] = [AtomicCheckpointIO()]  # atomic checkpoint writes
     if "SLURM_JOB_ID" in os.environ:  # the job's launcher (submitit) owns requeueing, not Lightning
-        from lightning.pytorch.plugins.environments import SLURMEnvironment
-
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    # A progress bar on a terminal; in a log file, RunReport's one line per epoch instead.
-    progress_bar = cfg.trainer.get("enable_progress_bar", sys.stdout.isatty())
     trainer: L.Trainer = instantiate_setting(
         "trainer",
         cfg.trainer,
@@ -250,7 +191,10 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
         if best and (cfg.get("test") or inner_validation(report.config)):
             trainer.test(module, datamodule=datamodule, ckpt_path=best)
         if trainer.is_global_zero:
-            _final_validation(cfg, trainer, report, candidates)
+            selected = report.run_metrics(trainer).selected
+            if selected and selected.checkpoint:
+                final = final_validation(cfg, trainer, selected.checkpoint, candidates)
+                report.adopt_final_validation(final)
             log_reported(trainer.loggers, report.run_metrics(trainer), trainer.global_step)
     finally:
         if any(isinstance(logger, WandbLogger) for logger in loggers):
@@ -264,35 +208,23 @@ def _fit(cfg: DictConfig, output_dir: Path, candidates: list[StepList]) -> RunMe
     write_metrics(output_dir, metrics)
     if metrics.best is not None and metrics.headline is not None:
         reported, name = metrics.selected, cfg.monitor.removeprefix("val/")
+        steps = [step["name"] for step in reported.postprocessing or []]
         log.info(
-            "reported/%s %.4f (evaluation.selection=%s: %s; epoch %d, %s, postprocessing=%s); "
-            "best_on_val/%s %.4f (epoch %d, training grid, selected on validation); run in %s",
-            name,
-            metrics.headline,
-            reported.rule,
-            reported.description,
-            reported.scores.epoch,
-            reported.geometry or "training grid",
-            [step["name"] for step in reported.postprocessing or []],
-            name,
-            metrics.best.value(cfg.monitor),
-            metrics.best.epoch,
-            output_dir,
+            f"reported/{name} {metrics.headline:.4f} (evaluation.selection={reported.rule}: "
+            f"{reported.description}; epoch {reported.scores.epoch}, "
+            f"{reported.geometry or 'training grid'}, postprocessing={steps}); best_on_val/{name} "
+            f"{metrics.best.value(cfg.monitor):.4f} (epoch {metrics.best.epoch}, training grid, "
+            f"selected on validation); run in {output_dir}"
         )
         if reported.checkpoint and not in_multirun():  # a sweep's next step: its report
             log.info(
-                "next: python predict.py input=%s checkpoints=%s output_dir=%s",
-                cfg.data.root,
-                reported.checkpoint,
-                output_dir / "predictions",
+                f"next: python predict.py input={cfg.data.root} checkpoints={reported.checkpoint} "
+                f"output_dir={output_dir / 'predictions'}"
             )
-    if metrics.test is not None:
+    if (test := metrics.test) is not None:
         log.info(
-            "test (rule %s, the checkpoint best on validation): "
-            "dsc_volume mean %.4f, median %.4f (%d patients)",
-            metrics.test.rule,
-            metrics.test.dsc_volume_mean,
-            metrics.test.dsc_volume_median,
-            len(metrics.test.per_patient),
+            f"test (rule {test.rule}, the checkpoint best on validation): dsc_volume mean "
+            f"{test.dsc_volume_mean:.4f}, median {test.dsc_volume_median:.4f} "
+            f"({len(test.per_patient)} patients)"
         )
     return metrics

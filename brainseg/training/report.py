@@ -1,13 +1,11 @@
-"""Run artifacts: resolved config and split at the start, a progress line and curves.png after
-each validation, best per-volume Dice at the end, and the provenance predict.py needs inside every
-checkpoint."""
+"""The run's own record: its files, its progress line, the content of metrics.json and the
+provenance predict.py needs inside every checkpoint."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import yaml
 from lightning.pytorch.callbacks import Timer
 
 from brainseg.checkpoint import Provenance
+from brainseg.errors import ConfigError
 from brainseg.evaluation.folds import INNER_VAL, SELECTION_RULES, check_selection, inner_validation
 from brainseg.metrics import METRICS
 from brainseg.metrics.monitor import higher_is_better, improves
@@ -63,27 +62,23 @@ def _scalars(trainer: L.Trainer, prefix: str) -> dict[str, float]:
 
 
 class RunReport(L.Callback):
-    """Writes `config.yaml`, `split.json` and `curves.png` into the run directory and builds the
-    content of `metrics.json`; the best epoch is the one with the best `monitor` (the config's
-    `monitor` key) in that metric's direction (highest Dice, lowest HD95). `best` is the run's one
-    best-so-far record: the progress line, metrics.json and the trackers (TrackerMedia) read it.
-
-    With `progress_lines` (default: when stdout is not a terminal, e.g. a redirected run or a SLURM
-    `.out` file, where no progress bar shows), logs one line per validated epoch.
-    """
+    """Writes `config.yaml`, `split.json` and `curves.png` and builds `metrics.json`. `best`, the
+    epoch best by `monitor` in its direction, is the run's one best-so-far record: the progress
+    line, metrics.json and the trackers (TrackerMedia) read it. `progress_lines`: a line per epoch
+    (where no progress bar shows)."""
 
     def __init__(
         self,
         output_dir: str | Path,
         config: dict[str, Any],
         monitor: str,
-        progress_lines: bool | None = None,
+        progress_lines: bool = False,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.config = config
         self.monitor = monitor
         self.higher = higher_is_better(monitor)  # or a ConfigError: not a logged validation metric
-        self.progress_lines = not sys.stdout.isatty() if progress_lines is None else progress_lines
+        self.progress_lines = progress_lines
         self._epoch_started = time.monotonic()
         self._epoch_seconds: list[float] = []
         self._train_loss: list[torch.Tensor] = []
@@ -92,7 +87,7 @@ class RunReport(L.Callback):
         self.last: EpochScores | None = None
         self.history: list[EpochScores] = []
         self.test: TestScores | None = None
-        self.final: Selected | None = None  # see adopt_final_validation
+        self.final: dict[str, Any] = {}  # the Selected fields adopt_final_validation sets
         self._started = time.monotonic()
         self._elapsed_before = 0.0  # training seconds of earlier sessions of a resumed run
 
@@ -108,9 +103,17 @@ class RunReport(L.Callback):
         self._train_loss = []
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, *args: Any) -> None:
+        """A nan or inf training loss stops the run at once: the weights it leaves are not saved,
+        so last.ckpt keeps the last finite epoch and no such epoch becomes the best."""
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor):
-            self._train_loss.append(loss.detach())  # stays on the device: no sync per step
+        if not isinstance(loss, torch.Tensor):
+            return
+        if not math.isfinite(float(loss)):
+            raise ConfigError(
+                f"train loss is {float(loss)} at epoch {trainer.current_epoch + 1}, step "
+                f"{trainer.global_step}: training stopped, weights unsaved (lower optimizer.lr?)"
+            )
+        self._train_loss.append(loss.detach())
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Not on_validation_epoch_end: callbacks run that hook before the module logs the metric.
@@ -120,11 +123,10 @@ class RunReport(L.Callback):
         if value is None or math.isnan(float(value)):
             return
         if epoch_cut(trainer):
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
             log.info(
-                "epoch %d stopped after %d of %d batches: not reported, nor checkpointed",
-                trainer.current_epoch + 1,
-                trainer.fit_loop.epoch_loop.batch_progress.current.ready,
-                trainer.num_training_batches,
+                f"epoch {trainer.current_epoch + 1} stopped after {done} of "
+                f"{trainer.num_training_batches} batches: not reported, nor checkpointed"
             )
             return
         entry = EpochScores(
@@ -185,48 +187,41 @@ class RunReport(L.Callback):
             "last": next((str(path) for path in last if path.is_file()), None),
         }
 
-    def selected_checkpoint(self, trainer: L.Trainer) -> str | None:
-        """The checkpoint of the epoch the selection rule reports."""
-        return self.checkpoint_paths(trainer)["last" if self.selection == "last" else "best"]
-
-    def adopt_final_validation(self, final: dict[str, Any]) -> None:
+    def adopt_final_validation(self, final: dict[str, Any] | None) -> None:
         """Report the final validation (training.final_validation: original geometry, the decided
-        post-processing) instead of the selected epoch's training-grid figures, which are kept
-        under `training_grid`."""
+        post-processing; None: it had no patients) instead of the reported epoch's training-grid
+        figures, which are kept under `training_grid`."""
         epoch = self.last if self.selection == "last" else self.best
-        per_patient = final["per_patient"]
-        if epoch is None or not per_patient:
+        if epoch is None or final is None:
             return
+        per_patient = final["per_patient"]
         dice = summarize([m["dsc"] for m in per_patient.values()])
         values = {**epoch.values, VAL_DSC: dice["mean"], VAL_DSC_MEDIAN: dice["median"]}
         for k in METRICS[1:]:  # the Dice above; loss and slice metrics stay the training grid's
             values[f"val/{k}"] = float(np.mean([m[k] for m in per_patient.values()]))
-        scores = dataclasses.replace(
-            epoch,
-            values=values,
-            per_patient={name: m["dsc"] for name, m in per_patient.items()},
-            per_patient_metrics=per_patient,
-        )
-        self.final = Selected(
-            scores,
-            rule=self.selection,
-            description=SELECTION_RULES[self.selection],
-            geometry="original (every slice, as predict.py)",
-            postprocessing=final["postprocessing"],
-            postprocessing_file=final["decision"],
-            training_grid=epoch,
-        )
+        self.final = {
+            "scores": dataclasses.replace(
+                epoch,
+                values=values,
+                per_patient={name: m["dsc"] for name, m in per_patient.items()},
+                per_patient_metrics=per_patient,
+            ),
+            "geometry": "original (every slice, as predict.py)",
+            "postprocessing": final["postprocessing"],
+            "postprocessing_file": final["decision"],
+        }
 
     def run_metrics(self, trainer: L.Trainer) -> RunMetrics:
         """The content of metrics.json (the epochs so far, also after a failed fit)."""
         paths = self.checkpoint_paths(trainer)
         reported = self.last if self.selection == "last" else self.best
-        selected = self.final or (
-            reported
-            and Selected(reported, rule=self.selection, description=SELECTION_RULES[self.selection])
+        selected = reported and Selected(
+            **{"scores": reported, **self.final},
+            rule=self.selection,
+            description=SELECTION_RULES[self.selection],
+            checkpoint=paths["last" if self.selection == "last" else "best"],
+            training_grid=reported if self.final else None,
         )
-        if selected is not None:
-            selected = dataclasses.replace(selected, checkpoint=self.selected_checkpoint(trainer))
         return RunMetrics(
             monitor=self.monitor,
             higher_is_better=self.higher,
@@ -247,17 +242,16 @@ class RunReport(L.Callback):
         Provenance(config=self.config, **trainer.datamodule.provenance()).store(checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
-        elapsed = self._elapsed_before + time.monotonic() - self._started
         return {
             "best": self.best and dataclasses.asdict(self.best),
             "last": self.last and dataclasses.asdict(self.last),
             "history": [dataclasses.asdict(entry) for entry in self.history],
-            "train_seconds": elapsed,
+            "train_seconds": self._elapsed_before + time.monotonic() - self._started,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         best, last = state_dict["best"], state_dict["last"]
-        self.best = best and EpochScores.from_dict(best)
-        self.last = last and EpochScores.from_dict(last)
-        self.history = [EpochScores.from_dict(entry) for entry in state_dict["history"]]
+        self.best = best and EpochScores(**best)
+        self.last = last and EpochScores(**last)
+        self.history = [EpochScores(**entry) for entry in state_dict["history"]]
         self._elapsed_before = float(state_dict["train_seconds"])
