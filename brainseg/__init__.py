@@ -1,3 +1,1 @@
 """brainseg: brain MRI lesion segmentation experiments on the LGG (kaggle_3m) dataset."""
-
-__version__ = "0.1.0"

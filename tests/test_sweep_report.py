@@ -339,3 +339,15 @@ def test_a_tag_in_a_jobs_overrides_is_one_line_and_never_run(tmp_path: Path, cap
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: {hydra / 'overrides.yaml'}: not a list of overrides")
     assert not marker.exists()
+
+
+def test_the_report_shows_the_worst_patients_of_the_first_configuration(kfold_sweep: Path) -> None:
+    for job in kfold_sweep.iterdir():  # as each job's final validation draws them
+        if job.is_dir():
+            (job / figures.FAILURES_FILE).write_bytes(b"\x89PNG")
+    report = write_report(kfold_sweep)
+    assert report["configurations"][0]["configuration"] == "model=unetpp"  # jobs 3, 4 and 5
+    markdown = (kfold_sweep / "summary.md").read_text()
+    gallery = markdown.split("## The worst patients of model=unetpp\n", 1)[1]
+    links = [line for line in gallery.splitlines() if line.startswith("![")]
+    assert links == [f"![job {n}]({n}/failures.png)" for n in (3, 4, 5)]

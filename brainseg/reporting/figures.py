@@ -294,6 +294,9 @@ def failure_case(
     )
 
 
+FAILURES_FILE = "failures.png"  # a run's, a prediction's or an evaluation's failure gallery
+
+
 def failure_gallery(cases: list[FailureCase], path: Path, worst: int = 6) -> Path:
     """The `worst` patients by Dice, one row each: their most-missed and most-false slices, Dice,
     voxel counts and uncertainty where known; an empty truth or prediction said in words."""

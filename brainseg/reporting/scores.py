@@ -12,7 +12,7 @@ import numpy as np
 from brainseg.evaluation.folds import Split
 from brainseg.metrics import COUNTS, METRICS, NSD_TOLERANCE
 from brainseg.metrics.uncertainty import flags_failures
-from brainseg.reporting.figures import FailureCase, bar_chart, failure_gallery
+from brainseg.reporting.figures import FAILURES_FILE, FailureCase, bar_chart, failure_gallery
 from brainseg.runfiles import (
     PATIENT_COLUMN,
     SCORES_SUMMARY_FILE,
@@ -62,7 +62,7 @@ def write_scores(
             [r[UNCERTAINTY_COLUMN] for r in held_out], [r["dsc"] for r in held_out]
         )
     if cases:
-        failure_gallery(list(cases), out_dir / "failures.png")
+        failure_gallery(list(cases), out_dir / FAILURES_FILE)
     write_json(out_dir / SCORES_SUMMARY_FILE, summary)
     dice = {r[PATIENT_COLUMN]: r["dsc"] for r in rows}
     groups = {r[PATIENT_COLUMN]: r[SUBSET_COLUMN] for r in rows}

@@ -21,7 +21,7 @@ from brainseg.evaluation.folds import CV_RULES, INNER_VAL, reported_scores
 from brainseg.evaluation.statistics import LEVEL, WORSE, compare_configurations, minimum_patients
 from brainseg.paths import atomic_writer
 from brainseg.postprocessing.records import pooled_decision
-from brainseg.reporting.figures import heat_map, strip_box_plot
+from brainseg.reporting.figures import FAILURES_FILE, heat_map, strip_box_plot
 from brainseg.reporting.scores import metric_columns
 from brainseg.run_lock import check_run_directory_free
 from brainseg.runfiles import (
@@ -285,6 +285,12 @@ def _markdown(sweep_dir: Path, report: dict[str, Any], shown: list[dict[str, Any
         rows.append(cells + [_fmt(r[k]) for k in ("p", "p_holm", "verdict")])
     lines += _table([*headers, "verdict"], rows)
     lines += ["", f"**Verdict**: {report['verdict']}."]
+    best = table[0]["configuration"]
+    drawn = [job["job"] for job in jobs if job.get("configuration") == best]
+    drawn = [job for job in drawn if (sweep_dir / job / FAILURES_FILE).is_file()]
+    if drawn:  # each job's worst validation patients, drawn by its final validation
+        lines += ["", f"## The worst patients of {best}", ""]
+        lines += [f"![job {job}]({job}/{FAILURES_FILE})" for job in drawn]
     lines += ["", "Rules: " + "; ".join(f"`{k}` = {v}" for k, v in CV_RULES.items()) + "."]
     return lines
 

@@ -36,12 +36,16 @@ from brainseg.postprocessing.records import (
 )
 from brainseg.prediction.inference import Predictor
 from brainseg.prediction.members import load_checkpoint
-from brainseg.reporting.figures import failure_case, failure_gallery, reliability_diagram
+from brainseg.reporting.figures import (
+    FAILURES_FILE,
+    failure_case,
+    failure_gallery,
+    reliability_diagram,
+)
 from brainseg.runfiles import write_json
 
 log = logging.getLogger("brainseg")
 CALIBRATION_FILE = "calibration.json"
-FAILURES_FILE = "failures.png"
 
 
 def final_validation(
