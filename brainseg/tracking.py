@@ -62,11 +62,11 @@ def wandb_logger(
 ) -> WandbLogger:
     """A W&B run per job, tagged with `tags` and the overrides every job of the sweep shares. Its
     id is derived from the job's output directory: a job that SLURM requeues into the same
-    directory resumes the same W&B run. The mode is passed to `wandb.init` itself: Lightning's
-    offline switch only sets WANDB_MODE, which W&B ignores once its settings exist in the process
-    (an earlier run of a sweep, or the sweep report's run)."""
+    directory resumes the same W&B run. The mode goes to `wandb.init` too: W&B ignores WANDB_MODE
+    once its settings exist in the process (an earlier job of a sweep, the sweep report's run)."""
     from lightning.pytorch.loggers import WandbLogger
 
+    mode = _mode(offline)
     logger = WandbLogger(
         project=project,
         entity=entity,
@@ -77,7 +77,8 @@ def wandb_logger(
         resume="allow",
         tags=list(dict.fromkeys(t[:MAX_TAG_LENGTH] for t in [*tags, *shared_overrides])),
         job_type=job_type,
-        mode=_mode(offline),
+        offline=mode == "offline",  # Lightning sets WANDB_MODE (W&B refuses an empty one)
+        mode=mode,
     )
     # Lightning always passes `anonymous` (None by default) to wandb.init, which then warns once
     # per run that the setting is deprecated.
