@@ -274,22 +274,23 @@ def test_a_mistake_every_job_shares_stops_the_sweep_before_its_first_job(
 def test_local_launcher_runs_one_job_per_gpu_of_its_pool(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
-    """4 jobs on a pool of 2 GPUs (forced: the jobs train on the CPU) run 2 at a time, each job
-    in its own process seeing its own GPU."""
+    """3 jobs on a pool of 2 GPUs (forced: the jobs train on the CPU) run 2 at a time, each job
+    in its own process seeing its own GPU, and the third takes the GPU freed first."""
     sweep = tmp_path / "local"
     result = _sweep(
         synthetic_root,
         sweep,
         "hydra/launcher=local",
         "hydra.launcher.gpus=[0,1]",
-        "optimizer.lr=0.001,0.002,0.003,0.004",
+        "optimizer.lr=0.001,0.002,0.003",
         "+callbacks.probe._target_=tests.job_probe.JobProbe",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "4 jobs: 4 done." in (sweep / "summary.md").read_text()
-    probes = [json.loads((sweep / str(k) / "probe.json").read_text()) for k in range(4)]
-    assert len({p["pid"] for p in probes}) == 4
-    assert sorted(p["cuda_visible_devices"] for p in probes) == ["0", "0", "1", "1"]
+    assert "3 jobs: 3 done." in (sweep / "summary.md").read_text()
+    probes = [json.loads((sweep / str(k) / "probe.json").read_text()) for k in range(3)]
+    assert len({p["pid"] for p in probes}) == 3
+    devices = [p["cuda_visible_devices"] for p in probes]
+    assert sorted(devices[:2]) == ["0", "1"] and devices[2] in ("0", "1")
     for probe in probes:  # at most 2 processes at once, never 2 on one GPU
         overlapping = [p for p in probes if p["start"] < probe["end"] and probe["start"] < p["end"]]
         assert len(overlapping) <= 2
