@@ -46,11 +46,6 @@ def _stop_on_signals() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def multirun_dir() -> Path | None:
-    """The job's output directory when running inside a Hydra multirun, else None."""
-    return Path(HydraConfig.get().runtime.output_dir) if in_multirun() else None
-
-
 def exit_status(entry: Callable[..., Any], *args: Any) -> int:
     """Run a plain (argparse) entry point: 0, or 2 with `error: <message>` for a BrainsegError."""
     try:
@@ -72,13 +67,13 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """
     output_dir = OmegaConf.select(cfg, "paths.output_dir") if cfg is not None else None
     run_dir = Path(output_dir) if output_dir else None  # predict.py has no run directory
-    job_dir = multirun_dir()
+    sweep_job = in_multirun()
     try:
         with _stop_on_signals():
             result = task(cfg)
     except Stopped as stop:
         _mark_failed(run_dir, stop)
-        if job_dir is None:
+        if not sweep_job:
             print(f"error: {stop}", file=sys.stderr, flush=True)
             raise SystemExit(stop.exit_status) from None
         raise  # Hydra records the job as failed, then SweepGuard.on_job_end stops the sweep
@@ -87,7 +82,7 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         if user_error:
             print(f"error: {exc}", file=sys.stderr, flush=True)
         _mark_failed(run_dir, exc)
-        if job_dir is None:
+        if not sweep_job:
             if user_error:
                 raise SystemExit(2) from None
             raise

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig
 
 from brainseg.checkpoint import load_weights, read_checkpoint, remove_temporary_files
-from brainseg.cli import Stopped, multirun_dir
+from brainseg.cli import Stopped
 from brainseg.config import in_multirun, instantiate_setting, job_overrides, to_plain
 from brainseg.data.contract import check_data_module
 from brainseg.errors import ConfigError, DataError
@@ -79,7 +79,7 @@ def _resume_hint(cfg: DictConfig, output_dir: Path) -> str:
     last = last_checkpoint(output_dir)
     if not last.is_file():
         return "no checkpoint was saved yet"
-    if cfg.get("auto_resume", True) and multirun_dir() is None:
+    if cfg.get("auto_resume", True) and not in_multirun():
         return f"run the same command again to resume from {last} (auto_resume)"
     return f"resume with ckpt_path={last}"
 
