@@ -87,6 +87,25 @@ def read_wandb_records(path: Path, deadline: float = 120.0) -> list:
         time.sleep(0.1)
 
 
+def wandb_history_and_summary(run_file: Path) -> tuple[list[dict], dict]:
+    """The history rows of a finished offline W&B run and the summary it ends with (each history
+    row updates the summary, then the explicit summary updates do)."""
+    import json
+
+    def key(item) -> str:
+        return item.key or "/".join(item.nested_key)
+
+    rows, summary = [], {}
+    for record in read_wandb_records(run_file):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            rows.append({key(item): json.loads(item.value_json) for item in record.history.item})
+            summary.update(rows[-1])
+        elif kind == "summary":
+            summary.update({key(i): json.loads(i.value_json) for i in record.summary.update})
+    return rows, summary
+
+
 def _wandb_records(data: bytes, path: Path) -> list:
     """The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of records, each with
     a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last)."""

@@ -5,10 +5,20 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
+import optuna
 import pytest
-from helpers import PROJECT, compose, read_wandb_records, run_cli, tiny_train_overrides
+from helpers import (
+    PROJECT,
+    compose,
+    read_wandb_records,
+    run_cli,
+    tiny_train_overrides,
+    wandb_history_and_summary,
+)
+from omegaconf import OmegaConf
 
 from brainseg.prediction.pipeline import predict
 from brainseg.reporting.sweep import main as rebuild_report
@@ -36,101 +46,147 @@ def _sweep(synthetic_root: Path, sweep_dir: Path, *overrides: str, env: dict | N
     )
 
 
+# An Optuna search that tries every combination of its choices once
+BRUTE_FORCE = (
+    "hparams_search=optuna",
+    "hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler",
+    "~hydra.sweeper.sampler.n_startup_trials",
+)
+
+
 @pytest.fixture(scope="module")
-def wandb_sweep(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`train.py -m model=unet,unetpp loss=dice,bce_dice` with W&B in offline mode
+def search(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A 2-fold cross-validation of a 2x2 configuration sweep (model.arch unet, unetpp x loss
+    dice, bce_dice) run as an Optuna search, with the CSV, TensorBoard and offline W&B loggers
     (no credentials)."""
-    base = tmp_path_factory.mktemp("sweep")
+    base = tmp_path_factory.mktemp("search")
     home = base / "home"
     home.mkdir()
     env = {"HOME": str(home), "WANDB_API_KEY": "", "WANDB_MODE": ""}
     result = _sweep(
         synthetic_root,
         base / "sweep",
-        "model=unet,unetpp",
-        "loss=dice,bce_dice",
+        *BRUTE_FORCE,
+        "hydra.sweeper.n_trials=8",
+        "hydra.sweeper.params={optimizer.lr: 'choice(0.001)', loss: 'choice(dice, bce_dice)', "
+        "model.arch: 'choice(unet, unetpp)'}",
+        "data.split.fold=choice(0, 1)",
+        "data.split.kind=kfold",
+        "data.split.n_folds=2",
         "logger=[csv,tensorboard,wandb]",
         env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return base / "sweep"
+    return base / "sweep", result.stdout + result.stderr
 
 
-def test_every_combination_runs_and_the_report_lists_it(wandb_sweep: Path) -> None:
+def test_one_figure_per_job_in_every_output_of_the_search(search) -> None:
+    """Each trial's headline (its reported epoch, original geometry, decided post-processing) is
+    the figure of the console line, metrics.json, the report, TensorBoard's hp_metric, the CSV
+    log, W&B's chart and summary, and the study's trial value (train.py's return value)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    with open(wandb_sweep / "summary.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    assert sorted(r["overrides"] for r in rows) == sorted(
-        f"loss={loss} model={model}"
-        for model in ("unet", "unetpp")
+    sweep, console = search
+    journal = optuna.storages.journal.JournalFileBackend(str(sweep / "optuna.journal"))
+    trials = optuna.load_study(
+        study_name="brainseg", storage=optuna.storages.JournalStorage(journal)
+    ).trials
+    assert len(trials) == 8 and len({tuple(sorted(t.params.items())) for t in trials}) == 8
+    with open(sweep / "summary.csv") as fh:
+        rows = {r["job"]: r for r in csv.DictReader(fh)}
+    assert sorted(rows) == [str(t.number) for t in trials]
+    logged = [float(v) for v in re.findall(r"reported/dsc_volume (\S+) \(", console)]
+    for trial in trials:
+        job = sweep / str(trial.number)
+        headline = read_metrics(job).headline
+        assert trial.value == headline  # the objective is train.py's return value
+        assert float(rows[job.name]["val/dsc_volume"]) == pytest.approx(headline)
+        assert logged[trial.number] == pytest.approx(headline, abs=5e-5)
+        events = EventAccumulator(str(job / "tensorboard"))
+        events.Reload()
+        assert events.Scalars("hp_metric")[-1].value == pytest.approx(headline)
+        with open(job / "csv" / "metrics.csv") as fh:
+            csv_logged = [r["reported/dsc_volume"] for r in csv.DictReader(fh)]
+        assert [float(v) for v in csv_logged if v] == pytest.approx([headline])
+        (run_file,) = job.glob("wandb/offline-run-*/run-*.wandb")
+        history, summary = wandb_history_and_summary(run_file)
+        assert [r["reported/dsc_volume"] for r in history if "reported/dsc_volume" in r] == [
+            headline
+        ]
+        assert summary["reported/dsc_volume"] == headline  # the chart's last point
+        run = next(
+            r.run for r in read_wandb_records(run_file) if r.WhichOneof("record_type") == "run"
+        )
+        assert run.run_group == f"sweep-{sweep.name}" and "loss=" in run.display_name
+        metrics = read_metrics(job)
+        assert [r["val/dsc_volume"] for r in history if "val/dsc_volume" in r] == pytest.approx(
+            [h.dsc_volume_mean for h in metrics.history]
+        )
+        (table,) = run_file.parent.glob("files/media/table/val/dsc_volume_per_patient_*.table.json")
+        assert dict(json.loads(table.read_text())["data"]) == pytest.approx(
+            metrics.best.per_patient
+        )
+        assert list(run_file.parent.glob("files/media/images/val/overlays_*.png"))
+    best = max(trials, key=lambda t: t.value)
+    assert OmegaConf.load(sweep / "optimization_results.yaml").best_value == best.value
+
+
+def test_one_out_of_fold_figure_per_configuration_in_the_report_wandb_and_predict(
+    search, synthetic_root: Path, tmp_path: Path, caplog
+) -> None:
+    """A configuration's figure is its folds' patients pooled out of fold: the report's
+    comparison row, its W&B sweep-report run, and predict.py `sweep_dir= pick=best` patient by
+    patient; the four configurations are never pooled together."""
+    sweep, _ = search
+    with open(sweep / "comparison.csv") as fh:
+        compared = {r["configuration"]: r for r in csv.DictReader(fh)}
+    assert sorted(compared) == sorted(
+        f"loss={loss} model.arch={arch}"
+        for arch in ("unet", "unetpp")
         for loss in ("dice", "bce_dice")
     )
-    for row in rows:
-        metrics = read_metrics(wandb_sweep / row["job"])
-        # one headline: the report's row, metrics.json, TensorBoard's hp_metric, the CSV log
-        assert row["status"] == "done" and float(row["val/dsc_volume"]) == pytest.approx(
-            metrics.headline
-        )
-        assert metrics.headline == metrics.selected.scores.dsc_volume_mean
-        events = EventAccumulator(str(wandb_sweep / row["job"] / "tensorboard"))
-        events.Reload()
-        assert events.Scalars("hp_metric")[-1].value == pytest.approx(metrics.headline)
-        with open(wandb_sweep / row["job"] / "csv" / "metrics.csv") as fh:
-            logged = [r["reported/dsc_volume"] for r in csv.DictReader(fh)]
-        assert [float(v) for v in logged if v] == pytest.approx([metrics.headline])
-        assert (
-            row["epoch"] == "1" and row["selection"] == "last" and float(row["train_seconds"]) > 0
-        )
-    report = (wandb_sweep / "summary.md").read_text()
-    assert "4 jobs: 4 done." in report and "| loss=bce_dice model=unetpp |" in report
-    assert report.count("| reference |") == 1 and "## Configurations" in report
-    assert (wandb_sweep / "summary.png").stat().st_size > 5000 and (
-        wandb_sweep / "heatmap.png"
-    ).stat().st_size > 5000
-
-
-def test_wandb_offline_runs_hold_the_per_volume_dice(wandb_sweep: Path) -> None:
-    for job in sorted(p for p in wandb_sweep.iterdir() if (p / "metrics.json").exists()):
-        (run_file,) = job.glob("wandb/offline-run-*/run-*.wandb")
-        records = read_wandb_records(run_file)
-        run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
-        assert run.run_group == f"sweep-{wandb_sweep.name}" and "loss=" in run.display_name
-        assert "trainer.max_epochs=1" in run.tags and not any("loss=" in t for t in run.tags)
-        logged = [
-            float(item.value_json)
-            for r in records
-            if r.WhichOneof("record_type") == "history"
-            for item in r.history.item
-            if (item.key or "/".join(item.nested_key)) == "val/dsc_volume"
-        ]
-        metrics = read_metrics(job)
-        assert logged == pytest.approx([h.dsc_volume_mean for h in metrics.history])
-        config_keys = {
-            u.key or "/".join(u.nested_key)
-            for r in records
-            if r.WhichOneof("record_type") == "config"
-            for u in r.config.update
-        }
-        assert {"data", "model", "loss", "optimizer"} <= config_keys
-        (table,) = run_file.parent.glob("files/media/table/val/dsc_volume_per_patient_*.table.json")
-        data = json.loads(table.read_text())
-        assert dict(data["data"]) == pytest.approx(metrics.best.per_patient)
-        assert list(run_file.parent.glob("files/media/images/val/overlays_*.png"))
-        headline = [
-            float(item.value_json)
-            for r in records
-            if r.WhichOneof("record_type") == "history"
-            for item in r.history.item
-            if (item.key or "/".join(item.nested_key)) == "reported/dsc_volume"
-        ]
-        assert headline == [metrics.headline]
-        assert {"sweep/model", "sweep/loss"} <= config_keys
-    (report_run,) = wandb_sweep.glob("wandb/offline-run-*/run-*.wandb")
-    run = next(
-        r.run for r in read_wandb_records(report_run) if r.WhichOneof("record_type") == "run"
+    with open(sweep / "per_patient.csv") as fh:
+        pooled = list(csv.DictReader(fh))
+    patients = sorted(p.name for p in synthetic_root.iterdir() if p.is_dir())
+    for name, row in compared.items():
+        scored = {r["patient"]: float(r["dsc"]) for r in pooled if r["configuration"] == name}
+        assert sorted(scored) == patients and row["jobs"] == "2" and row["n"] == str(len(patients))
+        assert float(row["mean"]) == pytest.approx(sum(scored.values()) / len(scored))
+    report = (sweep / "summary.md").read_text()
+    assert "8 jobs: 8 done." in report and "decided on the 6 patients of its folds pooled" in report
+    (report_run,) = sweep.glob("wandb/offline-run-*/run-*.wandb")
+    records = read_wandb_records(report_run)
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert run.run_group == f"sweep-{sweep.name}" and run.job_type == "sweep-report"
+    (table,) = report_run.parent.glob("files/media/table/sweep/comparison_*.table.json")
+    data = json.loads(table.read_text())
+    at = data["columns"].index
+    assert {r[at("configuration")]: r[at("mean")] for r in data["data"]} == pytest.approx(
+        {name: float(row["mean"]) for name, row in compared.items()}
     )
-    assert run.run_group == f"sweep-{wandb_sweep.name}" and run.job_type == "sweep-report"
+    with caplog.at_level("INFO", logger="brainseg"):
+        predict(
+            compose(
+                [
+                    *("progress=false", "figures.overlays=false", "pick=best"),
+                    f"input={synthetic_root}",
+                    f"sweep_dir={sweep}",
+                    f"output_dir={tmp_path / 'oof'}",
+                ],
+                hydra_node=False,
+                config_name="predict",
+            )
+        )
+    best = next(iter(compared))  # comparison.csv lists the best configuration first
+    assert f"pick=best: {best}, jobs " in caplog.text
+    with open(tmp_path / "oof" / "dsc.csv") as fh:
+        predicted = {r["patient"]: r for r in csv.DictReader(fh)}
+    assert sorted(predicted) == patients and {r["subset"] for r in predicted.values()} == {"val"}
+    for row in (r for r in pooled if r["configuration"] == best):
+        for metric in ("dsc", "hd95", "nsd", "lesions_found"):
+            assert float(predicted[row["patient"]][metric]) == pytest.approx(
+                float(row[metric]), abs=1e-6
+            )
 
 
 def test_kfold_sweep_reports_cv_mean_and_failed_jobs(
@@ -173,82 +229,40 @@ def test_kfold_sweep_reports_cv_mean_and_failed_jobs(
     assert "decided on the 6 patients of its folds pooled |" in report
     (sweep / "summary.md").unlink()
     assert rebuild_report([str(sweep)]) == 0 and (sweep / "summary.md").read_text() == report
-    # the one out-of-fold figure: predict.py sweep_dir= (pick=best: the sweep's one configuration)
-    # gives each patient the Dice, and every other metric, that the report pools
-    with caplog.at_level("INFO", logger="brainseg"):
-        predicted = predict(
-            compose(
-                [
-                    *("progress=false", "figures.overlays=false", "pick=best"),
-                    f"input={synthetic_root}",
-                    f"sweep_dir={sweep}",
-                    f"output_dir={tmp_path / 'oof'}",
-                ],
-                hydra_node=False,
-                config_name="predict",
-            )
-        )
-    assert "pick=best: all folds, jobs 0, 1 (sweep report: all folds has the highest" in caplog.text
-    assert len(predicted["members"]) == 2
-    with open(tmp_path / "oof" / "dsc.csv") as fh:
-        scored = {r["patient"]: r for r in csv.DictReader(fh)}
-    assert sorted(scored) == sorted(pooled) and {r["subset"] for r in scored.values()} == {"val"}
-    for name, row in scored.items():
-        for metric in ("dsc", "hd95", "nsd", "lesions_found"):
-            assert float(row[metric]) == pytest.approx(float(pooled[name][metric]), abs=1e-6)
 
 
-def test_optuna_search_returns_the_best_trial(synthetic_root: Path, tmp_path: Path) -> None:
-    """With a lower-is-better monitor, Optuna minimises the value train.py returns: each trial's
-    headline (val/hd95 of the reported epoch in the original geometry)."""
+def test_optuna_minimises_a_lower_is_better_headline_and_a_failed_trial_says_why(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    """With val/hd95 as the monitor, Optuna minimises the value train.py returns (each trial's
+    headline); a trial that fails says why, in the sweep's words and Optuna's, and the study goes
+    on."""
     sweep = tmp_path / "optuna"
     result = _sweep(
         synthetic_root,
         sweep,
-        "hparams_search=optuna",
+        *BRUTE_FORCE,
         "monitor=val/hd95",
-        "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.params={optimizer.lr: 'tag(log, interval(1e-4, 1e-2))', "
-        "loss: 'choice(dice, focal)'}",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    best = (sweep / "optimization_results.yaml").read_text()
-    scores = [read_metrics(sweep / str(k)).headline for k in range(2)]
-    assert f"best_value: {min(scores)}" in best
-
-
-def test_optuna_failed_trial_says_why_and_the_study_goes_on(
-    synthetic_root: Path, tmp_path: Path
-) -> None:
-    sweep = tmp_path / "optuna_failure"
-    # The seeded sampler draws data.split.n_val=2, then 99 (more than the 6 patients): one trial
-    # fails.
-    result = _sweep(
-        synthetic_root,
-        sweep,
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.sampler.seed=10",
-        "hydra.sweeper.params={optimizer.lr: 'choice(1e-3)', loss: 'choice(dice)', "
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.params={optimizer.lr: 'choice(0.001)', loss: 'choice(dice)', "
         "model.arch: 'choice(unet)'}",
-        "data.split.n_val=choice(2, 99)",
+        "data.split.n_val=choice(2, 3, 99)",
     )
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "float-castable" not in output, output[-3000:]
-    (failed,) = [k for k in range(2) if read_failure(sweep / str(k))]
+    failed = [k for k in range(3) if read_failure(sweep / str(k))]
+    overrides = (sweep / str(failed[0]) / ".hydra" / "overrides.yaml").read_text()
+    assert len(failed) == 1 and "data.split.n_val=99" in overrides
     assert (
-        failed == 1
-        and (
-            "data.split.n_val=99) failed: ConfigError: "
-            "data.split.kind=reference needs more than data.split.n_val=99"
-        )
-        in output
-    )
+        "data.split.n_val=99) failed: ConfigError: "
+        "data.split.kind=reference needs more than data.split.n_val=99"
+    ) in output
     assert (
         "Failed experiment: data.split.kind=reference needs more than data.split.n_val=99" in output
     )  # Optuna's own line
-    ok = read_metrics(sweep / str(1 - failed)).headline
-    assert f"best_value: {ok}" in (sweep / "optimization_results.yaml").read_text()
+    scores = [read_metrics(sweep / str(k)).headline for k in range(3) if k not in failed]
+    assert len(scores) == 2
+    assert f"best_value: {min(scores)}" in (sweep / "optimization_results.yaml").read_text()
 
 
 @pytest.mark.parametrize("mistake", ["missing data root", "unknown loss term"])

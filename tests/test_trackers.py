@@ -9,29 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import compose_run, read_wandb_records
+from helpers import compose_run, read_wandb_records, wandb_history_and_summary
 
 from brainseg.runfiles import read_metrics
 
 pytestmark = pytest.mark.slow
-
-
-def _key(item) -> str:
-    return item.key or "/".join(item.nested_key)
-
-
-def _wandb(run_file: Path) -> tuple[list[dict], dict]:
-    """The history rows and the summary W&B ends with (each history row updates it, then the
-    explicit summary updates)."""
-    rows, summary = [], {}
-    for record in read_wandb_records(run_file):
-        kind = record.WhichOneof("record_type")
-        if kind == "history":
-            rows.append({_key(item): json.loads(item.value_json) for item in record.history.item})
-            summary.update(rows[-1])
-        elif kind == "summary":
-            summary.update({_key(i): json.loads(i.value_json) for i in record.summary.update})
-    return rows, summary
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +54,7 @@ def test_one_headline_in_metrics_json_wandb_tensorboard_csv_and_the_return_value
     assert headline != reported.training_grid.dsc_volume_mean  # the original geometry's
     assert returned == headline  # train.py's return value, which sweepers optimise
     (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    rows, summary = _wandb(run_file)
+    rows, summary = wandb_history_and_summary(run_file)
     # the summary is each chart's last point: the headline's own, the training grid's, the best's
     assert [r["reported/dsc_volume"] for r in rows if "reported/dsc_volume" in r] == [headline]
     assert summary["reported/dsc_volume"] == headline and summary["reported/epoch"] == 3
@@ -105,7 +87,7 @@ def test_epochs_count_from_1_in_csv_tensorboard_and_wandb(tracked_run) -> None:
     events.Reload()
     assert sorted({int(e.value) for e in events.Scalars("epoch")}) == epochs
     (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    history, _ = _wandb(run_file)
+    history, _ = wandb_history_and_summary(run_file)
     assert [r["epoch"] for r in history if "val/dsc_volume" in r] == epochs
 
 

@@ -128,7 +128,8 @@ class StudySweeper(Sweeper):
                 study.tell(old.number, state=TrialState.FAIL)
                 study.enqueue_trial(old.params, {"job_dir": old.user_attrs["job_dir"]})
         n_trials, batch = self.settings["n_trials"], self.settings["n_jobs"]
-        while (remaining := n_trials - _counted(study)) > 0:
+        self.exhausted = False
+        while (remaining := n_trials - _counted(study)) > 0 and not self.exhausted:
             trials = [study.ask(space) for _ in range(min(batch, remaining))]
             jobs = []
             for trial in trials:  # a new trial's job is named by its number
@@ -145,16 +146,24 @@ class StudySweeper(Sweeper):
         _write_results(study, sweep_dir)
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any, job_dir: Path) -> None:
+        value, state = None, None  # a value alone: complete, or failed when it is NaN
         if read_pruned(job_dir) is not None:
-            study.tell(trial, state=TrialState.PRUNED)
-            return
+            state = TrialState.PRUNED
+        else:
+            try:
+                value = float(ret.return_value)
+            except Exception as exc:  # noqa: BLE001 - the trial failed: its reason is logged
+                log.warning("Failed experiment: %s", exc)
+                state = TrialState.FAIL
         try:
-            value = float(ret.return_value)
-        except Exception as exc:  # noqa: BLE001 - the trial failed: its reason is logged
-            log.warning("Failed experiment: %s", exc)
-            study.tell(trial, state=TrialState.FAIL)
-            return
-        study.tell(trial, value)  # NaN: Optuna records the trial as failed
+            study.tell(trial, value, state=state)
+        except RuntimeError as exc:
+            # GridSampler and BruteForceSampler stop the study after their last combination, which
+            # Optuna allows only inside study.optimize (optuna#5141); the trial is recorded
+            if "Study.stop" not in str(exc):
+                raise
+            log.info("the sampler has tried every combination of the search space")
+            self.exhausted = True
 
     def _check_failures(self, study: optuna.Study) -> None:
         trials = [t for t in study.trials if t.state.is_finished()]
