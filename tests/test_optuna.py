@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -227,3 +228,44 @@ def test_a_study_that_does_not_fit_the_command_is_one_line(
         _study(tmp_path, **change)
     error = capsys.readouterr().err
     assert stopped.value.code == 2 and error.startswith(expected) and error.count("\n") == 1
+
+
+class _Trial:
+    """The part of an Optuna trial the pruning callback uses; its pruner always says stop."""
+
+    number = 0
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[float, int]] = []
+
+    def report(self, value: float, step: int) -> None:
+        self.reports.append((value, step))
+
+    def should_prune(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("batches_done", "reported"), [(10, [(0.5, 2)]), (4, [])])
+def test_the_pruner_never_sees_an_epoch_cut_before_its_last_batch(
+    tmp_path: Path, batches_done: int, reported: list
+) -> None:
+    """An epoch that max_time/max_steps cut is validated, but its figure is no epoch's: it is not
+    reported to the trial, as it is neither reported by the run nor checkpointed."""
+    import torch
+
+    from hydra_plugins.brainseg_sweeper._pruning import OptunaPruning
+
+    progress = SimpleNamespace(current=SimpleNamespace(ready=batches_done))
+    trainer = SimpleNamespace(
+        callback_metrics={"val/loss": torch.tensor(0.5)},
+        sanity_checking=False,
+        current_epoch=1,
+        num_training_batches=10,
+        should_stop=False,
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(done=True, batch_progress=progress)),
+    )
+    pruning = OptunaPruning("val/loss")
+    pruning.trial, pruning.job_dir = _Trial(), tmp_path
+    pruning.on_validation_end(trainer, None)
+    assert pruning.trial.reports == reported
+    assert trainer.should_stop == (read_pruned(tmp_path) is not None) == bool(reported)

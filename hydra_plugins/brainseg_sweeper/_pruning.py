@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
 from brainseg.runfiles import Pruned, write_pruned
+from brainseg.training.checkpoints import epoch_cut
 from hydra_plugins.brainseg_sweeper._study import open_storage
 
 log = logging.getLogger("brainseg")
@@ -43,8 +44,8 @@ class OptunaPruning(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         value = trainer.callback_metrics.get(self.monitor)
-        if self.trial is None or trainer.sanity_checking or value is None:
-            return
+        if self.trial is None or trainer.sanity_checking or value is None or epoch_cut(trainer):
+            return  # a cut epoch's figure is no epoch's: the run neither reports nor keeps it
         epoch = trainer.current_epoch + 1
         self.trial.report(float(value), epoch)
         if self.trial.should_prune():
