@@ -28,10 +28,10 @@ log = logging.getLogger("brainseg")
 Job = tuple[int, Sequence[str], DictConfig]  # number, overrides, config
 
 
-def stop_sweep(message: str) -> NoReturn:
-    """Stop the sweep with one `error: ...` line and exit status 2."""
+def stop_sweep(message: str, status: int = 2) -> NoReturn:
+    """Stop the sweep with one `error: ...` line and exit `status` (2: a mistake in the command)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
+    raise SystemExit(status)
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:

@@ -3,7 +3,6 @@ reporting its pending jobs while it waits; a job that can never start stops it i
 
 import logging
 import subprocess
-import sys
 import threading
 from collections.abc import Sequence
 from concurrent import futures
@@ -19,7 +18,7 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 from omegaconf import open_dict
 
-from hydra_plugins.brainseg_launcher.local import Job, ResumingLauncher, holding_its_directory
+from hydra_plugins.brainseg_launcher import local
 
 log = logging.getLogger("brainseg")
 
@@ -61,19 +60,14 @@ def queue_states(job_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
     """`squeue` for the given jobs (array tasks one by one): job id -> (state, reason)."""
     if not job_ids:
         return {}
-    command = [
-        "squeue",
-        "--noheader",
-        "--array",
-        f"--jobs={','.join(job_ids)}",
-        "--format=%i|%T|%r",
-    ]
+    jobs = ",".join(job_ids)
+    command = ["squeue", "--noheader", "--array", f"--jobs={jobs}", "--format=%i|%T|%r"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     rows = [line.split("|", 2) for line in result.stdout.splitlines() if line.count("|") == 2]
     return {job: (state, reason) for job, state, reason in rows}
 
 
-class SlurmLauncher(ResumingLauncher, submitit_launcher.SlurmLauncher):
+class SlurmLauncher(local.ResumingLauncher, submitit_launcher.SlurmLauncher):
     """Waits for the jobs' results in a thread while this one watches the queue."""
 
     def __init__(self, pending_report_s: int = 60, **params: Any) -> None:
@@ -97,11 +91,11 @@ class SlurmLauncher(ResumingLauncher, submitit_launcher.SlurmLauncher):
         with open_dict(config):
             config.hydra.job.num = job_num
         call = super().__call__
-        return holding_its_directory(
+        return local.holding_its_directory(
             config, lambda: call(overrides, dir_key, job_num, job_id, state)
         )
 
-    def run(self, jobs: list[Job]) -> dict[int, JobReturn]:
+    def run(self, jobs: list[local.Job]) -> dict[int, JobReturn]:
         self.job_numbers = [idx for idx, _, _ in jobs]
         before = self._submitted()
         results: Future = Future()
@@ -123,23 +117,17 @@ class SlurmLauncher(ResumingLauncher, submitit_launcher.SlurmLauncher):
         states = sorted(queue_states(job_ids).items())
         pending = [(job, reason) for job, (state, reason) in states if state == "PENDING"]
         if pending:
-            log.info(
-                "waiting for SLURM: %s", ", ".join(f"job {j} PENDING ({r})" for j, r in pending)
-            )
+            shown = ", ".join(f"job {job} PENDING ({reason})" for job, reason in pending)
+            log.info("waiting for SLURM: %s", shown)
         stuck = [(job, reason) for job, reason in pending if reason.split(",")[0] in NEVER_STARTS]
         if not stuck:
             return
-        (job, reason), why = stuck[0], NEVER_STARTS[stuck[0][1].split(",")[0]]
+        job, reason = stuck[0]
+        why = NEVER_STARTS[reason.split(",")[0]]
         subprocess.run(["scancel", *job_ids], capture_output=True, timeout=30, check=False)
-        cancelled = (
-            f"SLURM job {job_ids[0]}"
-            if len(job_ids) == 1
-            else f"{len(job_ids)} SLURM jobs ({', '.join(job_ids)})"
+        many = f"{len(job_ids)} SLURM jobs ({', '.join(job_ids)})"
+        cancelled = f"SLURM job {job_ids[0]}" if len(job_ids) == 1 else many
+        local.stop_sweep(
+            f"SLURM job {job} can never start: {reason} ({why}); cancelled the sweep's {cancelled}",
+            status=1,
         )
-        print(
-            f"error: SLURM job {job} can never start: {reason} ({why}); "
-            f"cancelled the sweep's {cancelled}",
-            file=sys.stderr,
-            flush=True,
-        )
-        raise SystemExit(1)
