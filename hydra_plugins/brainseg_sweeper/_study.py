@@ -91,7 +91,8 @@ def load_study(
 
 
 def search(s: dict[str, Any], config: DictConfig, launcher: Launcher, arguments: list[str]) -> None:
-    """Runs trials until the study holds `n_trials` (over every start and process sharing it)."""
+    """Runs trials until the study holds `n_trials` (over every start and process sharing it);
+    `s`: the sweeper's settings."""
     sweep_dir = Path(str(config.hydra.sweep.dir))  # created by brainseg's SweepGuard
     OmegaConf.save(config, sweep_dir / "multirun.yaml")
     params = [f"{k}={v}" for k, v in s["params"].items()] + list(arguments)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 class OptunaSweeper(Sweeper):
     def __init__(self, **settings: Any) -> None:
-        self.settings = settings  # conf/hparams_search/optuna.yaml's, sampler and pruner built
+        self.settings = settings  # hydra.sweeper (conf/hparams_search/optuna.yaml), instantiated
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
