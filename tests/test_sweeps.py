@@ -18,11 +18,11 @@ from helpers import (
     tiny_train_overrides,
     wandb_history_and_summary,
 )
-from omegaconf import OmegaConf
 
 from brainseg.prediction.pipeline import predict
 from brainseg.reporting.sweep import main as rebuild_report
 from brainseg.runfiles import read_failure, read_metrics
+from hydra_plugins.brainseg_sweeper._study import open_storage
 
 pytestmark = pytest.mark.slow
 
@@ -52,6 +52,11 @@ BRUTE_FORCE = (
     "hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler",
     "~hydra.sweeper.sampler.n_startup_trials",
 )
+
+
+def _study(sweep: Path) -> optuna.Study:
+    """The sweep's Optuna study (its journal file)."""
+    return optuna.load_study(study_name="brainseg", storage=open_storage(None, sweep))
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +92,8 @@ def test_one_figure_per_job_in_every_output_of_the_search(search) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     sweep, console = search
-    journal = optuna.storages.journal.JournalFileBackend(str(sweep / "optuna.journal"))
-    trials = optuna.load_study(
-        study_name="brainseg", storage=optuna.storages.JournalStorage(journal)
-    ).trials
+    study = _study(sweep)
+    trials = study.trials
     assert len(trials) == 8 and len({tuple(sorted(t.params.items())) for t in trials}) == 8
     with open(sweep / "summary.csv") as fh:
         rows = {r["job"]: r for r in csv.DictReader(fh)}
@@ -127,8 +130,7 @@ def test_one_figure_per_job_in_every_output_of_the_search(search) -> None:
             metrics.best.per_patient
         )
         assert list(run_file.parent.glob("files/media/images/val/overlays_*.png"))
-    best = max(trials, key=lambda t: t.value)
-    assert OmegaConf.load(sweep / "optimization_results.yaml").best_value == best.value
+    assert study.best_value == max(t.value for t in trials)
 
 
 def test_one_out_of_fold_figure_per_configuration_in_the_report_wandb_and_predict(
@@ -262,7 +264,7 @@ def test_optuna_minimises_a_lower_is_better_headline_and_a_failed_trial_says_why
     )  # Optuna's own line
     scores = [read_metrics(sweep / str(k)).headline for k in range(3) if k not in failed]
     assert len(scores) == 2
-    assert f"best_value: {min(scores)}" in (sweep / "optimization_results.yaml").read_text()
+    assert _study(sweep).best_value == min(scores)
 
 
 @pytest.mark.parametrize("mistake", ["missing data root", "unknown loss term"])

@@ -1,2 +1,0 @@
-"""brainseg's Hydra launcher plugin (Hydra loads launchers only from the `hydra_plugins`
-namespace)."""

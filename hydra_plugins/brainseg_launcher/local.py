@@ -1,10 +1,5 @@
-"""brainseg's launchers resume a sweep: re-running its command with `hydra.sweep.dir=<the sweep>`
-reuses the jobs whose record is complete (metrics.json with a reported epoch) and whose config is
-the recorded one, runs the others (an interrupted job continues from its last.ckpt, train.py's
-auto_resume) and refuses a job whose config differs, naming the setting. Here the local ones
-(conf/hydra/launcher/): `brainseg_basic`, Hydra's basic launcher (one job after another in this
-process), and `local`, a pool of processes (one job per GPU); slurm.py: SLURM.
-"""
+"""brainseg's launchers, which resume a sweep (docs/sweeps.md#resume-a-sweep): `brainseg_basic`
+runs its jobs one after another here, `local` each in a process of its own, slurm.py on SLURM."""
 
 import logging
 import os
@@ -16,12 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from queue import Queue
-from typing import Any
+from typing import Any, NoReturn
 
 import cloudpickle
-from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from brainseg.errors import ConfigError, DataError
@@ -32,10 +28,10 @@ log = logging.getLogger("brainseg")
 Job = tuple[int, Sequence[str], DictConfig]  # number, overrides, config
 
 
-def stop_sweep(message: str) -> None:
-    """Stop the sweep with one `error: ...` line and exit status 2."""
+def stop_sweep(message: str, status: int = 2) -> NoReturn:
+    """Stop the sweep with one `error: ...` line and exit `status` (2: a mistake in the command)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
+    raise SystemExit(status)
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -44,6 +40,10 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
         return {prefix: node}
     items = [_flat(v, f"{prefix}.{k}" if prefix else str(k)) for k, v in node.items()]
     return {k: v for item in items for k, v in item.items()}
+
+
+def failed_return(overrides: Sequence[str], error: BaseException) -> JobReturn:
+    return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=error)
 
 
 def reused_return(job_config: DictConfig) -> JobReturn | None:
@@ -55,11 +55,9 @@ def reused_return(job_config: DictConfig) -> JobReturn | None:
     if not recorded.is_file():
         return None
     task = OmegaConf.masked_copy(job_config, [k for k in job_config if k != "hydra"])
-    old = _flat(OmegaConf.to_container(OmegaConf.load(recorded)))
-    new = _flat(OmegaConf.to_container(task))
-    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
-    if changed:
-        key = changed[0]
+    old, new = (_flat(OmegaConf.to_container(c)) for c in (OmegaConf.load(recorded), task))
+    key = min((k for k in old.keys() | new.keys() if old.get(k) != new.get(k)), default=None)
+    if key is not None:
         stop_sweep(
             f"{job_dir}: job {job_config.hydra.job.num} was run with {key}={old.get(key)!r}, "
             f"this command gives {key}={new.get(key)!r}; resume a sweep with its own command, "
@@ -81,23 +79,23 @@ def reused_return(job_config: DictConfig) -> JobReturn | None:
     )
 
 
-class Resuming:
-    """The launch every brainseg launcher shares: the jobs a resumed sweep finished are reused
-    (`reused_return`), the others are handed to the launcher's `run`."""
+class ResumingLauncher(Launcher):
+    """Reuses the jobs a resumed sweep finished (`reused_return`) and hands the others to `run`:
+    here one after another in this process, as Hydra's basic launcher runs them."""
 
-    config: DictConfig
-    hydra_context: Any
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        setup_globals()
         returns: dict[int, JobReturn] = {}
         pending: list[Job] = []
+        load = self.hydra_context.config_loader.load_sweep_config
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            config = self.hydra_context.config_loader.load_sweep_config(
-                self.config, list(overrides)
-            )
+            config = load(self.config, list(overrides))
             with open_dict(config):
                 config.hydra.job.id = config.hydra.job.num = idx
             reused = reused_return(config)
@@ -110,20 +108,13 @@ class Resuming:
 
     def run(self, jobs: list[Job]) -> dict[int, JobReturn]:
         """Job number -> its return, for the jobs that must run."""
-        raise NotImplementedError
-
-
-class ResumingLauncher(Resuming, BasicLauncher):
-    """Hydra's basic launcher, reusing the jobs a resumed sweep already finished."""
-
-    def run(self, jobs: list[Job]) -> dict[int, JobReturn]:
-        """The jobs one after another in this process."""
-        return {
-            idx: holding_its_directory(
-                config, partial(lambda o, i: BasicLauncher.launch(self, [o], i)[0], overrides, idx)
-            )
-            for idx, overrides, config in jobs
-        }
+        returns = {}
+        for idx, overrides, config in jobs:
+            log.info("job %d (%s) started", idx, " ".join(overrides))
+            returns[idx] = _job(self.hydra_context, self.task_function, config)
+            # the job's logging (its train.log) ends with it
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return returns
 
 
 def holding_its_directory(config: DictConfig, run: Callable[[], JobReturn]) -> JobReturn:
@@ -137,9 +128,7 @@ def holding_its_directory(config: DictConfig, run: Callable[[], JobReturn]) -> J
         claimed = claim_run_directory(job_dir, "hydra.sweep.dir")
     except ConfigError as exc:
         log.error("job %s refused: %s", config.hydra.job.num, exc)
-        return JobReturn(
-            overrides=list(config.hydra.overrides.task), status=JobStatus.FAILED, _return_value=exc
-        )
+        return failed_return(config.hydra.overrides.task, exc)
     try:
         return run()
     finally:
@@ -147,10 +136,11 @@ def holding_its_directory(config: DictConfig, run: Callable[[], JobReturn]) -> J
             release_run_directory(job_dir)
 
 
-def _job(context: Any, task: Any, config: DictConfig, singletons: Any) -> JobReturn:
-    """One sweep job inside its own process."""
-    Singleton.set_state(singletons)
-    setup_globals()
+def _job(context: Any, task: Any, config: DictConfig, singletons: Any = None) -> JobReturn:
+    """One sweep job; `singletons`: Hydra's state, for a job in a process of its own."""
+    if singletons is not None:
+        Singleton.set_state(singletons)
+        setup_globals()
     return holding_its_directory(
         config,
         lambda: run_job(
@@ -163,19 +153,14 @@ def _job(context: Any, task: Any, config: DictConfig, singletons: Any) -> JobRet
     )
 
 
-# The job process: runs the pickled call, pickles its JobReturn.
-_CHILD = (
-    "import sys, cloudpickle\n"
-    "job = cloudpickle.load(open(sys.argv[1], 'rb'))\n"
-    "cloudpickle.dump(job(), open(sys.argv[2], 'wb'))\n"
-)
+# The job process: runs the call pickled on its stdin, pickles its JobReturn into a file.
+_CHILD = "import sys, cloudpickle as c; c.dump(c.load(sys.stdin.buffer)(), open(sys.argv[1], 'wb'))"
 
 
 class PoolLauncher(ResumingLauncher):
     """Each job in a process of its own, as many at once as the pool has slots."""
 
     def __init__(self, gpus: Sequence[int] | None, gpus_per_job: int, n_jobs: int) -> None:
-        super().__init__()
         if gpus is None:
             import torch
 
@@ -194,23 +179,16 @@ class PoolLauncher(ResumingLauncher):
 
     def _process(self, job: Job, free: "Queue[str | None]", tmp: Path) -> JobReturn:
         idx, overrides, config = job
-        call, result = tmp / f"{idx}.call", tmp / f"{idx}.return"
-        call.write_bytes(
-            cloudpickle.dumps(
-                partial(_job, self.hydra_context, self.task_function, config, Singleton.get_state())
-            )
-        )
+        result = tmp / f"{idx}.return"
+        call = partial(_job, self.hydra_context, self.task_function, config, Singleton.get_state())
         slot = free.get()
         env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": slot} if slot is not None else {})}
         log.info("job %d (%s) started on %s", idx, " ".join(overrides), slot or "the CPU")
         try:
-            subprocess.run([sys.executable, "-c", _CHILD, call, result], env=env, check=False)
+            command = [sys.executable, "-c", _CHILD, result]
+            subprocess.run(command, input=cloudpickle.dumps(call), env=env, check=False)
         finally:
             free.put(slot)
         if not result.is_file():
-            return JobReturn(
-                overrides=list(overrides),
-                status=JobStatus.FAILED,
-                _return_value=RuntimeError(f"job {idx}: its process died"),
-            )
+            return failed_return(overrides, RuntimeError(f"job {idx}: its process died"))
         return cloudpickle.loads(result.read_bytes())

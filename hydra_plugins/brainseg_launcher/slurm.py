@@ -1,12 +1,12 @@
-"""`hydra/launcher=slurm`: hydra-submitit-launcher's SLURM launcher, plus what its plain wait lacks:
-while the sweep waits, a report of each pending job's state and the scheduler's reason, and a stop
-with one clear line when a reason means the job can never start."""
+"""`hydra/launcher=slurm` (docs/gpu.md#slurm): hydra-submitit-launcher's, resuming a sweep, and
+reporting its pending jobs while it waits; a job that can never start stops it in one line."""
 
 import logging
 import subprocess
-import sys
 import threading
 from collections.abc import Sequence
+from concurrent import futures
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 from omegaconf import open_dict
 
-from hydra_plugins.brainseg_launcher.local import Job, Resuming, holding_its_directory
+from hydra_plugins.brainseg_launcher import local
 
 log = logging.getLogger("brainseg")
 
@@ -48,7 +48,6 @@ NEVER_STARTS = {
 @dataclass
 class SlurmConf(SlurmQueueConf):
     _target_: str = "hydra_plugins.brainseg_launcher.slurm.SlurmLauncher"
-    # Seconds between reports of the sweep's pending jobs while it waits.
     pending_report_s: int = 60
 
 
@@ -61,21 +60,15 @@ def queue_states(job_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
     """`squeue` for the given jobs (array tasks one by one): job id -> (state, reason)."""
     if not job_ids:
         return {}
-    result = subprocess.run(
-        ["squeue", "--noheader", "--array", f"--jobs={','.join(job_ids)}", "--format=%i|%T|%r"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    jobs = ",".join(job_ids)
+    command = ["squeue", "--noheader", "--array", f"--jobs={jobs}", "--format=%i|%T|%r"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     rows = [line.split("|", 2) for line in result.stdout.splitlines() if line.count("|") == 2]
     return {job: (state, reason) for job, state, reason in rows}
 
 
-class SlurmLauncher(Resuming, submitit_launcher.SlurmLauncher):
-    """Submits like hydra-submitit-launcher the jobs a resumed sweep has not finished; waits for
-    the results in a thread while the calling thread watches the queue every `pending_report_s`
-    seconds."""
+class SlurmLauncher(local.ResumingLauncher, submitit_launcher.SlurmLauncher):
+    """Waits for the jobs' results in a thread while this one watches the queue."""
 
     def __init__(self, pending_report_s: int = 60, **params: Any) -> None:
         super().__init__(**params)
@@ -88,78 +81,53 @@ class SlurmLauncher(Resuming, submitit_launcher.SlurmLauncher):
         return {p.name.split("_")[0] for p in folder.glob("[0-9]*") if p.is_dir()}
 
     def __call__(
-        self,
-        sweep_overrides: list[str],
-        job_dir_key: str,
-        job_num: int,
-        job_id: str,
-        singleton_state: dict,
+        self, overrides: list[str], dir_key: str, job_num: int, job_id: str, state: dict
     ) -> JobReturn:
         """The job on its node (`job_num`: its place among the submitted jobs), holding its
         directory from before Hydra writes there."""
-        Singleton.set_state(singleton_state)
+        Singleton.set_state(state)
         job_num = self.job_numbers[job_num]
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, sweep_overrides)
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(config):
             config.hydra.job.num = job_num
         call = super().__call__
-        return holding_its_directory(
-            config, lambda: call(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
+        return local.holding_its_directory(
+            config, lambda: call(overrides, dir_key, job_num, job_id, state)
         )
 
-    def run(self, jobs: list[Job]) -> dict[int, JobReturn]:
+    def run(self, jobs: list[local.Job]) -> dict[int, JobReturn]:
         self.job_numbers = [idx for idx, _, _ in jobs]
         before = self._submitted()
-        outcome: dict[str, Any] = {}
+        results: Future = Future()
 
-        def wait() -> None:
+        def wait() -> None:  # a daemon thread: a stop in one line does not wait for it
             try:
-                outcome["returns"] = submitit_launcher.SlurmLauncher.launch(
-                    self, [overrides for _, overrides, _ in jobs], 0
-                )
-            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
-                outcome["error"] = exc
+                submitted = [overrides for _, overrides, _ in jobs]
+                results.set_result(submitit_launcher.SlurmLauncher.launch(self, submitted, 0))
+            except BaseException as exc:  # noqa: BLE001 - raised by results.result()
+                results.set_exception(exc)
 
-        worker = threading.Thread(target=wait, name="slurm-results", daemon=True)
-        worker.start()
-        worker.join(self.pending_report_s)
-        while worker.is_alive():
+        threading.Thread(target=wait, name="slurm-results", daemon=True).start()
+        while futures.wait([results], self.pending_report_s).not_done:
             self._watch(sorted(self._submitted() - before))
-            worker.join(self.pending_report_s)
-        if "error" in outcome:
-            raise outcome["error"]
-        return dict(zip(self.job_numbers, outcome["returns"], strict=True))
+        return dict(zip(self.job_numbers, results.result(), strict=True))
 
     def _watch(self, job_ids: list[str]) -> None:
-        """Log the pending jobs with their reasons;
-        cancel the sweep's jobs and exit when one can never start."""
-        pending = {
-            job: reason
-            for job, (state, reason) in queue_states(job_ids).items()
-            if state == "PENDING"
-        }
-        if not pending:
+        """Log the pending jobs and their reasons; stop the sweep when one can never start."""
+        states = sorted(queue_states(job_ids).items())
+        pending = [(job, reason) for job, (state, reason) in states if state == "PENDING"]
+        if pending:
+            shown = ", ".join(f"job {job} PENDING ({reason})" for job, reason in pending)
+            log.info("waiting for SLURM: %s", shown)
+        stuck = [(job, reason) for job, reason in pending if reason.split(",")[0] in NEVER_STARTS]
+        if not stuck:
             return
-        log.info(
-            "waiting for SLURM: %s",
-            ", ".join(f"job {job} PENDING ({reason})" for job, reason in sorted(pending.items())),
+        job, reason = stuck[0]
+        why = NEVER_STARTS[reason.split(",")[0]]
+        subprocess.run(["scancel", *job_ids], capture_output=True, timeout=30, check=False)
+        many = f"{len(job_ids)} SLURM jobs ({', '.join(job_ids)})"
+        cancelled = f"SLURM job {job_ids[0]}" if len(job_ids) == 1 else many
+        local.stop_sweep(
+            f"SLURM job {job} can never start: {reason} ({why}); cancelled the sweep's {cancelled}",
+            status=1,
         )
-        stuck = {
-            job: reason for job, reason in pending.items() if reason.split(",")[0] in NEVER_STARTS
-        }
-        if stuck:
-            job, reason = min(stuck.items())
-            subprocess.run(["scancel", *job_ids], capture_output=True, timeout=30, check=False)
-            print(
-                f"error: SLURM job {job} can never start: {reason} "
-                f"({NEVER_STARTS[reason.split(',')[0]]}); "
-                "cancelled "
-                + (
-                    f"the sweep's SLURM job {job_ids[0]}"
-                    if len(job_ids) == 1
-                    else f"the sweep's {len(job_ids)} SLURM jobs ({', '.join(job_ids)})"
-                ),
-                file=sys.stderr,
-                flush=True,
-            )
-            raise SystemExit(1)

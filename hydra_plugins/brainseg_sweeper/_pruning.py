@@ -1,7 +1,5 @@
-"""A Lightning callback for the trials of `hparams_search=optuna`: reports each validated epoch's
-`monitor` value to the job's Optuna trial, and when the study's pruner (`hydra.sweeper.pruner`)
-says so, ends the training cleanly after that epoch: the job exits 0 with its checkpoints and
-record, and `pruned.json` tells the sweeper and the sweep report that it was pruned."""
+"""Optuna pruning (docs/sweeps.md#optuna): reports each epoch's `monitor` value to the job's trial
+and ends the training after an epoch the study's pruner prunes (exit 0, `pruned.json`)."""
 
 import logging
 from pathlib import Path
@@ -13,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
 from brainseg.runfiles import Pruned, write_pruned
+from brainseg.training.checkpoints import epoch_cut
 from hydra_plugins.brainseg_sweeper._study import open_storage
 
 log = logging.getLogger("brainseg")
@@ -31,11 +30,9 @@ class OptunaPruning(L.Callback):
         if hydra is None or not hydra.sweeper.get("pruner") or not trainer.is_global_zero:
             return
         settings, sweep_dir = hydra.sweeper, Path(hydra.sweep.dir)
-        study = optuna.load_study(
-            study_name=settings.study_name,
-            storage=open_storage(settings.storage, sweep_dir),
-            pruner=instantiate(settings.pruner),
-        )
+        storage = open_storage(settings.storage, sweep_dir)
+        pruner = instantiate(settings.pruner)
+        study = optuna.load_study(study_name=settings.study_name, storage=storage, pruner=pruner)
         self.job_dir = Path(hydra.runtime.output_dir).resolve()
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         (trial,) = [t for t in running if t.user_attrs.get("job_dir") == str(self.job_dir)]
@@ -43,17 +40,11 @@ class OptunaPruning(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         value = trainer.callback_metrics.get(self.monitor)
-        if self.trial is None or trainer.sanity_checking or value is None:
-            return
-        epoch = trainer.current_epoch + 1
-        self.trial.report(float(value), epoch)
+        if self.trial is None or trainer.sanity_checking or value is None or epoch_cut(trainer):
+            return  # a cut epoch's figure is no epoch's: the run neither reports nor keeps it
+        epoch, value = trainer.current_epoch + 1, float(value)
+        self.trial.report(value, epoch)
         if self.trial.should_prune():
-            log.info(
-                "trial %d pruned after epoch %d (%s %.4f)",
-                self.trial.number,
-                epoch,
-                self.monitor,
-                float(value),
-            )
-            write_pruned(self.job_dir, Pruned(epoch, float(value)))
+            log.info("trial %d pruned after epoch %d (%s)", self.trial.number, epoch, self.monitor)
+            write_pruned(self.job_dir, Pruned(epoch, value))
             trainer.should_stop = True
