@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import matplotlib
 import optuna
 import pytest
 from helpers import (
@@ -67,7 +68,9 @@ def search(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("search")
     home = base / "home"
     home.mkdir()
+    # a new HOME (no W&B credentials) keeps matplotlib's font cache: its rebuild takes seconds
     env = {"HOME": str(home), "WANDB_API_KEY": "", "WANDB_MODE": ""}
+    env["MPLCONFIGDIR"] = matplotlib.get_cachedir()
     result = _sweep(
         synthetic_root,
         base / "sweep",
