@@ -112,6 +112,7 @@ def test_kfold_scores_are_pooled_over_patients_and_compared_per_patient(kfold_sw
     summary = (kfold_sweep / "summary.md").read_text()
     assert "cross-validation: every patient scored by the fold that held it out, pooled" in summary
     assert "| model=unet | last | 3 | 9 | " in summary and "| worse |" in summary
+    assert "6 jobs: 6 done.\n" in summary  # no word on a rule no job used
     assert (kfold_sweep / "summary.png").stat().st_size > 5000 and (
         kfold_sweep / "heatmap.png"
     ).stat().st_size > 5000
@@ -325,6 +326,7 @@ def test_inner_validation_folds_pool_the_held_out_test_scores(tmp_path: Path) ->
     assert pooled["n"] == 9 and pooled["mean"] == pytest.approx(np.mean(list(truth.values())))
     summary = (tmp_path / "summary.md").read_text()
     assert "| all folds | inner_val | 3 | 9 |" in summary
+    assert "3 jobs: 3 done. Rule `inner_val`: `test/dsc_volume` on the held-out" in summary
     assert "`inner_val` = checkpoint with the best Dice on data.split.n_inner_val" in summary
 
 

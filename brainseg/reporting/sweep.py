@@ -255,7 +255,8 @@ def _markdown(sweep_dir: Path, report: dict[str, Any], shown: list[dict[str, Any
     counts = Counter(sorted((job["status"] for job in jobs), key=STATUSES.index))
     counted = ", ".join(f"{n} {status}" for status, n in counts.items())
     rule = "Rule `inner_val`: `test/dsc_volume` on the held-out patients, training grid."
-    lines = [f"# Sweep report: {sweep_dir.name}", "", f"{len(jobs)} jobs: {counted}. {rule}", ""]
+    rule = f" {rule}" if any(job["selection"] == INNER_VAL for job in jobs) else ""
+    lines = [f"# Sweep report: {sweep_dir.name}", "", f"{len(jobs)} jobs: {counted}.{rule}", ""]
 
     def cell(job: dict[str, Any], key: str) -> str:
         if key == "status":
