@@ -7,6 +7,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import pytest
 
 from brainseg.reporting import figures
 from brainseg.reporting.figures import (
@@ -132,6 +133,23 @@ def test_failure_gallery_shows_the_worst_patients_lowest_first(tmp_path: Path, m
     assert "empty truth" in labels[1]
     legend = saved[0].legends[0]
     assert [t.get_text() for t in legend.get_texts()] == ["truth", "prediction"]
+
+
+@pytest.mark.parametrize("worst", [1, 6])
+def test_failure_gallery_title_clears_the_panel_titles(
+    tmp_path: Path, monkeypatch, worst: int
+) -> None:
+    saved = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: saved.append(fig) or path)
+    image, truth, prediction = _case_volumes(missed_slice=2, false_slice=4)
+    cases = [figures.failure_case(str(k), image, truth, prediction, 0.5) for k in range(worst)]
+    figures.failure_gallery(cases, tmp_path / "failures.png", worst=worst)
+    fig = saved[0]
+    renderer = fig.canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(renderer)
+    for ax in fig.axes[:2]:  # the first row's panel titles
+        assert title.y0 > ax.title.get_window_extent(renderer).y1, ax.title.get_text()
+    assert fig._suptitle.get_text().startswith("The patient " if worst == 1 else "The 6 patients ")
 
 
 def test_heat_map_orders_tied_patients_by_name(tmp_path: Path, monkeypatch) -> None:

@@ -326,9 +326,10 @@ def failure_gallery(cases: list[FailureCase], path: Path, worst: int = 6) -> Pat
         )
     handles = [Patch(color=np.array(c) / 255, label=w) for w, c in LEGEND]
     fig.legend(handles=handles, loc="lower center", ncol=2, frameon=False, fontsize=9)
-    margin = 0.45 / fig.get_size_inches()[1]
-    fig.suptitle(f"The {len(shown)} patients with the lowest Dice", fontsize=10)
-    fig.tight_layout(rect=(0, margin, 1, 1))
+    height = fig.get_size_inches()[1]  # margins in inches: the gallery is as tall as its rows
+    who = "The patient" if len(shown) == 1 else f"The {len(shown)} patients"
+    fig.suptitle(f"{who} with the lowest Dice", fontsize=10, y=1 - 0.1 / height)
+    fig.tight_layout(rect=(0, 0.45 / height, 1, 1 - 0.35 / height))
     return _save(fig, path)
 
 
