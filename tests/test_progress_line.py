@@ -39,3 +39,24 @@ def _eta(tmp_path: Path, **trainer: object) -> str:
 )
 def test_eta_follows_the_first_limit(tmp_path: Path, limits: dict, eta: str) -> None:
     assert _eta(tmp_path, **limits) == eta
+
+
+@pytest.mark.parametrize(("current_epoch", "cut"), [(0, False), (1, False), (2, True)])
+def test_a_recorded_epoch_counts_as_whole_wherever_the_fit_stopped(
+    tmp_path: Path, current_epoch: int, cut: bool
+) -> None:
+    """A stop (SIGTERM, an error) after epoch 1 was validated and recorded, before Lightning
+    counted it (current_epoch 0), during epoch 2 (1), or one that cut epoch 2 short (2): one
+    whole epoch."""
+    report = RunReport(tmp_path, {}, "val/dsc_volume")
+    report.history, report.last, report.best = [ENTRY], ENTRY, ENTRY
+    ready = SimpleNamespace(current=SimpleNamespace(ready=3 if cut else 0))
+    loop = SimpleNamespace(done=cut, batch_progress=ready)
+    trainer = SimpleNamespace(
+        current_epoch=current_epoch,
+        fit_loop=SimpleNamespace(epoch_loop=loop),
+        num_training_batches=10,
+        checkpoint_callbacks=[],
+        checkpoint_callback=None,
+    )
+    assert report.run_metrics(trainer).epochs == 1  # before: 0 when stopped before the count

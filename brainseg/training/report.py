@@ -230,7 +230,10 @@ class RunReport(L.Callback):
             best=self.best,
             best_checkpoint=paths["best"],
             last_checkpoint=paths["last"],
-            epochs=trainer.current_epoch - epoch_cut(trainer),  # whole epochs
+            # whole epochs: a recorded one counts also if the fit stopped before Lightning did
+            epochs=max(
+                trainer.current_epoch - epoch_cut(trainer), self.last and self.last.epoch or 0
+            ),
             train_seconds=round(self._elapsed_before + time.monotonic() - self._started, 1),
             history=self.history,
             test=self.test,
