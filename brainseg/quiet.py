@@ -31,6 +31,5 @@ def quiet_libraries() -> None:
     # On every start wherever `srun` is on the PATH (every SLURM login node); brainseg's SLURM
     # jobs are started by srun through hydra/launcher=slurm, where Lightning does not say it.
     warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
-    # On every resume: the run's own checkpoints are what it resumes from; a start that would not
-    # resume them is refused (brainseg.hydra_callbacks.RefuseOutputDirectory).
+    # On every resume, about the checkpoints it resumes from (other starts there are refused).
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")

@@ -230,10 +230,8 @@ class RunReport(L.Callback):
             best=self.best,
             best_checkpoint=paths["best"],
             last_checkpoint=paths["last"],
-            # whole epochs: a recorded one counts also if the fit stopped before Lightning did
-            epochs=max(
-                trainer.current_epoch - epoch_cut(trainer), self.last and self.last.epoch or 0
-            ),
+            # whole epochs; a recorded one also where the fit stopped before Lightning counted it
+            epochs=max(trainer.current_epoch - epoch_cut(trainer), getattr(self.last, "epoch", 0)),
             train_seconds=round(self._elapsed_before + time.monotonic() - self._started, 1),
             history=self.history,
             test=self.test,
