@@ -1,5 +1,6 @@
-"""Sweeps end to end: the README's sweep line with W&B offline, k-fold CV, failed jobs,
-the report."""
+"""Sweeps end to end: one figure per job and per configuration in every output of a 2-fold
+cross-validation of a 2x2 Optuna search with every logger; k-fold CV with a failed job; Optuna's
+direction and failures; mistakes caught before the first job; one job per GPU."""
 
 from __future__ import annotations
 
