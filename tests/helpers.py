@@ -71,6 +71,15 @@ def compose_run(root: Path, run_dir: Path, cache: Path, *overrides: str):
     return compose([*base, *paths, *overrides], hydra_node=False)
 
 
+def sweep_study(sweep: Path, storage: str | None = None, name: str = "brainseg"):
+    """An Optuna search's study: in the sweep's journal file, or in the database `storage`."""
+    import optuna
+
+    from hydra_plugins.brainseg_sweeper._study import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(storage, sweep))
+
+
 def read_wandb_records(path: Path, deadline: float = 120.0) -> list:
     """The records of a finished W&B `.wandb` run file (offline runs), decoded with wandb's own
     protobufs. wandb's service process may still be writing when `run.finish()` returns, so this

@@ -12,12 +12,12 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-from helpers import PROJECT, run_cli, tiny_train_overrides
+from helpers import PROJECT, run_cli, sweep_study, tiny_train_overrides
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from brainseg.runfiles import read_metrics, read_pruned
-from hydra_plugins.brainseg_sweeper._study import load_study, open_storage
+from hydra_plugins.brainseg_sweeper._study import load_study
 
 
 def _search(root: Path, sweep: Path, *overrides: str) -> list[str]:
@@ -55,8 +55,7 @@ def test_a_median_pruner_stops_a_diverging_trial_after_its_first_epoch(
         assert [row["status"] for row in csv.DictReader(fh)] == ["done", "pruned"]
     with open(sweep / "comparison.csv") as fh:
         assert [row["jobs"] for row in csv.DictReader(fh)] == ["1"]  # the pruned trial: no result
-    study = optuna.load_study(study_name="brainseg", storage=open_storage(None, sweep))
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert [t.state for t in sweep_study(sweep).trials] == [TrialState.COMPLETE, TrialState.PRUNED]
 
 
 def _launch(command: list[str]) -> subprocess.Popen:
@@ -69,10 +68,6 @@ def _launch(command: list[str]) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def _trials(storage: optuna.storages.BaseStorage, name: str = "brainseg") -> list:
-    return optuna.load_study(study_name=name, storage=storage).trials
 
 
 @pytest.mark.slow
@@ -99,10 +94,7 @@ def test_a_killed_study_resumes_to_its_number_of_trials(
 
     result = run_cli(*command, cwd=PROJECT)
     assert result.returncode == 0, result.stderr[-3000:]
-    journal = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(sweep / "optuna.journal"))
-    )
-    trials = _trials(journal)
+    trials = sweep_study(sweep).trials
     # the trial the kill left running ran again in its job, as the same trial
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
     assert len({t.user_attrs["job_dir"] for t in trials}) == 8
@@ -135,7 +127,7 @@ def test_two_sweepers_share_one_study_on_postgresql(synthetic_root: Path, tmp_pa
     for search in searches:
         _, stderr = search.communicate(timeout=900)
         assert search.returncode == 0, stderr[-3000:]
-    trials = _trials(optuna.storages.RDBStorage(url), study)
+    trials = sweep_study(tmp_path, url, study).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
     jobs = [
         p.parent for k in range(2) for p in (tmp_path / str(k) / "sweep").glob("*/metrics.json")

@@ -10,13 +10,13 @@ import re
 from pathlib import Path
 
 import matplotlib
-import optuna
 import pytest
 from helpers import (
     PROJECT,
     compose,
     read_wandb_records,
     run_cli,
+    sweep_study,
     tiny_train_overrides,
     wandb_history_and_summary,
 )
@@ -24,7 +24,6 @@ from helpers import (
 from brainseg.prediction.pipeline import predict
 from brainseg.reporting.sweep import main as rebuild_report
 from brainseg.runfiles import read_failure, read_metrics
-from hydra_plugins.brainseg_sweeper._study import open_storage
 
 pytestmark = pytest.mark.slow
 
@@ -54,11 +53,6 @@ BRUTE_FORCE = (
     "hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler",
     "~hydra.sweeper.sampler.n_startup_trials",
 )
-
-
-def _study(sweep: Path) -> optuna.Study:
-    """The sweep's Optuna study (its journal file)."""
-    return optuna.load_study(study_name="brainseg", storage=open_storage(None, sweep))
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +90,7 @@ def test_one_figure_per_job_in_every_output_of_the_search(search) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     sweep, console = search
-    study = _study(sweep)
+    study = sweep_study(sweep)
     trials = study.trials
     assert len(trials) == 8 and len({tuple(sorted(t.params.items())) for t in trials}) == 8
     with open(sweep / "summary.csv") as fh:
@@ -105,7 +99,8 @@ def test_one_figure_per_job_in_every_output_of_the_search(search) -> None:
     logged = [float(v) for v in re.findall(r"reported/dsc_volume (\S+) \(", console)]
     for trial in trials:
         job = sweep / str(trial.number)
-        headline = read_metrics(job).headline
+        metrics = read_metrics(job)
+        headline = metrics.headline
         assert trial.value == headline  # the objective is train.py's return value
         assert float(rows[job.name]["val/dsc_volume"]) == pytest.approx(headline)
         assert logged[trial.number] == pytest.approx(headline, abs=5e-5)
@@ -125,7 +120,6 @@ def test_one_figure_per_job_in_every_output_of_the_search(search) -> None:
             r.run for r in read_wandb_records(run_file) if r.WhichOneof("record_type") == "run"
         )
         assert run.run_group == f"sweep-{sweep.name}" and "loss=" in run.display_name
-        metrics = read_metrics(job)
         assert [r["val/dsc_volume"] for r in history if "val/dsc_volume" in r] == pytest.approx(
             [h.dsc_volume_mean for h in metrics.history]
         )
@@ -268,7 +262,7 @@ def test_optuna_minimises_a_lower_is_better_headline_and_a_failed_trial_says_why
     )  # Optuna's own line
     scores = [read_metrics(sweep / str(k)).headline for k in range(3) if k not in failed]
     assert len(scores) == 2
-    assert _study(sweep).best_value == min(scores)
+    assert sweep_study(sweep).best_value == min(scores)
 
 
 @pytest.mark.parametrize("mistake", ["missing data root", "unknown loss term"])
